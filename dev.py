@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""wsq's developer commands. Needs only Python 3.11+; everything else goes into ./.venv.
+
+    python3 dev.py demo     # Redis (embedded unless WSQ_REDIS_URL is set), gateway, chat worker and page
+    python3 dev.py test     # the whole test suite (extra arguments go to pytest)
+    python3 dev.py check    # ruff and mypy --strict, as CI runs them
+
+The first run creates .venv and installs the two packages (editable) and the dev tools;
+later runs reinstall only when requirements-dev.txt or a pyproject.toml changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+STAMP = VENV / ".wsq-installed"
+INSTALL_INPUTS = [
+    "requirements-dev.txt",
+    "gateway-service/pyproject.toml",
+    "worker-sdk/pyproject.toml",
+    "devkit/pyproject.toml",
+]
+TYPED_TREES = ["gateway-service/src", "worker-sdk/src", "devkit/src"]
+
+
+def _inputs_digest() -> str:
+    digest = hashlib.sha256()
+    for name in INSTALL_INPUTS:
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
+        sys.exit(f"wsq needs Python 3.11 or newer (this is {sys.version.split()[0]})")
+    if not PYTHON.exists():
+        print("dev.py: creating .venv", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = _inputs_digest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    print("dev.py: installing wsq and its development tools into .venv", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True, cwd=ROOT)
+    subprocess.run([*pip, "install", "-r", "requirements-dev.txt"], check=True, cwd=ROOT)
+    STAMP.write_text(wanted)
+
+
+def run(argv: list[str]) -> int:
+    return subprocess.run(argv, cwd=ROOT, check=False).returncode
+
+
+def cmd_test(args: list[str]) -> int:
+    return run([str(PYTHON), "-m", "pytest", *args])
+
+
+def cmd_check(_: list[str]) -> int:
+    steps = [
+        [str(PYTHON), "-m", "ruff", "check", "."],
+        [str(PYTHON), "-m", "ruff", "format", "--check", "."],
+        *([str(PYTHON), "-m", "mypy", tree] for tree in TYPED_TREES),
+    ]
+    failed = 0
+    for step in steps:
+        print("$", " ".join(step[2:]), flush=True)
+        failed |= run(step) != 0
+    return int(failed)
+
+
+def cmd_demo(args: list[str]) -> int:
+    try:
+        return run([str(PYTHON), "examples/chat/run.py", *args])
+    except KeyboardInterrupt:
+        return 0
+
+
+COMMANDS = {"demo": cmd_demo, "test": cmd_test, "check": cmd_check}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(__doc__)
+        return 2
+    ensure_venv()
+    return COMMANDS[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

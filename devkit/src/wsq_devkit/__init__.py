@@ -1,0 +1,19 @@
+"""wsq's development harness, shared by the test suites, the demo and the benchmark.
+
+A private ``redis-server`` on a free port (never the machine's shared 6379), child
+processes with captured logs, and polling with a deadline (never sleep to synchronise).
+"""
+
+from wsq_devkit.polling import wait_until, wait_until_async
+from wsq_devkit.ports import free_port
+from wsq_devkit.processes import ManagedProcess
+from wsq_devkit.redis_server import RedisServer, find_redis_server
+
+__all__ = [
+    "ManagedProcess",
+    "RedisServer",
+    "find_redis_server",
+    "free_port",
+    "wait_until",
+    "wait_until_async",
+]

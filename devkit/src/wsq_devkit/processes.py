@@ -1,0 +1,86 @@
+"""Real gateway and worker processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+class ManagedProcess:
+    """A child process whose combined output goes to a log file that tests can read.
+
+    The process is stopped (SIGTERM, then SIGKILL) by ``stop()`` or when used as a
+    context manager.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = {**os.environ, **env}
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the process' life
+            prefix=f"wsq-{name}-", suffix=".log", delete=False
+        )
+        self.log_path = Path(self._log.name)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def python_module(cls, name: str, module: str, *args: str, env: Mapping[str, str]) -> ManagedProcess:
+        """``python -m module args...`` with this interpreter."""
+        return cls(name, [sys.executable, "-m", module, *args], env)
+
+    def start(self) -> ManagedProcess:
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was not started"
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        """Everything the process printed so far (empty once the log is closed)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ManagedProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

