@@ -1,0 +1,85 @@
+"""The aiohttp application: routes, and the Redis resources and background tasks around it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from wsq_gateway.errors import CloseCode
+from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
+from wsq_gateway.logs import get_logger
+from wsq_gateway.settings import Settings
+from wsq_gateway.state import GATEWAY, Gateway
+from wsq_gateway.transport import healthz, readyz, websocket
+
+log = get_logger(GATEWAY_LOGGER)
+
+REDIS_TIMEOUT_S = 5.0
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=30,
+        max_connections=64,
+    )
+    app[GATEWAY] = Gateway(settings, redis)
+    app.router.add_get(settings.path, websocket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.cleanup_ctx.append(_redis_pipeline)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
+    """Start the write batcher and the command reader; on exit flush and close Redis."""
+    gateway = app[GATEWAY]
+    gateway.batcher.start()
+    await _retry_until_reachable(gateway)
+    reader = asyncio.create_task(gateway.outbound.run(), name="wsq-outbound")
+    log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
+    yield
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    await gateway.batcher.close(gateway.settings.shutdown_timeout_s)
+    await gateway.redis.aclose()
+
+
+async def _retry_until_reachable(gateway: Gateway) -> None:
+    """Redis may start after the gateway (docker compose, k8s): wait for it, with backoff."""
+    delay = 0.1
+    while True:
+        try:
+            await gateway.outbound.start_positions()
+            return
+        except (OSError, aioredis.RedisError) as exc:
+            log.warning("redis not reachable yet", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Shutdown: refuse new sockets, close the open ones with 1001; their disconnect events follow."""
+    gateway = app[GATEWAY]
+    gateway.draining = True
+    conns = gateway.connections.all()
+    log.info("closing sockets", connections=len(conns))
+    await asyncio.gather(
+        *(conn.close(CloseCode.GOING_AWAY, "server shutting down") for conn in conns),
+        return_exceptions=True,
+    )
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    _userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{'***@' if at else ''}{host}" if sep else url

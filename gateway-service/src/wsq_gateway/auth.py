@@ -1,0 +1,42 @@
+"""Who is connecting: HS256 JWTs, checked before the WebSocket upgrade."""
+
+from __future__ import annotations
+
+import jwt
+from aiohttp import web
+
+from wsq_gateway.errors import AuthenticationError
+
+ALGORITHMS = ["HS256"]  # pinned: a token's own "alg" header is never trusted (no "none")
+
+
+class Authenticator:
+    """Turns an upgrade request into a user id (None for anonymous connections)."""
+
+    def __init__(self, secret: str | None) -> None:
+        self._secret = secret
+
+    @property
+    def required(self) -> bool:
+        return self._secret is not None
+
+    def user_id(self, request: web.Request) -> str | None:
+        if self._secret is None:
+            return None
+        token = request.query.get("token")
+        if token is None:
+            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and value:
+                token = value.strip()
+        if not token:
+            raise AuthenticationError("a token is required (?token= or Authorization: Bearer)")
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=ALGORITHMS, options={"require": ["sub"]})
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationError("the token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError(f"invalid token: {exc}") from None
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not sub:
+            raise AuthenticationError("the token's sub must be a non-empty string")
+        return sub

@@ -1,0 +1,86 @@
+"""What the gateway tells the workers: connections coming and going, and client frames.
+
+Every event goes to the inbound stream through the batcher; the gateway never waits for a
+worker. A connection is also recorded in the Redis registry (its hash, its user's set and
+this node's set) so that any process can find it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from wsq_gateway.broker.batcher import RedisBatcher, Write
+from wsq_gateway.connection import Connection
+from wsq_gateway.errors import BrokerUnavailable
+from wsq_gateway.protocol.envelopes import EventType, event_fields
+from wsq_gateway.protocol.keys import Keys
+
+OnRejected = Callable[[BrokerUnavailable], None]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Inbound:
+    def __init__(self, batcher: RedisBatcher, keys: Keys, node_id: str, max_queued: int) -> None:
+        self._batcher = batcher
+        self._keys = keys
+        self._node = node_id
+        self._max_queued = max_queued
+
+    def _xadd(self, fields: dict[str, str]) -> tuple[str, ...]:
+        """XADD of an event to the inbound stream (no MAXLEN: accepted events are never trimmed)."""
+        return ("XADD", self._keys.inbound_stream, "*", *_flatten(fields))
+
+    async def connected(self, conn: Connection) -> None:
+        """Record the connection and emit its connect event; raise BrokerUnavailable on failure."""
+        keys = self._keys
+        info = {"node": self._node, "since": str(conn.since_ms), "addr": conn.addr}
+        commands: list[tuple[str, ...]] = [
+            ("SADD", keys.node_connections(self._node), conn.id),
+        ]
+        if conn.user_id is not None:
+            info["user_id"] = conn.user_id
+            commands.append(("SADD", keys.user_connections(conn.user_id), conn.id))
+        commands.insert(0, ("HSET", keys.connection(conn.id), *_flatten(info)))
+        commands.append(self._xadd(self._event("connect", conn, conn.since_ms)))
+        await self._batcher.submit_and_wait(*commands)
+
+    def disconnected(self, conn: Connection, close_code: int) -> None:
+        """Forget the connection and emit its disconnect event (retried until Redis takes it)."""
+        keys = self._keys
+        commands: list[tuple[str, ...]] = [
+            ("DEL", keys.connection(conn.id)),
+            ("SREM", keys.node_connections(self._node), conn.id),
+        ]
+        if conn.user_id is not None:
+            commands.append(("SREM", keys.user_connections(conn.user_id), conn.id))
+        event = self._event("disconnect", conn, now_ms())
+        event["close_code"] = str(close_code)
+        commands.append(self._xadd(event))
+        self._batcher.submit(Write(commands, durable=True))
+
+    def message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
+        """Queue a validated client frame; False when too many are already waiting."""
+        if self._batcher.queued >= self._max_queued:
+            return False
+        event = self._event("message", conn, now_ms())
+        command = (*self._xadd(event), "frame", frame)
+        self._batcher.submit(Write((command,), on_error=on_rejected))
+        return True
+
+    def _event(self, kind: EventType, conn: Connection, ts_ms: int) -> dict[str, str]:
+        return event_fields(
+            kind,
+            connection_id=conn.id,
+            node=self._node,
+            user_id=conn.user_id,
+            ts_ms=ts_ms,
+            addr=conn.addr,
+        )
+
+
+def _flatten(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]

@@ -1,0 +1,107 @@
+"""What publishers and workers tell the gateway: frames to deliver and sockets to close.
+
+One task reads this node's stream and the broadcast stream with ``XREAD BLOCK``. It
+remembers the last entry it read, so when its Redis connection drops it resumes where
+it stopped and loses nothing; entries it has handled are trimmed from the node stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from wsq_gateway.broker.batcher import RedisBatcher, Write
+from wsq_gateway.connection import Connection, ConnectionIndex
+from wsq_gateway.logs import BROKER, get_logger
+from wsq_gateway.protocol.envelopes import Command, CommandError, decode_command
+from wsq_gateway.protocol.keys import Keys
+
+log = get_logger(BROKER)
+
+READ_COUNT = 1000
+BLOCK_MS = 5000
+RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class Outbound:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        batcher: RedisBatcher,
+        keys: Keys,
+        node_id: str,
+        connections: ConnectionIndex,
+        max_pending_bytes: int,
+    ) -> None:
+        self._redis = redis
+        self._batcher = batcher
+        self._connections = connections
+        self._max_pending = max_pending_bytes
+        self._node_stream = keys.node_stream(node_id)
+        self._broadcast_stream = keys.broadcast_stream
+        self._positions: dict[str, str] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def start_positions(self) -> None:
+        """Read from here on: everything new in the node stream, the broadcast from now."""
+        latest: Any = await self._redis.xrevrange(self._broadcast_stream, count=1)
+        self._positions = {
+            self._node_stream: "0-0",
+            self._broadcast_stream: latest[0][0].decode() if latest else "0-0",
+        }
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                response: Any = await self._redis.xread(
+                    self._positions,  # type: ignore[arg-type]
+                    count=READ_COUNT,
+                    block=BLOCK_MS,
+                )
+            except (RedisError, OSError) as exc:
+                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("reading commands from redis failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            for raw_stream, entries in response:
+                stream = raw_stream.decode()
+                for _entry_id, fields in entries:
+                    await self._handle(fields)
+                self._positions[stream] = entries[-1][0].decode()
+                if stream == self._node_stream:
+                    # Done with everything up to this entry: trim it (the last one stays).
+                    trim = ("XTRIM", stream, "MINID", self._positions[stream])
+                    self._batcher.submit(Write((trim,)))
+
+    async def _handle(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            command = decode_command(fields)
+        except CommandError as exc:
+            log.warning("skipped a malformed command", error=str(exc))
+            return
+        for conn in self._targets(command):
+            if command.frame is not None:
+                await conn.deliver(command.frame, self._max_pending)
+            else:
+                task = asyncio.create_task(conn.close(command.code, command.reason))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    def _targets(self, command: Command) -> list[Connection]:
+        if command.target == "connection":
+            assert command.to is not None
+            conn = self._connections.get(command.to)
+            if conn is None:
+                log.debug("command for an unknown connection", connection_id=command.to)
+                return []
+            return [conn]
+        if command.target == "user":
+            assert command.to is not None
+            return self._connections.of_user(command.to)
+        return self._connections.all()

@@ -1,0 +1,141 @@
+"""The sockets this gateway holds: one :class:`Connection` each, indexed by id and user.
+
+Writing to a socket never blocks the caller: a frame goes straight to the socket while
+its transport buffer has room, otherwise into the connection's outbox, which a short-lived
+task drains. The outbox is bounded in bytes; a client that reads too slowly to keep it
+under ``max_pending_bytes`` is closed with 3008, and nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+from aiohttp import WSMsgType, web
+
+from wsq_gateway.errors import CloseCode
+from wsq_gateway.logs import CONNECTIONS, get_logger
+
+log = get_logger(CONNECTIONS)
+
+
+class Connection:
+    __slots__ = (
+        "_drainer",
+        "_outbox",
+        "_pending_bytes",
+        "addr",
+        "close_code",
+        "closing",
+        "id",
+        "since_ms",
+        "transport",
+        "user_id",
+        "write_limit",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        connection_id: str,
+        user_id: str | None,
+        addr: str,
+        since_ms: int,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+    ) -> None:
+        self.id = connection_id
+        self.user_id = user_id
+        self.addr = addr
+        self.since_ms = since_ms
+        self.ws = ws
+        self.transport = transport
+        # Bytes the transport may buffer before it pauses writing (its high-water mark).
+        self.write_limit = transport.get_write_buffer_limits()[1]
+        self._outbox: deque[bytes] | None = None
+        self._pending_bytes = 0
+        self._drainer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.close_code: int | None = None  # set when the gateway itself closes the socket
+
+    async def deliver(self, frame: bytes, max_pending_bytes: int) -> None:
+        """Write one text frame, in order, without ever waiting on this client."""
+        if self.closing or self.ws.closed:
+            return
+        if self._outbox is None:
+            if self.transport.get_write_buffer_size() + len(frame) < self.write_limit:
+                # The transport takes it without pausing, so this await does not suspend.
+                with contextlib.suppress(ConnectionError):  # closing: its reader cleans up
+                    await self.ws.send_frame(frame, WSMsgType.TEXT)
+                return
+            self._outbox = deque()
+        self._outbox.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes > max_pending_bytes:
+            log.info("slow consumer disconnected", connection_id=self.id, pending=self._pending_bytes)
+            self._outbox.clear()
+            self._pending_bytes = 0
+            self._drainer = asyncio.create_task(
+                self.close(CloseCode.SLOW_CONSUMER, "client reads too slowly")
+            )
+        elif self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        try:
+            while outbox:
+                frame = outbox.popleft()
+                self._pending_bytes -= len(frame)
+                await self.ws.send_frame(frame, WSMsgType.TEXT)
+        except ConnectionError:
+            outbox.clear()
+        finally:
+            self._outbox = None
+            self._pending_bytes = 0
+            self._drainer = None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket (idempotent); its reader then emits the disconnect event."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        await self.ws.close(code=code, message=reason.encode()[:123])
+
+
+class ConnectionIndex:
+    """The connections of this gateway, by connection id and by user id."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Connection] = {}
+        self.by_user: dict[str, set[Connection]] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def add(self, conn: Connection) -> None:
+        self.by_id[conn.id] = conn
+        if conn.user_id is not None:
+            self.by_user.setdefault(conn.user_id, set()).add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        if self.by_id.pop(conn.id, None) is None:
+            return
+        if conn.user_id is not None:
+            conns = self.by_user.get(conn.user_id)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self.by_user[conn.user_id]
+
+    def get(self, connection_id: str) -> Connection | None:
+        return self.by_id.get(connection_id)
+
+    def of_user(self, user_id: str) -> list[Connection]:
+        return list(self.by_user.get(user_id, ()))
+
+    def all(self) -> list[Connection]:
+        return list(self.by_id.values())

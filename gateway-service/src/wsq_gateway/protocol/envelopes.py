@@ -1,0 +1,93 @@
+"""Redis stream entries: inbound events (gateway -> workers) and outbound commands.
+
+Both are flat maps of strings (``protocol/schemas/event.schema.json`` and
+``command.schema.json``), so the gateway never decodes or re-encodes a payload: it
+appends the client's frame text as received, and writes a command's ``frame`` bytes to
+the sockets verbatim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
+
+VERSION = "1"
+EventType = Literal["connect", "message", "disconnect"]
+Target = Literal["connection", "user", "all"]
+
+
+def event_fields(
+    kind: EventType,
+    *,
+    connection_id: str,
+    node: str,
+    user_id: str | None,
+    ts_ms: int,
+    addr: str,
+    frame: str | None = None,
+    close_code: int | None = None,
+) -> dict[str, str]:
+    """The field map of one inbound event."""
+    fields = {
+        "v": VERSION,
+        "type": kind,
+        "connection_id": connection_id,
+        "node": node,
+        "ts": str(ts_ms),
+        "addr": addr,
+    }
+    if user_id is not None:
+        fields["user_id"] = user_id
+    if frame is not None:
+        fields["frame"] = frame
+    if close_code is not None:
+        fields["close_code"] = str(close_code)
+    return fields
+
+
+class Command(NamedTuple):
+    """A decoded outbound command."""
+
+    type: Literal["send", "disconnect"]
+    target: Target
+    to: str | None
+    frame: bytes | None
+    code: int
+    reason: str
+
+
+class CommandError(ValueError):
+    """An outbound command that does not follow the protocol (it is logged and skipped)."""
+
+
+_TARGETS: dict[bytes, Target] = {b"connection": "connection", b"user": "user", b"all": "all"}
+
+
+def decode_command(fields: Mapping[bytes, bytes]) -> Command:
+    """Decode a stream entry read from a node stream or the broadcast stream."""
+    if fields.get(b"v") != b"1":
+        raise CommandError(f"unsupported version {fields.get(b'v')!r}")
+    target = _TARGETS.get(fields.get(b"target", b""))
+    if target is None:
+        raise CommandError(f"unknown target {fields.get(b'target')!r}")
+    raw_to = fields.get(b"to")
+    if (target == "all") != (raw_to is None):
+        raise CommandError("'to' is required, except for target=all where it is forbidden")
+    to = raw_to.decode() if raw_to is not None else None
+
+    kind = fields.get(b"type")
+    if kind == b"send":
+        frame = fields.get(b"frame")
+        if frame is None:
+            raise CommandError("send without frame")
+        return Command("send", target, to, frame, 0, "")
+    if kind == b"disconnect":
+        try:
+            code = int(fields.get(b"code", b""))
+        except ValueError:
+            raise CommandError("disconnect without a numeric code") from None
+        if code != 1000 and not 3000 <= code <= 4999:
+            raise CommandError(f"close code {code} is not 1000 or 3000-4999")
+        reason = fields.get(b"reason", b"").decode(errors="replace")
+        return Command("disconnect", target, to, None, code, reason)
+    raise CommandError(f"unknown type {kind!r}")

@@ -1,0 +1,32 @@
+"""Redis key names, from one prefix (``WSQ_KEY_PREFIX``). Mirrors ``protocol/keys.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONSUMER_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    @property
+    def inbound_stream(self) -> str:
+        return f"{self.prefix}:inbound"
+
+    @property
+    def broadcast_stream(self) -> str:
+        return f"{self.prefix}:broadcast"
+
+    def node_stream(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:out"
+
+    def connection(self, connection_id: str) -> str:
+        return f"{self.prefix}:conn:{connection_id}"
+
+    def user_connections(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{user_id}:conns"
+
+    def node_connections(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:conns"

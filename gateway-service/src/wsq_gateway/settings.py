@@ -1,0 +1,106 @@
+"""The gateway's settings. They come only from environment variables prefixed ``WSQ_``.
+
+Each field's description is its documentation: ``wsq-gateway --help`` prints them, and
+the README's settings table is checked against this class by the test suite.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wsq_gateway.protocol.ids import new_node_id, valid_node_id
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WSQ_", extra="ignore", frozen=True)
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    path: str = Field("/ws", description="URL path of the WebSocket endpoint.")
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis to use (redis://, rediss:// for TLS, with user:password@ for AUTH).",
+    )
+    key_prefix: str = Field(
+        "wsq", min_length=1, description="Namespace of every Redis key, so deployments can share a Redis."
+    )
+    node_id: str = Field(
+        default_factory=new_node_id,
+        description="This gateway's id, part of every connection id it issues "
+        "(1-64 letters, digits, _ or -). Default: generated, unique per process.",
+    )
+    ssl_certfile: str | None = Field(
+        None, description="PEM certificate: with SSL_KEYFILE, serve wss:// and https://."
+    )
+    ssl_keyfile: str | None = Field(None, description="PEM private key for SSL_CERTFILE.")
+    max_message_bytes: int = Field(
+        65536, ge=128, description="Largest client frame accepted; a larger one closes the socket with 1009."
+    )
+    max_pending_bytes: int = Field(
+        1048576,
+        ge=1024,
+        description="Bytes queued for one slow client before it is disconnected with 3008.",
+    )
+    max_queued_frames: int = Field(
+        10000,
+        ge=1,
+        description="Client frames waiting to be written to Redis, over all connections; "
+        "past it, frames are answered with $error overloaded.",
+    )
+    heartbeat_s: float = Field(
+        30.0, gt=0, description="Seconds between WebSocket pings; a client that misses the pong is closed."
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long to wait for sockets to close and events to flush."
+    )
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="HS256 secret. When set, clients must present a JWT (?token= or Authorization: "
+        "Bearer); its sub becomes the user_id. When unset, connections are anonymous.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json: one JSON object per line; console: coloured, for humans."
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not valid_node_id(value):
+            raise ValueError("must be 1-64 letters, digits, _ or -")
+        return value
+
+    @model_validator(mode="after")
+    def _ssl_pair(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("WSQ_SSL_CERTFILE and WSQ_SSL_KEYFILE must be set together")
+        return self
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for --help and docs."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "generated"
+        elif field.default is None:
+            default = "unset"
+        else:
+            default = str(field.default)
+        rows.append((f"WSQ_{name.upper()}", default, field.description or ""))
+    return rows

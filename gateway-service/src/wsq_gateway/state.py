@@ -1,0 +1,45 @@
+"""The gateway's state, one object kept in the aiohttp app under :data:`GATEWAY`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from wsq_gateway.auth import Authenticator
+from wsq_gateway.broker.batcher import RedisBatcher
+from wsq_gateway.broker.inbound import Inbound
+from wsq_gateway.broker.outbound import Outbound
+from wsq_gateway.connection import ConnectionIndex
+from wsq_gateway.protocol.keys import Keys
+from wsq_gateway.settings import Settings
+
+
+class Gateway:
+    """Settings, the Redis client and the pieces built on it, and the local connections."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.redis = redis
+        self.keys = Keys(settings.key_prefix)
+        self.connections = ConnectionIndex()
+        self.batcher = RedisBatcher(redis)
+        self.inbound = Inbound(self.batcher, self.keys, self.node_id, settings.max_queued_frames)
+        self.outbound = Outbound(
+            redis, self.batcher, self.keys, self.node_id, self.connections, settings.max_pending_bytes
+        )
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self.authenticator = Authenticator(secret)
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a fire-and-forget task referenced until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,126 @@
+"""HTTP and WebSocket endpoints: ``/ws`` (path from WSQ_PATH), ``/healthz``, ``/readyz``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+
+from wsq_gateway.broker.inbound import now_ms
+from wsq_gateway.connection import Connection
+from wsq_gateway.errors import AuthenticationError, BrokerUnavailable, CloseCode, ErrorCode, FrameError
+from wsq_gateway.logs import CONNECTIONS, get_logger
+from wsq_gateway.protocol.frames import PING, connected_frame, decode_client_frame, error_frame, pong_frame
+from wsq_gateway.protocol.ids import new_connection_id
+from wsq_gateway.state import GATEWAY, Gateway
+
+log = get_logger(CONNECTIONS)
+
+READY_PING_TIMEOUT_S = 1.0
+CLOSE_TIMEOUT_S = 2.0  # how long a closing socket waits for the client's close frame
+BINARY_FRAME = error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
+OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for new connections: Redis answers and the gateway is not shutting down."""
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    try:
+        await asyncio.wait_for(gateway.redis.ping(), READY_PING_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return web.json_response({"status": "redis unavailable", "error": str(exc)}, status=503)
+    return web.json_response(
+        {"status": "ready", "node": gateway.node_id, "connections": len(gateway.connections)}
+    )
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
+        raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
+    try:
+        user_id = gateway.authenticator.user_id(request)
+    except AuthenticationError as exc:
+        raise web.HTTPUnauthorized(
+            text=str(exc), headers={"WWW-Authenticate": 'Bearer realm="wsq"'}
+        ) from None
+
+    settings = gateway.settings
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat_s,
+        compress=False,
+        max_msg_size=settings.max_message_bytes,
+        decode_text=False,  # orjson checks UTF-8 itself: bad text gets $error, not a closed socket
+        timeout=CLOSE_TIMEOUT_S,
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the client went away during the handshake
+        return ws
+    conn = Connection(
+        new_connection_id(gateway.node_id),
+        user_id,
+        request.remote or "",
+        now_ms(),
+        ws,
+        transport,
+    )
+    try:
+        await gateway.inbound.connected(conn)
+    except BrokerUnavailable as exc:
+        log.warning("could not register a connection", error=str(exc))
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"redis unavailable, try again later")
+        return ws
+
+    gateway.connections.add(conn)
+    log.debug("connected", connection_id=conn.id, user_id=user_id, addr=conn.addr)
+    try:
+        await conn.deliver(connected_frame(conn.id, user_id), settings.max_pending_bytes)
+        await _read_frames(gateway, conn)
+    finally:
+        gateway.connections.remove(conn)
+        # Our own code when the gateway closed it, else the client's; 1006 when none was sent.
+        close_code = conn.close_code or ws.close_code or 1006
+        gateway.inbound.disconnected(conn, close_code)
+        log.debug("disconnected", connection_id=conn.id, close_code=close_code)
+    return ws
+
+
+async def _read_frames(gateway: Gateway, conn: Connection) -> None:
+    ws, max_pending = conn.ws, gateway.settings.max_pending_bytes
+
+    def rejected_by_redis(exc: BrokerUnavailable, frame_id: str | None) -> None:
+        message = "the gateway cannot reach Redis; the frame was not queued, send it again later"
+        task = asyncio.create_task(
+            conn.deliver(error_frame(ErrorCode.UNAVAILABLE, message, frame_id), max_pending)
+        )
+        gateway.track(task)
+
+    while True:
+        msg = await ws.receive()
+        if msg.type is WSMsgType.TEXT:
+            try:
+                frame = decode_client_frame(msg.data)
+            except FrameError as exc:
+                await conn.deliver(error_frame(exc.code, exc.message, exc.frame_id), max_pending)
+                continue
+            frame_id = frame.id
+            if frame.action == PING:
+                await conn.deliver(pong_frame(frame.data, frame_id), max_pending)
+            elif not gateway.inbound.message(
+                conn, msg.data, functools.partial(rejected_by_redis, frame_id=frame_id)
+            ):
+                await conn.deliver(error_frame(ErrorCode.OVERLOADED, OVERLOADED, frame_id), max_pending)
+        elif msg.type is WSMsgType.BINARY:
+            await conn.deliver(BINARY_FRAME, max_pending)
+        else:  # CLOSE, CLOSING, CLOSED or ERROR (e.g. a frame over max_msg_size: aiohttp closed with 1009)
+            return
