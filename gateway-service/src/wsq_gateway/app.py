@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from wsq_gateway.broker.outbound import BLOCK_MS
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import get_logger
@@ -21,15 +22,21 @@ log = get_logger(GATEWAY_LOGGER)
 REDIS_TIMEOUT_S = 5.0
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application()
-    redis = aioredis.Redis.from_url(
+def _redis_client(settings: Settings, timeout: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_timeout=timeout,
         health_check_interval=30,
-        max_connections=64,
     )
-    app[GATEWAY] = Gateway(settings, redis)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    blocking_timeout = BLOCK_MS / 1000 + REDIS_TIMEOUT_S
+    app[GATEWAY] = Gateway(
+        settings, _redis_client(settings, REDIS_TIMEOUT_S), _redis_client(settings, blocking_timeout)
+    )
     app.router.add_get(settings.path, websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -51,6 +58,7 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
         await reader
     await gateway.batcher.close(gateway.settings.shutdown_timeout_s)
     await gateway.redis.aclose()
+    await gateway.blocking_redis.aclose()
 
 
 async def _retry_until_reachable(gateway: Gateway) -> None:

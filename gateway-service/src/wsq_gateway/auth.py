@@ -6,7 +6,11 @@ import jwt
 from aiohttp import web
 
 from wsq_gateway.errors import AuthenticationError
+from wsq_gateway.logs import GATEWAY, get_logger
 
+log = get_logger(GATEWAY)
+
+MIN_SECRET_BYTES = 32  # RFC 7518 section 3.2: an HS256 key at least as long as the hash
 ALGORITHMS = ["HS256"]  # pinned: a token's own "alg" header is never trusted (no "none")
 
 
@@ -15,6 +19,8 @@ class Authenticator:
 
     def __init__(self, secret: str | None) -> None:
         self._secret = secret
+        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+            log.warning("WSQ_JWT_SECRET is shorter than 32 bytes: tokens are easier to forge")
 
     @property
     def required(self) -> bool:

@@ -98,12 +98,19 @@ class Connection:
             self._drainer = None
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the socket (idempotent); its reader then emits the disconnect event."""
+        """Close the socket (idempotent); its reader then emits the disconnect event.
+
+        The close frame is queued behind what the client has not read yet. A client that
+        does not answer it within the handshake timeout (one that stopped reading, say)
+        has its TCP connection aborted, so its buffers are freed at once.
+        """
         if self.closing:
             return
         self.closing = True
-        self.close_code = code
-        await self.ws.close(code=code, message=reason.encode()[:123])
+        self.close_code = int(code)
+        await self.ws.close(code=code, message=reason.encode()[:123], drain=False)
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
 
 
 class ConnectionIndex:

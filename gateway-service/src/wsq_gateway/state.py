@@ -20,16 +20,23 @@ from wsq_gateway.settings import Settings
 class Gateway:
     """Settings, the Redis client and the pieces built on it, and the local connections."""
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, blocking_redis: aioredis.Redis) -> None:
         self.settings = settings
         self.node_id = settings.node_id
         self.redis = redis
+        # XREAD BLOCK waits longer than the normal socket timeout: it gets a client of its own.
+        self.blocking_redis = blocking_redis
         self.keys = Keys(settings.key_prefix)
         self.connections = ConnectionIndex()
         self.batcher = RedisBatcher(redis)
         self.inbound = Inbound(self.batcher, self.keys, self.node_id, settings.max_queued_frames)
         self.outbound = Outbound(
-            redis, self.batcher, self.keys, self.node_id, self.connections, settings.max_pending_bytes
+            blocking_redis,
+            self.batcher,
+            self.keys,
+            self.node_id,
+            self.connections,
+            settings.max_pending_bytes,
         )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.authenticator = Authenticator(secret)

@@ -1,0 +1,46 @@
+"""Fixtures: an in-process gateway (aiohttp test server) on a private redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+from gateway_harness import GatewayFactory, RunningGateway
+
+from wsq_gateway import Settings, create_app
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def start_gateway(redis_url: str, key_prefix: str) -> AsyncIterator[GatewayFactory]:
+    """Start gateways with settings overrides; all are stopped after the test."""
+    servers: list[TestServer] = []
+    session = aiohttp.ClientSession()
+
+    async def start(**overrides: Any) -> RunningGateway:
+        options: dict[str, Any] = {"redis_url": redis_url, "key_prefix": key_prefix, **overrides}
+        settings = Settings(**options)
+        server = TestServer(create_app(settings), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return RunningGateway(server, settings, session)
+
+    yield start
+    await session.close()
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def gateway(start_gateway: GatewayFactory) -> RunningGateway:
+    return await start_gateway()

@@ -1,0 +1,345 @@
+"""The gateway end to end in one process: real sockets, real Redis, no worker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from gateway_harness import GatewayFactory, RunningGateway, receive_json
+
+from wsq_devkit import RedisServer, wait_until_async
+from wsq_devkit.contract import is_valid
+
+SECRET = "a-test-secret-of-at-least-32-bytes!"
+
+
+def command(target: str, to: str | None, frame: dict[str, Any]) -> dict[str, str]:
+    fields = {"v": "1", "type": "send", "target": target, "frame": orjson.dumps(frame).decode()}
+    if to is not None:
+        fields["to"] = to
+    return fields
+
+
+async def inbound_events(redis: aioredis.Redis, gw: RunningGateway) -> list[dict[str, str]]:
+    entries = await redis.xrange(gw.keys.inbound_stream)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def wait_for_events(redis: aioredis.Redis, gw: RunningGateway, count: int) -> list[dict[str, str]]:
+    async def enough() -> list[dict[str, str]] | None:
+        events = await inbound_events(redis, gw)
+        return events if len(events) >= count else None
+
+    return await wait_until_async(enough, timeout=5, message=f"{count} inbound events")
+
+
+async def test_connect_registers_and_emits_a_connect_event(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    assert hello["user_id"] is None
+    assert cid.startswith(gateway.node_id + ".")
+    assert is_valid("server-frame", {"action": "$connected", "data": hello})
+
+    info = await redis.hgetall(gateway.keys.connection(cid))
+    assert info[b"node"] == gateway.node_id.encode()
+    assert b"user_id" not in info
+    assert await redis.sismember(gateway.keys.node_connections(gateway.node_id), cid)
+    (event,) = await wait_for_events(redis, gateway, 1)
+    assert event["type"] == "connect"
+    assert event["connection_id"] == cid
+    assert is_valid("event", event)
+    await ws.close()
+
+
+async def test_client_frames_are_queued_verbatim_in_order(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    frames = [f'{{"action": "chat.say", "data": {{"n": {n}}}, "id": "m{n}"}}' for n in range(50)]
+    for text in frames:
+        await ws.send_str(text)
+    events = await wait_for_events(redis, gateway, 51)
+    messages = [e for e in events if e["type"] == "message"]
+    assert [e["frame"] for e in messages] == frames
+    for event in messages:
+        assert event["connection_id"] == hello["connection_id"]
+        assert is_valid("event", event)
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "code", "frame_id"),
+    [
+        ("not json", "invalid_json", None),
+        ('{"action": "x", "data": NaN}', "invalid_json", None),
+        ("[1, 2]", "invalid_frame", None),
+        ('{"data": 1, "id": "a1"}', "invalid_frame", "a1"),
+        ('{"action": "no spaces", "id": "a2"}', "invalid_frame", "a2"),
+        ('{"action": "x", "id": 12}', "invalid_frame", None),
+        ('{"action": "x", "id": "a3", "extra": 1}', "invalid_frame", "a3"),
+        ('{"action": "$connected", "id": "a4"}', "reserved_action", "a4"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_the_socket_stays_usable(
+    gateway: RunningGateway, redis: aioredis.Redis, sent: str, code: str, frame_id: str | None
+) -> None:
+    ws, _ = await gateway.connect()
+    await ws.send_str(sent)
+    error = await receive_json(ws)
+    assert error["action"] == "$error"
+    assert error["data"]["code"] == code
+    assert error.get("id") == frame_id
+    assert is_valid("server-frame", error)
+    await ws.send_str('{"action": "$ping", "id": "after"}')
+    assert (await receive_json(ws)) == {"action": "$pong", "data": None, "id": "after"}
+    events = await inbound_events(redis, gateway)
+    assert [e["type"] for e in events] == ["connect"], "a rejected frame must not be queued"
+    await ws.close()
+
+
+async def test_invalid_utf8_and_binary_frames_get_errors(gateway: RunningGateway) -> None:
+    ws, _ = await gateway.connect()
+    # aiohttp's client can't send broken UTF-8 in a text frame, so write the frame by hand.
+    writer = ws._writer
+    await writer.send_frame(b'{"action": "x", "data": "\xff\xfe"}', aiohttp.WSMsgType.TEXT)
+    assert (await receive_json(ws))["data"]["code"] == "invalid_json"
+    await ws.send_bytes(b'{"action": "x"}')
+    assert (await receive_json(ws))["data"]["code"] == "invalid_frame"
+    await ws.close()
+
+
+async def test_ping_is_answered_by_the_gateway(gateway: RunningGateway) -> None:
+    ws, _ = await gateway.connect()
+    await ws.send_str('{"action": "$ping", "data": {"t": 1}, "id": "p"}')
+    assert await receive_json(ws) == {"action": "$pong", "data": {"t": 1}, "id": "p"}
+    await ws.close()
+
+
+async def test_oversized_frame_closes_with_1009(start_gateway: GatewayFactory) -> None:
+    gateway = await start_gateway(max_message_bytes=1024)
+    ws, _ = await gateway.connect()
+    await ws.send_str('{"action": "x", "data": "' + "a" * 2000 + '"}')
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert msg.data == 1009
+
+
+async def test_pushes_reach_connection_user_and_everyone(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    secret = SECRET
+    gateway = await start_gateway(jwt_secret=secret)
+    token_a = jwt.encode({"sub": "alice"}, secret, algorithm="HS256")
+    token_b = jwt.encode({"sub": "bob"}, secret, algorithm="HS256")
+    a1, hello_a1 = await gateway.connect(params={"token": token_a})
+    a2, _ = await gateway.connect(headers={"Authorization": f"Bearer {token_a}"})
+    b, hello_b = await gateway.connect(params={"token": token_b})
+    assert hello_a1["user_id"] == "alice"
+    assert hello_b["user_id"] == "bob"
+    node_stream = gateway.keys.node_stream(gateway.node_id)
+
+    await redis.xadd(
+        node_stream, command("connection", hello_b["connection_id"], {"action": "direct", "data": 1})
+    )
+    assert await receive_json(b) == {"action": "direct", "data": 1}
+
+    await redis.xadd(node_stream, command("user", "alice", {"action": "for_alice", "data": 2}))
+    assert await receive_json(a1) == {"action": "for_alice", "data": 2}
+    assert await receive_json(a2) == {"action": "for_alice", "data": 2}
+
+    await redis.xadd(gateway.keys.broadcast_stream, command("all", None, {"action": "all", "data": 3}))
+    for ws in (a1, a2, b):
+        assert await receive_json(ws) == {"action": "all", "data": 3}
+    # bob got nothing meant for alice: the next frame he sees is the broadcast above, then this one.
+    await redis.xadd(
+        node_stream, command("connection", hello_b["connection_id"], {"action": "last", "data": 4})
+    )
+    assert await receive_json(b) == {"action": "last", "data": 4}
+    for ws in (a1, a2, b):
+        await ws.close()
+
+
+async def test_pushes_to_one_connection_keep_their_order(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    stream = gateway.keys.node_stream(gateway.node_id)
+    pipe = redis.pipeline(transaction=False)
+    for n in range(500):
+        pipe.xadd(stream, command("connection", hello["connection_id"], {"action": "n", "data": n}))
+    await pipe.execute()
+    received = [(await receive_json(ws))["data"] for _ in range(500)]
+    assert received == list(range(500))
+    # what the gateway has delivered is trimmed from its stream
+    await wait_until_async(lambda: _stream_len_at_most(redis, stream, 1), timeout=5, message="trimmed")
+    await ws.close()
+
+
+async def _stream_len_at_most(redis: aioredis.Redis, stream: str, n: int) -> bool:
+    return int(await redis.xlen(stream)) <= n
+
+
+async def test_disconnect_command_closes_with_the_code_and_emits_disconnect(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    await redis.xadd(
+        gateway.keys.node_stream(gateway.node_id),
+        {
+            "v": "1",
+            "type": "disconnect",
+            "target": "connection",
+            "to": cid,
+            "code": "4000",
+            "reason": "kicked",
+        },
+    )
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert (msg.data, msg.extra) == (4000, "kicked")
+    events = await wait_for_events(redis, gateway, 2)
+    assert events[-1]["type"] == "disconnect"
+    assert events[-1]["close_code"] == "4000"
+    assert is_valid("event", events[-1])
+    assert not await redis.exists(gateway.keys.connection(cid))
+    assert not await redis.sismember(gateway.keys.node_connections(gateway.node_id), cid)
+
+
+async def test_client_close_emits_disconnect_and_clears_the_registry(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(jwt_secret=SECRET)
+    ws, hello = await gateway.connect(params={"token": jwt.encode({"sub": "u1"}, SECRET, algorithm="HS256")})
+    assert await redis.smembers(gateway.keys.user_connections("u1")) == {hello["connection_id"].encode()}
+    await ws.close(code=4321)
+    events = await wait_for_events(redis, gateway, 2)
+    assert (events[-1]["type"], events[-1]["close_code"], events[-1]["user_id"]) == (
+        "disconnect",
+        "4321",
+        "u1",
+    )
+    assert await redis.smembers(gateway.keys.user_connections("u1")) == set()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        None,
+        "garbage",
+        jwt.encode({"sub": "u"}, "another-secret-of-at-least-32-bytes", algorithm="HS256"),
+        jwt.encode({"sub": "u", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256"),
+        jwt.encode({"user": "no-sub"}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "u"}, SECRET * 2, algorithm="HS512"),  # algorithm not allowed
+        jwt.encode({"sub": "u"}, None, algorithm="none"),
+    ],
+)
+async def test_bad_tokens_are_refused_with_401(start_gateway: GatewayFactory, token: str | None) -> None:
+    gateway = await start_gateway(jwt_secret=SECRET)
+    params = {"token": token} if token is not None else {}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await gateway.session.ws_connect(gateway.url(), params=params)
+    assert caught.value.status == 401
+
+
+async def test_health_and_readiness(gateway: RunningGateway) -> None:
+    async with gateway.session.get(gateway.url("/healthz")) as resp:
+        assert resp.status == 200
+    async with gateway.session.get(gateway.url("/readyz")) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["node"] == gateway.node_id
+
+
+async def test_without_redis_frames_get_unavailable_and_readyz_fails(start_gateway: GatewayFactory) -> None:
+    with RedisServer() as own:
+        gateway = await start_gateway(redis_url=own.url, shutdown_timeout_s=0.5)
+        ws, _ = await gateway.connect()
+        own.stop()
+        await ws.send_str('{"action": "x", "id": "lost"}')
+        error = await receive_json(ws, timeout=10)
+        assert error == {
+            "action": "$error",
+            "data": {"code": "unavailable", "message": error["data"]["message"]},
+            "id": "lost",
+        }
+        async with gateway.session.get(gateway.url("/readyz")) as resp:
+            assert resp.status == 503
+        # new sockets can't be registered: refused with 1013, not left hanging
+        fresh = await gateway.session.ws_connect(gateway.url())
+        msg = await fresh.receive(timeout=10)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)
+        await ws.close()
+
+
+async def test_shutdown_closes_sockets_with_1001(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway()
+    ws, hello = await gateway.connect()
+    closing = asyncio.create_task(gateway.server.close())
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+    await closing
+    events = await inbound_events(redis, gateway)
+    assert events[-1]["type"] == "disconnect"
+    assert events[-1]["connection_id"] == hello["connection_id"]
+    assert events[-1]["close_code"] == "1001"
+
+
+async def open_raw_socket(gateway: RunningGateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket handshake by hand, on a socket with a tiny receive buffer, that then never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    host, port = gateway.server.host, gateway.server.port
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {gateway.settings.path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    status = await reader.readline()
+    assert b" 101 " in status, status
+    return reader, writer
+
+
+async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_keep_receiving(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(max_pending_bytes=64 * 1024)
+    _, writer = await open_raw_socket(gateway)
+    fast, fast_hello = await gateway.connect()
+    node = gateway.keys.node_connections(gateway.node_id)
+    slow_id = next(
+        cid.decode() for cid in await redis.smembers(node) if cid.decode() != fast_hello["connection_id"]
+    )
+    stream = gateway.keys.node_stream(gateway.node_id)
+    blob = "x" * 16_000
+    closed_after = None
+    for n in range(2000):  # up to 32 MB for the slow client, far more than socket buffers hold
+        await redis.xadd(stream, command("connection", slow_id, {"action": "big", "data": blob}))
+        await redis.xadd(
+            stream, command("connection", fast_hello["connection_id"], {"action": "n", "data": n})
+        )
+        assert (await receive_json(fast))["data"] == n, "the fast client must keep receiving"
+        if not await redis.exists(gateway.keys.connection(slow_id)):
+            closed_after = n
+            break
+    assert closed_after is not None, "the slow client was never disconnected"
+    events = await wait_for_events(redis, gateway, 3)
+    (disconnect,) = [e for e in events if e["type"] == "disconnect"]
+    assert (disconnect["connection_id"], disconnect["close_code"]) == (slow_id, "3008")
+    await fast.close()
+    writer.close()

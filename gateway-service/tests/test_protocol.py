@@ -1,0 +1,207 @@
+"""The gateway's pure protocol core against protocol/: schemas, golden examples, keys."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wsq_devkit.contract import example_ids, examples, is_valid, key_templates
+from wsq_gateway.errors import ErrorCode, FrameError
+from wsq_gateway.protocol import (
+    Keys,
+    connected_frame,
+    decode_client_frame,
+    decode_command,
+    error_frame,
+    event_fields,
+    new_connection_id,
+    new_node_id,
+    node_of,
+    pong_frame,
+)
+from wsq_gateway.protocol.envelopes import CommandError
+
+VALID_CLIENT = examples("valid", "client-frame")
+INVALID_CLIENT = examples("invalid", "client-frame")
+
+
+@pytest.mark.parametrize("path", VALID_CLIENT, ids=example_ids(VALID_CLIENT))
+def test_valid_client_frames_decode(path: Path) -> None:
+    text = path.read_bytes()
+    frame = decode_client_frame(text)
+    doc = json.loads(text)
+    assert frame.action == doc["action"]
+    assert frame.data == doc.get("data")
+    assert frame.id == doc.get("id")
+
+
+@pytest.mark.parametrize("path", INVALID_CLIENT, ids=example_ids(INVALID_CLIENT))
+def test_invalid_client_frames_get_the_code_in_their_name(path: Path) -> None:
+    expected = ErrorCode(path.name.split(".")[0])
+    with pytest.raises(FrameError) as caught:
+        decode_client_frame(path.read_bytes().rstrip(b"\n"))
+    assert caught.value.code is expected
+    assert caught.value.message
+
+
+def test_frame_error_keeps_a_readable_id() -> None:
+    with pytest.raises(FrameError) as caught:
+        decode_client_frame(b'{"action": "bad action", "id": "q1"}')
+    assert caught.value.frame_id == "q1"
+    with pytest.raises(FrameError) as caught:
+        decode_client_frame(b'{"action": "x", "id": 5}')
+    assert caught.value.frame_id is None
+
+
+def test_invalid_utf8_is_invalid_json() -> None:
+    with pytest.raises(FrameError) as caught:
+        decode_client_frame(b'{"action": "x", "data": "\xff"}')
+    assert caught.value.code is ErrorCode.INVALID_JSON
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_are_accepted_or_rejected_with_a_code(raw: bytes) -> None:
+    try:
+        decode_client_frame(raw)
+    except FrameError as exc:
+        code = exc.code
+    else:
+        return
+    assert code in ErrorCode
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=70),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+NAMES = st.from_regex(r"\$?[A-Za-z0-9_.:-]{0,65}", fullmatch=True) | st.sampled_from(["$ping", "$error"])
+FIELDS = {"action": NAMES | JSON_VALUES, "data": JSON_VALUES, "id": st.text(max_size=66) | JSON_VALUES}
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.fixed_dictionaries({}, optional={**FIELDS, "extra": JSON_VALUES}))
+def test_decoder_agrees_with_the_schema(doc: dict[str, object]) -> None:
+    raw = orjson.dumps(doc)
+    try:
+        decode_client_frame(raw)
+    except FrameError:
+        assert not is_valid("client-frame", doc)
+    else:
+        assert is_valid("client-frame", doc)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        connected_frame("gw-1.q2uE4nK0m5Zr8VtY1xWb7A", None),
+        connected_frame("gw-1.q2uE4nK0m5Zr8VtY1xWb7A", "42"),
+        pong_frame(None, "p1"),
+        pong_frame({"t": 1}, None),
+        *(error_frame(code, "message", "id-1") for code in ErrorCode),
+        error_frame(ErrorCode.INVALID_JSON, "frame is not valid JSON"),
+    ],
+)
+def test_gateway_frames_follow_the_server_schema(frame: bytes) -> None:
+    assert is_valid("server-frame", orjson.loads(frame))
+
+
+def test_every_error_code_is_in_the_schema() -> None:
+    for code in ErrorCode:
+        assert is_valid("server-frame", {"action": "$error", "data": {"code": code.value, "message": ""}})
+
+
+@pytest.mark.parametrize("path", examples("valid", "event"), ids=example_ids(examples("valid", "event")))
+def test_event_fields_reproduce_the_golden_events(path: Path) -> None:
+    golden = json.loads(path.read_text())
+    built = event_fields(
+        golden["type"],
+        connection_id=golden["connection_id"],
+        node=golden["node"],
+        user_id=golden.get("user_id"),
+        ts_ms=int(golden["ts"]),
+        addr=golden["addr"],
+        frame=golden.get("frame"),
+        close_code=int(golden["close_code"]) if "close_code" in golden else None,
+    )
+    assert built == golden
+    assert is_valid("event", built)
+
+
+def _as_stream_entry(doc: dict[str, str]) -> dict[bytes, bytes]:
+    return {key.encode(): value.encode() for key, value in doc.items()}
+
+
+@pytest.mark.parametrize("path", examples("valid", "command"), ids=example_ids(examples("valid", "command")))
+def test_valid_commands_decode(path: Path) -> None:
+    golden = json.loads(path.read_text())
+    command = decode_command(_as_stream_entry(golden))
+    assert command.type == golden["type"]
+    assert command.target == golden["target"]
+    assert command.to == golden.get("to")
+    if command.type == "send":
+        assert command.frame == golden["frame"].encode()
+    else:
+        assert command.code == int(golden["code"])
+        assert command.reason == golden.get("reason", "")
+
+
+# The gateway writes a command's frame verbatim without decoding it (publishers encode
+# frames; re-validating them would cost every delivery a JSON parse).
+NOT_CHECKED_BY_GATEWAY = {"frame-not-a-server-frame.json"}
+INVALID_COMMANDS = [p for p in examples("invalid", "command") if p.name not in NOT_CHECKED_BY_GATEWAY]
+
+
+@pytest.mark.parametrize("path", INVALID_COMMANDS, ids=example_ids(INVALID_COMMANDS))
+def test_invalid_commands_are_rejected(path: Path) -> None:
+    with pytest.raises(CommandError):
+        decode_command(_as_stream_entry(json.loads(path.read_text())))
+
+
+def test_keys_follow_keys_json() -> None:
+    templates = key_templates()["keys"]
+    keys = Keys("pfx")
+    values = {"prefix": "pfx", "node": "gw-1", "connection_id": "gw-1.abc", "user_id": "u:7"}
+    assert keys.inbound_stream == templates["inbound_stream"].format(**values)
+    assert keys.broadcast_stream == templates["broadcast_stream"].format(**values)
+    assert keys.node_stream("gw-1") == templates["node_stream"].format(**values)
+    assert keys.connection("gw-1.abc") == templates["connection"].format(**values)
+    assert keys.user_connections("u:7") == templates["user_connections"].format(**values)
+    assert keys.node_connections("gw-1") == templates["node_connections"].format(**values)
+    assert set(templates) == {
+        "inbound_stream",
+        "broadcast_stream",
+        "node_stream",
+        "connection",
+        "user_connections",
+        "node_connections",
+    }
+
+
+def test_connection_ids_name_their_node_and_are_unguessable() -> None:
+    node = new_node_id()
+    ids = {new_connection_id(node) for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for cid in list(ids)[:100]:
+        assert node_of(cid) == node
+        suffix = cid.rsplit(".", 1)[1]
+        assert len(suffix) == 22  # 128 bits of base64url
+        assert set(suffix) <= set(string.ascii_letters + string.digits + "-_")
+        assert is_valid("server-frame", orjson.loads(connected_frame(cid, None)))
+
+
+@pytest.mark.parametrize("bad", ["", "nodot", "a.b", "gw-1.tooshort", "bad node.q2uE4nK0m5Zr8VtY1xWb7A"])
+def test_node_of_rejects_what_is_not_a_connection_id(bad: str) -> None:
+    assert node_of(bad) is None
