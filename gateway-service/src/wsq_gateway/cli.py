@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"wsq-gateway: invalid settings\n{exc}", file=sys.stderr)
+        print("wsq-gateway: invalid settings", file=sys.stderr)
+        for error in exc.errors():
+            name = f"WSQ_{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+            given = f" (got {error['input']!r})" if error["loc"] else ""
+            print(f"  {name}{error['msg']}{given}", file=sys.stderr)
         return 2
     run(settings)
     return 0

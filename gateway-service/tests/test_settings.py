@@ -1,0 +1,90 @@
+"""Settings come only from WSQ_* variables, and every one is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from wsq_gateway.cli import main
+from wsq_gateway.settings import Settings, describe_settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"WSQ_{name.upper()}", raising=False)
+    settings = Settings()
+    assert (settings.host, settings.port, settings.path) == ("0.0.0.0", 8000, "/ws")
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.key_prefix == "wsq"
+    assert settings.max_message_bytes == 64 * 1024
+    assert settings.jwt_secret is None
+    assert settings.log_format == "json"
+    assert re.fullmatch(r"gw-[0-9a-f]{12}", settings.node_id)
+    assert Settings().node_id != settings.node_id, "a generated node id is unique per process start"
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSQ_PORT", "9001")
+    monkeypatch.setenv("WSQ_NODE_ID", "edge-1")
+    monkeypatch.setenv("WSQ_JWT_SECRET", "s" * 40)
+    monkeypatch.setenv("WSQ_LOG_FORMAT", "CONSOLE")
+    monkeypatch.setenv("WSQ_HEARTBEAT_S", "2.5")
+    settings = Settings()
+    assert (settings.port, settings.node_id, settings.log_format, settings.heartbeat_s) == (
+        9001,
+        "edge-1",
+        "console",
+        2.5,
+    )
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "s" * 40
+    assert "s" * 40 not in repr(settings), "the secret never appears in logs or reprs"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WSQ_PORT", "http"),
+        ("WSQ_PORT", "70000"),
+        ("WSQ_PATH", "ws"),
+        ("WSQ_NODE_ID", "has.dot"),
+        ("WSQ_LOG_FORMAT", "xml"),
+        ("WSQ_MAX_MESSAGE_BYTES", "0"),
+        ("WSQ_SSL_CERTFILE", "/only/the/cert.pem"),
+    ],
+)
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_cli_reports_bad_settings_with_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WSQ_PORT", "not-a-port")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "WSQ_PORT: Input should be a valid integer" in err
+    assert "'not-a-port'" in err
+
+
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name, default, _ in describe_settings():
+        assert name in out
+        assert f"(default: {default})" in out
+
+
+def test_readme_settings_table_matches_the_code() -> None:
+    rows = re.findall(r"^\| `(WSQ_[A-Z_]+)` \| (.+?) \| (.+?) \|$", README.read_text(), re.MULTILINE)
+    documented = {name: (default.strip("`"), meaning) for name, default, meaning in rows}
+    expected = {name: (default, meaning) for name, default, meaning in describe_settings()}
+    assert documented == expected
