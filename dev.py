@@ -28,7 +28,7 @@ INSTALL_INPUTS = [
     "worker-sdk/pyproject.toml",
     "devkit/pyproject.toml",
 ]
-TYPED_TREES = ["gateway-service/src", "worker-sdk/src", "devkit/src"]
+TYPED_TREES = ["gateway-service/src", "worker-sdk/src", "devkit/src", "examples/chat"]
 
 
 def _inputs_digest() -> str:
@@ -76,10 +76,10 @@ def cmd_check(_: list[str]) -> int:
 
 
 def cmd_demo(args: list[str]) -> int:
-    try:
-        return run([str(PYTHON), "examples/chat/run.py", *args])
-    except KeyboardInterrupt:
-        return 0
+    # Become the demo runner, so Ctrl-C and SIGTERM reach it directly and it can stop
+    # its processes cleanly.
+    os.chdir(ROOT)
+    os.execv(PYTHON, [str(PYTHON), "examples/chat/run.py", *args])
 
 
 COMMANDS = {"demo": cmd_demo, "test": cmd_test, "check": cmd_check}

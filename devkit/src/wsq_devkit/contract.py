@@ -41,7 +41,7 @@ def is_valid(schema: str, doc: Any) -> bool:
             frame = json.loads(doc["frame"])
         except ValueError:
             return False
-        return validator(frame_schema).is_valid(frame)
+        return bool(validator(frame_schema).is_valid(frame))
     return True
 
 

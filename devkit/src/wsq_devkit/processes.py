@@ -18,10 +18,13 @@ class ManagedProcess:
     context manager.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = {**os.environ, **env}
+        self.cwd = cwd
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the process' life
             prefix=f"wsq-{name}-", suffix=".log", delete=False
         )
@@ -29,13 +32,20 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def python_module(cls, name: str, module: str, *args: str, env: Mapping[str, str]) -> ManagedProcess:
+    def python_module(
+        cls, name: str, module: str, *args: str, env: Mapping[str, str], cwd: str | Path | None = None
+    ) -> ManagedProcess:
         """``python -m module args...`` with this interpreter."""
-        return cls(name, [sys.executable, "-m", module, *args], env)
+        return cls(name, [sys.executable, "-m", module, *args], env, cwd)
 
     def start(self) -> ManagedProcess:
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         return self
 

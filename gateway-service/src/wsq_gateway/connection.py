@@ -28,6 +28,7 @@ class Connection:
         "addr",
         "close_code",
         "closing",
+        "held",
         "id",
         "since_ms",
         "transport",
@@ -44,6 +45,7 @@ class Connection:
         since_ms: int,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
+        first_frame: bytes,
     ) -> None:
         self.id = connection_id
         self.user_id = user_id
@@ -53,8 +55,12 @@ class Connection:
         self.transport = transport
         # Bytes the transport may buffer before it pauses writing (its high-water mark).
         self.write_limit = transport.get_write_buffer_limits()[1]
-        self._outbox: deque[bytes] | None = None
-        self._pending_bytes = 0
+        # ``first_frame`` ($connected) waits, with whatever is pushed meanwhile, until
+        # ``release()``: the connection is findable before its connect event is sent, so a
+        # push from on_connect is never lost, yet nothing reaches the client before it.
+        self._outbox: deque[bytes] | None = deque((first_frame,))
+        self._pending_bytes = len(first_frame)
+        self.held = True
         self._drainer: asyncio.Task[None] | None = None
         self.closing = False
         self.close_code: int | None = None  # set when the gateway itself closes the socket
@@ -79,7 +85,13 @@ class Connection:
             self._drainer = asyncio.create_task(
                 self.close(CloseCode.SLOW_CONSUMER, "client reads too slowly")
             )
-        elif self._drainer is None:
+        elif self._drainer is None and not self.held:
+            self._drainer = asyncio.create_task(self._drain())
+
+    def release(self) -> None:
+        """Start delivering: the first frame, then what was pushed while held."""
+        self.held = False
+        if self._outbox and self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
 
     async def _drain(self) -> None:

@@ -66,25 +66,28 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:  # the client went away during the handshake
         return ws
+    connection_id = new_connection_id(gateway.node_id)
     conn = Connection(
-        new_connection_id(gateway.node_id),
+        connection_id,
         user_id,
         request.remote or "",
         now_ms(),
         ws,
         transport,
+        connected_frame(connection_id, user_id),
     )
+    gateway.connections.add(conn)
     try:
         await gateway.inbound.connected(conn)
     except BrokerUnavailable as exc:
+        gateway.connections.remove(conn)
         log.warning("could not register a connection", error=str(exc))
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"redis unavailable, try again later")
         return ws
 
-    gateway.connections.add(conn)
     log.debug("connected", connection_id=conn.id, user_id=user_id, addr=conn.addr)
     try:
-        await conn.deliver(connected_frame(conn.id, user_id), settings.max_pending_bytes)
+        conn.release()
         await _read_frames(gateway, conn)
     finally:
         gateway.connections.remove(conn)
