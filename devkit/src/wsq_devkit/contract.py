@@ -31,18 +31,21 @@ def validator(schema: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(path.read_text()), registry=_registry())
 
 
-def is_valid(schema: str, doc: Any) -> bool:
-    """Valid against the schema, and for events and commands their ``frame`` too."""
-    if not validator(schema).is_valid(doc):
-        return False
+def errors(schema: str, doc: Any) -> list[str]:
+    """Why ``doc`` is not valid (empty when it is); for events and commands, their ``frame`` too."""
+    found = [error.message for error in validator(schema).iter_errors(doc)]
     frame_schema = FRAME_SCHEMA.get(schema)
-    if frame_schema is not None and "frame" in doc:
+    if not found and frame_schema is not None and isinstance(doc, dict) and "frame" in doc:
         try:
             frame = json.loads(doc["frame"])
-        except ValueError:
-            return False
-        return bool(validator(frame_schema).is_valid(frame))
-    return True
+        except ValueError as exc:
+            return [f"frame is not JSON: {exc}"]
+        found = [f"frame: {error.message}" for error in validator(frame_schema).iter_errors(frame)]
+    return found
+
+
+def is_valid(schema: str, doc: Any) -> bool:
+    return not errors(schema, doc)
 
 
 def examples(kind: str, schema: str) -> list[Path]:

@@ -1,0 +1,36 @@
+"""wsq worker SDK: handle the WebSocket messages of the wsq gateway, and push to connections.
+
+    from wsq_worker import Worker
+
+    async def chat_text(ctx, data):
+        await ctx.publisher.broadcast().send("chat_text", data)
+        return {"stored": True}
+
+    worker = Worker({"chat_text": chat_text})   # run it: wsq-worker app:worker
+
+``Publisher``/``AsyncPublisher`` push to connections from any other process.
+"""
+
+from wsq_worker.context import Context, Meta
+from wsq_worker.exceptions import ProtocolError, PublishError, WsqError
+from wsq_worker.publisher import AsyncPublisher, AsyncTarget, Publisher, Target
+from wsq_worker.worker import Handler, LifecycleHandler, Periodic, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncPublisher",
+    "AsyncTarget",
+    "Context",
+    "Handler",
+    "LifecycleHandler",
+    "Meta",
+    "Periodic",
+    "ProtocolError",
+    "PublishError",
+    "Publisher",
+    "Target",
+    "Worker",
+    "WsqError",
+    "__version__",
+]

@@ -1,0 +1,55 @@
+"""JSON encoding for frames: orjson when it is installed (``wsq-worker[fast]``), else the stdlib.
+
+Both produce the same compact text (no spaces, UTF-8 characters unescaped), encode the same
+types (orjson's extras, datetimes and dataclasses, are refused as the stdlib refuses them, and
+what orjson can't encode but the stdlib can, such as integers beyond 64 bits or subclasses of
+str, goes to the stdlib), and refuse NaN and Infinity when decoding, since they are not JSON.
+Differences left: orjson encodes UUIDs and writes NaN/Infinity as null (the stdlib raises
+ValueError), and decodes integers beyond 64 bits as floats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["BACKEND", "dumps", "loads"]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _stdlib_dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _stdlib_loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+dumps: Callable[[Any], str]
+"""Encode a value as compact JSON text; TypeError or ValueError when it can't be encoded."""
+loads: Callable[[str | bytes], Any]
+"""Decode JSON text; ValueError when it is not valid JSON."""
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - depends on the installed extras
+    BACKEND = "json"
+    dumps, loads = _stdlib_dumps, _stdlib_loads
+else:
+    BACKEND = "orjson"
+
+    _STDLIB_TYPES_ONLY = (
+        orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+    )
+
+    def _orjson_dumps(value: Any) -> str:
+        try:
+            return orjson.dumps(value, option=_STDLIB_TYPES_ONLY).decode()
+        except TypeError:  # raises again if the stdlib can't encode it either
+            return _stdlib_dumps(value)
+
+    dumps, loads = _orjson_dumps, orjson.loads

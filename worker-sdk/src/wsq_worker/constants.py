@@ -1,0 +1,54 @@
+"""Environment variables, Redis key names and stream caps, as listed in protocol/keys.json."""
+
+from __future__ import annotations
+
+import os
+
+REDIS_URL_ENV = "WSQ_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+KEY_PREFIX_ENV = "WSQ_KEY_PREFIX"
+DEFAULT_KEY_PREFIX = "wsq"
+
+CONSUMER_GROUP = "workers"
+
+# Approximate caps (XADD ... MAXLEN ~ N): a gateway that vanished can't make Redis grow without bound.
+NODE_STREAM_MAXLEN = 100_000
+BROADCAST_STREAM_MAXLEN = 1_000
+
+
+def redis_url_from_env() -> str:
+    return os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
+
+
+def key_prefix_from_env() -> str:
+    return os.environ.get(KEY_PREFIX_ENV) or DEFAULT_KEY_PREFIX
+
+
+def inbound_stream(prefix: str) -> str:
+    """Events from every gateway to the workers (consumer group ``workers``)."""
+    return f"{prefix}:inbound"
+
+
+def node_stream(prefix: str, node: str) -> str:
+    """Commands for the connections held by the gateway ``node``."""
+    return f"{prefix}:node:{node}:out"
+
+
+def broadcast_stream(prefix: str) -> str:
+    """Commands for every connection, read by every gateway."""
+    return f"{prefix}:broadcast"
+
+
+def connection(prefix: str, connection_id: str) -> str:
+    """Hash describing one connection: ``node``, ``user_id``, ``since``, ``addr``."""
+    return f"{prefix}:conn:{connection_id}"
+
+
+def user_connections(prefix: str, user_id: str) -> str:
+    """Set of the connection ids of one user, on every gateway."""
+    return f"{prefix}:user:{user_id}:conns"
+
+
+def node_connections(prefix: str, node: str) -> str:
+    """Set of the connection ids one gateway holds."""
+    return f"{prefix}:node:{node}:conns"

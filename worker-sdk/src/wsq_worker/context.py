@@ -1,0 +1,103 @@
+"""What a handler knows about the event it handles, and how it answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from wsq_worker.protocol import push_frame
+from wsq_worker.publisher import AsyncPublisher
+
+__all__ = ["Context", "Meta"]
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """Where and when the gateway received the event."""
+
+    node: str
+    """The gateway holding the connection."""
+    received_at: datetime
+    """When the gateway received the event (timezone-aware, UTC)."""
+    client_addr: str
+    """The client's address as the gateway saw it (may be empty)."""
+    close_code: int | None = None
+    """The WebSocket close code (``on_disconnect`` only)."""
+
+
+class Context:
+    """Passed to every handler: ``handler(ctx, data)``, ``on_connect(ctx)``, ``on_disconnect(ctx)``.
+
+    ``action`` and ``id`` are None for connect and disconnect events; ``id`` is None for a
+    message without id (which gets no reply). ``publisher`` pushes anywhere else.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_send_frame",
+        "action",
+        "attempt",
+        "connection_id",
+        "id",
+        "meta",
+        "publisher",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        connection_id: str,
+        user_id: str | None,
+        action: str | None,
+        id: str | None,
+        meta: Meta,
+        publisher: AsyncPublisher,
+        send_frame: Callable[[str], Awaitable[None]],
+        loop: asyncio.AbstractEventLoop,
+        attempt: int = 1,
+    ) -> None:
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.action = action
+        self.id = id
+        self.attempt = attempt
+        """How many times this event was delivered; always 1 for now (no redelivery yet)."""
+        self.meta = meta
+        self.publisher = publisher
+        self._send_frame = send_frame
+        self._loop = loop
+
+    async def send(self, action: str, data: Any = None) -> None:
+        """Push ``{"action": action, "data": data}`` to this connection.
+
+        Returns once the command is in Redis (it is batched with the worker's other writes);
+        pushes arrive in the order they were awaited, before the handler's reply.
+        Raises ``PublishError`` when Redis can't take it.
+        """
+        await self._send_frame(push_frame(action, data))
+
+    def send_sync(self, action: str, data: Any = None) -> None:
+        """``send()`` for plain ``def`` handlers (they run in the worker's thread pool): blocks until sent."""
+        frame = push_frame(action, data)
+        try:
+            running_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running_loop = None
+        if running_loop is self._loop:
+            raise RuntimeError(
+                "send_sync() would block the event loop: use `await ctx.send()` in async handlers"
+            )
+        asyncio.run_coroutine_threadsafe(self._send(frame), self._loop).result()
+
+    async def _send(self, frame: str) -> None:
+        await self._send_frame(frame)
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(connection_id={self.connection_id!r}, user_id={self.user_id!r}, "
+            f"action={self.action!r}, id={self.id!r})"
+        )

@@ -1,0 +1,279 @@
+"""The wsq wire protocol, version 1 (protocol/README.md), without any I/O.
+
+Decodes inbound events (gateway -> workers) and encodes outbound commands and server frames
+(workers and publishers -> gateways). Commands are flat maps of strings, ready for ``XADD``;
+frames are JSON text, encoded once here and written verbatim to the sockets by the gateway.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from wsq_worker import codec
+from wsq_worker.exceptions import ProtocolError
+
+__all__ = [
+    "ERROR_CODES",
+    "HANDLER_ERROR",
+    "INVALID_FRAME",
+    "INVALID_JSON",
+    "OVERLOADED",
+    "PROTOCOL_VERSION",
+    "RESERVED_ACTION",
+    "UNAVAILABLE",
+    "UNKNOWN_ACTION",
+    "Event",
+    "EventType",
+    "TargetKind",
+    "decode_event",
+    "disconnect_command",
+    "error_frame",
+    "is_action_name",
+    "node_of",
+    "push_frame",
+    "reply_frame",
+    "send_command",
+]
+
+PROTOCOL_VERSION = "1"
+
+# Error codes of $error frames. The gateway sends the first five, workers the last two.
+INVALID_JSON = "invalid_json"
+INVALID_FRAME = "invalid_frame"
+RESERVED_ACTION = "reserved_action"
+UNAVAILABLE = "unavailable"
+OVERLOADED = "overloaded"
+UNKNOWN_ACTION = "unknown_action"
+HANDLER_ERROR = "handler_error"
+ERROR_CODES = frozenset(
+    {INVALID_JSON, INVALID_FRAME, RESERVED_ACTION, UNAVAILABLE, OVERLOADED, UNKNOWN_ACTION, HANDLER_ERROR}
+)
+
+EventType: TypeAlias = Literal["connect", "message", "disconnect"]
+TargetKind: TypeAlias = Literal["connection", "user", "all"]
+
+_EVENT_TYPES: frozenset[str] = frozenset({"connect", "message", "disconnect"})
+_TARGETS: frozenset[str] = frozenset({"connection", "user", "all"})
+_EVENT_FIELDS = frozenset(
+    {"v", "type", "connection_id", "node", "user_id", "ts", "addr", "frame", "close_code"}
+)
+_CLIENT_FRAME_FIELDS = frozenset({"action", "data", "id"})
+_PING = "$ping"
+
+# Patterns from the schemas. Every one is used with fullmatch(), and [0-9] is ASCII only.
+_ACTION = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CONNECTION_ID = re.compile(r"([A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{22}")
+_TS = re.compile(r"[0-9]{1,16}")
+_CLOSE_CODE = re.compile(r"[0-9]{1,4}")
+_MAX_ID_LENGTH = 64
+_MAX_REASON_BYTES = 123
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the inbound stream.
+
+    ``action``, ``data`` and ``id`` come from the client's frame (message events only);
+    ``close_code`` is set for disconnect events only.
+    """
+
+    type: EventType
+    connection_id: str
+    node: str
+    user_id: str | None
+    ts: int
+    """When the gateway received it, in milliseconds since the Unix epoch."""
+    addr: str
+    action: str | None = None
+    data: Any = None
+    id: str | None = None
+    close_code: int | None = None
+
+
+def is_action_name(name: object) -> bool:
+    """Whether ``name`` is a valid (non-reserved) action: 1-64 letters, digits, ``_ . : -``."""
+    return isinstance(name, str) and _ACTION.fullmatch(name) is not None
+
+
+def node_of(connection_id: str) -> str:
+    """The node id of the gateway holding ``connection_id`` (the text before its last dot)."""
+    match = _CONNECTION_ID.fullmatch(connection_id) if isinstance(connection_id, str) else None
+    if match is None:
+        raise ValueError(f"not a wsq connection id: {connection_id!r}")
+    return match.group(1)
+
+
+def _text(value: str | bytes, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} is not valid UTF-8") from None
+
+
+def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
+    """Decode the field map of an inbound stream entry (``bytes`` or ``str`` keys and values).
+
+    Raises ``ProtocolError`` when it does not follow schemas/event.schema.json, including a
+    ``frame`` that is not a valid client frame.
+    """
+    event: dict[str, str] = {}
+    for raw_key, raw_value in fields.items():
+        key = _text(raw_key, "a field name")
+        if key not in _EVENT_FIELDS:
+            raise ProtocolError(f"unknown event field {key!r}")
+        event[key] = _text(raw_value, f"field {key!r}")
+
+    version = event.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r} (expected {PROTOCOL_VERSION!r})")
+    event_type = event.get("type")
+    if event_type not in _EVENT_TYPES:
+        raise ProtocolError(f"unknown event type {event_type!r}")
+    connection_id = _required(event, "connection_id", _CONNECTION_ID)
+    node = _required(event, "node", _NODE)
+    ts = int(_required(event, "ts", _TS))
+    user_id = event.get("user_id")
+    addr = event.get("addr", "")
+
+    if event_type == "message":
+        if "close_code" in event:
+            raise ProtocolError("a message event has no close_code")
+        if "frame" not in event:
+            raise ProtocolError("a message event needs a frame")
+        action, data, frame_id = _decode_client_frame(event["frame"])
+        return Event("message", connection_id, node, user_id, ts, addr, action, data, frame_id)
+    if "frame" in event:
+        raise ProtocolError(f"a {event_type} event has no frame")
+    if event_type == "disconnect":
+        close_code = int(_required(event, "close_code", _CLOSE_CODE))
+        return Event("disconnect", connection_id, node, user_id, ts, addr, close_code=close_code)
+    if "close_code" in event:
+        raise ProtocolError("a connect event has no close_code")
+    return Event("connect", connection_id, node, user_id, ts, addr)
+
+
+def _required(event: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    value = event.get(name)
+    if value is None:
+        raise ProtocolError(f"missing event field {name!r}")
+    if pattern.fullmatch(value) is None:
+        raise ProtocolError(f"malformed event field {name!r}: {value!r}")
+    return value
+
+
+def _decode_client_frame(text: str) -> tuple[str, Any, str | None]:
+    """(action, data, id) of a client frame (schemas/client-frame.schema.json)."""
+    try:
+        frame = codec.loads(text)
+    except ValueError:
+        raise ProtocolError("the frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("the frame is not a JSON object")
+    unknown = frame.keys() - _CLIENT_FRAME_FIELDS
+    if unknown:
+        raise ProtocolError(f"unknown frame field(s): {', '.join(sorted(unknown))}")
+    action = frame.get("action")
+    if not isinstance(action, str) or not (action == _PING or _ACTION.fullmatch(action)):
+        raise ProtocolError(f"malformed frame action: {action!r}")
+    frame_id = frame.get("id")
+    if frame_id is not None and not _is_frame_id(frame_id):
+        raise ProtocolError(f"malformed frame id: {frame_id!r}")
+    if "id" in frame and frame_id is None:
+        raise ProtocolError("the frame id is null")
+    return action, frame.get("data"), frame_id
+
+
+def _is_frame_id(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= _MAX_ID_LENGTH
+
+
+# Outbound commands: schemas/command.schema.json. Field order follows the golden examples.
+
+
+def send_command(target: TargetKind, to: str | None, frame: str) -> dict[str, str]:
+    """A ``send`` command writing ``frame`` (server-frame JSON text) to the targeted sockets.
+
+    ``to`` is the connection id (``target="connection"``) or the user id (``"user"``), and
+    must be None for ``"all"``.
+    """
+    fields = {"v": PROTOCOL_VERSION, "type": "send", "target": _check_target(target, to)}
+    if to is not None:
+        fields["to"] = to
+    fields["frame"] = frame
+    return fields
+
+
+def disconnect_command(connection_id: str, code: int = 1000, reason: str = "") -> dict[str, str]:
+    """A ``disconnect`` command closing one connection with ``code`` (1000 or 3000-4999)."""
+    if isinstance(code, bool) or not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
+        raise ValueError(f"close code must be 1000 or 3000-4999, not {code!r}")
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+    if len(reason.encode()) > _MAX_REASON_BYTES:
+        raise ValueError(f"close reason is longer than {_MAX_REASON_BYTES} bytes of UTF-8")
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": "disconnect",
+        "target": _check_target("connection", connection_id),
+        "to": connection_id,
+        "code": str(code),
+        "reason": reason,
+    }
+
+
+def _check_target(target: str, to: str | None) -> str:
+    if target not in _TARGETS:
+        raise ValueError(f"unknown target {target!r} (expected one of {', '.join(sorted(_TARGETS))})")
+    if target == "all":
+        if to is not None:
+            raise ValueError('a command for target "all" has no "to"')
+    elif not isinstance(to, str) or not to:
+        raise ValueError(f'a command for target "{target}" needs a non-empty "to"')
+    return target
+
+
+# Server frames: schemas/server-frame.schema.json.
+
+
+def push_frame(action: str, data: Any = None) -> str:
+    """``{"action", "data"}``: a push from a worker or publisher.
+
+    Raises ValueError for a malformed action name and TypeError (or ValueError) for data
+    that JSON can't encode.
+    """
+    return codec.dumps({"action": _check_action(action), "data": data})
+
+
+def reply_frame(action: str, data: Any, id: str) -> str:
+    """``{"action", "data", "id"}``: the answer to the client frame that carried ``id``."""
+    return codec.dumps({"action": _check_action(action), "data": data, "id": _check_id(id)})
+
+
+def error_frame(code: str, message: str, id: str | None = None) -> str:
+    """``{"action": "$error", "data": {"code", "message"}[, "id"]}``."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    if not isinstance(message, str):
+        raise TypeError(f"message must be a str, not {type(message).__name__}")
+    frame: dict[str, Any] = {"action": "$error", "data": {"code": code, "message": message}}
+    if id is not None:
+        frame["id"] = _check_id(id)
+    return codec.dumps(frame)
+
+
+def _check_action(action: str) -> str:
+    if not is_action_name(action):
+        raise ValueError(f"action must be 1-64 letters, digits or _ . : -, not {action!r}")
+    return action
+
+
+def _check_id(frame_id: str) -> str:
+    if not _is_frame_id(frame_id):
+        raise ValueError(f"a frame id is a string of 1-64 characters, not {frame_id!r}")
+    return frame_id

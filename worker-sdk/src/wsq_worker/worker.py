@@ -1,0 +1,505 @@
+"""The worker: reads events from the inbound stream and runs the application's handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from types import FrameType, TracebackType
+from typing import Any, Self, TypeAlias, TypeVar
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
+
+from wsq_worker import constants
+from wsq_worker.context import Context, Meta
+from wsq_worker.exceptions import ProtocolError
+from wsq_worker.flusher import Flusher
+from wsq_worker.protocol import (
+    HANDLER_ERROR,
+    UNKNOWN_ACTION,
+    Event,
+    decode_event,
+    error_frame,
+    is_action_name,
+    reply_frame,
+)
+from wsq_worker.publisher import AsyncPublisher, Route, StreamWrite
+
+__all__ = ["Handler", "LifecycleHandler", "Periodic", "Worker"]
+
+logger = logging.getLogger("wsq_worker.worker")
+
+Handler: TypeAlias = Callable[[Context, Any], Any]
+"""``async def handler(ctx, data)`` or ``def handler(ctx, data)``; the return value is the reply."""
+LifecycleHandler: TypeAlias = Callable[[Context], Any]
+"""``on_connect(ctx)`` / ``on_disconnect(ctx)``, ``async def`` or plain ``def``."""
+Periodic: TypeAlias = Callable[[AsyncPublisher], Any]
+"""``fn(publisher)`` run every N seconds by ``Worker(every={N: fn})``, ``async def`` or plain ``def``."""
+
+_F = TypeVar("_F")
+
+_MAX_READ_COUNT = 100
+_MIN_BACKOFF_S = 0.1
+_MAX_BACKOFF_S = 5.0
+_CONNECT_TIMEOUT_S = 5.0
+_COMMAND_TIMEOUT_S = 10.0
+
+
+class Worker:
+    """Runs handlers for the events the gateways append to ``{prefix}:inbound``.
+
+    ``actions`` maps an action name to its handler; ``default`` handles every other action
+    (without it they get an ``unknown_action`` error). Handlers are ``async def`` (run on the
+    event loop) or plain ``def`` (run in a thread pool of ``concurrency`` threads, so blocking
+    code is fine). At most ``concurrency`` events are handled at once.
+
+    ``every={5.0: fn}`` calls ``fn(publisher)`` every 5 seconds in *each* worker process (run
+    one process, or make ``fn`` safe to run several times). Its exceptions are logged.
+
+    ``redis_url`` and ``key_prefix`` default to ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX``.
+    ``shutdown_timeout`` bounds the wait for in-flight handlers when stopping; ``block_ms`` is
+    how long one read waits for events (and so the longest ``stop()`` waits for the read).
+    """
+
+    def __init__(
+        self,
+        actions: Mapping[str, Handler] | None = None,
+        *,
+        default: Handler | None = None,
+        on_connect: LifecycleHandler | None = None,
+        on_disconnect: LifecycleHandler | None = None,
+        every: Mapping[float, Periodic] | None = None,
+        concurrency: int = 100,
+        redis_url: str | None = None,
+        key_prefix: str | None = None,
+        consumer_name: str | None = None,
+        shutdown_timeout: float = 30.0,
+        block_ms: int = 1000,
+    ) -> None:
+        self.actions = dict(actions or {})
+        for name, handler in self.actions.items():
+            if not is_action_name(name):
+                raise ValueError(f"action must be 1-64 letters, digits or _ . : -, not {name!r}")
+            _check_callable(handler, f"handler of {name!r}")
+        self.default = _check_callable(default, "default")
+        self.on_connect = _check_callable(on_connect, "on_connect")
+        self.on_disconnect = _check_callable(on_disconnect, "on_disconnect")
+        self.every = dict(every or {})
+        for interval, periodic in self.every.items():
+            if not interval > 0:
+                raise ValueError(f"every: intervals are positive numbers of seconds, not {interval!r}")
+            _check_callable(periodic, f"every[{interval!r}]")
+        self.concurrency = concurrency
+        self.redis_url = redis_url or constants.redis_url_from_env()
+        self.key_prefix = key_prefix or constants.key_prefix_from_env()
+        self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.shutdown_timeout = shutdown_timeout
+        self.block_ms = block_ms
+        self._running: _Run | None = None
+        self._stop_requested = False
+
+    # Running and stopping.
+
+    def run(self) -> None:
+        """Run until SIGINT or SIGTERM, then finish in-flight handlers and return."""
+        asyncio.run(self._run_until_signalled())
+
+    async def run_async(self) -> None:
+        """Run until ``stop()`` is called, then finish in-flight handlers and return."""
+        await self._start().main()
+
+    def stop(self) -> None:
+        """Stop reading events; ``run()``/``run_async()`` return once in-flight handlers are done.
+
+        Safe to call from any thread and from a signal handler. Called before the worker
+        started, it makes the next run stop at once.
+        """
+        self._stop_requested = True
+        running = self._running
+        if running is not None:
+            # RuntimeError: the loop is already closed, nothing left to stop.
+            with contextlib.suppress(RuntimeError):
+                running.loop.call_soon_threadsafe(running.request_stop)
+
+    async def __aenter__(self) -> Self:
+        """Start ``run_async()`` in a task; return once it reads the inbound stream (Redis is up)."""
+        running = self._start()
+        running.task = asyncio.create_task(running.main(), name=f"wsq-worker-{self.consumer_name}")
+        ready = asyncio.create_task(running.ready.wait())
+        await asyncio.wait({running.task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if running.task.done():
+            running.task.result()  # raises what made it fail
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        running = self._running
+        if running is not None and running.task is not None:  # else it already stopped
+            self.stop()
+            await running.task
+
+    def _start(self) -> _Run:
+        if self._running is not None:
+            raise RuntimeError("this worker is already running")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.block_ms < 1:
+            raise ValueError(f"block_ms must be at least 1, not {self.block_ms}")
+        self._running = _Run(self)
+        if self._stop_requested:
+            self._running.request_stop()
+        return self._running
+
+    def _finished(self) -> None:
+        self._running = None
+        self._stop_requested = False
+
+    async def _run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+                signal.signal(signum, self._on_signal_fallback)
+        try:
+            await self.run_async()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        if self._stop_requested:
+            logger.warning("%s again: already stopping, waiting for in-flight handlers", signum.name)
+            return
+        logger.info(
+            "%s: stopping, finishing in-flight handlers (up to %.0fs)", signum.name, self.shutdown_timeout
+        )
+        self.stop()
+
+    def _on_signal_fallback(self, signum: int, frame: FrameType | None) -> None:
+        self._on_signal(signal.Signals(signum))
+
+
+class _Run:
+    """The state of one ``run_async()``: clients, in-flight tasks and the read loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.slot_freed = asyncio.Event()
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.periodic: set[asyncio.Task[None]] = set()
+        self.inbound = constants.inbound_stream(worker.key_prefix)
+        retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
+        self.client = redis.asyncio.Redis.from_url(
+            worker.redis_url,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=_COMMAND_TIMEOUT_S,
+            retry=retry,
+        )
+        # Reads block for block_ms: on a connection of their own, with no retry but ours.
+        self.reader = redis.asyncio.Redis.from_url(
+            worker.redis_url,
+            single_connection_client=True,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=worker.block_ms / 1000 + _COMMAND_TIMEOUT_S,
+            retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+        )
+        self.publisher = AsyncPublisher(client=self.client, key_prefix=worker.key_prefix)
+        self.flusher = Flusher(self.client, self.inbound, constants.CONSUMER_GROUP)
+        self.executor = ThreadPoolExecutor(max_workers=worker.concurrency, thread_name_prefix="wsq-handler")
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+        self.slot_freed.set()
+
+    async def main(self) -> None:
+        worker = self.worker
+        try:
+            self.flusher.start()
+            for interval, periodic in worker.every.items():
+                self.periodic.add(asyncio.create_task(self._run_periodic(interval, periodic)))
+            await self._read_until_stopped()
+            await self._finish_in_flight()
+        finally:
+            try:
+                for task in self.handlers | self.periodic:  # only left when run_async() was cancelled
+                    task.cancel()
+                await self.flusher.close(max(worker.shutdown_timeout, 1.0))
+                await self._forget_consumer()
+                await self.reader.aclose()
+                await self.client.aclose()
+            finally:
+                # Threads still running a plain def handler can't be stopped: they finish on their own.
+                self.executor.shutdown(wait=False, cancel_futures=True)
+                worker._finished()
+                logger.info("worker %s stopped", worker.consumer_name)
+
+    # Reading the inbound stream.
+
+    async def _read_until_stopped(self) -> None:
+        worker = self.worker
+        backoff = _MIN_BACKOFF_S
+        has_group = False
+        while not self.stopping.is_set():
+            free_slots = worker.concurrency - len(self.handlers)
+            if free_slots <= 0:
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+                continue
+            try:
+                if not has_group:
+                    await self._create_group()
+                    has_group = True
+                # Not interrupted by stop(): the entries it returns are ours to handle, or they
+                # would stay pending forever. So stopping takes up to block_ms.
+                response = await self.reader.xreadgroup(
+                    constants.CONSUMER_GROUP,
+                    worker.consumer_name,
+                    {self.inbound: ">"},
+                    count=min(free_slots, _MAX_READ_COUNT),
+                    block=worker.block_ms,
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHALL, a Redis restart...)
+                    logger.warning("the consumer group is gone (%s): creating it again", exc)
+                    has_group = False
+                else:
+                    logger.error("reading %s failed: %s; retrying in %.1fs", self.inbound, exc, backoff)
+                    await self._sleep_unless_stopped(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            except Exception as exc:  # Redis unreachable, or anything else: never crash the worker
+                logger.error("Redis is unavailable (%s): retrying in %.1fs", exc, backoff)
+                await self._sleep_unless_stopped(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            backoff = _MIN_BACKOFF_S
+            for entry_id, fields in _stream_entries(response):
+                task = asyncio.create_task(self._handle_entry(entry_id, fields))
+                self.handlers.add(task)
+                task.add_done_callback(self._handler_done)
+
+    async def _create_group(self) -> None:
+        # From id 0, not $: events appended before the first worker started are handled too.
+        try:
+            await self.client.xgroup_create(self.inbound, constants.CONSUMER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        # Listed in XINFO CONSUMERS from now on, not only once it got its first entry, so
+        # operators (and tests) see a worker as soon as it reads.
+        await self.client.xgroup_createconsumer(
+            self.inbound, constants.CONSUMER_GROUP, self.worker.consumer_name
+        )
+        if not self.ready.is_set():
+            self.ready.set()
+            logger.info(
+                "worker %s reading %s (concurrency %d, %d actions%s)",
+                self.worker.consumer_name,
+                self.inbound,
+                self.worker.concurrency,
+                len(self.worker.actions),
+                " and a default handler" if self.worker.default else "",
+            )
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self.handlers.discard(task)
+        self.slot_freed.set()
+
+    async def _sleep_unless_stopped(self, seconds: float) -> bool:
+        """Wait ``seconds`` (a back-off or a period, not a synchronisation); True if stopped meanwhile."""
+        if seconds > 0 and not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        return self.stopping.is_set()
+
+    async def _finish_in_flight(self) -> None:
+        in_flight = self.handlers | self.periodic
+        if not in_flight:
+            return
+        timeout = self.worker.shutdown_timeout
+        if self.handlers:
+            logger.info("waiting for %d in-flight handlers (up to %.0fs)", len(self.handlers), timeout)
+        _, still_running = await asyncio.wait(in_flight, timeout=timeout)
+        if still_running:
+            logger.error(
+                "%d handlers still running after shutdown_timeout (%.0fs): cancelled; "
+                "their events stay pending in Redis, unacknowledged",
+                len(still_running),
+                timeout,
+            )
+            for task in still_running:
+                task.cancel()
+            await asyncio.wait(still_running)
+
+    async def _forget_consumer(self) -> None:
+        """Remove this consumer from the group, unless entries are still pending for it."""
+        try:
+            pending = await self.client.xpending_range(
+                self.inbound, constants.CONSUMER_GROUP, "-", "+", 1, consumername=self.worker.consumer_name
+            )
+            if not pending:
+                await self.client.xgroup_delconsumer(
+                    self.inbound, constants.CONSUMER_GROUP, self.worker.consumer_name
+                )
+        except redis.RedisError as exc:
+            logger.debug("could not remove consumer %s: %s", self.worker.consumer_name, exc)
+
+    # Handling one event.
+
+    async def _handle_entry(self, entry_id: str, fields: Mapping[bytes, bytes] | None) -> None:
+        if fields is None:  # deleted from the stream while pending
+            self.flusher.ack(entry_id)
+            return
+        try:
+            event = decode_event(fields)
+        except ProtocolError as exc:
+            logger.error("dropped inbound entry %s: %s", entry_id, exc)
+        else:
+            try:
+                await self._dispatch(event)
+            except Exception:
+                logger.exception("failed to handle inbound entry %s", entry_id)
+        self.flusher.ack(entry_id)
+
+    async def _dispatch(self, event: Event) -> None:
+        worker = self.worker
+        ctx = self._context(event)
+        if event.type == "message":
+            await self._handle_message(ctx, event)
+        elif event.type == "connect":
+            await self._run_hook(worker.on_connect, ctx, "on_connect")
+        else:
+            await self._run_hook(worker.on_disconnect, ctx, "on_disconnect")
+
+    async def _handle_message(self, ctx: Context, event: Event) -> None:
+        assert event.action is not None
+        handler = self.worker.actions.get(event.action, self.worker.default)
+        if handler is None:
+            message = f'no handler for action "{event.action}"'
+            self._queue_frame(event.connection_id, error_frame(UNKNOWN_ACTION, message, event.id))
+            return
+        try:
+            result = await self._call(handler, ctx, event.data)
+        except Exception:
+            logger.exception(
+                'handler of action "%s" failed (connection %s)', event.action, event.connection_id
+            )
+            self._queue_frame(event.connection_id, error_frame(HANDLER_ERROR, "the handler failed", event.id))
+            return
+        if event.id is None:
+            return
+        try:
+            frame = reply_frame(event.action, result, event.id)
+        except (TypeError, ValueError):
+            logger.exception(
+                'handler of action "%s" returned a value JSON can\'t encode (connection %s)',
+                event.action,
+                event.connection_id,
+            )
+            frame = error_frame(HANDLER_ERROR, "the handler failed", event.id)
+        self._queue_frame(event.connection_id, frame)
+
+    async def _run_hook(self, hook: LifecycleHandler | None, ctx: Context, name: str) -> None:
+        if hook is None:
+            return
+        try:
+            await self._call(hook, ctx)
+        except Exception:
+            logger.exception("%s failed (connection %s)", name, ctx.connection_id)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Await an async function, or run a plain one in the thread pool."""
+        if _is_async_callable(fn):
+            return await fn(*args)
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        result = await self.loop.run_in_executor(self.executor, call)
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+            result = await result
+        return result
+
+    def _context(self, event: Event) -> Context:
+        connection_id = event.connection_id
+
+        async def send_frame(frame: str) -> None:
+            await self.flusher.send(_connection_write(self.worker.key_prefix, connection_id, frame))
+
+        return Context(
+            connection_id=connection_id,
+            user_id=event.user_id,
+            action=event.action,
+            id=event.id,
+            meta=Meta(
+                node=event.node,
+                received_at=datetime.fromtimestamp(event.ts / 1000, tz=UTC),
+                client_addr=event.addr,
+                close_code=event.close_code,
+            ),
+            publisher=self.publisher,
+            send_frame=send_frame,
+            loop=self.loop,
+        )
+
+    def _queue_frame(self, connection_id: str, frame: str) -> None:
+        self.flusher.queue(_connection_write(self.worker.key_prefix, connection_id, frame))
+
+    # Periodic functions.
+
+    async def _run_periodic(self, interval: float, fn: Periodic) -> None:
+        name = getattr(fn, "__qualname__", repr(fn))
+        next_run = self.loop.time() + interval
+        while not await self._sleep_unless_stopped(next_run - self.loop.time()):
+            try:
+                await self._call(fn, self.publisher)
+            except Exception:
+                logger.exception("periodic function %s failed", name)
+            # A fixed rate; after a run longer than the interval, the next one starts at once.
+            next_run = max(next_run + interval, self.loop.time())
+
+
+def _connection_write(key_prefix: str, connection_id: str, frame: str) -> StreamWrite:
+    write = Route.connection(key_prefix, connection_id).send(frame)
+    assert isinstance(write, StreamWrite)
+    return write
+
+
+def _stream_entries(response: Any) -> Iterator[tuple[str, Mapping[bytes, bytes] | None]]:
+    """(entry id, fields) of an XREADGROUP response, in the RESP2 (list) or RESP3 (dict) shape."""
+    if not response:
+        return
+    streams = response.items() if isinstance(response, dict) else response
+    for _stream, entries in streams:
+        for entry_id, fields in entries:
+            yield (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), fields
+
+
+def _is_async_callable(fn: Callable[..., Any]) -> bool:
+    # An object with an ``async def __call__`` counts too.
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _check_callable(fn: _F, what: str) -> _F:
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{what} must be callable, not {type(fn).__name__}")
+    return fn

@@ -1,0 +1,155 @@
+"""``python -m wsq_worker module:attribute`` as a real process against the private Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from wsq_devkit import ManagedProcess, free_port, wait_until
+
+APPS = Path(__file__).resolve().parent / "apps"
+NODE = "gw-cli"
+CONNECTION_ID = f"{NODE}.q2uE4nK0m5Zr8VtY1xWb7A"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def in_apps_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child processes start in tests/apps: the CLI imports modules from the current directory."""
+    monkeypatch.chdir(APPS)
+
+
+def append_message(client: redis.Redis, key_prefix: str, action: str, data: Any, frame_id: str) -> None:
+    frame = json.dumps({"action": action, "data": data, "id": frame_id})
+    fields = {
+        "v": "1",
+        "type": "message",
+        "connection_id": CONNECTION_ID,
+        "node": NODE,
+        "ts": "1",
+        "frame": frame,
+    }
+    client.xadd(f"{key_prefix}:inbound", fields)  # type: ignore[arg-type]
+
+
+def wait_for_frames(client: redis.Redis, key_prefix: str, count: int) -> list[Any]:
+    def frames() -> list[Any] | None:
+        entries = client.xrange(f"{key_prefix}:node:{NODE}:out")
+        return [json.loads(fields["frame"]) for _, fields in entries] if len(entries) >= count else None
+
+    return wait_until(frames, timeout=20, message=f"{count} frames")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wsq_worker", *args],
+        cwd=APPS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.usefixtures("in_apps_directory")
+def test_cli_runs_the_worker(redis_url: str, key_prefix: str, client: redis.Redis) -> None:
+    environment = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix}
+    with ManagedProcess.python_module("worker", "wsq_worker", "echo_app:worker", env=environment) as process:
+        append_message(client, key_prefix, "echo", {"hello": "world"}, "r1")
+        assert wait_for_frames(client, key_prefix, 1) == [
+            {"action": "echo", "data": {"hello": "world"}, "id": "r1"}
+        ]
+        assert process.stop() == 0
+        assert f"reading {key_prefix}:inbound" in process.output()
+
+
+@pytest.mark.usefixtures("in_apps_directory")
+def test_sigterm_exits_0_after_finishing_in_flight_handlers(
+    redis_url: str, key_prefix: str, client: redis.Redis
+) -> None:
+    environment = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix}
+    with ManagedProcess.python_module("worker", "wsq_worker", "echo_app:worker", env=environment) as process:
+        append_message(client, key_prefix, "slow", 1.0, "r1")
+        assert wait_for_frames(client, key_prefix, 1) == [{"action": "started", "data": None}]
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, process.output()
+        assert wait_for_frames(client, key_prefix, 2)[1] == {"action": "slow", "data": "finished", "id": "r1"}
+        assert client.xlen(f"{key_prefix}:inbound") == 0, "acknowledged and deleted before exiting"
+        assert "SIGTERM" in process.output()
+
+
+@pytest.mark.usefixtures("in_apps_directory")
+def test_cli_options_override_the_worker_and_the_environment(
+    redis_url: str, key_prefix: str, client: redis.Redis
+) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    environment = {"WSQ_REDIS_URL": unreachable, "WSQ_KEY_PREFIX": "not-this-one"}
+    options = [
+        "--concurrency",
+        "7",
+        "--redis-url",
+        redis_url,
+        "--key-prefix",
+        key_prefix,
+        "--log-level",
+        "debug",
+    ]
+    with ManagedProcess.python_module(
+        "worker", "wsq_worker", "echo_app:make_worker", *options, env=environment
+    ):
+        append_message(client, key_prefix, "settings", None, "r1")
+        [frame] = wait_for_frames(client, key_prefix, 1)
+        assert frame["data"] == {"concurrency": 7, "key_prefix": key_prefix}
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_such_module:worker", "could not import module 'no_such_module'"),
+        ("echo_app:nope", "module 'echo_app' has no attribute 'nope'"),
+        ("echo_app", "TARGET must be MODULE:ATTRIBUTE"),
+        ("echo_app:not_a_worker", "echo_app:not_a_worker is int, not a wsq_worker.Worker"),
+    ],
+)
+def test_bad_target_exits_2_with_a_clear_message(target: str, message: str) -> None:
+    result = run_cli(target)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_documents_everything() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for text in (
+        "MODULE:ATTRIBUTE",
+        "--concurrency",
+        "--redis-url",
+        "--key-prefix",
+        "--log-level",
+        "WSQ_REDIS_URL",
+        "WSQ_KEY_PREFIX",
+        "SIGTERM",
+    ):
+        assert text in result.stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "wsq-worker"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "wsq-worker 0.1.0"

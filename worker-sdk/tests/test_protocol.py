@@ -1,0 +1,463 @@
+"""The pure protocol core against protocol/: every golden example, the schemas and keys.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, key_templates
+from wsq_worker import codec, constants
+from wsq_worker.exceptions import ProtocolError, WsqError
+from wsq_worker.protocol import (
+    ERROR_CODES,
+    HANDLER_ERROR,
+    UNKNOWN_ACTION,
+    Event,
+    decode_event,
+    disconnect_command,
+    error_frame,
+    node_of,
+    push_frame,
+    reply_frame,
+    send_command,
+)
+
+CONNECTION_ID = "gw-3f2a9c1d.q2uE4nK0m5Zr8VtY1xWb7A"
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def message_event(frame_text: str) -> dict[str, str]:
+    return {
+        "v": "1",
+        "type": "message",
+        "connection_id": CONNECTION_ID,
+        "node": "gw-3f2a9c1d",
+        "ts": "1",
+        "frame": frame_text,
+    }
+
+
+# Inbound events.
+
+VALID_EVENTS = examples("valid", "event")
+INVALID_EVENTS = examples("invalid", "event")
+
+
+@pytest.mark.parametrize("path", VALID_EVENTS, ids=example_ids(VALID_EVENTS))
+def test_valid_event_examples_decode(path: Path, schemas: Any) -> None:
+    fields = load(path)
+    schemas.check("event", fields)
+    event = decode_event(fields)
+    assert event.type == fields["type"]
+    assert event.connection_id == fields["connection_id"]
+    assert event.node == fields["node"]
+    assert event.user_id == fields.get("user_id")
+    assert event.ts == int(fields["ts"])
+    assert event.addr == fields.get("addr", "")
+    if event.type == "message":
+        frame = json.loads(fields["frame"])
+        assert (event.action, event.data, event.id) == (frame["action"], frame.get("data"), frame.get("id"))
+    else:
+        assert (event.action, event.data, event.id) == (None, None, None)
+    assert event.close_code == (int(fields["close_code"]) if "close_code" in fields else None)
+
+
+@pytest.mark.parametrize("path", VALID_EVENTS, ids=example_ids(VALID_EVENTS))
+def test_valid_event_examples_decode_from_bytes(path: Path) -> None:
+    """Redis replies are bytes unless the client decodes them."""
+    fields = load(path)
+    raw = {key.encode(): value.encode() for key, value in fields.items()}
+    assert decode_event(raw) == decode_event(fields)
+
+
+@pytest.mark.parametrize("path", INVALID_EVENTS, ids=example_ids(INVALID_EVENTS))
+def test_invalid_event_examples_are_rejected(path: Path, schemas: Any) -> None:
+    fields = load(path)
+    assert not schemas.is_valid("event", fields), "the example itself should be invalid"
+    with pytest.raises(ProtocolError):
+        decode_event(fields)
+
+
+def test_message_event_decodes_every_field() -> None:
+    event = decode_event(load(PROTOCOL_DIR / "examples/valid/event/message.json"))
+    assert event == Event(
+        type="message",
+        connection_id=CONNECTION_ID,
+        node="gw-3f2a9c1d",
+        user_id="42",
+        ts=1795852800456,
+        addr="203.0.113.7",
+        action="chat_text",
+        data={"text": "hello"},
+        id="req-1",
+    )
+
+
+VALID_CLIENT_FRAMES = examples("valid", "client-frame")
+INVALID_CLIENT_FRAMES = examples("invalid", "client-frame")
+
+
+@pytest.mark.parametrize("path", VALID_CLIENT_FRAMES, ids=example_ids(VALID_CLIENT_FRAMES))
+def test_message_events_accept_every_valid_client_frame(path: Path) -> None:
+    text = path.read_text()
+    event = decode_event(message_event(text))
+    frame = json.loads(text)
+    assert (event.action, event.data, event.id) == (frame["action"], frame.get("data"), frame.get("id"))
+
+
+@pytest.mark.parametrize("path", INVALID_CLIENT_FRAMES, ids=example_ids(INVALID_CLIENT_FRAMES))
+def test_message_events_reject_every_invalid_client_frame(path: Path) -> None:
+    # The gateway never forwards these; a worker still refuses them.
+    with pytest.raises(ProtocolError):
+        decode_event(message_event(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"extra": "x"}, "unknown event field"),
+        ({"ts": "12a"}, "malformed event field 'ts'"),
+        ({"ts": "1" * 17}, "malformed event field 'ts'"),
+        ({"connection_id": "gw-1.short"}, "malformed event field 'connection_id'"),
+        ({"node": "gw:1"}, "malformed event field 'node'"),
+        ({"close_code": "1000"}, "a message event has no close_code"),
+        ({"frame": '{"action": "x", "id": null}'}, "the frame id is null"),
+        ({"frame": '{"action": "x", "data": Infinity}'}, "not valid JSON"),
+    ],
+)
+def test_malformed_events_are_rejected(change: dict[str, str], reason: str) -> None:
+    fields = message_event('{"action": "x"}') | change
+    with pytest.raises(ProtocolError, match=reason):
+        decode_event(fields)
+
+
+def test_missing_event_fields_are_rejected() -> None:
+    for name in ("connection_id", "node", "ts", "type", "v"):
+        fields = message_event('{"action": "x"}')
+        del fields[name]
+        with pytest.raises(ProtocolError):
+            decode_event(fields)
+
+
+def test_non_utf8_values_are_rejected() -> None:
+    raw = {key.encode(): value.encode() for key, value in message_event('{"action": "x"}').items()}
+    raw[b"frame"] = b'{"action": "\xff"}'
+    with pytest.raises(ProtocolError, match="UTF-8"):
+        decode_event(raw)
+
+
+def test_protocol_error_is_a_wsq_error() -> None:
+    assert issubclass(ProtocolError, WsqError)
+
+
+_frame_values = st.one_of(
+    st.text(max_size=70),
+    st.sampled_from(["chat_text", "$ping", "$error", "a" * 64, "a" * 65, "", "x y", "r-1"]),
+    st.integers(),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+)
+_frames = st.dictionaries(st.sampled_from(["action", "data", "id", "extra"]), _frame_values, max_size=4)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(frame=_frames)
+def test_decoding_agrees_with_the_schemas(frame: dict[str, Any], schemas: Any) -> None:
+    """decode_event accepts a message event exactly when the schemas do (frame included)."""
+    fields = message_event(json.dumps(frame))
+    try:
+        decode_event(fields)
+    except ProtocolError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == schemas.is_valid("event", fields), schemas.errors("event", fields)
+
+
+# Outbound commands and server frames.
+
+VALID_COMMANDS = examples("valid", "command")
+INVALID_COMMANDS = examples("invalid", "command")
+
+
+def encode_like(frame_text: str) -> str:
+    """Re-encode a server frame with our encoders, from its action, data and id."""
+    frame = json.loads(frame_text)
+    if frame["action"] == "$error":
+        return error_frame(frame["data"]["code"], frame["data"]["message"], frame.get("id"))
+    if "id" in frame:
+        return reply_frame(frame["action"], frame["data"], frame["id"])
+    return push_frame(frame["action"], frame["data"])
+
+
+@pytest.mark.parametrize("path", VALID_COMMANDS, ids=example_ids(VALID_COMMANDS))
+def test_valid_command_examples_round_trip(path: Path, schemas: Any) -> None:
+    """Our encoders produce every valid command example byte for byte, frame included."""
+    example = load(path)
+    schemas.check("command", example)
+    if example["type"] == "send":
+        assert encode_like(example["frame"]) == example["frame"]
+        command = send_command(example["target"], example.get("to"), encode_like(example["frame"]))
+    else:
+        command = disconnect_command(example["to"], int(example["code"]), example.get("reason", ""))
+    assert command == example
+    assert list(command) == list(example), "same field order as the example"
+
+
+# How each invalid command example is refused by our encoders (None: they can't produce it).
+REFUSED_COMMANDS: dict[str, Any] = {
+    "all-with-to.json": lambda: send_command("all", "x", push_frame("a")),
+    "connection-without-to.json": lambda: send_command("connection", None, push_frame("a")),
+    "disconnect-bad-code.json": lambda: disconnect_command(CONNECTION_ID, 1006),
+    "unknown-target.json": lambda: send_command("room", "lobby", push_frame("a")),  # type: ignore[arg-type]
+    # push_frame always writes "data", and send_command always writes "frame".
+    "frame-not-a-server-frame.json": None,
+    "send-without-frame.json": None,
+}
+
+
+@pytest.mark.parametrize("path", INVALID_COMMANDS, ids=example_ids(INVALID_COMMANDS))
+def test_invalid_command_examples_cannot_be_encoded(path: Path, schemas: Any) -> None:
+    assert not schemas.is_valid("command", load(path)), "the example itself should be invalid"
+    assert path.name in REFUSED_COMMANDS, "new invalid example: say how the encoders refuse it"
+    encode = REFUSED_COMMANDS[path.name]
+    if encode is not None:
+        with pytest.raises(ValueError, match=r"target|close code|needs a non-empty|has no"):
+            encode()
+
+
+VALID_SERVER_FRAMES = examples("valid", "server-frame")
+# $connected and $pong are written by the gateway itself.
+WORKER_SERVER_FRAMES = [
+    path for path in VALID_SERVER_FRAMES if load(path)["action"] not in ("$connected", "$pong")
+]
+
+
+@pytest.mark.parametrize("path", VALID_SERVER_FRAMES, ids=example_ids(VALID_SERVER_FRAMES))
+def test_valid_server_frame_examples_are_valid(path: Path, schemas: Any) -> None:
+    schemas.check("server-frame", load(path))
+
+
+@pytest.mark.parametrize("path", WORKER_SERVER_FRAMES, ids=example_ids(WORKER_SERVER_FRAMES))
+def test_valid_server_frame_examples_round_trip(path: Path) -> None:
+    assert json.loads(encode_like(path.read_text())) == load(path)
+
+
+def test_unknown_error_code_is_refused() -> None:
+    # examples/invalid/server-frame/error-unknown-code.json
+    with pytest.raises(ValueError, match="unknown error code"):
+        error_frame("oops", "?")
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+def test_every_error_code_encodes_to_a_valid_frame(code: str, schemas: Any) -> None:
+    schemas.check("server-frame", json.loads(error_frame(code, "message", "r1")))
+    schemas.check("server-frame", json.loads(error_frame(code, "message")))
+
+
+def test_error_codes_match_the_schema() -> None:
+    schema = load(PROTOCOL_DIR / "schemas/server-frame.schema.json")
+    assert set(schema["$defs"]["error_code"]["enum"]) == ERROR_CODES
+
+
+@pytest.mark.parametrize(
+    "data", [None, 0, -1.5, "text", "héllo ✓ 👋", [1, "2", None], {"nested": {"list": [True, False]}}]
+)
+def test_encoded_frames_and_commands_are_valid(data: Any, schemas: Any) -> None:
+    frames = [
+        push_frame("chat_text", data),
+        reply_frame("a:b-c.d_e", data, "r" * 64),
+        error_frame(HANDLER_ERROR, "the handler failed", "x"),
+        error_frame(UNKNOWN_ACTION, 'no handler for action "nope"'),
+    ]
+    for frame in frames:
+        schemas.check("server-frame", json.loads(frame))
+        for target, to in (("connection", CONNECTION_ID), ("user", "42"), ("all", None)):
+            schemas.check("command", send_command(target, to, frame))  # type: ignore[arg-type]
+    assert json.loads(push_frame("chat_text", data)) == {"action": "chat_text", "data": data}
+
+
+def test_frames_are_compact_utf8_json() -> None:
+    assert push_frame("say", "héllo ✓") == '{"action":"say","data":"héllo ✓"}'
+    assert reply_frame("say", None, "r1") == '{"action":"say","data":null,"id":"r1"}'
+    assert (
+        error_frame(HANDLER_ERROR, "m") == '{"action":"$error","data":{"code":"handler_error","message":"m"}}'
+    )
+
+
+@pytest.mark.parametrize("action", ["", "a" * 65, "chat text", "$error", "$connected", "é", None, 5])
+def test_push_refuses_malformed_action_names(action: Any) -> None:
+    with pytest.raises(ValueError, match="action must be"):
+        push_frame(action, None)
+
+
+@pytest.mark.parametrize("action", ["a", "a" * 64, "A-z_0.9:x"])
+def test_push_accepts_valid_action_names(action: str) -> None:
+    assert json.loads(push_frame(action))["action"] == action
+
+
+@pytest.mark.parametrize("frame_id", ["", "x" * 65, 7, None])
+def test_reply_refuses_malformed_ids(frame_id: Any) -> None:
+    with pytest.raises(ValueError, match="frame id"):
+        reply_frame("a", None, frame_id)
+
+
+def test_data_json_cannot_encode_is_refused() -> None:
+    with pytest.raises(TypeError):
+        push_frame("a", object())
+    with pytest.raises(TypeError):
+        push_frame("a", {1, 2})
+
+
+@pytest.mark.parametrize("code", [1000, 3000, 3008, 4000, 4999])
+def test_disconnect_accepts_application_close_codes(code: int, schemas: Any) -> None:
+    command = disconnect_command(CONNECTION_ID, code, "bye")
+    schemas.check("command", command)
+    assert command["code"] == str(code)
+
+
+@pytest.mark.parametrize("code", [999, 1001, 1006, 1011, 2999, 5000, True, "4000"])
+def test_disconnect_refuses_other_close_codes(code: Any) -> None:
+    with pytest.raises(ValueError, match="close code"):
+        disconnect_command(CONNECTION_ID, code)
+
+
+def test_disconnect_reason_is_at_most_123_utf8_bytes(schemas: Any) -> None:
+    schemas.check("command", disconnect_command(CONNECTION_ID, 4000, "x" * 123))
+    schemas.check("command", disconnect_command(CONNECTION_ID, 4000, "é" * 61))  # 122 bytes
+    with pytest.raises(ValueError, match="123 bytes"):
+        disconnect_command(CONNECTION_ID, 4000, "x" * 124)
+    with pytest.raises(ValueError, match="123 bytes"):
+        disconnect_command(CONNECTION_ID, 4000, "é" * 62)  # 62 characters, 124 bytes
+
+
+def test_disconnect_defaults() -> None:
+    assert disconnect_command(CONNECTION_ID) == {
+        "v": "1",
+        "type": "disconnect",
+        "target": "connection",
+        "to": CONNECTION_ID,
+        "code": "1000",
+        "reason": "",
+    }
+
+
+def test_node_of() -> None:
+    assert node_of(CONNECTION_ID) == "gw-3f2a9c1d"
+    assert node_of("a.bcdefghijklmnopqrstuvw") == "a"
+
+
+@pytest.mark.parametrize(
+    "connection_id",
+    [
+        "",
+        "gw-1",
+        "gw-1.",
+        ".q2uE4nK0m5Zr8VtY1xWb7A",
+        "gw.1.q2uE4nK0m5Zr8VtY1xWb7A",
+        "gw-1.short",
+        "gw:1.q2uE4nK0m5Zr8VtY1xWb7A",
+    ],
+)
+def test_node_of_refuses_malformed_ids(connection_id: str) -> None:
+    with pytest.raises(ValueError, match="not a wsq connection id"):
+        node_of(connection_id)
+
+
+# The codec: orjson when installed, else the stdlib, with the same output.
+
+
+@pytest.mark.parametrize(
+    "path", VALID_COMMANDS + VALID_SERVER_FRAMES, ids=example_ids(VALID_COMMANDS + VALID_SERVER_FRAMES)
+)
+def test_stdlib_and_orjson_encode_alike(path: Path) -> None:
+    value = load(path)
+    assert codec._stdlib_dumps(value) == codec.dumps(value)
+    assert codec._stdlib_loads(codec.dumps(value)) == value
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+class Size(enum.IntEnum):
+    BIG = 3
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+@pytest.mark.parametrize(
+    "value", [2**70, -(2**64), Colour.RED, {"size": Size.BIG}, (1, "é"), {"a": [None, True, 1.5]}]
+)
+def test_codecs_encode_the_same_types_alike(value: Any) -> None:
+    assert codec.dumps(value) == codec._stdlib_dumps(value)
+
+
+@pytest.mark.parametrize("value", [datetime.datetime(2026, 1, 1), Point(1), {1, 2}, object(), b"bytes"])
+def test_codecs_refuse_the_same_types(value: Any) -> None:
+    with pytest.raises(TypeError):
+        codec._stdlib_dumps(value)
+    with pytest.raises(TypeError):
+        codec.dumps(value)
+
+
+def test_works_without_orjson() -> None:
+    """orjson is optional: without it the stdlib's json encodes the same frames."""
+    script = (
+        "import sys; sys.modules['orjson'] = None\n"
+        "from wsq_worker import codec, protocol\n"
+        "assert codec.BACKEND == 'json', codec.BACKEND\n"
+        "print(protocol.push_frame('say', {'text': 'héllo'}))\n"
+        "event = protocol.decode_event({'v': '1', 'type': 'message', 'connection_id': "
+        f"'{CONNECTION_ID}', 'node': 'gw', 'ts': '1', 'frame': '{{\"action\": \"a\", \"data\": [1]}}'}})\n"
+        "print(event.data)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ['{"action":"say","data":{"text":"héllo"}}', "[1]"]
+
+
+def test_stdlib_codec_refuses_nan() -> None:
+    with pytest.raises(ValueError, match="JSON compliant"):
+        codec._stdlib_dumps(float("nan"))
+    with pytest.raises(ValueError, match="NaN is not valid JSON"):
+        codec._stdlib_loads('{"a": NaN}')
+
+
+# Redis keys.
+
+
+def test_key_builders_match_keys_json() -> None:
+    keys = key_templates()
+    values = {"prefix": "wsq", "node": "gw-3f2a9c1d", "connection_id": CONNECTION_ID, "user_id": "42"}
+    builders = {
+        "inbound_stream": lambda: constants.inbound_stream("wsq"),
+        "node_stream": lambda: constants.node_stream("wsq", "gw-3f2a9c1d"),
+        "broadcast_stream": lambda: constants.broadcast_stream("wsq"),
+        "connection": lambda: constants.connection("wsq", CONNECTION_ID),
+        "user_connections": lambda: constants.user_connections("wsq", "42"),
+        "node_connections": lambda: constants.node_connections("wsq", "gw-3f2a9c1d"),
+    }
+    assert set(builders) == set(keys["keys"])
+    for name, template in keys["keys"].items():
+        assert builders[name]() == template.format(**values), name
+    assert keys["consumer_group"] == constants.CONSUMER_GROUP
