@@ -1,0 +1,95 @@
+"""A chat room on wsq: the worker side.
+
+Run it next to a gateway and a Redis (``python3 dev.py demo`` starts all three)::
+
+    WSQ_REDIS_URL=redis://127.0.0.1:6379/0 python -m wsq_worker examples.chat.worker:worker
+
+Browsers talk to the gateway; every frame they send becomes an event in Redis, and this
+worker answers them. The browser side is ``static/chat.js``. The actions:
+
+``set_name``  ``{"name": "Ada"}``   pick a nickname (1 to 32 characters)
+``say``       ``{"text": "hi"}``    post a message (1 to 500 characters) to everyone
+
+Both reply ``{"ok": true, ...}``, or ``{"ok": false, "error": "..."}`` when the input is
+not acceptable, so the page can show the reason. Pushes from the worker to the pages:
+``welcome`` (to a new connection), ``joined``, ``renamed``, ``message`` and ``left``
+(to everyone).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from wsq_worker import Context, Worker
+
+MAX_NAME = 32
+MAX_TEXT = 500
+
+# Nicknames by connection id. A module-level dict is enough for a demo with ONE worker
+# process. A real app runs several workers (each event goes to any one of them), so it
+# would keep this in its database or in Redis, e.g. a hash ``chat:names``.
+names: dict[str, str] = {}
+
+Reply = dict[str, Any]
+
+
+def _field(data: object, key: str, limit: int) -> str | None:
+    """``data[key]`` as a stripped string of 1..limit characters, or None if it isn't one."""
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if 1 <= len(value) <= limit else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+async def set_name(ctx: Context, data: object) -> Reply:
+    name = _field(data, "name", MAX_NAME)
+    if name is None:
+        # A plain reply, not an exception: exceptions become `handler_error` for the
+        # client and a traceback in our log, which is for bugs, not for bad input.
+        return {"ok": False, "error": f"a name is 1 to {MAX_NAME} characters"}
+    old = names.get(ctx.connection_id)
+    names[ctx.connection_id] = name
+    everyone = ctx.publisher.broadcast()
+    if old is None:
+        await everyone.send("joined", {"name": name, "at": _now()})
+    elif old != name:
+        await everyone.send("renamed", {"old": old, "name": name, "at": _now()})
+    return {"ok": True, "name": name}
+
+
+async def say(ctx: Context, data: object) -> Reply:
+    name = names.get(ctx.connection_id)
+    if name is None:
+        return {"ok": False, "error": "choose a name first"}
+    text = _field(data, "text", MAX_TEXT)
+    if text is None:
+        return {"ok": False, "error": f"a message is 1 to {MAX_TEXT} characters"}
+    # broadcast() reaches every connection on every gateway, the sender's included.
+    await ctx.publisher.broadcast().send("message", {"from": name, "text": text, "at": _now()})
+    return {"ok": True}
+
+
+async def on_connect(ctx: Context) -> None:
+    # ctx.send() pushes to this connection only.
+    await ctx.send("welcome", {"connection_id": ctx.connection_id, "chatting": len(names)})
+
+
+async def on_disconnect(ctx: Context) -> None:
+    name = names.pop(ctx.connection_id, None)
+    if name is not None:
+        await ctx.publisher.broadcast().send("left", {"name": name, "at": _now()})
+
+
+# `python -m wsq_worker examples.chat.worker:worker` imports this object and runs it.
+# A frame whose action is not listed here is answered with an `unknown_action` $error.
+worker = Worker(
+    actions={"set_name": set_name, "say": say},
+    on_connect=on_connect,
+    on_disconnect=on_disconnect,
+)

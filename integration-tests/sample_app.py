@@ -1,0 +1,106 @@
+"""The worker the end-to-end tests run (``python -m wsq_worker sample_app:worker``).
+
+Its handlers exercise each feature: replies, pushes, errors, slow async and sync work,
+and the connect/disconnect hooks, which record what they saw in Redis for the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from wsq_worker import Context, Worker
+
+PREFIX = os.environ.get("WSQ_KEY_PREFIX", "wsq")
+_redis: aioredis.Redis | None = None
+
+
+def recorder() -> aioredis.Redis:
+    global _redis  # noqa: PLW0603 - one client per worker process
+    if _redis is None:
+        _redis = aioredis.Redis.from_url(os.environ["WSQ_REDIS_URL"])
+    return _redis
+
+
+async def record(kind: str, ctx: Context) -> None:
+    """Append what a hook saw to the list ``{prefix}:test:{kind}`` for the test to read."""
+    seen = {
+        "connection_id": ctx.connection_id,
+        "user_id": ctx.user_id,
+        "node": ctx.meta.node,
+        "close_code": ctx.meta.close_code,
+        "pid": os.getpid(),
+    }
+    await recorder().rpush(f"{PREFIX}:test:{kind}", json.dumps(seen))
+
+
+async def echo(ctx: Context, data: Any) -> Any:
+    return data
+
+
+async def whoami(ctx: Context, data: Any) -> dict[str, Any]:
+    return {"connection_id": ctx.connection_id, "user_id": ctx.user_id, "pid": os.getpid()}
+
+
+async def slow_async(ctx: Context, data: Any) -> str:
+    await asyncio.sleep(float(data))
+    return "slept"
+
+
+def slow_sync(ctx: Context, data: Any) -> str:
+    time.sleep(float(data))  # blocks a pool thread, never the event loop
+    return "slept"
+
+
+def sync_echo(ctx: Context, data: Any) -> Any:
+    return data
+
+
+async def push_twice(ctx: Context, data: Any) -> str:
+    await ctx.send("pushed", 1)
+    await ctx.send("pushed", 2)
+    return "done"
+
+
+async def fail(ctx: Context, data: Any) -> None:
+    raise RuntimeError("this handler always fails")
+
+
+async def on_connect(ctx: Context) -> None:
+    await record("connects", ctx)
+    await ctx.send("welcome", {"connection_id": ctx.connection_id})
+
+
+async def on_disconnect(ctx: Context) -> None:
+    await record("disconnects", ctx)
+
+
+worker = Worker(
+    actions={
+        "echo": echo,
+        "whoami": whoami,
+        "slow_async": slow_async,
+        "slow_sync": slow_sync,
+        "sync_echo": sync_echo,
+        "push_twice": push_twice,
+        "fail": fail,
+    },
+    on_connect=on_connect,
+    on_disconnect=on_disconnect,
+)
+
+
+async def fallback(ctx: Context, data: Any) -> dict[str, Any]:
+    return {"fallback_for": ctx.action, "data": data}
+
+
+# Same handlers, plus a default handler for actions without one.
+worker_with_default = Worker(
+    actions={"echo": echo},
+    default=fallback,
+)

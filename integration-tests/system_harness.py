@@ -1,0 +1,122 @@
+"""Helpers for end-to-end tests: real gateway and worker processes, real WebSocket clients."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+
+from wsq_devkit import ManagedProcess, wait_until
+
+HERE = Path(__file__).resolve().parent
+START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class GatewayProcess:
+    process: ManagedProcess
+    port: int
+    node_id: str
+    path: str = "/ws"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.path}"
+
+    def http_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.http_url(path), timeout=2) as resp:
+                status: int = resp.status
+                return status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if not self.process.running():
+                raise AssertionError(f"gateway exited:\n{self.process.output()}")
+            return self.status("/readyz") == 200
+
+        wait_until(ready, timeout=START_TIMEOUT_S, message=f"gateway {self.node_id} ready")
+
+
+def wait_for_consumers(client: redis.Redis, stream: str, count: int) -> None:
+    """Until ``count`` workers read the inbound stream's consumer group."""
+
+    def enough() -> bool:
+        try:
+            groups = client.xinfo_groups(stream)
+        except redis.ResponseError:
+            return False
+        return any(int(group["consumers"]) >= count for group in groups)
+
+    wait_until(enough, timeout=START_TIMEOUT_S, message=f"{count} worker(s) consuming")
+
+
+class Client:
+    """A WebSocket client that has read its ``$connected`` frame."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any]) -> None:
+        self.ws = ws
+        self.connection_id: str = hello["connection_id"]
+        self.user_id: str | None = hello["user_id"]
+
+    @classmethod
+    async def connect(cls, session: aiohttp.ClientSession, url: str, **kwargs: Any) -> Client:
+        ws = await session.ws_connect(url, **kwargs)
+        hello = orjson.loads((await ws.receive(timeout=10)).data)
+        assert hello["action"] == "$connected", hello
+        return cls(ws, hello["data"])
+
+    async def send(self, action: str, data: Any = None, id: str | None = None) -> None:
+        frame: dict[str, Any] = {"action": action, "data": data}
+        if id is not None:
+            frame["id"] = id
+        await self.ws.send_str(orjson.dumps(frame).decode())
+
+    async def receive(self, timeout: float = 10.0) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        doc: dict[str, Any] = orjson.loads(msg.data)
+        return doc
+
+    async def receive_until(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """The first frame matching ``predicate``, skipping others (such as welcome pushes)."""
+        while True:
+            frame = await self.receive(timeout)
+            if predicate(frame):
+                return frame
+
+    async def request(
+        self, action: str, data: Any = None, id: str = "r1", timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Send a frame with an id and return the answer carrying that id."""
+        await self.send(action, data, id)
+        return await self.receive_until(lambda frame: frame.get("id") == id, timeout)
+
+    async def close_code(self, timeout: float = 10.0) -> tuple[int, str]:
+        """Read (and drop) frames until the server closes the socket: its code and reason."""
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                return msg.data, msg.extra
+            assert msg.type is aiohttp.WSMsgType.TEXT, msg
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+StartGateway = Callable[..., GatewayProcess]
+StartWorker = Callable[..., ManagedProcess]

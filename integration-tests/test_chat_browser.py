@@ -1,0 +1,332 @@
+"""The chat example end to end: Redis, a gateway and the chat worker as real processes,
+the page in Debian's Chromium (driven by Playwright, never a downloaded browser), and the
+one-command demo (``examples/chat/run.py``) as a subprocess."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from system_harness import GatewayProcess  # integration-tests/, next to conftest.py
+
+from wsq_devkit import ManagedProcess, free_port, wait_until
+
+try:
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+except ImportError:  # the browser tests skip themselves; the demo tests don't need it
+    sync_playwright = None  # type: ignore[assignment]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAT = ROOT / "examples" / "chat"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CONNECTION_ID = re.compile(r"^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_-]{22}$")
+SCREENSHOT = Path("/tmp/wsq-chat.png")
+
+
+# ---- the stack: gateway (conftest's start_gateway) + chat worker + page ------------------------
+
+
+@dataclass
+class Chat:
+    gateway: GatewayProcess
+    page_url: str
+
+
+@pytest.fixture
+def chat_worker(
+    base_env: dict[str, str], processes: list[ManagedProcess], redis_client: redis.Redis, key_prefix: str
+) -> ManagedProcess:
+    worker = ManagedProcess.python_module(
+        "chat-worker", "wsq_worker", "examples.chat.worker:worker", env=base_env, cwd=ROOT
+    )
+    processes.append(worker.start())
+
+    def reading() -> bool:
+        assert worker.running(), f"the chat worker exited:\n{worker.output()}"
+        # The worker creates the consumer group (from id 0, so no event is lost) before its
+        # first read. Not the consumer count: Redis 7.0 lists a consumer only once it got an entry.
+        try:
+            return any(
+                group["name"] == "workers" for group in redis_client.xinfo_groups(f"{key_prefix}:inbound")
+            )
+        except redis.ResponseError:  # no stream yet
+            return False
+
+    wait_until(reading, timeout=30, message="the chat worker reading the inbound stream")
+    return worker
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def page_server() -> Iterator[str]:
+    """examples/chat/static over HTTP on a free port; its base URL."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(CHAT / "static"))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def chat(start_gateway: Callable[..., GatewayProcess], chat_worker: ManagedProcess, page_server: str) -> Chat:
+    gateway = start_gateway()
+    return Chat(gateway, f"{page_server}?gateway={gateway.ws_url}")
+
+
+def start_again(gateway: GatewayProcess, processes: list[ManagedProcess]) -> GatewayProcess:
+    """Start a stopped gateway again, on the same port with the same settings."""
+    old = gateway.process
+    new = ManagedProcess(f"{old.name}-restarted", old.argv, old.env)
+    processes.append(new.start())
+    restarted = GatewayProcess(new, gateway.port, gateway.node_id, gateway.path)
+    restarted.wait_ready()
+    return restarted
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); no browser is ever downloaded")
+    if sync_playwright is None:
+        pytest.skip("the playwright package is not installed")
+    expect.set_options(timeout=15_000)  # a loaded 2-core CI machine is slow to start pages
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def open_chat(browser: Browser) -> Iterator[Callable[[str], Page]]:
+    """Opens the chat page in a browser context of its own (one client each), waits until connected."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []  # uncaught exceptions in the page's JavaScript
+
+    def open_page(url: str) -> Page:
+        contexts.append(browser.new_context())
+        page = contexts[-1].new_page()
+        page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
+        page.goto(url)
+        expect(page.locator("#status")).to_have_attribute("data-state", "connected")
+        expect(page.locator("#connection-id")).to_have_text(CONNECTION_ID)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert errors == [], "JavaScript errors in the chat page"
+
+
+def set_name(page: Page, name: str) -> None:
+    page.fill("#name", name)
+    page.click("#name-submit")
+    expect(page.locator("#name-submit")).to_have_text("Change name")
+
+
+def messages(page: Page, sender: str, text: str) -> Locator:
+    return (
+        page.locator("#messages li[data-kind=message]")
+        .filter(has=page.locator(".from", has_text=re.compile(f"^{re.escape(sender)}$")))
+        .filter(has=page.locator(".text", has_text=re.compile(f"^{re.escape(text)}$")))
+    )
+
+
+def system_lines(page: Page, text: str) -> Locator:
+    return page.locator("#messages li[data-kind=system] .text", has_text=re.compile(f"^{re.escape(text)}$"))
+
+
+# ---- browser tests -----------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_two_pages_chat(chat: Chat, open_chat: Callable[[str], Page]) -> None:
+    ada = open_chat(chat.page_url)
+    grace = open_chat(chat.page_url)
+    assert ada.text_content("#connection-id") != grace.text_content("#connection-id")
+    expect(ada.locator("#messages li[data-kind=system]").first).to_contain_text("Welcome!")
+
+    set_name(ada, "Ada")
+    set_name(grace, "Grace")
+    expect(system_lines(grace, "Ada joined")).to_have_count(1)
+    expect(system_lines(ada, "Grace joined")).to_have_count(1)
+
+    ada.fill("#text", "Hello, <b>Grace</b>!")
+    ada.press("#text", "Enter")
+    for page in (grace, ada):  # a broadcast reaches the sender too
+        expect(messages(page, "Ada", "Hello, <b>Grace</b>!")).to_have_count(1)
+    expect(ada.locator("#text")).to_have_value("")  # cleared once the worker said ok
+    expect(ada.locator("#notice")).to_be_hidden()
+
+    grace.fill("#text", "Hi Ada")
+    grace.click("#send")
+    expect(messages(ada, "Grace", "Hi Ada")).to_have_count(1)
+
+    # Bad input: the worker's {"ok": false, "error": ...} reply is shown, nothing is broadcast.
+    ada.fill("#text", "   ")
+    ada.click("#send")
+    expect(ada.locator("#notice")).to_be_visible()
+    expect(ada.locator("#notice")).to_have_text("a message is 1 to 500 characters")
+    grace.fill("#name", "")
+    grace.click("#name-submit")
+    expect(grace.locator("#notice")).to_have_text("a name is 1 to 32 characters")
+
+    # An $error answer (the worker has no such action) rejects the request with its code.
+    code = ada.evaluate("wsqChat.request('no_such_action', null).then(() => 'resolved', (e) => e.code)")
+    assert code == "unknown_action"
+
+    # Renaming is announced; a good message clears the notice.
+    set_name(grace, "Grace H.")
+    expect(system_lines(ada, "Grace is now Grace H.")).to_have_count(1)
+    ada.fill("#text", "Nice name")
+    ada.press("#text", "Enter")
+    expect(messages(grace, "Ada", "Nice name")).to_have_count(1)
+    expect(ada.locator("#notice")).to_be_hidden()
+    assert messages(grace, "Ada", "   ").count() == 0
+
+    ada.set_viewport_size({"width": 900, "height": 760})
+    ada.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # Closing a page disconnects it; the worker tells the others who left.
+    grace.context.close()
+    expect(system_lines(ada, "Grace H. left")).to_have_count(1)
+
+
+@pytest.mark.browser
+def test_page_reconnects_after_gateway_restart(
+    chat: Chat, open_chat: Callable[[str], Page], processes: list[ManagedProcess]
+) -> None:
+    page = open_chat(chat.page_url)
+    first_id = page.text_content("#connection-id")
+    set_name(page, "Ada")
+    expect(system_lines(page, "Ada joined")).to_have_count(1)
+
+    # SIGTERM: the gateway closes the socket with 1001 and exits
+    assert chat.gateway.process.stop() == 0, chat.gateway.process.output()
+    expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+    expect(page.locator("#send")).to_be_disabled()
+    start_again(chat.gateway, processes)
+
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-state", "connected", timeout=20_000)
+    expect(page.locator("#connection-id")).not_to_have_text(first_id or "")
+    expect(page.locator("#connection-id")).to_have_text(CONNECTION_ID)
+    # The page sent its name again on the new connection: it is announced a second time.
+    expect(system_lines(page, "Ada joined")).to_have_count(2)
+    page.fill("#text", "back again")
+    page.press("#text", "Enter")
+    expect(messages(page, "Ada", "back again")).to_have_count(1)
+
+
+# ---- the one-command demo ----------------------------------------------------------------------
+
+
+def _demo_env() -> dict[str, str]:
+    """Our environment without WSQ_*: run.py starts its own embedded Redis."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WSQ_")}
+
+
+def _demo(*args: str, output: Path) -> subprocess.Popen[bytes]:
+    with output.open("wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(CHAT / "run.py"),
+                "--port",
+                str(free_port()),
+                "--gateway-port",
+                str(free_port()),
+                *args,
+            ],
+            cwd=ROOT,
+            env=_demo_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: the test can tell when all of it is gone
+        )
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if not _group_gone(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_demo_check(tmp_path: Path) -> None:
+    output = tmp_path / "run.log"
+    proc = _demo("--check", output=output)
+    try:
+        code = proc.wait(timeout=90)
+        text = output.read_text(errors="replace")
+        assert code == 0, text
+        assert re.search(r"^OK: ", text, re.MULTILINE), text
+        wait_until(lambda: _group_gone(proc.pid), timeout=10, message="every process of run.py --check gone")
+    finally:
+        _kill_group(proc)
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl-c", "sigterm"])
+def test_demo_stops_cleanly(tmp_path: Path, ctrl_c: bool) -> None:
+    output = tmp_path / "run.log"
+    proc = _demo(output=output)
+    try:
+
+        def printed_url() -> str | None:
+            assert proc.poll() is None, output.read_text(errors="replace")
+            found = re.search(r"Open (http://\S+)", output.read_text(errors="replace"))
+            return found.group(1) if found else None
+
+        url = wait_until(printed_url, timeout=60, message="run.py printing the address of the page")
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert b"wsq chat" in resp.read()
+        if ctrl_c:  # a terminal sends SIGINT to the whole foreground group: run.py and its children
+            os.killpg(proc.pid, signal.SIGINT)
+        else:  # a service manager stops run.py alone
+            proc.terminate()
+        code = proc.wait(timeout=30)
+        text = output.read_text(errors="replace")
+        assert code == 0, text
+        # the gateway, the worker and the embedded redis-server are gone as well
+        wait_until(lambda: _group_gone(proc.pid), timeout=10, message="every child of run.py gone")
+    finally:
+        _kill_group(proc)
