@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -77,10 +78,11 @@ def start_gateway(base_env: dict[str, str], processes: list[ManagedProcess]) -> 
 def start_worker(
     base_env: dict[str, str], processes: list[ManagedProcess], redis_client: redis.Redis, key_prefix: str
 ) -> StartWorker:
-    def start(target: str = "sample_app:worker", *args: str, **env: str) -> ManagedProcess:
+    def start(target: str = "sample_app:worker", *args: str, cwd: Path = HERE, **env: str) -> ManagedProcess:
+        """``python -m wsq_worker target args`` run in ``cwd``; returns once it reads the stream."""
         before = _consumers(redis_client, f"{key_prefix}:inbound")
         process = ManagedProcess.python_module(
-            f"worker-{next(_names)}", "wsq_worker", target, *args, env={**base_env, **env}, cwd=HERE
+            f"worker-{next(_names)}", "wsq_worker", target, *args, env={**base_env, **env}, cwd=cwd
         )
         processes.append(process.start())
         wait_for_consumers(redis_client, f"{key_prefix}:inbound", before + 1)

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from system_harness import GatewayProcess  # integration-tests/, next to conftest.py
+from system_harness import GatewayProcess, StartWorker  # integration-tests/, next to conftest.py
 
 from wsq_devkit import ManagedProcess, free_port, wait_until
 
@@ -57,27 +56,8 @@ class Chat:
 
 
 @pytest.fixture
-def chat_worker(
-    base_env: dict[str, str], processes: list[ManagedProcess], redis_client: redis.Redis, key_prefix: str
-) -> ManagedProcess:
-    worker = ManagedProcess.python_module(
-        "chat-worker", "wsq_worker", "examples.chat.worker:worker", env=base_env, cwd=ROOT
-    )
-    processes.append(worker.start())
-
-    def reading() -> bool:
-        assert worker.running(), f"the chat worker exited:\n{worker.output()}"
-        # The worker creates the consumer group (from id 0, so no event is lost) before its
-        # first read. Not the consumer count: Redis 7.0 lists a consumer only once it got an entry.
-        try:
-            return any(
-                group["name"] == "workers" for group in redis_client.xinfo_groups(f"{key_prefix}:inbound")
-            )
-        except redis.ResponseError:  # no stream yet
-            return False
-
-    wait_until(reading, timeout=30, message="the chat worker reading the inbound stream")
-    return worker
+def chat_worker(start_worker: StartWorker) -> ManagedProcess:
+    return start_worker("examples.chat.worker:worker", cwd=ROOT)
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -115,10 +95,15 @@ def start_again(gateway: GatewayProcess, processes: list[ManagedProcess]) -> Gat
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    missing = None
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); no browser is ever downloaded")
-    if sync_playwright is None:
-        pytest.skip("the playwright package is not installed")
+        missing = f"{CHROMIUM} is missing (apt-get install chromium); no browser is ever downloaded"
+    elif sync_playwright is None:
+        missing = "the playwright package is not installed"
+    if missing is not None:
+        if os.environ.get("CI"):  # .ci/run installs both: in CI a missing browser is a failure
+            pytest.fail(missing)
+        pytest.skip(missing)
     expect.set_options(timeout=15_000)  # a loaded 2-core CI machine is slow to start pages
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from wsq_devkit.contract import SCHEMAS, example_ids, examples, is_valid, validator
 
 
