@@ -61,13 +61,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture
 def start_gateway(base_env: dict[str, str], processes: list[ManagedProcess]) -> StartGateway:
-    def start(**env: str) -> GatewayProcess:
+    def start(scheme: str = "http", **env: str) -> GatewayProcess:
         port = free_port()
         node_id = env.pop("WSQ_NODE_ID", f"gw{next(_names)}")
         full_env = {**base_env, "WSQ_HOST": "127.0.0.1", "WSQ_PORT": str(port), "WSQ_NODE_ID": node_id, **env}
         process = ManagedProcess.python_module(f"gateway-{node_id}", "wsq_gateway", env=full_env)
         processes.append(process.start())
-        gateway = GatewayProcess(process, port, node_id, full_env.get("WSQ_PATH", "/ws"))
+        gateway = GatewayProcess(process, port, node_id, full_env.get("WSQ_PATH", "/ws"), scheme)
         gateway.wait_ready()
         return gateway
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -25,17 +26,20 @@ class GatewayProcess:
     port: int
     node_id: str
     path: str = "/ws"
+    scheme: str = "http"  # https when the gateway serves TLS
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}{self.path}"
 
     def http_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def status(self, path: str) -> int:
+        # Readiness is probed without checking the certificate: tests use throw-away ones.
+        context = ssl._create_unverified_context() if self.scheme == "https" else None
         try:
-            with urllib.request.urlopen(self.http_url(path), timeout=2) as resp:
+            with urllib.request.urlopen(self.http_url(path), timeout=2, context=context) as resp:
                 status: int = resp.status
                 return status
         except urllib.error.HTTPError as exc:

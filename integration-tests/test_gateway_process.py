@@ -1,0 +1,94 @@
+"""The gateway process itself: TLS, heartbeat, structured logs, health endpoints."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+
+import aiohttp
+import redis
+import trustme
+from system_harness import Client, StartGateway
+
+from wsq_devkit import wait_until
+
+
+async def test_wss_with_a_certificate(
+    start_gateway: StartGateway, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    gateway = start_gateway(WSQ_SSL_CERTFILE=str(cert_file), WSQ_SSL_KEYFILE=str(key_file), scheme="https")
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    client = await Client.connect(session, gateway.ws_url.replace("ws://", "wss://"), ssl=client_context)
+    await client.send("$ping", "over tls", id="t")
+    assert await client.receive() == {"action": "$pong", "data": "over tls", "id": "t"}
+    await client.close()
+    # plain ws:// is not served on a TLS port
+    try:
+        await session.ws_connect(gateway.ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=2))
+    except (aiohttp.ClientError, ConnectionError):
+        pass
+    else:
+        raise AssertionError("a plain-text handshake succeeded on the TLS port")
+
+
+async def test_a_client_that_ignores_pings_is_closed(
+    start_gateway: StartGateway,
+    session: aiohttp.ClientSession,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    gateway = start_gateway(WSQ_HEARTBEAT_S="0.5")
+    ws = await session.ws_connect(gateway.ws_url, autoping=False)
+    hello = json.loads((await ws.receive(timeout=5)).data)["data"]
+    kinds: list[aiohttp.WSMsgType] = []
+    while True:  # pings arrive and go unanswered, until the gateway gives up on us
+        msg = await ws.receive(timeout=10)
+        kinds.append(msg.type)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            break
+    assert aiohttp.WSMsgType.PING in kinds
+
+    def disconnected() -> bool:
+        return not redis_client.exists(f"{key_prefix}:conn:{hello['connection_id']}")
+
+    wait_until(disconnected, timeout=10, message="the silent client was unregistered")
+    # while a client that answers pings (aiohttp does by default) stays connected
+    client = await Client.connect(session, gateway.ws_url)
+    await client.send("$ping", None, id="alive")
+    assert (await client.receive(timeout=5))["id"] == "alive"
+    await client.close()
+
+
+async def test_logs_are_json_lines_with_node_and_connection_ids(
+    start_gateway: StartGateway, session: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(WSQ_LOG_FORMAT="json", WSQ_LOG_LEVEL="debug")
+    client = await Client.connect(session, gateway.ws_url)
+    await client.close()
+
+    def connection_lines() -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in gateway.process.output().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("connection_id") == client.connection_id]
+
+    lines = wait_until(connection_lines, timeout=10, message="log lines about the connection")
+    assert {line["event"] for line in lines} >= {"connected", "disconnected"}
+    for line in lines:
+        assert line["node"] == gateway.node_id
+        assert {"timestamp", "level", "logger"} <= set(line)
+    for raw in gateway.process.output().splitlines():
+        assert raw.startswith("{"), f"not a JSON log line: {raw!r}"
+
+
+def test_health_endpoints(start_gateway: StartGateway) -> None:
+    gateway = start_gateway()
+    assert gateway.status("/healthz") == 200
+    assert gateway.status("/readyz") == 200
+    assert gateway.status("/nope") == 404
