@@ -343,3 +343,27 @@ async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_keep_r
     assert (disconnect["connection_id"], disconnect["close_code"]) == (slow_id, "3008")
     await fast.close()
     writer.close()
+
+
+async def test_past_the_queue_bound_frames_get_overloaded_and_nothing_is_lost(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(max_queued_frames=5)
+    ws, _ = await gateway.connect()
+    await wait_for_events(redis, gateway, 1)
+    await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # Redis stops taking writes for a while
+    sent = [f"f{n}" for n in range(40)]
+    for frame_id in sent:
+        await ws.send_str(f'{{"action": "work", "id": "{frame_id}"}}')
+    await ws.send_str('{"action": "$ping", "id": "end"}')  # answered after every error above
+    overloaded = set()
+    while (frame := await receive_json(ws, timeout=10))["action"] != "$pong":
+        assert frame["action"] == "$error", frame
+        assert frame["data"]["code"] == "overloaded"
+        overloaded.add(frame["id"])
+    assert len(overloaded) >= len(sent) - 2 * 5, "at most the bound waits, plus one batch in flight"
+    events = await wait_for_events(redis, gateway, 1 + len(sent) - len(overloaded))
+    queued = {orjson.loads(e["frame"])["id"] for e in events if e["type"] == "message"}
+    assert queued | overloaded == set(sent), "every frame was either queued or answered overloaded"
+    assert not queued & overloaded
+    await ws.close()
