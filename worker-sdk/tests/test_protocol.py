@@ -23,9 +23,13 @@ from wsq_worker.protocol import (
     HANDLER_ERROR,
     UNKNOWN_ACTION,
     Event,
+    check_group,
     decode_event,
     disconnect_command,
     error_frame,
+    is_group_name,
+    join_command,
+    leave_command,
     node_of,
     push_frame,
     reply_frame,
@@ -209,11 +213,16 @@ def test_valid_command_examples_round_trip(path: Path, schemas: Any) -> None:
     """Our encoders produce every valid command example byte for byte, frame included."""
     example = load(path)
     schemas.check("command", example)
+    target, to = example["target"], example.get("to")
     if example["type"] == "send":
         assert encode_like(example["frame"]) == example["frame"]
-        command = send_command(example["target"], example.get("to"), encode_like(example["frame"]))
+        command = send_command(target, to, encode_like(example["frame"]), example.get("exclude"))
+    elif example["type"] == "disconnect":
+        command = disconnect_command(target, to, int(example["code"]), example.get("reason", ""))
+    elif example["type"] == "join":
+        command = join_command(to, example["group"])
     else:
-        command = disconnect_command(example["to"], int(example["code"]), example.get("reason", ""))
+        command = leave_command(to, example["group"])
     assert command == example
     assert list(command) == list(example), "same field order as the example"
 
@@ -221,12 +230,18 @@ def test_valid_command_examples_round_trip(path: Path, schemas: Any) -> None:
 # How each invalid command example is refused by our encoders (None: they can't produce it).
 REFUSED_COMMANDS: dict[str, Any] = {
     "all-with-to.json": lambda: send_command("all", "x", push_frame("a")),
+    "bad-group-name.json": lambda: send_command("group", "room lobby", push_frame("a")),
     "connection-without-to.json": lambda: send_command("connection", None, push_frame("a")),
-    "disconnect-bad-code.json": lambda: disconnect_command(CONNECTION_ID, 1006),
+    "disconnect-bad-code.json": lambda: disconnect_command("connection", CONNECTION_ID, 1006),
+    "exclude-outside-group.json": lambda: send_command("all", None, push_frame("a"), CONNECTION_ID),
     "unknown-target.json": lambda: send_command("room", "lobby", push_frame("a")),  # type: ignore[arg-type]
-    # push_frame always writes "data", and send_command always writes "frame".
+    # push_frame always writes "data", and send_command always writes "frame" and never "group".
     "frame-not-a-server-frame.json": None,
     "send-without-frame.json": None,
+    "send-with-group-field.json": None,
+    # join_command and leave_command always write target "connection" and the group.
+    "join-a-user.json": None,
+    "join-without-group.json": None,
 }
 
 
@@ -236,7 +251,7 @@ def test_invalid_command_examples_cannot_be_encoded(path: Path, schemas: Any) ->
     assert path.name in REFUSED_COMMANDS, "new invalid example: say how the encoders refuse it"
     encode = REFUSED_COMMANDS[path.name]
     if encode is not None:
-        with pytest.raises(ValueError, match=r"target|close code|needs a non-empty|has no"):
+        with pytest.raises(ValueError, match=r"target|close code|needs a non-empty|has no|group"):
             encode()
 
 
@@ -325,7 +340,7 @@ def test_data_json_cannot_encode_is_refused() -> None:
 
 @pytest.mark.parametrize("code", [1000, 3000, 3008, 4000, 4999])
 def test_disconnect_accepts_application_close_codes(code: int, schemas: Any) -> None:
-    command = disconnect_command(CONNECTION_ID, code, "bye")
+    command = disconnect_command("connection", CONNECTION_ID, code, "bye")
     schemas.check("command", command)
     assert command["code"] == str(code)
 
@@ -333,20 +348,20 @@ def test_disconnect_accepts_application_close_codes(code: int, schemas: Any) -> 
 @pytest.mark.parametrize("code", [999, 1001, 1006, 1011, 2999, 5000, True, "4000"])
 def test_disconnect_refuses_other_close_codes(code: Any) -> None:
     with pytest.raises(ValueError, match="close code"):
-        disconnect_command(CONNECTION_ID, code)
+        disconnect_command("connection", CONNECTION_ID, code)
 
 
 def test_disconnect_reason_is_at_most_123_utf8_bytes(schemas: Any) -> None:
-    schemas.check("command", disconnect_command(CONNECTION_ID, 4000, "x" * 123))
-    schemas.check("command", disconnect_command(CONNECTION_ID, 4000, "é" * 61))  # 122 bytes
+    schemas.check("command", disconnect_command("connection", CONNECTION_ID, 4000, "x" * 123))
+    schemas.check("command", disconnect_command("connection", CONNECTION_ID, 4000, "é" * 61))  # 122 bytes
     with pytest.raises(ValueError, match="123 bytes"):
-        disconnect_command(CONNECTION_ID, 4000, "x" * 124)
+        disconnect_command("connection", CONNECTION_ID, 4000, "x" * 124)
     with pytest.raises(ValueError, match="123 bytes"):
-        disconnect_command(CONNECTION_ID, 4000, "é" * 62)  # 62 characters, 124 bytes
+        disconnect_command("connection", CONNECTION_ID, 4000, "é" * 62)  # 62 characters, 124 bytes
 
 
 def test_disconnect_defaults() -> None:
-    assert disconnect_command(CONNECTION_ID) == {
+    assert disconnect_command("connection", CONNECTION_ID) == {
         "v": "1",
         "type": "disconnect",
         "target": "connection",
@@ -354,6 +369,92 @@ def test_disconnect_defaults() -> None:
         "code": "1000",
         "reason": "",
     }
+
+
+@pytest.mark.parametrize(
+    ("target", "to"), [("connection", CONNECTION_ID), ("user", "42"), ("group", "room:lobby"), ("all", None)]
+)
+def test_disconnect_every_target(target: Any, to: str | None, schemas: Any) -> None:
+    command = disconnect_command(target, to, 4001, "logged out")
+    schemas.check("command", command)
+    expected = {
+        "v": "1",
+        "type": "disconnect",
+        "target": target,
+        "to": to,
+        "code": "4001",
+        "reason": "logged out",
+    }
+    assert command == {key: value for key, value in expected.items() if value is not None}
+
+
+def test_disconnect_refuses_malformed_targets() -> None:
+    with pytest.raises(ValueError, match="has no"):
+        disconnect_command("all", "x")
+    with pytest.raises(ValueError, match="needs a non-empty"):
+        disconnect_command("user", None)
+    with pytest.raises(ValueError, match="group name"):
+        disconnect_command("group", "room lobby")
+
+
+@pytest.mark.parametrize("target", ["connection", "user", "all"])
+def test_exclude_is_only_for_groups(target: Any) -> None:
+    to = {"connection": CONNECTION_ID, "user": "42", "all": None}[target]
+    with pytest.raises(ValueError, match='exclude is only for target "group"'):
+        send_command(target, to, push_frame("a"), exclude=CONNECTION_ID)
+
+
+def test_send_to_a_group_with_exclude(schemas: Any) -> None:
+    command = send_command("group", "room:lobby", push_frame("a"), exclude=CONNECTION_ID)
+    schemas.check("command", command)
+    assert list(command) == ["v", "type", "target", "to", "exclude", "frame"]
+    with pytest.raises(ValueError, match="not a wsq connection id"):
+        send_command("group", "room:lobby", push_frame("a"), exclude="gw-1")
+
+
+@pytest.mark.parametrize("build", [join_command, leave_command])
+def test_join_and_leave_commands(build: Any, schemas: Any) -> None:
+    command = build(CONNECTION_ID, "a/b@c.d:e-f_0")
+    schemas.check("command", command)
+    assert command == {
+        "v": "1",
+        "type": build.__name__.removesuffix("_command"),
+        "target": "connection",
+        "to": CONNECTION_ID,
+        "group": "a/b@c.d:e-f_0",
+    }
+    with pytest.raises(ValueError, match="not a wsq connection id"):
+        build("42", "room")
+    with pytest.raises(ValueError, match="group name"):
+        build(CONNECTION_ID, "")
+
+
+GROUP_NAMES = ["a", "g" * 128, "room:lobby", "a/b@c.d:e-f_0", "", "g" * 129, "room lobby", "é", "a#b", "٣"]
+
+
+@pytest.mark.parametrize("group", GROUP_NAMES)
+def test_group_names_follow_the_schema(group: str, schemas: Any) -> None:
+    """is_group_name and check_group agree with the schema's $defs.group pattern."""
+    join = {"v": "1", "type": "join", "target": "connection", "to": CONNECTION_ID, "group": group}
+    send = {"v": "1", "type": "send", "target": "group", "to": group, "frame": push_frame("a")}
+    assert schemas.is_valid("command", join) == is_group_name(group) == schemas.is_valid("command", send)
+    if is_group_name(group):
+        assert check_group(group) == group
+    else:
+        with pytest.raises(ValueError, match="group name"):
+            check_group(group)
+
+
+def test_group_names_end_at_the_end() -> None:
+    # Python's $ would match before a final newline: the pattern is used with fullmatch().
+    assert not is_group_name("room\n")
+
+
+@pytest.mark.parametrize("group", [None, 5, b"room"])
+def test_group_names_are_strings(group: Any) -> None:
+    assert not is_group_name(group)
+    with pytest.raises(ValueError, match="group name"):
+        check_group(group)
 
 
 def test_node_of() -> None:
@@ -448,7 +549,13 @@ def test_stdlib_codec_refuses_nan() -> None:
 
 def test_key_builders_match_keys_json() -> None:
     keys = key_templates()
-    values = {"prefix": "wsq", "node": "gw-3f2a9c1d", "connection_id": CONNECTION_ID, "user_id": "42"}
+    values = {
+        "prefix": "wsq",
+        "node": "gw-3f2a9c1d",
+        "connection_id": CONNECTION_ID,
+        "user_id": "42",
+        "group": "room:lobby",
+    }
     builders = {
         "inbound_stream": lambda: constants.inbound_stream("wsq"),
         "node_stream": lambda: constants.node_stream("wsq", "gw-3f2a9c1d"),
@@ -456,6 +563,10 @@ def test_key_builders_match_keys_json() -> None:
         "connection": lambda: constants.connection("wsq", CONNECTION_ID),
         "user_connections": lambda: constants.user_connections("wsq", "42"),
         "node_connections": lambda: constants.node_connections("wsq", "gw-3f2a9c1d"),
+        "group_connections": lambda: constants.group_connections("wsq", "room:lobby"),
+        "connection_groups": lambda: constants.connection_groups("wsq", CONNECTION_ID),
+        "nodes": lambda: constants.nodes("wsq"),
+        "node_reaped": lambda: constants.node_reaped("wsq", "gw-3f2a9c1d"),
     }
     assert set(builders) == set(keys["keys"])
     for name, template in keys["keys"].items():

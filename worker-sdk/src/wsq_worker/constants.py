@@ -52,3 +52,23 @@ def user_connections(prefix: str, user_id: str) -> str:
 def node_connections(prefix: str, node: str) -> str:
     """Set of the connection ids one gateway holds."""
     return f"{prefix}:node:{node}:conns"
+
+
+def group_connections(prefix: str, group: str) -> str:
+    """Set of the connection ids of one group, on every gateway."""
+    return f"{prefix}:group:{group}:conns"
+
+
+def connection_groups(prefix: str, connection_id: str) -> str:
+    """Set of the groups of one connection."""
+    return f"{prefix}:conn:{connection_id}:groups"
+
+
+def nodes(prefix: str) -> str:
+    """Sorted set of the live gateways, scored by their last heartbeat (ms since the epoch)."""
+    return f"{prefix}:nodes"
+
+
+def node_reaped(prefix: str, node: str) -> str:
+    """Set by a reaper that removed the connections of ``node`` (read by that gateway only)."""
+    return f"{prefix}:node:{node}:reaped"

@@ -28,10 +28,14 @@ __all__ = [
     "Event",
     "EventType",
     "TargetKind",
+    "check_group",
     "decode_event",
     "disconnect_command",
     "error_frame",
     "is_action_name",
+    "is_group_name",
+    "join_command",
+    "leave_command",
     "node_of",
     "push_frame",
     "reply_frame",
@@ -53,10 +57,10 @@ ERROR_CODES = frozenset(
 )
 
 EventType: TypeAlias = Literal["connect", "message", "disconnect"]
-TargetKind: TypeAlias = Literal["connection", "user", "all"]
+TargetKind: TypeAlias = Literal["connection", "user", "group", "all"]
 
 _EVENT_TYPES: frozenset[str] = frozenset({"connect", "message", "disconnect"})
-_TARGETS: frozenset[str] = frozenset({"connection", "user", "all"})
+_TARGETS: frozenset[str] = frozenset({"connection", "user", "group", "all"})
 _EVENT_FIELDS = frozenset(
     {"v", "type", "connection_id", "node", "user_id", "ts", "addr", "frame", "close_code"}
 )
@@ -65,6 +69,7 @@ _PING = "$ping"
 
 # Patterns from the schemas. Every one is used with fullmatch(), and [0-9] is ASCII only.
 _ACTION = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_GROUP = re.compile(r"[A-Za-z0-9_.:@/-]{1,128}")
 _NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONNECTION_ID = re.compile(r"([A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{22}")
 _TS = re.compile(r"[0-9]{1,16}")
@@ -97,6 +102,18 @@ class Event:
 def is_action_name(name: object) -> bool:
     """Whether ``name`` is a valid (non-reserved) action: 1-64 letters, digits, ``_ . : -``."""
     return isinstance(name, str) and _ACTION.fullmatch(name) is not None
+
+
+def is_group_name(name: object) -> bool:
+    """Whether ``name`` is a valid group: 1-128 letters, digits or ``_ . : @ / -``."""
+    return isinstance(name, str) and _GROUP.fullmatch(name) is not None
+
+
+def check_group(group: str) -> str:
+    """``group``, or ValueError when it is not a valid group name."""
+    if not is_group_name(group):
+        raise ValueError(f"a group name is 1-128 letters, digits or _ . : @ / -, not {group!r}")
+    return group
 
 
 def node_of(connection_id: str) -> str:
@@ -196,34 +213,66 @@ def _is_frame_id(value: object) -> bool:
 # Outbound commands: schemas/command.schema.json. Field order follows the golden examples.
 
 
-def send_command(target: TargetKind, to: str | None, frame: str) -> dict[str, str]:
+def send_command(
+    target: TargetKind, to: str | None, frame: str, exclude: str | None = None
+) -> dict[str, str]:
     """A ``send`` command writing ``frame`` (server-frame JSON text) to the targeted sockets.
 
-    ``to`` is the connection id (``target="connection"``) or the user id (``"user"``), and
-    must be None for ``"all"``.
+    ``to`` is the connection id (``target="connection"``), the user id (``"user"``) or the
+    group (``"group"``), and must be None for ``"all"``. ``exclude`` (groups only) is a
+    connection id that must not receive the frame.
     """
     fields = {"v": PROTOCOL_VERSION, "type": "send", "target": _check_target(target, to)}
     if to is not None:
         fields["to"] = to
+    if exclude is not None:
+        if target != "group":
+            raise ValueError(f'exclude is only for target "group", not "{target}"')
+        node_of(exclude)
+        fields["exclude"] = exclude
     fields["frame"] = frame
     return fields
 
 
-def disconnect_command(connection_id: str, code: int = 1000, reason: str = "") -> dict[str, str]:
-    """A ``disconnect`` command closing one connection with ``code`` (1000 or 3000-4999)."""
+def disconnect_command(
+    target: TargetKind, to: str | None, code: int = 1000, reason: str = ""
+) -> dict[str, str]:
+    """A ``disconnect`` command closing the targeted sockets with ``code`` (1000 or 3000-4999).
+
+    ``target`` and ``to`` as for ``send_command``; ``reason`` is at most 123 bytes of UTF-8.
+    """
     if isinstance(code, bool) or not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
         raise ValueError(f"close code must be 1000 or 3000-4999, not {code!r}")
     if not isinstance(reason, str):
         raise TypeError(f"reason must be a str, not {type(reason).__name__}")
     if len(reason.encode()) > _MAX_REASON_BYTES:
         raise ValueError(f"close reason is longer than {_MAX_REASON_BYTES} bytes of UTF-8")
+    fields = {"v": PROTOCOL_VERSION, "type": "disconnect", "target": _check_target(target, to)}
+    if to is not None:
+        fields["to"] = to
+    fields["code"] = str(code)
+    fields["reason"] = reason
+    return fields
+
+
+def join_command(connection_id: str, group: str) -> dict[str, str]:
+    """A ``join`` command: the gateway holding ``connection_id`` adds it to its index of ``group``."""
+    return _membership_command("join", connection_id, group)
+
+
+def leave_command(connection_id: str, group: str) -> dict[str, str]:
+    """A ``leave`` command: the gateway holding ``connection_id`` removes it from ``group``."""
+    return _membership_command("leave", connection_id, group)
+
+
+def _membership_command(kind: Literal["join", "leave"], connection_id: str, group: str) -> dict[str, str]:
+    node_of(connection_id)
     return {
         "v": PROTOCOL_VERSION,
-        "type": "disconnect",
-        "target": _check_target("connection", connection_id),
+        "type": kind,
+        "target": "connection",
         "to": connection_id,
-        "code": str(code),
-        "reason": reason,
+        "group": check_group(group),
     }
 
 
@@ -235,6 +284,8 @@ def _check_target(target: str, to: str | None) -> str:
             raise ValueError('a command for target "all" has no "to"')
     elif not isinstance(to, str) or not to:
         raise ValueError(f'a command for target "{target}" needs a non-empty "to"')
+    elif target == "group":
+        check_group(to)
     return target
 
 

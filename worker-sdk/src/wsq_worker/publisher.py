@@ -126,7 +126,9 @@ class Route:
             raise ValueError("disconnect() closes one connection: use it on to(connection_id)")
         assert self.to is not None
         return StreamWrite(
-            self._node_stream(), disconnect_command(self.to, code, reason), constants.NODE_STREAM_MAXLEN
+            self._node_stream(),
+            disconnect_command("connection", self.to, code, reason),
+            constants.NODE_STREAM_MAXLEN,
         )
 
     def _node_stream(self) -> str:
