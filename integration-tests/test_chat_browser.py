@@ -217,7 +217,7 @@ def test_page_reconnects_after_gateway_restart(
     set_name(page, "Ada")
     expect(system_lines(page, "Ada joined")).to_have_count(1)
 
-    # SIGTERM: the gateway closes the socket with 1001 and exits
+    # SIGTERM: the gateway closes the socket with 1012 (service restart) and exits
     assert chat.gateway.process.stop() == 0, chat.gateway.process.output()
     expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
     expect(page.locator("#send")).to_be_disabled()

@@ -255,7 +255,7 @@ async def test_many_workers_share_the_stream(
     await client.close()
 
 
-async def test_gateway_sigterm_closes_sockets_with_1001_and_emits_disconnects(
+async def test_gateway_sigterm_closes_sockets_with_1012_and_emits_disconnects(
     start_gateway: StartGateway,
     start_worker: StartWorker,
     session: aiohttp.ClientSession,
@@ -267,7 +267,7 @@ async def test_gateway_sigterm_closes_sockets_with_1001_and_emits_disconnects(
     clients = [await Client.connect(session, gateway.ws_url) for _ in range(3)]
     gateway.process.signal(signal.SIGTERM)
     for client in clients:
-        assert (await client.close_code())[0] == 1001
+        assert (await client.close_code())[0] == 1012
     assert gateway.process.wait(timeout=15) == 0
 
     def disconnects() -> list[dict[str, object]] | None:
@@ -276,7 +276,7 @@ async def test_gateway_sigterm_closes_sockets_with_1001_and_emits_disconnects(
 
     gone = wait_until(disconnects, timeout=10, message="three on_disconnect calls")
     assert {g["connection_id"] for g in gone} == {c.connection_id for c in clients}
-    assert {g["close_code"] for g in gone} == {1001}
+    assert {g["close_code"] for g in gone} == {1012}
     assert redis_client.smembers(f"{key_prefix}:node:{gateway.node_id}:conns") == set()
 
 

@@ -239,7 +239,7 @@ class Demo:
                 print(f"{child.name:>7} | {line}", file=sys.stderr)
 
     def shutdown(self) -> None:
-        # Gateway first (it closes the sockets with 1001 so pages reconnect), then the worker.
+        # Gateway first (it closes the sockets with 1012 so pages reconnect), then the worker.
         for child in self.children:
             child.stop(timeout=10)
         for echo in self.echoes:

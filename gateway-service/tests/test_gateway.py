@@ -263,7 +263,7 @@ async def test_health_and_readiness(gateway: RunningGateway) -> None:
 
 async def test_without_redis_frames_get_unavailable_and_readyz_fails(start_gateway: GatewayFactory) -> None:
     with RedisServer() as own:
-        gateway = await start_gateway(redis_url=own.url, shutdown_timeout_s=0.5)
+        gateway = await start_gateway(redis_url=own.url, drain_s=0.5)
         ws, _ = await gateway.connect()
         own.stop()
         await ws.send_str('{"action": "x", "id": "lost"}')
@@ -282,19 +282,19 @@ async def test_without_redis_frames_get_unavailable_and_readyz_fails(start_gatew
         await ws.close()
 
 
-async def test_shutdown_closes_sockets_with_1001(
+async def test_shutdown_closes_sockets_with_1012(
     start_gateway: GatewayFactory, redis: aioredis.Redis
 ) -> None:
     gateway = await start_gateway()
     ws, hello = await gateway.connect()
     closing = asyncio.create_task(gateway.server.close())
     msg = await ws.receive(timeout=10)
-    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1012)
     await closing
     events = await inbound_events(redis, gateway)
     assert events[-1]["type"] == "disconnect"
     assert events[-1]["connection_id"] == hello["connection_id"]
-    assert events[-1]["close_code"] == "1001"
+    assert events[-1]["close_code"] == "1012"
 
 
 async def open_raw_socket(gateway: RunningGateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

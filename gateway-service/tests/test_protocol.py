@@ -151,16 +151,19 @@ def test_valid_commands_decode(path: Path) -> None:
     assert command.type == golden["type"]
     assert command.target == golden["target"]
     assert command.to == golden.get("to")
+    assert command.exclude == golden.get("exclude")
+    assert command.group == golden.get("group")
     if command.type == "send":
         assert command.frame == golden["frame"].encode()
-    else:
+    if command.type == "disconnect":
         assert command.code == int(golden["code"])
         assert command.reason == golden.get("reason", "")
 
 
 # The gateway writes a command's frame verbatim without decoding it (publishers encode
-# frames; re-validating them would cost every delivery a JSON parse).
-NOT_CHECKED_BY_GATEWAY = {"frame-not-a-server-frame.json"}
+# frames; re-validating them would cost every delivery a JSON parse), and looks group names
+# up without re-checking their syntax (publishers do).
+NOT_CHECKED_BY_GATEWAY = {"frame-not-a-server-frame.json", "bad-group-name.json"}
 INVALID_COMMANDS = [p for p in examples("invalid", "command") if p.name not in NOT_CHECKED_BY_GATEWAY]
 
 
@@ -173,21 +176,20 @@ def test_invalid_commands_are_rejected(path: Path) -> None:
 def test_keys_follow_keys_json() -> None:
     templates = key_templates()["keys"]
     keys = Keys("pfx")
-    values = {"prefix": "pfx", "node": "gw-1", "connection_id": "gw-1.abc", "user_id": "u:7"}
-    assert keys.inbound_stream == templates["inbound_stream"].format(**values)
-    assert keys.broadcast_stream == templates["broadcast_stream"].format(**values)
-    assert keys.node_stream("gw-1") == templates["node_stream"].format(**values)
-    assert keys.connection("gw-1.abc") == templates["connection"].format(**values)
-    assert keys.user_connections("u:7") == templates["user_connections"].format(**values)
-    assert keys.node_connections("gw-1") == templates["node_connections"].format(**values)
-    assert set(templates) == {
-        "inbound_stream",
-        "broadcast_stream",
-        "node_stream",
-        "connection",
-        "user_connections",
-        "node_connections",
+    values = {"prefix": "pfx", "node": "gw-1", "connection_id": "gw-1.abc", "user_id": "u:7", "group": "g/1"}
+    built = {
+        "inbound_stream": keys.inbound_stream,
+        "broadcast_stream": keys.broadcast_stream,
+        "node_stream": keys.node_stream("gw-1"),
+        "connection": keys.connection("gw-1.abc"),
+        "user_connections": keys.user_connections("u:7"),
+        "node_connections": keys.node_connections("gw-1"),
+        "group_connections": keys.group_connections("g/1"),
+        "connection_groups": keys.connection_groups("gw-1.abc"),
+        "nodes": keys.nodes,
+        "node_reaped": keys.node_reaped("gw-1"),
     }
+    assert built == {name: template.format(**values) for name, template in templates.items()}
 
 
 def test_connection_ids_name_their_node_and_are_unguessable() -> None:

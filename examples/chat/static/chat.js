@@ -81,7 +81,7 @@
     // Exponential backoff with jitter, so that a restarted gateway is not stormed.
     const delay = Math.min(MAX_BACKOFF_MS, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
     attempt += 1;
-    const why = { 1001: "gateway restarting", 1006: "gateway unreachable" }[event.code] || `code ${event.code}`;
+    const why = { 1001: "gateway going away", 1012: "gateway restarting", 1006: "gateway unreachable" }[event.code] || `code ${event.code}`;
     setStatus("reconnecting", `Disconnected (${why}), reconnecting in ${(delay / 1000).toFixed(1)} s…`);
     setTimeout(connect, delay);
   }

@@ -4,5 +4,5 @@ from wsq_gateway.app import create_app
 from wsq_gateway.server import serve
 from wsq_gateway.settings import Settings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Settings", "__version__", "create_app", "serve"]

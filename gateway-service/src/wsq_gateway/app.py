@@ -10,7 +10,6 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from wsq_gateway.broker.outbound import BLOCK_MS
-from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import get_logger
 from wsq_gateway.settings import Settings
@@ -41,22 +40,27 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.cleanup_ctx.append(_redis_pipeline)
-    app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(_drain)
     return app
 
 
 async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
-    """Start the write batcher and the command reader; on exit flush and close Redis."""
+    """Start the writes, the command reader and the heartbeat; on exit flush, say goodbye."""
     gateway = app[GATEWAY]
     gateway.batcher.start()
     await _retry_until_reachable(gateway)
-    reader = asyncio.create_task(gateway.outbound.run(), name="wsq-outbound")
+    tasks = [
+        asyncio.create_task(gateway.outbound.run(), name="wsq-outbound"),
+        asyncio.create_task(gateway.liveness.run(), name="wsq-liveness"),
+    ]
     log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
     yield
-    reader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reader
-    await gateway.batcher.close(gateway.settings.shutdown_timeout_s)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await gateway.batcher.close(gateway.settings.drain_s)
+    with contextlib.suppress(aioredis.RedisError, OSError):
+        await gateway.liveness.goodbye()
     await gateway.redis.aclose()
     await gateway.blocking_redis.aclose()
 
@@ -67,6 +71,7 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
     while True:
         try:
             await gateway.outbound.start_positions()
+            await gateway.liveness.start()
             return
         except (OSError, aioredis.RedisError) as exc:
             log.warning("redis not reachable yet", error=str(exc), retry_in_s=delay)
@@ -74,16 +79,12 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
             delay = min(delay * 2, 5.0)
 
 
-async def _close_sockets(app: web.Application) -> None:
-    """Shutdown: refuse new sockets, close the open ones with 1001; their disconnect events follow."""
+async def _drain(app: web.Application) -> None:
+    """Shutdown: refuse new sockets, close the open ones with 1012; their disconnect events follow."""
     gateway = app[GATEWAY]
     gateway.draining = True
-    conns = gateway.connections.all()
-    log.info("closing sockets", connections=len(conns))
-    await asyncio.gather(
-        *(conn.close(CloseCode.GOING_AWAY, "server shutting down") for conn in conns),
-        return_exceptions=True,
-    )
+    log.info("draining", connections=len(gateway.connections))
+    await gateway.close_all()
 
 
 def _safe_url(url: str) -> str:

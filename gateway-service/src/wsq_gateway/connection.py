@@ -28,6 +28,7 @@ class Connection:
         "addr",
         "close_code",
         "closing",
+        "groups",
         "held",
         "id",
         "since_ms",
@@ -64,6 +65,7 @@ class Connection:
         self._drainer: asyncio.Task[None] | None = None
         self.closing = False
         self.close_code: int | None = None  # set when the gateway itself closes the socket
+        self.groups: set[str] | None = None  # created on the first join: most connections never join
 
     async def deliver(self, frame: bytes, max_pending_bytes: int) -> None:
         """Write one text frame, in order, without ever waiting on this client."""
@@ -126,11 +128,12 @@ class Connection:
 
 
 class ConnectionIndex:
-    """The connections of this gateway, by connection id and by user id."""
+    """The connections of this gateway, by connection id, by user id and by group."""
 
     def __init__(self) -> None:
         self.by_id: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
+        self.by_group: dict[str, set[Connection]] = {}
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -144,11 +147,20 @@ class ConnectionIndex:
         if self.by_id.pop(conn.id, None) is None:
             return
         if conn.user_id is not None:
-            conns = self.by_user.get(conn.user_id)
-            if conns is not None:
-                conns.discard(conn)
-                if not conns:
-                    del self.by_user[conn.user_id]
+            _discard(self.by_user, conn.user_id, conn)
+        for group in conn.groups or ():
+            _discard(self.by_group, group, conn)
+
+    def join(self, conn: Connection, group: str) -> None:
+        if conn.groups is None:
+            conn.groups = set()
+        conn.groups.add(group)
+        self.by_group.setdefault(group, set()).add(conn)
+
+    def leave(self, conn: Connection, group: str) -> None:
+        if conn.groups is not None:
+            conn.groups.discard(group)
+        _discard(self.by_group, group, conn)
 
     def get(self, connection_id: str) -> Connection | None:
         return self.by_id.get(connection_id)
@@ -156,5 +168,16 @@ class ConnectionIndex:
     def of_user(self, user_id: str) -> list[Connection]:
         return list(self.by_user.get(user_id, ()))
 
+    def of_group(self, group: str, exclude: str | None = None) -> list[Connection]:
+        return [conn for conn in self.by_group.get(group, ()) if conn.id != exclude]
+
     def all(self) -> list[Connection]:
         return list(self.by_id.values())
+
+
+def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(conn)
+        if not members:
+            del index[key]

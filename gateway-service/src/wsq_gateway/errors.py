@@ -35,10 +35,10 @@ class CloseCode(enum.IntEnum):
     """WebSocket close codes the gateway uses."""
 
     NORMAL = 1000
-    GOING_AWAY = 1001  # the gateway shuts down
     INVALID_TEXT = 1007  # a text frame was not UTF-8 (closed by aiohttp itself)
     MESSAGE_TOO_BIG = 1009  # a frame exceeded WSQ_MAX_MESSAGE_BYTES
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # the gateway drains (SIGTERM) or was presumed dead: reconnect
     TRY_AGAIN_LATER = 1013  # the connection could not be registered in Redis
     SLOW_CONSUMER = 3008  # the outgoing buffer passed WSQ_MAX_PENDING_BYTES
 

@@ -9,10 +9,12 @@ import ssl
 from aiohttp import web
 
 from wsq_gateway.app import create_app
-from wsq_gateway.logs import GATEWAY, configure_logging, get_logger
+from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
+from wsq_gateway.logs import configure_logging, get_logger
 from wsq_gateway.settings import Settings
+from wsq_gateway.state import GATEWAY
 
-log = get_logger(GATEWAY)
+log = get_logger(GATEWAY_LOGGER)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -30,12 +32,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(
-        create_app(settings),
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
-    )
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_s)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context(settings))
@@ -43,10 +41,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         scheme = "wss" if settings.ssl_certfile else "ws"
         log.info("listening", url=f"{scheme}://{settings.host}:{settings.port}{settings.path}")
         await stop.wait()
+        app[GATEWAY].draining = True  # /readyz answers 503 from now on
         log.info("shutting down")
     finally:
-        # Stops accepting, closes the sockets (1001), waits for handlers, flushes Redis writes.
-        await runner.cleanup()
+        # Stops accepting, closes the sockets (1012), waits for their handlers, flushes the
+        # Redis writes and leaves the set of live gateways: all within WSQ_DRAIN_S.
+        try:
+            await asyncio.wait_for(runner.cleanup(), settings.drain_s)
+        except TimeoutError:
+            log.error("the drain took longer than WSQ_DRAIN_S; exiting anyway", drain_s=settings.drain_s)
     log.info("stopped")
 
 

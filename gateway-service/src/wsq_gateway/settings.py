@@ -53,8 +53,20 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(
         30.0, gt=0, description="Seconds between WebSocket pings; a client that misses the pong is closed."
     )
-    shutdown_timeout_s: float = Field(
-        10.0, gt=0, description="On SIGTERM, how long to wait for sockets to close and events to flush."
+    drain_s: float = Field(
+        10.0,
+        gt=0,
+        description="On SIGTERM, the most the drain may take: refuse new sockets, close open ones "
+        "with 1012, write their disconnect events, leave the set of live gateways.",
+    )
+    node_heartbeat_s: float = Field(
+        5.0, gt=0, description="Seconds between this gateway's heartbeats and its checks for dead gateways."
+    )
+    node_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="A gateway whose heartbeat is older than this is dead: survivors forget its "
+        "connections and emit their disconnect events.",
     )
     jwt_secret: SecretStr | None = Field(
         None,
@@ -86,7 +98,9 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _ssl_pair(self) -> Settings:
+    def _consistent(self) -> Settings:
+        if self.node_timeout_s <= 2 * self.node_heartbeat_s:
+            raise ValueError("WSQ_NODE_TIMEOUT_S must be more than twice WSQ_NODE_HEARTBEAT_S")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("WSQ_SSL_CERTFILE and WSQ_SSL_KEYFILE must be set together")
         return self

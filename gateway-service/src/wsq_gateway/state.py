@@ -11,8 +11,10 @@ from aiohttp import web
 from wsq_gateway.auth import Authenticator
 from wsq_gateway.broker.batcher import RedisBatcher
 from wsq_gateway.broker.inbound import Inbound
+from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
 from wsq_gateway.connection import ConnectionIndex
+from wsq_gateway.errors import CloseCode
 from wsq_gateway.protocol.keys import Keys
 from wsq_gateway.settings import Settings
 
@@ -40,8 +42,24 @@ class Gateway:
         )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.authenticator = Authenticator(secret)
+        self.liveness = Liveness(
+            redis,
+            self.keys,
+            self.node_id,
+            heartbeat_s=settings.node_heartbeat_s,
+            timeout_s=settings.node_timeout_s,
+            on_reaped=self.close_all,
+        )
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def close_all(self) -> None:
+        """Close every socket with 1012: clients reconnect (elsewhere, when this one drains)."""
+        conns = self.connections.all()
+        await asyncio.gather(
+            *(conn.close(CloseCode.SERVICE_RESTART, "service restart, reconnect") for conn in conns),
+            return_exceptions=True,
+        )
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keep a fire-and-forget task referenced until it ends."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
+from wsq_gateway.broker.registry import forget_command
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.protocol.envelopes import EventType, event_fields
@@ -50,17 +51,7 @@ class Inbound:
 
     def disconnected(self, conn: Connection, close_code: int) -> None:
         """Forget the connection and emit its disconnect event (retried until Redis takes it)."""
-        keys = self._keys
-        commands: list[tuple[str, ...]] = [
-            ("DEL", keys.connection(conn.id)),
-            ("SREM", keys.node_connections(self._node), conn.id),
-        ]
-        if conn.user_id is not None:
-            commands.append(("SREM", keys.user_connections(conn.user_id), conn.id))
-        event = self._event("disconnect", conn, now_ms())
-        event["close_code"] = str(close_code)
-        commands.append(self._xadd(event))
-        self._batcher.submit(Write(commands, durable=True))
+        self._batcher.submit(Write((forget_command(self._keys, conn.id, close_code),), durable=True))
 
     def message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
         """Queue a validated client frame; False when too many are already waiting."""

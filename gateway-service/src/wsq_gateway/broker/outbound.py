@@ -85,13 +85,25 @@ class Outbound:
         except CommandError as exc:
             log.warning("skipped a malformed command", error=str(exc))
             return
-        for conn in self._targets(command):
-            if command.frame is not None:
+        if command.type == "send":
+            assert command.frame is not None
+            for conn in self._targets(command):
                 await conn.deliver(command.frame, self._max_pending)
-            else:
+        elif command.type == "disconnect":
+            for conn in self._targets(command):
                 task = asyncio.create_task(conn.close(command.code, command.reason))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
+        else:  # join / leave: the registry in Redis is already updated by the sender
+            assert command.to is not None
+            assert command.group is not None
+            member = self._connections.get(command.to)
+            if member is None:
+                return
+            if command.type == "join":
+                self._connections.join(member, command.group)
+            else:
+                self._connections.leave(member, command.group)
 
     def _targets(self, command: Command) -> list[Connection]:
         if command.target == "connection":
@@ -104,4 +116,7 @@ class Outbound:
         if command.target == "user":
             assert command.to is not None
             return self._connections.of_user(command.to)
+        if command.target == "group":
+            assert command.to is not None
+            return self._connections.of_group(command.to, command.exclude)
         return self._connections.all()

@@ -13,7 +13,8 @@ from typing import Literal, NamedTuple
 
 VERSION = "1"
 EventType = Literal["connect", "message", "disconnect"]
-Target = Literal["connection", "user", "all"]
+Target = Literal["connection", "user", "group", "all"]
+CommandType = Literal["send", "disconnect", "join", "leave"]
 
 
 def event_fields(
@@ -48,19 +49,35 @@ def event_fields(
 class Command(NamedTuple):
     """A decoded outbound command."""
 
-    type: Literal["send", "disconnect"]
+    type: CommandType
     target: Target
     to: str | None
-    frame: bytes | None
-    code: int
-    reason: str
+    frame: bytes | None = None  # send
+    exclude: str | None = None  # send to a group: skip this connection
+    code: int = 0  # disconnect
+    reason: str = ""  # disconnect
+    group: str | None = None  # join, leave
 
 
 class CommandError(ValueError):
     """An outbound command that does not follow the protocol (it is logged and skipped)."""
 
 
-_TARGETS: dict[bytes, Target] = {b"connection": "connection", b"user": "user", b"all": "all"}
+_TARGETS: dict[bytes, Target] = {
+    b"connection": "connection",
+    b"user": "user",
+    b"group": "group",
+    b"all": "all",
+}
+
+
+_COMMON = frozenset((b"v", b"type", b"target", b"to"))
+_FIELDS = {
+    b"send": _COMMON | {b"frame", b"exclude"},
+    b"disconnect": _COMMON | {b"code", b"reason"},
+    b"join": _COMMON | {b"group"},
+    b"leave": _COMMON | {b"group"},
+}
 
 
 def decode_command(fields: Mapping[bytes, bytes]) -> Command:
@@ -76,11 +93,19 @@ def decode_command(fields: Mapping[bytes, bytes]) -> Command:
     to = raw_to.decode() if raw_to is not None else None
 
     kind = fields.get(b"type")
+    allowed = _FIELDS.get(kind or b"")
+    if allowed is not None and not allowed.issuperset(fields):
+        unknown = sorted(k.decode(errors="replace") for k in fields if k not in allowed)
+        raise CommandError(f"fields not allowed in a {kind!r} command: {unknown}")
     if kind == b"send":
         frame = fields.get(b"frame")
         if frame is None:
             raise CommandError("send without frame")
-        return Command("send", target, to, frame, 0, "")
+        raw_exclude = fields.get(b"exclude")
+        if raw_exclude is not None and target != "group":
+            raise CommandError("exclude is only for target=group")
+        exclude = raw_exclude.decode() if raw_exclude is not None else None
+        return Command("send", target, to, frame=frame, exclude=exclude)
     if kind == b"disconnect":
         try:
             code = int(fields.get(b"code", b""))
@@ -89,5 +114,10 @@ def decode_command(fields: Mapping[bytes, bytes]) -> Command:
         if code != 1000 and not 3000 <= code <= 4999:
             raise CommandError(f"close code {code} is not 1000 or 3000-4999")
         reason = fields.get(b"reason", b"").decode(errors="replace")
-        return Command("disconnect", target, to, None, code, reason)
+        return Command("disconnect", target, to, code=code, reason=reason)
+    if kind in (b"join", b"leave"):
+        group = fields.get(b"group")
+        if group is None or target != "connection":
+            raise CommandError("join and leave need target=connection and a group")
+        return Command("join" if kind == b"join" else "leave", target, to, group=group.decode())
     raise CommandError(f"unknown type {kind!r}")

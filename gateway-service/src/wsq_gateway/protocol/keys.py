@@ -30,3 +30,16 @@ class Keys:
 
     def node_connections(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:conns"
+
+    def group_connections(self, group: str) -> str:
+        return f"{self.prefix}:group:{group}:conns"
+
+    def connection_groups(self, connection_id: str) -> str:
+        return f"{self.prefix}:conn:{connection_id}:groups"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    def node_reaped(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:reaped"

@@ -1,0 +1,93 @@
+"""Gateway liveness: this gateway's heartbeat, and the reaping of gateways that died.
+
+Every ``heartbeat_s`` the gateway writes its heartbeat and reaps every gateway whose
+heartbeat is older than ``timeout_s``: their connections are forgotten, each with exactly
+one disconnect event (see ``registry.REAP_SCRIPT``). If this gateway was itself reaped
+(it lost Redis for longer than the timeout), its heartbeat says so and ``on_reaped``
+closes its sockets, so that the registry matches the sockets again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from wsq_gateway.broker.registry import heartbeat_args, reap_args
+from wsq_gateway.logs import BROKER, get_logger
+from wsq_gateway.protocol.keys import Keys
+
+log = get_logger(BROKER)
+
+MAX_REAP_RUNS_PER_TICK = 100  # 50,000 connections per node and tick at most
+
+
+class Liveness:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        node_id: str,
+        *,
+        heartbeat_s: float,
+        timeout_s: float,
+        on_reaped: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._node = node_id
+        self._heartbeat_s = heartbeat_s
+        self._timeout_ms = int(timeout_s * 1000)
+        self._on_reaped = on_reaped
+
+    async def start(self) -> None:
+        """Forget what a previous process with this node id left, then say we are alive."""
+        left = await self._reap(self._node, force=True)
+        if left:
+            log.warning("forgot connections of a previous process with this node id", connections=left)
+        await self._redis.eval(*heartbeat_args(self._keys, self._node))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await self.tick()
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat failed", error=str(exc))
+
+    async def tick(self) -> None:
+        alive: Any = await self._redis.eval(*heartbeat_args(self._keys, self._node))
+        if not alive:
+            log.error("this gateway was presumed dead and its connections forgotten: closing its sockets")
+            await self._on_reaped()
+        cutoff = f"({await self._redis_time_ms() - self._timeout_ms}"
+        stale: Any = await self._redis.zrangebyscore(self._keys.nodes, "-inf", cutoff)
+        for raw in stale:
+            node = raw.decode()
+            if node != self._node:
+                forgotten = await self._reap(node, force=False)
+                if forgotten:
+                    log.warning("reaped a dead gateway", dead_node=node, connections=forgotten)
+
+    async def goodbye(self) -> None:
+        """Leave the set of live gateways (after this gateway's sockets were forgotten)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrem(self._keys.nodes, self._node)
+        pipe.delete(self._keys.node_stream(self._node), self._keys.node_reaped(self._node))
+        await pipe.execute()
+
+    async def _reap(self, node: str, *, force: bool) -> int:
+        total = 0
+        for _ in range(MAX_REAP_RUNS_PER_TICK):
+            count: Any = await self._redis.eval(*reap_args(self._keys, node, self._timeout_ms, force=force))
+            if not count:
+                break
+            total += int(count)
+        return total
+
+    async def _redis_time_ms(self) -> int:
+        seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000

@@ -1,0 +1,114 @@
+"""The connection registry in Redis, and the Lua scripts that keep it exact.
+
+Registering a connection is a plain pipeline (its hash, its node's and user's sets, the
+connect event). Forgetting one is a script, so that removing it from every set — its
+groups included, which publishers may change at any moment — and appending its single
+``disconnect`` event happen atomically and at most once. The same script body serves the
+reaper, which forgets the connections of a gateway that died without a goodbye, and the
+heartbeat, which tells a gateway that it was presumed dead.
+
+Scripts build key names from the prefix, so they need a single Redis (not a cluster),
+like the publishers' fan-out script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wsq_gateway.protocol.envelopes import VERSION
+from wsq_gateway.protocol.keys import Keys
+
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# forget(prefix, connection_id, ts, close_code): 1 if it forgot the connection, 0 if it
+# was already gone (so a connection never gets two disconnect events).
+_FORGET = """
+local function forget(prefix, cid, ts, code)
+  local conn_key = prefix .. ':conn:' .. cid
+  local flat = redis.call('HGETALL', conn_key)
+  if #flat == 0 then return 0 end
+  local info = {}
+  for i = 1, #flat, 2 do info[flat[i]] = flat[i + 1] end
+  redis.call('DEL', conn_key)
+  redis.call('SREM', prefix .. ':node:' .. info.node .. ':conns', cid)
+  if info.user_id then redis.call('SREM', prefix .. ':user:' .. info.user_id .. ':conns', cid) end
+  local groups_key = conn_key .. ':groups'
+  for _, group in ipairs(redis.call('SMEMBERS', groups_key)) do
+    redis.call('SREM', prefix .. ':group:' .. group .. ':conns', cid)
+  end
+  redis.call('DEL', groups_key)
+  local event = {'v', '%(version)s', 'type', 'disconnect', 'connection_id', cid, 'node', info.node,
+                 'ts', ts, 'addr', info.addr or '', 'close_code', code}
+  if info.user_id then
+    table.insert(event, 'user_id')
+    table.insert(event, info.user_id)
+  end
+  redis.call('XADD', prefix .. ':inbound', '*', unpack(event))
+  return 1
+end
+""".replace("%(version)s", VERSION)
+
+# ARGV: prefix, connection_id, close_code
+FORGET_SCRIPT = _NOW + _FORGET + "return forget(ARGV[1], ARGV[2], tostring(now_ms()), ARGV[3])\n"
+
+# ARGV: prefix, node, timeout_ms, batch, force ('1': reap even a fresh node — our own
+# previous incarnation). Returns how many connections it forgot; 0 once the node is gone.
+REAP_SCRIPT = (
+    _NOW
+    + _FORGET
+    + """
+local prefix, node, timeout_ms, batch, force = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local now = now_ms()
+local nodes_key = prefix .. ':nodes'
+if force ~= '1' then
+  local seen = redis.call('ZSCORE', nodes_key, node)
+  if not seen or tonumber(seen) > now - timeout_ms then return 0 end
+end
+local conns_key = prefix .. ':node:' .. node .. ':conns'
+local popped = redis.call('SPOP', conns_key, batch)
+local forgotten = 0
+for _, cid in ipairs(popped) do
+  forgotten = forgotten + forget(prefix, cid, tostring(now), '1006')
+end
+if #popped > 0 and force ~= '1' then
+  redis.call('SET', prefix .. ':node:' .. node .. ':reaped', '1')
+end
+if redis.call('SCARD', conns_key) == 0 and force ~= '1' then
+  redis.call('ZREM', nodes_key, node)
+  redis.call('DEL', prefix .. ':node:' .. node .. ':out')
+end
+return #popped
+"""
+)
+
+# ARGV: prefix, node. 1 = heartbeat written; 0 = this node was reaped meanwhile (the flag is
+# cleared, the heartbeat is written: the node carries on once it closed its sockets).
+HEARTBEAT_SCRIPT = (
+    _NOW
+    + """
+local prefix, node = ARGV[1], ARGV[2]
+redis.call('ZADD', prefix .. ':nodes', now_ms(), node)
+if redis.call('DEL', prefix .. ':node:' .. node .. ':reaped') == 1 then return 0 end
+return 1
+"""
+)
+
+REAP_BATCH = 500  # connections forgotten per script run: keeps each run short
+
+
+def forget_command(keys: Keys, connection_id: str, close_code: int) -> tuple[Any, ...]:
+    """The EVAL that forgets a connection and appends its disconnect event."""
+    return ("EVAL", FORGET_SCRIPT, 0, keys.prefix, connection_id, close_code)
+
+
+def reap_args(keys: Keys, node: str, timeout_ms: int, *, force: bool = False) -> tuple[Any, ...]:
+    return (REAP_SCRIPT, 0, keys.prefix, node, timeout_ms, REAP_BATCH, "1" if force else "0")
+
+
+def heartbeat_args(keys: Keys, node: str) -> tuple[Any, ...]:
+    return (HEARTBEAT_SCRIPT, 0, keys.prefix, node)

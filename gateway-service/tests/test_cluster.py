@@ -1,0 +1,206 @@
+"""Groups, connection clean-up and gateway liveness, in process against a real Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from gateway_harness import GatewayFactory, RunningGateway, receive_json
+
+from wsq_devkit import wait_until_async
+from wsq_devkit.contract import is_valid
+from wsq_gateway.broker.registry import FORGET_SCRIPT
+from wsq_gateway.protocol import Keys
+
+FAST = {"node_heartbeat_s": 0.1, "node_timeout_s": 0.5}
+
+
+def send_to_group(group: str, frame: dict[str, Any], exclude: str | None = None) -> dict[str, str]:
+    fields = {"v": "1", "type": "send", "target": "group", "to": group, "frame": orjson.dumps(frame).decode()}
+    if exclude is not None:
+        fields["exclude"] = exclude
+    return fields
+
+
+def direct(cid: str, data: int) -> dict[str, str]:
+    return {
+        "v": "1",
+        "type": "send",
+        "target": "connection",
+        "to": cid,
+        "frame": f'{{"action":"d","data":{data}}}',
+    }
+
+
+async def join(redis: aioredis.Redis, gw: RunningGateway, cid: str, group: str) -> None:
+    """What a publisher's join does: the registry, then the command to the holding gateway."""
+    await redis.sadd(gw.keys.group_connections(group), cid)
+    await redis.sadd(gw.keys.connection_groups(cid), group)
+    command = {"v": "1", "type": "join", "target": "connection", "to": cid, "group": group}
+    await redis.xadd(gw.keys.node_stream(gw.node_id), command)
+
+
+async def events_of(redis: aioredis.Redis, keys: Keys, kind: str) -> list[dict[str, str]]:
+    entries = await redis.xrange(keys.inbound_stream)
+    events = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    return [event for event in events if event["type"] == kind]
+
+
+async def test_group_sends_reach_members_once_except_the_excluded(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    members = [await gateway.connect() for _ in range(3)]
+    outsider, outsider_hello = await gateway.connect()
+    for _, hello in members:
+        await join(redis, gateway, hello["connection_id"], "room:1")
+    sender = members[0][1]["connection_id"]
+    stream = gateway.keys.node_stream(gateway.node_id)
+    await redis.xadd(stream, send_to_group("room:1", {"action": "said", "data": 1}, exclude=sender))
+    for ws, _ in members[1:]:
+        assert await receive_json(ws) == {"action": "said", "data": 1}
+    # the excluded sender and the outsider got nothing: their next frame is this direct one
+    for ws, cid in ((members[0][0], sender), (outsider, outsider_hello["connection_id"])):
+        await redis.xadd(stream, direct(cid, 0))
+        assert await receive_json(ws) == {"action": "d", "data": 0}
+    await redis.xadd(stream, send_to_group("room:1", {"action": "said", "data": 2}))
+    for ws, _ in members:
+        assert await receive_json(ws) == {"action": "said", "data": 2}
+    # leave: no more group frames
+    leaver = members[2][1]["connection_id"]
+    leave = {"v": "1", "type": "leave", "target": "connection", "to": leaver, "group": "room:1"}
+    await redis.xadd(stream, leave)
+    await redis.xadd(stream, send_to_group("room:1", {"action": "said", "data": 3}))
+    await redis.xadd(stream, direct(leaver, 9))
+    assert await receive_json(members[2][0]) == {"action": "d", "data": 9}
+    for ws, _ in members:
+        await ws.close()
+    await outsider.close()
+
+
+async def test_a_closing_connection_leaves_its_groups_atomically(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    for group in ("a", "b"):
+        await join(redis, gateway, cid, group)
+    await ws.close()
+
+    async def forgotten() -> bool:
+        return not await redis.exists(gateway.keys.connection(cid), gateway.keys.connection_groups(cid))
+
+    await wait_until_async(forgotten, timeout=5, message="the connection forgotten")
+    for group in ("a", "b"):
+        assert not await redis.sismember(gateway.keys.group_connections(group), cid)
+    (event,) = await events_of(redis, gateway.keys, "disconnect")
+    assert event["connection_id"] == cid
+    assert is_valid("event", event)
+
+
+async def test_forgetting_twice_emits_one_disconnect_event(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    first = await redis.eval(FORGET_SCRIPT, 0, gateway.keys.prefix, cid, 4000)
+    await ws.close()  # the gateway's own clean-up runs the same script again
+
+    async def gone() -> bool:
+        return cid not in [
+            c.decode() for c in await redis.smembers(gateway.keys.node_connections(gateway.node_id))
+        ]
+
+    await wait_until_async(gone, timeout=5)
+    # a marker event after the gateway's clean-up: once it is there, nothing else can follow
+    await redis.xadd(gateway.keys.inbound_stream, {"type": "marker"})
+
+    async def marker_seen() -> list[dict[str, str]] | None:
+        entries = await redis.xrange(gateway.keys.inbound_stream)
+        return entries if entries[-1][1].get(b"type") == b"marker" else None
+
+    await wait_until_async(marker_seen, timeout=5)
+    disconnects = await events_of(redis, gateway.keys, "disconnect")
+    assert first == 1
+    assert [(e["connection_id"], e["close_code"]) for e in disconnects] == [(cid, "4000")]
+
+
+async def register_fake_node(
+    redis: aioredis.Redis, keys: Keys, node: str, count: int, heartbeat_ms: int
+) -> list[str]:
+    """What a gateway that then died would have left in Redis."""
+    cids = [f"{node}.{n:022d}" for n in range(count)]
+    pipe = redis.pipeline(transaction=False)
+    for n, cid in enumerate(cids):
+        pipe.hset(
+            keys.connection(cid),
+            mapping={"node": node, "since": "1", "addr": "10.0.0.1", "user_id": f"u{n % 3}"},
+        )
+        pipe.sadd(keys.node_connections(node), cid)
+        pipe.sadd(keys.user_connections(f"u{n % 3}"), cid)
+        pipe.sadd(keys.group_connections("everyone"), cid)
+        pipe.sadd(keys.connection_groups(cid), "everyone")
+    pipe.zadd(keys.nodes, {node: heartbeat_ms})
+    await pipe.execute()
+    return cids
+
+
+async def test_survivors_reap_a_dead_gateway_once(
+    start_gateway: GatewayFactory, redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    dead = await register_fake_node(redis, keys, "dead-node", 1200, heartbeat_ms=1)  # long ago
+    # two survivors reap concurrently: still exactly one event per connection
+    first = await start_gateway(**FAST)
+    second = await start_gateway(**FAST)
+
+    async def reaped() -> bool:
+        return not await redis.zscore(keys.nodes, "dead-node") and not await redis.exists(
+            keys.node_connections("dead-node")
+        )
+
+    await wait_until_async(reaped, timeout=10, message="the dead gateway reaped")
+    events = await events_of(redis, keys, "disconnect")
+    assert sorted(e["connection_id"] for e in events) == sorted(dead)
+    for event in events[:5]:
+        assert event["close_code"] == "1006"
+        assert event["node"] == "dead-node"
+        assert is_valid("event", event)
+    assert await redis.scard(keys.group_connections("everyone")) == 0
+    for user in ("u0", "u1", "u2"):
+        assert await redis.scard(keys.user_connections(user)) == 0
+    assert await redis.zscore(keys.nodes, first.node_id) is not None
+    assert await redis.zscore(keys.nodes, second.node_id) is not None
+
+
+async def test_a_gateway_that_was_reaped_closes_its_sockets_with_1012(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(**FAST)
+    ws, _ = await gateway.connect()
+    await redis.set(gateway.keys.node_reaped(gateway.node_id), "1")  # what a reaper leaves
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1012)
+    fresh, _ = await gateway.connect()  # and it carries on
+    await fresh.close()
+
+
+async def test_a_restarted_node_id_forgets_what_its_previous_process_left(
+    start_gateway: GatewayFactory, redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    left = await register_fake_node(redis, keys, "edge-1", 3, heartbeat_ms=10**15)  # looks alive
+    await start_gateway(node_id="edge-1", **FAST)
+    events = await events_of(redis, keys, "disconnect")
+    assert sorted(e["connection_id"] for e in events) == left
+    assert not await redis.exists(keys.node_connections("edge-1"))
+
+
+async def test_drain_leaves_the_set_of_live_gateways(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(**FAST)
+    assert await redis.zscore(gateway.keys.nodes, gateway.node_id) is not None
+    await gateway.server.close()
+    assert await redis.zscore(gateway.keys.nodes, gateway.node_id) is None
