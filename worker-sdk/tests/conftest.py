@@ -83,6 +83,24 @@ class FakeGateway:
     def new_connection_id(self) -> str:
         return new_connection_id(self.node)
 
+    async def register(
+        self,
+        connection_id: str,
+        *,
+        user_id: str | None = None,
+        addr: str = "203.0.113.7",
+        since_ms: int = 1795852800123,
+    ) -> None:
+        """Register the connection in Redis as the gateway does on connect: its hash (``node``,
+        ``since``, ``addr``, ``user_id`` unless anonymous), its user's set and its node's set."""
+        prefix = self.key_prefix
+        fields = {"node": self.node, "since": str(since_ms), "addr": addr}
+        if user_id is not None:
+            fields["user_id"] = user_id
+            await self.client.sadd(f"{prefix}:user:{user_id}:conns", connection_id)
+        await self.client.hset(f"{prefix}:conn:{connection_id}", mapping=fields)  # type: ignore[arg-type]
+        await self.client.sadd(f"{prefix}:node:{self.node}:conns", connection_id)
+
     async def append(self, fields: dict[str, str]) -> str:
         self.schemas.check("event", fields)
         entry_id: str = await self.client.xadd(self.inbound, fields)  # type: ignore[arg-type]
@@ -159,6 +177,14 @@ class FakeGateway:
 @pytest.fixture
 def gateway(redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas) -> FakeGateway:
     return FakeGateway(redis_client, key_prefix, schemas, node="gw-test1")
+
+
+@pytest.fixture
+def gateway_on(
+    redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
+) -> Callable[[str], FakeGateway]:
+    """``gateway_on(node)``: a FakeGateway for another node, on the test's Redis client."""
+    return lambda node: FakeGateway(redis_client, key_prefix, schemas, node=node)
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import inspect
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,9 +16,9 @@ import redis
 import redis.asyncio
 
 from wsq_devkit import RedisServer, free_port
-from wsq_worker import AsyncPublisher, Publisher, PublishError, WsqError
+from wsq_worker import AsyncPublisher, ConnectionInfo, ProtocolError, Publisher, PublishError, WsqError
 from wsq_worker.constants import BROADCAST_STREAM_MAXLEN, NODE_STREAM_MAXLEN
-from wsq_worker.publisher import Route
+from wsq_worker.publisher import FanOutWrite, MembershipWrite, Route, StreamWrite
 
 CONNECTION_A1 = "gw-a_1.q2uE4nK0m5Zr8VtY1xWb7A"
 CONNECTION_A2 = "gw-a_1.AAAAAAAAAAAAAAAAAAAAAA"
@@ -138,8 +139,21 @@ async def test_broadcast_stream_is_capped(
 
 
 def test_routes_cap_the_streams() -> None:
-    assert Route.connection("p", CONNECTION_B).disconnect().maxlen == NODE_STREAM_MAXLEN == 100_000
-    assert Route.everyone("p").send("{}").maxlen == BROADCAST_STREAM_MAXLEN == 1_000
+    disconnect = Route.connection("p", CONNECTION_B).disconnect()
+    assert isinstance(disconnect, StreamWrite)
+    assert disconnect.maxlen == NODE_STREAM_MAXLEN == 100_000
+    broadcast = Route.everyone("p").send("{}")
+    assert isinstance(broadcast, StreamWrite)
+    assert broadcast.maxlen == BROADCAST_STREAM_MAXLEN == 1_000
+    # The scripts get the cap of the node streams as their third argument.
+    for write in (
+        Route.group("p", "room").send("{}"),
+        Route.user("p", "42").disconnect(),
+        MembershipWrite.join("p", CONNECTION_B, "room"),
+        MembershipWrite.leave("p", CONNECTION_B, "room"),
+    ):
+        assert isinstance(write, FanOutWrite | MembershipWrite)
+        assert write.args[2] == str(NODE_STREAM_MAXLEN)
 
 
 async def test_disconnect_writes_the_command(
@@ -164,10 +178,16 @@ async def test_invalid_arguments_write_nothing(
         await resolve(publisher.to(CONNECTION_B).disconnect(code=1006))
     with pytest.raises(ValueError, match="123 bytes"):
         await resolve(publisher.to(CONNECTION_B).disconnect(code=4000, reason="x" * 124))
-    with pytest.raises(ValueError, match="one connection"):
-        await resolve(publisher.to_user("42").disconnect())
-    with pytest.raises(ValueError, match="one connection"):
-        await resolve(publisher.broadcast().disconnect())
+    with pytest.raises(ValueError, match='exclude is only for target "group"'):
+        await resolve(publisher.to(CONNECTION_B).send("a", 1, exclude=CONNECTION_A1))
+    with pytest.raises(ValueError, match='exclude is only for target "group"'):
+        await resolve(publisher.to_user("42").send("a", 1, exclude=CONNECTION_A1))
+    with pytest.raises(ValueError, match='exclude is only for target "group"'):
+        await resolve(publisher.broadcast().send("a", 1, exclude=CONNECTION_A1))
+    with pytest.raises(ValueError, match="not a wsq connection id"):
+        await resolve(publisher.to_group("room").send("a", 1, exclude="gw-b"))
+    with pytest.raises(ValueError, match="close code"):
+        await resolve(publisher.to_group("room").disconnect(code=1001))
     with pytest.raises(ValueError, match="action must be"):
         await resolve(publisher.to(CONNECTION_B).send("$error", None))
     with pytest.raises(TypeError):
@@ -176,28 +196,54 @@ async def test_invalid_arguments_write_nothing(
         publisher.to("gw-b")
     with pytest.raises(ValueError, match="user id"):
         publisher.to_user("")
+    for group in ("", "room lobby", "g" * 129):
+        with pytest.raises(ValueError, match="group name"):
+            publisher.to_group(group)
+        with pytest.raises(ValueError, match="group name"):
+            await resolve(publisher.join(CONNECTION_B, group))
+        with pytest.raises(ValueError, match="group name"):
+            await resolve(publisher.leave(CONNECTION_B, group))
+        with pytest.raises(ValueError, match="group name"):
+            await resolve(publisher.group_members(group))
+    with pytest.raises(ValueError, match="not a wsq connection id"):
+        await resolve(publisher.join("gw-b", "room"))
+    with pytest.raises(ValueError, match="not a wsq connection id"):
+        await resolve(publisher.connection_info("gw-b"))
+    with pytest.raises(ValueError, match="user id"):
+        await resolve(publisher.connections(""))
+    with pytest.raises(ValueError, match="user id"):
+        await resolve(publisher.is_online(""))
     assert await redis_client.keys(f"{key_prefix}:*") == []
+
+
+# One call per way of reaching Redis (each takes ~0.7 s of retries): XADD, each script, a read,
+# a pipelined read.
+UNREACHABLE_CALLS: dict[str, Callable[[Any], Any]] = {
+    "to": lambda pub: pub.to(CONNECTION_B).send("a", 1),
+    "to_group": lambda pub: pub.to_group("room").send("a", 1, exclude=CONNECTION_A1),
+    "join": lambda pub: pub.join(CONNECTION_B, "room"),
+    "leave": lambda pub: pub.leave(CONNECTION_B, "room"),
+    "connections": lambda pub: pub.connections("42"),
+    "connection_info": lambda pub: pub.connection_info(CONNECTION_B),
+}
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_unreachable_redis_raises_publish_error(kind: str) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    started = time.monotonic()
-    if kind == "sync":
-        with Publisher(url, "p") as sync_publisher:
+    sync_publisher, async_publisher = Publisher(url, "p"), AsyncPublisher(url, "p")
+    pub = sync_publisher if kind == "sync" else async_publisher
+    try:
+        for name, call in UNREACHABLE_CALLS.items():
+            started = time.monotonic()
             with pytest.raises(PublishError, match="Redis is unavailable") as raised:
-                sync_publisher.to(CONNECTION_B).send("a", 1)
-            with pytest.raises(PublishError, match="Redis is unavailable"):
-                sync_publisher.to_user("42").send("a", 1)
-    else:
-        async with AsyncPublisher(url, "p") as async_publisher:
-            with pytest.raises(PublishError, match="Redis is unavailable") as raised:
-                await async_publisher.to(CONNECTION_B).send("a", 1)
-            with pytest.raises(PublishError, match="Redis is unavailable"):
-                await async_publisher.to_user("42").send("a", 1)
-    assert isinstance(raised.value, WsqError)
-    assert isinstance(raised.value.__cause__, redis.ConnectionError)
-    assert time.monotonic() - started < 5, "publishers should fail fast"
+                await resolve(call(pub))
+            assert isinstance(raised.value, WsqError)
+            assert isinstance(raised.value.__cause__, redis.ConnectionError), name
+            assert time.monotonic() - started < 5, f"{name}: publishers should fail fast"
+    finally:
+        sync_publisher.close()
+        await async_publisher.aclose()
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -305,3 +351,264 @@ async def test_async_publisher_with_a_client_of_its_own_leaves_it_open(
         assert await client.xlen(f"{key_prefix}:node:gw-b:out") == 1
     finally:
         await client.aclose()
+
+
+# Groups.
+
+GROUP = "room:lobby"
+
+
+def group_send(frame: str, exclude: str | None = None) -> dict[str, str]:
+    command = {"v": "1", "type": "send", "target": "group", "to": GROUP}
+    if exclude is not None:
+        command["exclude"] = exclude
+    return command | {"frame": frame}
+
+
+def membership(kind: str, connection_id: str, group: str = GROUP) -> dict[str, str]:
+    return {"v": "1", "type": kind, "target": "connection", "to": connection_id, "group": group}
+
+
+@pytest.fixture
+async def members(gateway_on: Callable[[str], Any], publisher: Any) -> dict[str, Any]:
+    """Gateways gw-a_1 (CONNECTION_A1 and CONNECTION_A2) and gw-b (CONNECTION_B), every
+    connection registered and in GROUP."""
+    gateways = {"gw-a_1": gateway_on("gw-a_1"), "gw-b": gateway_on("gw-b")}
+    for connection_id in (CONNECTION_A1, CONNECTION_A2, CONNECTION_B):
+        await gateways[connection_id.split(".")[0]].register(connection_id)
+        assert await resolve(publisher.join(connection_id, GROUP)) is True
+    return gateways
+
+
+async def test_to_group_reaches_each_gateway_of_the_members_once(
+    publisher: Any, members: dict[str, Any]
+) -> None:
+    assert await resolve(publisher.to_group(GROUP).send("chat_text", {"text": "hi"})) == 2
+    # examples/valid/command/send-group.json
+    expected = group_send('{"action":"chat_text","data":{"text":"hi"}}')
+    gateway_a, gateway_b = members["gw-a_1"], members["gw-b"]
+    assert [c.fields for c in await gateway_a.commands()] == [
+        membership("join", CONNECTION_A1),
+        membership("join", CONNECTION_A2),
+        expected,
+    ]
+    assert [c.fields for c in await gateway_b.commands()] == [membership("join", CONNECTION_B), expected]
+
+
+async def test_to_group_with_exclude(publisher: Any, members: dict[str, Any]) -> None:
+    reached = await resolve(
+        publisher.to_group(GROUP).send("chat_text", {"text": "hi"}, exclude=CONNECTION_A1)
+    )
+    assert reached == 2, "each gateway holding a member gets it; the gateway leaves out the excluded one"
+    # examples/valid/command/send-group-exclude.json (but with our connection ids)
+    expected = group_send('{"action":"chat_text","data":{"text":"hi"}}', exclude=CONNECTION_A1)
+    for gateway in members.values():
+        assert (await gateway.commands())[-1].fields == expected
+
+
+async def test_to_group_without_members_reaches_nobody(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    assert await resolve(publisher.to_group("empty").send("a", 1, exclude=CONNECTION_B)) == 0
+    assert await redis_client.keys(f"{key_prefix}:*") == []
+
+
+async def test_join_of_an_unregistered_connection_does_nothing(
+    publisher: Any, gateway_on: Callable[[str], Any], redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    assert await resolve(publisher.join(CONNECTION_B, GROUP)) is False
+    assert await redis_client.keys(f"{key_prefix}:*") == []
+    gateway_b = gateway_on("gw-b")
+    await gateway_b.register(CONNECTION_B)
+    await redis_client.delete(f"{key_prefix}:conn:{CONNECTION_B}")  # gone, as after its clean-up
+    assert await resolve(publisher.join(CONNECTION_B, GROUP)) is False
+    assert await gateway_b.commands() == []
+    assert not await redis_client.exists(
+        f"{key_prefix}:group:{GROUP}:conns", f"{key_prefix}:conn:{CONNECTION_B}:groups"
+    )
+
+
+async def test_join_updates_both_sets_and_comes_before_the_next_send(
+    publisher: Any, gateway_on: Callable[[str], Any], redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    gateway_b = gateway_on("gw-b")
+    await gateway_b.register(CONNECTION_B)
+    assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
+    assert await resolve(publisher.join(CONNECTION_B, "other")) is True
+    assert await resolve(publisher.to_group(GROUP).send("chat_text", "hi")) == 1
+    assert await redis_client.smembers(f"{key_prefix}:group:{GROUP}:conns") == {CONNECTION_B}
+    assert await redis_client.smembers(f"{key_prefix}:conn:{CONNECTION_B}:groups") == {GROUP, "other"}
+    # examples/valid/command/join.json, then the send: in this order on the holding gateway's stream.
+    assert [c.fields for c in await gateway_b.commands()] == [
+        membership("join", CONNECTION_B),
+        membership("join", CONNECTION_B, "other"),
+        group_send('{"action":"chat_text","data":"hi"}'),
+    ]
+
+
+async def test_join_twice_is_harmless(publisher: Any, gateway_on: Callable[[str], Any]) -> None:
+    gateway_b = gateway_on("gw-b")
+    await gateway_b.register(CONNECTION_B)
+    assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
+    assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
+    assert await resolve(publisher.group_members(GROUP)) == [CONNECTION_B]
+    assert await resolve(publisher.to_group(GROUP).send("a")) == 1
+
+
+async def test_leave_updates_both_sets_and_writes_the_command(
+    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    assert await resolve(publisher.join(CONNECTION_B, "other")) is True
+    assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
+    assert await redis_client.smembers(f"{key_prefix}:group:{GROUP}:conns") == {CONNECTION_A1, CONNECTION_A2}
+    assert await redis_client.smembers(f"{key_prefix}:conn:{CONNECTION_B}:groups") == {"other"}
+    # examples/valid/command/leave.json
+    assert (await members["gw-b"].commands())[-1].fields == membership("leave", CONNECTION_B)
+    assert await resolve(publisher.to_group(GROUP).send("a")) == 1, "only gw-a_1 has members left"
+    assert await resolve(publisher.leave(CONNECTION_B, "other")) is True
+    assert not await redis_client.exists(f"{key_prefix}:conn:{CONNECTION_B}:groups")
+
+
+async def test_leave_of_a_non_member_does_nothing(
+    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    before = await members["gw-b"].commands()
+    assert await resolve(publisher.leave(CONNECTION_B, "other")) is False
+    assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
+    assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is False
+    after = await members["gw-b"].commands()
+    assert after[: len(before)] == before
+    assert [c.fields for c in after[len(before) :]] == [membership("leave", CONNECTION_B)]
+    assert not await redis_client.exists(f"{key_prefix}:group:other:conns")
+
+
+async def test_disconnect_every_target(
+    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
+) -> None:
+    await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_B)
+    assert await resolve(publisher.to_user("42").disconnect(4001, "logged out")) == 2
+    assert await resolve(publisher.to_group(GROUP).disconnect(4002)) == 2
+    assert await resolve(publisher.broadcast().disconnect(1000, "maintenance")) == 1
+    # examples/valid/command/disconnect-user.json
+    to_user = {
+        "v": "1",
+        "type": "disconnect",
+        "target": "user",
+        "to": "42",
+        "code": "4001",
+        "reason": "logged out",
+    }
+    to_group = {"v": "1", "type": "disconnect", "target": "group", "to": GROUP, "code": "4002", "reason": ""}
+    for gateway in members.values():
+        assert [c.fields for c in await gateway.commands()][-2:] == [to_user, to_group]
+    [everyone] = await entries(redis_client, f"{key_prefix}:broadcast")
+    assert everyone == {
+        "v": "1",
+        "type": "disconnect",
+        "target": "all",
+        "code": "1000",
+        "reason": "maintenance",
+    }
+    schemas.check("command", everyone)
+
+
+# Presence.
+
+
+async def test_presence_answers_from_the_registry(publisher: Any, gateway_on: Callable[[str], Any]) -> None:
+    gateway_a, gateway_b = gateway_on("gw-a_1"), gateway_on("gw-b")
+    await gateway_a.register(CONNECTION_A1, user_id="42", addr="198.51.100.1", since_ms=1795852800123)
+    await gateway_a.register(CONNECTION_A2)  # anonymous
+    await gateway_b.register(CONNECTION_B, user_id="42", addr="198.51.100.2", since_ms=1795852801000)
+    assert await resolve(publisher.join(CONNECTION_A1, GROUP)) is True
+    assert await resolve(publisher.join(CONNECTION_A1, "team/blue")) is True
+    assert await resolve(publisher.join(CONNECTION_A2, GROUP)) is True
+
+    assert await resolve(publisher.connections("42")) == sorted([CONNECTION_A1, CONNECTION_B])
+    assert await resolve(publisher.connections("7")) == []
+    assert await resolve(publisher.is_online("42")) is True
+    assert await resolve(publisher.is_online("7")) is False
+    assert await resolve(publisher.group_members(GROUP)) == sorted([CONNECTION_A1, CONNECTION_A2])
+    assert await resolve(publisher.group_members("team/blue")) == [CONNECTION_A1]
+    assert await resolve(publisher.group_members("nobody")) == []
+
+    info = await resolve(publisher.connection_info(CONNECTION_A1))
+    assert info == ConnectionInfo(
+        connection_id=CONNECTION_A1,
+        node="gw-a_1",
+        user_id="42",
+        connected_since=datetime(2026, 11, 28, 8, 0, 0, 123000, tzinfo=UTC),  # since: 1795852800123 ms
+        addr="198.51.100.1",
+        groups=frozenset({GROUP, "team/blue"}),
+    )
+    anonymous = await resolve(publisher.connection_info(CONNECTION_A2))
+    assert (anonymous.user_id, anonymous.node, anonymous.groups) == (None, "gw-a_1", frozenset({GROUP}))
+    alone = await resolve(publisher.connection_info(CONNECTION_B))
+    assert (alone.user_id, alone.groups, alone.addr) == ("42", frozenset(), "198.51.100.2")
+    assert await resolve(publisher.connection_info("gw-c.CCCCCCCCCCCCCCCCCCCCCC")) is None
+
+    assert await resolve(publisher.leave(CONNECTION_A1, "team/blue")) is True
+    assert (await resolve(publisher.connection_info(CONNECTION_A1))).groups == frozenset({GROUP})
+
+
+async def test_connection_info_is_frozen(publisher: Any, gateway_on: Callable[[str], Any]) -> None:
+    await gateway_on("gw-b").register(CONNECTION_B)
+    info = await resolve(publisher.connection_info(CONNECTION_B))
+    with pytest.raises(AttributeError):
+        info.node = "elsewhere"
+
+
+async def test_connection_info_refuses_a_malformed_registry_entry(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    await redis_client.hset(f"{key_prefix}:conn:{CONNECTION_B}", mapping={"node": "gw-b", "since": "soon"})
+    with pytest.raises(ProtocolError, match="since"):
+        await resolve(publisher.connection_info(CONNECTION_B))
+    await redis_client.hset(f"{key_prefix}:conn:{CONNECTION_A1}", mapping={"since": "1"})
+    with pytest.raises(ProtocolError, match="no node"):
+        await resolve(publisher.connection_info(CONNECTION_A1))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_presence_with_a_client_that_decodes_replies(
+    kind: str, redis_url: str, key_prefix: str, gateway_on: Callable[[str], Any]
+) -> None:
+    await gateway_on("gw-b").register(CONNECTION_B, user_id="42")
+    if kind == "sync":
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        with Publisher(client=client, key_prefix=key_prefix) as sync_publisher:
+            assert sync_publisher.join(CONNECTION_B, GROUP)
+            assert sync_publisher.connections("42") == [CONNECTION_B]
+            info = sync_publisher.connection_info(CONNECTION_B)
+        client.close()
+    else:
+        async_client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+        async with AsyncPublisher(client=async_client, key_prefix=key_prefix) as async_publisher:
+            assert await async_publisher.join(CONNECTION_B, GROUP)
+            assert await async_publisher.connections("42") == [CONNECTION_B]
+            info = await async_publisher.connection_info(CONNECTION_B)
+        await async_client.aclose()
+    assert info is not None
+    assert (info.node, info.user_id, info.groups) == ("gw-b", "42", frozenset({GROUP}))
+
+
+async def test_presence_reads_refused_by_redis_raise_publish_error(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    await redis_client.set(f"{key_prefix}:user:42:conns", "not a set")
+    await redis_client.set(f"{key_prefix}:conn:{CONNECTION_B}", "not a hash")
+    with pytest.raises(PublishError, match="refused"):
+        await resolve(publisher.connections("42"))
+    with pytest.raises(PublishError, match="refused"):
+        await resolve(publisher.is_online("42"))
+    with pytest.raises(PublishError, match="refused"):
+        await resolve(publisher.connection_info(CONNECTION_B))
+
+
+async def test_join_refused_by_redis_raises_publish_error(
+    publisher: Any, gateway_on: Callable[[str], Any], redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    await gateway_on("gw-b").register(CONNECTION_B)
+    await redis_client.set(f"{key_prefix}:node:gw-b:out", "not a stream")
+    with pytest.raises(PublishError, match="refused"):
+        await resolve(publisher.join(CONNECTION_B, GROUP))

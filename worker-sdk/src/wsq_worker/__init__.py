@@ -8,11 +8,13 @@
 
     worker = Worker({"chat_text": chat_text})   # run it: wsq-worker app:worker
 
-``Publisher``/``AsyncPublisher`` push to connections from any other process.
+``Publisher``/``AsyncPublisher`` push to connections, users, groups or everyone from any other
+process, manage group membership and answer presence questions.
 """
 
 from wsq_worker.context import Context, Meta
 from wsq_worker.exceptions import ProtocolError, PublishError, WsqError
+from wsq_worker.presence import ConnectionInfo
 from wsq_worker.publisher import AsyncPublisher, AsyncTarget, Publisher, Target
 from wsq_worker.worker import Handler, LifecycleHandler, Periodic, Worker
 
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncPublisher",
     "AsyncTarget",
+    "ConnectionInfo",
     "Context",
     "Handler",
     "LifecycleHandler",

@@ -6,15 +6,18 @@
 ``ProtocolError(WsqError)``
     Something read from Redis does not follow the wsq protocol (protocol/README.md): an
     inbound event with a wrong ``v``, an unknown ``type``, a missing or malformed field, or a
-    ``frame`` that is not a valid client frame. The worker logs it and drops the entry.
+    ``frame`` that is not a valid client frame (the worker logs it and drops the entry); or a
+    connection's registry hash without ``node`` or a numeric ``since`` (``connection_info()``).
 
 ``PublishError(WsqError)``
-    A publisher (or ``Context.send``) could not hand a command to Redis: Redis is
-    unreachable, timed out or refused the command. The push was not queued; the caller may
-    retry later. The Redis exception is chained as ``__cause__``.
+    A publisher (or ``Context.send``, ``.join``, ``.leave``) could not hand a command to
+    Redis: Redis is unreachable, timed out or refused the command. The push was not queued;
+    the caller may retry later. Presence reads (``connections()``, ``connection_info()``...)
+    raise it too when Redis can't answer. The Redis exception is chained as ``__cause__``.
 
 Invalid arguments (a malformed action name, a close code outside 1000 and 3000-4999, a
-reason longer than 123 bytes, a malformed connection id) raise the builtin ``ValueError``,
+reason longer than 123 bytes, a malformed connection id or group name, ``exclude`` outside
+``to_group()``) raise the builtin ``ValueError``,
 and data that JSON can't encode raises ``TypeError``: those are bugs in the calling code,
 not conditions to handle at run time.
 """

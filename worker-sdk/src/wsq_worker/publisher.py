@@ -2,8 +2,8 @@
 
 ``Publisher`` uses a blocking ``redis.Redis`` (its connection pool is thread-safe: share one
 publisher between the threads of a Django or Flask app); ``AsyncPublisher`` has the same API
-on ``redis.asyncio``. Both build every command here, with ``Route``; only the execution of the
-resulting ``StreamWrite``/``UserWrite`` differs.
+on ``redis.asyncio``. Both build every command here, with ``Route`` and ``MembershipWrite``, and
+decode every presence reply in ``wsq_worker.presence``; only the execution differs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, ClassVar, Literal, Self, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -22,15 +22,40 @@ from redis.typing import EncodableT, FieldT
 
 from wsq_worker import constants
 from wsq_worker.exceptions import PublishError
-from wsq_worker.protocol import TargetKind, disconnect_command, node_of, push_frame, send_command
+from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_members
+from wsq_worker.protocol import (
+    TargetKind,
+    check_group,
+    disconnect_command,
+    join_command,
+    leave_command,
+    node_of,
+    push_frame,
+    send_command,
+)
 
-__all__ = ["AsyncPublisher", "AsyncTarget", "Publisher", "Route", "StreamWrite", "Target", "UserWrite"]
+__all__ = [
+    "FAN_OUT_SCRIPT",
+    "JOIN_SCRIPT",
+    "LEAVE_SCRIPT",
+    "AsyncPublisher",
+    "AsyncTarget",
+    "FanOutWrite",
+    "MembershipWrite",
+    "Publisher",
+    "Route",
+    "StreamWrite",
+    "Target",
+]
 
-# Appends one command to the node stream of every gateway holding a connection of the user.
-# KEYS[1]: the user's set of connection ids. ARGV: node stream key = ARGV[1] .. node .. ARGV[2],
-# ARGV[3]: MAXLEN ~ cap, ARGV[4...]: the command's fields and values. Returns the number of gateways.
-# The node stream keys are computed in the script, so it needs a single Redis (not a cluster).
-TO_USER_SCRIPT = """
+_T = TypeVar("_T")
+
+# Appends one command to the node stream of every gateway holding a member of a set of
+# connection ids (a user's or a group's). KEYS[1]: the set. ARGV: node stream key = ARGV[1] ..
+# node .. ARGV[2], ARGV[3]: MAXLEN ~ cap, ARGV[4...]: the command's fields and values. Returns
+# the number of gateways. The node stream keys are computed in the script, so it needs a single
+# Redis (not a cluster).
+FAN_OUT_SCRIPT = """
 local seen, reached = {}, 0
 for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local node = string.match(connection_id, '^([%w_%-]+)%.[%w_%-]+$')
@@ -42,6 +67,35 @@ for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return reached
 """
+
+# Adds a connection to a group. KEYS: the connection's hash, the group's set of connection ids,
+# the connection's set of groups, the node stream of its gateway. ARGV: connection id, group,
+# MAXLEN ~ cap, the join command's fields and values. Returns 0, writing nothing, when the
+# connection is not registered (gone, or never was), else 1. Atomic with the gateway's clean-up
+# of a connection, so a join never outlives its connection.
+JOIN_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+return 1
+"""
+
+# Removes a connection from a group: KEYS and ARGV as for JOIN_SCRIPT (KEYS[1] unused). Returns
+# 1 when it was a member (and then appends the leave command), else 0 (nothing written).
+LEAVE_SCRIPT = """
+local was_member = redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[2])
+if was_member == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+return 1
+"""
+
+_SCRIPTS = (FAN_OUT_SCRIPT, JOIN_SCRIPT, LEAVE_SCRIPT)
 
 # Clients the publishers create fail fast: a few quick retries, then PublishError.
 _CONNECT_TIMEOUT_S = 5.0
@@ -63,31 +117,77 @@ class StreamWrite:
         return cast("dict[FieldT, EncodableT]", self.fields)
 
 
-@dataclass(frozen=True, slots=True)
-class UserWrite:
-    """One ``EVALSHA`` of ``TO_USER_SCRIPT``: the command goes to every gateway of the user."""
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
 
-    user_connections: str
+
+@dataclass(frozen=True, slots=True)
+class FanOutWrite:
+    """One ``EVALSHA`` of ``FAN_OUT_SCRIPT``: the command goes to every gateway holding a member
+    of the set ``members`` (a user's or a group's connections)."""
+
+    script: ClassVar[str] = FAN_OUT_SCRIPT
+
+    members: str
     node_stream_head: str
     node_stream_tail: str
     fields: dict[str, str]
 
     @property
     def keys(self) -> list[str]:
-        return [self.user_connections]
+        return [self.members]
 
     @property
     def args(self) -> list[str]:
         head_tail_cap = [self.node_stream_head, self.node_stream_tail, str(constants.NODE_STREAM_MAXLEN)]
-        return head_tail_cap + [item for pair in self.fields.items() for item in pair]
+        return head_tail_cap + _flat(self.fields)
 
 
-Write = StreamWrite | UserWrite
+@dataclass(frozen=True, slots=True)
+class MembershipWrite:
+    """One ``EVALSHA`` of ``JOIN_SCRIPT`` or ``LEAVE_SCRIPT``: both registry sets, and the command
+    to the gateway holding the connection. Build it with ``join()`` or ``leave()``."""
+
+    type: Literal["join", "leave"]
+    key_prefix: str
+    connection_id: str
+    group: str
+    fields: dict[str, str]
+
+    @classmethod
+    def join(cls, key_prefix: str, connection_id: str, group: str) -> MembershipWrite:
+        return cls("join", key_prefix, connection_id, group, join_command(connection_id, group))
+
+    @classmethod
+    def leave(cls, key_prefix: str, connection_id: str, group: str) -> MembershipWrite:
+        return cls("leave", key_prefix, connection_id, group, leave_command(connection_id, group))
+
+    @property
+    def script(self) -> str:
+        return JOIN_SCRIPT if self.type == "join" else LEAVE_SCRIPT
+
+    @property
+    def keys(self) -> list[str]:
+        prefix, connection_id = self.key_prefix, self.connection_id
+        return [
+            constants.connection(prefix, connection_id),
+            constants.group_connections(prefix, self.group),
+            constants.connection_groups(prefix, connection_id),
+            constants.node_stream(prefix, node_of(connection_id)),
+        ]
+
+    @property
+    def args(self) -> list[str]:
+        return [self.connection_id, self.group, str(constants.NODE_STREAM_MAXLEN), *_flat(self.fields)]
+
+
+Write = StreamWrite | FanOutWrite | MembershipWrite
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a push goes (one connection, every connection of a user, everyone) and how to get there."""
+    """Where a push goes (one connection, a user's or a group's connections, everyone) and how to
+    get there."""
 
     key_prefix: str
     target: TargetKind
@@ -100,51 +200,61 @@ class Route:
 
     @classmethod
     def user(cls, key_prefix: str, user_id: str) -> Route:
-        if not isinstance(user_id, str) or not user_id:
-            raise ValueError(f"a user id is a non-empty string, not {user_id!r}")
-        return cls(key_prefix, "user", user_id)
+        return cls(key_prefix, "user", _check_user_id(user_id))
+
+    @classmethod
+    def group(cls, key_prefix: str, group: str) -> Route:
+        return cls(key_prefix, "group", check_group(group))
 
     @classmethod
     def everyone(cls, key_prefix: str) -> Route:
         return cls(key_prefix, "all")
 
-    def send(self, frame: str) -> Write:
-        """The write delivering ``frame`` (server-frame JSON text) to this route's sockets."""
-        fields = send_command(self.target, self.to, frame)
-        if self.target == "user":
-            assert self.to is not None
-            head, tail = constants.node_stream(self.key_prefix, "\n").split("\n")
-            return UserWrite(constants.user_connections(self.key_prefix, self.to), head, tail, fields)
+    def send(self, frame: str, exclude: str | None = None) -> Write:
+        """The write delivering ``frame`` (server-frame JSON text) to this route's sockets, but
+        not to the connection ``exclude`` (groups only)."""
+        return self._write(send_command(self.target, self.to, frame, exclude))
+
+    def disconnect(self, code: int = 1000, reason: str = "") -> Write:
+        """The write closing this route's sockets."""
+        return self._write(disconnect_command(self.target, self.to, code, reason))
+
+    def _write(self, fields: dict[str, str]) -> Write:
+        prefix, to = self.key_prefix, self.to
         if self.target == "all":
+            return StreamWrite(constants.broadcast_stream(prefix), fields, constants.BROADCAST_STREAM_MAXLEN)
+        assert to is not None
+        if self.target == "connection":
             return StreamWrite(
-                constants.broadcast_stream(self.key_prefix), fields, constants.BROADCAST_STREAM_MAXLEN
+                constants.node_stream(prefix, node_of(to)), fields, constants.NODE_STREAM_MAXLEN
             )
-        return StreamWrite(self._node_stream(), fields, constants.NODE_STREAM_MAXLEN)
-
-    def disconnect(self, code: int = 1000, reason: str = "") -> StreamWrite:
-        if self.target != "connection":
-            raise ValueError("disconnect() closes one connection: use it on to(connection_id)")
-        assert self.to is not None
-        return StreamWrite(
-            self._node_stream(),
-            disconnect_command("connection", self.to, code, reason),
-            constants.NODE_STREAM_MAXLEN,
+        members = (
+            constants.user_connections(prefix, to)
+            if self.target == "user"
+            else constants.group_connections(prefix, to)
         )
-
-    def _node_stream(self) -> str:
-        assert self.to is not None
-        return constants.node_stream(self.key_prefix, node_of(self.to))
+        head, tail = constants.node_stream(prefix, "\n").split("\n")
+        return FanOutWrite(members, head, tail, fields)
 
 
-def publish_error(exc: redis.RedisError) -> PublishError:
-    """The PublishError to raise (``from exc``) when Redis failed to take a command."""
+def _check_user_id(user_id: str) -> str:
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"a user id is a non-empty string, not {user_id!r}")
+    return user_id
+
+
+def publish_error(exc: redis.RedisError, *, read: bool = False) -> PublishError:
+    """The PublishError to raise (``from exc``) when Redis failed to take a command (or, with
+    ``read``, to answer a presence read)."""
+    outcome = "nothing was read" if read else "nothing was sent"
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return PublishError(f"Redis is unavailable, nothing was sent: {exc}")
-    return PublishError(f"Redis refused the command, nothing was sent: {exc}")
+        return PublishError(f"Redis is unavailable, {outcome}: {exc}")
+    return PublishError(f"Redis refused the command, {outcome}: {exc}")
 
 
 class Target:
-    """Pushes to one route, returned by ``Publisher.to()``, ``.to_user()`` and ``.broadcast()``."""
+    """Pushes to one route, returned by ``Publisher.to()``, ``.to_user()``, ``.to_group()`` and
+    ``.broadcast()``."""
 
     __slots__ = ("_execute", "route")
 
@@ -152,14 +262,19 @@ class Target:
         self._execute = execute
         self.route = route
 
-    def send(self, action: str, data: Any = None) -> int:
-        """Push ``{"action": action, "data": data}``; returns the number of commands written
-        (1, or for ``to_user()`` the number of gateways holding a connection of the user)."""
-        return self._execute(self.route.send(push_frame(action, data)))
+    def send(self, action: str, data: Any = None, *, exclude: str | None = None) -> int:
+        """Push ``{"action": action, "data": data}``; returns the number of commands written: 1,
+        or for ``to_user()``/``to_group()`` the number of gateways holding a member.
 
-    def disconnect(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection (``to()`` only): ``code`` is 1000 or 3000-4999, ``reason`` <= 123 bytes."""
-        self._execute(self.route.disconnect(code, reason))
+        ``exclude`` (``to_group()`` only, ValueError elsewhere) is a connection that must not
+        receive the push, typically the sender.
+        """
+        return self._execute(self.route.send(push_frame(action, data), exclude))
+
+    def disconnect(self, code: int = 1000, reason: str = "") -> int:
+        """Close the route's connections: ``code`` is 1000 or 3000-4999, ``reason`` <= 123 bytes.
+        Returns the number of commands written, as ``send()``."""
+        return self._execute(self.route.disconnect(code, reason))
 
 
 class AsyncTarget:
@@ -171,13 +286,13 @@ class AsyncTarget:
         self._execute = execute
         self.route = route
 
-    async def send(self, action: str, data: Any = None) -> int:
+    async def send(self, action: str, data: Any = None, *, exclude: str | None = None) -> int:
         """See ``Target.send``."""
-        return await self._execute(self.route.send(push_frame(action, data)))
+        return await self._execute(self.route.send(push_frame(action, data), exclude))
 
-    async def disconnect(self, code: int = 1000, reason: str = "") -> None:
+    async def disconnect(self, code: int = 1000, reason: str = "") -> int:
         """See ``Target.disconnect``."""
-        await self._execute(self.route.disconnect(code, reason))
+        return await self._execute(self.route.disconnect(code, reason))
 
 
 def _check_client_arguments(redis_url: str | None, client: object) -> None:
@@ -186,7 +301,8 @@ def _check_client_arguments(redis_url: str | None, client: object) -> None:
 
 
 class Publisher:
-    """Pushes frames to connections through Redis, from blocking code.
+    """Pushes frames to connections through Redis, from blocking code, manages groups, and
+    answers presence questions.
 
     ``Publisher()`` reads ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX`` (as ``from_env()`` does) unless
     ``redis_url``/``key_prefix`` are given; ``client`` reuses an existing ``redis.Redis``, which
@@ -209,11 +325,13 @@ class Publisher:
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         )
-        self._to_user_script = self.client.register_script(TO_USER_SCRIPT)
+        self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
 
     @classmethod
     def from_env(cls) -> Self:
         return cls(constants.redis_url_from_env(), constants.key_prefix_from_env())
+
+    # Pushes.
 
     def to(self, connection_id: str) -> Target:
         """One connection (ValueError for a malformed id)."""
@@ -223,18 +341,73 @@ class Publisher:
         """Every connection of ``user_id``, on every gateway."""
         return Target(self._execute, Route.user(self.key_prefix, user_id))
 
+    def to_group(self, group: str) -> Target:
+        """Every member of ``group``, on every gateway (ValueError for a malformed group name)."""
+        return Target(self._execute, Route.group(self.key_prefix, group))
+
     def broadcast(self) -> Target:
         """Every connection of every gateway."""
         return Target(self._execute, Route.everyone(self.key_prefix))
+
+    # Groups.
+
+    def join(self, connection_id: str, group: str) -> bool:
+        """Add the connection to ``group``; False (and nothing done) when it is not connected.
+
+        Pushes sent to the group afterwards, by this process, reach it.
+        """
+        return bool(self._execute(MembershipWrite.join(self.key_prefix, connection_id, group)))
+
+    def leave(self, connection_id: str, group: str) -> bool:
+        """Remove the connection from ``group``; False (and nothing done) when it was not a member."""
+        return bool(self._execute(MembershipWrite.leave(self.key_prefix, connection_id, group)))
+
+    # Presence.
+
+    def connections(self, user_id: str) -> list[str]:
+        """The ids of the user's connections on every gateway, sorted."""
+        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        return decode_members(self._read(lambda: self.client.smembers(key)))
+
+    def is_online(self, user_id: str) -> bool:
+        """Whether the user has at least one connection, on any gateway."""
+        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        return self._read(lambda: self.client.scard(key)) > 0
+
+    def group_members(self, group: str) -> list[str]:
+        """The ids of the group's connections on every gateway, sorted."""
+        key = constants.group_connections(self.key_prefix, check_group(group))
+        return decode_members(self._read(lambda: self.client.smembers(key)))
+
+    def connection_info(self, connection_id: str) -> ConnectionInfo | None:
+        """The connection's gateway, user, start and groups; None when it is not connected."""
+        node_of(connection_id)
+
+        def read() -> list[Any]:
+            with self.client.pipeline() as pipe:
+                pipe.hgetall(constants.connection(self.key_prefix, connection_id))
+                pipe.smembers(constants.connection_groups(self.key_prefix, connection_id))
+                return pipe.execute()
+
+        fields, groups = self._read(read)
+        return decode_connection_info(connection_id, fields, groups)
+
+    # Running the commands.
 
     def _execute(self, write: Write) -> int:
         try:
             if isinstance(write, StreamWrite):
                 self.client.xadd(write.stream, write.xadd_fields, maxlen=write.maxlen, approximate=True)
                 return 1
-            return int(self._to_user_script(keys=write.keys, args=write.args))
+            return int(self._scripts[write.script](keys=write.keys, args=write.args))
         except redis.RedisError as exc:
             raise publish_error(exc) from exc
+
+    def _read(self, read: Callable[[], _T]) -> _T:
+        try:
+            return read()
+        except redis.RedisError as exc:
+            raise publish_error(exc, read=True) from exc
 
     def close(self) -> None:
         """Close the Redis connections (unless the client was passed in)."""
@@ -269,11 +442,13 @@ class AsyncPublisher:
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         )
-        self._to_user_script = self.client.register_script(TO_USER_SCRIPT)
+        self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
 
     @classmethod
     def from_env(cls) -> Self:
         return cls(constants.redis_url_from_env(), constants.key_prefix_from_env())
+
+    # Pushes.
 
     def to(self, connection_id: str) -> AsyncTarget:
         """One connection (ValueError for a malformed id)."""
@@ -283,18 +458,70 @@ class AsyncPublisher:
         """Every connection of ``user_id``, on every gateway."""
         return AsyncTarget(self._execute, Route.user(self.key_prefix, user_id))
 
+    def to_group(self, group: str) -> AsyncTarget:
+        """Every member of ``group``, on every gateway (ValueError for a malformed group name)."""
+        return AsyncTarget(self._execute, Route.group(self.key_prefix, group))
+
     def broadcast(self) -> AsyncTarget:
         """Every connection of every gateway."""
         return AsyncTarget(self._execute, Route.everyone(self.key_prefix))
+
+    # Groups.
+
+    async def join(self, connection_id: str, group: str) -> bool:
+        """See ``Publisher.join``."""
+        return bool(await self._execute(MembershipWrite.join(self.key_prefix, connection_id, group)))
+
+    async def leave(self, connection_id: str, group: str) -> bool:
+        """See ``Publisher.leave``."""
+        return bool(await self._execute(MembershipWrite.leave(self.key_prefix, connection_id, group)))
+
+    # Presence.
+
+    async def connections(self, user_id: str) -> list[str]:
+        """See ``Publisher.connections``."""
+        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        return decode_members(await self._read(lambda: self.client.smembers(key)))
+
+    async def is_online(self, user_id: str) -> bool:
+        """See ``Publisher.is_online``."""
+        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        return await self._read(lambda: self.client.scard(key)) > 0
+
+    async def group_members(self, group: str) -> list[str]:
+        """See ``Publisher.group_members``."""
+        key = constants.group_connections(self.key_prefix, check_group(group))
+        return decode_members(await self._read(lambda: self.client.smembers(key)))
+
+    async def connection_info(self, connection_id: str) -> ConnectionInfo | None:
+        """See ``Publisher.connection_info``."""
+        node_of(connection_id)
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline() as pipe:
+                pipe.hgetall(constants.connection(self.key_prefix, connection_id))
+                pipe.smembers(constants.connection_groups(self.key_prefix, connection_id))
+                return await pipe.execute()
+
+        fields, groups = await self._read(read)
+        return decode_connection_info(connection_id, fields, groups)
+
+    # Running the commands.
 
     async def _execute(self, write: Write) -> int:
         try:
             if isinstance(write, StreamWrite):
                 await self.client.xadd(write.stream, write.xadd_fields, maxlen=write.maxlen, approximate=True)
                 return 1
-            return int(await self._to_user_script(keys=write.keys, args=write.args))
+            return int(await self._scripts[write.script](keys=write.keys, args=write.args))
         except redis.RedisError as exc:
             raise publish_error(exc) from exc
+
+    async def _read(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        try:
+            return await read()
+        except redis.RedisError as exc:
+            raise publish_error(exc, read=True) from exc
 
     async def aclose(self) -> None:
         """Close the Redis connections (unless the client was passed in)."""
