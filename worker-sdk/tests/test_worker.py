@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -268,6 +269,86 @@ async def test_send_sync_refuses_to_block_the_event_loop(start_worker: Any, gate
 
     await start_worker({"wrong": wrong})
     await gateway.message(gateway.new_connection_id(), "wrong", id="r")
+    assert await gateway.wait_for_frames(1) == [error("handler_error", "the handler failed", "r")]
+
+
+def membership(kind: str, connection_id: str, group: str) -> dict[str, str]:
+    return {"v": "1", "type": kind, "target": "connection", "to": connection_id, "group": group}
+
+
+async def test_handlers_join_and_leave_groups(
+    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    async def enter(ctx: Context, group: str) -> list[Any]:
+        joined = await ctx.join(group)
+        reached = await ctx.publisher.to_group(group).send(
+            "joined", ctx.connection_id, exclude=ctx.connection_id
+        )
+        return [joined, reached]
+
+    async def leave(ctx: Context, group: str) -> bool:
+        return await ctx.leave(group)
+
+    def enter_sync(ctx: Context, group: str) -> bool:
+        return ctx.join_sync(group)
+
+    def leave_sync(ctx: Context, group: str) -> bool:
+        return ctx.leave_sync(group)
+
+    await start_worker({"enter": enter, "leave": leave, "enter_sync": enter_sync, "leave_sync": leave_sync})
+    first, second, gone = (gateway.new_connection_id() for _ in range(3))
+    await gateway.register(first)
+    await gateway.register(second)
+
+    async def ask(connection_id: str, action: str, frame_id: str) -> list[dict[str, str]]:
+        before = len(await gateway.commands())
+        await gateway.message(connection_id, action, "room", id=frame_id)
+        await wait_until_async(gateway.backlog_done)  # acked after its writes: all of them are there
+        return [command.fields for command in (await gateway.commands())[before:]]
+
+    def answer(connection_id: str, action: str, data: Any, frame_id: str) -> dict[str, str]:
+        frame = json.dumps(reply(action, data, frame_id), separators=(",", ":"))
+        return {"v": "1", "type": "send", "target": "connection", "to": connection_id, "frame": frame}
+
+    joined = {"action": "joined", "data": first}
+    assert await ask(first, "enter", "r1") == [
+        membership("join", first, "room"),
+        {
+            "v": "1",
+            "type": "send",
+            "target": "group",
+            "to": "room",
+            "exclude": first,
+            "frame": json.dumps(joined, separators=(",", ":")),
+        },
+        answer(first, "enter", [True, 1], "r1"),
+    ]
+    assert await ask(second, "enter_sync", "r2") == [
+        membership("join", second, "room"),
+        answer(second, "enter_sync", True, "r2"),
+    ]
+    assert await ask(gone, "enter_sync", "r3") == [answer(gone, "enter_sync", False, "r3")]
+    assert await redis_client.smembers(f"{key_prefix}:group:room:conns") == {first, second}
+    assert await ask(second, "leave_sync", "r4") == [
+        membership("leave", second, "room"),
+        answer(second, "leave_sync", True, "r4"),
+    ]
+    assert await ask(second, "leave_sync", "r5") == [answer(second, "leave_sync", False, "r5")]
+    assert await ask(first, "leave", "r6") == [
+        membership("leave", first, "room"),
+        answer(first, "leave", True, "r6"),
+    ]
+    assert not await redis_client.exists(f"{key_prefix}:group:room:conns")
+
+
+async def test_join_sync_refuses_to_block_the_event_loop(start_worker: Any, gateway: Any) -> None:
+    async def wrong(ctx: Context, data: Any) -> None:
+        ctx.join_sync("room")
+
+    await start_worker({"wrong": wrong})
+    connection_id = gateway.new_connection_id()
+    await gateway.register(connection_id)
+    await gateway.message(connection_id, "wrong", id="r")
     assert await gateway.wait_for_frames(1) == [error("handler_error", "the handler failed", "r")]
 
 

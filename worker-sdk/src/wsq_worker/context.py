@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from wsq_worker.protocol import push_frame
+from wsq_worker.protocol import check_group, push_frame
 from wsq_worker.publisher import AsyncPublisher
 
 __all__ = ["Context", "Meta"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,9 @@ class Context:
 
     ``action`` and ``id`` are None for connect and disconnect events; ``id`` is None for a
     message without id (which gets no reply). ``publisher`` pushes anywhere else.
+
+    The ``*_sync`` methods are for plain ``def`` handlers, which run in the worker's thread pool:
+    they block until done, and raise RuntimeError on the event loop's thread.
     """
 
     __slots__ = (
@@ -81,20 +86,46 @@ class Context:
         await self._send_frame(push_frame(action, data))
 
     def send_sync(self, action: str, data: Any = None) -> None:
-        """``send()`` for plain ``def`` handlers (they run in the worker's thread pool): blocks until sent."""
+        """``send()`` for plain ``def`` handlers: blocks until sent."""
         frame = push_frame(action, data)
+        self._run_sync("send", lambda: self._send_frame(frame))
+
+    async def join(self, group: str) -> bool:
+        """Add this connection to ``group`` (``publisher.join()``); False when it is already gone.
+
+        Pushes to the group awaited afterwards reach this connection.
+        """
+        return await self.publisher.join(self.connection_id, group)
+
+    async def leave(self, group: str) -> bool:
+        """Remove this connection from ``group``; False when it was not a member."""
+        return await self.publisher.leave(self.connection_id, group)
+
+    def join_sync(self, group: str) -> bool:
+        """``join()`` for plain ``def`` handlers: blocks until done."""
+        check_group(group)
+        return self._run_sync("join", lambda: self.join(group))
+
+    def leave_sync(self, group: str) -> bool:
+        """``leave()`` for plain ``def`` handlers: blocks until done."""
+        check_group(group)
+        return self._run_sync("leave", lambda: self.leave(group))
+
+    def _run_sync(self, name: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Await ``call()`` on the worker's event loop from a handler thread, and wait for it."""
         try:
             running_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running_loop = None
         if running_loop is self._loop:
             raise RuntimeError(
-                "send_sync() would block the event loop: use `await ctx.send()` in async handlers"
+                f"{name}_sync() would block the event loop: use `await ctx.{name}()` in async handlers"
             )
-        asyncio.run_coroutine_threadsafe(self._send(frame), self._loop).result()
 
-    async def _send(self, frame: str) -> None:
-        await self._send_frame(frame)
+        async def run() -> _T:
+            return await call()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def __repr__(self) -> str:
         return (
