@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+import wsq_worker
 from wsq_devkit import ManagedProcess, free_port, wait_until
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -152,4 +154,9 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "wsq-worker"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0
-    assert result.stdout.strip() == "wsq-worker 0.1.0"
+    assert result.stdout.strip() == f"wsq-worker {wsq_worker.__version__}"
+
+
+def test_version_matches_pyproject() -> None:
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == wsq_worker.__version__ == "0.2.0"

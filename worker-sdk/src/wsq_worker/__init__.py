@@ -18,7 +18,7 @@ from wsq_worker.presence import ConnectionInfo
 from wsq_worker.publisher import AsyncPublisher, AsyncTarget, Publisher, Target
 from wsq_worker.worker import Handler, LifecycleHandler, Periodic, Worker
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AsyncPublisher",
