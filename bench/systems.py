@@ -1,0 +1,232 @@
+"""The systems under test, each started fresh for a workload and stopped after it.
+
+* ``wsq``: a private redis-server, ``python -m wsq_gateway`` and one ``python -m wsq_worker``
+  process running ``bench.echo_worker``;
+* ``bare``: ``bench.baseline_server``, the same transport work with no broker and no worker;
+* ``channels``: a private redis-server, daphne serving ``bench.peers.channels_app`` and one
+  ``runworker`` process, with channels_redis between them, from bench/.venv-peers.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import subprocess
+import sys
+import urllib.request
+import venv
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+import orjson
+
+from bench.children import ROOT
+from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until, wait_until_async
+
+BENCH = ROOT / "bench"
+PEERS_VENV = BENCH / ".venv-peers"
+PEERS_REQUIREMENTS = BENCH / "requirements-peers.txt"
+KEY_PREFIX = "bench"
+WORKER_CONCURRENCY = 256  # more than the 200 requests the high-load roundtrip keeps in flight
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Running:
+    """A started system: where clients connect, which processes to watch, how to publish."""
+
+    name: str
+    ws_url: str
+    publisher_argv: list[str]
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid; "server" holds the sockets
+
+    @property
+    def server_pid(self) -> int:
+        return self.pids["server"]
+
+
+class System(abc.ABC):
+    name: str
+    label: str
+
+    @abc.abstractmethod
+    async def start(self, stack: AsyncExitStack) -> Running:
+        """Start the processes (``stack`` stops them); return once an echo goes through."""
+
+
+class Wsq(System):
+    name = "wsq"
+    label = "wsq (gateway + Redis + worker)"
+
+    async def start(self, stack: AsyncExitStack) -> Running:
+        redis = stack.enter_context(RedisServer())
+        port = free_port()
+        env = {
+            "WSQ_HOST": "127.0.0.1",
+            "WSQ_PORT": str(port),
+            "WSQ_REDIS_URL": redis.url,
+            "WSQ_KEY_PREFIX": KEY_PREFIX,
+            "WSQ_NODE_ID": "bench",
+            "WSQ_LOG_LEVEL": "warning",
+            # Every client is on 127.0.0.1 and sends as fast as it can: lift the per-address
+            # connection cap and the per-connection rate limit (issue 4's defaults: 1000, 100/s).
+            "WSQ_MAX_CONNECTIONS_PER_ADDR": "0",
+            "WSQ_RATE_LIMIT": "0",
+        }
+        gateway = _start(stack, ManagedProcess.python_module("wsq-gateway", "wsq_gateway", env=env, cwd=ROOT))
+        _wait_http(f"http://127.0.0.1:{port}/readyz", gateway)
+        worker = _start(
+            stack,
+            ManagedProcess.python_module(
+                "wsq-worker",
+                "wsq_worker",
+                "bench.echo_worker:worker",
+                "--concurrency",
+                str(WORKER_CONCURRENCY),
+                env=env,
+                cwd=ROOT,
+            ),
+        )
+        running = Running(
+            self.name,
+            f"ws://127.0.0.1:{port}/ws",
+            [sys.executable, "-m", "bench.publish", "wsq", redis.url, KEY_PREFIX],
+            {"server": gateway.pid, "worker": worker.pid},
+        )
+        await _wait_echo(running.ws_url, [gateway, worker])
+        return running
+
+
+class Bare(System):
+    name = "bare"
+    label = "bare aiohttp (no broker)"
+
+    async def start(self, stack: AsyncExitStack) -> Running:
+        port = free_port()
+        server = _start(
+            stack,
+            ManagedProcess.python_module("baseline", "bench.baseline_server", str(port), env={}, cwd=ROOT),
+        )
+        _wait_http(f"http://127.0.0.1:{port}/healthz", server)
+        running = Running(
+            self.name,
+            f"ws://127.0.0.1:{port}/ws",
+            [sys.executable, "-m", "bench.publish", "bare", f"http://127.0.0.1:{port}"],
+            {"server": server.pid},
+        )
+        await _wait_echo(running.ws_url, [server])
+        return running
+
+
+class Channels(System):
+    name = "channels"
+    label = "Django Channels (daphne + channels_redis + runworker)"
+
+    async def start(self, stack: AsyncExitStack) -> Running:
+        python = str(ensure_peers_venv())
+        redis = stack.enter_context(RedisServer())
+        port = free_port()
+        env = {
+            "DJANGO_SETTINGS_MODULE": "bench.peers.channels_app.settings",
+            "BENCH_REDIS_URL": redis.url,
+            "PYTHONPATH": str(ROOT),
+        }
+        daphne_argv = [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
+        daphne = _start(
+            stack,
+            ManagedProcess("daphne", [*daphne_argv, "bench.peers.channels_app.asgi:application"], env, ROOT),
+        )
+        worker = _start(
+            stack,
+            ManagedProcess("runworker", [python, "-m", "django", "runworker", "echo-worker"], env, ROOT),
+        )
+        running = Running(
+            self.name,
+            f"ws://127.0.0.1:{port}/ws",
+            [python, "-m", "bench.peers.publish", redis.url],
+            {"server": daphne.pid, "worker": worker.pid},
+        )
+        await _wait_echo(running.ws_url, [daphne, worker])
+        return running
+
+
+SYSTEMS: dict[str, System] = {system.name: system for system in (Wsq(), Bare(), Channels())}
+
+
+def ensure_peers_venv() -> Path:
+    """bench/.venv-peers with requirements-peers.txt installed (again when the file changed)."""
+    python = PEERS_VENV / "bin" / "python"
+    stamp = PEERS_VENV / ".installed"
+    wanted = hashlib.sha256(PEERS_REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print(f"bench: installing {PEERS_REQUIREMENTS.name} into {PEERS_VENV}", flush=True)
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(PEERS_VENV)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(PEERS_REQUIREMENTS)], check=True)
+    stamp.write_text(wanted)
+    return python
+
+
+class _LogsOnError:
+    """Exit callback: when the workload failed, show the end of a process's log."""
+
+    def __init__(self, process: ManagedProcess) -> None:
+        self.process = process
+
+    def __call__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            sys.stderr.write(
+                f"----- {self.process.name}, last lines -----\n{self.process.output()[-3000:]}\n"
+            )
+
+
+def _start(stack: AsyncExitStack, process: ManagedProcess) -> ManagedProcess:
+    """Start ``process``; ``stack`` stops it (after showing its log if something failed)."""
+    stack.enter_context(process)
+    stack.push(_LogsOnError(process))
+    return process
+
+
+def _check_running(processes: Sequence[ManagedProcess]) -> None:
+    for process in processes:
+        if not process.running():
+            raise RuntimeError(f"{process.name} exited:\n{process.output()[-3000:]}")
+
+
+def _wait_http(url: str, process: ManagedProcess) -> None:
+    def ready() -> bool:
+        _check_running([process])
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_until(ready, timeout=START_TIMEOUT_S, message=f"{process.name} answering {url}")
+
+
+async def _wait_echo(url: str, processes: Sequence[ManagedProcess]) -> None:
+    """Until one echo request goes all the way through the system and back."""
+
+    async def echoed() -> bool:
+        _check_running(processes)
+        try:
+            async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+                await ws.receive(timeout=5)  # $connected
+                await ws.send_str('{"action":"echo","data":"probe","id":"probe"}')
+                while True:
+                    doc = orjson.loads((await ws.receive(timeout=5)).data)
+                    if doc.get("id") == "probe":
+                        return bool(doc.get("data") == "probe")
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError, TypeError):
+            return False
+
+    await wait_until_async(echoed, timeout=START_TIMEOUT_S, interval=0.1, message=f"an echo through {url}")
