@@ -1,0 +1,1 @@
+"""A minimal Django project: a WebSocket consumer in daphne, an echo consumer in ``runworker``."""
