@@ -28,7 +28,7 @@ INSTALL_INPUTS = [
     "worker-sdk/pyproject.toml",
     "devkit/pyproject.toml",
 ]
-TYPED_TREES = ["gateway-service/src", "worker-sdk/src", "devkit/src", "examples/chat"]
+TYPED_TREES = ["gateway-service/src", "worker-sdk/src", "devkit/src", "examples/chat", "bench"]
 
 
 def _inputs_digest() -> str:
