@@ -3,7 +3,7 @@
 
     python3 dev.py demo     # Redis (embedded unless WSQ_REDIS_URL is set), gateway, chat worker and page
     python3 dev.py test     # the whole test suite (extra arguments go to pytest)
-    python3 dev.py check    # ruff and mypy --strict, as CI runs them
+    python3 dev.py check    # ruff, mypy --strict and the deployment linters, as CI runs them
 
 The first run creates .venv and installs the two packages (editable) and the dev tools;
 later runs reinstall only when requirements-dev.txt or a pyproject.toml changed.
@@ -29,6 +29,18 @@ INSTALL_INPUTS = [
     "devkit/pyproject.toml",
 ]
 TYPED_TREES = ["gateway-service/src", "worker-sdk/src", "devkit/src", "examples/chat", "bench"]
+# Kubernetes versions k8s/ must validate against: an old supported one and the newest.
+KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
+SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache", ".hypothesis"}
+
+
+def _files(match: str) -> list[str]:
+    """Repository files whose name matches ``match`` (a glob), outside caches and the venv."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        found += [str(Path(folder, f).relative_to(ROOT)) for f in files if Path(folder, f).match(match)]
+    return sorted(found)
 
 
 def _inputs_digest() -> str:
@@ -63,14 +75,24 @@ def cmd_test(args: list[str]) -> int:
 
 
 def cmd_check(_: list[str]) -> int:
+    bin_dir = PYTHON.parent
+    manifests = [f for f in _files("*.yaml") if f.startswith("k8s/") and not f.endswith("kustomization.yaml")]
+    versions = [arg for version in KUBERNETES_VERSIONS for arg in ("-k", version)]
     steps = [
         [str(PYTHON), "-m", "ruff", "check", "."],
         [str(PYTHON), "-m", "ruff", "format", "--check", "."],
         *([str(PYTHON), "-m", "mypy", tree] for tree in TYPED_TREES),
+        # Deployment files: every Dockerfile, all YAML, every Kubernetes manifest (strict:
+        # unknown fields are errors; KEDA's ScaledObject, a custom resource, has no schema
+        # there and only warns: test_deploy.py validates it, and renders the overlays).
+        [str(bin_dir / "hadolint"), *_files("Dockerfile")],
+        [str(bin_dir / "yamllint"), "--strict", "."],
+        [str(bin_dir / "kubernetes-validate"), "--strict", "--quiet", *versions, *manifests],
     ]
     failed = 0
     for step in steps:
-        print("$", " ".join(step[2:]), flush=True)
+        shown = step[2:] if step[0] == str(PYTHON) else [Path(step[0]).name, *step[1:]]
+        print("$", " ".join(shown), flush=True)
         failed |= run(step) != 0
     return int(failed)
 
