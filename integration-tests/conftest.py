@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis
+from docker_mode import pytest_report_header, pytest_terminal_summary  # noqa: F401 - report hooks
 from system_harness import HERE, GatewayProcess, StartGateway, StartWorker, wait_for_consumers
 
 from wsq_devkit import ManagedProcess, free_port
