@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -535,20 +534,8 @@ def run_healthcheck(dockerfile: Dockerfile, env: dict[str, str]) -> subprocess.C
     return subprocess.run(local, check=False, env=full_env, capture_output=True, text=True, timeout=timeout_s)
 
 
-@pytest.fixture
-def started(request: pytest.FixtureRequest) -> Iterator[list[ManagedProcess]]:
-    processes: list[ManagedProcess] = []
-    yield processes
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    for process in processes:
-        process.stop()
-        if failed:
-            sys.stderr.write(f"\n----- {process.name} -----\n{process.output()[-6000:]}\n")
-        process.close()
-
-
 async def test_the_gateway_runs_as_its_image_runs_it(
-    redis_server: RedisServer, key_prefix: str, started: list[ManagedProcess], rendered: dict[str, Any]
+    redis_server: RedisServer, key_prefix: str, processes: list[ManagedProcess], rendered: dict[str, Any]
 ) -> None:
     """ENTRYPOINT and ENV of gateway-service/Dockerfile, with WSQ_REDIS_URL (and a port of
     its own, as `docker run -p` would map one): healthy, ready, a round trip, HEALTHCHECK,
@@ -557,7 +544,7 @@ async def test_the_gateway_runs_as_its_image_runs_it(
     port = free_port()
     env = {"WSQ_REDIS_URL": redis_server.url, "WSQ_KEY_PREFIX": key_prefix, "WSQ_PORT": str(port)}
     process = start_as_container("gateway-image", dockerfile, env)
-    started.append(process)
+    processes.append(process)
     gateway = GatewayProcess(process, port, node_id="(generated)")
     gateway.wait_ready()
     assert gateway.status("/healthz") == 200
@@ -583,7 +570,7 @@ async def test_the_gateway_runs_as_its_image_runs_it(
 
 
 async def test_the_chat_worker_runs_as_its_image_runs_it(
-    redis_server: RedisServer, key_prefix: str, started: list[ManagedProcess]
+    redis_server: RedisServer, key_prefix: str, processes: list[ManagedProcess]
 ) -> None:
     """ENTRYPOINT + CMD of examples/chat/Dockerfile, run from the repository root (the
     image's WORKDIR holds the same relative paths), next to the gateway's image command:
@@ -601,10 +588,10 @@ async def test_the_chat_worker_runs_as_its_image_runs_it(
         port,
         node_id="(generated)",
     )
-    started.append(gateway.process)
+    processes.append(gateway.process)
     gateway.wait_ready()
     worker = start_as_container("worker-image", worker_dockerfile, env, cwd=ROOT)
-    started.append(worker)
+    processes.append(worker)
     with redis.Redis.from_url(redis_server.url, decode_responses=True) as client:
         wait_for_consumers(client, KEYS["keys"]["inbound_stream"].format(prefix=key_prefix), 1)
 
@@ -631,7 +618,7 @@ def load_chat_runner() -> ModuleType:
 
 
 def test_the_gateway_waits_for_a_redis_that_comes_late(
-    started: list[ManagedProcess], rendered: dict[str, list[dict[str, Any]]]
+    processes: list[ManagedProcess], rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
     """Pods start in any order: a gateway whose Redis is not up yet keeps retrying rather
     than exiting, and is ready soon after Redis is, well inside the startupProbe's budget."""
@@ -639,7 +626,7 @@ def test_the_gateway_waits_for_a_redis_that_comes_late(
     port = free_port()
     env = {"WSQ_REDIS_URL": late.url, "WSQ_PORT": str(port)}
     process = start_as_container("gateway-early", Dockerfile(GATEWAY_DOCKERFILE), env)
-    started.append(process)
+    processes.append(process)
     gateway = GatewayProcess(process, port, node_id="(generated)")
     try:
         wait_until(lambda: "not reachable" in process.output(), timeout=20, message="a Redis retry")
