@@ -71,6 +71,37 @@ async def fail(ctx: Context, data: Any) -> None:
     raise RuntimeError("this handler always fails")
 
 
+async def join_room(ctx: Context, data: Any) -> bool:
+    return await ctx.join(str(data))
+
+
+async def leave_room(ctx: Context, data: Any) -> bool:
+    return await ctx.leave(str(data))
+
+
+async def say_room(ctx: Context, data: Any) -> int:
+    """Tell the rest of a room: everybody in the group but the sender."""
+    room, text = data["room"], data["text"]
+    return await ctx.publisher.to_group(room).send("said", {"text": text}, exclude=ctx.connection_id)
+
+
+async def poke(ctx: Context, data: Any) -> str:
+    """Push to another connection, wherever it is."""
+    await ctx.publisher.to(str(data)).send("poked", {"by": ctx.connection_id})
+    return "poked"
+
+
+async def presence(ctx: Context, data: Any) -> dict[str, Any]:
+    """Presence as seen from a worker process."""
+    info = await ctx.publisher.connection_info(ctx.connection_id)
+    assert info is not None
+    return {
+        "node": info.node,
+        "groups": sorted(info.groups),
+        "user_connections": await ctx.publisher.connections(ctx.user_id) if ctx.user_id else [],
+    }
+
+
 async def on_connect(ctx: Context) -> None:
     await record("connects", ctx)
     await ctx.send("welcome", {"connection_id": ctx.connection_id})
@@ -89,6 +120,11 @@ worker = Worker(
         "sync_echo": sync_echo,
         "push_twice": push_twice,
         "fail": fail,
+        "join_room": join_room,
+        "leave_room": leave_room,
+        "say_room": say_room,
+        "poke": poke,
+        "presence": presence,
     },
     on_connect=on_connect,
     on_disconnect=on_disconnect,

@@ -7,11 +7,13 @@ processes with captured logs, and polling with a deadline (never sleep to synchr
 from wsq_devkit.polling import wait_until, wait_until_async
 from wsq_devkit.ports import free_port
 from wsq_devkit.processes import ManagedProcess
+from wsq_devkit.proxy import TcpProxy
 from wsq_devkit.redis_server import RedisServer, find_redis_server
 
 __all__ = [
     "ManagedProcess",
     "RedisServer",
+    "TcpProxy",
     "find_redis_server",
     "free_port",
     "wait_until",
