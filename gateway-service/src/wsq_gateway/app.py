@@ -45,13 +45,15 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
-    """Start the writes, the command reader and the heartbeat; on exit flush, say goodbye."""
+    """Start the writes, the command reader, the heartbeat and the backlog watch; on exit
+    flush and say goodbye."""
     gateway = app[GATEWAY]
     gateway.batcher.start()
     await _retry_until_reachable(gateway)
     tasks = [
         asyncio.create_task(gateway.outbound.run(), name="wsq-outbound"),
         asyncio.create_task(gateway.liveness.run(), name="wsq-liveness"),
+        asyncio.create_task(gateway.inbound.watch_backlog(), name="wsq-backlog"),
     ]
     log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
     yield

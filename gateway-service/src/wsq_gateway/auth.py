@@ -17,8 +17,10 @@ ALGORITHMS = ["HS256"]  # pinned: a token's own "alg" header is never trusted (n
 class Authenticator:
     """Turns an upgrade request into a user id (None for anonymous connections)."""
 
-    def __init__(self, secret: str | None) -> None:
+    def __init__(self, secret: str | None, *, audience: str | None = None, issuer: str | None = None) -> None:
         self._secret = secret
+        self._audience = audience
+        self._issuer = issuer
         if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
             log.warning("WSQ_JWT_SECRET is shorter than 32 bytes: tokens are easier to forge")
 
@@ -37,7 +39,14 @@ class Authenticator:
         if not token:
             raise AuthenticationError("a token is required (?token= or Authorization: Bearer)")
         try:
-            claims = jwt.decode(token, self._secret, algorithms=ALGORITHMS, options={"require": ["sub"]})
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=ALGORITHMS,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["sub"], "verify_aud": self._audience is not None},
+            )
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("the token has expired") from None
         except jwt.InvalidTokenError as exc:

@@ -32,6 +32,8 @@ class Connection:
         "held",
         "id",
         "since_ms",
+        "tokens",
+        "tokens_at",
         "transport",
         "user_id",
         "write_limit",
@@ -64,8 +66,24 @@ class Connection:
         self.held = True
         self._drainer: asyncio.Task[None] | None = None
         self.closing = False
+        self.tokens = 0.0  # rate limit: a token bucket, filled on use (see allow())
+        self.tokens_at = 0.0
         self.close_code: int | None = None  # set when the gateway itself closes the socket
         self.groups: set[str] | None = None  # created on the first join: most connections never join
+
+    def allow(self, now: float, rate: float, burst: int) -> bool:
+        """Take one token from the bucket (``rate`` per second, at most ``burst``)."""
+        if rate <= 0:
+            return True
+        if self.tokens_at == 0.0:
+            self.tokens = float(burst)
+        else:
+            self.tokens = min(float(burst), self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
     async def deliver(self, frame: bytes, max_pending_bytes: int) -> None:
         """Write one text frame, in order, without ever waiting on this client."""

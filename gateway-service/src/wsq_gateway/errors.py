@@ -26,9 +26,11 @@ class ErrorCode(enum.StrEnum):
     RESERVED_ACTION = "reserved_action"
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"
     # Sent by workers, listed here so the gateway's list is the whole contract.
     UNKNOWN_ACTION = "unknown_action"
     HANDLER_ERROR = "handler_error"
+    HANDLER_FAILED = "handler_failed"
 
 
 class CloseCode(enum.IntEnum):

@@ -50,6 +50,37 @@ class Settings(BaseSettings):
         description="Client frames waiting to be written to Redis, over all connections; "
         "past it, frames are answered with $error overloaded.",
     )
+    max_inbound_backlog: int = Field(
+        100000,
+        ge=1,
+        description="Events waiting for workers in the inbound stream (all gateways together); "
+        "past it, client frames are answered with $error overloaded until workers catch up.",
+    )
+    rate_limit: float = Field(
+        100.0,
+        ge=0,
+        description="Client frames per second one connection may send on average (0: no limit); "
+        "frames over it are answered with $error rate_limited.",
+    )
+    rate_burst: int = Field(200, ge=1, description="Frames a connection may send at once above RATE_LIMIT.")
+    max_connections_per_user: int = Field(
+        100,
+        ge=0,
+        description="Open connections one user_id may hold across all gateways (0: no limit); "
+        "more are refused with HTTP 429.",
+    )
+    max_connections_per_addr: int = Field(
+        1000,
+        ge=0,
+        description="Open connections from one client address on this gateway (0: no limit); "
+        "more are refused with HTTP 429.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated Origin values allowed to open a socket, e.g. "
+        "https://app.example.com (empty or *: any). Browsers always send Origin; a request from "
+        "another origin is refused with HTTP 403. Requests without Origin (non-browser clients) pass.",
+    )
     heartbeat_s: float = Field(
         30.0, gt=0, description="Seconds between WebSocket pings; a client that misses the pong is closed."
     )
@@ -72,6 +103,16 @@ class Settings(BaseSettings):
         None,
         description="HS256 secret. When set, clients must present a JWT (?token= or Authorization: "
         "Bearer); its sub becomes the user_id. When unset, connections are anonymous.",
+    )
+    jwt_audience: str | None = Field(None, description="When set, a token's aud must contain it.")
+    jwt_issuer: str | None = Field(None, description="When set, a token's iss must equal it.")
+    connect_hook: bool = Field(
+        False,
+        description="When true, a worker's on_connect approves each connection (and may set its "
+        "user_id) before $connected is sent; refused connections are closed with the worker's code.",
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="With CONNECT_HOOK: how long to wait for a worker's answer (then close 1013)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "console"] = Field(
@@ -96,6 +137,12 @@ class Settings(BaseSettings):
         if not valid_node_id(value):
             raise ValueError("must be 1-64 letters, digits, _ or -")
         return value
+
+    @property
+    def origins(self) -> frozenset[str] | None:
+        """The allowed origins, or None when any origin is allowed."""
+        values = frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+        return None if not values or "*" in values else values
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

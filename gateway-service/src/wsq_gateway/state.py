@@ -31,7 +31,14 @@ class Gateway:
         self.keys = Keys(settings.key_prefix)
         self.connections = ConnectionIndex()
         self.batcher = RedisBatcher(redis)
-        self.inbound = Inbound(self.batcher, self.keys, self.node_id, settings.max_queued_frames)
+        self.inbound = Inbound(
+            self.batcher,
+            redis,
+            self.keys,
+            self.node_id,
+            max_queued=settings.max_queued_frames,
+            max_backlog=settings.max_inbound_backlog,
+        )
         self.outbound = Outbound(
             blocking_redis,
             self.batcher,
@@ -41,7 +48,8 @@ class Gateway:
             settings.max_pending_bytes,
         )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-        self.authenticator = Authenticator(secret)
+        self.authenticator = Authenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+        self.per_addr: dict[str, int] = {}  # open connections by client address
         self.liveness = Liveness(
             redis,
             self.keys,
@@ -49,9 +57,14 @@ class Gateway:
             heartbeat_s=settings.node_heartbeat_s,
             timeout_s=settings.node_timeout_s,
             on_reaped=self.close_all,
+            on_registry_lost=self.reregister_all,
         )
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def reregister_all(self) -> None:
+        """Redis restarted empty: record the live connections (and their groups) again."""
+        self.inbound.reregister(self.connections.all())
 
     async def close_all(self) -> None:
         """Close every socket with 1012: clients reconnect (elsewhere, when this one drains)."""

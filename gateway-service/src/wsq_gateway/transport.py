@@ -22,6 +22,7 @@ READY_PING_TIMEOUT_S = 1.0
 CLOSE_TIMEOUT_S = 2.0  # how long a closing socket waits for the client's close frame
 BINARY_FRAME = error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
 OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
+RATE_LIMITED = "too many frames: this one was dropped, slow down"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -43,17 +44,37 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-async def websocket(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
+async def _admit(gateway: Gateway, request: web.Request) -> str | None:
+    """Checks before the upgrade; the user id of the connection, or an HTTP error."""
+    settings = gateway.settings
     if gateway.draining:
         raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
+    origins = settings.origins
+    origin = request.headers.get("Origin")
+    if origins is not None and origin is not None and origin.rstrip("/") not in origins:
+        raise web.HTTPForbidden(text=f"origin {origin} is not allowed")
     try:
         user_id = gateway.authenticator.user_id(request)
     except AuthenticationError as exc:
         raise web.HTTPUnauthorized(
             text=str(exc), headers={"WWW-Authenticate": 'Bearer realm="wsq"'}
         ) from None
+    addr = request.remote or ""
+    if 0 < settings.max_connections_per_addr <= gateway.per_addr.get(addr, 0):
+        raise web.HTTPTooManyRequests(text="too many connections from this address")
+    if user_id is not None and settings.max_connections_per_user > 0:
+        try:
+            held = int(await gateway.redis.scard(gateway.keys.user_connections(user_id)))
+        except (RedisError, OSError):
+            held = 0  # registration will fail with 1013 if Redis is really gone
+        if held >= settings.max_connections_per_user:
+            raise web.HTTPTooManyRequests(text="this user holds too many connections")
+    return user_id
 
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    user_id = await _admit(gateway, request)
     settings = gateway.settings
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s,
@@ -77,10 +98,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         connected_frame(connection_id, user_id),
     )
     gateway.connections.add(conn)
+    gateway.per_addr[conn.addr] = gateway.per_addr.get(conn.addr, 0) + 1
     try:
         await gateway.inbound.connected(conn)
     except BrokerUnavailable as exc:
         gateway.connections.remove(conn)
+        _release_addr(gateway, conn.addr)
         log.warning("could not register a connection", error=str(exc))
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"redis unavailable, try again later")
         return ws
@@ -91,6 +114,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await _read_frames(gateway, conn)
     finally:
         gateway.connections.remove(conn)
+        _release_addr(gateway, conn.addr)
         # Our own code when the gateway closed it, else the client's; 1006 when none was sent.
         close_code = conn.close_code or ws.close_code or 1006
         gateway.inbound.disconnected(conn, close_code)
@@ -98,8 +122,25 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _release_addr(gateway: Gateway, addr: str) -> None:
+    left = gateway.per_addr.get(addr, 1) - 1
+    if left > 0:
+        gateway.per_addr[addr] = left
+    else:
+        gateway.per_addr.pop(addr, None)
+
+
+def _readable_id(raw: bytes) -> str | None:
+    try:
+        return decode_client_frame(raw).id
+    except FrameError as exc:
+        return exc.frame_id
+
+
 async def _read_frames(gateway: Gateway, conn: Connection) -> None:
-    ws, max_pending = conn.ws, gateway.settings.max_pending_bytes
+    ws, settings = conn.ws, gateway.settings
+    max_pending, rate, burst = settings.max_pending_bytes, settings.rate_limit, settings.rate_burst
+    clock = asyncio.get_running_loop().time
 
     def rejected_by_redis(exc: BrokerUnavailable, frame_id: str | None) -> None:
         message = "the gateway cannot reach Redis; the frame was not queued, send it again later"
@@ -110,7 +151,10 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> None:
 
     while True:
         msg = await ws.receive()
-        if msg.type is WSMsgType.TEXT:
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.allow(clock(), rate, burst):
+            frame_id = _readable_id(msg.data) if msg.type is WSMsgType.TEXT else None
+            await conn.deliver(error_frame(ErrorCode.RATE_LIMITED, RATE_LIMITED, frame_id), max_pending)
+        elif msg.type is WSMsgType.TEXT:
             try:
                 frame = decode_client_frame(msg.data)
             except FrameError as exc:

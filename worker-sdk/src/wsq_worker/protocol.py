@@ -18,10 +18,12 @@ from wsq_worker.exceptions import ProtocolError
 __all__ = [
     "ERROR_CODES",
     "HANDLER_ERROR",
+    "HANDLER_FAILED",
     "INVALID_FRAME",
     "INVALID_JSON",
     "OVERLOADED",
     "PROTOCOL_VERSION",
+    "RATE_LIMITED",
     "RESERVED_ACTION",
     "UNAVAILABLE",
     "UNKNOWN_ACTION",
@@ -44,16 +46,29 @@ __all__ = [
 
 PROTOCOL_VERSION = "1"
 
-# Error codes of $error frames. The gateway sends the first five, workers the last two.
+# Error codes of $error frames. The gateway sends these six...
 INVALID_JSON = "invalid_json"
 INVALID_FRAME = "invalid_frame"
 RESERVED_ACTION = "reserved_action"
 UNAVAILABLE = "unavailable"
 OVERLOADED = "overloaded"
+RATE_LIMITED = "rate_limited"
+# ...and workers these three.
 UNKNOWN_ACTION = "unknown_action"
 HANDLER_ERROR = "handler_error"
+HANDLER_FAILED = "handler_failed"
 ERROR_CODES = frozenset(
-    {INVALID_JSON, INVALID_FRAME, RESERVED_ACTION, UNAVAILABLE, OVERLOADED, UNKNOWN_ACTION, HANDLER_ERROR}
+    {
+        INVALID_JSON,
+        INVALID_FRAME,
+        RESERVED_ACTION,
+        UNAVAILABLE,
+        OVERLOADED,
+        RATE_LIMITED,
+        UNKNOWN_ACTION,
+        HANDLER_ERROR,
+        HANDLER_FAILED,
+    }
 )
 
 EventType: TypeAlias = Literal["connect", "message", "disconnect"]

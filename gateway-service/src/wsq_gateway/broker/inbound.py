@@ -7,8 +7,13 @@ this node's set) so that any process can find it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.registry import forget_command
@@ -17,6 +22,7 @@ from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.protocol.envelopes import EventType, event_fields
 from wsq_gateway.protocol.keys import Keys
 
+BACKLOG_POLL_S = 0.2
 OnRejected = Callable[[BrokerUnavailable], None]
 
 
@@ -25,11 +31,31 @@ def now_ms() -> int:
 
 
 class Inbound:
-    def __init__(self, batcher: RedisBatcher, keys: Keys, node_id: str, max_queued: int) -> None:
+    def __init__(
+        self,
+        batcher: RedisBatcher,
+        redis: aioredis.Redis,
+        keys: Keys,
+        node_id: str,
+        *,
+        max_queued: int,
+        max_backlog: int,
+    ) -> None:
         self._batcher = batcher
+        self._redis = redis
         self._keys = keys
         self._node = node_id
         self._max_queued = max_queued
+        self._max_backlog = max_backlog
+        self.backlog = 0  # events in the inbound stream, as last measured
+
+    async def watch_backlog(self) -> None:
+        """Measure the inbound stream's length a few times a second (it bounds message())."""
+        while True:
+            # On failure keep the last measure: the batcher reports Redis failures to clients.
+            with contextlib.suppress(RedisError, OSError):
+                self.backlog = int(await self._redis.xlen(self._keys.inbound_stream))
+            await asyncio.sleep(BACKLOG_POLL_S)
 
     def _xadd(self, fields: dict[str, str]) -> tuple[str, ...]:
         """XADD of an event to the inbound stream (no MAXLEN: accepted events are never trimmed)."""
@@ -37,6 +63,20 @@ class Inbound:
 
     async def connected(self, conn: Connection) -> None:
         """Record the connection and emit its connect event; raise BrokerUnavailable on failure."""
+        commands = self._registration(conn)
+        commands.append(self._xadd(self._event("connect", conn, conn.since_ms)))
+        await self._batcher.submit_and_wait(*commands)
+
+    def reregister(self, conns: list[Connection]) -> None:
+        """Write the registry entries of live connections again (Redis lost its data)."""
+        for conn in conns:
+            commands = self._registration(conn)
+            for group in conn.groups or ():
+                commands.append(("SADD", self._keys.group_connections(group), conn.id))
+                commands.append(("SADD", self._keys.connection_groups(conn.id), group))
+            self._batcher.submit(Write(commands, durable=True))
+
+    def _registration(self, conn: Connection) -> list[tuple[str, ...]]:
         keys = self._keys
         info = {"node": self._node, "since": str(conn.since_ms), "addr": conn.addr}
         commands: list[tuple[str, ...]] = [
@@ -46,8 +86,7 @@ class Inbound:
             info["user_id"] = conn.user_id
             commands.append(("SADD", keys.user_connections(conn.user_id), conn.id))
         commands.insert(0, ("HSET", keys.connection(conn.id), *_flatten(info)))
-        commands.append(self._xadd(self._event("connect", conn, conn.since_ms)))
-        await self._batcher.submit_and_wait(*commands)
+        return commands
 
     def disconnected(self, conn: Connection, close_code: int) -> None:
         """Forget the connection and emit its disconnect event (retried until Redis takes it)."""
@@ -55,7 +94,7 @@ class Inbound:
 
     def message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
         """Queue a validated client frame; False when too many are already waiting."""
-        if self._batcher.queued >= self._max_queued:
+        if self._batcher.queued >= self._max_queued or self.backlog >= self._max_backlog:
             return False
         event = self._event("message", conn, now_ms())
         command = (*self._xadd(event), "frame", frame)

@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from wsq_gateway.broker.registry import heartbeat_args, reap_args
+from wsq_gateway.broker.registry import HEARTBEAT_NEW, HEARTBEAT_REAPED, heartbeat_args, reap_args
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.protocol.keys import Keys
 
@@ -35,6 +35,7 @@ class Liveness:
         heartbeat_s: float,
         timeout_s: float,
         on_reaped: Callable[[], Awaitable[None]],
+        on_registry_lost: Callable[[], Awaitable[None]],
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -42,6 +43,7 @@ class Liveness:
         self._heartbeat_s = heartbeat_s
         self._timeout_ms = int(timeout_s * 1000)
         self._on_reaped = on_reaped
+        self._on_registry_lost = on_registry_lost
 
     async def start(self) -> None:
         """Forget what a previous process with this node id left, then say we are alive."""
@@ -59,10 +61,15 @@ class Liveness:
                 log.warning("heartbeat failed", error=str(exc))
 
     async def tick(self) -> None:
-        alive: Any = await self._redis.eval(*heartbeat_args(self._keys, self._node))
-        if not alive:
+        state: Any = await self._redis.eval(*heartbeat_args(self._keys, self._node))
+        if state == HEARTBEAT_REAPED:
             log.error("this gateway was presumed dead and its connections forgotten: closing its sockets")
             await self._on_reaped()
+        elif state == HEARTBEAT_NEW:
+            log.warning(
+                "this gateway was missing from Redis (restarted empty?): registering its connections again"
+            )
+            await self._on_registry_lost()
         cutoff = f"({await self._redis_time_ms() - self._timeout_ms}"
         stale: Any = await self._redis.zrangebyscore(self._keys.nodes, "-inf", cutoff)
         for raw in stale:

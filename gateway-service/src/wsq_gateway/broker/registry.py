@@ -86,14 +86,17 @@ return #popped
 """
 )
 
-# ARGV: prefix, node. 1 = heartbeat written; 0 = this node was reaped meanwhile (the flag is
-# cleared, the heartbeat is written: the node carries on once it closed its sockets).
+# ARGV: prefix, node. Writes the heartbeat, and says what Redis knew of the node:
+HEARTBEAT_REAPED = 0  # it was reaped (the flag is cleared): close every socket
+HEARTBEAT_OK = 1  # it was there
+HEARTBEAT_NEW = 2  # it was not there: a first heartbeat, or Redis lost its data
 HEARTBEAT_SCRIPT = (
     _NOW
     + """
 local prefix, node = ARGV[1], ARGV[2]
-redis.call('ZADD', prefix .. ':nodes', now_ms(), node)
+local added = redis.call('ZADD', prefix .. ':nodes', now_ms(), node)
 if redis.call('DEL', prefix .. ':node:' .. node .. ':reaped') == 1 then return 0 end
+if added == 1 then return 2 end
 return 1
 """
 )
