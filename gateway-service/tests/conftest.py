@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from gateway_harness import GatewayFactory, RunningGateway
 
+from wsq_devkit import wait_until_async
 from wsq_gateway import Settings, create_app
 
 
@@ -27,13 +28,16 @@ async def start_gateway(redis_url: str, key_prefix: str) -> AsyncIterator[Gatewa
     servers: list[TestServer] = []
     session = aiohttp.ClientSession()
 
-    async def start(**overrides: Any) -> RunningGateway:
+    async def start(*, wait_ready: bool = True, **overrides: Any) -> RunningGateway:
         options: dict[str, Any] = {"redis_url": redis_url, "key_prefix": key_prefix, **overrides}
         settings = Settings(**options)
         server = TestServer(create_app(settings), host="127.0.0.1")
         await server.start_server()
         servers.append(server)
-        return RunningGateway(server, settings, session)
+        gateway = RunningGateway(server, settings, session)
+        if wait_ready:
+            await wait_until_async(gateway.ready, timeout=10, message="the gateway ready")
+        return gateway
 
     yield start
     await session.close()

@@ -27,6 +27,10 @@ class RunningGateway:
     def url(self, path: str | None = None) -> str:
         return str(self.server.make_url(path or self.settings.path))
 
+    async def ready(self) -> bool:
+        async with self.session.get(self.url("/readyz")) as resp:
+            return resp.status == 200
+
     async def connect(self, **kwargs: Any) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
         """Open a socket and read its $connected frame."""
         ws = await self.session.ws_connect(self.url(), **kwargs)

@@ -1,5 +1,6 @@
 """What the gateway refuses, limits and repairs: origins, token claims, rates, connection
-limits, the inbound backlog, and a Redis that lost its data."""
+limits, the inbound backlog, the connect hook, proxies, and a Redis that is late or lost
+its data."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
-from gateway_harness import GatewayFactory, receive_json
+from gateway_harness import GatewayFactory, RunningGateway, receive_json
 
-from wsq_devkit import wait_until_async
+from wsq_devkit import RedisServer, wait_until_async
+from wsq_devkit.contract import is_valid
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
@@ -153,3 +155,95 @@ async def test_after_redis_lost_its_data_the_gateway_registers_its_sockets_again
     )
     assert await receive_json(ws) == {"action": "still", "data": 1}
     await ws.close()
+
+
+async def wait_for_connect_event(redis: aioredis.Redis, gateway: RunningGateway) -> dict[str, str]:
+    async def event() -> dict[str, str] | None:
+        for _, fields in await redis.xrange(gateway.keys.inbound_stream):
+            decoded = {k.decode(): v.decode() for k, v in fields.items()}
+            if decoded["type"] == "connect":
+                return decoded
+        return None
+
+    return await wait_until_async(event, timeout=5, message="the connect event")
+
+
+async def answer(redis: aioredis.Redis, gateway: RunningGateway, fields: dict[str, str]) -> None:
+    await redis.xadd(gateway.keys.node_stream(gateway.node_id), {"v": "1", "target": "connection", **fields})
+
+
+async def test_connect_hook_accepts_and_sets_the_user(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(connect_hook=True)
+    ws = await gateway.session.ws_connect(gateway.url())
+    await ws.send_str('{"action": "early", "id": "e"}')  # sent before the answer: read only after it
+    event = await wait_for_connect_event(redis, gateway)
+    assert event["hook"] == "1"
+    assert is_valid("event", event)
+    cid = event["connection_id"]
+    await answer(redis, gateway, {"type": "accept", "to": cid, "user_id": "ann"})
+    hello = await receive_json(ws)
+    assert hello == {"action": "$connected", "data": {"connection_id": cid, "user_id": "ann"}}
+    assert await redis.smembers(gateway.keys.user_connections("ann")) == {cid.encode()}
+    assert (await redis.hget(gateway.keys.connection(cid), "user_id")) == b"ann"
+    entries = await redis.xrange(gateway.keys.inbound_stream)
+    assert [fields[b"type"] for _, fields in entries] == [b"connect", b"message"]
+    await ws.close()
+
+
+async def test_connect_hook_refusal_closes_with_the_workers_code(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(connect_hook=True)
+    ws = await gateway.session.ws_connect(gateway.url())
+    cid = (await wait_for_connect_event(redis, gateway))["connection_id"]
+    await answer(redis, gateway, {"type": "refuse", "to": cid, "code": "4003", "reason": "banned"})
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4003, "banned")
+
+    async def disconnected() -> bool:
+        types = [fields[b"type"] for _, fields in await redis.xrange(gateway.keys.inbound_stream)]
+        return types == [b"connect", b"disconnect"]
+
+    await wait_until_async(disconnected, timeout=5, message="exactly one disconnect event")
+
+
+async def test_connect_hook_without_an_answer_closes_with_1013(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(connect_hook=True, connect_timeout_s=0.3)
+    ws = await gateway.session.ws_connect(gateway.url())
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)
+
+
+async def test_client_address_comes_from_trusted_proxies_only(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    forwarded = {"X-Forwarded-For": "198.51.100.4, 203.0.113.9"}
+    trusting = await start_gateway(trusted_proxies="127.0.0.0/8, 203.0.113.9")
+    ws, hello = await trusting.connect(headers=forwarded)
+    assert await redis.hget(trusting.keys.connection(hello["connection_id"]), "addr") == b"198.51.100.4"
+    await ws.close()
+    plain = await start_gateway()
+    ws, hello = await plain.connect(headers=forwarded)
+    assert await redis.hget(plain.keys.connection(hello["connection_id"]), "addr") == b"127.0.0.1"
+    await ws.close()
+
+
+async def test_the_gateway_serves_health_before_redis_is_up(start_gateway: GatewayFactory) -> None:
+    late = RedisServer()
+    try:
+        gateway = await start_gateway(redis_url=late.url, wait_ready=False, drain_s=0.5)
+        async with gateway.session.get(gateway.url("/healthz")) as resp:
+            assert resp.status == 200
+        async with gateway.session.get(gateway.url("/readyz")) as resp:
+            assert resp.status == 503
+        assert await handshake_status(gateway.url(), gateway.session) == 503
+        late.start()
+        await wait_until_async(gateway.ready, timeout=15, message="ready once Redis is up")
+        ws, _ = await gateway.connect()
+        await ws.close()
+    finally:
+        late.close()

@@ -45,17 +45,22 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
-    """Start the writes, the command reader, the heartbeat and the backlog watch; on exit
-    flush and say goodbye."""
+    """Connect to Redis in the background (the port opens at once: /healthz answers, /readyz
+    says 503 until Redis does), then run the command reader, the heartbeat and the backlog
+    watch. On exit: flush the writes and say goodbye."""
     gateway = app[GATEWAY]
     gateway.batcher.start()
-    await _retry_until_reachable(gateway)
-    tasks = [
-        asyncio.create_task(gateway.outbound.run(), name="wsq-outbound"),
-        asyncio.create_task(gateway.liveness.run(), name="wsq-liveness"),
-        asyncio.create_task(gateway.inbound.watch_backlog(), name="wsq-backlog"),
-    ]
-    log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        await _retry_until_reachable(gateway)
+        tasks.append(asyncio.create_task(gateway.outbound.run(), name="wsq-outbound"))
+        tasks.append(asyncio.create_task(gateway.liveness.run(), name="wsq-liveness"))
+        tasks.append(asyncio.create_task(gateway.inbound.watch_backlog(), name="wsq-backlog"))
+        gateway.started = True
+        log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
+
+    tasks.append(asyncio.create_task(start(), name="wsq-start"))
     yield
     for task in tasks:
         task.cancel()

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import CONNECTIONS, get_logger
+from wsq_gateway.protocol.envelopes import Command
 
 log = get_logger(CONNECTIONS)
 
@@ -26,6 +27,7 @@ class Connection:
         "_outbox",
         "_pending_bytes",
         "addr",
+        "answer",
         "close_code",
         "closing",
         "groups",
@@ -48,7 +50,6 @@ class Connection:
         since_ms: int,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
-        first_frame: bytes,
     ) -> None:
         self.id = connection_id
         self.user_id = user_id
@@ -58,12 +59,14 @@ class Connection:
         self.transport = transport
         # Bytes the transport may buffer before it pauses writing (its high-water mark).
         self.write_limit = transport.get_write_buffer_limits()[1]
-        # ``first_frame`` ($connected) waits, with whatever is pushed meanwhile, until
-        # ``release()``: the connection is findable before its connect event is sent, so a
-        # push from on_connect is never lost, yet nothing reaches the client before it.
-        self._outbox: deque[bytes] | None = deque((first_frame,))
-        self._pending_bytes = len(first_frame)
+        # Pushes wait in the outbox until ``release($connected)``: the connection is findable
+        # before its connect event is sent, so a push from on_connect is never lost, yet
+        # nothing reaches the client before $connected.
+        self._outbox: deque[bytes] | None = deque()
+        self._pending_bytes = 0
         self.held = True
+        # With the connect hook: resolved by the worker's accept or refuse command.
+        self.answer: asyncio.Future[Command] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.closing = False
         self.tokens = 0.0  # rate limit: a token bucket, filled on use (see allow())
@@ -108,9 +111,13 @@ class Connection:
         elif self._drainer is None and not self.held:
             self._drainer = asyncio.create_task(self._drain())
 
-    def release(self) -> None:
-        """Start delivering: the first frame, then what was pushed while held."""
+    def release(self, first_frame: bytes) -> None:
+        """Start delivering: ``first_frame``, then what was pushed while held."""
         self.held = False
+        if self._outbox is None:
+            self._outbox = deque()
+        self._outbox.appendleft(first_frame)
+        self._pending_bytes += len(first_frame)
         if self._outbox and self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
 
@@ -168,6 +175,13 @@ class ConnectionIndex:
             _discard(self.by_user, conn.user_id, conn)
         for group in conn.groups or ():
             _discard(self.by_group, group, conn)
+
+    def set_user(self, conn: Connection, user_id: str) -> None:
+        """The connect hook gave the connection a (new) user id."""
+        if conn.user_id is not None:
+            _discard(self.by_user, conn.user_id, conn)
+        conn.user_id = user_id
+        self.by_user.setdefault(user_id, set()).add(conn)
 
     def join(self, conn: Connection, group: str) -> None:
         if conn.groups is None:

@@ -6,6 +6,7 @@ the README's settings table is checked against this class by the test suite.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -75,6 +76,11 @@ class Settings(BaseSettings):
         description="Open connections from one client address on this gateway (0: no limit); "
         "more are refused with HTTP 429.",
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks (CIDR) of reverse proxies in front of "
+        "the gateway: for requests from them, the client address is taken from X-Forwarded-For.",
+    )
     allowed_origins: str = Field(
         "",
         description="Comma-separated Origin values allowed to open a socket, e.g. "
@@ -139,6 +145,22 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError: not an address or network
+        return value
+
+    @property
     def origins(self) -> frozenset[str] | None:
         """The allowed origins, or None when any origin is allowed."""
         values = frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
@@ -161,6 +183,8 @@ def describe_settings() -> list[tuple[str, str, str]]:
             default = "generated"
         elif field.default is None:
             default = "unset"
+        elif field.default == "":
+            default = "empty"
         else:
             default = str(field.default)
         rows.append((f"WSQ_{name.upper()}", default, field.description or ""))

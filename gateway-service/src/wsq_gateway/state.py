@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -59,6 +60,8 @@ class Gateway:
             on_reaped=self.close_all,
             on_registry_lost=self.reregister_all,
         )
+        self._proxies = settings.proxies
+        self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -74,10 +77,29 @@ class Gateway:
             return_exceptions=True,
         )
 
+    def client_addr(self, request: web.Request) -> str:
+        """The client's address: the peer's, or the one a trusted proxy says it forwards."""
+        remote = request.remote or ""
+        if not self._proxies or not _within(remote, self._proxies):
+            return remote
+        hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+        for hop in reversed(hops):  # the right-most address no trusted proxy added is the client
+            if not _within(hop, self._proxies):
+                return hop
+        return hops[0] if hops else remote
+
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keep a fire-and-forget task referenced until it ends."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _within(addr: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

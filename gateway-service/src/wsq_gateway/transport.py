@@ -35,6 +35,8 @@ async def readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     if gateway.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if not gateway.started:
+        return web.json_response({"status": "starting: waiting for redis"}, status=503)
     try:
         await asyncio.wait_for(gateway.redis.ping(), READY_PING_TIMEOUT_S)
     except (RedisError, OSError, TimeoutError) as exc:
@@ -44,11 +46,13 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-async def _admit(gateway: Gateway, request: web.Request) -> str | None:
-    """Checks before the upgrade; the user id of the connection, or an HTTP error."""
+async def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
+    """Checks before the upgrade: the connection's user id and client address, or an HTTP error."""
     settings = gateway.settings
     if gateway.draining:
         raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
+    if not gateway.started:
+        raise web.HTTPServiceUnavailable(text="the gateway is starting: waiting for Redis")
     origins = settings.origins
     origin = request.headers.get("Origin")
     if origins is not None and origin is not None and origin.rstrip("/") not in origins:
@@ -59,7 +63,7 @@ async def _admit(gateway: Gateway, request: web.Request) -> str | None:
         raise web.HTTPUnauthorized(
             text=str(exc), headers={"WWW-Authenticate": 'Bearer realm="wsq"'}
         ) from None
-    addr = request.remote or ""
+    addr = gateway.client_addr(request)
     if 0 < settings.max_connections_per_addr <= gateway.per_addr.get(addr, 0):
         raise web.HTTPTooManyRequests(text="too many connections from this address")
     if user_id is not None and settings.max_connections_per_user > 0:
@@ -69,12 +73,12 @@ async def _admit(gateway: Gateway, request: web.Request) -> str | None:
             held = 0  # registration will fail with 1013 if Redis is really gone
         if held >= settings.max_connections_per_user:
             raise web.HTTPTooManyRequests(text="this user holds too many connections")
-    return user_id
+    return user_id, addr
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    user_id = await _admit(gateway, request)
+    user_id, client_addr = await _admit(gateway, request)
     settings = gateway.settings
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s,
@@ -87,20 +91,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:  # the client went away during the handshake
         return ws
-    connection_id = new_connection_id(gateway.node_id)
-    conn = Connection(
-        connection_id,
-        user_id,
-        request.remote or "",
-        now_ms(),
-        ws,
-        transport,
-        connected_frame(connection_id, user_id),
-    )
+    conn = Connection(new_connection_id(gateway.node_id), user_id, client_addr, now_ms(), ws, transport)
     gateway.connections.add(conn)
     gateway.per_addr[conn.addr] = gateway.per_addr.get(conn.addr, 0) + 1
+    hook = settings.connect_hook
+    if hook:
+        conn.answer = asyncio.get_running_loop().create_future()
     try:
-        await gateway.inbound.connected(conn)
+        await gateway.inbound.connected(conn, hook=hook)
     except BrokerUnavailable as exc:
         gateway.connections.remove(conn)
         _release_addr(gateway, conn.addr)
@@ -108,10 +106,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"redis unavailable, try again later")
         return ws
 
-    log.debug("connected", connection_id=conn.id, user_id=user_id, addr=conn.addr)
     try:
-        conn.release()
-        await _read_frames(gateway, conn)
+        if not hook or await _approved(gateway, conn):
+            log.debug("connected", connection_id=conn.id, user_id=conn.user_id, addr=conn.addr)
+            conn.release(connected_frame(conn.id, conn.user_id))
+            await _read_frames(gateway, conn)
     finally:
         gateway.connections.remove(conn)
         _release_addr(gateway, conn.addr)
@@ -120,6 +119,31 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         gateway.inbound.disconnected(conn, close_code)
         log.debug("disconnected", connection_id=conn.id, close_code=close_code)
     return ws
+
+
+async def _approved(gateway: Gateway, conn: Connection) -> bool:
+    """Wait for a worker's accept or refuse (the connect hook); True when accepted."""
+    assert conn.answer is not None
+    try:
+        answer = await asyncio.wait_for(conn.answer, gateway.settings.connect_timeout_s)
+    except TimeoutError:
+        log.warning("no worker answered the connect hook in time", connection_id=conn.id)
+        await conn.close(CloseCode.TRY_AGAIN_LATER, "no worker answered in time, try again later")
+        return False
+    finally:
+        conn.answer = None
+    if answer.type == "refuse":
+        await conn.close(answer.code, answer.reason)
+        return False
+    if answer.user_id is not None and answer.user_id != conn.user_id:
+        previous = conn.user_id
+        gateway.connections.set_user(conn, answer.user_id)
+        try:
+            await gateway.inbound.set_user(conn, previous)
+        except BrokerUnavailable:
+            await conn.close(CloseCode.TRY_AGAIN_LATER, "redis unavailable, try again later")
+            return False
+    return True
 
 
 def _release_addr(gateway: Gateway, addr: str) -> None:

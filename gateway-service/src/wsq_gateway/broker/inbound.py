@@ -61,10 +61,24 @@ class Inbound:
         """XADD of an event to the inbound stream (no MAXLEN: accepted events are never trimmed)."""
         return ("XADD", self._keys.inbound_stream, "*", *_flatten(fields))
 
-    async def connected(self, conn: Connection) -> None:
-        """Record the connection and emit its connect event; raise BrokerUnavailable on failure."""
+    async def connected(self, conn: Connection, *, hook: bool = False) -> None:
+        """Record the connection and emit its connect event; raise BrokerUnavailable on failure.
+
+        With ``hook`` the event asks a worker to accept or refuse the connection."""
         commands = self._registration(conn)
-        commands.append(self._xadd(self._event("connect", conn, conn.since_ms)))
+        event = self._event("connect", conn, conn.since_ms, hook=hook)
+        commands.append(self._xadd(event))
+        await self._batcher.submit_and_wait(*commands)
+
+    async def set_user(self, conn: Connection, previous: str | None) -> None:
+        """Record the user id a worker gave the connection (the connect hook)."""
+        assert conn.user_id is not None
+        commands = [
+            ("HSET", self._keys.connection(conn.id), "user_id", conn.user_id),
+            ("SADD", self._keys.user_connections(conn.user_id), conn.id),
+        ]
+        if previous is not None:
+            commands.append(("SREM", self._keys.user_connections(previous), conn.id))
         await self._batcher.submit_and_wait(*commands)
 
     def reregister(self, conns: list[Connection]) -> None:
@@ -101,7 +115,7 @@ class Inbound:
         self._batcher.submit(Write((command,), on_error=on_rejected))
         return True
 
-    def _event(self, kind: EventType, conn: Connection, ts_ms: int) -> dict[str, str]:
+    def _event(self, kind: EventType, conn: Connection, ts_ms: int, *, hook: bool = False) -> dict[str, str]:
         return event_fields(
             kind,
             connection_id=conn.id,
@@ -109,6 +123,7 @@ class Inbound:
             user_id=conn.user_id,
             ts_ms=ts_ms,
             addr=conn.addr,
+            hook=hook,
         )
 
 

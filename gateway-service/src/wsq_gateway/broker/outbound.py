@@ -94,6 +94,11 @@ class Outbound:
                 task = asyncio.create_task(conn.close(command.code, command.reason))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
+        elif command.type in ("accept", "refuse"):
+            assert command.to is not None
+            waiting = self._connections.get(command.to)
+            if waiting is not None and waiting.answer is not None and not waiting.answer.done():
+                waiting.answer.set_result(command)
         else:  # join / leave: the registry in Redis is already updated by the sender
             assert command.to is not None
             assert command.group is not None

@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 VERSION = "1"
 EventType = Literal["connect", "message", "disconnect"]
 Target = Literal["connection", "user", "group", "all"]
-CommandType = Literal["send", "disconnect", "join", "leave"]
+CommandType = Literal["send", "disconnect", "join", "leave", "accept", "refuse"]
 
 
 def event_fields(
@@ -27,6 +27,7 @@ def event_fields(
     addr: str,
     frame: str | None = None,
     close_code: int | None = None,
+    hook: bool = False,
 ) -> dict[str, str]:
     """The field map of one inbound event."""
     fields = {
@@ -43,6 +44,8 @@ def event_fields(
         fields["frame"] = frame
     if close_code is not None:
         fields["close_code"] = str(close_code)
+    if hook:
+        fields["hook"] = "1"
     return fields
 
 
@@ -57,6 +60,7 @@ class Command(NamedTuple):
     code: int = 0  # disconnect
     reason: str = ""  # disconnect
     group: str | None = None  # join, leave
+    user_id: str | None = None  # accept
 
 
 class CommandError(ValueError):
@@ -77,6 +81,8 @@ _FIELDS = {
     b"disconnect": _COMMON | {b"code", b"reason"},
     b"join": _COMMON | {b"group"},
     b"leave": _COMMON | {b"group"},
+    b"accept": _COMMON | {b"user_id"},
+    b"refuse": _COMMON | {b"code", b"reason"},
 }
 
 
@@ -106,15 +112,24 @@ def decode_command(fields: Mapping[bytes, bytes]) -> Command:
             raise CommandError("exclude is only for target=group")
         exclude = raw_exclude.decode() if raw_exclude is not None else None
         return Command("send", target, to, frame=frame, exclude=exclude)
-    if kind == b"disconnect":
+    if kind in (b"disconnect", b"refuse"):
         try:
             code = int(fields.get(b"code", b""))
         except ValueError:
-            raise CommandError("disconnect without a numeric code") from None
+            raise CommandError(f"{kind!r} without a numeric code") from None
         if code != 1000 and not 3000 <= code <= 4999:
             raise CommandError(f"close code {code} is not 1000 or 3000-4999")
         reason = fields.get(b"reason", b"").decode(errors="replace")
-        return Command("disconnect", target, to, code=code, reason=reason)
+        if kind == b"refuse" and target != "connection":
+            raise CommandError("refuse needs target=connection")
+        return Command(
+            "disconnect" if kind == b"disconnect" else "refuse", target, to, code=code, reason=reason
+        )
+    if kind == b"accept":
+        if target != "connection":
+            raise CommandError("accept needs target=connection")
+        user_id = fields.get(b"user_id")
+        return Command("accept", target, to, user_id=user_id.decode() if user_id is not None else None)
     if kind in (b"join", b"leave"):
         group = fields.get(b"group")
         if group is None or target != "connection":

@@ -43,3 +43,11 @@ class Keys:
 
     def node_reaped(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:reaped"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}:delayed"
