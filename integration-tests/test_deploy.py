@@ -217,7 +217,7 @@ def test_compose_environment_names_only_real_settings(compose: dict[str, Any]) -
             known = GATEWAY_SETTINGS if name.startswith("gateway") else WORKER_SETTINGS
             assert key in known, f"{name}: {key} is not a setting it reads"
     for variable in compose_variables(compose):
-        if variable.name not in ("WSQ_KEY_PREFIX", "WSQ_LOG_LEVEL", "WSQ_LOG_FORMAT"):
+        if variable.name not in ("WSQ_KEY_PREFIX", "WSQ_LOG_LEVEL", "WSQ_LOG_FORMAT", "WSQ_TRUSTED_PROXIES"):
             assert variable.name not in GATEWAY_SETTINGS, f"{variable.name}: compose-only, not a setting"
     # Longer than the gateways' drain, so `docker compose stop` never kills one mid-drain.
     for name in ("gateway-1", "gateway-2"):
