@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 
 from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, key_templates
 from wsq_worker import codec, constants
-from wsq_worker.exceptions import ProtocolError, WsqError
+from wsq_worker.exceptions import ProtocolError, Refuse, Retry, WsqError
 from wsq_worker.protocol import (
     ERROR_CODES,
     HANDLER_ERROR,
     UNKNOWN_ACTION,
     Event,
+    accept_command,
     check_group,
     decode_event,
     disconnect_command,
@@ -32,6 +33,7 @@ from wsq_worker.protocol import (
     leave_command,
     node_of,
     push_frame,
+    refuse_command,
     reply_frame,
     send_command,
 )
@@ -77,6 +79,8 @@ def test_valid_event_examples_decode(path: Path, schemas: Any) -> None:
     else:
         assert (event.action, event.data, event.id) == (None, None, None)
     assert event.close_code == (int(fields["close_code"]) if "close_code" in fields else None)
+    assert event.attempt == int(fields.get("attempt", "1"))
+    assert event.hook == ("hook" in fields)
 
 
 @pytest.mark.parametrize("path", VALID_EVENTS, ids=example_ids(VALID_EVENTS))
@@ -140,12 +144,33 @@ def test_message_events_reject_every_invalid_client_frame(path: Path) -> None:
         ({"close_code": "1000"}, "a message event has no close_code"),
         ({"frame": '{"action": "x", "id": null}'}, "the frame id is null"),
         ({"frame": '{"action": "x", "data": Infinity}'}, "not valid JSON"),
+        ({"attempt": "0"}, "malformed event field 'attempt'"),
+        ({"attempt": "01"}, "malformed event field 'attempt'"),
+        ({"attempt": "10000"}, "malformed event field 'attempt'"),
+        ({"attempt": "²"}, "malformed event field 'attempt'"),
+        ({"hook": "1"}, "a message event has no hook"),
     ],
 )
 def test_malformed_events_are_rejected(change: dict[str, str], reason: str) -> None:
     fields = message_event('{"action": "x"}') | change
     with pytest.raises(ProtocolError, match=reason):
         decode_event(fields)
+
+
+def test_attempt_and_hook_decode() -> None:
+    assert decode_event(message_event('{"action": "x"}') | {"attempt": "9999"}).attempt == 9999
+    connect = {key: value for key, value in message_event("").items() if key != "frame"} | {"type": "connect"}
+    assert decode_event(connect) == Event("connect", CONNECTION_ID, "gw-3f2a9c1d", None, 1, "")
+    assert decode_event(connect | {"hook": "1"}).hook is True
+    with pytest.raises(ProtocolError, match="malformed event field 'hook'"):
+        decode_event(connect | {"hook": "true"})
+    with pytest.raises(ProtocolError, match="a connect event has no attempt"):
+        decode_event(connect | {"attempt": "2"})
+    disconnect = connect | {"type": "disconnect", "close_code": "1000"}
+    with pytest.raises(ProtocolError, match="a disconnect event has no hook"):
+        decode_event(disconnect | {"hook": "1"})
+    with pytest.raises(ProtocolError, match="a disconnect event has no attempt"):
+        decode_event(disconnect | {"attempt": "2"})
 
 
 def test_missing_event_fields_are_rejected() -> None:
@@ -192,6 +217,37 @@ def test_decoding_agrees_with_the_schemas(frame: dict[str, Any], schemas: Any) -
     assert accepted == schemas.is_valid("event", fields), schemas.errors("event", fields)
 
 
+# No newlines: Python's re (jsonschema) lets "$" match before a final newline, ECMA 262 does not,
+# and the decoder follows ECMA (fullmatch): "1\n" is no attempt.
+_optional_fields = st.dictionaries(
+    st.sampled_from(["attempt", "hook"]),
+    st.one_of(
+        st.sampled_from(["1", "2", "0", "01", "9999", "10000", "true", ""]),
+        st.text(st.characters(blacklist_characters="\n"), max_size=5),
+    ),
+    max_size=2,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(event_type=st.sampled_from(["message", "connect", "disconnect"]), extra=_optional_fields)
+def test_attempt_and_hook_agree_with_the_schemas(
+    event_type: str, extra: dict[str, str], schemas: Any
+) -> None:
+    fields = message_event('{"action": "x"}') | {"type": event_type} | extra
+    if event_type != "message":
+        del fields["frame"]
+    if event_type == "disconnect":
+        fields["close_code"] = "1000"
+    try:
+        decode_event(fields)
+    except ProtocolError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == schemas.is_valid("event", fields), schemas.errors("event", fields)
+
+
 # Outbound commands and server frames.
 
 VALID_COMMANDS = examples("valid", "command")
@@ -219,6 +275,10 @@ def test_valid_command_examples_round_trip(path: Path, schemas: Any) -> None:
         command = send_command(target, to, encode_like(example["frame"]), example.get("exclude"))
     elif example["type"] == "disconnect":
         command = disconnect_command(target, to, int(example["code"]), example.get("reason", ""))
+    elif example["type"] == "accept":
+        command = accept_command(to, example.get("user_id"))
+    elif example["type"] == "refuse":
+        command = refuse_command(to, int(example["code"]), example.get("reason", ""))
     elif example["type"] == "join":
         command = join_command(to, example["group"])
     else:
@@ -242,6 +302,11 @@ REFUSED_COMMANDS: dict[str, Any] = {
     # join_command and leave_command always write target "connection" and the group.
     "join-a-user.json": None,
     "join-without-group.json": None,
+    # accept_command and refuse_command always write target "connection" (so "to" must be a
+    # connection id), refuse_command always writes a code, and only accept_command a user_id.
+    "accept-a-user.json": lambda: accept_command("42"),
+    "refuse-without-code.json": None,
+    "user-id-on-send.json": None,
 }
 
 
@@ -251,7 +316,9 @@ def test_invalid_command_examples_cannot_be_encoded(path: Path, schemas: Any) ->
     assert path.name in REFUSED_COMMANDS, "new invalid example: say how the encoders refuse it"
     encode = REFUSED_COMMANDS[path.name]
     if encode is not None:
-        with pytest.raises(ValueError, match=r"target|close code|needs a non-empty|has no|group"):
+        with pytest.raises(
+            ValueError, match=r"target|close code|needs a non-empty|has no|group|connection id"
+        ):
             encode()
 
 
@@ -412,6 +479,59 @@ def test_send_to_a_group_with_exclude(schemas: Any) -> None:
         send_command("group", "room:lobby", push_frame("a"), exclude="gw-1")
 
 
+def test_accept_command(schemas: Any) -> None:
+    assert accept_command(CONNECTION_ID) == {
+        "v": "1",
+        "type": "accept",
+        "target": "connection",
+        "to": CONNECTION_ID,
+    }
+    with_user = accept_command(CONNECTION_ID, "alice")
+    schemas.check("command", with_user)
+    assert with_user["user_id"] == "alice"
+    with pytest.raises(ValueError, match="user id"):
+        accept_command(CONNECTION_ID, "")
+    with pytest.raises(ValueError, match="not a wsq connection id"):
+        accept_command("gw-1")
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(1000, ""), (3000, "x" * 123), (4003, "é" * 61), (4999, "banned")]
+)
+def test_refuse_command(code: int, reason: str, schemas: Any) -> None:
+    command = refuse_command(CONNECTION_ID, code, reason)
+    schemas.check("command", command)
+    assert list(command) == ["v", "type", "target", "to", "code", "reason"]
+    assert (command["code"], command["reason"]) == (str(code), reason)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(1011, ""), (1001, ""), (2999, ""), (5000, ""), (4000, "x" * 124)]
+)
+def test_refuse_command_refuses_bad_codes_and_reasons(code: int, reason: str) -> None:
+    with pytest.raises(ValueError, match=r"close code|123 bytes"):
+        refuse_command(CONNECTION_ID, code, reason)
+    with pytest.raises(ValueError, match=r"close code|123 bytes"):
+        Refuse(reason, code)
+
+
+def test_retry_and_refuse_exceptions() -> None:
+    assert Retry().delay == 0.0
+    assert Retry(1).delay == 1.0
+    assert str(Retry(0.25)) == "retry in 0.25s"
+    for delay in (-1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="Retry delay"):
+            Retry(delay)  # type: ignore[arg-type]
+    refuse = Refuse("banned", 4001)
+    assert (refuse.reason, refuse.code, str(refuse)) == ("banned", 4001, "4001 banned")
+    assert (Refuse().reason, Refuse().code) == ("", 4003)
+    with pytest.raises(TypeError, match="reason must be a str"):
+        Refuse(4001)  # type: ignore[arg-type]
+    # The application raises them; they are not errors of wsq_worker.
+    assert not issubclass(Retry, WsqError)
+    assert not issubclass(Refuse, WsqError)
+
+
 @pytest.mark.parametrize("build", [join_command, leave_command])
 def test_join_and_leave_commands(build: Any, schemas: Any) -> None:
     command = build(CONNECTION_ID, "a/b@c.d:e-f_0")
@@ -567,6 +687,8 @@ def test_key_builders_match_keys_json() -> None:
         "connection_groups": lambda: constants.connection_groups("wsq", CONNECTION_ID),
         "nodes": lambda: constants.nodes("wsq"),
         "node_reaped": lambda: constants.node_reaped("wsq", "gw-3f2a9c1d"),
+        "dead_letters": lambda: constants.dead_letters("wsq"),
+        "delayed": lambda: constants.delayed("wsq"),
     }
     assert set(builders) == set(keys["keys"])
     for name, template in keys["keys"].items():

@@ -8,6 +8,10 @@ REDIS_URL_ENV = "WSQ_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 KEY_PREFIX_ENV = "WSQ_KEY_PREFIX"
 DEFAULT_KEY_PREFIX = "wsq"
+CLAIM_IDLE_MS_ENV = "WSQ_CLAIM_IDLE_MS"
+DEFAULT_CLAIM_IDLE_MS = 15_000
+MAX_ATTEMPTS_ENV = "WSQ_MAX_ATTEMPTS"
+DEFAULT_MAX_ATTEMPTS = 3
 
 CONSUMER_GROUP = "workers"
 
@@ -22,6 +26,26 @@ def redis_url_from_env() -> str:
 
 def key_prefix_from_env() -> str:
     return os.environ.get(KEY_PREFIX_ENV) or DEFAULT_KEY_PREFIX
+
+
+def claim_idle_ms_from_env() -> int:
+    """``WSQ_CLAIM_IDLE_MS``, else 15000; ValueError when it is not a whole number."""
+    return _int_from_env(CLAIM_IDLE_MS_ENV, DEFAULT_CLAIM_IDLE_MS)
+
+
+def max_attempts_from_env() -> int:
+    """``WSQ_MAX_ATTEMPTS``, else 3; ValueError when it is not a whole number."""
+    return _int_from_env(MAX_ATTEMPTS_ENV, DEFAULT_MAX_ATTEMPTS)
+
+
+def _int_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {text!r}") from None
 
 
 def inbound_stream(prefix: str) -> str:
@@ -72,3 +96,13 @@ def nodes(prefix: str) -> str:
 def node_reaped(prefix: str, node: str) -> str:
     """Set by a reaper that removed the connections of ``node`` (read by that gateway only)."""
     return f"{prefix}:node:{node}:reaped"
+
+
+def dead_letters(prefix: str) -> str:
+    """Stream of the events that used up their attempts, with their last error."""
+    return f"{prefix}:dead"
+
+
+def delayed(prefix: str) -> str:
+    """Sorted set of the messages waiting for a retry (``Retry(delay=...)``), scored by due time (ms)."""
+    return f"{prefix}:delayed"

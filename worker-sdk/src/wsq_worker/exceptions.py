@@ -15,6 +15,23 @@
     the caller may retry later. Presence reads (``connections()``, ``connection_info()``...)
     raise it too when Redis can't answer. The Redis exception is chained as ``__cause__``.
 
+Two exceptions are for the application to raise, and the worker to catch. They are not
+errors of wsq_worker, so they derive from ``Exception``, not ``WsqError``:
+
+``Retry(delay: float = 0)``
+    Raised by a message handler: run this message again in ``delay`` seconds (at least), with
+    ``ctx.attempt`` one higher. The entry is acknowledged and a copy waits in
+    ``{prefix}:delayed``; once the message used ``max_attempts`` attempts it goes to the
+    dead-letter stream ``{prefix}:dead`` instead and the client gets ``$error``
+    ``handler_failed``. Raised from ``on_connect`` or ``on_disconnect`` it is an error like any
+    other (only messages are retried this way).
+
+``Refuse(reason: str = "", code: int = 4003)``
+    Raised by ``on_connect`` when the gateway runs the connect hook (``WSQ_CONNECT_HOOK``): the
+    connection is refused and closed with ``code`` (1000 or 3000-4999) and ``reason`` (at most
+    123 bytes of UTF-8); a bad code or reason raises ``ValueError`` when the ``Refuse`` is made.
+    Without the hook the connection is already open: the worker logs an error instead.
+
 Invalid arguments (a malformed action name, a close code outside 1000 and 3000-4999, a
 reason longer than 123 bytes, a malformed connection id or group name, ``exclude`` outside
 ``to_group()``) raise the builtin ``ValueError``,
@@ -24,7 +41,9 @@ not conditions to handle at run time.
 
 from __future__ import annotations
 
-__all__ = ["ProtocolError", "PublishError", "WsqError"]
+import math
+
+__all__ = ["ProtocolError", "PublishError", "Refuse", "Retry", "WsqError"]
 
 
 class WsqError(Exception):
@@ -37,3 +56,36 @@ class ProtocolError(WsqError):
 
 class PublishError(WsqError):
     """Redis could not take a command: nothing was sent."""
+
+
+class Retry(Exception):
+    """Raised by a message handler: run the message again in ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0) -> None:
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+            or delay < 0
+        ):
+            raise ValueError(f"Retry delay must be a finite number of seconds >= 0, not {delay!r}")
+        super().__init__(delay)
+        self.delay = float(delay)
+
+    def __str__(self) -> str:
+        return f"retry in {self.delay:g}s"
+
+
+class Refuse(Exception):
+    """Raised by ``on_connect`` under the connect hook: refuse the connection."""
+
+    def __init__(self, reason: str = "", code: int = 4003) -> None:
+        from wsq_worker.protocol import check_close  # noqa: PLC0415 - protocol imports this module
+
+        check_close(code, reason)
+        super().__init__(reason, code)
+        self.reason = reason
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.reason}".rstrip()

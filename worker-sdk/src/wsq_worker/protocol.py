@@ -21,6 +21,7 @@ __all__ = [
     "HANDLER_FAILED",
     "INVALID_FRAME",
     "INVALID_JSON",
+    "MAX_ATTEMPT",
     "OVERLOADED",
     "PROTOCOL_VERSION",
     "RATE_LIMITED",
@@ -30,7 +31,10 @@ __all__ = [
     "Event",
     "EventType",
     "TargetKind",
+    "accept_command",
+    "check_close",
     "check_group",
+    "check_user_id",
     "decode_event",
     "disconnect_command",
     "error_frame",
@@ -40,11 +44,15 @@ __all__ = [
     "leave_command",
     "node_of",
     "push_frame",
+    "refuse_command",
     "reply_frame",
     "send_command",
+    "text_fields",
 ]
 
 PROTOCOL_VERSION = "1"
+MAX_ATTEMPT = 9999
+"""The largest ``attempt`` a message event can carry (four digits, schemas/event.schema.json)."""
 
 # Error codes of $error frames. The gateway sends these six...
 INVALID_JSON = "invalid_json"
@@ -77,7 +85,7 @@ TargetKind: TypeAlias = Literal["connection", "user", "group", "all"]
 _EVENT_TYPES: frozenset[str] = frozenset({"connect", "message", "disconnect"})
 _TARGETS: frozenset[str] = frozenset({"connection", "user", "group", "all"})
 _EVENT_FIELDS = frozenset(
-    {"v", "type", "connection_id", "node", "user_id", "ts", "addr", "frame", "close_code"}
+    {"v", "type", "connection_id", "node", "user_id", "ts", "addr", "frame", "close_code", "attempt", "hook"}
 )
 _CLIENT_FRAME_FIELDS = frozenset({"action", "data", "id"})
 _PING = "$ping"
@@ -89,6 +97,8 @@ _NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONNECTION_ID = re.compile(r"([A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{22}")
 _TS = re.compile(r"[0-9]{1,16}")
 _CLOSE_CODE = re.compile(r"[0-9]{1,4}")
+_ATTEMPT = re.compile(r"[1-9][0-9]{0,3}")
+_HOOK = "1"
 _MAX_ID_LENGTH = 64
 _MAX_REASON_BYTES = 123
 
@@ -98,7 +108,10 @@ class Event:
     """One entry of the inbound stream.
 
     ``action``, ``data`` and ``id`` come from the client's frame (message events only);
-    ``close_code`` is set for disconnect events only.
+    ``close_code`` is set for disconnect events only. ``attempt`` is the event's own count (a
+    message re-queued by ``Retry`` carries the next one; 1 otherwise), not counting redeliveries
+    after a worker died; ``hook`` (connect events only) says the gateway holds the connection until
+    a worker answers with an accept or refuse command.
     """
 
     type: EventType
@@ -112,6 +125,8 @@ class Event:
     data: Any = None
     id: str | None = None
     close_code: int | None = None
+    attempt: int = 1
+    hook: bool = False
 
 
 def is_action_name(name: object) -> bool:
@@ -148,18 +163,28 @@ def _text(value: str | bytes, what: str) -> str:
         raise ProtocolError(f"{what} is not valid UTF-8") from None
 
 
+def text_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, str]:
+    """A stream entry's field map as ``str`` (Redis replies are ``bytes`` unless decoded).
+
+    Raises ``ProtocolError`` when a name or value is not valid UTF-8.
+    """
+    text: dict[str, str] = {}
+    for raw_key, raw_value in fields.items():
+        key = _text(raw_key, "a field name")
+        text[key] = _text(raw_value, f"field {key!r}")
+    return text
+
+
 def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     """Decode the field map of an inbound stream entry (``bytes`` or ``str`` keys and values).
 
     Raises ``ProtocolError`` when it does not follow schemas/event.schema.json, including a
     ``frame`` that is not a valid client frame.
     """
-    event: dict[str, str] = {}
-    for raw_key, raw_value in fields.items():
-        key = _text(raw_key, "a field name")
+    event = text_fields(fields)
+    for key in event:
         if key not in _EVENT_FIELDS:
             raise ProtocolError(f"unknown event field {key!r}")
-        event[key] = _text(raw_value, f"field {key!r}")
 
     version = event.get("v")
     if version != PROTOCOL_VERSION:
@@ -172,22 +197,32 @@ def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     ts = int(_required(event, "ts", _TS))
     user_id = event.get("user_id")
     addr = event.get("addr", "")
+    if "hook" in event and event_type != "connect":
+        raise ProtocolError(f"a {event_type} event has no hook")
 
     if event_type == "message":
         if "close_code" in event:
             raise ProtocolError("a message event has no close_code")
         if "frame" not in event:
             raise ProtocolError("a message event needs a frame")
+        attempt = int(_required(event, "attempt", _ATTEMPT)) if "attempt" in event else 1
         action, data, frame_id = _decode_client_frame(event["frame"])
-        return Event("message", connection_id, node, user_id, ts, addr, action, data, frame_id)
+        return Event(
+            "message", connection_id, node, user_id, ts, addr, action, data, frame_id, attempt=attempt
+        )
     if "frame" in event:
         raise ProtocolError(f"a {event_type} event has no frame")
+    if "attempt" in event:
+        raise ProtocolError(f"a {event_type} event has no attempt")
     if event_type == "disconnect":
         close_code = int(_required(event, "close_code", _CLOSE_CODE))
         return Event("disconnect", connection_id, node, user_id, ts, addr, close_code=close_code)
     if "close_code" in event:
         raise ProtocolError("a connect event has no close_code")
-    return Event("connect", connection_id, node, user_id, ts, addr)
+    hook = event.get("hook")
+    if hook is not None and hook != _HOOK:
+        raise ProtocolError(f"malformed event field 'hook': {hook!r}")
+    return Event("connect", connection_id, node, user_id, ts, addr, hook=hook is not None)
 
 
 def _required(event: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:
@@ -256,18 +291,56 @@ def disconnect_command(
 
     ``target`` and ``to`` as for ``send_command``; ``reason`` is at most 123 bytes of UTF-8.
     """
-    if isinstance(code, bool) or not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
-        raise ValueError(f"close code must be 1000 or 3000-4999, not {code!r}")
-    if not isinstance(reason, str):
-        raise TypeError(f"reason must be a str, not {type(reason).__name__}")
-    if len(reason.encode()) > _MAX_REASON_BYTES:
-        raise ValueError(f"close reason is longer than {_MAX_REASON_BYTES} bytes of UTF-8")
+    check_close(code, reason)
     fields = {"v": PROTOCOL_VERSION, "type": "disconnect", "target": _check_target(target, to)}
     if to is not None:
         fields["to"] = to
     fields["code"] = str(code)
     fields["reason"] = reason
     return fields
+
+
+def accept_command(connection_id: str, user_id: str | None = None) -> dict[str, str]:
+    """An ``accept`` command: the answer to a connect event with ``hook``; the gateway sends
+    ``$connected``. With ``user_id`` the connection takes that user id, else it keeps its own."""
+    node_of(connection_id)
+    fields = {"v": PROTOCOL_VERSION, "type": "accept", "target": "connection", "to": connection_id}
+    if user_id is not None:
+        fields["user_id"] = check_user_id(user_id)
+    return fields
+
+
+def refuse_command(connection_id: str, code: int = 4003, reason: str = "") -> dict[str, str]:
+    """A ``refuse`` command: the answer to a connect event with ``hook``; the gateway closes the
+    socket with ``code`` (1000 or 3000-4999) and ``reason`` (at most 123 bytes of UTF-8)."""
+    check_close(code, reason)
+    node_of(connection_id)
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": "refuse",
+        "target": "connection",
+        "to": connection_id,
+        "code": str(code),
+        "reason": reason,
+    }
+
+
+def check_close(code: int, reason: str) -> None:
+    """ValueError unless ``code`` is 1000 or 3000-4999 and ``reason`` at most 123 bytes of UTF-8
+    (TypeError when ``reason`` is not a str)."""
+    if isinstance(code, bool) or not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
+        raise ValueError(f"close code must be 1000 or 3000-4999, not {code!r}")
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+    if len(reason.encode()) > _MAX_REASON_BYTES:
+        raise ValueError(f"close reason is longer than {_MAX_REASON_BYTES} bytes of UTF-8")
+
+
+def check_user_id(user_id: str) -> str:
+    """``user_id``, or ValueError when it is not a non-empty string."""
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"a user id is a non-empty string, not {user_id!r}")
+    return user_id
 
 
 def join_command(connection_id: str, group: str) -> dict[str, str]:

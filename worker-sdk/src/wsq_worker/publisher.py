@@ -26,6 +26,7 @@ from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_m
 from wsq_worker.protocol import (
     TargetKind,
     check_group,
+    check_user_id,
     disconnect_command,
     join_command,
     leave_command,
@@ -200,7 +201,7 @@ class Route:
 
     @classmethod
     def user(cls, key_prefix: str, user_id: str) -> Route:
-        return cls(key_prefix, "user", _check_user_id(user_id))
+        return cls(key_prefix, "user", check_user_id(user_id))
 
     @classmethod
     def group(cls, key_prefix: str, group: str) -> Route:
@@ -235,12 +236,6 @@ class Route:
         )
         head, tail = constants.node_stream(prefix, "\n").split("\n")
         return FanOutWrite(members, head, tail, fields)
-
-
-def _check_user_id(user_id: str) -> str:
-    if not isinstance(user_id, str) or not user_id:
-        raise ValueError(f"a user id is a non-empty string, not {user_id!r}")
-    return user_id
 
 
 def publish_error(exc: redis.RedisError, *, read: bool = False) -> PublishError:
@@ -366,12 +361,12 @@ class Publisher:
 
     def connections(self, user_id: str) -> list[str]:
         """The ids of the user's connections on every gateway, sorted."""
-        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
         return decode_members(self._read(lambda: self.client.smembers(key)))
 
     def is_online(self, user_id: str) -> bool:
         """Whether the user has at least one connection, on any gateway."""
-        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
         return self._read(lambda: self.client.scard(key)) > 0
 
     def group_members(self, group: str) -> list[str]:
@@ -480,12 +475,12 @@ class AsyncPublisher:
 
     async def connections(self, user_id: str) -> list[str]:
         """See ``Publisher.connections``."""
-        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
         return decode_members(await self._read(lambda: self.client.smembers(key)))
 
     async def is_online(self, user_id: str) -> bool:
         """See ``Publisher.is_online``."""
-        key = constants.user_connections(self.key_prefix, _check_user_id(user_id))
+        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
         return await self._read(lambda: self.client.scard(key)) > 0
 
     async def group_members(self, group: str) -> list[str]:
