@@ -18,18 +18,33 @@ not acceptable, so the page can show the reason. Pushes from the worker to the p
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from wsq_worker import Context, Worker
 
 MAX_NAME = 32
 MAX_TEXT = 500
 
-# Nicknames by connection id. A module-level dict is enough for a demo with ONE worker
-# process. A real app runs several workers (each event goes to any one of them), so it
-# would keep this in its database or in Redis, e.g. a hash ``chat:names``.
-names: dict[str, str] = {}
+# Nicknames by connection id, in a Redis hash: every event goes to any one of the worker
+# processes, so state that must outlive one event lives outside the process (a database
+# or Redis), never in a module-level dict. This app uses the Redis wsq already needs.
+NAMES_KEY = f"{os.environ.get('WSQ_KEY_PREFIX', 'wsq')}:chat:names"
+_redis: aioredis.Redis | None = None
+
+
+def names() -> aioredis.Redis:
+    """The app's Redis client (created on first use, shared by all handlers)."""
+    global _redis  # noqa: PLW0603 - one client per worker process
+    if _redis is None:
+        _redis = aioredis.Redis.from_url(
+            os.environ.get("WSQ_REDIS_URL", "redis://localhost:6379/0"), decode_responses=True
+        )
+    return _redis
+
 
 Reply = dict[str, Any]
 
@@ -53,8 +68,8 @@ async def set_name(ctx: Context, data: object) -> Reply:
         # A plain reply, not an exception: exceptions become `handler_error` for the
         # client and a traceback in our log, which is for bugs, not for bad input.
         return {"ok": False, "error": f"a name is 1 to {MAX_NAME} characters"}
-    old = names.get(ctx.connection_id)
-    names[ctx.connection_id] = name
+    old = await names().hget(NAMES_KEY, ctx.connection_id)
+    await names().hset(NAMES_KEY, ctx.connection_id, name)
     everyone = ctx.publisher.broadcast()
     if old is None:
         await everyone.send("joined", {"name": name, "at": _now()})
@@ -64,7 +79,7 @@ async def set_name(ctx: Context, data: object) -> Reply:
 
 
 async def say(ctx: Context, data: object) -> Reply:
-    name = names.get(ctx.connection_id)
+    name = await names().hget(NAMES_KEY, ctx.connection_id)
     if name is None:
         return {"ok": False, "error": "choose a name first"}
     text = _field(data, "text", MAX_TEXT)
@@ -77,11 +92,16 @@ async def say(ctx: Context, data: object) -> Reply:
 
 async def on_connect(ctx: Context) -> None:
     # ctx.send() pushes to this connection only.
-    await ctx.send("welcome", {"connection_id": ctx.connection_id, "chatting": len(names)})
+    chatting = await names().hlen(NAMES_KEY)
+    await ctx.send("welcome", {"connection_id": ctx.connection_id, "chatting": chatting})
 
 
 async def on_disconnect(ctx: Context) -> None:
-    name = names.pop(ctx.connection_id, None)
+    # Read and delete in one transaction: only one worker ever announces the departure.
+    async with names().pipeline(transaction=True) as pipe:
+        pipe.hget(NAMES_KEY, ctx.connection_id)
+        pipe.hdel(NAMES_KEY, ctx.connection_id)
+        name, _ = await pipe.execute()
     if name is not None:
         await ctx.publisher.broadcast().send("left", {"name": name, "at": _now()})
 
