@@ -6,7 +6,7 @@ import importlib.util
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -35,39 +35,47 @@ class RedisServer:
     ``stop()`` and ``start()`` may be called again to simulate an outage on the same port.
     """
 
-    def __init__(self, *, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
+        self.args = list(args)  # extra redis-server options, e.g. TLS settings
+        self.password = password
         self._dir = tempfile.TemporaryDirectory(prefix="wsq-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "no",
+            "dir": self._dir.name,
+            "loglevel": "warning",
+            "maxclients": "10000",
+        }
+        if self.password:
+            options["requirepass"] = self.password
+        argv = [self.binary]
+        for name, value in options.items():
+            argv += [f"--{name}", value]
         self._proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir.name,
-                "--loglevel",
-                "warning",
-                "--maxclients",
-                "10000",
-            ],
+            [*argv, *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         try:
             wait_until(self._ping(client), timeout=10, message=f"redis-server on {self.port}")
         finally:
@@ -80,7 +88,7 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
             try:
                 return bool(client.ping())
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.AuthenticationError):
                 return False
 
         return ping
