@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import orjson
 import redis
 
 from wsq_devkit import ManagedProcess, wait_until
 
 HERE = Path(__file__).resolve().parent
+# The HS256 secret of gateways started with WSQ_JWT_SECRET=JWT_SECRET.
+JWT_SECRET = "an-integration-test-secret-32-bytes!"
 START_TIMEOUT_S = 20.0
 
 
@@ -54,6 +57,11 @@ class GatewayProcess:
             return self.status("/readyz") == 200
 
         wait_until(ready, timeout=START_TIMEOUT_S, message=f"gateway {self.node_id} ready")
+
+
+def token(user: str, **claims: object) -> str:
+    """A JWT for ``user`` signed with JWT_SECRET."""
+    return jwt.encode({"sub": user, **claims}, JWT_SECRET, algorithm="HS256")
 
 
 def wait_for_consumers(client: redis.Redis, stream: str, count: int) -> None:

@@ -9,22 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 import redis
-from system_harness import Client, GatewayProcess, StartGateway, StartWorker
+from system_harness import JWT_SECRET, Client, GatewayProcess, StartGateway, StartWorker, token
 
 from wsq_devkit import RedisServer, TcpProxy, wait_until, wait_until_async
 from wsq_worker import AsyncPublisher
 
-SECRET = "an-integration-test-secret-32-bytes!"
 # Fast liveness so a dead gateway is noticed within seconds: 0.5 s heartbeats, 2 s timeout.
-FAST = {"WSQ_JWT_SECRET": SECRET, "WSQ_NODE_HEARTBEAT_S": "0.5", "WSQ_NODE_TIMEOUT_S": "2"}
+FAST = {"WSQ_JWT_SECRET": JWT_SECRET, "WSQ_NODE_HEARTBEAT_S": "0.5", "WSQ_NODE_TIMEOUT_S": "2"}
 DEAD_NOTICED_WITHIN_S = 2 + 0.5 + 5  # timeout + heartbeat + slack for a loaded machine
-
-
-def token(user: str) -> str:
-    return jwt.encode({"sub": user}, SECRET, algorithm="HS256")
 
 
 async def connect(session: aiohttp.ClientSession, gateway: GatewayProcess, user: str) -> Client:

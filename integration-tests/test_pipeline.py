@@ -9,15 +9,12 @@ import sys
 import time
 
 import aiohttp
-import jwt
 import pytest
 import redis
-from system_harness import Client, StartGateway, StartWorker
+from system_harness import JWT_SECRET, Client, StartGateway, StartWorker, token
 
 from wsq_devkit import wait_until
 from wsq_devkit.contract import is_valid
-
-SECRET = "an-integration-test-secret-32-bytes!"
 
 
 def is_welcome(frame: dict[str, object]) -> bool:
@@ -126,12 +123,11 @@ async def test_push_to_a_connection_a_user_and_everyone_from_another_process(
     redis_client: redis.Redis,
     key_prefix: str,
 ) -> None:
-    gateway = start_gateway(WSQ_JWT_SECRET=SECRET)
+    gateway = start_gateway(WSQ_JWT_SECRET=JWT_SECRET)
     start_worker()
-    token = {name: jwt.encode({"sub": name}, SECRET, algorithm="HS256") for name in ("ann", "bob")}
-    ann1 = await Client.connect(session, gateway.ws_url, params={"token": token["ann"]})
-    ann2 = await Client.connect(session, gateway.ws_url, headers={"Authorization": f"Bearer {token['ann']}"})
-    bob = await Client.connect(session, gateway.ws_url, params={"token": token["bob"]})
+    ann1 = await Client.connect(session, gateway.ws_url, params={"token": token("ann")})
+    ann2 = await Client.connect(session, gateway.ws_url, headers={"Authorization": f"Bearer {token('ann')}"})
+    bob = await Client.connect(session, gateway.ws_url, params={"token": token("bob")})
     for client in (ann1, ann2, bob):
         await client.receive_until(is_welcome)
     url = redis_client.connection_pool.connection_kwargs
@@ -164,11 +160,9 @@ async def test_connect_and_disconnect_events_reach_the_hooks(
     redis_client: redis.Redis,
     key_prefix: str,
 ) -> None:
-    gateway = start_gateway(WSQ_JWT_SECRET=SECRET)
+    gateway = start_gateway(WSQ_JWT_SECRET=JWT_SECRET)
     start_worker()
-    client = await Client.connect(
-        session, gateway.ws_url, params={"token": jwt.encode({"sub": "u7"}, SECRET)}
-    )
+    client = await Client.connect(session, gateway.ws_url, params={"token": token("u7")})
     await client.receive_until(is_welcome)
     (connected,) = [json.loads(x) for x in redis_client.lrange(f"{key_prefix}:test:connects", 0, -1)]
     assert (connected["connection_id"], connected["user_id"], connected["node"]) == (
@@ -188,18 +182,16 @@ async def test_connect_and_disconnect_events_reach_the_hooks(
 async def test_jwt_is_required_when_configured(
     start_gateway: StartGateway, session: aiohttp.ClientSession
 ) -> None:
-    gateway = start_gateway(WSQ_JWT_SECRET=SECRET)
+    gateway = start_gateway(WSQ_JWT_SECRET=JWT_SECRET)
     for params in (
         {},
         {"token": "nonsense"},
-        {"token": jwt.encode({"sub": "x", "exp": int(time.time()) - 5}, SECRET)},
+        {"token": token("x", exp=int(time.time()) - 5)},
     ):
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
             await session.ws_connect(gateway.ws_url, params=params)
         assert caught.value.status == 401
-    client = await Client.connect(
-        session, gateway.ws_url, params={"token": jwt.encode({"sub": "ok"}, SECRET)}
-    )
+    client = await Client.connect(session, gateway.ws_url, params={"token": token("ok")})
     assert client.user_id == "ok"
     await client.close()
 
