@@ -115,9 +115,13 @@ class FakeGateway:
         return fields
 
     async def connect(
-        self, connection_id: str, *, user_id: str | None = None, addr: str = "203.0.113.7"
+        self, connection_id: str, *, user_id: str | None = None, addr: str = "203.0.113.7", hook: bool = False
     ) -> str:
-        return await self.append(self._event("connect", connection_id, user_id, addr))
+        """A connect event; with ``hook`` the gateway waits for an accept or refuse command."""
+        fields = self._event("connect", connection_id, user_id, addr)
+        if hook:
+            fields["hook"] = "1"
+        return await self.append(fields)
 
     async def message(
         self,
@@ -127,6 +131,7 @@ class FakeGateway:
         *,
         id: str | None = None,
         user_id: str | None = None,
+        attempt: int | None = None,
     ) -> str:
         frame: dict[str, Any] = {"action": action}
         if data is not _MISSING:
@@ -134,6 +139,8 @@ class FakeGateway:
         if id is not None:
             frame["id"] = id
         fields = self._event("message", connection_id, user_id, "203.0.113.7")
+        if attempt is not None:
+            fields["attempt"] = str(attempt)
         fields["frame"] = json.dumps(frame)
         return await self.append(fields)
 

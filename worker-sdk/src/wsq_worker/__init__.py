@@ -8,12 +8,15 @@
 
     worker = Worker({"chat_text": chat_text})   # run it: wsq-worker app:worker
 
+A handler may ``raise Retry(delay)`` to run again later, and ``on_connect`` may ``raise
+Refuse(reason, code)`` under the gateway's connect hook.
+
 ``Publisher``/``AsyncPublisher`` push to connections, users, groups or everyone from any other
 process, manage group membership and answer presence questions.
 """
 
 from wsq_worker.context import Context, Meta
-from wsq_worker.exceptions import ProtocolError, PublishError, WsqError
+from wsq_worker.exceptions import ProtocolError, PublishError, Refuse, Retry, WsqError
 from wsq_worker.presence import ConnectionInfo
 from wsq_worker.publisher import AsyncPublisher, AsyncTarget, Publisher, Target
 from wsq_worker.worker import Handler, LifecycleHandler, Periodic, Worker
@@ -32,6 +35,8 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "Publisher",
+    "Refuse",
+    "Retry",
     "Target",
     "Worker",
     "WsqError",

@@ -70,7 +70,8 @@ class Context:
         self.action = action
         self.id = id
         self.attempt = attempt
-        """How many times this event was delivered; always 1 for now (no redelivery yet)."""
+        """Which attempt this is: 1, then one more for each ``Retry`` and each time the event was
+        claimed from a worker that died (so a handler can tell a first run from a re-run)."""
         self.meta = meta
         self.publisher = publisher
         self._send_frame = send_frame

@@ -1,9 +1,10 @@
 """Batches the worker's Redis writes: replies, pushes and acks, in one pipeline per event-loop tick.
 
 Everything queued while the previous pipeline was in flight goes out in the next one, so a busy
-worker makes one round trip for many events. Within a pipeline the ``XADD``s come first, in the
-order they were queued, then one ``XACK`` and one ``XDEL`` for every acknowledged entry: an event
-is never acknowledged before its reply is written.
+worker makes one round trip for many events. Within a pipeline the writes come first, in the
+order they were queued (``XADD``s of replies, pushes and dead letters, and the scripts putting
+retries in the delayed set), then one ``XACK`` and one ``XDEL`` for every acknowledged entry: an
+event is never acknowledged before its reply, its dead letter or its retry is written.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ from collections.abc import Callable
 import redis
 import redis.asyncio
 
+from wsq_worker.delivery import DELAY_SCRIPT, DelayedWrite
 from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
 
-__all__ = ["Flusher"]
+__all__ = ["Flusher", "FlusherWrite"]
 
 logger = logging.getLogger("wsq_worker.flusher")
 
 _MIN_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
 
+FlusherWrite = StreamWrite | DelayedWrite
+
 
 class Flusher:
-    """Queues ``StreamWrite``s and acks of inbound entries, and writes them in batches.
+    """Queues ``StreamWrite``s, ``DelayedWrite``s and acks of inbound entries, and writes them in batches.
 
     Replies and acks (``queue()``, ``ack()``) are kept and retried while Redis is unavailable;
     ``send()`` waits for its own write and raises ``PublishError`` instead.
@@ -38,8 +42,9 @@ class Flusher:
         self._client = client
         self._inbound_stream = inbound_stream
         self._group = group
-        self._writes: list[tuple[StreamWrite, asyncio.Future[None] | None]] = []
+        self._writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]] = []
         self._acks: list[str] = []
+        self._writing_acks: list[str] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -47,7 +52,7 @@ class Flusher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wsq-flusher")
 
-    def queue(self, write: StreamWrite) -> None:
+    def queue(self, write: FlusherWrite) -> None:
         """Write soon; retried until it succeeds or the worker stops."""
         self._writes.append((write, None))
         self._wakeup.set()
@@ -69,6 +74,11 @@ class Flusher:
     @property
     def backlog(self) -> int:
         return len(self._writes) + len(self._acks)
+
+    @property
+    def pending_acks(self) -> list[str]:
+        """The entries acknowledged here but not yet in Redis (queued, or being written)."""
+        return [*self._writing_acks, *self._acks]
 
     async def close(self, timeout: float) -> None:
         """Flush what is queued, for up to ``timeout`` seconds, then stop."""
@@ -105,6 +115,7 @@ class Flusher:
                 continue
             writes, self._writes = self._writes, []
             acks, self._acks = self._acks, []
+            self._writing_acks = acks
             try:
                 await self._write(writes, acks)
             except Exception as exc:  # Redis unreachable (or a bug): the flusher must go on
@@ -129,13 +140,18 @@ class Flusher:
                 raise
             else:
                 backoff = _MIN_BACKOFF_S
+            finally:
+                self._writing_acks = []
 
     async def _write(
-        self, writes: list[tuple[StreamWrite, asyncio.Future[None] | None]], acks: list[str]
+        self, writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]], acks: list[str]
     ) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for write, _ in writes:
-                pipe.xadd(write.stream, write.xadd_fields, maxlen=write.maxlen, approximate=True)
+                if isinstance(write, StreamWrite):
+                    pipe.xadd(write.stream, write.xadd_fields, maxlen=write.maxlen, approximate=True)
+                else:  # rare (a retry): EVAL, the script is short
+                    pipe.eval(DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)
             if acks:
                 pipe.xack(self._inbound_stream, self._group, *acks)
                 pipe.xdel(self._inbound_stream, *acks)
@@ -143,7 +159,7 @@ class Flusher:
         for (write, done), result in zip(writes, results, strict=False):
             if isinstance(result, Exception):
                 # Redis refused this one command (wrong key type, out of memory...): not retried.
-                logger.error("Redis refused a write to %s: %s", write.stream, result)
+                logger.error("Redis refused a write to %s: %s", _key(write), result)
                 if done is not None and not done.done():
                     done.set_exception(
                         publish_error(result) if isinstance(result, redis.RedisError) else result
@@ -156,11 +172,12 @@ class Flusher:
 
     def _requeue(
         self,
-        writes: list[tuple[StreamWrite, asyncio.Future[None] | None]],
+        writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]],
         acks: list[str],
         error: Callable[[], PublishError],
     ) -> None:
         """Put replies and acks back in front of the queue; fail the writes someone waits for."""
+        self._writing_acks = []
         kept = []
         for write, done in writes:
             if done is None:
@@ -169,3 +186,7 @@ class Flusher:
                 done.set_exception(error())  # one exception object per waiter
         self._writes[:0] = kept
         self._acks[:0] = acks
+
+
+def _key(write: FlusherWrite) -> str:
+    return write.stream if isinstance(write, StreamWrite) else write.key

@@ -106,11 +106,11 @@ _RETRIES = 3
 
 @dataclass(frozen=True, slots=True)
 class StreamWrite:
-    """One ``XADD stream MAXLEN ~ maxlen * fields``."""
+    """One ``XADD stream MAXLEN ~ maxlen * fields`` (without ``MAXLEN`` when ``maxlen`` is None)."""
 
     stream: str
     fields: dict[str, str]
-    maxlen: int
+    maxlen: int | None = None
 
     @property
     def xadd_fields(self) -> dict[FieldT, EncodableT]:

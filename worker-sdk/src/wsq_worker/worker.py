@@ -14,6 +14,7 @@ import signal
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
@@ -23,18 +24,21 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 
-from wsq_worker import constants
+from wsq_worker import constants, delivery
 from wsq_worker.context import Context, Meta
-from wsq_worker.exceptions import ProtocolError
+from wsq_worker.exceptions import ProtocolError, Retry
 from wsq_worker.flusher import Flusher
 from wsq_worker.protocol import (
     HANDLER_ERROR,
+    HANDLER_FAILED,
+    MAX_ATTEMPT,
     UNKNOWN_ACTION,
     Event,
     decode_event,
     error_frame,
     is_action_name,
     reply_frame,
+    text_fields,
 )
 from wsq_worker.publisher import AsyncPublisher, Route, StreamWrite
 
@@ -56,6 +60,9 @@ _MIN_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
+_MOVE_DUE_EVERY_S = 0.25
+_MOVE_DUE_BATCH = 100
+_KEEP_ALIVE_BATCH = 1000
 
 
 class Worker:
@@ -68,6 +75,14 @@ class Worker:
 
     ``every={5.0: fn}`` calls ``fn(publisher)`` every 5 seconds in *each* worker process (run
     one process, or make ``fn`` safe to run several times). Its exceptions are logged.
+
+    Delivery is at least once. An entry whose worker died is claimed by another worker once it
+    was idle for ``claim_idle_ms`` (default ``WSQ_CLAIM_IDLE_MS``, else 15000) and run again with
+    ``ctx.attempt`` one higher; a live worker keeps its entries from being claimed, however long
+    its handlers take. A message handler may ``raise Retry(delay)`` to run again later. A message
+    past ``max_attempts`` (default ``WSQ_MAX_ATTEMPTS``, else 3) goes to the dead-letter stream
+    and its client gets ``$error`` ``handler_failed``. Any other exception is answered with
+    ``$error`` ``handler_error`` once, and not retried.
 
     ``redis_url`` and ``key_prefix`` default to ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX``.
     ``shutdown_timeout`` bounds the wait for in-flight handlers when stopping; ``block_ms`` is
@@ -88,6 +103,8 @@ class Worker:
         consumer_name: str | None = None,
         shutdown_timeout: float = 30.0,
         block_ms: int = 1000,
+        claim_idle_ms: int | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         self.actions = dict(actions or {})
         for name, handler in self.actions.items():
@@ -108,6 +125,8 @@ class Worker:
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.shutdown_timeout = shutdown_timeout
         self.block_ms = block_ms
+        self.claim_idle_ms = constants.claim_idle_ms_from_env() if claim_idle_ms is None else claim_idle_ms
+        self.max_attempts = constants.max_attempts_from_env() if max_attempts is None else max_attempts
         self._running: _Run | None = None
         self._stop_requested = False
 
@@ -160,6 +179,10 @@ class Worker:
             raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.block_ms < 1:
             raise ValueError(f"block_ms must be at least 1, not {self.block_ms}")
+        if self.claim_idle_ms < 1:
+            raise ValueError(f"claim_idle_ms must be at least 1, not {self.claim_idle_ms}")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPT:
+            raise ValueError(f"max_attempts must be 1-{MAX_ATTEMPT}, not {self.max_attempts}")
         self._running = _Run(self)
         if self._stop_requested:
             self._running.request_stop()
@@ -207,9 +230,15 @@ class _Run:
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.slot_freed = asyncio.Event()
-        self.handlers: set[asyncio.Task[None]] = set()
+        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        """Handler tasks by inbound entry id."""
+        self.lost: set[str] = set()
+        """In-flight entries another worker claimed (this one was presumed dead)."""
         self.periodic: set[asyncio.Task[None]] = set()
+        self.keep_alive: asyncio.Task[None] | None = None
         self.inbound = constants.inbound_stream(worker.key_prefix)
+        self.delayed = constants.delayed(worker.key_prefix)
+        self.claim_cursor = "0-0"
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
         self.client = redis.asyncio.Redis.from_url(
             worker.redis_url,
@@ -227,6 +256,9 @@ class _Run:
         )
         self.publisher = AsyncPublisher(client=self.client, key_prefix=worker.key_prefix)
         self.flusher = Flusher(self.client, self.inbound, constants.CONSUMER_GROUP)
+        self.claim_script = self.reader.register_script(delivery.CLAIM_SCRIPT)
+        self.keep_alive_script = self.client.register_script(delivery.KEEP_ALIVE_SCRIPT)
+        self.move_due_script = self.client.register_script(delivery.MOVE_DUE_SCRIPT)
         self.executor = ThreadPoolExecutor(max_workers=worker.concurrency, thread_name_prefix="wsq-handler")
 
     def request_stop(self) -> None:
@@ -239,13 +271,18 @@ class _Run:
             self.flusher.start()
             for interval, periodic in worker.every.items():
                 self.periodic.add(asyncio.create_task(self._run_periodic(interval, periodic)))
+            self.periodic.add(asyncio.create_task(self._move_due_retries(), name="wsq-delayed"))
+            # Until the last ack is written, not only until stop(): in-flight entries stay ours.
+            self.keep_alive = asyncio.create_task(self._keep_alive(), name="wsq-keep-alive")
             await self._read_until_stopped()
             await self._finish_in_flight()
         finally:
             try:
-                for task in self.handlers | self.periodic:  # only left when run_async() was cancelled
+                for task in {*self.in_flight.values(), *self.periodic}:  # only left when cancelled
                     task.cancel()
                 await self.flusher.close(max(worker.shutdown_timeout, 1.0))
+                if self.keep_alive is not None:
+                    self.keep_alive.cancel()
                 await self._forget_consumer()
                 await self.reader.aclose()
                 await self.client.aclose()
@@ -258,27 +295,35 @@ class _Run:
     # Reading the inbound stream.
 
     async def _read_until_stopped(self) -> None:
+        """Read new entries, and claim idle ones every ``claim_idle_ms / 2``, as slots are free."""
         worker = self.worker
         backoff = _MIN_BACKOFF_S
         has_group = False
+        next_claim = self.loop.time()  # at once: entries of a worker that died before we started
         while not self.stopping.is_set():
-            free_slots = worker.concurrency - len(self.handlers)
+            free_slots = worker.concurrency - len(self.in_flight)
             if free_slots <= 0:
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
                 continue
+            count = min(free_slots, _MAX_READ_COUNT)
             try:
                 if not has_group:
                     await self._create_group()
                     has_group = True
+                if self.loop.time() >= next_claim:
+                    more = await self._claim(count)
+                    next_claim = self.loop.time() + (0 if more else worker.claim_idle_ms / 2000)
+                    continue
                 # Not interrupted by stop(): the entries it returns are ours to handle, or they
                 # would stay pending forever. So stopping takes up to block_ms.
+                block_ms = min(worker.block_ms, int((next_claim - self.loop.time()) * 1000))
                 response = await self.reader.xreadgroup(
                     constants.CONSUMER_GROUP,
                     worker.consumer_name,
                     {self.inbound: ">"},
-                    count=min(free_slots, _MAX_READ_COUNT),
-                    block=worker.block_ms,
+                    count=count,
+                    block=max(block_ms, 1),  # 0 would block for ever
                 )
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHALL, a Redis restart...)
@@ -296,9 +341,39 @@ class _Run:
                 continue
             backoff = _MIN_BACKOFF_S
             for entry_id, fields in _stream_entries(response):
-                task = asyncio.create_task(self._handle_entry(entry_id, fields))
-                self.handlers.add(task)
-                task.add_done_callback(self._handler_done)
+                self._start_handler(entry_id, fields, delivered=1)
+
+    async def _claim(self, count: int) -> bool:
+        """Claim and start up to ``count`` entries idle for ``claim_idle_ms``; True if there may be more."""
+        worker = self.worker
+        response = await self.claim_script(
+            keys=[self.inbound],
+            args=[
+                constants.CONSUMER_GROUP,
+                worker.consumer_name,
+                worker.claim_idle_ms,
+                self.claim_cursor,
+                count,
+            ],
+        )
+        self.claim_cursor, claimed = delivery.parse_claim(response)
+        if claimed:
+            logger.warning(
+                "claimed %d entries idle for more than %d ms (their worker died or is stuck): "
+                "running them again",
+                len(claimed),
+                worker.claim_idle_ms,
+            )
+        for entry in claimed:
+            self._start_handler(entry.entry_id, entry.fields, entry.delivered)
+        return len(claimed) == count or self.claim_cursor != "0-0"
+
+    def _start_handler(self, entry_id: str, fields: Mapping[bytes, bytes] | None, delivered: int) -> None:
+        if entry_id in self.in_flight:  # claimed back from ourselves (a keep-alive came late): running
+            return
+        task = asyncio.create_task(self._handle_entry(entry_id, fields, delivered))
+        self.in_flight[entry_id] = task
+        task.add_done_callback(functools.partial(self._handler_done, entry_id))
 
     async def _create_group(self) -> None:
         # From id 0, not $: events appended before the first worker started are handled too.
@@ -323,8 +398,9 @@ class _Run:
                 " and a default handler" if self.worker.default else "",
             )
 
-    def _handler_done(self, task: asyncio.Task[None]) -> None:
-        self.handlers.discard(task)
+    def _handler_done(self, entry_id: str, task: asyncio.Task[None]) -> None:
+        del self.in_flight[entry_id]
+        self.lost.discard(entry_id)
         self.slot_freed.set()
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
@@ -335,17 +411,17 @@ class _Run:
         return self.stopping.is_set()
 
     async def _finish_in_flight(self) -> None:
-        in_flight = self.handlers | self.periodic
+        in_flight = {*self.in_flight.values(), *self.periodic}
         if not in_flight:
             return
         timeout = self.worker.shutdown_timeout
-        if self.handlers:
-            logger.info("waiting for %d in-flight handlers (up to %.0fs)", len(self.handlers), timeout)
+        if self.in_flight:
+            logger.info("waiting for %d in-flight handlers (up to %.0fs)", len(self.in_flight), timeout)
         _, still_running = await asyncio.wait(in_flight, timeout=timeout)
         if still_running:
             logger.error(
                 "%d handlers still running after shutdown_timeout (%.0fs): cancelled; "
-                "their events stay pending in Redis, unacknowledged",
+                "their events stay pending in Redis, unacknowledged, until another worker claims them",
                 len(still_running),
                 timeout,
             )
@@ -368,32 +444,46 @@ class _Run:
 
     # Handling one event.
 
-    async def _handle_entry(self, entry_id: str, fields: Mapping[bytes, bytes] | None) -> None:
-        if fields is None:  # deleted from the stream while pending
+    async def _handle_entry(
+        self, entry_id: str, raw_fields: Mapping[bytes, bytes] | None, delivered: int
+    ) -> None:
+        """Run the entry's handler (or dead-letter it), then acknowledge it, whatever happened.
+
+        ``delivered`` is how often the consumer group handed the entry out (this time included),
+        so its attempt is the event's own plus its redeliveries.
+        """
+        if raw_fields is None:  # deleted from the stream while pending
             self.flusher.ack(entry_id)
             return
         try:
+            fields = text_fields(raw_fields)
             event = decode_event(fields)
         except ProtocolError as exc:
             logger.error("dropped inbound entry %s: %s", entry_id, exc)
         else:
+            entry = _Entry(entry_id, fields, event, event.attempt + delivered - 1)
             try:
-                await self._dispatch(event)
+                if entry.attempt > self.worker.max_attempts:
+                    self._give_up(entry, _gone_error(entry, delivered), attempts=entry.attempt - 1)
+                else:
+                    await self._dispatch(entry)
             except Exception:
                 logger.exception("failed to handle inbound entry %s", entry_id)
+        # In the same tick as the dead letter, the retry or the reply queued above: one pipeline.
         self.flusher.ack(entry_id)
 
-    async def _dispatch(self, event: Event) -> None:
-        worker = self.worker
-        ctx = self._context(event)
+    async def _dispatch(self, entry: _Entry) -> None:
+        worker, event = self.worker, entry.event
+        ctx = self._context(event, entry.attempt)
         if event.type == "message":
-            await self._handle_message(ctx, event)
+            await self._handle_message(ctx, entry)
         elif event.type == "connect":
             await self._run_hook(worker.on_connect, ctx, "on_connect")
         else:
             await self._run_hook(worker.on_disconnect, ctx, "on_disconnect")
 
-    async def _handle_message(self, ctx: Context, event: Event) -> None:
+    async def _handle_message(self, ctx: Context, entry: _Entry) -> None:
+        event = entry.event
         assert event.action is not None
         handler = self.worker.actions.get(event.action, self.worker.default)
         if handler is None:
@@ -402,6 +492,9 @@ class _Run:
             return
         try:
             result = await self._call(handler, ctx, event.data)
+        except Retry as retry:
+            self._retry(entry, retry)
+            return
         except Exception:
             logger.exception(
                 'handler of action "%s" failed (connection %s)', event.action, event.connection_id
@@ -429,6 +522,90 @@ class _Run:
         except Exception:
             logger.exception("%s failed (connection %s)", name, ctx.connection_id)
 
+    def _retry(self, entry: _Entry, retry: Retry) -> None:
+        """Queue the message in the delayed set as its next attempt, or dead-letter it."""
+        event, attempt, max_attempts = entry.event, entry.attempt, self.worker.max_attempts
+        if attempt >= max_attempts:
+            error = f"Retry raised at attempt {attempt} of {max_attempts}"
+            cause = retry.__cause__ or retry.__context__
+            if cause is not None:
+                error += f", after {type(cause).__name__}: {cause}"
+            self._give_up(entry, error, attempts=attempt)
+            return
+        member = delivery.delayed_member(entry.entry_id, entry.fields, attempt + 1)
+        self.flusher.queue(delivery.DelayedWrite(self.delayed, member, round(retry.delay * 1000)))
+        logger.info(
+            'action "%s" (connection %s) asked for a retry: attempt %d of %d in %gs',
+            event.action,
+            event.connection_id,
+            attempt + 1,
+            max_attempts,
+            retry.delay,
+        )
+
+    def _give_up(self, entry: _Entry, error: str, *, attempts: int) -> None:
+        """Move the entry to the dead letters, and tell the client."""
+        event, worker = entry.event, self.worker
+        dead = delivery.dead_letter(entry.fields, error=error, attempts=attempts, worker=worker.consumer_name)
+        self.flusher.queue(StreamWrite(constants.dead_letters(worker.key_prefix), dead))
+        what = f'action "{event.action}"' if event.type == "message" else f"{event.type} event"
+        logger.error(
+            "%s (connection %s, entry %s) failed after %d attempts, moved to the dead letters: %s",
+            what,
+            event.connection_id,
+            entry.entry_id,
+            attempts,
+            error,
+        )
+        if event.type == "message":
+            message = f"the message failed after {attempts} attempt{'' if attempts == 1 else 's'}"
+            self._queue_frame(event.connection_id, error_frame(HANDLER_FAILED, message, event.id))
+
+    # At least once: keeping in-flight entries, moving due retries.
+
+    async def _keep_alive(self) -> None:
+        """Every ``claim_idle_ms / 3``, reset the idle time of the entries this worker holds."""
+        worker = self.worker
+        while True:
+            await asyncio.sleep(worker.claim_idle_ms / 3000)  # a period, not a synchronisation
+            in_flight = list(self.in_flight)
+            held = in_flight + self.flusher.pending_acks
+            if not held:
+                continue
+            refreshed: set[str] = set()
+            try:
+                for ids in delivery.chunks(held, _KEEP_ALIVE_BATCH):
+                    answer = await self.keep_alive_script(
+                        keys=[self.inbound], args=[constants.CONSUMER_GROUP, worker.consumer_name, *ids]
+                    )
+                    refreshed.update(entry_id.decode() for entry_id in answer)
+            except redis.RedisError as exc:
+                logger.warning("could not keep %d in-flight entries: %s", len(held), exc)
+                continue
+            for entry_id in in_flight:
+                if entry_id not in refreshed and entry_id in self.in_flight and entry_id not in self.lost:
+                    self.lost.add(entry_id)
+                    logger.warning(
+                        "inbound entry %s was claimed by another worker while its handler ran here "
+                        "(this worker was presumed dead): it may run twice",
+                        entry_id,
+                    )
+
+    async def _move_due_retries(self) -> None:
+        """Every 0.25 s, move the due messages of the delayed set into the inbound stream."""
+        keys = [self.delayed, self.inbound]
+        while not await self._sleep_unless_stopped(_MOVE_DUE_EVERY_S):
+            try:
+                moved = _MOVE_DUE_BATCH
+                while moved == _MOVE_DUE_BATCH:
+                    moved, malformed = delivery.parse_move(
+                        await self.move_due_script(keys=keys, args=[_MOVE_DUE_BATCH])
+                    )
+                    for member in malformed:
+                        logger.error("dropped a malformed member of %s: %r", self.delayed, member)
+            except redis.RedisError as exc:  # the read loop reports outages
+                logger.debug("could not move due retries: %s", exc)
+
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Await an async function, or run a plain one in the thread pool."""
         if _is_async_callable(fn):
@@ -439,7 +616,7 @@ class _Run:
             result = await result
         return result
 
-    def _context(self, event: Event) -> Context:
+    def _context(self, event: Event, attempt: int) -> Context:
         connection_id = event.connection_id
 
         async def send_frame(frame: str) -> None:
@@ -459,6 +636,7 @@ class _Run:
             publisher=self.publisher,
             send_frame=send_frame,
             loop=self.loop,
+            attempt=attempt,
         )
 
     def _queue_frame(self, connection_id: str, frame: str) -> None:
@@ -476,6 +654,23 @@ class _Run:
                 logger.exception("periodic function %s failed", name)
             # A fixed rate; after a run longer than the interval, the next one starts at once.
             next_run = max(next_run + interval, self.loop.time())
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """An inbound entry being handled: its id, fields (as text), event and attempt."""
+
+    entry_id: str
+    fields: dict[str, str]
+    event: Event
+    attempt: int
+
+
+def _gone_error(entry: _Entry, delivered: int) -> str:
+    """Why an entry past max_attempts was not run: its previous workers died (or it came so)."""
+    if delivered > 1:
+        return f"the worker running attempt {entry.attempt - 1} died or stopped before finishing it"
+    return f"attempt {entry.attempt} is past max_attempts"
 
 
 def _connection_write(key_prefix: str, connection_id: str, frame: str) -> StreamWrite:

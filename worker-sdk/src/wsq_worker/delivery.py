@@ -1,0 +1,212 @@
+"""At least once: claims, keep-alive, retries and dead letters (protocol/README.md), without the loops.
+
+The Lua scripts here run in Redis, so each of their steps is atomic whatever the number of
+workers: a claimed entry comes with its delivery count, a keep-alive never takes an entry back
+from a worker that claimed it, a due retry moves into the inbound stream exactly once, and a
+dead letter is replayed exactly once. The worker (``wsq_worker.worker``) runs them; the
+``wsq-worker dead`` command (``wsq_worker.cli``) lists and replays dead letters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from wsq_worker import codec
+
+__all__ = [
+    "CLAIM_SCRIPT",
+    "DEAD_LETTER_FIELDS",
+    "DELAY_SCRIPT",
+    "KEEP_ALIVE_SCRIPT",
+    "MOVE_DUE_SCRIPT",
+    "REPLAY_SCRIPT",
+    "Claimed",
+    "DelayedWrite",
+    "dead_letter",
+    "delayed_member",
+    "parse_claim",
+    "parse_move",
+]
+
+# Claims entries of the consumer group idle for at least a given time, and reads how often each
+# was delivered (XAUTOCLAIM counts this delivery too). KEYS[1]: the inbound stream. ARGV: group,
+# consumer, min idle (ms), cursor, count. Returns {next cursor, entries, delivery counts}.
+CLAIM_SCRIPT = """
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local counts = {}
+for i, entry in ipairs(claimed[2]) do
+  counts[i] = 0
+  if entry then  -- Redis 6.2 answers nil for an entry deleted while pending
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+    counts[i] = pending[1] and pending[1][4] or 1
+  end
+end
+return {claimed[1], claimed[2], counts}
+"""
+
+# Resets the idle time of entries the consumer still owns, without counting a delivery
+# (XCLAIM ... JUSTID), and leaves alone those another worker claimed meanwhile. KEYS[1]: the
+# inbound stream. ARGV: group, consumer, entry ids. Returns the ids refreshed.
+KEEP_ALIVE_SCRIPT = """
+local mine = {}
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    mine[#mine + 1] = ARGV[i]
+  end
+end
+if #mine > 0 then
+  local command = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], '0'}
+  for _, id in ipairs(mine) do
+    command[#command + 1] = id
+  end
+  command[#command + 1] = 'JUSTID'
+  redis.call(unpack(command))
+end
+return mine
+"""
+
+# Puts a message in the delayed set, due ARGV[1] ms from now on the Redis server's clock (the
+# clock MOVE_DUE_SCRIPT reads, so the hosts' clocks don't matter). KEYS[1]: the delayed set.
+# ARGV: delay (ms), member.
+DELAY_SCRIPT = """
+local now = redis.call('TIME')
+local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], due, ARGV[2])
+return due
+"""
+
+# Moves up to ARGV[1] due members of the delayed set into the inbound stream. KEYS: the delayed
+# set, the inbound stream. A member that is not {"fields": {name: string, ...}} is removed and
+# returned, so it can't block the others. Returns {members moved, malformed members}.
+MOVE_DUE_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+local moved, malformed = 0, {}
+for _, member in ipairs(due) do
+  local ok, entry = pcall(cjson.decode, member)
+  local command = {'XADD', KEYS[2], '*'}
+  if ok and type(entry) == 'table' and type(entry.fields) == 'table' then
+    for name, value in pairs(entry.fields) do
+      if type(name) ~= 'string' or type(value) ~= 'string' then
+        ok = false
+      end
+      command[#command + 1] = name
+      command[#command + 1] = value
+    end
+  else
+    ok = false
+  end
+  if ok and #command > 3 then
+    redis.call(unpack(command))
+    moved = moved + 1
+  else
+    malformed[#malformed + 1] = member
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return {moved, malformed}
+"""
+
+# Moves one dead letter back into the inbound stream: its event's fields, without those the dead
+# letter added and without ``attempt`` (it starts again at 1). KEYS: the dead-letter stream, the
+# inbound stream. ARGV: the entry id, then the names of the fields to drop. Returns 1, or 0 when
+# there is no such entry (already replayed, or never was).
+REPLAY_SCRIPT = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entries == 0 then
+  return 0
+end
+local drop = {}
+for i = 2, #ARGV do
+  drop[ARGV[i]] = true
+end
+local fields = entries[1][2]
+local command = {'XADD', KEYS[2], '*'}
+for i = 1, #fields, 2 do
+  if not drop[fields[i]] then
+    command[#command + 1] = fields[i]
+    command[#command + 1] = fields[i + 1]
+  end
+end
+redis.call(unpack(command))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+DEAD_LETTER_FIELDS = ("error", "attempts", "failed_at", "worker")
+"""The fields a dead letter adds to its event's."""
+REPLAY_DROPS = (*DEAD_LETTER_FIELDS, "attempt")
+"""The fields ``REPLAY_SCRIPT`` leaves out of the replayed event."""
+_MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class DelayedWrite:
+    """One ``EVAL`` of ``DELAY_SCRIPT``: ``member`` due in ``delay_ms``."""
+
+    key: str
+    member: str
+    delay_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An entry ``CLAIM_SCRIPT`` took over, and how many times it was delivered (this time included)."""
+
+    entry_id: str
+    fields: Mapping[bytes, bytes] | None
+    """None when the entry was deleted from the stream while it was pending."""
+    delivered: int
+
+
+def parse_claim(response: Any) -> tuple[str, list[Claimed]]:
+    """(next cursor, claimed entries) of a ``CLAIM_SCRIPT`` reply (``bytes``, undecoded)."""
+    cursor, entries, counts = response
+    claimed = []
+    for entry, delivered in zip(entries, counts, strict=True):
+        if not entry:  # deleted while pending (Redis 6.2; Redis 7 drops it from the group itself)
+            continue
+        entry_id, flat = entry
+        fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
+        claimed.append(Claimed(_text(entry_id), fields, int(delivered)))
+    return _text(cursor), claimed
+
+
+def parse_move(response: Any) -> tuple[int, list[str]]:
+    """(members moved, malformed members removed) of a ``MOVE_DUE_SCRIPT`` reply."""
+    moved, malformed = response
+    return int(moved), [_text(member) for member in malformed]
+
+
+def delayed_member(entry_id: str, fields: Mapping[str, str], attempt: int) -> str:
+    """The delayed-set member re-running the event ``fields`` of inbound entry ``entry_id`` as
+    attempt ``attempt``. The entry id (``retry_of``) keeps two retries of equal messages apart."""
+    return codec.dumps({"retry_of": entry_id, "fields": {**fields, "attempt": str(attempt)}})
+
+
+def dead_letter(fields: Mapping[str, str], *, error: str, attempts: int, worker: str) -> dict[str, str]:
+    """The dead-letter entry of an event: its fields plus ``error``, ``attempts``, ``failed_at``
+    (milliseconds since the epoch) and ``worker`` (the consumer that gave up)."""
+    if len(error) > _MAX_ERROR_CHARS:
+        error = error[: _MAX_ERROR_CHARS - 1] + "…"
+    extra = {
+        "error": error,
+        "attempts": str(attempts),
+        "failed_at": str(time.time_ns() // 1_000_000),
+        "worker": worker,
+    }
+    return {**{name: value for name, value in fields.items() if name not in extra}, **extra}
+
+
+def chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    """``items`` in lists of at most ``size`` (a script's arguments stay few)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
