@@ -26,7 +26,7 @@ import redis.backoff
 
 from wsq_worker import constants, delivery
 from wsq_worker.context import Context, Meta
-from wsq_worker.exceptions import ProtocolError, Retry
+from wsq_worker.exceptions import ProtocolError, Refuse, Retry
 from wsq_worker.flusher import Flusher
 from wsq_worker.protocol import (
     HANDLER_ERROR,
@@ -34,9 +34,12 @@ from wsq_worker.protocol import (
     MAX_ATTEMPT,
     UNKNOWN_ACTION,
     Event,
+    accept_command,
     decode_event,
     error_frame,
     is_action_name,
+    node_of,
+    refuse_command,
     reply_frame,
     text_fields,
 )
@@ -49,7 +52,11 @@ logger = logging.getLogger("wsq_worker.worker")
 Handler: TypeAlias = Callable[[Context, Any], Any]
 """``async def handler(ctx, data)`` or ``def handler(ctx, data)``; the return value is the reply."""
 LifecycleHandler: TypeAlias = Callable[[Context], Any]
-"""``on_connect(ctx)`` / ``on_disconnect(ctx)``, ``async def`` or plain ``def``."""
+"""``on_connect(ctx)`` / ``on_disconnect(ctx)``, ``async def`` or plain ``def``.
+
+Under the gateway's connect hook the return value of ``on_connect`` decides: a non-empty ``str``
+accepts the connection with that user id, ``None`` or ``True`` accepts it as it is, ``False``
+refuses it (close code 4003), and ``raise Refuse(reason, code)`` refuses it with those."""
 Periodic: TypeAlias = Callable[[AsyncPublisher], Any]
 """``fn(publisher)`` run every N seconds by ``Worker(every={N: fn})``, ``async def`` or plain ``def``."""
 
@@ -63,6 +70,11 @@ _COMMAND_TIMEOUT_S = 10.0
 _MOVE_DUE_EVERY_S = 0.25
 _MOVE_DUE_BATCH = 100
 _KEEP_ALIVE_BATCH = 1000
+# The connect hook's answers: on_connect returned False; on_connect failed (an exception, a
+# return value that means nothing, or its attempts used up). 1011, the WebSocket code for a
+# server error, is not a code a refuse command may carry (1000 or 3000-4999): 3011 is wsq's.
+REFUSED = (4003, "refused")
+HOOK_FAILED = (3011, "connect hook failed")
 
 
 class Worker:
@@ -477,6 +489,8 @@ class _Run:
         ctx = self._context(event, entry.attempt)
         if event.type == "message":
             await self._handle_message(ctx, entry)
+        elif event.hook:
+            await self._connect_hook(ctx)
         elif event.type == "connect":
             await self._run_hook(worker.on_connect, ctx, "on_connect")
         else:
@@ -519,8 +533,33 @@ class _Run:
             return
         try:
             await self._call(hook, ctx)
+        except Refuse as refuse:
+            logger.error(
+                "on_connect raised Refuse(%s) for connection %s, but the gateway does not run the "
+                "connect hook (WSQ_CONNECT_HOOK): the connection stays open",
+                refuse,
+                ctx.connection_id,
+            )
         except Exception:
             logger.exception("%s failed (connection %s)", name, ctx.connection_id)
+
+    async def _connect_hook(self, ctx: Context) -> None:
+        """Run ``on_connect`` for a connection the gateway holds, and answer: accept or refuse."""
+        connection_id, on_connect = ctx.connection_id, self.worker.on_connect
+        if on_connect is None:
+            answer = accept_command(connection_id)
+        else:
+            try:
+                result = await self._call(on_connect, ctx)
+            except Refuse as refuse:
+                logger.info("on_connect refused connection %s: %s", connection_id, refuse)
+                answer = refuse_command(connection_id, refuse.code, refuse.reason)
+            except Exception:
+                logger.exception("on_connect failed (connection %s): refusing it", connection_id)
+                answer = refuse_command(connection_id, *HOOK_FAILED)
+            else:
+                answer = _hook_answer(connection_id, result)
+        self._queue_command(connection_id, answer)
 
     def _retry(self, entry: _Entry, retry: Retry) -> None:
         """Queue the message in the delayed set as its next attempt, or dead-letter it."""
@@ -544,7 +583,7 @@ class _Run:
         )
 
     def _give_up(self, entry: _Entry, error: str, *, attempts: int) -> None:
-        """Move the entry to the dead letters, and tell the client."""
+        """Move the entry to the dead letters, and tell the client (its gateway, for a hook)."""
         event, worker = entry.event, self.worker
         dead = delivery.dead_letter(entry.fields, error=error, attempts=attempts, worker=worker.consumer_name)
         self.flusher.queue(StreamWrite(constants.dead_letters(worker.key_prefix), dead))
@@ -560,6 +599,8 @@ class _Run:
         if event.type == "message":
             message = f"the message failed after {attempts} attempt{'' if attempts == 1 else 's'}"
             self._queue_frame(event.connection_id, error_frame(HANDLER_FAILED, message, event.id))
+        elif event.hook:
+            self._queue_command(event.connection_id, refuse_command(event.connection_id, *HOOK_FAILED))
 
     # At least once: keeping in-flight entries, moving due retries.
 
@@ -642,6 +683,11 @@ class _Run:
     def _queue_frame(self, connection_id: str, frame: str) -> None:
         self.flusher.queue(_connection_write(self.worker.key_prefix, connection_id, frame))
 
+    def _queue_command(self, connection_id: str, fields: dict[str, str]) -> None:
+        """Queue a command for the gateway holding ``connection_id``."""
+        node_stream = constants.node_stream(self.worker.key_prefix, node_of(connection_id))
+        self.flusher.queue(StreamWrite(node_stream, fields, constants.NODE_STREAM_MAXLEN))
+
     # Periodic functions.
 
     async def _run_periodic(self, interval: float, fn: Periodic) -> None:
@@ -671,6 +717,23 @@ def _gone_error(entry: _Entry, delivered: int) -> str:
     if delivered > 1:
         return f"the worker running attempt {entry.attempt - 1} died or stopped before finishing it"
     return f"attempt {entry.attempt} is past max_attempts"
+
+
+def _hook_answer(connection_id: str, result: object) -> dict[str, str]:
+    """The command answering a connect hook whose ``on_connect`` returned ``result``."""
+    if result is None or result is True:
+        return accept_command(connection_id)
+    if result is False:
+        return refuse_command(connection_id, *REFUSED)
+    if isinstance(result, str) and result:
+        return accept_command(connection_id, result)
+    logger.error(
+        "on_connect returned %r for connection %s: expected a user id (non-empty str), None, True or "
+        "False; refusing it",
+        result,
+        connection_id,
+    )
+    return refuse_command(connection_id, *HOOK_FAILED)
 
 
 def _connection_write(key_prefix: str, connection_id: str, frame: str) -> StreamWrite:
