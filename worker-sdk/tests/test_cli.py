@@ -99,10 +99,19 @@ def test_cli_options_override_the_worker_and_the_environment(
     redis_url: str, key_prefix: str, client: redis.Redis
 ) -> None:
     unreachable = f"redis://127.0.0.1:{free_port()}/0"
-    environment = {"WSQ_REDIS_URL": unreachable, "WSQ_KEY_PREFIX": "not-this-one"}
+    environment = {
+        "WSQ_REDIS_URL": unreachable,
+        "WSQ_KEY_PREFIX": "not-this-one",
+        "WSQ_CLAIM_IDLE_MS": "1",
+        "WSQ_MAX_ATTEMPTS": "1",
+    }
     options = [
         "--concurrency",
         "7",
+        "--claim-idle-ms",
+        "4500",
+        "--max-attempts",
+        "5",
         "--redis-url",
         redis_url,
         "--key-prefix",
@@ -115,7 +124,12 @@ def test_cli_options_override_the_worker_and_the_environment(
     ):
         append_message(client, key_prefix, "settings", None, "r1")
         [frame] = wait_for_frames(client, key_prefix, 1)
-        assert frame["data"] == {"concurrency": 7, "key_prefix": key_prefix}
+        assert frame["data"] == {
+            "concurrency": 7,
+            "key_prefix": key_prefix,
+            "claim_idle_ms": 4500,
+            "max_attempts": 5,
+        }
 
 
 @pytest.mark.parametrize(
@@ -143,9 +157,14 @@ def test_help_documents_everything() -> None:
         "--redis-url",
         "--key-prefix",
         "--log-level",
+        "--claim-idle-ms",
+        "--max-attempts",
         "WSQ_REDIS_URL",
         "WSQ_KEY_PREFIX",
+        "WSQ_CLAIM_IDLE_MS",
+        "WSQ_MAX_ATTEMPTS",
         "SIGTERM",
+        "wsq-worker dead",
     ):
         assert text in result.stdout
 

@@ -1,18 +1,26 @@
-"""The ``wsq-worker`` command (also ``python -m wsq_worker``)."""
+"""The ``wsq-worker`` command (also ``python -m wsq_worker``): run a worker, or list and replay
+dead letters (``wsq-worker dead list|replay``)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
 
 from wsq_worker import __version__, constants
+from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
 from wsq_worker.worker import Worker
 
-__all__ = ["build_parser", "load_worker", "main"]
+__all__ = ["build_dead_parser", "build_parser", "load_worker", "main"]
 
 _DESCRIPTION = """\
 Run a wsq worker: handle the events the wsq gateways append to Redis.
@@ -20,19 +28,40 @@ Run a wsq worker: handle the events the wsq gateways append to Redis.
 TARGET is MODULE:ATTRIBUTE, like uvicorn's: the module is imported (the current directory
 comes first on sys.path) and ATTRIBUTE is a wsq_worker.Worker, or a function taking no
 arguments that returns one. The options below override the Worker's own settings.
+
+`wsq-worker dead list|replay` lists and replays dead letters (see `wsq-worker dead --help`).
 """
 
 _EPILOG = f"""\
 environment:
-  {constants.REDIS_URL_ENV}    Redis URL when neither --redis-url nor the Worker sets one
-                   (default {constants.DEFAULT_REDIS_URL})
-  {constants.KEY_PREFIX_ENV}   prefix of every Redis key (default {constants.DEFAULT_KEY_PREFIX})
+  {constants.REDIS_URL_ENV}      Redis URL when neither --redis-url nor the Worker sets one
+                     (default {constants.DEFAULT_REDIS_URL})
+  {constants.KEY_PREFIX_ENV}     prefix of every Redis key (default {constants.DEFAULT_KEY_PREFIX})
+  {constants.CLAIM_IDLE_MS_ENV}  --claim-idle-ms when neither it nor the Worker sets one
+                     (default {constants.DEFAULT_CLAIM_IDLE_MS})
+  {constants.MAX_ATTEMPTS_ENV}   --max-attempts when neither it nor the Worker sets one
+                     (default {constants.DEFAULT_MAX_ATTEMPTS})
 
 SIGINT or SIGTERM stops reading events, lets in-flight handlers finish (up to the
 Worker's shutdown_timeout), writes their replies and exits with status 0.
 
 example:
   wsq-worker chat.app:worker --concurrency 50 --log-level debug
+"""
+
+_DEAD_DESCRIPTION = f"""\
+List or replay the dead letters: the events that used up their attempts (a handler that
+raised Retry every time, or workers that died running it), kept in the stream
+{{prefix}}:dead with their last error.
+
+  wsq-worker dead list [--count N] [--json]
+  wsq-worker dead replay ID [ID ...]
+  wsq-worker dead replay --all
+
+replay puts each event back into {{prefix}}:inbound as a new event (attempt 1) and
+removes it from the dead letters, atomically: each one is replayed once, even when
+two replays run at the same time. Redis: --redis-url and --key-prefix, else
+{constants.REDIS_URL_ENV} and {constants.KEY_PREFIX_ENV}.
 """
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -58,9 +87,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {constants.KEY_PREFIX_ENV})"
     )
     parser.add_argument(
+        "--claim-idle-ms",
+        type=_positive_int,
+        metavar="MS",
+        help=f"claim entries of dead workers idle this long (overrides {constants.CLAIM_IDLE_MS_ENV})",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        metavar="N",
+        help=f"attempts before a message goes to the dead letters (overrides {constants.MAX_ATTEMPTS_ENV})",
+    )
+    parser.add_argument(
         "--log-level", choices=_LOG_LEVELS, default="info", help="logging level (default: info)"
     )
     parser.add_argument("--version", action="version", version=f"wsq-worker {__version__}")
+    return parser
+
+
+def build_dead_parser() -> argparse.ArgumentParser:
+    """The parser of ``wsq-worker dead ...`` (what follows ``dead``)."""
+    redis_options = argparse.ArgumentParser(add_help=False)
+    redis_options.add_argument(
+        "--redis-url", metavar="URL", help=f"Redis URL (overrides {constants.REDIS_URL_ENV})"
+    )
+    redis_options.add_argument(
+        "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {constants.KEY_PREFIX_ENV})"
+    )
+    parser = argparse.ArgumentParser(
+        prog="wsq-worker dead",
+        description=_DEAD_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,replay}")
+    listing = commands.add_parser(
+        "list",
+        parents=[redis_options],
+        help="print the dead letters, oldest first, one per line",
+        description="Print the dead letters, oldest first, one per line: id, action, connection id, "
+        "attempts, failed_at and error.",
+    )
+    listing.add_argument(
+        "--count", type=_positive_int, default=100, metavar="N", help="at most N entries (default 100)"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per line, with every field")
+    replay = commands.add_parser(
+        "replay",
+        parents=[redis_options],
+        help="put dead letters back into the inbound stream",
+        description="Put dead letters back into the inbound stream, as new events (attempt 1).",
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", default=[], metavar="ID", help="the dead letters to replay")
+    which.add_argument("--all", action="store_true", help="every dead letter there is now")
     return parser
 
 
@@ -94,8 +173,11 @@ def load_worker(target: str) -> Worker:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["dead"]:  # else a TARGET, even a module named dead
+        return dead_main(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
@@ -109,8 +191,118 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.redis_url = args.redis_url
     if args.key_prefix is not None:
         worker.key_prefix = args.key_prefix
+    if args.claim_idle_ms is not None:
+        worker.claim_idle_ms = args.claim_idle_ms
+    if args.max_attempts is not None:
+        worker.max_attempts = args.max_attempts
     worker.run()
     return 0
+
+
+def dead_main(argv: Sequence[str]) -> int:
+    """``wsq-worker dead list|replay ...``; the exit status (1 when Redis failed or an ID was missing)."""
+    parser = build_dead_parser()
+    args = parser.parse_args(argv)
+    if args.command == "replay":
+        malformed = [entry_id for entry_id in args.ids if not _ENTRY_ID.fullmatch(entry_id)]
+        if malformed:
+            parser.error(f"not a stream entry id (like 1764316800123-0): {', '.join(malformed)}")
+    client = redis.Redis.from_url(args.redis_url or constants.redis_url_from_env(), decode_responses=True)
+    prefix = args.key_prefix or constants.key_prefix_from_env()
+    try:
+        if args.command == "list":
+            return _dead_list(client, prefix, args.count, as_json=args.json)
+        return _dead_replay(client, prefix, args.ids, replay_all=args.all)
+    except redis.RedisError as exc:
+        print(f"wsq-worker dead: Redis failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_REPLAY_BATCH = 100
+
+
+def _dead_list(client: redis.Redis, prefix: str, count: int, *, as_json: bool) -> int:
+    key = constants.dead_letters(prefix)
+    entries: list[tuple[str, dict[str, str]]] = client.xrange(key, count=count)  # type: ignore[assignment]
+    for entry_id, fields in entries:
+        print(json.dumps(_dead_json(entry_id, fields)) if as_json else _dead_line(entry_id, fields))
+    left = int(client.xlen(key)) - len(entries)
+    if left > 0:
+        print(f"... and {left} more (--count)", file=sys.stderr)
+    return 0
+
+
+def _dead_line(entry_id: str, fields: dict[str, str]) -> str:
+    error = fields.get("error", "").replace("\n", "\\n")
+    failed_at = _failed_at(fields)
+    return (
+        f"{entry_id}  {_action(fields)}  {fields.get('connection_id', '?')}  "
+        f"attempts={fields.get('attempts', '?')}  "
+        f"failed_at={failed_at.isoformat(timespec='milliseconds') if failed_at else '?'}  error={error}"
+    )
+
+
+def _dead_json(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    attempts = fields.get("attempts", "")
+    failed_at = fields.get("failed_at", "")
+    return {
+        "id": entry_id,
+        "action": _action(fields),
+        "connection_id": fields.get("connection_id"),
+        "attempts": int(attempts) if attempts.isdigit() else None,
+        "error": fields.get("error"),
+        "failed_at": int(failed_at) if failed_at.isdigit() else None,
+        "worker": fields.get("worker"),
+        "event": {name: value for name, value in fields.items() if name not in DEAD_LETTER_FIELDS},
+    }
+
+
+def _action(fields: dict[str, str]) -> str:
+    """A message's action, or ``(connect)``/``(disconnect)`` for the other events."""
+    if fields.get("type") != "message":
+        return f"({fields.get('type', '?')})"
+    try:
+        action = json.loads(fields.get("frame", ""))["action"]
+    except (ValueError, TypeError, KeyError):
+        return "?"
+    return action if isinstance(action, str) else "?"
+
+
+def _failed_at(fields: dict[str, str]) -> datetime | None:
+    text = fields.get("failed_at", "")
+    return datetime.fromtimestamp(int(text) / 1000, tz=UTC) if text.isdigit() else None
+
+
+def _dead_replay(client: redis.Redis, prefix: str, ids: list[str], *, replay_all: bool) -> int:
+    dead, inbound = constants.dead_letters(prefix), constants.inbound_stream(prefix)
+    script = client.register_script(REPLAY_SCRIPT)
+    replayed, missing = 0, []
+    for entry_id in _every_dead_letter(client, dead) if replay_all else ids:
+        if script(keys=[dead, inbound], args=[entry_id, *REPLAY_DROPS]):
+            replayed += 1
+        else:
+            missing.append(entry_id)
+    print(f"replayed {replayed} dead letter{'' if replayed == 1 else 's'} into {inbound}")
+    for entry_id in missing:
+        print(f"wsq-worker dead: no dead letter {entry_id} (already replayed?)", file=sys.stderr)
+    return 1 if missing and not replay_all else 0
+
+
+def _every_dead_letter(client: redis.Redis, dead: str) -> Iterator[str]:
+    """The ids of the dead letters there are now (not those a replayed event adds meanwhile)."""
+    last: list[tuple[str, Any]] = client.xrevrange(dead, count=1)  # type: ignore[assignment]
+    if not last:
+        return
+    end, start = last[0][0], "-"
+    while True:
+        batch: list[tuple[str, Any]] = client.xrange(dead, min=start, max=end, count=_REPLAY_BATCH)  # type: ignore[assignment]
+        yield from (entry_id for entry_id, _ in batch)
+        if len(batch) < _REPLAY_BATCH:
+            return
+        start = f"({batch[-1][0]}"
 
 
 def _positive_int(text: str) -> int:

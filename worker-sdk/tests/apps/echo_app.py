@@ -21,7 +21,12 @@ async def slow(ctx: Context, seconds: float) -> str:
 async def settings(ctx: Context, data: Any) -> dict[str, Any]:
     """The settings of the worker make_worker() made, after the command line's overrides."""
     [made] = made_workers
-    return {"concurrency": made.concurrency, "key_prefix": made.key_prefix}
+    return {
+        "concurrency": made.concurrency,
+        "key_prefix": made.key_prefix,
+        "claim_idle_ms": made.claim_idle_ms,
+        "max_attempts": made.max_attempts,
+    }
 
 
 worker = Worker({"echo": echo, "slow": slow}, block_ms=200)

@@ -1,0 +1,204 @@
+"""``python -m wsq_worker dead list|replay`` as a real process, on dead letters a real Worker made."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from datetime import datetime
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from wsq_devkit import free_port, wait_until_async
+from wsq_worker import Context, Retry
+
+
+async def wsq_worker(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m wsq_worker args...`` in a thread, so the test's worker keeps running."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "wsq_worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def redis_options(redis_url: str, key_prefix: str) -> list[str]:
+    return ["--redis-url", redis_url, "--key-prefix", key_prefix]
+
+
+async def make_dead_letters(
+    start_worker: Any, gateway: Any, client: redis.asyncio.Redis, key_prefix: str, count: int
+) -> tuple[list[str], list[int], list[str]]:
+    """``count`` messages that go to the dead letters, then are handled once replayed:
+    (their connection ids, the numbers handled after a replay, the dead letters' ids)."""
+    handled: list[int] = []
+    state = {"broken": True}
+
+    async def charge(ctx: Context, number: int) -> int:
+        if state["broken"]:
+            raise Retry(delay=0)
+        handled.append(number)
+        return ctx.attempt
+
+    await start_worker({"charge": charge}, max_attempts=1)
+    connection_ids = [gateway.new_connection_id() for _ in range(count)]
+    for number, connection_id in enumerate(connection_ids):
+        await gateway.message(connection_id, "charge", number, id=f"c{number}")
+
+    async def all_dead() -> list[str] | None:
+        entries = await client.xrange(f"{key_prefix}:dead")
+        return [entry_id for entry_id, _ in entries] if len(entries) == count else None
+
+    dead_ids = await wait_until_async(all_dead)
+    await gateway.wait_for_commands(count)  # their $error handler_failed
+    state["broken"] = False
+    return connection_ids, handled, dead_ids
+
+
+async def test_dead_list(
+    start_worker: Any,
+    gateway: Any,
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    redis_options: list[str],
+) -> None:
+    connection_ids, _, dead_ids = await make_dead_letters(start_worker, gateway, redis_client, key_prefix, 3)
+    result = await wsq_worker("dead", "list", *redis_options)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line, entry_id, connection_id in zip(lines, dead_ids, connection_ids, strict=True):
+        entry, action, connection, attempts, failed_at, error = line.split("  ")
+        assert (entry, action, connection, attempts) == (entry_id, "charge", connection_id, "attempts=1")
+        assert datetime.fromisoformat(failed_at.removeprefix("failed_at=")).tzinfo is not None
+        assert error == "error=Retry raised at attempt 1 of 1"
+
+    result = await wsq_worker("dead", "list", "--count", "2", "--json", *redis_options)
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert (first["id"], second["id"]) == (dead_ids[0], dead_ids[1])
+    assert first["action"] == "charge"
+    assert first["connection_id"] == connection_ids[0]
+    assert first["attempts"] == 1
+    assert first["error"] == "Retry raised at attempt 1 of 1"
+    assert isinstance(first["failed_at"], int)
+    assert first["worker"]
+    assert json.loads(first["event"]["frame"]) == {"action": "charge", "data": 0, "id": "c0"}
+    assert "and 1 more" in result.stderr
+
+
+async def test_dead_list_of_nothing(redis_options: list[str]) -> None:
+    result = await wsq_worker("dead", "list", *redis_options)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+async def test_dead_replay_runs_the_messages_again(
+    start_worker: Any,
+    gateway: Any,
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    redis_options: list[str],
+) -> None:
+    _, handled, dead_ids = await make_dead_letters(start_worker, gateway, redis_client, key_prefix, 3)
+
+    result = await wsq_worker("dead", "replay", dead_ids[1], *redis_options)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"replayed 1 dead letter into {key_prefix}:inbound"
+    frames = await gateway.wait_for_frames(4)
+    assert frames[3] == {"action": "charge", "data": 1, "id": "c1"}, "attempt 1 again"
+    assert handled == [1]
+    remaining = [entry_id for entry_id, _ in await redis_client.xrange(f"{key_prefix}:dead")]
+    assert remaining == [dead_ids[0], dead_ids[2]]
+
+    result = await wsq_worker("dead", "replay", dead_ids[1], *redis_options)
+    assert result.returncode == 1
+    assert f"no dead letter {dead_ids[1]}" in result.stderr
+
+    result = await wsq_worker("dead", "replay", "--all", *redis_options)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"replayed 2 dead letters into {key_prefix}:inbound"
+    await gateway.wait_for_frames(6)
+    await wait_until_async(gateway.backlog_done)
+    assert sorted(handled) == [0, 1, 2]
+    assert await redis_client.xlen(f"{key_prefix}:dead") == 0
+
+
+async def test_replayed_event_is_the_original_one(
+    gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str], schemas: Any
+) -> None:
+    """The dead letter's own fields and ``attempt`` are dropped; the event's are kept."""
+    event = {
+        "v": "1",
+        "type": "message",
+        "connection_id": gateway.new_connection_id(),
+        "node": gateway.node,
+        "user_id": "42",
+        "ts": "1795852800123",
+        "addr": "203.0.113.7",
+        "attempt": "3",
+        "frame": json.dumps({"action": "charge", "data": "é"}),
+    }
+    extra = {"error": "boom", "attempts": "3", "failed_at": "1795852800999", "worker": "w-1"}
+    entry_id = await redis_client.xadd(f"{key_prefix}:dead", event | extra)  # type: ignore[arg-type]
+    result = await wsq_worker("dead", "replay", entry_id, *redis_options)
+    assert result.returncode == 0, result.stderr
+    [(_, replayed)] = await redis_client.xrange(f"{key_prefix}:inbound")
+    del event["attempt"]
+    assert replayed == event
+    assert list(replayed) == list(event), "in the same order"
+    schemas.check("event", replayed)
+
+
+async def test_concurrent_replays_move_each_dead_letter_once(
+    gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str]
+) -> None:
+    for number in range(50):
+        fields = {
+            "v": "1",
+            "type": "message",
+            "connection_id": gateway.new_connection_id(),
+            "node": gateway.node,
+            "ts": "1",
+            "frame": json.dumps({"action": "a", "data": number}),
+            "error": "boom",
+            "attempts": "3",
+            "failed_at": "1",
+            "worker": "w",
+        }
+        await redis_client.xadd(f"{key_prefix}:dead", fields)  # type: ignore[arg-type]
+    results = await asyncio.gather(*(wsq_worker("dead", "replay", "--all", *redis_options) for _ in range(3)))
+    assert all(result.returncode == 0 for result in results), [result.stderr for result in results]
+    replayed = [int(result.stdout.split()[1]) for result in results]
+    assert sum(replayed) == 50
+    entries = await redis_client.xrange(f"{key_prefix}:inbound")
+    assert sorted(json.loads(fields["frame"])["data"] for _, fields in entries) == list(range(50))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay"], "one of the arguments ID --all is required"),
+        (["replay", "--all", "1-0"], "not allowed with"),
+        (["replay", "nope"], "not a stream entry id"),
+        ([], "required: {list,replay}"),
+        (["list", "--count", "0"], "must be at least 1"),
+    ],
+)
+async def test_dead_usage_errors(args: list[str], message: str) -> None:
+    result = await wsq_worker("dead", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+async def test_dead_when_redis_is_unreachable() -> None:
+    result = await wsq_worker("dead", "list", "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert result.returncode == 1
+    assert "Redis failed" in result.stderr
+    assert "Traceback" not in result.stderr
