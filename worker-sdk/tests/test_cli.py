@@ -179,3 +179,39 @@ def test_console_script_is_installed() -> None:
 def test_version_matches_pyproject() -> None:
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["version"] == wsq_worker.__version__ == "0.2.0"
+
+
+@pytest.mark.usefixtures("in_apps_directory")
+def test_sigkill_mid_message_the_other_worker_answers(
+    redis_url: str, key_prefix: str, client: redis.Redis
+) -> None:
+    """Two worker processes; the one running a message is SIGKILLed: the other one claims it after
+    --claim-idle-ms and answers, as attempt 2, exactly once."""
+    environment = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix}
+    options = ["crash_app:worker", "--claim-idle-ms", "500"]
+    with (
+        ManagedProcess.python_module("worker-a", "wsq_worker", *options, env=environment) as a,
+        ManagedProcess.python_module("worker-b", "wsq_worker", *options, env=environment) as b,
+    ):
+        workers = {a.pid: a, b.pid: b}
+        for process in workers.values():
+            wait_until(lambda p=process: "reading" in p.output(), timeout=20, message=f"{process.name} reads")
+        append_message(client, key_prefix, "slow_once", None, "r1")
+        [started] = wait_for_frames(client, key_prefix, 1)
+        assert started["action"] == "started"
+        victim = workers.pop(started["data"])
+        [survivor] = workers.values()
+        victim.signal(signal.SIGKILL)  # mid-handler: no ack, no shutdown, nothing written
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+
+        answer = wait_for_frames(client, key_prefix, 2)[1]
+        assert answer == {"action": "slow_once", "data": {"attempt": 2, "pid": survivor.pid}, "id": "r1"}
+
+        def backlog_done() -> bool:
+            inbound = f"{key_prefix}:inbound"
+            return client.xlen(inbound) == 0 and client.xpending(inbound, "workers")["pending"] == 0
+
+        wait_until(backlog_done, timeout=20, message="the entry acknowledged")
+        assert len(wait_for_frames(client, key_prefix, 2)) == 2, "exactly one reply"
+        assert "claimed 1 entries" in survivor.output()
+        assert survivor.running()
