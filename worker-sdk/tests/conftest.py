@@ -123,7 +123,7 @@ class FakeGateway:
             fields["hook"] = "1"
         return await self.append(fields)
 
-    async def message(
+    def message_event(
         self,
         connection_id: str,
         action: str,
@@ -132,7 +132,8 @@ class FakeGateway:
         id: str | None = None,
         user_id: str | None = None,
         attempt: int | None = None,
-    ) -> str:
+    ) -> dict[str, str]:
+        """The fields of a message event, as ``message()`` appends them."""
         frame: dict[str, Any] = {"action": action}
         if data is not _MISSING:
             frame["data"] = data
@@ -142,7 +143,11 @@ class FakeGateway:
         if attempt is not None:
             fields["attempt"] = str(attempt)
         fields["frame"] = json.dumps(frame)
-        return await self.append(fields)
+        return fields
+
+    async def message(self, connection_id: str, action: str, data: Any = _MISSING, **options: Any) -> str:
+        """Append a message event: ``options`` as for ``message_event()``."""
+        return await self.append(self.message_event(connection_id, action, data, **options))
 
     async def disconnect(
         self, connection_id: str, close_code: int = 1001, *, user_id: str | None = None

@@ -33,11 +33,14 @@ def redis_options(redis_url: str, key_prefix: str) -> list[str]:
     return ["--redis-url", redis_url, "--key-prefix", key_prefix]
 
 
-async def make_dead_letters(
-    start_worker: Any, gateway: Any, client: redis.asyncio.Redis, key_prefix: str, count: int
+@pytest.fixture
+async def three_dead_letters(
+    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> tuple[list[str], list[int], list[str]]:
-    """``count`` messages that go to the dead letters, then are handled once replayed:
-    (their connection ids, the numbers handled after a replay, the dead letters' ids)."""
+    """Three messages that went to the dead letters (their handler raised Retry, max_attempts 1)
+    and are handled once replayed: (their connection ids, the numbers handled after a replay,
+    the dead letters' ids). The messages' $error handler_failed are the node stream's first three."""
+    count = 3
     handled: list[int] = []
     state = {"broken": True}
 
@@ -53,7 +56,7 @@ async def make_dead_letters(
         await gateway.message(connection_id, "charge", number, id=f"c{number}")
 
     async def all_dead() -> list[str] | None:
-        entries = await client.xrange(f"{key_prefix}:dead")
+        entries = await redis_client.xrange(f"{key_prefix}:dead")
         return [entry_id for entry_id, _ in entries] if len(entries) == count else None
 
     dead_ids = await wait_until_async(all_dead)
@@ -62,14 +65,8 @@ async def make_dead_letters(
     return connection_ids, handled, dead_ids
 
 
-async def test_dead_list(
-    start_worker: Any,
-    gateway: Any,
-    redis_client: redis.asyncio.Redis,
-    key_prefix: str,
-    redis_options: list[str],
-) -> None:
-    connection_ids, _, dead_ids = await make_dead_letters(start_worker, gateway, redis_client, key_prefix, 3)
+async def test_dead_list(three_dead_letters: Any, redis_options: list[str]) -> None:
+    connection_ids, _, dead_ids = three_dead_letters
     result = await wsq_worker("dead", "list", *redis_options)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -100,13 +97,13 @@ async def test_dead_list_of_nothing(redis_options: list[str]) -> None:
 
 
 async def test_dead_replay_runs_the_messages_again(
-    start_worker: Any,
+    three_dead_letters: Any,
     gateway: Any,
     redis_client: redis.asyncio.Redis,
     key_prefix: str,
     redis_options: list[str],
 ) -> None:
-    _, handled, dead_ids = await make_dead_letters(start_worker, gateway, redis_client, key_prefix, 3)
+    _, handled, dead_ids = three_dead_letters
 
     result = await wsq_worker("dead", "replay", dead_ids[1], *redis_options)
     assert result.returncode == 0, result.stderr
@@ -134,17 +131,7 @@ async def test_replayed_event_is_the_original_one(
     gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str], schemas: Any
 ) -> None:
     """The dead letter's own fields and ``attempt`` are dropped; the event's are kept."""
-    event = {
-        "v": "1",
-        "type": "message",
-        "connection_id": gateway.new_connection_id(),
-        "node": gateway.node,
-        "user_id": "42",
-        "ts": "1795852800123",
-        "addr": "203.0.113.7",
-        "attempt": "3",
-        "frame": json.dumps({"action": "charge", "data": "é"}),
-    }
+    event = gateway.message_event(gateway.new_connection_id(), "charge", "é", user_id="42", attempt=3)
     extra = {"error": "boom", "attempts": "3", "failed_at": "1795852800999", "worker": "w-1"}
     entry_id = await redis_client.xadd(f"{key_prefix}:dead", event | extra)  # type: ignore[arg-type]
     result = await wsq_worker("dead", "replay", entry_id, *redis_options)
@@ -159,19 +146,9 @@ async def test_replayed_event_is_the_original_one(
 async def test_concurrent_replays_move_each_dead_letter_once(
     gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str]
 ) -> None:
+    extra = {"error": "boom", "attempts": "3", "failed_at": "1", "worker": "w"}
     for number in range(50):
-        fields = {
-            "v": "1",
-            "type": "message",
-            "connection_id": gateway.new_connection_id(),
-            "node": gateway.node,
-            "ts": "1",
-            "frame": json.dumps({"action": "a", "data": number}),
-            "error": "boom",
-            "attempts": "3",
-            "failed_at": "1",
-            "worker": "w",
-        }
+        fields = gateway.message_event(gateway.new_connection_id(), "a", number) | extra
         await redis_client.xadd(f"{key_prefix}:dead", fields)  # type: ignore[arg-type]
     results = await asyncio.gather(*(wsq_worker("dead", "replay", "--all", *redis_options) for _ in range(3)))
     assert all(result.returncode == 0 for result in results), [result.stderr for result in results]

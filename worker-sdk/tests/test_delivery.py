@@ -392,14 +392,7 @@ async def test_due_retries_move_exactly_once_with_two_workers(
     connection_id = gateway.new_connection_id()
     members: dict[str, float] = {}
     for number in range(300):
-        fields = {
-            "v": "1",
-            "type": "message",
-            "connection_id": connection_id,
-            "node": gateway.node,
-            "ts": "1795852800123",
-            "frame": json.dumps({"action": "job", "data": number}),
-        }
+        fields = gateway.message_event(connection_id, "job", number)
         members[delayed_member(f"1-{number}", fields, 2)] = 0  # due long ago
     members["not json"] = 0
     await redis_client.zadd(f"{key_prefix}:delayed", members)
@@ -420,24 +413,13 @@ async def test_due_retries_move_exactly_once_with_two_workers(
 async def test_retries_not_yet_due_stay_in_the_delayed_set(
     start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    fields = {
-        "v": "1",
-        "type": "message",
-        "connection_id": gateway.new_connection_id(),
-        "node": gateway.node,
-        "ts": "1",
-        "frame": json.dumps({"action": "job", "id": "now"}),
-    }
+    connection_id = gateway.new_connection_id()
     seconds, _ = await redis_client.time()
+    now = gateway.message_event(connection_id, "job", id="now")
+    later = gateway.message_event(connection_id, "job", id="later")
     await redis_client.zadd(
         f"{key_prefix}:delayed",
-        {
-            delayed_member("1-0", fields, 2): 0,
-            delayed_member("1-1", fields | {"frame": json.dumps({"action": "job", "id": "later"})}, 2): (
-                seconds + 3600
-            )
-            * 1000,
-        },
+        {delayed_member("1-0", now, 2): 0, delayed_member("1-1", later, 2): (seconds + 3600) * 1000},
     )
 
     async def job(ctx: Context, data: Any) -> None:

@@ -207,7 +207,10 @@ _frames = st.dictionaries(st.sampled_from(["action", "data", "id", "extra"]), _f
 @given(frame=_frames)
 def test_decoding_agrees_with_the_schemas(frame: dict[str, Any], schemas: Any) -> None:
     """decode_event accepts a message event exactly when the schemas do (frame included)."""
-    fields = message_event(json.dumps(frame))
+    assert_decodes_as_the_schema_says(message_event(json.dumps(frame)), schemas)
+
+
+def assert_decodes_as_the_schema_says(fields: dict[str, str], schemas: Any) -> None:
     try:
         decode_event(fields)
     except ProtocolError:
@@ -239,13 +242,7 @@ def test_attempt_and_hook_agree_with_the_schemas(
         del fields["frame"]
     if event_type == "disconnect":
         fields["close_code"] = "1000"
-    try:
-        decode_event(fields)
-    except ProtocolError:
-        accepted = False
-    else:
-        accepted = True
-    assert accepted == schemas.is_valid("event", fields), schemas.errors("event", fields)
+    assert_decodes_as_the_schema_says(fields, schemas)
 
 
 # Outbound commands and server frames.

@@ -295,6 +295,7 @@ class _Run:
                 await self.flusher.close(max(worker.shutdown_timeout, 1.0))
                 if self.keep_alive is not None:
                     self.keep_alive.cancel()
+                    await asyncio.wait({self.keep_alive})
                 await self._forget_consumer()
                 await self.reader.aclose()
                 await self.client.aclose()
