@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from wsq_worker import Context, Worker
+from wsq_worker import Context, Refuse, Worker
 
 PREFIX = os.environ.get("WSQ_KEY_PREFIX", "wsq")
 _redis: aioredis.Redis | None = None
@@ -140,3 +140,14 @@ worker_with_default = Worker(
     actions={"echo": echo},
     default=fallback,
 )
+
+
+async def admit(ctx: Context) -> str | None:
+    """The connect hook: refuse addresses in the deny list, name everyone else a guest."""
+    if ctx.meta.client_addr in os.environ.get("SAMPLE_DENY", "").split(","):
+        raise Refuse("not welcome here", code=4403)
+    return f"guest-{ctx.connection_id[-6:]}"
+
+
+# Runs with a gateway started with WSQ_CONNECT_HOOK=true.
+worker_with_hook = Worker(actions={"echo": echo, "whoami": whoami}, on_connect=admit)

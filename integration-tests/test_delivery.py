@@ -1,0 +1,61 @@
+"""At-least-once processing and the connect hook, with real gateway and worker processes."""
+
+from __future__ import annotations
+
+import signal
+
+import aiohttp
+import redis
+from system_harness import Client, StartGateway, StartWorker
+
+from wsq_devkit import wait_until
+
+
+async def test_a_worker_killed_mid_message_still_gets_the_message_answered(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    session: aiohttp.ClientSession,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    gateway = start_gateway()
+    workers = [start_worker(WSQ_CLAIM_IDLE_MS="1000") for _ in range(2)]
+    client = await Client.connect(session, gateway.ws_url)
+    await client.receive_until(lambda f: f["action"] == "welcome")
+    await client.send("slow_async", 2, id="survivor")
+
+    def owner() -> str | None:
+        pending = redis_client.xpending_range(f"{key_prefix}:inbound", "workers", "-", "+", 10)
+        return pending[0]["consumer"] if pending else None
+
+    consumer = wait_until(owner, timeout=10, message="a worker took the message")
+    (victim,) = [w for w in workers if f"-{w.pid}-" in consumer]
+    victim.signal(signal.SIGKILL)
+
+    reply = await client.receive_until(lambda f: f.get("id") == "survivor", timeout=30)
+    assert reply == {"action": "slow_async", "data": "slept", "id": "survivor"}
+    # answered exactly once: the next frame with an id is the one we ask for now
+    assert (await client.request("echo", "next", id="next"))["data"] == "next"
+    assert redis_client.xlen(f"{key_prefix}:inbound") == 0
+    await client.close()
+
+
+async def test_the_connect_hook_names_and_refuses_connections(
+    start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(WSQ_CONNECT_HOOK="true")
+    start_worker("sample_app:worker_with_hook")
+    client = await Client.connect(session, gateway.ws_url)
+    assert client.user_id == f"guest-{client.connection_id[-6:]}"
+    assert (await client.request("whoami", None, id="w"))["data"]["user_id"] == client.user_id
+    await client.close()
+
+
+async def test_the_connect_hook_refusal_reaches_the_client(
+    start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(WSQ_CONNECT_HOOK="true")
+    start_worker("sample_app:worker_with_hook", SAMPLE_DENY="127.0.0.1")
+    ws = await session.ws_connect(gateway.ws_url)
+    msg = await ws.receive(timeout=15)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4403, "not welcome here")
