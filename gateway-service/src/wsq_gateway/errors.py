@@ -43,6 +43,7 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012  # the gateway drains (SIGTERM) or was presumed dead: reconnect
     TRY_AGAIN_LATER = 1013  # the connection could not be registered in Redis
     SLOW_CONSUMER = 3008  # the outgoing buffer passed WSQ_MAX_PENDING_BYTES
+    HOOK_FAILED = 3011  # sent through a worker's refuse: its on_connect failed
 
 
 class GatewayError(Exception):
