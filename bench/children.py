@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -38,6 +39,10 @@ class Child:
             raise
         return child
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     async def ask(self, command: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(command).encode() + b"\n")
@@ -61,7 +66,8 @@ class Child:
                 await self.ask({"cmd": "close"}, 10.0)
                 await asyncio.wait_for(self.proc.wait(), 10.0)
             except (RuntimeError, TimeoutError, ConnectionError):
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+                    self.proc.kill()
                 await self.proc.wait()
 
 
@@ -83,6 +89,10 @@ class Clients:
         self.failed = 0
         self.first_failure = ""
         self.open_seconds = 0.0
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children]
 
     async def ask_all(self, command: Mapping[str, Any], timeout: float) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(c.ask(command, timeout) for c in self.children)))

@@ -47,7 +47,7 @@ def raise_open_files_limit() -> int:
     return hard
 
 
-def machine() -> dict[str, Any]:
+def machine(sources: str) -> dict[str, Any]:
     """The machine and software the numbers were measured on."""
     cpu = next(
         (
@@ -86,11 +86,12 @@ def machine() -> dict[str, Any]:
         },
         "commit": commit.stdout.strip(),
         "uncommitted_src_files": len(changed.stdout.splitlines()),
+        "measured_sources": sources,
         "loadavg": os.getloadavg(),
     }
 
 
-async def run_workload(workload: str, systems: list[str], options: Options) -> dict[str, Any]:
+async def run_workload(workload: str, systems: list[str], options: Options, sources: str) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     started = time.time()
     for name in systems:
@@ -106,7 +107,7 @@ async def run_workload(workload: str, systems: list[str], options: Options) -> d
         "workload": workload,
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
-        "machine": machine(),
+        "machine": machine(sources),
         "sizes": dataclasses.asdict(options.sizes),
         "systems": results,
     }
@@ -123,6 +124,27 @@ def save(doc: dict[str, Any], results_dir: Path) -> None:
     (results_dir / "history" / f"{doc['workload']}-{stamp}.json").write_text(text)
 
 
+def use_sources_of(rev: str, results_dir: Path) -> str:
+    """Export gateway-service/src and worker-sdk/src at ``rev`` and put them first on the
+    children's PYTHONPATH (ahead of the editable installs); return the commit."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    target = results_dir / f"src-{commit}"
+    if not target.exists():
+        target.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, "gateway-service/src", "worker-sdk/src"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    paths = [str(target / "gateway-service" / "src"), str(target / "worker-sdk" / "src")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))
+    return commit
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,6 +157,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="fanout rounds")
     parser.add_argument("--soak-seconds", type=float, help="length of the soak (default 300)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="record wsq's processes with py-spy")
+    parser.add_argument(
+        "--src",
+        metavar="REV",
+        help="measure the gateway and the SDK as committed at REV (git archive), not the working tree",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to save (default bench/results)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results to PATH")
     parser.add_argument(
@@ -176,11 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         sys.exit(f"bench: unknown systems {', '.join(sorted(unknown))}")
     options = options_from(args)
+    sources = "working tree"
+    if args.src:
+        sources = f"commit {use_sources_of(args.src, args.results)}"
+    print(f"bench: measuring the gateway and the SDK of the {sources}", flush=True)
     print(f"bench: open files limit {limit}; systems {', '.join(systems)}", flush=True)
     docs = {}
     failed = False
     for workload in workloads:
-        doc = uvloop.run(run_workload(workload, systems, options))
+        doc = uvloop.run(run_workload(workload, systems, options, sources))
         save(doc, args.results)
         print(render(doc), flush=True)
         docs[workload] = doc

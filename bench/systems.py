@@ -23,6 +23,7 @@ from types import TracebackType
 
 import aiohttp
 import orjson
+import redis
 
 from bench.children import ROOT
 from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until, wait_until_async
@@ -63,12 +64,12 @@ class Wsq(System):
     label = "wsq (gateway + Redis + worker)"
 
     async def start(self, stack: AsyncExitStack) -> Running:
-        redis = stack.enter_context(RedisServer())
+        broker = stack.enter_context(RedisServer())
         port = free_port()
         env = {
             "WSQ_HOST": "127.0.0.1",
             "WSQ_PORT": str(port),
-            "WSQ_REDIS_URL": redis.url,
+            "WSQ_REDIS_URL": broker.url,
             "WSQ_KEY_PREFIX": KEY_PREFIX,
             "WSQ_NODE_ID": "bench",
             "WSQ_LOG_LEVEL": "warning",
@@ -94,8 +95,8 @@ class Wsq(System):
         running = Running(
             self.name,
             f"ws://127.0.0.1:{port}/ws",
-            [sys.executable, "-m", "bench.publish", "wsq", redis.url, KEY_PREFIX],
-            {"server": gateway.pid, "worker": worker.pid},
+            [sys.executable, "-m", "bench.publish", "wsq", broker.url, KEY_PREFIX],
+            {"server": gateway.pid, "worker": worker.pid, "redis": _redis_pid(broker)},
         )
         await _wait_echo(running.ws_url, [gateway, worker])
         return running
@@ -128,11 +129,11 @@ class Channels(System):
 
     async def start(self, stack: AsyncExitStack) -> Running:
         python = str(ensure_peers_venv())
-        redis = stack.enter_context(RedisServer())
+        broker = stack.enter_context(RedisServer())
         port = free_port()
         env = {
             "DJANGO_SETTINGS_MODULE": "bench.peers.channels_app.settings",
-            "BENCH_REDIS_URL": redis.url,
+            "BENCH_REDIS_URL": broker.url,
             "PYTHONPATH": str(ROOT),
         }
         daphne_argv = [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
@@ -147,8 +148,8 @@ class Channels(System):
         running = Running(
             self.name,
             f"ws://127.0.0.1:{port}/ws",
-            [python, "-m", "bench.peers.publish", redis.url],
-            {"server": daphne.pid, "worker": worker.pid},
+            [python, "-m", "bench.peers.publish", broker.url],
+            {"server": daphne.pid, "worker": worker.pid, "redis": _redis_pid(broker)},
         )
         await _wait_echo(running.ws_url, [daphne, worker])
         return running
@@ -171,6 +172,14 @@ def ensure_peers_venv() -> Path:
     subprocess.run([*pip, "-r", str(PEERS_REQUIREMENTS)], check=True)
     stamp.write_text(wanted)
     return python
+
+
+def _redis_pid(server: RedisServer) -> int:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
 
 
 class _LogsOnError:

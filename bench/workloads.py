@@ -24,6 +24,7 @@ FANOUT_STALL_S = 10.0  # a fanout round ends when nothing more arrived for this 
 FANOUT_LIMIT_S = 90.0  # ...or after this long
 PUSH_STALL_S = 3.0
 PUSH_LIMIT_S = 60.0
+PROFILED = ("server", "worker")  # the Python processes of wsq (not Redis)
 
 
 @dataclass(frozen=True)
@@ -84,24 +85,32 @@ class Options:
 
 
 class Window:
-    """CPU used by each process of the system between two moments (and its profile, when asked)."""
+    """CPU used by each process between two moments (and wsq's profiles, when asked).
 
-    def __init__(self, running: Running, options: Options, label: str) -> None:
-        self.pids = running.pids
+    ``extra`` adds the benchmark's own processes (load generators, publisher), whose CPU
+    shows whether the machine itself was the limit.
+    """
+
+    def __init__(
+        self, running: Running, options: Options, label: str, extra: Mapping[str, list[int]] | None = None
+    ) -> None:
+        self.pids = {role: [pid] for role, pid in running.pids.items()} | dict(extra or {})
+        self.profiled = {role: running.pids[role] for role in PROFILED if role in running.pids}
         self.profile_dir = options.profile_dir if running.name == "wsq" else None
         self.label = label
         self.cpu: dict[str, float] = {}
 
+    def _used(self) -> dict[str, float]:
+        return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.pids.items()}
+
     async def measure(self, from_ns: int, to_ns: int) -> None:
         await _sleep_until(from_ns)
-        before = {role: cpu_seconds(pid) for role, pid in self.pids.items()}
-        async with profiling(self.pids, self.profile_dir, self.label):
+        before = self._used()
+        async with profiling(self.profiled, self.profile_dir, self.label):
             await _sleep_until(to_ns)
         seconds = (to_ns - from_ns) / 1e9
-        self.cpu = {
-            role: round(100 * (cpu_seconds(pid) - before[role]) / seconds, 1)
-            for role, pid in self.pids.items()
-        }
+        after = self._used()
+        self.cpu = {role: round(100 * (after[role] - before[role]) / seconds, 1) for role in after}
 
 
 async def _sleep_until(monotonic_ns: int) -> None:
@@ -130,7 +139,7 @@ async def _roundtrips(running: Running, options: Options, load: Load, label: str
         _check_opened(group, load.clients)
         start_ns = time.monotonic_ns() + 300_000_000
         window_from = start_ns + int(sizes.warmup_s * 1e9)
-        window = Window(running, options, label)
+        window = Window(running, options, label, {"clients": group.pids})
         measuring = asyncio.create_task(
             window.measure(window_from, window_from + int(sizes.duration_s * 1e9))
         )
@@ -175,7 +184,7 @@ async def push(running: Running, options: Options) -> dict[str, Any]:
         await group.ask_all({"cmd": "hold"}, 30)
         await publisher.ask({"cmd": "ids", "ids": group.ids}, 30)
         start_ns = time.monotonic_ns()
-        window = Window(running, options, "push")
+        window = Window(running, options, "push", {"clients": group.pids, "publisher": [publisher.pid]})
         measuring = asyncio.create_task(window.measure(start_ns, start_ns + int(sizes.push_seconds * 1e9)))
         command = {"cmd": "push", "seconds": sizes.push_seconds, "concurrency": sizes.push_concurrency}
         pushed = await publisher.ask(command, sizes.push_seconds + 120)
@@ -212,7 +221,8 @@ async def fanout(running: Running, options: Options) -> dict[str, Any]:
         await group.ask_all({"cmd": "hold"}, 60)
         await publisher.ask({"cmd": "ids", "ids": group.ids}, 60)
         result: dict[str, Any] = {"connections": connections, "failed_to_open": group.failed}
-        async with profiling(running.pids, options.profile_dir if running.name == "wsq" else None, "fanout"):
+        profiled = {role: running.pids[role] for role in PROFILED if role in running.pids}
+        async with profiling(profiled, options.profile_dir if running.name == "wsq" else None, "fanout"):
             result["broadcast"] = await _fanout_rounds(group, publisher, {"cmd": "broadcast"}, sizes)
         joined = await publisher.ask({"cmd": "join", "group": GROUP, "concurrency": 64}, 600)
         if joined["ev"] == "unavailable":
