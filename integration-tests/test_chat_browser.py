@@ -19,9 +19,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from system_harness import Client, GatewayProcess, StartWorker  # integration-tests/, next to conftest.py
+from system_harness import GatewayProcess, StartWorker  # integration-tests/, next to conftest.py
 
 from wsq_devkit import ManagedProcess, free_port, wait_until
 
@@ -316,21 +315,3 @@ def test_demo_stops_cleanly(tmp_path: Path, ctrl_c: bool) -> None:
         wait_until(lambda: _group_gone(proc.pid), timeout=10, message="every child of run.py gone")
     finally:
         _kill_group(proc)
-
-
-async def test_the_chat_works_with_several_workers(
-    start_gateway: Callable[..., GatewayProcess], start_worker: StartWorker
-) -> None:
-    """Every event may go to any worker: a name set through one is known to the others."""
-    gateway = start_gateway()
-    workers = [start_worker("examples.chat.worker:worker", cwd=ROOT) for _ in range(2)]
-    async with aiohttp.ClientSession() as session:
-        client = await Client.connect(session, gateway.ws_url)
-        assert (await client.request("set_name", {"name": "Ada"}, id="n"))["data"] == {
-            "ok": True,
-            "name": "Ada",
-        }
-        for n in range(10):
-            reply = await client.request("say", {"text": f"hello {n}"}, id=f"s{n}")
-            assert reply["data"] == {"ok": True}, reply
-    assert all(worker.running() for worker in workers)
