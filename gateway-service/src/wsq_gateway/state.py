@@ -61,6 +61,7 @@ class Gateway:
             on_registry_lost=self.reregister_all,
         )
         self._proxies = settings.proxies
+        self.origins = settings.origins  # parsed once, checked at every upgrade
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -53,7 +53,7 @@ async def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, st
         raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
     if not gateway.started:
         raise web.HTTPServiceUnavailable(text="the gateway is starting: waiting for Redis")
-    origins = settings.origins
+    origins = gateway.origins
     origin = request.headers.get("Origin")
     if origins is not None and origin is not None and origin.rstrip("/") not in origins:
         raise web.HTTPForbidden(text=f"origin {origin} is not allowed")
