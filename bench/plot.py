@@ -11,6 +11,7 @@ from bench.children import ROOT
 
 DEFAULT_PNG = ROOT / "docs" / "benchmarks.png"
 COLORS = {"wsq": "#2a7ab9", "bare": "#9a9a9a", "channels": "#0c4b33"}
+FANOUT_BARS = (("broadcast", "p50"), ("broadcast", "p95"), ("broadcast", "p99"), ("group", "p95"))
 LABELS = {"wsq": "wsq", "bare": "bare aiohttp", "channels": "Django Channels"}
 
 
@@ -33,6 +34,12 @@ def _load(results: Path, workload: str) -> dict[str, Any]:
     return {name: result for name, result in systems.items() if "error" not in result}
 
 
+def _label(value: float) -> str:
+    if not value:
+        return ""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _bars(ax: Any, title: str, ylabel: str, groups: dict[str, dict[str, float | None]], log: bool) -> None:
     """One bar per system in each group (e.g. p50, p95, p99), labelled with its value."""
     systems = [name for name in COLORS if any(name in values for values in groups.values())]
@@ -41,7 +48,7 @@ def _bars(ax: Any, title: str, ylabel: str, groups: dict[str, dict[str, float | 
         xs = [g + index * width for g in range(len(groups))]
         ys = [values.get(system) or 0 for values in groups.values()]
         bars = ax.bar(xs, ys, width, label=LABELS[system], color=COLORS[system])
-        ax.bar_label(bars, labels=[f"{y:,.3g}" if y else "" for y in ys], fontsize=7)
+        ax.bar_label(bars, labels=[_label(y) for y in ys], fontsize=7)
     ax.set_xticks([g + width * (len(systems) - 1) / 2 for g in range(len(groups))], list(groups))
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
@@ -87,9 +94,12 @@ def plot(results: Path, out: Path) -> Path:
     connections = next((r["connections"] for r in fanout.values()), 0)
     _bars(
         axes[1][0],
-        f"fanout (broadcast) to {connections:,} connections, send to receipt",
+        f"fanout to {connections:,} connections, send to receipt",
         "ms (log)",
-        {q: {name: r["broadcast"][f"{q}_ms"] for name, r in fanout.items()} for q in ("p50", "p95", "p99")},
+        {
+            f"{kind} {q}": {name: r[kind].get(f"{q}_ms") for name, r in fanout.items()}
+            for kind, q in FANOUT_BARS
+        },
         log=True,
     )
     idle = _load(results, "idle")
@@ -114,7 +124,8 @@ def plot(results: Path, out: Path) -> Path:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     ax.set_title(
-        f"soak: RSS during {soak['seconds'] / 60:.0f} min of high-load roundtrips" if soak else "soak"
+        f"soak: RSS during {soak['seconds'] / 60:.0f} min of high-load roundtrips" if soak else "soak",
+        fontsize=10,
     )
     fig.suptitle("wsq vs bare aiohttp vs Django Channels (everything on one 2-core machine)")
     fig.tight_layout()

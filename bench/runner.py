@@ -22,6 +22,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -124,13 +125,14 @@ def save(doc: dict[str, Any], results_dir: Path) -> None:
     (results_dir / "history" / f"{doc['workload']}-{stamp}.json").write_text(text)
 
 
-def use_sources_of(rev: str, results_dir: Path) -> str:
-    """Export gateway-service/src and worker-sdk/src at ``rev`` and put them first on the
-    children's PYTHONPATH (ahead of the editable installs); return the commit."""
+def use_sources_of(rev: str) -> str:
+    """Export gateway-service/src and worker-sdk/src at ``rev`` (outside the repository, where
+    no linter sees them) and put them first on the children's PYTHONPATH, ahead of the
+    editable installs; return the commit."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
-    target = results_dir / f"src-{commit}"
+    target = Path(tempfile.gettempdir()) / f"wsq-bench-src-{commit}"
     if not target.exists():
         target.mkdir(parents=True)
         archive = subprocess.run(
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     options = options_from(args)
     sources = "working tree"
     if args.src:
-        sources = f"commit {use_sources_of(args.src, args.results)}"
+        sources = f"commit {use_sources_of(args.src)}"
     print(f"bench: measuring the gateway and the SDK of the {sources}", flush=True)
     print(f"bench: open files limit {limit}; systems {', '.join(systems)}", flush=True)
     docs = {}
