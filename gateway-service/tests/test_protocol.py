@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
+from aiohttp import WSMsgType
+from aiohttp.http_websocket import WebSocketWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +29,7 @@ from wsq_gateway.protocol import (
     pong_frame,
 )
 from wsq_gateway.protocol.envelopes import CommandError
+from wsq_gateway.protocol.frames import wire_text_frame
 
 VALID_CLIENT = examples("valid", "client-frame")
 INVALID_CLIENT = examples("invalid", "client-frame")
@@ -214,3 +218,23 @@ def test_connection_ids_name_their_node_and_are_unguessable() -> None:
 @pytest.mark.parametrize("bad", ["", "nodot", "a.b", "gw-1.tooshort", "bad node.q2uE4nK0m5Zr8VtY1xWb7A"])
 def test_node_of_rejects_what_is_not_a_connection_id(bad: str) -> None:
     assert node_of(bad) is None
+
+
+class _CapturingTransport:
+    def __init__(self) -> None:
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
+async def test_wire_frames_are_byte_for_byte_what_aiohttp_writes(length: int) -> None:
+    payload = b"x" * length
+    transport = _CapturingTransport()
+    writer = WebSocketWriter(SimpleNamespace(_paused=False), transport, use_mask=False)  # type: ignore[arg-type]
+    await writer.send_frame(payload, WSMsgType.TEXT)
+    assert wire_text_frame(payload) == transport.written

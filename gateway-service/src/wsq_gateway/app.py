@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from wsq_gateway.broker.client import redis_client
 from wsq_gateway.broker.outbound import BLOCK_MS
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import get_logger
@@ -22,7 +23,7 @@ REDIS_TIMEOUT_S = 5.0
 
 
 def _redis_client(settings: Settings, timeout: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    return redis_client(
         settings.redis_url,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         socket_timeout=timeout,

@@ -9,7 +9,6 @@ under ``max_pending_bytes`` is closed with 3008, and nobody else waits for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 
 from aiohttp import WSMsgType, web
@@ -17,6 +16,7 @@ from aiohttp import WSMsgType, web
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.protocol.envelopes import Command
+from wsq_gateway.protocol.frames import wire_text_frame
 
 log = get_logger(CONNECTIONS)
 
@@ -33,6 +33,7 @@ class Connection:
         "groups",
         "held",
         "id",
+        "message_head",
         "since_ms",
         "tokens",
         "tokens_at",
@@ -69,6 +70,7 @@ class Connection:
         self.answer: asyncio.Future[Command] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.closing = False
+        self.message_head: tuple[str, ...] | None = None  # cached by Inbound.message()
         self.tokens = 0.0  # rate limit: a token bucket, filled on use (see allow())
         self.tokens_at = 0.0
         self.close_code: int | None = None  # set when the gateway itself closes the socket
@@ -88,15 +90,24 @@ class Connection:
         self.tokens -= 1.0
         return True
 
-    async def deliver(self, frame: bytes, max_pending_bytes: int) -> None:
-        """Write one text frame, in order, without ever waiting on this client."""
+    def deliver(self, frame: bytes, max_pending_bytes: int, wire: bytes | None = None) -> None:
+        """Write one text frame, in order, without ever waiting on this client.
+
+        ``wire`` is the frame already encoded for the socket (``wire_text_frame``), which a
+        fan-out computes once for all its recipients.
+        """
         if self.closing or self.ws.closed:
             return
         if self._outbox is None:
-            if self.transport.get_write_buffer_size() + len(frame) < self.write_limit:
-                # The transport takes it without pausing, so this await does not suspend.
-                with contextlib.suppress(ConnectionError):  # closing: its reader cleans up
-                    await self.ws.send_frame(frame, WSMsgType.TEXT)
+            transport = self.transport
+            if wire is None:
+                wire = wire_text_frame(frame)
+            if transport.get_write_buffer_size() + len(wire) < self.write_limit:
+                # Room in the transport: write now. No await, so no other write can come
+                # between, and nothing else writes to this socket except through here and
+                # aiohttp's own control frames, each written whole.
+                if not transport.is_closing():
+                    transport.write(wire)
                 return
             self._outbox = deque()
         self._outbox.append(frame)
@@ -116,7 +127,7 @@ class Connection:
         self.held = False
         if self._outbox is None:
             self._outbox = deque()
-        self._outbox.appendleft(first_frame)
+        self._outbox.appendleft(first_frame)  # the outbox's frames go through aiohttp's writer
         self._pending_bytes += len(first_frame)
         if self._outbox and self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
@@ -181,6 +192,7 @@ class ConnectionIndex:
         if conn.user_id is not None:
             _discard(self.by_user, conn.user_id, conn)
         conn.user_id = user_id
+        conn.message_head = None
         self.by_user.setdefault(user_id, set()).add(conn)
 
     def join(self, conn: Connection, group: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -64,7 +63,6 @@ class Gateway:
         self.origins = settings.origins  # parsed once, checked at every upgrade
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def reregister_all(self) -> None:
         """Redis restarted empty: record the live connections (and their groups) again."""
@@ -88,11 +86,6 @@ class Gateway:
             if not _within(hop, self._proxies):
                 return hop
         return hops[0] if hops else remote
-
-    def track(self, task: asyncio.Task[Any]) -> None:
-        """Keep a fire-and-forget task referenced until it ends."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 def _within(addr: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

@@ -168,30 +168,27 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> None:
 
     def rejected_by_redis(exc: BrokerUnavailable, frame_id: str | None) -> None:
         message = "the gateway cannot reach Redis; the frame was not queued, send it again later"
-        task = asyncio.create_task(
-            conn.deliver(error_frame(ErrorCode.UNAVAILABLE, message, frame_id), max_pending)
-        )
-        gateway.track(task)
+        conn.deliver(error_frame(ErrorCode.UNAVAILABLE, message, frame_id), max_pending)
 
     while True:
         msg = await ws.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.allow(clock(), rate, burst):
             frame_id = _readable_id(msg.data) if msg.type is WSMsgType.TEXT else None
-            await conn.deliver(error_frame(ErrorCode.RATE_LIMITED, RATE_LIMITED, frame_id), max_pending)
+            conn.deliver(error_frame(ErrorCode.RATE_LIMITED, RATE_LIMITED, frame_id), max_pending)
         elif msg.type is WSMsgType.TEXT:
             try:
                 frame = decode_client_frame(msg.data)
             except FrameError as exc:
-                await conn.deliver(error_frame(exc.code, exc.message, exc.frame_id), max_pending)
+                conn.deliver(error_frame(exc.code, exc.message, exc.frame_id), max_pending)
                 continue
             frame_id = frame.id
             if frame.action == PING:
-                await conn.deliver(pong_frame(frame.data, frame_id), max_pending)
+                conn.deliver(pong_frame(frame.data, frame_id), max_pending)
             elif not gateway.inbound.message(
                 conn, msg.data, functools.partial(rejected_by_redis, frame_id=frame_id)
             ):
-                await conn.deliver(error_frame(ErrorCode.OVERLOADED, OVERLOADED, frame_id), max_pending)
+                conn.deliver(error_frame(ErrorCode.OVERLOADED, OVERLOADED, frame_id), max_pending)
         elif msg.type is WSMsgType.BINARY:
-            await conn.deliver(BINARY_FRAME, max_pending)
+            conn.deliver(BINARY_FRAME, max_pending)
         else:  # CLOSE, CLOSING, CLOSED or ERROR (e.g. a frame over max_msg_size: aiohttp closed with 1009)
             return

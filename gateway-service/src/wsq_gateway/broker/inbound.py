@@ -110,8 +110,12 @@ class Inbound:
         """Queue a validated client frame; False when too many are already waiting."""
         if self._batcher.queued >= self._max_queued or self.backlog >= self._max_backlog:
             return False
-        event = self._event("message", conn, now_ms())
-        command = (*self._xadd(event), "frame", frame)
+        head = conn.message_head
+        if head is None:  # the fields every message of this connection shares, built once
+            fields = self._event("message", conn, 0)
+            del fields["ts"]
+            head = conn.message_head = self._xadd(fields)
+        command = (*head, "ts", str(now_ms()), "frame", frame)
         self._batcher.submit(Write((command,), on_error=on_rejected))
         return True
 

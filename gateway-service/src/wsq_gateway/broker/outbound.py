@@ -17,6 +17,7 @@ from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.protocol.envelopes import Command, CommandError, decode_command
+from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.protocol.keys import Keys
 
 log = get_logger(BROKER)
@@ -72,14 +73,14 @@ class Outbound:
             for raw_stream, entries in response:
                 stream = raw_stream.decode()
                 for _entry_id, fields in entries:
-                    await self._handle(fields)
+                    self._handle(fields)
                 self._positions[stream] = entries[-1][0].decode()
                 if stream == self._node_stream:
                     # Done with everything up to this entry: trim it (the last one stays).
                     trim = ("XTRIM", stream, "MINID", self._positions[stream])
                     self._batcher.submit(Write((trim,)))
 
-    async def _handle(self, fields: dict[bytes, bytes]) -> None:
+    def _handle(self, fields: dict[bytes, bytes]) -> None:
         try:
             command = decode_command(fields)
         except CommandError as exc:
@@ -87,8 +88,9 @@ class Outbound:
             return
         if command.type == "send":
             assert command.frame is not None
+            wire = wire_text_frame(command.frame)  # encoded once, whatever the number of recipients
             for conn in self._targets(command):
-                await conn.deliver(command.frame, self._max_pending)
+                conn.deliver(command.frame, self._max_pending, wire)
         elif command.type == "disconnect":
             for conn in self._targets(command):
                 task = asyncio.create_task(conn.close(command.code, command.reason))
