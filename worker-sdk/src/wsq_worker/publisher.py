@@ -20,7 +20,7 @@ import redis.backoff
 import redis.retry
 from redis.typing import EncodableT, FieldT
 
-from wsq_worker import constants
+from wsq_worker import constants, speedups
 from wsq_worker.exceptions import PublishError
 from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_members
 from wsq_worker.protocol import (
@@ -431,7 +431,7 @@ class AsyncPublisher:
         _check_client_arguments(redis_url, client)
         self.key_prefix = key_prefix or constants.key_prefix_from_env()
         self._owns_client = client is None
-        self.client = client or redis.asyncio.Redis.from_url(
+        self.client = client or speedups.async_redis(
             redis_url or constants.redis_url_from_env(),
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,

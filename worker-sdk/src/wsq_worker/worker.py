@@ -24,7 +24,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 
-from wsq_worker import constants, delivery
+from wsq_worker import constants, delivery, speedups
 from wsq_worker.context import Context, Meta
 from wsq_worker.exceptions import ProtocolError, Refuse, Retry
 from wsq_worker.flusher import Flusher
@@ -145,8 +145,9 @@ class Worker:
     # Running and stopping.
 
     def run(self) -> None:
-        """Run until SIGINT or SIGTERM, then finish in-flight handlers and return."""
-        asyncio.run(self._run_until_signalled())
+        """Run until SIGINT or SIGTERM, then finish in-flight handlers and return (on uvloop
+        when the ``fast`` extra is installed)."""
+        speedups.run(self._run_until_signalled())
 
     async def run_async(self) -> None:
         """Run until ``stop()`` is called, then finish in-flight handlers and return."""
@@ -252,14 +253,14 @@ class _Run:
         self.delayed = constants.delayed(worker.key_prefix)
         self.claim_cursor = "0-0"
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
-        self.client = redis.asyncio.Redis.from_url(
+        self.client = speedups.async_redis(
             worker.redis_url,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=retry,
         )
         # Reads block for block_ms: on a connection of their own, with no retry but ours.
-        self.reader = redis.asyncio.Redis.from_url(
+        self.reader = speedups.async_redis(
             worker.redis_url,
             single_connection_client=True,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
