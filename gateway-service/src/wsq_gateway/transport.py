@@ -102,6 +102,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except BrokerUnavailable as exc:
         gateway.connections.remove(conn)
         _release_addr(gateway, conn.addr)
+        # Redis may have registered it before the reply was lost: forget it (a no-op if not).
+        gateway.inbound.disconnected(conn, CloseCode.TRY_AGAIN_LATER)
         log.warning("could not register a connection", error=str(exc))
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"redis unavailable, try again later")
         return ws

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
-from wsq_gateway.broker.registry import forget_command
+from wsq_gateway.broker.registry import forget_command, register_command
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.protocol.envelopes import EventType, event_fields
@@ -65,10 +65,10 @@ class Inbound:
         """Record the connection and emit its connect event; raise BrokerUnavailable on failure.
 
         With ``hook`` the event asks a worker to accept or refuse the connection."""
-        commands = self._registration(conn)
-        event = self._event("connect", conn, conn.since_ms, hook=hook)
-        commands.append(self._xadd(event))
-        await self._batcher.submit_and_wait(*commands)
+        event = _flatten(self._event("connect", conn, conn.since_ms, hook=hook))
+        await self._batcher.submit_and_wait(
+            register_command(self._keys, conn.id, self._node, conn.since_ms, conn.addr, conn.user_id, event)
+        )
 
     async def set_user(self, conn: Connection, previous: str | None) -> None:
         """Record the user id a worker gave the connection (the connect hook)."""

@@ -1,7 +1,8 @@
 """The connection registry in Redis, and the Lua scripts that keep it exact.
 
-Registering a connection is a plain pipeline (its hash, its node's and user's sets, the
-connect event). Forgetting one is a script, so that removing it from every set — its
+Registering a connection is one script (its hash, its node's and user's sets and its
+connect event, all or nothing). Forgetting one is a script too, so that removing it from
+every set — its
 groups included, which publishers may change at any moment — and appending its single
 ``disconnect`` event happen atomically and at most once. The same script body serves the
 reaper, which forgets the connections of a gateway that died without a goodbye, and the
@@ -101,7 +102,49 @@ return 1
 """
 )
 
+# ARGV: prefix, connection_id, node, since, addr, user_id ('' when anonymous), then the
+# connect event's fields and values. The registry entries and the event are written
+# together or not at all, so a connection whose registration failed either has both (and
+# its clean-up emits the matching disconnect) or neither.
+REGISTER_SCRIPT = """
+local prefix, cid, node, since, addr, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local conn_key = prefix .. ':conn:' .. cid
+if user ~= '' then
+  redis.call('HSET', conn_key, 'node', node, 'since', since, 'addr', addr, 'user_id', user)
+  redis.call('SADD', prefix .. ':user:' .. user .. ':conns', cid)
+else
+  redis.call('HSET', conn_key, 'node', node, 'since', since, 'addr', addr)
+end
+redis.call('SADD', prefix .. ':node:' .. node .. ':conns', cid)
+redis.call('XADD', prefix .. ':inbound', '*', unpack(ARGV, 7))
+return 1
+"""
+
 REAP_BATCH = 500  # connections forgotten per script run: keeps each run short
+
+
+def register_command(
+    keys: Keys,
+    connection_id: str,
+    node: str,
+    since_ms: int,
+    addr: str,
+    user_id: str | None,
+    event: list[str],
+) -> tuple[Any, ...]:
+    """The EVAL that registers a connection and appends its connect event, atomically."""
+    return (
+        "EVAL",
+        REGISTER_SCRIPT,
+        0,
+        keys.prefix,
+        connection_id,
+        node,
+        since_ms,
+        addr,
+        user_id or "",
+        *event,
+    )
 
 
 def forget_command(keys: Keys, connection_id: str, close_code: int) -> tuple[Any, ...]:
