@@ -2,9 +2,8 @@
 
 Registering a connection is one script (its hash, its node's and user's sets and its
 connect event, all or nothing). Forgetting one is a script too, so that removing it from
-every set — its
-groups included, which publishers may change at any moment — and appending its single
-``disconnect`` event happen atomically and at most once. The same script body serves the
+every set — its groups included, which publishers may change at any moment — and
+appending its single ``disconnect`` event happen atomically and at most once. The same script body serves the
 reaper, which forgets the connections of a gateway that died without a goodbye, and the
 heartbeat, which tells a gateway that it was presumed dead.
 
