@@ -10,7 +10,14 @@ from redis.exceptions import RedisError
 
 from wsq_gateway.broker.inbound import now_ms
 from wsq_gateway.connection import Connection
-from wsq_gateway.errors import AuthenticationError, BrokerUnavailable, CloseCode, ErrorCode, FrameError
+from wsq_gateway.errors import (
+    AuthenticationError,
+    BrokerUnavailable,
+    CloseCode,
+    ErrorCode,
+    FrameError,
+    close_code_for,
+)
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.protocol.frames import PING, connected_frame, decode_client_frame, error_frame, pong_frame
 from wsq_gateway.protocol.ids import new_connection_id
@@ -23,6 +30,7 @@ CLOSE_TIMEOUT_S = 2.0  # how long a closing socket waits for the client's close 
 BINARY_FRAME = error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
 OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
+REDIS_UNAVAILABLE = "redis unavailable, try again later"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -103,9 +111,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         gateway.connections.remove(conn)
         _release_addr(gateway, conn.addr)
         # Redis may have registered it before the reply was lost: forget it (a no-op if not).
-        gateway.inbound.disconnected(conn, CloseCode.TRY_AGAIN_LATER)
+        code = close_code_for(exc)
+        gateway.inbound.disconnected(conn, code)
         log.warning("could not register a connection", error=str(exc))
-        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"redis unavailable, try again later")
+        await ws.close(code=code, message=REDIS_UNAVAILABLE.encode())
         return ws
 
     try:
@@ -142,8 +151,8 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
         gateway.connections.set_user(conn, answer.user_id)
         try:
             await gateway.inbound.set_user(conn, previous)
-        except BrokerUnavailable:
-            await conn.close(CloseCode.TRY_AGAIN_LATER, "redis unavailable, try again later")
+        except BrokerUnavailable as exc:
+            await conn.close(close_code_for(exc), REDIS_UNAVAILABLE)
             return False
     return True
 

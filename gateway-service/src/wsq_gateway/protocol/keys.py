@@ -1,10 +1,9 @@
-"""Redis key names, from one prefix (``WSQ_KEY_PREFIX``). Mirrors ``protocol/keys.json``."""
+"""Redis key names, from one prefix (``WSQ_KEY_PREFIX``): the keys of ``protocol/keys.json``
+that the gateway uses (the workers' dead-letter and delayed keys are theirs alone)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-CONSUMER_GROUP = "workers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +42,3 @@ class Keys:
 
     def node_reaped(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:reaped"
-
-    @property
-    def dead_letters(self) -> str:
-        return f"{self.prefix}:dead"
-
-    @property
-    def delayed(self) -> str:
-        return f"{self.prefix}:delayed"
