@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,7 +44,22 @@ async def start_gateway(redis_url: str, key_prefix: str) -> AsyncIterator[Gatewa
     yield start
     await session.close()
     for server in servers:
-        await server.close()
+        await close_or_report(server)
+
+
+SHUTDOWN_BUDGET_S = 15.0
+
+
+async def close_or_report(server: TestServer) -> None:
+    """Stop a gateway; if that hangs, fail with every task's stack instead of a bare timeout."""
+    closing = asyncio.ensure_future(server.close())
+    done, _ = await asyncio.wait({closing}, timeout=SHUTDOWN_BUDGET_S)
+    if not done:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        pytest.fail(f"the gateway did not shut down in {SHUTDOWN_BUDGET_S} s; tasks:\n{stacks.getvalue()}")
+    closing.result()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import jwt
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from gateway_harness import GatewayFactory, RunningGateway, receive_json
 
 from wsq_devkit import RedisServer, wait_until_async
@@ -315,11 +316,30 @@ async def open_raw_socket(gateway: RunningGateway) -> tuple[asyncio.StreamReader
     return reader, writer
 
 
+def http_server(gateway: RunningGateway) -> web.Server:
+    runner = gateway.server.runner
+    assert runner is not None
+    assert runner.server is not None
+    return runner.server
+
+
+def server_side_of(gateway: RunningGateway, writer: asyncio.StreamWriter) -> web.RequestHandler:
+    """The gateway's handler of the TCP connection whose client end is ``writer``."""
+    ours = writer.get_extra_info("sockname")
+    (handler,) = [
+        h
+        for h in http_server(gateway).connections
+        if h.transport is not None and h.transport.get_extra_info("peername") == ours
+    ]
+    return handler
+
+
 async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_keep_receiving(
     start_gateway: GatewayFactory, redis: aioredis.Redis
 ) -> None:
     gateway = await start_gateway(max_pending_bytes=64 * 1024)
     _, writer = await open_raw_socket(gateway)
+    slow_tcp = server_side_of(gateway, writer)
     fast, fast_hello = await gateway.connect()
     node = gateway.keys.node_connections(gateway.node_id)
     slow_id = next(
@@ -341,6 +361,13 @@ async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_keep_r
     events = await wait_for_events(redis, gateway, 3)
     (disconnect,) = [e for e in events if e["type"] == "disconnect"]
     assert (disconnect["connection_id"], disconnect["close_code"]) == (slow_id, "3008")
+    server = http_server(gateway)
+
+    async def torn_down() -> bool:
+        return slow_tcp not in server.connections
+
+    # The client never reads the close frame: the gateway drops the TCP connection itself.
+    await wait_until_async(torn_down, timeout=10, message="the slow client's TCP connection torn down")
     await fast.close()
     writer.close()
 

@@ -20,6 +20,8 @@ from wsq_gateway.protocol.frames import wire_text_frame
 
 log = get_logger(CONNECTIONS)
 
+CLOSE_TIMEOUT_S = 2.0  # how long closing a socket may take: sending the close frame, then its reply
+
 
 class Connection:
     __slots__ = (
@@ -145,22 +147,32 @@ class Connection:
         finally:
             self._outbox = None
             self._pending_bytes = 0
-            self._drainer = None
+            if self._drainer is asyncio.current_task():
+                self._drainer = None
 
     async def close(self, code: int, reason: str) -> None:
         """Close the socket (idempotent); its reader then emits the disconnect event.
 
-        The close frame is queued behind what the client has not read yet. A client that
-        does not answer it within the handshake timeout (one that stopped reading, say)
-        has its TCP connection aborted, so its buffers are freed at once.
+        The close frame is queued behind what the client has not read yet. Writing it may
+        wait for room in the socket, and the client's reply may never come (one that
+        stopped reading, say): after ``CLOSE_TIMEOUT_S`` in all, or when bytes are still
+        unsent, the TCP connection is aborted, so its buffers are freed at once.
         """
         if self.closing:
             return
         self.closing = True
         self.close_code = int(code)
-        await self.ws.close(code=code, message=reason.encode()[:123], drain=False)
-        if self.transport.get_write_buffer_size():
-            self.transport.abort()
+        drainer = self._drainer
+        if drainer is not None and drainer is not asyncio.current_task():
+            drainer.cancel()  # it may be waiting for room in the socket that never comes
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(code=code, message=reason.encode()[:123], drain=False)
+        except TimeoutError:
+            pass  # aiohttp has closed the transport; the abort below drops what it still holds
+        finally:
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
 
 
 class ConnectionIndex:

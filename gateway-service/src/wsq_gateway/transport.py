@@ -9,7 +9,7 @@ from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.inbound import now_ms
-from wsq_gateway.connection import Connection
+from wsq_gateway.connection import CLOSE_TIMEOUT_S, Connection
 from wsq_gateway.errors import (
     AuthenticationError,
     BrokerUnavailable,
@@ -26,7 +26,6 @@ from wsq_gateway.state import GATEWAY, Gateway
 log = get_logger(CONNECTIONS)
 
 READY_PING_TIMEOUT_S = 1.0
-CLOSE_TIMEOUT_S = 2.0  # how long a closing socket waits for the client's close frame
 BINARY_FRAME = error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
 OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
