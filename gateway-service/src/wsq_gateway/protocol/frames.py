@@ -37,7 +37,9 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
         raise FrameError(ErrorCode.INVALID_FRAME, "frame must be a JSON object")
 
     frame_id = doc.get("id")
-    if frame_id is not None and (type(frame_id) is not str or not 0 < len(frame_id) <= MAX_ID_LENGTH):
+    if (frame_id is not None or "id" in doc) and (
+        type(frame_id) is not str or not 0 < len(frame_id) <= MAX_ID_LENGTH
+    ):  # "id": null too: the schema and the workers refuse it
         raise FrameError(ErrorCode.INVALID_FRAME, "id must be a string of 1 to 64 characters")
     if not FRAME_FIELDS.issuperset(doc):
         unknown = ", ".join(sorted(str(k) for k in doc if k not in FRAME_FIELDS))
