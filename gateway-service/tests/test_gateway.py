@@ -63,6 +63,33 @@ async def test_connect_registers_and_emits_a_connect_event(
     await ws.close()
 
 
+async def test_the_connect_event_carries_the_request_with_only_the_forwarded_headers(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(forward_headers="Cookie, user-agent")
+    url = gateway.url() + "?room=lobby&name=Ada%20L"
+    headers = {"Cookie": "session=8f3c2a", "User-Agent": "wsq-test/1", "X-Secret": "not forwarded"}
+    ws = await gateway.session.ws_connect(url, headers=headers)
+    (event,) = await wait_for_events(redis, gateway, 1)
+    assert is_valid("event", event)
+    assert orjson.loads(event["request"]) == {
+        "path": "/ws",
+        "query": "room=lobby&name=Ada%20L",
+        "headers": {"cookie": "session=8f3c2a", "user-agent": "wsq-test/1"},
+    }
+    await ws.close()
+
+
+async def test_with_no_forwarded_headers_the_request_has_path_and_query_only(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(forward_headers="")
+    ws = await gateway.session.ws_connect(gateway.url(), headers={"Cookie": "session=8f3c2a"})
+    (event,) = await wait_for_events(redis, gateway, 1)
+    assert orjson.loads(event["request"]) == {"path": "/ws", "query": "", "headers": {}}
+    await ws.close()
+
+
 async def test_client_frames_are_queued_verbatim_in_order(
     gateway: RunningGateway, redis: aioredis.Redis
 ) -> None:

@@ -14,7 +14,7 @@ from aiohttp.http_websocket import WebSocketWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsq_devkit.contract import example_ids, examples, is_valid, key_templates
+from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, is_valid, key_templates
 from wsq_gateway.errors import ErrorCode, FrameError
 from wsq_gateway.protocol import (
     Keys,
@@ -28,7 +28,7 @@ from wsq_gateway.protocol import (
     node_of,
     pong_frame,
 )
-from wsq_gateway.protocol.envelopes import CommandError
+from wsq_gateway.protocol.envelopes import CommandError, request_text
 from wsq_gateway.protocol.frames import wire_text_frame
 
 VALID_CLIENT = examples("valid", "client-frame")
@@ -144,9 +144,16 @@ def test_event_fields_reproduce_the_golden_events(path: Path) -> None:
         frame=golden.get("frame"),
         close_code=int(golden["close_code"]) if "close_code" in golden else None,
         hook=golden.get("hook") == "1",
+        request=golden.get("request"),
     )
     assert built == golden
     assert is_valid("event", built)
+
+
+def test_request_text_reproduces_the_golden_request() -> None:
+    golden = json.loads((PROTOCOL_DIR / "examples/valid/event/connect-request.json").read_text())
+    parts = json.loads(golden["request"])
+    assert request_text(parts["path"], parts["query"], parts["headers"]) == golden["request"]
 
 
 def _as_stream_entry(doc: dict[str, str]) -> dict[bytes, bytes]:

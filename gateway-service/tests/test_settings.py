@@ -56,6 +56,7 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("WSQ_LOG_FORMAT", "xml"),
         ("WSQ_MAX_MESSAGE_BYTES", "0"),
         ("WSQ_SSL_CERTFILE", "/only/the/cert.pem"),
+        ("WSQ_FORWARD_HEADERS", "cookie,not a header"),
     ],
 )
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -81,6 +82,11 @@ def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     for name, default, _ in describe_settings():
         assert name in out
         assert f"(default: {default})" in out
+
+
+def test_forwarded_headers_are_lower_case_and_listed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSQ_FORWARD_HEADERS", " Cookie,user-agent,, COOKIE ")
+    assert Settings().forwarded_headers == ("cookie", "user-agent")
 
 
 def test_readme_settings_table_matches_the_code() -> None:

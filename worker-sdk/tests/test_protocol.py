@@ -23,6 +23,7 @@ from wsq_worker.protocol import (
     HANDLER_ERROR,
     UNKNOWN_ACTION,
     Event,
+    Request,
     accept_command,
     check_group,
     decode_event,
@@ -81,6 +82,11 @@ def test_valid_event_examples_decode(path: Path, schemas: Any) -> None:
     assert event.close_code == (int(fields["close_code"]) if "close_code" in fields else None)
     assert event.attempt == int(fields.get("attempt", "1"))
     assert event.hook == ("hook" in fields)
+    if "request" in fields:
+        request = json.loads(fields["request"])
+        assert event.request == Request(request["path"], request["query"], request["headers"])
+    else:
+        assert event.request is None
 
 
 @pytest.mark.parametrize("path", VALID_EVENTS, ids=example_ids(VALID_EVENTS))
@@ -97,6 +103,17 @@ def test_invalid_event_examples_are_rejected(path: Path, schemas: Any) -> None:
     assert not schemas.is_valid("event", fields), "the example itself should be invalid"
     with pytest.raises(ProtocolError):
         decode_event(fields)
+
+
+def test_a_connect_request_gives_its_query_and_cookies() -> None:
+    event = decode_event(load(PROTOCOL_DIR / "examples/valid/event/connect-request.json"))
+    assert event.request is not None
+    assert event.request.query == {"room": "lobby"}
+    assert event.request.cookies == {"session": "8f3c2a"}
+    request = Request("/ws", "a=1&b=x%20y&a=2&empty=", {"cookie": 'theme=dark; sid="q w"'})
+    assert request.query == {"a": "2", "b": "x y", "empty": ""}
+    assert request.cookies == {"theme": "dark", "sid": "q w"}
+    assert Request("/ws", "", {}).cookies == {}
 
 
 def test_message_event_decodes_every_field() -> None:

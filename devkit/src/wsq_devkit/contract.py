@@ -12,8 +12,6 @@ from referencing import Registry, Resource
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[3] / "protocol"
 SCHEMAS = ("client-frame", "server-frame", "event", "command")
-# The JSON text inside an event's or a command's "frame" field follows this schema.
-FRAME_SCHEMA = {"event": "client-frame", "command": "server-frame"}
 
 
 @cache
@@ -31,16 +29,33 @@ def validator(schema: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(path.read_text()), registry=_registry())
 
 
+@cache
+def _content_validators(schema: str) -> dict[str, jsonschema.Draft202012Validator]:
+    """For each field holding JSON text (``contentSchema``), a validator of that text."""
+    root = json.loads((PROTOCOL_DIR / "schemas" / f"{schema}.schema.json").read_text())
+    found = {}
+    for name, field in root.get("properties", {}).items():
+        if "contentSchema" in field:
+            pointer = {"$ref": f"{root['$id']}#/properties/{name}/contentSchema"}
+            found[name] = jsonschema.Draft202012Validator(pointer, registry=_registry())
+    return found
+
+
 def errors(schema: str, doc: Any) -> list[str]:
-    """Why ``doc`` is not valid (empty when it is); for events and commands, their ``frame`` too."""
+    """Why ``doc`` is not valid (empty when it is), including the JSON text inside its fields
+    (an event's ``frame`` and ``request``, a command's ``frame``): JSON Schema only annotates
+    ``contentSchema``, so it is checked here."""
     found = [error.message for error in validator(schema).iter_errors(doc)]
-    frame_schema = FRAME_SCHEMA.get(schema)
-    if not found and frame_schema is not None and isinstance(doc, dict) and "frame" in doc:
+    if found or not isinstance(doc, dict):
+        return found
+    for name, content in _content_validators(schema).items():
+        if name not in doc:
+            continue
         try:
-            frame = json.loads(doc["frame"])
+            value = json.loads(doc[name])
         except ValueError as exc:
-            return [f"frame is not JSON: {exc}"]
-        found = [f"frame: {error.message}" for error in validator(frame_schema).iter_errors(frame)]
+            return [f"{name} is not JSON: {exc}"]
+        found += [f"{name}: {error.message}" for error in content.iter_errors(value)]
     return found
 
 

@@ -7,12 +7,15 @@ the README's settings table is checked against this class by the test suite.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wsq_gateway.protocol.ids import new_node_id, valid_node_id
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token
 
 
 class Settings(BaseSettings):
@@ -117,6 +120,12 @@ class Settings(BaseSettings):
         description="When true, a worker's on_connect approves each connection (and may set its "
         "user_id) before $connected is sent; refused connections are closed with the worker's code.",
     )
+    forward_headers: str = Field(
+        "cookie",
+        description="Comma-separated request headers copied into each connect event for the "
+        "workers' on_connect, e.g. cookie,user-agent (empty: none). The path and query string "
+        "always go along. They are stored in Redis until a worker handles the event.",
+    )
     connect_timeout_s: float = Field(
         5.0, gt=0, description="With CONNECT_HOOK: how long to wait for a worker's answer (then close 1013)."
     )
@@ -158,6 +167,20 @@ class Settings(BaseSettings):
         for part in value.split(","):
             if part.strip():
                 ipaddress.ip_network(part.strip(), strict=False)  # ValueError: not an address or network
+        return value
+
+    @property
+    def forwarded_headers(self) -> tuple[str, ...]:
+        """The headers to forward, lower-case, each once."""
+        names = (name.strip().lower() for name in self.forward_headers.split(","))
+        return tuple(dict.fromkeys(name for name in names if name))
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _header_names(cls, value: str) -> str:
+        for name in value.split(","):
+            if name.strip() and not _HEADER_NAME.fullmatch(name.strip()):
+                raise ValueError(f"not a header name: {name.strip()!r}")
         return value
 
     @property

@@ -19,6 +19,7 @@ from wsq_gateway.errors import (
     close_code_for,
 )
 from wsq_gateway.logs import CONNECTIONS, get_logger
+from wsq_gateway.protocol.envelopes import request_text
 from wsq_gateway.protocol.frames import PING, connected_frame, decode_client_frame, error_frame, pong_frame
 from wsq_gateway.protocol.ids import new_connection_id
 from wsq_gateway.state import GATEWAY, Gateway
@@ -94,6 +95,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         decode_text=False,  # orjson checks UTF-8 itself: bad text gets $error, not a closed socket
         timeout=CLOSE_TIMEOUT_S,
     )
+    upgrade_request = _request_text(request, settings.forwarded_headers)
     await ws.prepare(request)
     transport = request.transport
     if transport is None:  # the client went away during the handshake
@@ -105,7 +107,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if hook:
         conn.answer = asyncio.get_running_loop().create_future()
     try:
-        await gateway.inbound.connected(conn, hook=hook)
+        await gateway.inbound.connected(conn, hook=hook, request=upgrade_request)
     except BrokerUnavailable as exc:
         gateway.connections.remove(conn)
         _release_addr(gateway, conn.addr)
@@ -154,6 +156,16 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
             await conn.close(close_code_for(exc), REDIS_UNAVAILABLE)
             return False
     return True
+
+
+def _request_text(request: web.Request, forwarded: tuple[str, ...]) -> str:
+    """The connect event's ``request``: path, raw query string and the forwarded headers."""
+    headers = {}
+    for name in forwarded:
+        values = request.headers.getall(name, ())
+        if values:  # cookies split in several headers (HTTP/2) join with "; ", others with ", "
+            headers[name] = ("; " if name == "cookie" else ", ").join(values)
+    return request_text(request.path, request.rel_url.raw_query_string, headers)
 
 
 def _release_addr(gateway: Gateway, addr: str) -> None:

@@ -15,7 +15,7 @@ Refuse(reason, code)`` under the gateway's connect hook.
 process, manage group membership and answer presence questions.
 """
 
-from wsq_worker.context import Context, Meta
+from wsq_worker.context import Context, Meta, Request
 from wsq_worker.exceptions import ProtocolError, PublishError, Refuse, Retry, WsqError
 from wsq_worker.presence import ConnectionInfo
 from wsq_worker.publisher import AsyncPublisher, AsyncTarget, Publisher, Target
@@ -36,6 +36,7 @@ __all__ = [
     "PublishError",
     "Publisher",
     "Refuse",
+    "Request",
     "Retry",
     "Target",
     "Worker",

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from wsq_worker.protocol import check_group, push_frame
+from wsq_worker.protocol import Request, check_group, push_frame
 from wsq_worker.publisher import AsyncPublisher
 
-__all__ = ["Context", "Meta"]
+__all__ = ["Context", "Meta", "Request"]
 
 _T = TypeVar("_T")
 
@@ -34,7 +34,9 @@ class Context:
     """Passed to every handler: ``handler(ctx, data)``, ``on_connect(ctx)``, ``on_disconnect(ctx)``.
 
     ``action`` and ``id`` are None for connect and disconnect events; ``id`` is None for a
-    message without id (which gets no reply). ``publisher`` pushes anywhere else.
+    message without id (which gets no reply). ``request`` is set in ``on_connect`` only: the
+    upgrade request's path, query and forwarded headers, to tell who is connecting.
+    ``publisher`` pushes anywhere else.
 
     The ``*_sync`` methods are for plain ``def`` handlers, which run in the worker's thread pool:
     they block until done, and raise RuntimeError on the event loop's thread.
@@ -49,6 +51,7 @@ class Context:
         "id",
         "meta",
         "publisher",
+        "request",
         "user_id",
     )
 
@@ -64,6 +67,7 @@ class Context:
         send_frame: Callable[[str], Awaitable[None]],
         loop: asyncio.AbstractEventLoop,
         attempt: int = 1,
+        request: Request | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.user_id = user_id
@@ -73,6 +77,9 @@ class Context:
         """Which attempt this is: 1, then one more for each ``Retry`` and each time the event was
         claimed from a worker that died (so a handler can tell a first run from a re-run)."""
         self.meta = meta
+        self.request = request
+        """The HTTP request that opened the connection: its path, query and forwarded headers
+        (``on_connect`` only; None for other events)."""
         self.publisher = publisher
         self._send_frame = send_frame
         self._loop = loop

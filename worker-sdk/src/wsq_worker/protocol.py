@@ -7,7 +7,9 @@ frames are JSON text, encoded once here and written verbatim to the sockets by t
 
 from __future__ import annotations
 
+import http.cookies
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -30,6 +32,7 @@ __all__ = [
     "UNKNOWN_ACTION",
     "Event",
     "EventType",
+    "Request",
     "TargetKind",
     "accept_command",
     "check_close",
@@ -85,7 +88,20 @@ TargetKind: TypeAlias = Literal["connection", "user", "group", "all"]
 _EVENT_TYPES: frozenset[str] = frozenset({"connect", "message", "disconnect"})
 _TARGETS: frozenset[str] = frozenset({"connection", "user", "group", "all"})
 _EVENT_FIELDS = frozenset(
-    {"v", "type", "connection_id", "node", "user_id", "ts", "addr", "frame", "close_code", "attempt", "hook"}
+    {
+        "v",
+        "type",
+        "connection_id",
+        "node",
+        "user_id",
+        "ts",
+        "addr",
+        "frame",
+        "close_code",
+        "attempt",
+        "hook",
+        "request",
+    }
 )
 _CLIENT_FRAME_FIELDS = frozenset({"action", "data", "id"})
 _PING = "$ping"
@@ -99,8 +115,39 @@ _TS = re.compile(r"[0-9]{1,16}")
 _CLOSE_CODE = re.compile(r"[0-9]{1,4}")
 _ATTEMPT = re.compile(r"[1-9][0-9]{0,3}")
 _HOOK = "1"
+_REQUEST_FIELDS = frozenset({"path", "query", "headers"})
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 _MAX_ID_LENGTH = 64
 _MAX_REASON_BYTES = 123
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The HTTP request that opened a connection, as its connect event carries it.
+
+    ``headers`` holds only the headers the gateway forwards (``WSQ_FORWARD_HEADERS``, by
+    default ``cookie``), by lower-case name.
+    """
+
+    path: str
+    query_string: str
+    """The raw query string, without ``?``."""
+    headers: Mapping[str, str]
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query parameters, decoded (a repeated name keeps its last value)."""
+        return dict(urllib.parse.parse_qsl(self.query_string, keep_blank_values=True))
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The cookies of the ``cookie`` header (empty when the gateway does not forward it)."""
+        jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+        try:
+            jar.load(self.headers.get("cookie", ""))
+        except http.cookies.CookieError:
+            return {}
+        return {name: morsel.value for name, morsel in jar.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +158,8 @@ class Event:
     ``close_code`` is set for disconnect events only. ``attempt`` is the event's own count (a
     message re-queued by ``Retry`` carries the next one; 1 otherwise), not counting redeliveries
     after a worker died; ``hook`` (connect events only) says the gateway holds the connection until
-    a worker answers with an accept or refuse command.
+    a worker answers with an accept or refuse command; ``request`` (connect events) is the HTTP
+    request that opened the connection.
     """
 
     type: EventType
@@ -127,6 +175,7 @@ class Event:
     close_code: int | None = None
     attempt: int = 1
     hook: bool = False
+    request: Request | None = None
 
 
 def is_action_name(name: object) -> bool:
@@ -199,6 +248,8 @@ def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     addr = event.get("addr", "")
     if "hook" in event and event_type != "connect":
         raise ProtocolError(f"a {event_type} event has no hook")
+    if "request" in event and event_type != "connect":
+        raise ProtocolError(f"a {event_type} event has no request")
 
     if event_type == "message":
         if "close_code" in event:
@@ -222,7 +273,25 @@ def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     hook = event.get("hook")
     if hook is not None and hook != _HOOK:
         raise ProtocolError(f"malformed event field 'hook': {hook!r}")
-    return Event("connect", connection_id, node, user_id, ts, addr, hook=hook is not None)
+    request = _decode_request(event["request"]) if "request" in event else None
+    return Event("connect", connection_id, node, user_id, ts, addr, hook=hook is not None, request=request)
+
+
+def _decode_request(text: str) -> Request:
+    """A connect event's ``request`` field (event.schema.json, ``$defs/request``)."""
+    try:
+        doc = codec.loads(text)
+    except ValueError:
+        raise ProtocolError("event field 'request' is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.keys() != _REQUEST_FIELDS:
+        raise ProtocolError("event field 'request' must be an object with path, query and headers")
+    path, query, headers = doc["path"], doc["query"], doc["headers"]
+    if not isinstance(path, str) or not isinstance(query, str) or not isinstance(headers, dict):
+        raise ProtocolError("event field 'request' has a malformed path, query or headers")
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or not isinstance(value, str):
+            raise ProtocolError(f"event field 'request' has a malformed header {name!r}")
+    return Request(path, query, headers)
 
 
 def _required(event: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:

@@ -680,6 +680,7 @@ class _Run:
             send_frame=send_frame,
             loop=self.loop,
             attempt=attempt,
+            request=event.request,
         )
 
     def _queue_frame(self, connection_id: str, frame: str) -> None:

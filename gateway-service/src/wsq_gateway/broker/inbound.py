@@ -61,11 +61,12 @@ class Inbound:
         """XADD of an event to the inbound stream (no MAXLEN: accepted events are never trimmed)."""
         return ("XADD", self._keys.inbound_stream, "*", *_flatten(fields))
 
-    async def connected(self, conn: Connection, *, hook: bool = False) -> None:
+    async def connected(self, conn: Connection, *, hook: bool = False, request: str | None = None) -> None:
         """Record the connection and emit its connect event; raise BrokerUnavailable on failure.
 
-        With ``hook`` the event asks a worker to accept or refuse the connection."""
-        event = _flatten(self._event("connect", conn, conn.since_ms, hook=hook))
+        With ``hook`` the event asks a worker to accept or refuse the connection; ``request``
+        is the upgrade request (``request_text()``) for the workers' ``on_connect``."""
+        event = _flatten(self._event("connect", conn, conn.since_ms, hook=hook, request=request))
         await self._batcher.submit_and_wait(
             register_command(self._keys, conn.id, self._node, conn.since_ms, conn.addr, conn.user_id, event)
         )
@@ -119,7 +120,9 @@ class Inbound:
         self._batcher.submit(Write((command,), on_error=on_rejected))
         return True
 
-    def _event(self, kind: EventType, conn: Connection, ts_ms: int, *, hook: bool = False) -> dict[str, str]:
+    def _event(
+        self, kind: EventType, conn: Connection, ts_ms: int, *, hook: bool = False, request: str | None = None
+    ) -> dict[str, str]:
         return event_fields(
             kind,
             connection_id=conn.id,
@@ -128,6 +131,7 @@ class Inbound:
             ts_ms=ts_ms,
             addr=conn.addr,
             hook=hook,
+            request=request,
         )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
+import orjson
+
 VERSION = "1"
 EventType = Literal["connect", "message", "disconnect"]
 Target = Literal["connection", "user", "group", "all"]
@@ -28,8 +30,9 @@ def event_fields(
     frame: str | None = None,
     close_code: int | None = None,
     hook: bool = False,
+    request: str | None = None,
 ) -> dict[str, str]:
-    """The field map of one inbound event."""
+    """The field map of one inbound event; ``request`` is ``request_text()``'s (connect only)."""
     fields = {
         "v": VERSION,
         "type": kind,
@@ -46,7 +49,15 @@ def event_fields(
         fields["close_code"] = str(close_code)
     if hook:
         fields["hook"] = "1"
+    if request is not None:
+        fields["request"] = request
     return fields
+
+
+def request_text(path: str, query: str, headers: Mapping[str, str]) -> str:
+    """A connect event's ``request`` field: the upgrade request's path, raw query string and
+    forwarded headers (lower-case names), as compact JSON text."""
+    return orjson.dumps({"path": path, "query": query, "headers": headers}).decode()
 
 
 class Command(NamedTuple):
