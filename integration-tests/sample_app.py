@@ -142,11 +142,22 @@ worker_with_default = Worker(
 )
 
 
+# The app's sessions (its database, in a real app): session cookie -> user id.
+SESSIONS = {"8f3c2a": "ada"}
+
+
 async def admit(ctx: Context) -> str | None:
-    """The connect hook: refuse addresses in the deny list, name everyone else a guest."""
+    """The connect hook: refuse addresses in the deny list; a session cookie names its user
+    (an unknown one is refused), ``?guest=NAME`` names a guest, anyone else is a guest."""
     if ctx.meta.client_addr in os.environ.get("SAMPLE_DENY", "").split(","):
         raise Refuse("not welcome here", code=4403)
-    return f"guest-{ctx.connection_id[-6:]}"
+    assert ctx.request is not None
+    session = ctx.request.cookies.get("session")
+    if session is not None:
+        if session not in SESSIONS:
+            raise Refuse("unknown session", code=4401)
+        return SESSIONS[session]
+    return f"guest-{ctx.request.query.get('guest') or ctx.connection_id[-6:]}"
 
 
 # Runs with a gateway started with WSQ_CONNECT_HOOK=true.

@@ -51,6 +51,22 @@ async def test_the_connect_hook_names_and_refuses_connections(
     await client.close()
 
 
+async def test_the_connect_hook_reads_the_session_cookie_and_the_query(
+    start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway(WSQ_CONNECT_HOOK="true")
+    start_worker("sample_app:worker_with_hook")
+    ada = await Client.connect(session, gateway.ws_url, headers={"Cookie": "theme=dark; session=8f3c2a"})
+    assert ada.user_id == "ada"
+    guest = await Client.connect(session, gateway.ws_url + "?guest=Bob%20Smith")
+    assert guest.user_id == "guest-Bob Smith"
+    ws = await session.ws_connect(gateway.ws_url, headers={"Cookie": "session=forged"})
+    msg = await ws.receive(timeout=15)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4401, "unknown session")
+    await ada.close()
+    await guest.close()
+
+
 async def test_the_connect_hook_refusal_reaches_the_client(
     start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
 ) -> None:
