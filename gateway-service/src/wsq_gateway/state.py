@@ -61,6 +61,7 @@ class Gateway:
         )
         self._proxies = settings.proxies
         self.origins = settings.origins  # parsed once, checked at every upgrade
+        self.forwarded_headers = settings.forwarded_headers  # parsed once, copied at every upgrade
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
 

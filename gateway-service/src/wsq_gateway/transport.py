@@ -95,7 +95,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         decode_text=False,  # orjson checks UTF-8 itself: bad text gets $error, not a closed socket
         timeout=CLOSE_TIMEOUT_S,
     )
-    upgrade_request = _request_text(request, settings.forwarded_headers)
+    upgrade_request = _request_text(request, gateway.forwarded_headers)
     await ws.prepare(request)
     transport = request.transport
     if transport is None:  # the client went away during the handshake
