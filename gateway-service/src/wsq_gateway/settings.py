@@ -155,38 +155,32 @@ class Settings(BaseSettings):
 
     @property
     def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(
-            ipaddress.ip_network(p.strip(), strict=False)
-            for p in self.trusted_proxies.split(",")
-            if p.strip()
-        )
+        return tuple(ipaddress.ip_network(part, strict=False) for part in _items(self.trusted_proxies))
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
-        for part in value.split(","):
-            if part.strip():
-                ipaddress.ip_network(part.strip(), strict=False)  # ValueError: not an address or network
+        for part in _items(value):
+            ipaddress.ip_network(part, strict=False)  # ValueError: not an address or network
         return value
 
     @property
     def forwarded_headers(self) -> tuple[str, ...]:
         """The headers to forward, lower-case, each once."""
-        names = (name.strip().lower() for name in self.forward_headers.split(","))
-        return tuple(dict.fromkeys(name for name in names if name))
+        return tuple(dict.fromkeys(name.lower() for name in _items(self.forward_headers)))
 
     @field_validator("forward_headers")
     @classmethod
     def _header_names(cls, value: str) -> str:
-        for name in value.split(","):
-            if name.strip() and not _HEADER_NAME.fullmatch(name.strip()):
-                raise ValueError(f"not a header name: {name.strip()!r}")
+        for name in _items(value):
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"not a header name: {name!r}")
         return value
 
     @property
     def origins(self) -> frozenset[str] | None:
         """The allowed origins, or None when any origin is allowed."""
-        values = frozenset(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+        values = frozenset(origin.rstrip("/") for origin in _items(self.allowed_origins))
         return None if not values or "*" in values else values
 
     @model_validator(mode="after")
@@ -196,6 +190,11 @@ class Settings(BaseSettings):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("WSQ_SSL_CERTFILE and WSQ_SSL_KEYFILE must be set together")
         return self
+
+
+def _items(value: str) -> list[str]:
+    """The non-empty entries of a comma-separated setting, stripped."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def describe_settings() -> list[tuple[str, str, str]]:
