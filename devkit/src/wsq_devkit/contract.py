@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ def validator(schema: str) -> jsonschema.Draft202012Validator:
 @cache
 def _content_validators(schema: str) -> dict[str, jsonschema.Draft202012Validator]:
     """For each field holding JSON text (``contentSchema``), a validator of that text."""
-    root = json.loads((PROTOCOL_DIR / "schemas" / f"{schema}.schema.json").read_text())
+    root = validator(schema).schema
+    assert isinstance(root, Mapping)
     found = {}
     for name, field in root.get("properties", {}).items():
         if "contentSchema" in field:

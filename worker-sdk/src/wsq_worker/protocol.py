@@ -279,10 +279,7 @@ def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
 
 def _decode_request(text: str) -> Request:
     """A connect event's ``request`` field (event.schema.json, ``$defs/request``)."""
-    try:
-        doc = codec.loads(text)
-    except ValueError:
-        raise ProtocolError("event field 'request' is not valid JSON") from None
+    doc = _json(text, "event field 'request'")
     if not isinstance(doc, dict) or doc.keys() != _REQUEST_FIELDS:
         raise ProtocolError("event field 'request' must be an object with path, query and headers")
     path, query, headers = doc["path"], doc["query"], doc["headers"]
@@ -305,10 +302,7 @@ def _required(event: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> 
 
 def _decode_client_frame(text: str) -> tuple[str, Any, str | None]:
     """(action, data, id) of a client frame (schemas/client-frame.schema.json)."""
-    try:
-        frame = codec.loads(text)
-    except ValueError:
-        raise ProtocolError("the frame is not valid JSON") from None
+    frame = _json(text, "the frame")
     if not isinstance(frame, dict):
         raise ProtocolError("the frame is not a JSON object")
     unknown = frame.keys() - _CLIENT_FRAME_FIELDS
@@ -323,6 +317,13 @@ def _decode_client_frame(text: str) -> tuple[str, Any, str | None]:
     if "id" in frame and frame_id is None:
         raise ProtocolError("the frame id is null")
     return action, frame.get("data"), frame_id
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return codec.loads(text)
+    except ValueError:
+        raise ProtocolError(f"{what} is not valid JSON") from None
 
 
 def _is_frame_id(value: object) -> bool:
