@@ -1,4 +1,5 @@
-"""The hiredis-packing Redis connection writes exactly what redis-py's own packer writes."""
+"""The hiredis-packing Redis connection writes exactly what redis-py's own packer writes;
+the lean pipeline answers as redis-py's pipeline does, replies raw."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.exceptions import DataError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wsq_gateway.broker.client import HiredisConnection, HiredisSSLConnection, redis_client
+from wsq_gateway.broker.client import HiredisConnection, HiredisSSLConnection, execute, redis_client
 
 
 @pytest.mark.parametrize(
@@ -51,5 +56,72 @@ async def test_a_real_round_trip(redis_url: str, key_prefix: str) -> None:
         ((_, fields),) = await client.xrange(f"{key_prefix}:s")
         assert fields == {b"a": "ü".encode(), b"b": b"\xff"}
         assert isinstance(client, aioredis.Redis)
+    finally:
+        await client.aclose()
+
+
+async def test_execute_returns_raw_replies_in_order_with_refusals_in_place(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = redis_client(redis_url)
+    try:
+        replies = await execute(
+            client,
+            [
+                ("SET", f"{key_prefix}:a", "ü"),
+                ("LPUSH", f"{key_prefix}:a", "x"),  # WRONGTYPE: refused, the others still run
+                ("GET", f"{key_prefix}:a"),
+                ("XADD", f"{key_prefix}:s", "*", "f", b"\xff"),
+                ("XRANGE", f"{key_prefix}:s", "-", "+"),
+            ],
+        )
+        assert replies[0] in (b"OK", "OK")
+        assert isinstance(replies[1], ResponseError)
+        assert "WRONGTYPE" in str(replies[1])
+        assert replies[2] == "ü".encode()
+        ((entry_id, fields),) = replies[4]
+        assert entry_id == replies[3]
+        assert fields == [b"f", b"\xff"]  # flat, not a dict: no response callbacks
+    finally:
+        await client.aclose()
+
+
+async def test_execute_retries_a_killed_connection_as_the_client_says(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = redis_client(redis_url, retry=Retry(NoBackoff(), 1))
+    admin = redis_client(redis_url)
+    try:
+        (own_id,) = await execute(client, [("CLIENT", "ID")])
+        await admin.execute_command("CLIENT", "KILL", "ID", own_id)
+        (reply,) = await execute(client, [("INCR", f"{key_prefix}:n")])
+        assert reply == 1  # the batch ran once, on a new connection
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_execute_without_retries_raises_then_reconnects(redis_url: str, key_prefix: str) -> None:
+    client = redis_client(redis_url, retry=Retry(NoBackoff(), 0))
+    admin = redis_client(redis_url)
+    try:
+        (own_id,) = await execute(client, [("CLIENT", "ID")])
+        await admin.execute_command("CLIENT", "KILL", "ID", own_id)
+        with pytest.raises(RedisConnectionError):
+            await execute(client, [("INCR", f"{key_prefix}:n")])
+        (reply,) = await execute(client, [("INCR", f"{key_prefix}:n")])
+        assert reply == 1  # the failed batch did not run; the next one did
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_execute_gives_up_after_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
+    client = redis_client(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await execute(client, [("BLPOP", f"{key_prefix}:empty", 5)])
+        (reply,) = await execute(client, [("PING",)])  # the out-of-step socket was dropped
+        assert reply in (b"PONG", "PONG")
     finally:
         await client.aclose()

@@ -1,4 +1,4 @@
-"""The fast extra's speed-ups change speed only: the same bytes to Redis, the same results."""
+"""The speed-ups change speed only: the same bytes to Redis, the same results."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection
-from redis.exceptions import DataError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsq_worker import speedups
 
@@ -47,3 +51,59 @@ def test_run_uses_uvloop_when_installed() -> None:
 
     speedups.run(main())
     assert seen == ["uvloop"]
+
+
+async def test_execute_returns_raw_replies_in_order_with_refusals_in_place(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = speedups.async_redis(redis_url)
+    try:
+        replies = await speedups.execute(
+            client,
+            [
+                ("SET", f"{key_prefix}:a", "ü"),
+                ("LPUSH", f"{key_prefix}:a", "x"),  # WRONGTYPE: refused, the others still run
+                ("GET", f"{key_prefix}:a"),
+                ("XADD", f"{key_prefix}:s", "*", "f", b"\xff"),
+                ("XRANGE", f"{key_prefix}:s", "-", "+"),
+            ],
+        )
+        assert replies[0] in (b"OK", "OK")
+        assert isinstance(replies[1], ResponseError)
+        assert "WRONGTYPE" in str(replies[1])
+        assert replies[2] == "ü".encode()
+        ((entry_id, fields),) = replies[4]
+        assert entry_id == replies[3]
+        assert fields == [b"f", b"\xff"]  # flat, not a dict: no response callbacks
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_execute_retries_a_killed_connection_as_the_client_says(
+    redis_url: str, key_prefix: str, retries: int
+) -> None:
+    client = speedups.async_redis(redis_url, retry=Retry(NoBackoff(), retries))
+    admin = speedups.async_redis(redis_url)
+    try:
+        (own_id,) = await speedups.execute(client, [("CLIENT", "ID")])
+        await admin.execute_command("CLIENT", "KILL", "ID", own_id)
+        if retries:
+            assert await speedups.execute(client, [("INCR", f"{key_prefix}:n")]) == [1]
+        else:
+            with pytest.raises(RedisConnectionError):
+                await speedups.execute(client, [("INCR", f"{key_prefix}:n")])
+            assert await speedups.execute(client, [("INCR", f"{key_prefix}:n")]) == [1]
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_execute_gives_up_after_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
+    client = speedups.async_redis(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await speedups.execute(client, [("BLPOP", f"{key_prefix}:empty", 5)])
+        assert await speedups.execute(client, [("PING",)]) in ([b"PONG"], ["PONG"])  # a new socket
+    finally:
+        await client.aclose()

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -20,6 +21,7 @@ import redis.asyncio
 from wsq_worker.delivery import DELAY_SCRIPT, DelayedWrite
 from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
+from wsq_worker.speedups import execute
 
 __all__ = ["Flusher", "FlusherWrite"]
 
@@ -146,16 +148,16 @@ class Flusher:
     async def _write(
         self, writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]], acks: list[str]
     ) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for write, _ in writes:
-                if isinstance(write, StreamWrite):
-                    pipe.xadd(write.stream, write.xadd_fields, maxlen=write.maxlen, approximate=True)
-                else:  # rare (a retry): EVAL, the script is short
-                    pipe.eval(DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)
-            if acks:
-                pipe.xack(self._inbound_stream, self._group, *acks)
-                pipe.xdel(self._inbound_stream, *acks)
-            results = await pipe.execute(raise_on_error=False)
+        commands: list[tuple[Any, ...]] = [
+            write.command
+            if isinstance(write, StreamWrite)
+            else ("EVAL", DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)  # rare: a retry
+            for write, _ in writes
+        ]
+        if acks:
+            commands.append(("XACK", self._inbound_stream, self._group, *acks))
+            commands.append(("XDEL", self._inbound_stream, *acks))
+        results = await execute(self._client, commands)
         for (write, done), result in zip(writes, results, strict=False):
             if isinstance(result, Exception):
                 # Redis refused this one command (wrong key type, out of memory...): not retried.

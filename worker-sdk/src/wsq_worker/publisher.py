@@ -117,6 +117,13 @@ class StreamWrite:
         # redis-py types the map with its own (invariant) key and value unions.
         return cast("dict[FieldT, EncodableT]", self.fields)
 
+    @property
+    def command(self) -> tuple[str, ...]:
+        """The ``XADD`` as a command to pack."""
+        if self.maxlen is None:
+            return ("XADD", self.stream, "*", *_flat(self.fields))
+        return ("XADD", self.stream, "MAXLEN", "~", str(self.maxlen), "*", *_flat(self.fields))
+
 
 def _flat(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]

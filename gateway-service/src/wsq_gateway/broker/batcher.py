@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from wsq_gateway.broker.client import execute
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
 
@@ -101,12 +102,9 @@ class RedisBatcher:
 
     async def _flush(self, batch: list[Write]) -> list[Write]:
         """Send one pipeline; settle every write; return the durable ones to retry."""
-        pipe = self._redis.pipeline(transaction=False)
-        for write in batch:
-            for command in write.commands:
-                pipe.execute_command(*command)
+        commands = [command for write in batch for command in write.commands]
         try:
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await execute(self._redis, commands)
         except (RedisError, OSError) as exc:
             log.warning("redis write failed", error=str(exc), writes=len(batch))
             return self._fail(batch, BrokerUnavailable(str(exc)))

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
+from wsq_gateway.broker.client import execute
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.protocol.envelopes import Command, CommandError, decode_command
@@ -57,12 +58,12 @@ class Outbound:
     async def run(self) -> None:
         failures = 0
         while True:
+            streams, positions = self._positions.keys(), self._positions.values()
+            read = ("XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", *streams, *positions)
             try:
-                response: Any = await self._redis.xread(
-                    self._positions,  # type: ignore[arg-type]
-                    count=READ_COUNT,
-                    block=BLOCK_MS,
-                )
+                (response,) = await execute(self._redis, [read])
+                if isinstance(response, RedisError):  # an error reply (WRONGTYPE...)
+                    raise response
             except (RedisError, OSError) as exc:
                 delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
@@ -70,10 +71,14 @@ class Outbound:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            for raw_stream, entries in response:
+            if not response:  # None: nothing new within BLOCK_MS
+                continue
+            # A map in RESP3 (redis-py 8's default), a list of [stream, entries] in RESP2.
+            for raw_stream, entries in response.items() if isinstance(response, dict) else response:
                 stream = raw_stream.decode()
-                for _entry_id, fields in entries:
-                    self._handle(fields)
+                for _entry_id, flat_fields in entries:
+                    pairs = iter(flat_fields)
+                    self._handle(dict(zip(pairs, pairs, strict=True)))
                 self._positions[stream] = entries[-1][0].decode()
                 if stream == self._node_stream:
                     # Done with everything up to this entry: trim it (the last one stays).
