@@ -234,10 +234,12 @@ async def test_redis_over_tls(
         if os.environ.get("CI"):
             pytest.fail(f"redis-server could not serve TLS: {exc}")
         pytest.skip(f"redis-server could not serve TLS: {exc}")
-    with server:
+    try:  # not `with server:`, which would start a second redis-server and leak the first
         url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca_file}&ssl_cert_reqs=required"
         gateway = start_processes(url, processes)
         client = await Client.connect(session, gateway.ws_url)
         await client.receive_until(lambda f: f["action"] == "welcome")
         assert (await client.request("echo", "tls", id="t"))["data"] == "tls"
         await client.close()
+    finally:
+        server.close()

@@ -56,6 +56,8 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        if self._proc is not None:  # a second process would fail to bind, and this one would leak
+            raise RuntimeError(f"redis-server on {self.port} is already started: stop() it first")
         options = {
             "port": str(self.port),
             "bind": "127.0.0.1",
