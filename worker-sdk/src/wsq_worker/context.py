@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from wsq_worker.protocol import Request, check_group, push_frame
@@ -16,18 +15,68 @@ __all__ = ["Context", "Meta", "Request"]
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
 class Meta:
-    """Where and when the gateway received the event."""
+    """Where and when the gateway received the event (read-only).
 
-    node: str
-    """The gateway holding the connection."""
-    received_at: datetime
-    """When the gateway received the event (timezone-aware, UTC)."""
-    client_addr: str
-    """The client's address as the gateway saw it (may be empty)."""
-    close_code: int | None = None
-    """The WebSocket close code (``on_disconnect`` only)."""
+    ``Meta(node, received_at, client_addr, close_code=None)``; the worker builds it from the
+    event's timestamp and makes ``received_at`` only when a handler reads it.
+    """
+
+    __slots__ = ("_client_addr", "_close_code", "_node", "_received_at", "_ts_ms")
+
+    def __init__(
+        self, node: str, received_at: datetime, client_addr: str, close_code: int | None = None
+    ) -> None:
+        self._node = node
+        self._received_at: datetime | None = received_at
+        self._ts_ms = 0
+        self._client_addr = client_addr
+        self._close_code = close_code
+
+    @classmethod
+    def _of_event(cls, node: str, ts_ms: int, client_addr: str, close_code: int | None) -> Meta:
+        meta = cls.__new__(cls)
+        meta._node, meta._received_at, meta._ts_ms = node, None, ts_ms
+        meta._client_addr, meta._close_code = client_addr, close_code
+        return meta
+
+    @property
+    def node(self) -> str:
+        """The gateway holding the connection."""
+        return self._node
+
+    @property
+    def received_at(self) -> datetime:
+        """When the gateway received the event (timezone-aware, UTC)."""
+        if self._received_at is None:
+            self._received_at = datetime.fromtimestamp(self._ts_ms / 1000, tz=UTC)
+        return self._received_at
+
+    @property
+    def client_addr(self) -> str:
+        """The client's address as the gateway saw it (may be empty)."""
+        return self._client_addr
+
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code (``on_disconnect`` only)."""
+        return self._close_code
+
+    def _key(self) -> tuple[str, datetime, str, int | None]:
+        return (self.node, self.received_at, self.client_addr, self.close_code)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Meta) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        node, received_at, client_addr, close_code = self._key()
+        return (
+            f"Meta(node={node!r}, received_at={received_at!r}, "
+            f"client_addr={client_addr!r}, close_code={close_code!r})"
+        )
 
 
 class Context:

@@ -12,7 +12,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 from wsq_worker import codec
 from wsq_worker.exceptions import ProtocolError
@@ -103,6 +103,7 @@ _EVENT_FIELDS = frozenset(
         "request",
     }
 )
+_MESSAGE_FIELDS = _EVENT_FIELDS - {"close_code", "hook", "request"}
 _CLIENT_FRAME_FIELDS = frozenset({"action", "data", "id"})
 _PING = "$ping"
 
@@ -150,8 +151,7 @@ class Request:
         return {name: morsel.value for name, morsel in jar.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One entry of the inbound stream.
 
     ``action``, ``data`` and ``id`` come from the client's frame (message events only);
@@ -217,6 +217,10 @@ def text_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, 
 
     Raises ``ProtocolError`` when a name or value is not valid UTF-8.
     """
+    try:  # the usual case, in one pass: every name and value bytes, and valid UTF-8
+        return {key.decode(): value.decode() for key, value in fields.items()}  # type: ignore[union-attr]
+    except (AttributeError, UnicodeDecodeError):
+        pass
     text: dict[str, str] = {}
     for raw_key, raw_value in fields.items():
         key = _text(raw_key, "a field name")
@@ -231,9 +235,9 @@ def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     ``frame`` that is not a valid client frame.
     """
     event = text_fields(fields)
-    for key in event:
-        if key not in _EVENT_FIELDS:
-            raise ProtocolError(f"unknown event field {key!r}")
+    if not _EVENT_FIELDS.issuperset(event):
+        unknown = next(key for key in event if key not in _EVENT_FIELDS)
+        raise ProtocolError(f"unknown event field {unknown!r}")
 
     version = event.get("v")
     if version != PROTOCOL_VERSION:
@@ -246,21 +250,30 @@ def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     ts = int(_required(event, "ts", _TS))
     user_id = event.get("user_id")
     addr = event.get("addr", "")
-    if "hook" in event and event_type != "connect":
-        raise ProtocolError(f"a {event_type} event has no hook")
-    if "request" in event and event_type != "connect":
-        raise ProtocolError(f"a {event_type} event has no request")
-
-    if event_type == "message":
-        if "close_code" in event:
-            raise ProtocolError("a message event has no close_code")
-        if "frame" not in event:
+    if event_type == "message" and _MESSAGE_FIELDS.issuperset(event):  # the hot path: one check
+        frame = event.get("frame")
+        if frame is None:
             raise ProtocolError("a message event needs a frame")
-        attempt = int(_required(event, "attempt", _ATTEMPT)) if "attempt" in event else 1
-        action, data, frame_id = _decode_client_frame(event["frame"])
+        attempt = event.get("attempt")
+        action, data, frame_id = _decode_client_frame(frame)
         return Event(
-            "message", connection_id, node, user_id, ts, addr, action, data, frame_id, attempt=attempt
+            "message",
+            connection_id,
+            node,
+            user_id,
+            ts,
+            addr,
+            action,
+            data,
+            frame_id,
+            None,
+            1 if attempt is None else int(_required(event, "attempt", _ATTEMPT)),
         )
+    for name in ("hook", "request"):
+        if name in event and event_type != "connect":
+            raise ProtocolError(f"a {event_type} event has no {name}")
+    if event_type == "message":
+        raise ProtocolError("a message event has no close_code")
     if "frame" in event:
         raise ProtocolError(f"a {event_type} event has no frame")
     if "attempt" in event:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self, TypeVar, cast
+from typing import Any, ClassVar, Literal, NamedTuple, Self, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -104,8 +104,7 @@ _COMMAND_TIMEOUT_S = 5.0
 _RETRIES = 3
 
 
-@dataclass(frozen=True, slots=True)
-class StreamWrite:
+class StreamWrite(NamedTuple):
     """One ``XADD stream MAXLEN ~ maxlen * fields`` (without ``MAXLEN`` when ``maxlen`` is None)."""
 
     stream: str

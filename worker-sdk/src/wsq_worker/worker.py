@@ -14,10 +14,8 @@ import signal
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import FrameType, TracebackType
-from typing import Any, Self, TypeAlias, TypeVar
+from typing import Any, NamedTuple, Self, TypeAlias, TypeVar
 
 import redis
 import redis.asyncio
@@ -41,9 +39,10 @@ from wsq_worker.protocol import (
     node_of,
     refuse_command,
     reply_frame,
+    send_command,
     text_fields,
 )
-from wsq_worker.publisher import AsyncPublisher, Route, StreamWrite
+from wsq_worker.publisher import AsyncPublisher, StreamWrite
 
 __all__ = ["Handler", "LifecycleHandler", "Periodic", "Worker"]
 
@@ -470,12 +469,11 @@ class _Run:
             self.flusher.ack(entry_id)
             return
         try:
-            fields = text_fields(raw_fields)
-            event = decode_event(fields)
+            event = decode_event(raw_fields)
         except ProtocolError as exc:
             logger.error("dropped inbound entry %s: %s", entry_id, exc)
         else:
-            entry = _Entry(entry_id, fields, event, event.attempt + delivered - 1)
+            entry = _Entry(entry_id, raw_fields, event, event.attempt + delivered - 1)
             try:
                 if entry.attempt > self.worker.max_attempts:
                     self._give_up(entry, _gone_error(entry, delivered), attempts=entry.attempt - 1)
@@ -573,7 +571,7 @@ class _Run:
                 error += f", after {type(cause).__name__}: {cause}"
             self._give_up(entry, error, attempts=attempt)
             return
-        member = delivery.delayed_member(entry.entry_id, entry.fields, attempt + 1)
+        member = delivery.delayed_member(entry.entry_id, text_fields(entry.raw_fields), attempt + 1)
         self.flusher.queue(delivery.DelayedWrite(self.delayed, member, round(retry.delay * 1000)))
         logger.info(
             'action "%s" (connection %s) asked for a retry: attempt %d of %d in %gs',
@@ -587,7 +585,9 @@ class _Run:
     def _give_up(self, entry: _Entry, error: str, *, attempts: int) -> None:
         """Move the entry to the dead letters, and tell the client (its gateway, for a hook)."""
         event, worker = entry.event, self.worker
-        dead = delivery.dead_letter(entry.fields, error=error, attempts=attempts, worker=worker.consumer_name)
+        dead = delivery.dead_letter(
+            text_fields(entry.raw_fields), error=error, attempts=attempts, worker=worker.consumer_name
+        )
         self.flusher.queue(StreamWrite(constants.dead_letters(worker.key_prefix), dead))
         what = f'action "{event.action}"' if event.type == "message" else f"{event.type} event"
         logger.error(
@@ -670,12 +670,7 @@ class _Run:
             user_id=event.user_id,
             action=event.action,
             id=event.id,
-            meta=Meta(
-                node=event.node,
-                received_at=datetime.fromtimestamp(event.ts / 1000, tz=UTC),
-                client_addr=event.addr,
-                close_code=event.close_code,
-            ),
+            meta=Meta._of_event(event.node, event.ts, event.addr, event.close_code),
             publisher=self.publisher,
             send_frame=send_frame,
             loop=self.loop,
@@ -705,12 +700,11 @@ class _Run:
             next_run = max(next_run + interval, self.loop.time())
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """An inbound entry being handled: its id, fields (as text), event and attempt."""
+class _Entry(NamedTuple):
+    """An inbound entry being handled: its id, fields (as read), event and attempt."""
 
     entry_id: str
-    fields: dict[str, str]
+    raw_fields: Mapping[bytes, bytes]
     event: Event
     attempt: int
 
@@ -740,9 +734,11 @@ def _hook_answer(connection_id: str, result: object) -> dict[str, str]:
 
 
 def _connection_write(key_prefix: str, connection_id: str, frame: str) -> StreamWrite:
-    write = Route.connection(key_prefix, connection_id).send(frame)
-    assert isinstance(write, StreamWrite)
-    return write
+    """``Route.connection(key_prefix, connection_id).send(frame)``, for an id already checked."""
+    node_stream = constants.node_stream(key_prefix, connection_id.rpartition(".")[0])
+    return StreamWrite(
+        node_stream, send_command("connection", connection_id, frame), constants.NODE_STREAM_MAXLEN
+    )
 
 
 def _stream_entries(response: Any) -> Iterator[tuple[str, Mapping[bytes, bytes] | None]]:
