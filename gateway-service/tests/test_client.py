@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wsq_gateway.broker.client import HiredisConnection, HiredisSSLConnection, execute, redis_client
+from wsq_gateway.broker.client import HiredisConnection, HiredisSSLConnection, RedisPipe, redis_client
 
 
 @pytest.mark.parametrize(
@@ -60,13 +60,13 @@ async def test_a_real_round_trip(redis_url: str, key_prefix: str) -> None:
         await client.aclose()
 
 
-async def test_execute_returns_raw_replies_in_order_with_refusals_in_place(
+async def test_pipe_returns_raw_replies_in_order_with_refusals_in_place(
     redis_url: str, key_prefix: str
 ) -> None:
     client = redis_client(redis_url)
+    pipe = RedisPipe(client)
     try:
-        replies = await execute(
-            client,
+        replies = await pipe.execute(
             [
                 ("SET", f"{key_prefix}:a", "ü"),
                 ("LPUSH", f"{key_prefix}:a", "x"),  # WRONGTYPE: refused, the others still run
@@ -83,45 +83,50 @@ async def test_execute_returns_raw_replies_in_order_with_refusals_in_place(
         assert entry_id == replies[3]
         assert fields == [b"f", b"\xff"]  # flat, not a dict: no response callbacks
     finally:
+        await pipe.aclose()
         await client.aclose()
 
 
-async def test_execute_retries_a_killed_connection_as_the_client_says(
-    redis_url: str, key_prefix: str
-) -> None:
+async def test_pipe_retries_a_killed_connection_as_the_client_says(redis_url: str, key_prefix: str) -> None:
     client = redis_client(redis_url, retry=Retry(NoBackoff(), 1))
+    pipe = RedisPipe(client)
     admin = redis_client(redis_url)
     try:
-        (own_id,) = await execute(client, [("CLIENT", "ID")])
+        (own_id,) = await pipe.execute([("CLIENT", "ID")])
         await admin.execute_command("CLIENT", "KILL", "ID", own_id)
-        (reply,) = await execute(client, [("INCR", f"{key_prefix}:n")])
+        (reply,) = await pipe.execute([("INCR", f"{key_prefix}:n")])
         assert reply == 1  # the batch ran once, on a new connection
     finally:
+        await pipe.aclose()
         await client.aclose()
         await admin.aclose()
 
 
-async def test_execute_without_retries_raises_then_reconnects(redis_url: str, key_prefix: str) -> None:
+async def test_pipe_without_retries_raises_then_reconnects(redis_url: str, key_prefix: str) -> None:
     client = redis_client(redis_url, retry=Retry(NoBackoff(), 0))
+    pipe = RedisPipe(client)
     admin = redis_client(redis_url)
     try:
-        (own_id,) = await execute(client, [("CLIENT", "ID")])
+        (own_id,) = await pipe.execute([("CLIENT", "ID")])
         await admin.execute_command("CLIENT", "KILL", "ID", own_id)
         with pytest.raises(RedisConnectionError):
-            await execute(client, [("INCR", f"{key_prefix}:n")])
-        (reply,) = await execute(client, [("INCR", f"{key_prefix}:n")])
+            await pipe.execute([("INCR", f"{key_prefix}:n")])
+        (reply,) = await pipe.execute([("INCR", f"{key_prefix}:n")])
         assert reply == 1  # the failed batch did not run; the next one did
     finally:
+        await pipe.aclose()
         await client.aclose()
         await admin.aclose()
 
 
-async def test_execute_gives_up_after_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
+async def test_pipe_gives_up_after_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
     client = redis_client(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    pipe = RedisPipe(client)
     try:
         with pytest.raises(RedisTimeoutError):
-            await execute(client, [("BLPOP", f"{key_prefix}:empty", 5)])
-        (reply,) = await execute(client, [("PING",)])  # the out-of-step socket was dropped
+            await pipe.execute([("BLPOP", f"{key_prefix}:empty", 5)])
+        (reply,) = await pipe.execute([("PING",)])  # the out-of-step socket was dropped: a new one
         assert reply in (b"PONG", "PONG")
     finally:
+        await pipe.aclose()
         await client.aclose()

@@ -53,13 +53,13 @@ def test_run_uses_uvloop_when_installed() -> None:
     assert seen == ["uvloop"]
 
 
-async def test_execute_returns_raw_replies_in_order_with_refusals_in_place(
+async def test_pipe_returns_raw_replies_in_order_with_refusals_in_place(
     redis_url: str, key_prefix: str
 ) -> None:
     client = speedups.async_redis(redis_url)
+    pipe = speedups.RedisPipe(client)
     try:
-        replies = await speedups.execute(
-            client,
+        replies = await pipe.execute(
             [
                 ("SET", f"{key_prefix}:a", "ü"),
                 ("LPUSH", f"{key_prefix}:a", "x"),  # WRONGTYPE: refused, the others still run
@@ -76,34 +76,55 @@ async def test_execute_returns_raw_replies_in_order_with_refusals_in_place(
         assert entry_id == replies[3]
         assert fields == [b"f", b"\xff"]  # flat, not a dict: no response callbacks
     finally:
+        await pipe.aclose()
         await client.aclose()
 
 
 @pytest.mark.parametrize("retries", [0, 1])
-async def test_execute_retries_a_killed_connection_as_the_client_says(
+async def test_pipe_retries_a_killed_connection_as_the_client_says(
     redis_url: str, key_prefix: str, retries: int
 ) -> None:
     client = speedups.async_redis(redis_url, retry=Retry(NoBackoff(), retries))
+    pipe = speedups.RedisPipe(client)
     admin = speedups.async_redis(redis_url)
     try:
-        (own_id,) = await speedups.execute(client, [("CLIENT", "ID")])
+        (own_id,) = await pipe.execute([("CLIENT", "ID")])
         await admin.execute_command("CLIENT", "KILL", "ID", own_id)
         if retries:
-            assert await speedups.execute(client, [("INCR", f"{key_prefix}:n")]) == [1]
+            assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
         else:
             with pytest.raises(RedisConnectionError):
-                await speedups.execute(client, [("INCR", f"{key_prefix}:n")])
-            assert await speedups.execute(client, [("INCR", f"{key_prefix}:n")]) == [1]
+                await pipe.execute([("INCR", f"{key_prefix}:n")])
+            assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
     finally:
+        await pipe.aclose()
         await client.aclose()
         await admin.aclose()
 
 
-async def test_execute_gives_up_after_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
+async def test_pipe_gives_up_after_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
     client = speedups.async_redis(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    pipe = speedups.RedisPipe(client)
     try:
         with pytest.raises(RedisTimeoutError):
-            await speedups.execute(client, [("BLPOP", f"{key_prefix}:empty", 5)])
-        assert await speedups.execute(client, [("PING",)]) in ([b"PONG"], ["PONG"])  # a new socket
+            await pipe.execute([("BLPOP", f"{key_prefix}:empty", 5)])
+        assert await pipe.execute([("PING",)]) in ([b"PONG"], ["PONG"])  # a new socket
     finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
+async def test_pipe_packs_with_redis_py_without_hiredis(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(speedups, "hiredis", None)  # the fast extra not installed
+    client = speedups.async_redis(redis_url)
+    pipe = speedups.RedisPipe(client)
+    try:
+        assert await pipe.execute([("SET", f"{key_prefix}:k", "ü"), ("GET", f"{key_prefix}:k")]) in (
+            [b"OK", "ü".encode()],
+            ["OK", "ü".encode()],
+        )
+    finally:
+        await pipe.aclose()
         await client.aclose()

@@ -21,7 +21,7 @@ import redis.asyncio
 from wsq_worker.delivery import DELAY_SCRIPT, DelayedWrite
 from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
-from wsq_worker.speedups import execute
+from wsq_worker.speedups import RedisPipe
 
 __all__ = ["Flusher", "FlusherWrite"]
 
@@ -41,7 +41,7 @@ class Flusher:
     """
 
     def __init__(self, client: redis.asyncio.Redis, inbound_stream: str, group: str) -> None:
-        self._client = client
+        self._pipe = RedisPipe(client)
         self._inbound_stream = inbound_stream
         self._group = group
         self._writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]] = []
@@ -105,6 +105,7 @@ class Flusher:
             for _, done in self._writes:
                 if done is not None and not done.done():
                     done.set_exception(PublishError("the worker stopped before the push was written"))
+            await self._pipe.aclose()
 
     async def _write_batches(self) -> None:
         backoff = _MIN_BACKOFF_S
@@ -157,7 +158,7 @@ class Flusher:
         if acks:
             commands.append(("XACK", self._inbound_stream, self._group, *acks))
             commands.append(("XDEL", self._inbound_stream, *acks))
-        results = await execute(self._client, commands)
+        results = await self._pipe.execute(commands)
         for (write, done), result in zip(writes, results, strict=False):
             if isinstance(result, Exception):
                 # Redis refused this one command (wrong key type, out of memory...): not retried.

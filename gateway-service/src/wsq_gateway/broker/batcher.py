@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from wsq_gateway.broker.client import execute
+from wsq_gateway.broker.client import RedisPipe
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
 
@@ -43,7 +43,7 @@ class Write:
 
 class RedisBatcher:
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
+        self._pipe = RedisPipe(redis)
         self._queue: deque[Write] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -76,6 +76,7 @@ class RedisBatcher:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
                 log.error("gave up flushing writes to Redis", lost=len(self._queue))
+        await self._pipe.aclose()
 
     async def _run(self) -> None:
         failures = 0
@@ -104,7 +105,7 @@ class RedisBatcher:
         """Send one pipeline; settle every write; return the durable ones to retry."""
         commands = [command for write in batch for command in write.commands]
         try:
-            results = await execute(self._redis, commands)
+            results = await self._pipe.execute(commands)
         except (RedisError, OSError) as exc:
             log.warning("redis write failed", error=str(exc), writes=len(batch))
             return self._fail(batch, BrokerUnavailable(str(exc)))

@@ -1,5 +1,5 @@
 """The gateway's Redis clients: redis-py's asyncio client, packing commands with hiredis,
-and :func:`execute`, the hot path's lean pipeline.
+and :class:`RedisPipe`, the hot path's lean pipeline.
 
 redis-py's blocking client packs commands in C (``hiredis.pack_command``) when hiredis is
 installed; its asyncio client always packs them in Python, which the benchmark measured
@@ -7,8 +7,8 @@ at a fifth of the gateway's CPU per message. These connection classes pack with 
 and fall back to redis-py's packer for anything hiredis does not take.
 
 redis-py's ``Pipeline`` then spends about 10 µs of Python per command around the socket
-(a command stack, a timeout and a response callback per reply); :func:`execute` sends the
-same packed bytes on the same pooled connections and reads the raw replies in a loop.
+(a command stack, a timeout and a response callback per reply); :class:`RedisPipe` sends the
+same packed bytes on a connection of its own and reads the raw replies in a loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -57,27 +57,42 @@ def redis_client(url: str, **options: Any) -> aioredis.Redis:
     return client
 
 
-async def execute(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Send ``commands`` in one write and return their raw replies, in order.
+class RedisPipe:
+    """A Redis connection of one hot-path task's own (the batcher, the command reader).
 
-    What ``client.pipeline(transaction=False).execute(raise_on_error=False)`` does, without
-    its per-command cost: replies are as Redis sent them (bytes, lists, and maps in RESP3; no
-    response callbacks), a command Redis refused gives its ``ResponseError`` in its place, and a lost
-    connection is retried as the client's ``retry`` says (the whole batch, as redis-py's
-    pipeline does). The client's ``socket_timeout`` bounds reading all the replies (a blocking
-    command's wait included). Raises ``redis.exceptions.ConnectionError`` or ``TimeoutError``.
+    ``execute(commands)`` does what ``client.pipeline(transaction=False).execute(
+    raise_on_error=False)`` does, without its per-command and per-batch cost (a pool
+    checkout, a task per write, a timeout and a response callback per reply): the commands
+    go out in one write and their replies come back raw (bytes, lists, and maps in RESP3),
+    a command Redis refused giving its ``ResponseError`` in its place. A lost connection is
+    retried as the client's ``retry`` says (the whole batch, as redis-py's pipeline does).
+    The client's ``socket_timeout`` bounds a whole batch, a blocking command's wait
+    included. Failures raise redis-py's ``ConnectionError`` or ``TimeoutError``.
+
+    One task at a time: a second ``execute()`` while one runs would read the other's replies.
+    Command names are one word each (``"CLIENT", "ID"``, not ``"CLIENT ID"``).
     """
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-    try:
-        packed = conn.pack_commands(commands)
-        timeout = conn.socket_timeout
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        pool = client.connection_pool
+        self._timeout: float | None = pool.connection_kwargs.get("socket_timeout")
+        # Connected as the client's own connections are, but with no socket timeout: redis-py
+        # would run every write in a task of its own to bound it; execute() bounds the batch.
+        options = {**pool.connection_kwargs, "socket_timeout": None}
+        self._conn: AbstractConnection = pool.connection_class(**options)
+
+    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        conn = self._conn
+        try:
+            packed = [hiredis.pack_command(command) for command in commands]
+        except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
+            packed = conn.pack_commands(commands)
 
         async def send_and_read() -> list[Any]:
-            await conn.send_packed_command(packed)
             replies: list[Any] = []
             try:
-                async with asyncio_timeout(timeout):
+                async with asyncio_timeout(self._timeout):
+                    await conn.send_packed_command(packed)
                     for _ in commands:
                         try:  # math.inf: no timeout per reply, the one above bounds them all
                             replies.append(await conn.read_response(disable_decoding=True, timeout=math.inf))
@@ -93,5 +108,6 @@ async def execute(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -
 
         result: list[Any] = await conn.retry.call_with_retry(send_and_read, disconnect)
         return result
-    finally:
-        await pool.release(conn)
+
+    async def aclose(self) -> None:
+        await self._conn.disconnect()

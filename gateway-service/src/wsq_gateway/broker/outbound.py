@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
-from wsq_gateway.broker.client import execute
+from wsq_gateway.broker.client import RedisPipe
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.protocol.envelopes import Command, CommandError, decode_command
@@ -39,6 +39,7 @@ class Outbound:
         max_pending_bytes: int,
     ) -> None:
         self._redis = redis
+        self._pipe = RedisPipe(redis)  # its XREAD BLOCK on a connection of its own
         self._batcher = batcher
         self._connections = connections
         self._max_pending = max_pending_bytes
@@ -56,12 +57,18 @@ class Outbound:
         }
 
     async def run(self) -> None:
+        try:
+            await self._read_until_cancelled()
+        finally:
+            await self._pipe.aclose()
+
+    async def _read_until_cancelled(self) -> None:
         failures = 0
         while True:
             streams, positions = self._positions.keys(), self._positions.values()
             read = ("XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", *streams, *positions)
             try:
-                (response,) = await execute(self._redis, [read])
+                (response,) = await self._pipe.execute([read])
                 if isinstance(response, RedisError):  # an error reply (WRONGTYPE...)
                     raise response
             except (RedisError, OSError) as exc:
