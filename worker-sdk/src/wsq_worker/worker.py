@@ -266,6 +266,7 @@ class _Run:
             socket_timeout=worker.block_ms / 1000 + _COMMAND_TIMEOUT_S,
             retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
         )
+        self.read_pipe = speedups.RedisPipe(self.reader)  # XREADGROUP, replies raw
         self.publisher = AsyncPublisher(client=self.client, key_prefix=worker.key_prefix)
         self.flusher = Flusher(self.client, self.inbound, constants.CONSUMER_GROUP)
         self.claim_script = self.reader.register_script(delivery.CLAIM_SCRIPT)
@@ -297,6 +298,7 @@ class _Run:
                     self.keep_alive.cancel()
                     await asyncio.wait({self.keep_alive})
                 await self._forget_consumer()
+                await self.read_pipe.aclose()
                 await self.reader.aclose()
                 await self.client.aclose()
             finally:
@@ -331,13 +333,22 @@ class _Run:
                 # Not interrupted by stop(): the entries it returns are ours to handle, or they
                 # would stay pending forever. So stopping takes up to block_ms.
                 block_ms = min(worker.block_ms, int((next_claim - self.loop.time()) * 1000))
-                response = await self.reader.xreadgroup(
+                read = (
+                    "XREADGROUP",
+                    "GROUP",
                     constants.CONSUMER_GROUP,
                     worker.consumer_name,
-                    {self.inbound: ">"},
-                    count=count,
-                    block=max(block_ms, 1),  # 0 would block for ever
+                    "COUNT",
+                    count,
+                    "BLOCK",
+                    max(block_ms, 1),  # 0 would block for ever
+                    "STREAMS",
+                    self.inbound,
+                    ">",
                 )
+                (response,) = await self.read_pipe.execute([read])
+                if isinstance(response, redis.ResponseError):
+                    raise response
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHALL, a Redis restart...)
                     logger.warning("the consumer group is gone (%s): creating it again", exc)
@@ -742,13 +753,18 @@ def _connection_write(key_prefix: str, connection_id: str, frame: str) -> Stream
 
 
 def _stream_entries(response: Any) -> Iterator[tuple[str, Mapping[bytes, bytes] | None]]:
-    """(entry id, fields) of an XREADGROUP response, in the RESP2 (list) or RESP3 (dict) shape."""
+    """(entry id, fields) of a raw XREADGROUP reply, in the RESP2 (list) or RESP3 (map) shape;
+    an entry's fields come as a flat list of names and values, or None for a deleted entry."""
     if not response:
         return
     streams = response.items() if isinstance(response, dict) else response
     for _stream, entries in streams:
-        for entry_id, fields in entries:
-            yield (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), fields
+        for entry_id, flat_fields in entries:
+            if flat_fields is None:
+                yield entry_id.decode(), None
+            else:
+                pairs = iter(flat_fields)
+                yield entry_id.decode(), dict(zip(pairs, pairs, strict=True))
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
