@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, key_templates
-from wsq_worker import codec, constants
+from wsq_worker import Meta, codec, constants
 from wsq_worker.exceptions import ProtocolError, Refuse, Retry, WsqError
 from wsq_worker.protocol import (
     ERROR_CODES,
@@ -708,3 +708,19 @@ def test_key_builders_match_keys_json() -> None:
     for name, template in keys["keys"].items():
         assert builders[name]() == template.format(**values), name
     assert keys["consumer_group"] == constants.CONSUMER_GROUP
+
+
+def test_meta_is_read_only_and_compares_by_value() -> None:
+    at = datetime.datetime(2026, 11, 28, 8, 0, 0, 123000, tzinfo=datetime.UTC)
+    built = Meta("gw-1", at, "203.0.113.7")
+    from_event = Meta._of_event("gw-1", 1795852800123, "203.0.113.7", None)  # as the worker makes it
+    assert from_event.received_at == at
+    assert from_event == built
+    assert hash(from_event) == hash(built)
+    assert repr(built) == (
+        "Meta(node='gw-1', received_at=datetime.datetime(2026, 11, 28, 8, 0, 0, 123000, "
+        "tzinfo=datetime.timezone.utc), client_addr='203.0.113.7', close_code=None)"
+    )
+    assert Meta("gw-1", at, "203.0.113.7", 1006) != built
+    with pytest.raises(AttributeError):
+        built.node = "gw-2"  # type: ignore[misc]
