@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import threading
@@ -16,7 +17,15 @@ import redis
 import redis.asyncio
 
 from wsq_devkit import RedisServer, free_port
-from wsq_worker import AsyncPublisher, ConnectionInfo, ProtocolError, Publisher, PublishError, WsqError
+from wsq_worker import (
+    AsyncPublisher,
+    ConnectionInfo,
+    ProtocolError,
+    Publisher,
+    PublishError,
+    WsqError,
+    speedups,
+)
 from wsq_worker.constants import BROADCAST_STREAM_MAXLEN, NODE_STREAM_MAXLEN
 from wsq_worker.publisher import FanOutWrite, MembershipWrite, Route, StreamWrite
 
@@ -612,3 +621,56 @@ async def test_join_refused_by_redis_raises_publish_error(
     await redis_client.set(f"{key_prefix}:node:gw-b:out", "not a stream")
     with pytest.raises(PublishError, match="refused"):
         await resolve(publisher.join(CONNECTION_B, GROUP))
+
+
+# AsyncPublisher's batches.
+
+
+async def test_concurrent_async_pushes_share_round_trips(
+    redis_url: str, key_prefix: str, redis_client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    round_trips: list[int] = []
+    execute = speedups.RedisPipe.execute
+
+    async def counting(pipe: speedups.RedisPipe, commands: Any) -> list[Any]:
+        round_trips.append(len(commands))
+        return await execute(pipe, commands)
+
+    monkeypatch.setattr(speedups.RedisPipe, "execute", counting)
+    async with AsyncPublisher(redis_url, key_prefix) as publisher:
+        results = await asyncio.gather(*(publisher.to(CONNECTION_B).send("n", n) for n in range(200)))
+    assert results == [1] * 200
+    assert sum(round_trips) == 200
+    assert len(round_trips) <= 3, f"200 pushes awaited together took {len(round_trips)} round trips"
+    commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
+    assert [json.loads(command["frame"])["data"] for command in commands] == list(range(200))
+
+
+async def test_async_pushes_survive_a_script_flush(
+    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis
+) -> None:
+    await redis_client.script_flush()  # what a Redis restart does to loaded scripts
+    reached = await asyncio.gather(
+        resolve(publisher.to_group(GROUP).send("a", 1)),
+        resolve(publisher.to(CONNECTION_B).send("b", 2)),
+        resolve(publisher.to_user("nobody").send("c", 3)),
+    )
+    assert list(reached) == [2, 1, 0]
+    frames = [c.fields["frame"] for c in await members["gw-b"].commands() if c.fields["type"] == "send"]
+    assert sorted(frames) == ['{"action":"a","data":1}', '{"action":"b","data":2}']
+
+
+async def test_a_refused_async_push_fails_alone(
+    redis_url: str, key_prefix: str, redis_client: redis.asyncio.Redis
+) -> None:
+    await redis_client.set(f"{key_prefix}:node:gw-a_1:out", "not a stream")
+    async with AsyncPublisher(redis_url, key_prefix) as publisher:
+        refused, sent = await asyncio.gather(
+            publisher.to(CONNECTION_A1).send("a", 1),
+            publisher.to(CONNECTION_B).send("b", 2),
+            return_exceptions=True,
+        )
+    assert isinstance(refused, PublishError)
+    assert isinstance(refused.__cause__, redis.ResponseError)
+    assert sent == 1
+    assert await redis_client.xlen(f"{key_prefix}:node:gw-b:out") == 1

@@ -8,6 +8,7 @@ decode every presence reply in ``wsq_worker.presence``; only the execution diffe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,6 +19,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 import redis.retry
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, FieldT
 
 from wsq_worker import constants, speedups
@@ -444,6 +446,7 @@ class AsyncPublisher:
             retry=redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         )
         self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
+        self._batches = _Batches(self.client)
 
     @classmethod
     def from_env(cls) -> Self:
@@ -510,13 +513,12 @@ class AsyncPublisher:
     # Running the commands.
 
     async def _execute(self, write: Write) -> int:
-        try:
-            if isinstance(write, StreamWrite):
-                await self.client.xadd(write.stream, write.xadd_fields, maxlen=write.maxlen, approximate=True)
-                return 1
-            return int(await self._scripts[write.script](keys=write.keys, args=write.args))
-        except redis.RedisError as exc:
-            raise publish_error(exc) from exc
+        if isinstance(write, StreamWrite):
+            await self._batches.run(write.command)
+            return 1
+        keys = write.keys
+        sha = self._scripts[write.script].sha
+        return int(await self._batches.run(("EVALSHA", sha, len(keys), *keys, *write.args)))
 
     async def _read(self, read: Callable[[], Awaitable[_T]]) -> _T:
         try:
@@ -525,7 +527,8 @@ class AsyncPublisher:
             raise publish_error(exc, read=True) from exc
 
     async def aclose(self) -> None:
-        """Close the Redis connections (unless the client was passed in)."""
+        """Close the Redis connections (the client's only when it was not passed in)."""
+        await self._batches.aclose()
         if self._owns_client:
             await self.client.aclose()
 
@@ -536,3 +539,86 @@ class AsyncPublisher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+class _Batches:
+    """``AsyncPublisher``'s writes awaited during one event-loop tick, in one round trip.
+
+    A write waits for the batch after the one in flight, and one task sends the batches on a
+    ``RedisPipe``, so many concurrent pushes cost one write and one read, not one each.
+    Scripts go as ``EVALSHA``; when Redis does not know them (it restarted, or ran ``SCRIPT
+    FLUSH``), they are loaded and those writes sent again, after the rest of their batch (an
+    order only pushes awaited concurrently could tell apart).
+    """
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pipe: speedups.RedisPipe | None = None
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self, command: tuple[Any, ...]) -> Any:
+        """Write ``command`` in the next batch; its raw reply, or ``PublishError``."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or another event loop: connections are per loop
+            self._loop, self._pipe, self._task, self._queue = loop, speedups.RedisPipe(self._client), None, []
+        done = loop.create_future()
+        self._queue.append((command, done))
+        if self._task is None:
+            self._task = loop.create_task(self._write_batches())
+        return await done
+
+    async def aclose(self) -> None:
+        if self._pipe is not None and self._loop is asyncio.get_running_loop():
+            await self._pipe.aclose()
+
+    async def _write_batches(self) -> None:
+        assert self._pipe is not None
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    replies = await self._pipe.execute([command for command, _ in batch])
+                    if any(isinstance(reply, NoScriptError) for reply in replies):
+                        batch, replies = await self._again_with_scripts(batch, replies)
+                except redis.RedisError as exc:
+                    for _, done in batch:
+                        _settle(done, exc)
+                    continue
+                except BaseException:  # cancelled with its loop, say: nobody may wait for ever
+                    for _, done in [*batch, *self._queue]:
+                        done.cancel()
+                    raise
+                for (_, done), reply in zip(batch, replies, strict=True):
+                    _settle(done, reply)
+        finally:
+            self._task = None
+
+    async def _again_with_scripts(
+        self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], replies: list[Any]
+    ) -> tuple[list[tuple[tuple[Any, ...], asyncio.Future[Any]]], list[Any]]:
+        """Load the scripts, send the writes Redis did not know the script of again; the batch
+        and its replies, those writes last."""
+        assert self._pipe is not None
+        done = [
+            (pair, reply)
+            for pair, reply in zip(batch, replies, strict=True)
+            if not isinstance(reply, NoScriptError)
+        ]
+        again = [pair for pair, reply in zip(batch, replies, strict=True) if isinstance(reply, NoScriptError)]
+        await self._pipe.execute([("SCRIPT", "LOAD", source) for source in _SCRIPTS])
+        replies_again = await self._pipe.execute([command for command, _ in again])
+        return [pair for pair, _ in done] + again, [reply for _, reply in done] + replies_again
+
+
+def _settle(done: asyncio.Future[Any], reply: Any) -> None:
+    """Resolve a waiting write with its reply, or ``PublishError`` (one per waiter)."""
+    if done.done():  # its caller was cancelled
+        return
+    if isinstance(reply, redis.RedisError):
+        error = publish_error(reply)
+        error.__cause__ = reply
+        done.set_exception(error)
+    else:
+        done.set_result(reply)
