@@ -19,6 +19,8 @@ from gateway_harness import GatewayFactory, RunningGateway, receive_json
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
+from wsq_gateway.protocol.frames import wire_text_frame
+from wsq_gateway.state import GATEWAY
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
@@ -212,6 +214,53 @@ async def test_pushes_to_one_connection_keep_their_order(
     # what the gateway has delivered is trimmed from its stream
     await wait_until_async(lambda: _stream_len_at_most(redis, stream, 1), timeout=5, message="trimmed")
     await ws.close()
+
+
+class CountingTransport:
+    """A socket transport that records what is written to it."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_frames_for_one_connection_read_together_take_one_write_and_come_before_a_close(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    conn = gateway.server.app[GATEWAY].connections.get(cid)
+    assert conn is not None
+    counting = CountingTransport(conn.transport)
+    conn.transport = counting  # type: ignore[assignment]
+    stream = gateway.keys.node_stream(gateway.node_id)
+    frames = [{"action": "n", "data": n} for n in range(3)]
+    async with redis.pipeline(transaction=True) as atomic:  # one read gets them all
+        for frame in frames:
+            atomic.xadd(stream, command("connection", cid, frame))
+        atomic.xadd(
+            stream,
+            {
+                "v": "1",
+                "type": "disconnect",
+                "target": "connection",
+                "to": cid,
+                "code": "4000",
+                "reason": "bye",
+            },
+        )
+        await atomic.execute()
+    assert [await receive_json(ws) for _ in frames] == frames
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4000)
+    assert counting.writes[0] == b"".join(wire_text_frame(orjson.dumps(frame)) for frame in frames)
 
 
 async def _stream_len_at_most(redis: aioredis.Redis, stream: str, n: int) -> bool:

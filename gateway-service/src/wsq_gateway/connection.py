@@ -124,6 +124,18 @@ class Connection:
         elif self._drainer is None and not self.held:
             self._drainer = asyncio.create_task(self._drain())
 
+    def deliver_all(self, frames: list[bytes], max_pending_bytes: int) -> None:
+        """``deliver()`` each of ``frames``, in order, in one write to the socket when it has room."""
+        if len(frames) > 1 and self._outbox is None and not (self.closing or self.ws.closed):
+            data = b"".join([wire_text_frame(frame) for frame in frames])
+            transport = self.transport
+            if transport.get_write_buffer_size() + len(data) < self.write_limit:
+                if not transport.is_closing():
+                    transport.write(data)
+                return
+        for frame in frames:
+            self.deliver(frame, max_pending_bytes)
+
     def release(self, first_frame: bytes) -> None:
         """Start delivering: ``first_frame``, then what was pushed while held."""
         self.held = False

@@ -47,6 +47,7 @@ class Outbound:
         self._broadcast_stream = keys.broadcast_stream
         self._positions: dict[str, str] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._corked: dict[Connection, list[bytes]] = {}  # frames for one connection, in order
 
     async def start_positions(self) -> None:
         """Read from here on: everything new in the node stream, the broadcast from now."""
@@ -86,6 +87,7 @@ class Outbound:
                 for _entry_id, flat_fields in entries:
                     pairs = iter(flat_fields)
                     self._handle(dict(zip(pairs, pairs, strict=True)))
+                self._uncork()
                 self._positions[stream] = entries[-1][0].decode()
                 if stream == self._node_stream:
                     # Done with everything up to this entry: trim it (the last one stays).
@@ -98,6 +100,16 @@ class Outbound:
         except CommandError as exc:
             log.warning("skipped a malformed command", error=str(exc))
             return
+        if command.type == "send" and command.target == "connection":
+            # Replies and pushes to one connection wait until the end of the read (or the next
+            # other command), so the frames a connection gets in one read take one write.
+            assert command.frame is not None
+            assert command.to is not None
+            conn = self._connections.get(command.to)
+            if conn is not None:
+                self._corked.setdefault(conn, []).append(command.frame)
+            return
+        self._uncork()  # what came before this command is written before it acts
         if command.type == "send":
             assert command.frame is not None
             wire = wire_text_frame(command.frame)  # encoded once, whatever the number of recipients
@@ -123,6 +135,13 @@ class Outbound:
                 self._connections.join(member, command.group)
             else:
                 self._connections.leave(member, command.group)
+
+    def _uncork(self) -> None:
+        """Write the frames held for single connections, one write per connection."""
+        if self._corked:
+            for conn, frames in self._corked.items():
+                conn.deliver_all(frames, self._max_pending)
+            self._corked.clear()
 
     def _targets(self, command: Command) -> list[Connection]:
         if command.target == "connection":
