@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType, TracebackType
@@ -768,8 +769,18 @@ def _stream_entries(response: Any) -> Iterator[tuple[str, Mapping[bytes, bytes] 
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
-    # An object with an ``async def __call__`` counts too.
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    # An object with an ``async def __call__`` counts too. Asked for every event: cached.
+    try:
+        return _ASYNC_CALLABLES[fn]
+    except (KeyError, TypeError):  # TypeError: not hashable, so not cached
+        pass
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    with contextlib.suppress(TypeError):
+        _ASYNC_CALLABLES[fn] = is_async
+    return is_async
+
+
+_ASYNC_CALLABLES: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def _check_callable(fn: _F, what: str) -> _F:
