@@ -101,15 +101,7 @@ class Connection:
         if self.closing or self.ws.closed:
             return
         if self._outbox is None:
-            transport = self.transport
-            if wire is None:
-                wire = wire_text_frame(frame)
-            if transport.get_write_buffer_size() + len(wire) < self.write_limit:
-                # Room in the transport: write now. No await, so no other write can come
-                # between, and nothing else writes to this socket except through here and
-                # aiohttp's own control frames, each written whole.
-                if not transport.is_closing():
-                    transport.write(wire)
+            if self._write_now(wire_text_frame(frame) if wire is None else wire):
                 return
             self._outbox = deque()
         self._outbox.append(frame)
@@ -126,15 +118,28 @@ class Connection:
 
     def deliver_all(self, frames: list[bytes], max_pending_bytes: int) -> None:
         """``deliver()`` each of ``frames``, in order, in one write to the socket when it has room."""
-        if len(frames) > 1 and self._outbox is None and not (self.closing or self.ws.closed):
-            data = b"".join([wire_text_frame(frame) for frame in frames])
-            transport = self.transport
-            if transport.get_write_buffer_size() + len(data) < self.write_limit:
-                if not transport.is_closing():
-                    transport.write(data)
-                return
+        if (
+            len(frames) > 1
+            and not (self.closing or self.ws.closed)
+            and self._write_now(b"".join([wire_text_frame(frame) for frame in frames]))
+        ):
+            return
         for frame in frames:
             self.deliver(frame, max_pending_bytes)
+
+    def _write_now(self, wire: bytes) -> bool:
+        """Write ``wire`` to the socket now if nothing waits in the outbox and the transport has
+        room; False (nothing written) otherwise.
+
+        No await, so no other write can come between, and nothing else writes to this socket
+        except through here and aiohttp's own control frames, each written whole.
+        """
+        transport = self.transport
+        if self._outbox is not None or transport.get_write_buffer_size() + len(wire) >= self.write_limit:
+            return False
+        if not transport.is_closing():
+            transport.write(wire)
+        return True
 
     def release(self, first_frame: bytes) -> None:
         """Start delivering: ``first_frame``, then what was pushed while held."""
