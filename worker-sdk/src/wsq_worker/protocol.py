@@ -254,20 +254,10 @@ def decode_event(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
         frame = event.get("frame")
         if frame is None:
             raise ProtocolError("a message event needs a frame")
-        attempt = event.get("attempt")
+        attempt = int(_required(event, "attempt", _ATTEMPT)) if "attempt" in event else 1
         action, data, frame_id = _decode_client_frame(frame)
         return Event(
-            "message",
-            connection_id,
-            node,
-            user_id,
-            ts,
-            addr,
-            action,
-            data,
-            frame_id,
-            None,
-            1 if attempt is None else int(_required(event, "attempt", _ATTEMPT)),
+            "message", connection_id, node, user_id, ts, addr, action, data, frame_id, attempt=attempt
         )
     for name in ("hook", "request"):
         if name in event and event_type != "connect":
