@@ -117,6 +117,23 @@ async def test_to_user_skips_malformed_connection_ids(
     assert await redis_client.keys(f"{key_prefix}:node:*") == [f"{key_prefix}:node:gw-b:out"]
 
 
+async def test_to_user_with_many_connections_reaches_each_gateway_once(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    # Many members per gateway take the script's fast path; the odd ones, its pattern match:
+    # a suffix of another length still names its gateway, the malformed ids are skipped.
+    members = [f"gw-a_1.{n:022d}" for n in range(50)] + [f"gw-b.{n:022d}" for n in range(50)]
+    odd = ["gw-d." + "A" * 21, "gw-c!" + "A" * 22, "gw:e." + "A" * 22]
+    await redis_client.sadd(f"{key_prefix}:user:7:conns", *members, *odd)
+    assert await resolve(publisher.to_user("7").send("notice", 1)) == 3
+    nodes = ("gw-a_1", "gw-b", "gw-d")
+    assert sorted(await redis_client.keys(f"{key_prefix}:node:*")) == [
+        f"{key_prefix}:node:{n}:out" for n in nodes
+    ]
+    for node in nodes:
+        assert await redis_client.xlen(f"{key_prefix}:node:{node}:out") == 1
+
+
 async def test_broadcast_writes_to_the_broadcast_stream(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
 ) -> None:
