@@ -123,7 +123,7 @@ class Client:
         while True:
             msg = await self.ws.receive(timeout=timeout)
             if msg.type is aiohttp.WSMsgType.CLOSE:
-                return msg.data, msg.extra
+                return int(msg.data), msg.extra or ""
             assert msg.type is aiohttp.WSMsgType.TEXT, msg
 
     async def close(self) -> None:
