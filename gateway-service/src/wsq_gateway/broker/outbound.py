@@ -104,9 +104,7 @@ class Outbound:
             # Replies and pushes to one connection wait until the end of the read (or the next
             # other command), so the frames a connection gets in one read take one write.
             assert command.frame is not None
-            assert command.to is not None
-            conn = self._connections.get(command.to)
-            if conn is not None:
+            for conn in self._targets(command):
                 self._corked.setdefault(conn, []).append(command.frame)
             return
         self._uncork()  # what came before this command is written before it acts
