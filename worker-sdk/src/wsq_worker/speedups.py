@@ -15,6 +15,7 @@ replies in a loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -70,7 +71,8 @@ def async_redis(url: str, **options: Any) -> redis.asyncio.Redis:
 
 
 class RedisPipe:
-    """A Redis connection of one hot-path task's own (the flusher).
+    """A Redis connection of one hot-path task's own (the flusher, the read loop, an
+    ``AsyncPublisher``'s batches).
 
     ``execute(commands)`` does what ``client.pipeline(transaction=False).execute(
     raise_on_error=False)`` does, without its per-command and per-batch cost (a pool
@@ -95,12 +97,7 @@ class RedisPipe:
 
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         conn = self._conn
-        try:
-            if hiredis is None:
-                raise TypeError("no hiredis")
-            packed = [hiredis.pack_command(command) for command in commands]
-        except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
-            packed = conn.pack_commands(commands)
+        packed = _packed(conn, commands)
 
         async def send_and_read() -> list[Any]:
             replies: list[Any] = []
@@ -125,6 +122,15 @@ class RedisPipe:
 
     async def aclose(self) -> None:
         await self._conn.disconnect()
+
+
+def _packed(conn: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """The commands in RESP: by hiredis when installed, else (or for what hiredis does not
+    take, a bool say: redis-py then raises its usual DataError) by the connection's packer."""
+    if hiredis is not None:
+        with contextlib.suppress(TypeError):
+            return [hiredis.pack_command(command) for command in commands]
+    return conn.pack_commands(commands)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
