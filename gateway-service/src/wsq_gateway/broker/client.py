@@ -110,4 +110,6 @@ class RedisPipe:
         return result
 
     async def aclose(self) -> None:
-        await self._conn.disconnect()
+        # Every reply was read, so nothing is left to wait for: closing without waiting also
+        # keeps a shutdown from hanging in ``wait_closed()`` (redis/redis-py#3941).
+        await self._conn.disconnect(nowait=True)
