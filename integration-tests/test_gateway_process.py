@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import ssl
 from pathlib import Path
 
@@ -93,3 +94,29 @@ def test_health_endpoints(start_gateway: StartGateway) -> None:
     assert gateway.status("/healthz") == 200
     assert gateway.status("/readyz") == 200
     assert gateway.status("/nope") == 404
+
+
+async def test_a_handler_still_waiting_does_not_starve_the_drain(
+    start_gateway: StartGateway,
+    session: aiohttp.ClientSession,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    """SIGTERM while a connection waits for its connect hook's answer (no worker runs, and the
+    hook's timeout is longer than the drain): its socket is closed with 1012, its handler is
+    cancelled, and its disconnect event is still written and the gateway still leaves the set
+    of live gateways, all within WSQ_DRAIN_S."""
+    gateway = start_gateway(WSQ_CONNECT_HOOK="true", WSQ_CONNECT_TIMEOUT_S="60", WSQ_DRAIN_S="5")
+    inbound = f"{key_prefix}:inbound"
+    ws = await session.ws_connect(gateway.ws_url)
+    wait_until(lambda: redis_client.xlen(inbound) == 1, timeout=10, message="the connect event")
+
+    gateway.process.signal(signal.SIGTERM)
+    closed = await ws.receive(timeout=10)
+    assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1012)
+    assert gateway.process.wait(timeout=15) == 0
+
+    events = [fields for _id, fields in redis_client.xrange(inbound)]
+    assert [(e["type"], e.get("close_code")) for e in events] == [("connect", None), ("disconnect", "1012")]
+    assert redis_client.zscore(f"{key_prefix}:nodes", gateway.node_id) is None
+    assert "longer than WSQ_DRAIN_S" not in gateway.process.output()

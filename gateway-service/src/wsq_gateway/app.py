@@ -11,6 +11,7 @@ from aiohttp import web
 
 from wsq_gateway.broker.client import redis_client
 from wsq_gateway.broker.outbound import BLOCK_MS
+from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import get_logger
 from wsq_gateway.settings import Settings
@@ -20,6 +21,7 @@ from wsq_gateway.transport import healthz, readyz, websocket
 log = get_logger(GATEWAY_LOGGER)
 
 REDIS_TIMEOUT_S = 5.0
+FLUSH_SHARE = 0.9
 
 
 def _redis_client(settings: Settings, timeout: float) -> aioredis.Redis:
@@ -66,7 +68,12 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await gateway.batcher.close(gateway.settings.drain_s)
+    # A handler aiohttp had to cancel may not have ended yet: its disconnect event goes now.
+    for conn in gateway.connections.all():
+        gateway.forget_connection(conn, conn.close_code or CloseCode.SERVICE_RESTART)
+    # The queued writes (disconnect events among them) get most of what is left of the drain's
+    # budget; the goodbye, one round trip, the rest.
+    await gateway.batcher.close(gateway.drain_time_left() * FLUSH_SHARE)
     with contextlib.suppress(aioredis.RedisError, OSError):
         await gateway.liveness.goodbye()
     await gateway.redis.aclose()
@@ -90,7 +97,7 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
 async def _drain(app: web.Application) -> None:
     """Shutdown: refuse new sockets, close the open ones with 1012; their disconnect events follow."""
     gateway = app[GATEWAY]
-    gateway.draining = True
+    gateway.start_draining()
     log.info("draining", connections=len(gateway.connections))
     await gateway.close_all()
 

@@ -68,8 +68,9 @@ class Connection:
         self._outbox: deque[bytes] | None = deque()
         self._pending_bytes = 0
         self.held = True
-        # With the connect hook: resolved by the worker's accept or refuse command.
-        self.answer: asyncio.Future[Command] | None = None
+        # With the connect hook: resolved by the worker's accept or refuse command, or with
+        # None when the socket is closed first (a drain, say).
+        self.answer: asyncio.Future[Command | None] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.closing = False
         self.message_head: tuple[str, ...] | None = None  # cached by Inbound.message()
@@ -179,6 +180,8 @@ class Connection:
             return
         self.closing = True
         self.close_code = int(code)
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_result(None)  # no one waits for a worker's verdict on it any more
         drainer = self._drainer
         if drainer is not None and drainer is not asyncio.current_task():
             drainer.cancel()  # it may be waiting for room in the socket that never comes
@@ -208,13 +211,15 @@ class ConnectionIndex:
         if conn.user_id is not None:
             self.by_user.setdefault(conn.user_id, set()).add(conn)
 
-    def remove(self, conn: Connection) -> None:
+    def remove(self, conn: Connection) -> bool:
+        """Drop ``conn``; False when it was not here (already removed)."""
         if self.by_id.pop(conn.id, None) is None:
-            return
+            return False
         if conn.user_id is not None:
             _discard(self.by_user, conn.user_id, conn)
         for group in conn.groups or ():
             _discard(self.by_group, group, conn)
+        return True
 
     def set_user(self, conn: Connection, user_id: str) -> None:
         """The connect hook gave the connection a (new) user id."""

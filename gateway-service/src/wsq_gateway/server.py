@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+from typing import Any
 
 from aiohttp import web
 
@@ -15,6 +16,9 @@ from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY
 
 log = get_logger(GATEWAY_LOGGER)
+
+HANDLERS_SHARE = 0.25
+CANCEL_WAIT_S = 1.0  # after an overlong drain, for its cancellation to unwind
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -33,7 +37,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_s)
+    # After the sockets are closed, aiohttp waits up to this for their handlers, then cancels
+    # them and waits up to this again; the flush and the goodbye have the rest of WSQ_DRAIN_S.
+    handlers_timeout = settings.drain_s * HANDLERS_SHARE
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=handlers_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context(settings))
@@ -41,16 +48,42 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         scheme = "wss" if settings.ssl_certfile else "ws"
         log.info("listening", url=f"{scheme}://{settings.host}:{settings.port}{settings.path}")
         await stop.wait()
-        app[GATEWAY].draining = True  # /readyz answers 503 from now on
         log.info("shutting down")
     finally:
         # Stops accepting, closes the sockets (1012), waits for their handlers, flushes the
         # Redis writes and leaves the set of live gateways: all within WSQ_DRAIN_S.
-        try:
-            await asyncio.wait_for(runner.cleanup(), settings.drain_s)
-        except TimeoutError:
-            log.error("the drain took longer than WSQ_DRAIN_S; exiting anyway", drain_s=settings.drain_s)
+        gateway = app[GATEWAY]
+        gateway.start_draining()  # /readyz answers 503 from now on
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        await asyncio.wait([cleanup], timeout=gateway.drain_time_left())
+        if cleanup.done():
+            cleanup.result()  # an error of the cleanup itself goes on up
+        else:
+            log.error(
+                "the drain took longer than WSQ_DRAIN_S; exiting anyway",
+                drain_s=settings.drain_s,
+                waiting=_waiting_tasks(),
+            )
+            cleanup.cancel()
+            await asyncio.wait([cleanup], timeout=CANCEL_WAIT_S)
     log.info("stopped")
+
+
+def _waiting_tasks() -> list[str]:
+    """Each unfinished task and its chain of awaits, innermost last: what held a drain up."""
+    waiting = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        waiting.append(f"{task.get_name()}: {' > '.join(chain)}")
+    return waiting
 
 
 def run(settings: Settings) -> None:

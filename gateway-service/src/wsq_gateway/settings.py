@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         description="On SIGTERM, the most the drain may take: refuse new sockets, close open ones "
-        "with 1012, write their disconnect events, leave the set of live gateways.",
+        "with 1012, write their disconnect events, leave the set of live gateways. Handlers still "
+        "busy a quarter of it after their socket closed are cancelled, so the writes get the rest.",
     )
     node_heartbeat_s: float = Field(
         5.0, gt=0, description="Seconds between this gateway's heartbeats and its checks for dead gateways."

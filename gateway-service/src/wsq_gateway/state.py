@@ -13,7 +13,7 @@ from wsq_gateway.broker.batcher import RedisBatcher
 from wsq_gateway.broker.inbound import Inbound
 from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
-from wsq_gateway.connection import ConnectionIndex
+from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.protocol.keys import Keys
 from wsq_gateway.settings import Settings
@@ -64,6 +64,36 @@ class Gateway:
         self.forwarded_headers = settings.forwarded_headers  # parsed once, copied at every upgrade
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
+        self._drain_deadline: float | None = None  # loop time by which the drain must be over
+
+    def start_draining(self) -> None:
+        """Refuse new sockets (/readyz says 503) and start the WSQ_DRAIN_S clock (once)."""
+        self.draining = True
+        if self._drain_deadline is None:
+            self._drain_deadline = asyncio.get_running_loop().time() + self.settings.drain_s
+
+    def drain_time_left(self) -> float:
+        """Seconds left of the drain's budget (all of it before the drain starts)."""
+        if self._drain_deadline is None:
+            return self.settings.drain_s
+        return max(self._drain_deadline - asyncio.get_running_loop().time(), 0.0)
+
+    def add_connection(self, conn: Connection) -> None:
+        """A socket was accepted: index it, and count it against its client address."""
+        self.connections.add(conn)
+        self.per_addr[conn.addr] = self.per_addr.get(conn.addr, 0) + 1
+
+    def forget_connection(self, conn: Connection, close_code: int) -> None:
+        """The socket is gone: drop it from the local indexes and emit its disconnect event.
+        Once per connection: a second call does nothing."""
+        if not self.connections.remove(conn):
+            return
+        left = self.per_addr.get(conn.addr, 1) - 1
+        if left > 0:
+            self.per_addr[conn.addr] = left
+        else:
+            self.per_addr.pop(conn.addr, None)
+        self.inbound.disconnected(conn, close_code)
 
     async def reregister_all(self) -> None:
         """Redis restarted empty: record the live connections (and their groups) again."""

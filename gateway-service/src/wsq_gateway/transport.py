@@ -101,19 +101,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if transport is None:  # the client went away during the handshake
         return ws
     conn = Connection(new_connection_id(gateway.node_id), user_id, client_addr, now_ms(), ws, transport)
-    gateway.connections.add(conn)
-    gateway.per_addr[conn.addr] = gateway.per_addr.get(conn.addr, 0) + 1
+    gateway.add_connection(conn)
     hook = settings.connect_hook
     if hook:
         conn.answer = asyncio.get_running_loop().create_future()
     try:
         await gateway.inbound.connected(conn, hook=hook, request=upgrade_request)
     except BrokerUnavailable as exc:
-        gateway.connections.remove(conn)
-        _release_addr(gateway, conn.addr)
         # Redis may have registered it before the reply was lost: forget it (a no-op if not).
         code = close_code_for(exc)
-        gateway.inbound.disconnected(conn, code)
+        gateway.forget_connection(conn, code)
         log.warning("could not register a connection", error=str(exc))
         await ws.close(code=code, message=REDIS_UNAVAILABLE.encode())
         return ws
@@ -124,11 +121,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             conn.release(connected_frame(conn.id, conn.user_id))
             await _read_frames(gateway, conn)
     finally:
-        gateway.connections.remove(conn)
-        _release_addr(gateway, conn.addr)
         # Our own code when the gateway closed it, else the client's; 1006 when none was sent.
         close_code = conn.close_code or ws.close_code or 1006
-        gateway.inbound.disconnected(conn, close_code)
+        gateway.forget_connection(conn, close_code)
         log.debug("disconnected", connection_id=conn.id, close_code=close_code)
     return ws
 
@@ -144,6 +139,8 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
         return False
     finally:
         conn.answer = None
+    if answer is None:  # closed while waiting
+        return False
     if answer.type == "refuse":
         await conn.close(answer.code, answer.reason)
         return False
@@ -166,14 +163,6 @@ def _request_text(request: web.Request, forwarded: tuple[str, ...]) -> str:
         if values:  # cookies split in several headers (HTTP/2) join with "; ", others with ", "
             headers[name] = ("; " if name == "cookie" else ", ").join(values)
     return request_text(request.path, request.rel_url.raw_query_string, headers)
-
-
-def _release_addr(gateway: Gateway, addr: str) -> None:
-    left = gateway.per_addr.get(addr, 1) - 1
-    if left > 0:
-        gateway.per_addr[addr] = left
-    else:
-        gateway.per_addr.pop(addr, None)
 
 
 def _readable_id(raw: bytes) -> str | None:
