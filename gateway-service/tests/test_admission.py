@@ -12,6 +12,8 @@ from gateway_harness import GatewayFactory, RunningGateway, receive_json
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
+from wsq_gateway.broker.registry import REGISTERED, USER_FULL, register_command
+from wsq_gateway.protocol.keys import Keys
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
@@ -91,6 +93,33 @@ async def test_connections_per_user_and_per_address_are_limited(
     await wait_until_async(room_again, timeout=5, message="a freed slot")
     for ws in (second, third):
         await ws.close()
+
+
+async def test_registration_checks_the_users_limit_in_the_same_step(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """The check before the upgrade can race with other handshakes of the same user (on this
+    gateway or another); the registration script checks again, atomically, and writes
+    nothing when the user is full."""
+    keys = Keys(key_prefix)
+    event = ["v", "1", "type", "connect"]
+
+    async def register(cid: str, limit: int) -> int:
+        reply = await redis.execute_command(
+            *register_command(keys, cid, "gw", 1, "10.0.0.1", "ann", limit, event)
+        )
+        return int(reply)
+
+    await redis.sadd(keys.user_connections("ann"), "gw.a", "gw.b")
+    assert await register("gw.c", 2) == USER_FULL
+    assert not await redis.exists(keys.connection("gw.c"))
+    assert await redis.smembers(keys.user_connections("ann")) == {b"gw.a", b"gw.b"}
+    assert not await redis.exists(keys.node_connections("gw"), keys.inbound_stream)
+
+    assert await register("gw.c", 3) == REGISTERED
+    assert await redis.hget(keys.connection("gw.c"), "user_id") == b"ann"
+    assert await redis.xlen(keys.inbound_stream) == 1
+    assert await register("gw.d", 0) == REGISTERED, "0: no limit"
 
 
 async def test_a_full_inbound_stream_answers_overloaded(
@@ -207,6 +236,44 @@ async def test_connect_hook_refusal_closes_with_the_workers_code(
         return types == [b"connect", b"disconnect"]
 
     await wait_until_async(disconnected, timeout=5, message="exactly one disconnect event")
+
+
+async def test_connect_hook_naming_a_full_user_closes_with_1008(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    """The connect hook is the only place the user is known: its accept is refused when that
+    user already holds WSQ_MAX_CONNECTIONS_PER_USER connections."""
+    gateway = await start_gateway(connect_hook=True, max_connections_per_user=1)
+    first = await gateway.session.ws_connect(gateway.url())
+    first_id = (await wait_for_connect_event(redis, gateway))["connection_id"]
+    await answer(redis, gateway, {"type": "accept", "to": first_id, "user_id": "ann"})
+    assert (await receive_json(first))["action"] == "$connected"
+
+    second = await gateway.session.ws_connect(gateway.url())
+
+    async def second_connect() -> str | None:
+        ids = [f[b"connection_id"].decode() for _, f in await redis.xrange(gateway.keys.inbound_stream)]
+        return next((cid for cid in ids if cid != first_id), None)
+
+    second_id = await wait_until_async(second_connect, timeout=5, message="the second connect event")
+    await answer(redis, gateway, {"type": "accept", "to": second_id, "user_id": "ann"})
+    msg = await second.receive(timeout=5)
+    assert (msg.type, msg.data, msg.extra) == (
+        aiohttp.WSMsgType.CLOSE,
+        1008,
+        "this user holds too many connections",
+    )
+
+    async def disconnected() -> list[tuple[bytes, bytes | None]] | None:
+        entries = [f for _, f in await redis.xrange(gateway.keys.inbound_stream)]
+        seen = [
+            (f[b"type"], f.get(b"close_code")) for f in entries if f[b"connection_id"] == second_id.encode()
+        ]
+        return seen if len(seen) == 2 else None
+
+    assert await wait_until_async(disconnected, timeout=5) == [(b"connect", None), (b"disconnect", b"1008")]
+    assert await redis.smembers(gateway.keys.user_connections("ann")) == {first_id.encode()}
+    await first.close()
 
 
 async def test_connect_hook_without_an_answer_closes_with_1013(

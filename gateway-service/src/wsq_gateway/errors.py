@@ -38,6 +38,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     INVALID_TEXT = 1007  # a text frame was not UTF-8 (closed by aiohttp itself)
+    POLICY_VIOLATION = 1008  # over WSQ_MAX_CONNECTIONS_PER_USER, found once the user was known
     MESSAGE_TOO_BIG = 1009  # a frame exceeded WSQ_MAX_MESSAGE_BYTES
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012  # the gateway drains (SIGTERM) or was presumed dead: reconnect

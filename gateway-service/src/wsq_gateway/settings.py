@@ -71,7 +71,8 @@ class Settings(BaseSettings):
         100,
         ge=0,
         description="Open connections one user_id may hold across all gateways (0: no limit); "
-        "more are refused with HTTP 429.",
+        "more are refused with HTTP 429, or closed with 1008 when the user is known only after "
+        "the upgrade (a connect hook naming it, or a burst the check before the upgrade missed).",
     )
     max_connections_per_addr: int = Field(
         1000,

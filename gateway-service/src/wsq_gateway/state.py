@@ -38,6 +38,7 @@ class Gateway:
             self.node_id,
             max_queued=settings.max_queued_frames,
             max_backlog=settings.max_inbound_backlog,
+            max_per_user=settings.max_connections_per_user,
         )
         self.outbound = Outbound(
             blocking_redis,

@@ -31,6 +31,7 @@ BINARY_FRAME = error_frame(ErrorCode.INVALID_FRAME, "binary frames are not suppo
 OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
 REDIS_UNAVAILABLE = "redis unavailable, try again later"
+USER_FULL = "this user holds too many connections"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -80,7 +81,7 @@ async def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, st
         except (RedisError, OSError):
             held = 0  # registration will fail with 1013 if Redis is really gone
         if held >= settings.max_connections_per_user:
-            raise web.HTTPTooManyRequests(text="this user holds too many connections")
+            raise web.HTTPTooManyRequests(text=USER_FULL)
     return user_id, addr
 
 
@@ -106,13 +107,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if hook:
         conn.answer = asyncio.get_running_loop().create_future()
     try:
-        await gateway.inbound.connected(conn, hook=hook, request=upgrade_request)
+        registered = await gateway.inbound.connected(conn, hook=hook, request=upgrade_request)
     except BrokerUnavailable as exc:
         # Redis may have registered it before the reply was lost: forget it (a no-op if not).
         code = close_code_for(exc)
         gateway.forget_connection(conn, code)
         log.warning("could not register a connection", error=str(exc))
         await ws.close(code=code, message=REDIS_UNAVAILABLE.encode())
+        return ws
+    if not registered:  # the user filled up since _admit() looked (on this gateway or another)
+        gateway.forget_connection(conn, CloseCode.POLICY_VIOLATION)  # nothing in Redis: no event
+        log.info("refused a connection: its user holds too many", user_id=conn.user_id)
+        await ws.close(code=CloseCode.POLICY_VIOLATION, message=USER_FULL.encode())
         return ws
 
     try:
@@ -148,9 +154,13 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
         previous = conn.user_id
         gateway.connections.set_user(conn, answer.user_id)
         try:
-            await gateway.inbound.set_user(conn, previous)
+            recorded = await gateway.inbound.set_user(conn, previous)
         except BrokerUnavailable as exc:
             await conn.close(close_code_for(exc), REDIS_UNAVAILABLE)
+            return False
+        if not recorded:  # the user the hook named already holds WSQ_MAX_CONNECTIONS_PER_USER
+            log.info("refused a connection: its user holds too many", user_id=conn.user_id)
+            await conn.close(CloseCode.POLICY_VIOLATION, USER_FULL)
             return False
     return True
 

@@ -38,7 +38,7 @@ class Write:
     commands: Sequence[tuple[Any, ...]]
     on_error: Callable[[BrokerUnavailable], None] | None = None
     durable: bool = False
-    done: asyncio.Future[None] | None = field(default=None)
+    done: asyncio.Future[list[Any]] | None = field(default=None)  # resolved with the replies
 
 
 class RedisBatcher:
@@ -61,11 +61,12 @@ class RedisBatcher:
         self._queue.append(write)
         self._wakeup.set()
 
-    async def submit_and_wait(self, *commands: tuple[Any, ...]) -> None:
-        """Queue commands and wait until Redis took them; raise BrokerUnavailable if not."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit_and_wait(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Queue commands and wait until Redis took them: their replies, in order; raise
+        BrokerUnavailable if not."""
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.submit(Write(commands, done=done))
-        await done
+        return await done
 
     async def close(self, timeout: float) -> None:
         """Flush what is queued (durable writes get up to ``timeout``), then stop."""
@@ -113,13 +114,14 @@ class RedisBatcher:
         position = 0
         for write in batch:
             count = len(write.commands)
-            errors = [r for r in results[position : position + count] if isinstance(r, Exception)]
+            replies = results[position : position + count]
+            errors = [r for r in replies if isinstance(r, Exception)]
             position += count
             if errors:
                 log.warning("redis refused a write", error=str(errors[0]))
                 retry += self._fail([write], BrokerUnavailable(str(errors[0])))
             elif write.done is not None and not write.done.done():
-                write.done.set_result(None)
+                write.done.set_result(replies)
         return retry
 
     def _fail(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
-from wsq_gateway.broker.registry import forget_command, register_command
+from wsq_gateway.broker.registry import REGISTERED, forget_command, register_command, set_user_command
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.protocol.envelopes import EventType, event_fields
@@ -40,6 +40,7 @@ class Inbound:
         *,
         max_queued: int,
         max_backlog: int,
+        max_per_user: int = 0,
     ) -> None:
         self._batcher = batcher
         self._redis = redis
@@ -47,6 +48,7 @@ class Inbound:
         self._node = node_id
         self._max_queued = max_queued
         self._max_backlog = max_backlog
+        self._max_per_user = max_per_user
         self.backlog = 0  # events in the inbound stream, as last measured
 
     async def watch_backlog(self) -> None:
@@ -61,26 +63,26 @@ class Inbound:
         """XADD of an event to the inbound stream (no MAXLEN: accepted events are never trimmed)."""
         return ("XADD", self._keys.inbound_stream, "*", *_flatten(fields))
 
-    async def connected(self, conn: Connection, *, hook: bool = False, request: str | None = None) -> None:
-        """Record the connection and emit its connect event; raise BrokerUnavailable on failure.
+    async def connected(self, conn: Connection, *, hook: bool = False, request: str | None = None) -> bool:
+        """Record the connection and emit its connect event; False (nothing written) when its
+        user already holds ``max_per_user`` connections. Raise BrokerUnavailable on failure.
 
         With ``hook`` the event asks a worker to accept or refuse the connection; ``request``
         is the upgrade request (``request_text()``) for the workers' ``on_connect``."""
         event = _flatten(self._event("connect", conn, conn.since_ms, hook=hook, request=request))
-        await self._batcher.submit_and_wait(
-            register_command(self._keys, conn.id, self._node, conn.since_ms, conn.addr, conn.user_id, event)
+        command = register_command(
+            self._keys, conn.id, self._node, conn.since_ms, conn.addr, conn.user_id, self._max_per_user, event
         )
+        (registered,) = await self._batcher.submit_and_wait(command)
+        return bool(registered == REGISTERED)
 
-    async def set_user(self, conn: Connection, previous: str | None) -> None:
-        """Record the user id a worker gave the connection (the connect hook)."""
+    async def set_user(self, conn: Connection, previous: str | None) -> bool:
+        """Record the user id a worker gave the connection (the connect hook); False (nothing
+        written) when that user already holds ``max_per_user`` connections."""
         assert conn.user_id is not None
-        commands = [
-            ("HSET", self._keys.connection(conn.id), "user_id", conn.user_id),
-            ("SADD", self._keys.user_connections(conn.user_id), conn.id),
-        ]
-        if previous is not None:
-            commands.append(("SREM", self._keys.user_connections(previous), conn.id))
-        await self._batcher.submit_and_wait(*commands)
+        command = set_user_command(self._keys, conn.id, conn.user_id, previous, self._max_per_user)
+        (recorded,) = await self._batcher.submit_and_wait(command)
+        return bool(recorded == REGISTERED)
 
     def reregister(self, conns: list[Connection]) -> None:
         """Write the registry entries of live connections again (Redis lost its data)."""

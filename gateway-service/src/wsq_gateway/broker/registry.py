@@ -101,21 +101,46 @@ return 1
 """
 )
 
-# ARGV: prefix, connection_id, node, since, addr, user_id ('' when anonymous), then the
-# connect event's fields and values. The registry entries and the event are written
-# together or not at all, so a connection whose registration failed either has both (and
-# its clean-up emits the matching disconnect) or neither.
+# ARGV: prefix, connection_id, node, since, addr, user_id ('' when anonymous), the most
+# connections one user may hold (0: no limit), then the connect event's fields and values.
+# The registry entries and the event are written together or not at all, so a connection
+# whose registration failed either has both (and its clean-up emits the matching
+# disconnect) or neither. The user's limit is checked in the same step: a burst of
+# connections from one user, on any number of gateways, cannot pass it.
+REGISTERED = 1
+USER_FULL = 0  # nothing written: the user already holds that many connections
 REGISTER_SCRIPT = """
 local prefix, cid, node, since, addr, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local limit = tonumber(ARGV[7])
 local conn_key = prefix .. ':conn:' .. cid
 if user ~= '' then
+  local user_key = prefix .. ':user:' .. user .. ':conns'
+  if limit > 0 and redis.call('SCARD', user_key) >= limit then return 0 end
   redis.call('HSET', conn_key, 'node', node, 'since', since, 'addr', addr, 'user_id', user)
-  redis.call('SADD', prefix .. ':user:' .. user .. ':conns', cid)
+  redis.call('SADD', user_key, cid)
 else
   redis.call('HSET', conn_key, 'node', node, 'since', since, 'addr', addr)
 end
 redis.call('SADD', prefix .. ':node:' .. node .. ':conns', cid)
-redis.call('XADD', prefix .. ':inbound', '*', unpack(ARGV, 7))
+redis.call('XADD', prefix .. ':inbound', '*', unpack(ARGV, 8))
+return 1
+"""
+
+# ARGV: prefix, connection_id, user_id, the previous user_id ('' when none), the most
+# connections one user may hold (0: no limit). The connect hook named the connection's
+# user: REGISTERED, or USER_FULL (nothing written). A connection already forgotten (reaped
+# meanwhile) is left forgotten.
+SET_USER_SCRIPT = """
+local prefix, cid, user, previous, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local conn_key = prefix .. ':conn:' .. cid
+local user_key = prefix .. ':user:' .. user .. ':conns'
+if redis.call('EXISTS', conn_key) == 0 then return 1 end
+if limit > 0 and redis.call('SISMEMBER', user_key, cid) == 0 and redis.call('SCARD', user_key) >= limit then
+  return 0
+end
+redis.call('HSET', conn_key, 'user_id', user)
+redis.call('SADD', user_key, cid)
+if previous ~= '' then redis.call('SREM', prefix .. ':user:' .. previous .. ':conns', cid) end
 return 1
 """
 
@@ -129,6 +154,7 @@ def register_command(
     since_ms: int,
     addr: str,
     user_id: str | None,
+    max_per_user: int,
     event: list[str],
 ) -> tuple[Any, ...]:
     """The EVAL that registers a connection and appends its connect event, atomically."""
@@ -142,8 +168,16 @@ def register_command(
         since_ms,
         addr,
         user_id or "",
+        max_per_user,
         *event,
     )
+
+
+def set_user_command(
+    keys: Keys, connection_id: str, user_id: str, previous: str | None, max_per_user: int
+) -> tuple[Any, ...]:
+    """The EVAL that gives a registered connection the user id the connect hook named."""
+    return ("EVAL", SET_USER_SCRIPT, 0, keys.prefix, connection_id, user_id, previous or "", max_per_user)
 
 
 def forget_command(keys: Keys, connection_id: str, close_code: int) -> tuple[Any, ...]:
