@@ -104,6 +104,7 @@ def test_cli_options_override_the_worker_and_the_environment(
         "WSQ_KEY_PREFIX": "not-this-one",
         "WSQ_CLAIM_IDLE_MS": "1",
         "WSQ_MAX_ATTEMPTS": "1",
+        "WSQ_MAX_DEAD_LETTERS": "1",
     }
     options = [
         "--concurrency",
@@ -112,6 +113,8 @@ def test_cli_options_override_the_worker_and_the_environment(
         "4500",
         "--max-attempts",
         "5",
+        "--max-dead-letters",
+        "0",
         "--redis-url",
         redis_url,
         "--key-prefix",
@@ -129,6 +132,7 @@ def test_cli_options_override_the_worker_and_the_environment(
             "key_prefix": key_prefix,
             "claim_idle_ms": 4500,
             "max_attempts": 5,
+            "max_dead_letters": 0,
         }
 
 
@@ -159,10 +163,12 @@ def test_help_documents_everything() -> None:
         "--log-level",
         "--claim-idle-ms",
         "--max-attempts",
+        "--max-dead-letters",
         "WSQ_REDIS_URL",
         "WSQ_KEY_PREFIX",
         "WSQ_CLAIM_IDLE_MS",
         "WSQ_MAX_ATTEMPTS",
+        "WSQ_MAX_DEAD_LETTERS",
         "SIGTERM",
         "wsq-worker dead",
     ):

@@ -312,6 +312,27 @@ async def test_retries_past_max_attempts_go_to_the_dead_letters(
     assert len(await gateway.commands()) == 1
 
 
+async def test_the_dead_letters_keep_the_newest_max_dead_letters(
+    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    """A storm of failing messages cannot fill Redis: the dead letters are capped (about:
+    Redis trims whole blocks of up to 100 entries), and the oldest are the ones dropped."""
+
+    async def declined(ctx: Context, data: Any) -> None:
+        raise Retry(delay=0)
+
+    await start_worker({"charge": declined}, max_attempts=1, max_dead_letters=10)
+    connection_id = gateway.new_connection_id()
+    for n in range(300):
+        await gateway.message(connection_id, "charge", n)
+    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix), timeout=30)
+    await gateway.wait_for_frames(300)  # every client was told (handler_failed)
+    kept = {json.loads(fields["frame"])["data"] for _, fields in await dead_letters(redis_client, key_prefix)}
+    assert 10 <= len(kept) <= 10 + 100
+    assert 299 in kept, "the newest is kept"
+    assert 0 not in kept, "the oldest went first"
+
+
 async def test_claimed_entry_past_max_attempts_goes_to_the_dead_letters_unrun(
     start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
@@ -444,6 +465,9 @@ def test_delivery_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch)
         10,
         1,
     )
+    assert Worker().max_dead_letters == 10_000
+    monkeypatch.setenv("WSQ_MAX_DEAD_LETTERS", "50")
+    assert (Worker().max_dead_letters, Worker(max_dead_letters=0).max_dead_letters) == (50, 0)
     monkeypatch.setenv("WSQ_MAX_ATTEMPTS", "three")
     with pytest.raises(ValueError, match="WSQ_MAX_ATTEMPTS must be a whole number"):
         Worker()
@@ -455,6 +479,7 @@ def test_delivery_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch)
         ({"claim_idle_ms": 0}, "claim_idle_ms must be at least 1"),
         ({"max_attempts": 0}, "max_attempts must be 1-9999"),
         ({"max_attempts": 10000}, "max_attempts must be 1-9999"),
+        ({"max_dead_letters": -1}, "max_dead_letters must be 0"),
     ],
 )
 async def test_invalid_delivery_settings(options: dict[str, int], message: str) -> None:

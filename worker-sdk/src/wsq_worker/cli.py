@@ -41,6 +41,8 @@ environment:
                      (default {constants.DEFAULT_CLAIM_IDLE_MS})
   {constants.MAX_ATTEMPTS_ENV}   --max-attempts when neither it nor the Worker sets one
                      (default {constants.DEFAULT_MAX_ATTEMPTS})
+  {constants.MAX_DEAD_LETTERS_ENV}  --max-dead-letters when neither it nor the Worker sets one
+                     (default {constants.DEFAULT_MAX_DEAD_LETTERS}; 0: keep all)
 
 SIGINT or SIGTERM stops reading events, lets in-flight handlers finish (up to the
 Worker's shutdown_timeout), writes their replies and exits with status 0.
@@ -97,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help=f"attempts before a message goes to the dead letters (overrides {constants.MAX_ATTEMPTS_ENV})",
+    )
+    parser.add_argument(
+        "--max-dead-letters",
+        type=_non_negative_int,
+        metavar="N",
+        help=f"dead letters kept, the newest (0: all; overrides {constants.MAX_DEAD_LETTERS_ENV})",
     )
     parser.add_argument(
         "--log-level", choices=_LOG_LEVELS, default="info", help="logging level (default: info)"
@@ -195,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.claim_idle_ms = args.claim_idle_ms
     if args.max_attempts is not None:
         worker.max_attempts = args.max_attempts
+    if args.max_dead_letters is not None:
+        worker.max_dead_letters = args.max_dead_letters
     worker.run()
     return 0
 
@@ -305,11 +315,22 @@ def _every_dead_letter(client: redis.Redis, dead: str) -> Iterator[str]:
         start = f"({batch[-1][0]}"
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value

@@ -12,6 +12,10 @@ CLAIM_IDLE_MS_ENV = "WSQ_CLAIM_IDLE_MS"
 DEFAULT_CLAIM_IDLE_MS = 15_000
 MAX_ATTEMPTS_ENV = "WSQ_MAX_ATTEMPTS"
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_DEAD_LETTERS_ENV = "WSQ_MAX_DEAD_LETTERS"
+# As Sidekiq's dead set (dead_max_jobs): a storm of failing messages can't fill Redis; the
+# oldest dead letters go first. 0: no cap.
+DEFAULT_MAX_DEAD_LETTERS = 10_000
 
 CONSUMER_GROUP = "workers"
 
@@ -36,6 +40,11 @@ def claim_idle_ms_from_env() -> int:
 def max_attempts_from_env() -> int:
     """``WSQ_MAX_ATTEMPTS``, else 3; ValueError when it is not a whole number."""
     return _int_from_env(MAX_ATTEMPTS_ENV, DEFAULT_MAX_ATTEMPTS)
+
+
+def max_dead_letters_from_env() -> int:
+    """``WSQ_MAX_DEAD_LETTERS``, else 10000 (0: no cap); ValueError when it is not a whole number."""
+    return _int_from_env(MAX_DEAD_LETTERS_ENV, DEFAULT_MAX_DEAD_LETTERS)
 
 
 def _int_from_env(name: str, default: int) -> int:

@@ -93,7 +93,9 @@ class Worker:
     ``ctx.attempt`` one higher; a live worker keeps its entries from being claimed, however long
     its handlers take. A message handler may ``raise Retry(delay)`` to run again later. A message
     past ``max_attempts`` (default ``WSQ_MAX_ATTEMPTS``, else 3) goes to the dead-letter stream
-    and its client gets ``$error`` ``handler_failed``. Any other exception is answered with
+    and its client gets ``$error`` ``handler_failed``; that stream keeps the newest
+    ``max_dead_letters`` (default ``WSQ_MAX_DEAD_LETTERS``, else 10000; 0: all). Any other
+    exception is answered with
     ``$error`` ``handler_error`` once, and not retried.
 
     ``redis_url`` and ``key_prefix`` default to ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX``.
@@ -117,6 +119,7 @@ class Worker:
         block_ms: int = 1000,
         claim_idle_ms: int | None = None,
         max_attempts: int | None = None,
+        max_dead_letters: int | None = None,
     ) -> None:
         self.actions = dict(actions or {})
         for name, handler in self.actions.items():
@@ -139,6 +142,9 @@ class Worker:
         self.block_ms = block_ms
         self.claim_idle_ms = constants.claim_idle_ms_from_env() if claim_idle_ms is None else claim_idle_ms
         self.max_attempts = constants.max_attempts_from_env() if max_attempts is None else max_attempts
+        self.max_dead_letters = (
+            constants.max_dead_letters_from_env() if max_dead_letters is None else max_dead_letters
+        )
         self._running: _Run | None = None
         self._stop_requested = False
 
@@ -196,6 +202,8 @@ class Worker:
             raise ValueError(f"claim_idle_ms must be at least 1, not {self.claim_idle_ms}")
         if not 1 <= self.max_attempts <= MAX_ATTEMPT:
             raise ValueError(f"max_attempts must be 1-{MAX_ATTEMPT}, not {self.max_attempts}")
+        if self.max_dead_letters < 0:
+            raise ValueError(f"max_dead_letters must be 0 (no cap) or more, not {self.max_dead_letters}")
         self._running = _Run(self)
         if self._stop_requested:
             self._running.request_stop()
@@ -600,7 +608,10 @@ class _Run:
         dead = delivery.dead_letter(
             text_fields(entry.raw_fields), error=error, attempts=attempts, worker=worker.consumer_name
         )
-        self.flusher.queue(StreamWrite(constants.dead_letters(worker.key_prefix), dead))
+        # MAXLEN ~: at least the newest max_dead_letters are kept (a few more, as Redis trims
+        # whole nodes of its listpacks).
+        cap = worker.max_dead_letters or None
+        self.flusher.queue(StreamWrite(constants.dead_letters(worker.key_prefix), dead, cap))
         what = f'action "{event.action}"' if event.type == "message" else f"{event.type} event"
         logger.error(
             "%s (connection %s, entry %s) failed after %d attempts, moved to the dead letters: %s",
