@@ -84,17 +84,22 @@ class Gateway:
         self.connections.add(conn)
         self.per_addr[conn.addr] = self.per_addr.get(conn.addr, 0) + 1
 
-    def forget_connection(self, conn: Connection, close_code: int) -> None:
-        """The socket is gone: drop it from the local indexes and emit its disconnect event.
-        Once per connection: a second call does nothing."""
+    def drop_connection(self, conn: Connection) -> bool:
+        """Drop it from the local indexes and its address's count; False when already dropped."""
         if not self.connections.remove(conn):
-            return
+            return False
         left = self.per_addr.get(conn.addr, 1) - 1
         if left > 0:
             self.per_addr[conn.addr] = left
         else:
             self.per_addr.pop(conn.addr, None)
-        self.inbound.disconnected(conn, close_code)
+        return True
+
+    def forget_connection(self, conn: Connection, close_code: int) -> None:
+        """The socket is gone: drop it and emit its disconnect event. Once per connection: a
+        second call does nothing."""
+        if self.drop_connection(conn):
+            self.inbound.disconnected(conn, close_code)
 
     async def reregister_all(self) -> None:
         """Redis restarted empty: record the live connections (and their groups) again."""

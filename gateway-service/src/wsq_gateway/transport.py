@@ -116,7 +116,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.close(code=code, message=REDIS_UNAVAILABLE.encode())
         return ws
     if not registered:  # the user filled up since _admit() looked (on this gateway or another)
-        gateway.forget_connection(conn, CloseCode.POLICY_VIOLATION)  # nothing in Redis: no event
+        gateway.drop_connection(conn)  # nothing was written to Redis: nothing to forget there
         log.info("refused a connection: its user holds too many", user_id=conn.user_id)
         await ws.close(code=CloseCode.POLICY_VIOLATION, message=USER_FULL.encode())
         return ws
