@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -14,7 +17,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wsq_gateway.broker.client import HiredisConnection, HiredisSSLConnection, RedisPipe, redis_client
+from wsq_gateway.broker.client import (
+    CommandTemplate,
+    HiredisConnection,
+    HiredisSSLConnection,
+    RedisPipe,
+    redis_client,
+)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +91,44 @@ async def test_pipe_returns_raw_replies_in_order_with_refusals_in_place(
         ((entry_id, fields),) = replies[4]
         assert entry_id == replies[3]
         assert fields == [b"f", b"\xff"]  # flat, not a dict: no response callbacks
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
+_arguments = st.one_of(st.text(max_size=20), st.binary(max_size=20))
+
+
+@given(head=st.lists(_arguments, min_size=1, max_size=6), tail=st.lists(st.binary(max_size=300), max_size=4))
+def test_a_template_packs_what_hiredis_packs(head: list[str | bytes], tail: list[bytes]) -> None:
+    assert CommandTemplate(head, len(tail)).pack(*tail) == hiredis.pack_command((*head, *tail))
+
+
+def test_a_template_refuses_a_wrong_number_of_arguments() -> None:
+    template = CommandTemplate(("XADD", "s", "*", "frame"), 1)
+    with pytest.raises(ValueError, match="expected 1 arguments, got 2"):
+        template.pack(b"a", b"b")
+
+
+async def test_pipe_sends_packed_commands_among_the_others(redis_url: str, key_prefix: str) -> None:
+    client = redis_client(redis_url)
+    pipe = RedisPipe(client)
+    template = CommandTemplate(("XADD", f"{key_prefix}:s", "*", "v", "1", "frame"), 1)
+    try:
+        replies = await pipe.execute(
+            [
+                template.pack('{"ü":1}'.encode()),
+                ("XLEN", f"{key_prefix}:s"),
+                template.pack(b"\xff"),
+                ("XRANGE", f"{key_prefix}:s", "-", "+"),
+            ]
+        )
+        assert replies[1] == 1
+        assert [fields for _, fields in replies[3]] == [
+            [b"v", b"1", b"frame", '{"ü":1}'.encode()],
+            [b"v", b"1", b"frame", b"\xff"],
+        ]
+        assert [entry_id for entry_id, _ in replies[3]] == [replies[0], replies[2]]
     finally:
         await pipe.aclose()
         await client.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
@@ -17,6 +18,9 @@ from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.protocol.envelopes import Command
 from wsq_gateway.protocol.frames import wire_text_frame
+
+if TYPE_CHECKING:
+    from wsq_gateway.broker.client import CommandTemplate
 
 log = get_logger(CONNECTIONS)
 
@@ -73,7 +77,7 @@ class Connection:
         self.answer: asyncio.Future[Command | None] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.closing = False
-        self.message_head: tuple[str, ...] | None = None  # cached by Inbound.message()
+        self.message_head: CommandTemplate | None = None  # cached by Inbound.message()
         self.tokens = 0.0  # rate limit: a token bucket, filled on use (see allow())
         self.tokens_at = 0.0
         self.close_code: int | None = None  # set when the gateway itself closes the socket

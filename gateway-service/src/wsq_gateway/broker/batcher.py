@@ -35,7 +35,7 @@ class Write:
     disconnect events.
     """
 
-    commands: Sequence[tuple[Any, ...]]
+    commands: Sequence[tuple[Any, ...] | bytes]  # bytes: packed already (CommandTemplate)
     on_error: Callable[[BrokerUnavailable], None] | None = None
     durable: bool = False
     done: asyncio.Future[list[Any]] | None = field(default=None)  # resolved with the replies

@@ -9,6 +9,10 @@ and fall back to redis-py's packer for anything hiredis does not take.
 redis-py's ``Pipeline`` then spends about 10 µs of Python per command around the socket
 (a command stack, a timeout and a response callback per reply); :class:`RedisPipe` sends the
 same packed bytes on a connection of its own and reads the raw replies in a loop.
+
+Even hiredis formats every argument of every command (a ``sprintf`` each): for the command
+sent once per client frame, :class:`CommandTemplate` packs the arguments that never change
+once, and only the last few per frame.
 """
 
 from __future__ import annotations
@@ -57,6 +61,31 @@ def redis_client(url: str, **options: Any) -> aioredis.Redis:
     return client
 
 
+class CommandTemplate:
+    """A Redis command whose first arguments are the same every time, packed once.
+
+    ``pack(*tail)`` returns the whole command in RESP (what ``hiredis.pack_command(head +
+    tail)`` returns, for ``tail_length`` more arguments), ready for ``RedisPipe.execute()``.
+    """
+
+    __slots__ = ("_head", "_tail_length")
+
+    def __init__(self, head: Sequence[str | bytes], tail_length: int) -> None:
+        self._tail_length = tail_length
+        self._head = b"*%d\r\n" % (len(head) + tail_length) + b"".join(
+            [_bulk(arg.encode() if isinstance(arg, str) else arg) for arg in head]
+        )
+
+    def pack(self, *tail: bytes) -> bytes:
+        if len(tail) != self._tail_length:  # Redis would read the next command as arguments
+            raise ValueError(f"expected {self._tail_length} arguments, got {len(tail)}")
+        return self._head + b"".join([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in tail])
+
+
+def _bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
 class RedisPipe:
     """A Redis connection of one hot-path task's own (the batcher, the command reader).
 
@@ -69,6 +98,7 @@ class RedisPipe:
     The client's ``socket_timeout`` bounds a whole batch, a blocking command's wait
     included. Failures raise redis-py's ``ConnectionError`` or ``TimeoutError``.
 
+    A command is a tuple of arguments, or bytes already packed (``CommandTemplate.pack()``).
     One task at a time: a second ``execute()`` while one runs would read the other's replies.
     Command names are one word each (``"CLIENT", "ID"``, not ``"CLIENT ID"``).
     """
@@ -81,12 +111,12 @@ class RedisPipe:
         options = {**pool.connection_kwargs, "socket_timeout": None}
         self._conn: AbstractConnection = pool.connection_class(**options)
 
-    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
         conn = self._conn
-        try:
-            packed = [hiredis.pack_command(command) for command in commands]
-        except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
-            packed = conn.pack_commands(commands)
+        packed = [
+            command if type(command) is bytes else _pack(conn, command)  # type: ignore[arg-type]
+            for command in commands
+        ]
 
         async def send_and_read() -> list[Any]:
             replies: list[Any] = []
@@ -113,3 +143,11 @@ class RedisPipe:
         # Every reply was read, so nothing is left to wait for: closing without waiting also
         # keeps a shutdown from hanging in ``wait_closed()`` (redis/redis-py#3941).
         await self._conn.disconnect(nowait=True)
+
+
+def _pack(conn: AbstractConnection, command: tuple[Any, ...]) -> bytes:
+    try:
+        packed: bytes = hiredis.pack_command(command)
+    except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
+        return b"".join(conn.pack_command(*command))
+    return packed

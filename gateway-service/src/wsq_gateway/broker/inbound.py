@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
+from wsq_gateway.broker.client import CommandTemplate
 from wsq_gateway.broker.registry import REGISTERED, forget_command, register_command, set_user_command
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
@@ -114,11 +115,11 @@ class Inbound:
         if self._batcher.queued >= self._max_queued or self.backlog >= self._max_backlog:
             return False
         head = conn.message_head
-        if head is None:  # the fields every message of this connection shares, built once
+        if head is None:  # the fields every message of this connection shares, packed once
             fields = self._event("message", conn, 0)
             del fields["ts"]
-            head = conn.message_head = self._xadd(fields)
-        command = (*head, "ts", str(now_ms()), "frame", frame)
+            head = conn.message_head = CommandTemplate((*self._xadd(fields), "ts"), 3)
+        command = head.pack(b"%d" % now_ms(), b"frame", frame)
         self._batcher.submit(Write((command,), on_error=on_rejected))
         return True
 
