@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -13,7 +15,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wsq_worker import speedups
+from wsq_worker import constants, speedups
+from wsq_worker.protocol import send_command
+from wsq_worker.publisher import StreamWrite
+from wsq_worker.worker import _reply_template
 
 
 @pytest.mark.parametrize(
@@ -125,6 +130,64 @@ async def test_pipe_packs_with_redis_py_without_hiredis(
             [b"OK", "ü".encode()],
             ["OK", "ü".encode()],
         )
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
+_arguments = st.one_of(st.text(max_size=20), st.binary(max_size=20))
+
+
+@given(
+    name=st.sampled_from(["XADD", "SET", b"EVALSHA"]),
+    head=st.lists(_arguments, max_size=6),
+    tail=st.lists(st.binary(max_size=300), max_size=4),
+)
+def test_a_template_packs_what_redis_py_packs(
+    name: str | bytes, head: list[str | bytes], tail: list[bytes]
+) -> None:
+    # A one-word command name: redis-py would split "CLIENT KILL" in two, RedisPipe never does.
+    expected = b"".join(Connection().pack_command(name, *head, *tail))
+    assert speedups.CommandTemplate([name, *head], len(tail)).pack(*tail) == expected
+
+
+def test_a_template_refuses_a_wrong_number_of_arguments() -> None:
+    template = speedups.CommandTemplate(("XADD", "s", "*", "frame"), 1)
+    with pytest.raises(ValueError, match="expected 1 arguments, got 0"):
+        template.pack()
+
+
+@pytest.mark.parametrize("frame", ['{"action":"echo","data":"ü","id":"1"}', ""])
+def test_a_reply_is_packed_as_its_send_command(frame: str) -> None:
+    connection_id = "gw-3f2a9c1d.q2uE4nK0m5Zr8VtY1xWb7A"
+    template = _reply_template("wsq", "gw-3f2a9c1d")
+    write = StreamWrite(
+        constants.node_stream("wsq", "gw-3f2a9c1d"),
+        send_command("connection", connection_id, frame),
+        constants.NODE_STREAM_MAXLEN,
+    )
+    assert template.stream == write.stream
+    packed = template.command.pack(connection_id.encode(), b"frame", frame.encode())
+    assert packed == b"".join(Connection().pack_command(*write.command))
+
+
+@pytest.mark.parametrize("with_hiredis", [True, False])
+async def test_pipe_sends_packed_commands_among_the_others(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, with_hiredis: bool
+) -> None:
+    if not with_hiredis:
+        monkeypatch.setattr(speedups, "hiredis", None)
+    client = speedups.async_redis(redis_url)
+    pipe = speedups.RedisPipe(client)
+    template = speedups.CommandTemplate(("XADD", f"{key_prefix}:s", "*", "frame"), 1)
+    try:
+        replies = await pipe.execute(
+            [template.pack("ü".encode()), ("XLEN", f"{key_prefix}:s"), template.pack(b"\xff")]
+        )
+        assert replies[1] == 1
+        entries = await client.xrange(f"{key_prefix}:s")
+        assert [fields for _, fields in entries] == [{b"frame": "ü".encode()}, {b"frame": b"\xff"}]
+        assert [entry_id for entry_id, _ in entries] == [replies[0], replies[2]]
     finally:
         await pipe.aclose()
         await client.aclose()

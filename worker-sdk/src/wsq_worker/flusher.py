@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
@@ -23,14 +23,22 @@ from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
 from wsq_worker.speedups import RedisPipe
 
-__all__ = ["Flusher", "FlusherWrite"]
+__all__ = ["Flusher", "FlusherWrite", "PackedWrite"]
 
 logger = logging.getLogger("wsq_worker.flusher")
 
 _MIN_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
 
-FlusherWrite = StreamWrite | DelayedWrite
+
+class PackedWrite(NamedTuple):
+    """An ``XADD`` to ``stream`` packed already (``speedups.CommandTemplate``): the replies."""
+
+    stream: str
+    command: bytes
+
+
+FlusherWrite = StreamWrite | PackedWrite | DelayedWrite
 
 
 class Flusher:
@@ -59,7 +67,7 @@ class Flusher:
         self._writes.append((write, None))
         self._wakeup.set()
 
-    async def send(self, write: StreamWrite) -> None:
+    async def send(self, write: StreamWrite | PackedWrite) -> None:
         """Write in the next batch and wait for it; ``PublishError`` if Redis can't take it."""
         if self._closing or self._task is None or self._task.done():
             raise PublishError("the worker has stopped: nothing was sent")
@@ -149,10 +157,10 @@ class Flusher:
     async def _write(
         self, writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]], acks: list[str]
     ) -> None:
-        commands: list[tuple[Any, ...]] = [
-            write.command
-            if isinstance(write, StreamWrite)
-            else ("EVAL", DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)  # rare: a retry
+        commands: list[tuple[Any, ...] | bytes] = [
+            ("EVAL", DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)  # rare: a retry
+            if isinstance(write, DelayedWrite)
+            else write.command
             for write, _ in writes
         ]
         if acks:
@@ -192,4 +200,4 @@ class Flusher:
 
 
 def _key(write: FlusherWrite) -> str:
-    return write.stream if isinstance(write, StreamWrite) else write.key
+    return write.key if isinstance(write, DelayedWrite) else write.stream

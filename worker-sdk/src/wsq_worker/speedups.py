@@ -9,7 +9,9 @@ Without them everything works the same, only slower. :class:`RedisPipe`, the wor
 pipeline, needs neither: redis-py's ``Pipeline`` spends about 10 µs of Python per command
 around the socket (a command stack, a timeout and a response callback per reply), so the
 worker's hot path sends its packed commands on a connection of its own and reads the raw
-replies in a loop.
+replies in a loop. Even hiredis formats every argument of every command (a ``sprintf``
+each): for the reply sent once per event, :class:`CommandTemplate` packs the arguments that
+never change once, and only the last few per reply.
 """
 
 from __future__ import annotations
@@ -70,6 +72,31 @@ def async_redis(url: str, **options: Any) -> redis.asyncio.Redis:
     return client
 
 
+class CommandTemplate:
+    """A Redis command whose first arguments are the same every time, packed once.
+
+    ``pack(*tail)`` returns the whole command in RESP (what ``hiredis.pack_command(head +
+    tail)`` returns, for ``tail_length`` more arguments), ready for ``RedisPipe.execute()``.
+    """
+
+    __slots__ = ("_head", "_tail_length")
+
+    def __init__(self, head: Sequence[str | bytes], tail_length: int) -> None:
+        self._tail_length = tail_length
+        self._head = b"*%d\r\n" % (len(head) + tail_length) + b"".join(
+            [_bulk(arg.encode() if isinstance(arg, str) else arg) for arg in head]
+        )
+
+    def pack(self, *tail: bytes) -> bytes:
+        if len(tail) != self._tail_length:  # Redis would read the next command as arguments
+            raise ValueError(f"expected {self._tail_length} arguments, got {len(tail)}")
+        return self._head + b"".join([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in tail])
+
+
+def _bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
 class RedisPipe:
     """A Redis connection of one hot-path task's own (the flusher, the read loop, an
     ``AsyncPublisher``'s batches).
@@ -83,6 +110,7 @@ class RedisPipe:
     The client's ``socket_timeout`` bounds a whole batch, a blocking command's wait
     included. Failures raise redis-py's ``ConnectionError`` or ``TimeoutError``.
 
+    A command is a tuple of arguments, or bytes already packed (``CommandTemplate.pack()``).
     One task at a time: a second ``execute()`` while one runs would read the other's replies.
     Command names are one word each (``"CLIENT", "ID"``, not ``"CLIENT ID"``).
     """
@@ -95,7 +123,7 @@ class RedisPipe:
         options = {**pool.connection_kwargs, "socket_timeout": None}
         self._conn: AbstractConnection = pool.connection_class(**options)
 
-    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
         conn = self._conn
         packed = _packed(conn, commands)
 
@@ -126,13 +154,19 @@ class RedisPipe:
         await self._conn.disconnect(nowait=True)
 
 
-def _packed(conn: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
-    """The commands in RESP: by hiredis when installed, else (or for what hiredis does not
-    take, a bool say: redis-py then raises its usual DataError) by the connection's packer."""
+def _packed(conn: AbstractConnection, commands: Sequence[tuple[Any, ...] | bytes]) -> list[bytes]:
+    """The commands in RESP: bytes as they are, tuples by hiredis when installed, else (or for
+    what hiredis does not take, a bool say: redis-py then raises its usual DataError) by the
+    connection's packer."""
+    return [command if type(command) is bytes else _pack(conn, command) for command in commands]  # type: ignore[arg-type]
+
+
+def _pack(conn: AbstractConnection, command: tuple[Any, ...]) -> bytes:
     if hiredis is not None:
         with contextlib.suppress(TypeError):
-            return [hiredis.pack_command(command) for command in commands]
-    return conn.pack_commands(commands)
+            packed: bytes = hiredis.pack_command(command)
+            return packed
+    return b"".join(conn.pack_command(*command))
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

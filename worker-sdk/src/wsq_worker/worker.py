@@ -26,7 +26,7 @@ import redis.backoff
 from wsq_worker import constants, delivery, speedups
 from wsq_worker.context import Context, Meta
 from wsq_worker.exceptions import ProtocolError, Refuse, Retry
-from wsq_worker.flusher import Flusher
+from wsq_worker.flusher import Flusher, PackedWrite
 from wsq_worker.protocol import (
     HANDLER_ERROR,
     HANDLER_FAILED,
@@ -260,6 +260,8 @@ class _Run:
         self.inbound = constants.inbound_stream(worker.key_prefix)
         self.delayed = constants.delayed(worker.key_prefix)
         self.claim_cursor = "0-0"
+        self.reply_templates: dict[str, _ReplyTemplate] = {}
+        """The packed head of a reply's ``XADD``, by gateway node."""
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
         self.client = speedups.async_redis(
             worker.redis_url,
@@ -686,7 +688,7 @@ class _Run:
         connection_id = event.connection_id
 
         async def send_frame(frame: str) -> None:
-            await self.flusher.send(_connection_write(self.worker.key_prefix, connection_id, frame))
+            await self.flusher.send(self._connection_write(connection_id, frame))
 
         return Context(
             connection_id=connection_id,
@@ -702,7 +704,20 @@ class _Run:
         )
 
     def _queue_frame(self, connection_id: str, frame: str) -> None:
-        self.flusher.queue(_connection_write(self.worker.key_prefix, connection_id, frame))
+        self.flusher.queue(self._connection_write(connection_id, frame))
+
+    def _connection_write(self, connection_id: str, frame: str) -> PackedWrite:
+        """``Route.connection(key_prefix, connection_id).send(frame)``, for an id already checked,
+        packed from its node's template (built from ``send_command()`` the first time)."""
+        node = connection_id.rpartition(".")[0]
+        template = self.reply_templates.get(node)
+        if template is None:
+            if len(self.reply_templates) >= _MAX_REPLY_TEMPLATES:  # gateways come and go
+                self.reply_templates.clear()
+            template = self.reply_templates[node] = _reply_template(self.worker.key_prefix, node)
+        return PackedWrite(
+            template.stream, template.command.pack(connection_id.encode(), b"frame", frame.encode())
+        )
 
     def _queue_command(self, connection_id: str, fields: dict[str, str]) -> None:
         """Queue a command for the gateway holding ``connection_id``."""
@@ -756,12 +771,21 @@ def _hook_answer(connection_id: str, result: object) -> dict[str, str]:
     return refuse_command(connection_id, *HOOK_FAILED)
 
 
-def _connection_write(key_prefix: str, connection_id: str, frame: str) -> StreamWrite:
-    """``Route.connection(key_prefix, connection_id).send(frame)``, for an id already checked."""
-    node_stream = constants.node_stream(key_prefix, connection_id.rpartition(".")[0])
-    return StreamWrite(
-        node_stream, send_command("connection", connection_id, frame), constants.NODE_STREAM_MAXLEN
-    )
+class _ReplyTemplate(NamedTuple):
+    stream: str
+    command: speedups.CommandTemplate
+
+
+def _reply_template(key_prefix: str, node: str) -> _ReplyTemplate:
+    """The ``XADD`` of a ``send`` command to one connection of ``node``, packed up to its ``to``."""
+    stream = constants.node_stream(key_prefix, node)
+    sample = f"{node}.{'x' * 22}"
+    command = StreamWrite(
+        stream, send_command("connection", sample, ""), constants.NODE_STREAM_MAXLEN
+    ).command
+    if command[-4:] != ("to", sample, "frame", ""):  # send_command's field order changed
+        raise AssertionError(f"unexpected send command {command!r}")
+    return _ReplyTemplate(stream, speedups.CommandTemplate(command[:-3], 3))
 
 
 def _stream_entries(response: Any) -> Iterator[tuple[str, Mapping[bytes, bytes] | None]]:
@@ -792,6 +816,7 @@ def _is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 _ASYNC_CALLABLES: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_MAX_REPLY_TEMPLATES = 1024
 
 
 def _check_callable(fn: _F, what: str) -> _F:
