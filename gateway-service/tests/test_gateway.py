@@ -216,6 +216,28 @@ async def test_pushes_to_one_connection_keep_their_order(
     await ws.close()
 
 
+async def test_the_node_stream_is_trimmed_on_a_timer_not_once_per_read(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    ws, hello = await gateway.connect()
+    stream = gateway.keys.node_stream(gateway.node_id)
+
+    async def trims() -> int:
+        stats: Any = await redis.info("commandstats")
+        return int(stats.get("cmdstat_xtrim", {}).get("calls", 0))
+
+    before, started = await trims(), time.monotonic()
+    for n in range(40):  # one entry per read: each push is received before the next is sent
+        await redis.xadd(stream, command("connection", hello["connection_id"], {"action": "n", "data": n}))
+        assert (await receive_json(ws))["data"] == n
+    # Idle from here: the entries read are still trimmed, within TRIM_INTERVAL_S (0.25 s).
+    await wait_until_async(lambda: _stream_len_at_most(redis, stream, 1), timeout=5, message="trimmed")
+    elapsed = time.monotonic() - started
+    # The shared Redis may serve other tests' gateways too: a bound, not an exact count.
+    assert await trims() - before <= elapsed / 0.25 + 2 < 40
+    await ws.close()
+
+
 class CountingTransport:
     """A socket transport that records what is written to it."""
 

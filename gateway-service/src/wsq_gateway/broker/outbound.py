@@ -2,7 +2,9 @@
 
 One task reads this node's stream and the broadcast stream with ``XREAD BLOCK``. It
 remembers the last entry it read, so when its Redis connection drops it resumes where
-it stopped and loses nothing; entries it has handled are trimmed from the node stream.
+it stopped and loses nothing; entries it has handled are trimmed from the node stream,
+at most every ``TRIM_INTERVAL_S`` (one ``XTRIM`` per read would double the gateway's Redis
+round trips at light load).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = get_logger(BROKER)
 
 READ_COUNT = 1000
 BLOCK_MS = 5000
+TRIM_INTERVAL_S = 0.25
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -46,6 +49,7 @@ class Outbound:
         self._node_stream = keys.node_stream(node_id)
         self._broadcast_stream = keys.broadcast_stream
         self._positions: dict[str, str] = {}
+        self._trim_due: float | None = None  # when the node stream's handled entries go
         self._closing: set[asyncio.Task[None]] = set()
         self._corked: dict[Connection, list[bytes]] = {}  # frames for one connection, in order
 
@@ -65,9 +69,17 @@ class Outbound:
 
     async def _read_until_cancelled(self) -> None:
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
+            block_ms = BLOCK_MS
+            if self._trim_due is not None:
+                wait_s = self._trim_due - loop.time()
+                if wait_s <= 0:
+                    self._trim()
+                else:  # idle or not, the trim is not put off beyond its time
+                    block_ms = max(1, min(BLOCK_MS, int(wait_s * 1000)))
             streams, positions = self._positions.keys(), self._positions.values()
-            read = ("XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", *streams, *positions)
+            read = ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", *streams, *positions)
             try:
                 (response,) = await self._pipe.execute([read])
                 if isinstance(response, RedisError):  # an error reply (WRONGTYPE...)
@@ -89,10 +101,14 @@ class Outbound:
                     self._handle(dict(zip(pairs, pairs, strict=True)))
                 self._uncork()
                 self._positions[stream] = entries[-1][0].decode()
-                if stream == self._node_stream:
-                    # Done with everything up to this entry: trim it (the last one stays).
-                    trim = ("XTRIM", stream, "MINID", self._positions[stream])
-                    self._batcher.submit(Write((trim,)))
+                if stream == self._node_stream and self._trim_due is None:
+                    self._trim_due = loop.time() + TRIM_INTERVAL_S
+
+    def _trim(self) -> None:
+        """Done with everything up to the last entry read: trim it (the last one stays)."""
+        self._trim_due = None
+        trim = ("XTRIM", self._node_stream, "MINID", self._positions[self._node_stream])
+        self._batcher.submit(Write((trim,)))
 
     def _handle(self, fields: dict[bytes, bytes]) -> None:
         try:
