@@ -8,6 +8,7 @@ itself, on a quiet machine (docs/benchmarks.md), not by timed tests.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,23 @@ def test_soak(tmp_path: Path) -> None:
     for role in ("server", "worker"):
         assert result["rss_reference_kib"][role] > 0
         assert role in result["rss_growth_percent"]
+
+
+def test_worker_drain() -> None:
+    """The worker alone handles every event it was given (the tool checks the replies itself)."""
+    argv = [sys.executable, "-m", "bench.worker_drain", "--events", "300"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    match = re.fullmatch(
+        r"worker drain: 300 events in ([0-9.]+) s \(.*\), ([0-9.]+) us of CPU per event\n", done.stdout
+    )
+    assert match is not None, done.stdout
+    assert float(match[1]) > 0
+    assert float(match[2]) > 0
+
+
+def test_worker_drain_refuses_more_events_than_the_replies_can_hold() -> None:
+    argv = [sys.executable, "-m", "bench.worker_drain", "--events", "100001"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 2
+    assert "--events must be 1 to 100000" in done.stderr
