@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -191,3 +192,66 @@ async def test_pipe_sends_packed_commands_among_the_others(
     finally:
         await pipe.aclose()
         await client.aclose()
+
+
+# BatchDeadline: asyncio.timeout's meaning for one batch at a time, with one timer for many.
+
+
+async def _batch(deadline: speedups.BatchDeadline, seconds: float) -> bool:
+    """Run a batch lasting ``seconds``; True if it completed, False if its deadline cancelled it."""
+    deadline.start()
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        if deadline.stop():
+            return False
+        raise
+    deadline.stop()
+    return True
+
+
+async def test_a_batch_past_its_deadline_is_cancelled() -> None:
+    deadline = speedups.BatchDeadline(0.05)
+    started = asyncio.get_running_loop().time()
+    assert await _batch(deadline, 5) is False
+    assert asyncio.get_running_loop().time() - started < 2
+    assert await _batch(deadline, 0) is True  # and the next batch runs normally
+
+
+async def test_quick_batches_are_never_cancelled_by_an_old_timer() -> None:
+    deadline = speedups.BatchDeadline(0.1)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 0.5  # five deadlines long, each batch far within its own
+    batches = 0
+    while loop.time() < end:
+        assert await _batch(deadline, 0.01)
+        batches += 1
+    assert batches > 10
+    assert await _batch(deadline, 5) is False  # still bounded afterwards
+
+
+async def test_a_cancel_from_outside_is_not_a_timeout() -> None:
+    deadline = speedups.BatchDeadline(5)
+    task = asyncio.create_task(_batch(deadline, 5))
+    await asyncio.sleep(0)  # the batch starts
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_an_outside_cancel_wins_over_the_deadline() -> None:
+    """Both cancel the batch before it runs again: the CancelledError is the outside one's."""
+    deadline = speedups.BatchDeadline(0.01)
+    task = asyncio.create_task(_batch(deadline, 5))
+    await asyncio.sleep(0)  # the batch starts: due in 10 ms
+    asyncio.get_running_loop().call_later(0.02, task.cancel)  # the outside cancel, 10 ms later
+    # Hold the loop (not a wait for anything): when it looks at its timers again both are due,
+    # and both fire, the deadline's first, before the task runs.
+    time.sleep(0.05)  # noqa: ASYNC251 - blocking the loop is the point here
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_no_seconds_means_no_deadline() -> None:
+    deadline = speedups.BatchDeadline(None)
+    assert await _batch(deadline, 0.05) is True
