@@ -3,6 +3,7 @@ the lean pipeline answers as redis-py's pipeline does, replies raw."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import hiredis
@@ -17,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wsq_devkit import wait_until_async
 from wsq_gateway.broker.client import (
     CommandTemplate,
     HiredisConnection,
@@ -167,3 +169,39 @@ async def test_pipe_gives_up_after_the_socket_timeout(redis_url: str, key_prefix
     finally:
         await pipe.aclose()
         await client.aclose()
+
+
+async def test_a_pipe_cancelled_from_outside_is_not_timed_out(redis_url: str, key_prefix: str) -> None:
+    client = redis_client(redis_url, socket_timeout=5)
+    pipe = RedisPipe(client)
+    try:
+        task = asyncio.create_task(pipe.execute([("BLPOP", f"{key_prefix}:empty", 5)]))
+        await wait_until_async(lambda: _blocked_clients(client, 1), timeout=5, message="BLPOP waiting")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (reply,) = await pipe.execute([("PING",)])  # the pipe goes on, on a new socket
+        assert reply in (b"PONG", "PONG")
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
+async def test_quick_batches_do_not_time_out_on_an_earlier_batchs_deadline(redis_url: str) -> None:
+    client = redis_client(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    pipe = RedisPipe(client)
+    loop = asyncio.get_running_loop()
+    try:
+        end = loop.time() + 1.0  # five deadlines long; every batch far within its own
+        while loop.time() < end:
+            assert await pipe.execute([("PING",)]) in ([b"PONG"], ["PONG"])
+        with pytest.raises(RedisTimeoutError):  # and a slow one is still bounded
+            await pipe.execute([("BLPOP", "empty", 5)])
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
+async def _blocked_clients(client: aioredis.Redis, n: int) -> bool:
+    info: Any = await client.info("clients")
+    return int(info["blocked_clients"]) >= n

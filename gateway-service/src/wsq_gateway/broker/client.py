@@ -17,8 +17,8 @@ once, and only the last few per frame.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from asyncio import timeout as asyncio_timeout
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +86,60 @@ def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
 
 
+class BatchDeadline:
+    """Bounds one batch at a time to ``seconds``, as ``asyncio.timeout(seconds)`` would, with one
+    timer for many batches.
+
+    ``asyncio.timeout`` arms a timer and cancels it for every batch (9-10 us with uvloop; at
+    light load the gateway runs two batches per message, the frame's and the reply's). Here
+    ``start()`` only notes when the batch is due, and arms a timer if none is pending; when the
+    timer fires it cancels the task if its batch is overdue, sleeps again if a later batch is
+    still running, and stops if none is. ``stop()`` ends the batch and says whether the
+    deadline cancelled it (True: the ``CancelledError`` is ours, turn it into a timeout).
+    """
+
+    __slots__ = ("_cancelling", "_due", "_expired", "_seconds", "_task", "_timer")
+
+    def __init__(self, seconds: float | None) -> None:
+        self._seconds = seconds
+        self._due: float | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._expired = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._seconds is None:
+            return
+        task = asyncio.current_task()
+        assert task is not None, "a batch runs in a task"
+        loop = task.get_loop()
+        self._task, self._cancelling, self._expired = task, task.cancelling(), False
+        self._due = loop.time() + self._seconds
+        if self._timer is None:
+            self._timer = loop.call_at(self._due, self._fire)
+
+    def stop(self) -> bool:
+        self._due = None
+        if not self._expired:
+            return False
+        self._expired = False
+        assert self._task is not None
+        # As asyncio.timeout: ours only if nobody else cancelled the task meanwhile.
+        return self._task.uncancel() <= self._cancelling
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._due is None or self._task is None:  # no batch running: start() arms it again
+            return
+        loop = self._task.get_loop()
+        if loop.time() >= self._due:
+            self._expired = True
+            self._task.cancel()
+        else:  # a later batch is running: wake up when it is due
+            self._timer = loop.call_at(self._due, self._fire)
+
+
 class RedisPipe:
     """A Redis connection of one hot-path task's own (the batcher, the command reader).
 
@@ -105,7 +159,7 @@ class RedisPipe:
 
     def __init__(self, client: aioredis.Redis) -> None:
         pool = client.connection_pool
-        self._timeout: float | None = pool.connection_kwargs.get("socket_timeout")
+        self._deadline = BatchDeadline(pool.connection_kwargs.get("socket_timeout"))
         # Connected as the client's own connections are, but with no socket timeout: redis-py
         # would run every write in a task of its own to bound it; execute() bounds the batch.
         options = {**pool.connection_kwargs, "socket_timeout": None}
@@ -120,17 +174,23 @@ class RedisPipe:
 
         async def send_and_read() -> list[Any]:
             replies: list[Any] = []
+            self._deadline.start()
             try:
-                async with asyncio_timeout(self._timeout):
-                    await conn.send_packed_command(packed)
-                    for _ in commands:
-                        try:  # math.inf: no timeout per reply, the one above bounds them all
-                            replies.append(await conn.read_response(disable_decoding=True, timeout=math.inf))
-                        except ResponseError as exc:
-                            replies.append(exc)
-            except TimeoutError:
+                await conn.send_packed_command(packed)
+                for _ in commands:
+                    try:  # math.inf: no timeout per reply, the deadline bounds them all
+                        replies.append(await conn.read_response(disable_decoding=True, timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+            except asyncio.CancelledError:
+                if not self._deadline.stop():
+                    raise  # cancelled from outside
                 await conn.disconnect(nowait=True)  # replies may still come: this socket is out of step
                 raise RedisTimeoutError("Timeout reading from Redis") from None
+            except BaseException:
+                self._deadline.stop()
+                raise
+            self._deadline.stop()
             return replies
 
         async def disconnect(error: Exception) -> None:
