@@ -216,6 +216,35 @@ async def test_pushes_to_one_connection_keep_their_order(
     await ws.close()
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {b"to": b"\xff"},  # not UTF-8
+        {b"type": b"join", b"group": b"\xff", b"frame": None},
+        {b"type": b"accept", b"user_id": b"\xfe", b"frame": None},
+        {b"target": b"group", b"to": b"g", b"exclude": b"\xff"},
+        {b"v": b"9"},  # an unknown version
+    ],
+)
+async def test_a_malformed_command_is_skipped_and_the_next_one_delivered(
+    gateway: RunningGateway, redis: aioredis.Redis, bad: dict[bytes, bytes | None]
+) -> None:
+    ws, hello = await gateway.connect()
+    stream = gateway.keys.node_stream(gateway.node_id)
+    fields: dict[bytes, bytes | None] = {
+        b"v": b"1",
+        b"type": b"send",
+        b"target": b"connection",
+        b"to": hello["connection_id"].encode(),
+        b"frame": b'{"action":"bad","data":null}',
+    }
+    fields.update(bad)
+    await redis.xadd(stream, {k: v for k, v in fields.items() if v is not None})  # type: ignore[misc]
+    await redis.xadd(stream, command("connection", hello["connection_id"], {"action": "next", "data": 1}))
+    assert await receive_json(ws) == {"action": "next", "data": 1}
+    await ws.close()
+
+
 async def test_the_node_stream_is_trimmed_on_a_timer_not_once_per_read(
     gateway: RunningGateway, redis: aioredis.Redis
 ) -> None:

@@ -189,6 +189,21 @@ def test_invalid_commands_are_rejected(path: Path) -> None:
         decode_command(_as_stream_entry(json.loads(path.read_text())))
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"type": b"send", b"target": b"connection", b"to": b"\xff", b"frame": b"{}"},
+        {b"type": b"send", b"target": b"group", b"to": b"g", b"exclude": b"gw-1.\xff", b"frame": b"{}"},
+        {b"type": b"join", b"target": b"connection", b"to": b"gw-1.a", b"group": b"\xc3"},
+        {b"type": b"accept", b"target": b"connection", b"to": b"gw-1.a", b"user_id": b"\xfe"},
+    ],
+)
+def test_text_fields_that_are_not_utf8_are_rejected(fields: dict[bytes, bytes]) -> None:
+    """A command error (logged and skipped), not a UnicodeDecodeError that would end the reader."""
+    with pytest.raises(CommandError, match="is not valid UTF-8"):
+        decode_command({b"v": b"1", **fields})
+
+
 def test_keys_follow_keys_json() -> None:
     templates = key_templates()["keys"]
     keys = Keys("pfx")

@@ -107,7 +107,7 @@ def decode_command(fields: Mapping[bytes, bytes]) -> Command:
     raw_to = fields.get(b"to")
     if (target == "all") != (raw_to is None):
         raise CommandError("'to' is required, except for target=all where it is forbidden")
-    to = raw_to.decode() if raw_to is not None else None
+    to = _text(raw_to, "to") if raw_to is not None else None
 
     kind = fields.get(b"type")
     allowed = _FIELDS.get(kind or b"")
@@ -121,7 +121,7 @@ def decode_command(fields: Mapping[bytes, bytes]) -> Command:
         raw_exclude = fields.get(b"exclude")
         if raw_exclude is not None and target != "group":
             raise CommandError("exclude is only for target=group")
-        exclude = raw_exclude.decode() if raw_exclude is not None else None
+        exclude = _text(raw_exclude, "exclude") if raw_exclude is not None else None
         return Command("send", target, to, frame=frame, exclude=exclude)
     if kind in (b"disconnect", b"refuse"):
         try:
@@ -140,10 +140,19 @@ def decode_command(fields: Mapping[bytes, bytes]) -> Command:
         if target != "connection":
             raise CommandError("accept needs target=connection")
         user_id = fields.get(b"user_id")
-        return Command("accept", target, to, user_id=user_id.decode() if user_id is not None else None)
+        return Command(
+            "accept", target, to, user_id=_text(user_id, "user_id") if user_id is not None else None
+        )
     if kind in (b"join", b"leave"):
         group = fields.get(b"group")
         if group is None or target != "connection":
             raise CommandError("join and leave need target=connection and a group")
-        return Command("join" if kind == b"join" else "leave", target, to, group=group.decode())
+        return Command("join" if kind == b"join" else "leave", target, to, group=_text(group, "group"))
     raise CommandError(f"unknown type {kind!r}")
+
+
+def _text(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise CommandError(f"{name!r} is not valid UTF-8") from None
