@@ -28,7 +28,7 @@ from wsq_gateway.protocol import (
     node_of,
     pong_frame,
 )
-from wsq_gateway.protocol.envelopes import CommandError, request_text
+from wsq_gateway.protocol.envelopes import CommandError, connection_send, request_text
 from wsq_gateway.protocol.frames import wire_text_frame
 
 VALID_CLIENT = examples("valid", "client-frame")
@@ -202,6 +202,58 @@ def test_text_fields_that_are_not_utf8_are_rejected(fields: dict[bytes, bytes]) 
     """A command error (logged and skipped), not a UnicodeDecodeError that would end the reader."""
     with pytest.raises(CommandError, match="is not valid UTF-8"):
         decode_command({b"v": b"1", **fields})
+
+
+def _flat(doc: dict[str, str]) -> list[bytes]:
+    """A command's fields and values as XREAD returns them: one flat list, in written order."""
+    return [item.encode() for pair in doc.items() for item in pair]
+
+
+def _agrees_with_decode_command(flat: list[bytes]) -> bool:
+    """connection_send() recognises only what decode_command() reads as the same send."""
+    fast = connection_send(flat)
+    if fast is None:
+        return True
+    try:
+        command = decode_command(dict(zip(flat[::2], flat[1::2], strict=True)))
+    except CommandError:
+        return False
+    return (command.type, command.target, command.to, command.frame) == ("send", "connection", *fast)
+
+
+ALL_COMMANDS = examples("valid", "command") + examples("invalid", "command")
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=example_ids(ALL_COMMANDS))
+def test_the_fast_path_for_a_send_to_one_connection_agrees_with_the_decoder(path: Path) -> None:
+    assert _agrees_with_decode_command(_flat(json.loads(path.read_text())))
+
+
+@pytest.mark.parametrize("name", ["reply.json", "send-connection.json"])
+def test_the_sdks_sends_to_one_connection_take_the_fast_path(name: str) -> None:
+    golden = json.loads((PROTOCOL_DIR / "examples/valid/command" / name).read_text())
+    assert connection_send(_flat(golden)) == (golden["to"], golden["frame"].encode())
+
+
+_field_bytes = st.one_of(
+    st.sampled_from([b"v", b"1", b"2", b"type", b"send", b"join", b"target", b"connection", b"group"]),
+    st.sampled_from([b"to", b"frame", b"exclude", b"", b"\xff", b"gw-1.a"]),
+    st.binary(max_size=4),
+)
+
+
+@given(changes=st.dictionaries(st.integers(0, 11), st.one_of(st.none(), _field_bytes), max_size=3))
+def test_the_fast_path_agrees_with_the_decoder_on_mutated_sends(changes: dict[int, bytes | None]) -> None:
+    flat = _flat(json.loads((PROTOCOL_DIR / "examples/valid/command/reply.json").read_text()))
+    for position, value in sorted(changes.items(), reverse=True):
+        if value is None:
+            del flat[position : position + 2]  # a field and its value gone (or nothing, past the end)
+        elif position < len(flat):
+            flat[position] = value
+        else:
+            flat += [value, b"x"]
+    if len(flat) % 2 == 0 and len(set(flat[::2])) == len(flat) // 2:  # what a stream entry can be
+        assert _agrees_with_decode_command(flat)
 
 
 def test_keys_follow_keys_json() -> None:

@@ -19,7 +19,7 @@ from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.client import RedisPipe
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
-from wsq_gateway.protocol.envelopes import Command, CommandError, decode_command
+from wsq_gateway.protocol.envelopes import Command, CommandError, connection_send, decode_command
 from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.protocol.keys import Keys
 
@@ -97,6 +97,10 @@ class Outbound:
             for raw_stream, entries in response.items() if isinstance(response, dict) else response:
                 stream = raw_stream.decode()
                 for _entry_id, flat_fields in entries:
+                    send = connection_send(flat_fields)
+                    if send is not None:  # the usual case, a reply: no field map to build
+                        self._cork(*send)
+                        continue
                     pairs = iter(flat_fields)
                     self._handle(dict(zip(pairs, pairs, strict=True)))
                 self._uncork()
@@ -117,11 +121,9 @@ class Outbound:
             log.warning("skipped a malformed command", error=str(exc))
             return
         if command.type == "send" and command.target == "connection":
-            # Replies and pushes to one connection wait until the end of the read (or the next
-            # other command), so the frames a connection gets in one read take one write.
+            assert command.to is not None
             assert command.frame is not None
-            for conn in self._targets(command):
-                self._corked.setdefault(conn, []).append(command.frame)
+            self._cork(command.to, command.frame)
             return
         self._uncork()  # what came before this command is written before it acts
         if command.type == "send":
@@ -150,6 +152,13 @@ class Outbound:
             else:
                 self._connections.leave(member, command.group)
 
+    def _cork(self, to: str, frame: bytes) -> None:
+        """Replies and pushes to one connection wait until the end of the read (or the next
+        other command), so the frames a connection gets in one read take one write."""
+        conn = self._connection(to)
+        if conn is not None:
+            self._corked.setdefault(conn, []).append(frame)
+
     def _uncork(self) -> None:
         """Write the frames held for single connections, one write per connection."""
         if self._corked:
@@ -160,11 +169,8 @@ class Outbound:
     def _targets(self, command: Command) -> list[Connection]:
         if command.target == "connection":
             assert command.to is not None
-            conn = self._connections.get(command.to)
-            if conn is None:
-                log.debug("command for an unknown connection", connection_id=command.to)
-                return []
-            return [conn]
+            conn = self._connection(command.to)
+            return [] if conn is None else [conn]
         if command.target == "user":
             assert command.to is not None
             return self._connections.of_user(command.to)
@@ -172,3 +178,9 @@ class Outbound:
             assert command.to is not None
             return self._connections.of_group(command.to, command.exclude)
         return self._connections.all()
+
+    def _connection(self, connection_id: str) -> Connection | None:
+        conn = self._connections.get(connection_id)
+        if conn is None:  # gone meanwhile (or never here): the command is dropped
+            log.debug("command for an unknown connection", connection_id=connection_id)
+        return conn

@@ -8,7 +8,7 @@ the sockets verbatim.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import orjson
@@ -95,6 +95,24 @@ _FIELDS = {
     b"accept": _COMMON | {b"user_id"},
     b"refuse": _COMMON | {b"code", b"reason"},
 }
+
+
+# A send to one connection (the replies: most of what a gateway reads), its fields in the
+# order the SDK writes them (send_command()): recognised on the entry's flat list of fields
+# and values as read, without building a field map first.
+_CONNECTION_SEND_HEAD = [b"v", b"1", b"type", b"send", b"target", b"connection", b"to"]
+
+
+def connection_send(flat: Sequence[bytes]) -> tuple[str, bytes] | None:
+    """``(to, frame)`` when ``flat`` (a stream entry's fields and values, as Redis returns them)
+    is a send to one connection in the SDK's field order; None for anything else, which
+    ``decode_command`` then decodes or refuses."""
+    if len(flat) != 10 or flat[8] != b"frame" or flat[:7] != _CONNECTION_SEND_HEAD:
+        return None
+    try:
+        return flat[7].decode(), flat[9]
+    except UnicodeDecodeError:
+        return None
 
 
 def decode_command(fields: Mapping[bytes, bytes]) -> Command:
