@@ -32,6 +32,7 @@ except ImportError:  # the browser tests skip themselves; the demo tests don't n
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = ROOT / "examples" / "chat"
 CHROMIUM = Path("/usr/bin/chromium")
+DRAIN_S = 4.0
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -79,7 +80,9 @@ def page_server() -> Iterator[str]:
 
 @pytest.fixture
 def chat(start_gateway: Callable[..., GatewayProcess], chat_worker: ManagedProcess, page_server: str) -> Chat:
-    gateway = start_gateway()
+    # A drain budget well under ManagedProcess.stop()'s 10 s: a drain that overruns it logs
+    # every task it still waits for (server.py) before a test stopping the gateway gives up.
+    gateway = start_gateway(WSQ_DRAIN_S=str(DRAIN_S))
     return Chat(gateway, f"{page_server}?gateway={gateway.ws_url}")
 
 
@@ -217,8 +220,10 @@ def test_page_reconnects_after_gateway_restart(
     set_name(page, "Ada")
     expect(system_lines(page, "Ada joined")).to_have_count(1)
 
-    # SIGTERM: the gateway closes the socket with 1012 (service restart) and exits
+    # SIGTERM: the gateway closes the socket with 1012 (service restart) and exits, within its drain
     assert chat.gateway.process.stop() == 0, chat.gateway.process.output()
+    output = chat.gateway.process.output()
+    assert "the drain took longer than WSQ_DRAIN_S" not in output, output  # it names what it waited for
     expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
     expect(page.locator("#send")).to_be_disabled()
     start_again(chat.gateway, processes)
