@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
@@ -31,15 +32,16 @@ from wsq_devkit import RedisServer
 from wsq_worker import Worker, constants, speedups
 
 EVENT = Path(__file__).resolve().parents[1] / "protocol/examples/valid/event/message.json"
+PREFIX = constants.DEFAULT_KEY_PREFIX
 POLL_S = 0.2  # polling costs CPU too: rarely, so that it hardly counts
 TIMEOUT_S = 600.0
 
 
-def _fill(port: int, stream: str, events: int) -> None:
-    """XADD ``events`` copies of the echo message event, in one write, and read the replies."""
-    fields = json.loads(EVENT.read_text())
-    fields["frame"] = json.dumps({"action": "echo", "data": {"text": "hello"}, "id": "1"})
-    command = hiredis.pack_command(("XADD", stream, "*", *(item for pair in fields.items() for item in pair)))
+def _fill(port: int, fields: dict[str, str], events: int) -> None:
+    """XADD ``events`` copies of the event ``fields``, in one write, and read the replies."""
+    stream = constants.inbound_stream(PREFIX)
+    arguments: Any = ("XADD", stream, "*", *(item for pair in fields.items() for item in pair))
+    command = hiredis.pack_command(arguments)  # its stubs type the tuple as one element long
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as conn:
         conn.sendall(command * events)
         replies = b""
@@ -49,13 +51,13 @@ def _fill(port: int, stream: str, events: int) -> None:
             replies += conn.recv(1 << 20)
 
 
-async def _drain(url: str, events: int, concurrency: int) -> tuple[float, float]:
-    """Run a worker until ``events`` events are handled: (CPU seconds, wall seconds)."""
-    prefix = constants.DEFAULT_KEY_PREFIX
-    inbound = constants.inbound_stream(prefix)
-    replies = constants.node_stream(prefix, json.loads(EVENT.read_text())["node"])
+async def _drain(url: str, node: str, events: int, concurrency: int) -> tuple[float, float]:
+    """Run a worker until ``events`` events from gateway ``node`` are handled: (CPU seconds,
+    wall seconds)."""
+    inbound = constants.inbound_stream(PREFIX)
+    replies = constants.node_stream(PREFIX, node)
     client = aioredis.Redis.from_url(url)
-    worker = Worker(actions={"echo": echo}, redis_url=url, key_prefix=prefix, concurrency=concurrency)
+    worker = Worker(actions={"echo": echo}, redis_url=url, key_prefix=PREFIX, concurrency=concurrency)
     try:
         async with worker:
             cpu, wall = time.process_time(), time.perf_counter()
@@ -87,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.events <= constants.NODE_STREAM_MAXLEN:  # above the cap, replies would be trimmed
         parser.error(f"--events must be 1 to {constants.NODE_STREAM_MAXLEN}")
+    fields = json.loads(EVENT.read_text())
+    fields["frame"] = json.dumps({"action": "echo", "data": {"text": "hello"}, "id": "1"})
     with RedisServer() as server:
-        _fill(server.port, constants.inbound_stream(constants.DEFAULT_KEY_PREFIX), args.events)
+        _fill(server.port, fields, args.events)
         measured: list[tuple[float, float]] = []
 
         async def measure() -> None:
-            measured.append(await _drain(server.url, args.events, args.concurrency))
+            measured.append(await _drain(server.url, fields["node"], args.events, args.concurrency))
 
         speedups.run(measure())  # on uvloop, as Worker.run() runs
         ((cpu, wall),) = measured
