@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import enum
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, key_templates
-from wsq_worker import Meta, codec, constants
+from wsq_worker import AsyncPublisher, Context, Meta, codec, constants
 from wsq_worker.exceptions import ProtocolError, Refuse, Retry, WsqError
 from wsq_worker.protocol import (
     ERROR_CODES,
@@ -755,3 +756,30 @@ def test_meta_is_read_only_and_compares_by_value() -> None:
     assert Meta("gw-1", at, "203.0.113.7", 1006) != built
     with pytest.raises(AttributeError):
         built.node = "gw-2"  # type: ignore[misc]
+
+
+async def test_context_of_event_sets_what_init_sets() -> None:
+    """The worker's constructor (positional, once per event) and ``Context(...)`` agree."""
+    request = Request("/ws", "room=1", {"x-forwarded-for": "203.0.113.7"})
+    ts, addr = 1795852800123, "203.0.113.7"
+    event = Event("message", CONNECTION_ID, "gw-1", "42", ts, addr, "chat", {"a": 1}, "r1", request=request)
+    publisher, loop = AsyncPublisher(redis_url="redis://127.0.0.1:1/0"), asyncio.get_running_loop()
+
+    async def send_frame(frame: str) -> None:
+        pass
+
+    built = Context(
+        connection_id=CONNECTION_ID,
+        user_id="42",
+        action="chat",
+        id="r1",
+        meta=Meta("gw-1", datetime.datetime.fromtimestamp(ts / 1000, tz=datetime.UTC), addr),
+        publisher=publisher,
+        send_frame=send_frame,
+        loop=loop,
+        attempt=3,
+        request=request,
+    )
+    from_event = Context._of_event(event, 3, publisher, send_frame, loop)
+    for name in Context.__slots__:
+        assert getattr(from_event, name) == getattr(built, name), name

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from wsq_worker.protocol import Request, check_group, push_frame
+from wsq_worker.protocol import Event, Request, check_group, push_frame
 from wsq_worker.publisher import AsyncPublisher
 
 __all__ = ["Context", "Meta", "Request"]
@@ -132,6 +132,29 @@ class Context:
         self.publisher = publisher
         self._send_frame = send_frame
         self._loop = loop
+
+    @classmethod
+    def _of_event(
+        cls,
+        event: Event,
+        attempt: int,
+        publisher: AsyncPublisher,
+        send_frame: Callable[[str], Awaitable[None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> Context:
+        """The worker's constructor, once per event: what ``__init__`` sets, without its keyword
+        arguments (less than half the time)."""
+        ctx = cls.__new__(cls)
+        ctx.connection_id, ctx.user_id, ctx.action, ctx.id = (
+            event.connection_id,
+            event.user_id,
+            event.action,
+            event.id,
+        )
+        ctx.attempt, ctx.request = attempt, event.request
+        ctx.meta = Meta._of_event(event.node, event.ts, event.addr, event.close_code)
+        ctx.publisher, ctx._send_frame, ctx._loop = publisher, send_frame, loop
+        return ctx
 
     async def send(self, action: str, data: Any = None) -> None:
         """Push ``{"action": action, "data": data}`` to this connection.
