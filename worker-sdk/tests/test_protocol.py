@@ -27,6 +27,7 @@ from wsq_worker.protocol import (
     Request,
     accept_command,
     check_group,
+    checked_reply_frame,
     decode_event,
     disconnect_command,
     error_frame,
@@ -675,6 +676,7 @@ class Point:
 )
 def test_codecs_encode_the_same_types_alike(value: Any) -> None:
     assert codec.dumps(value) == codec._stdlib_dumps(value)
+    assert codec.dumps_utf8(value) == codec._stdlib_dumps_utf8(value) == codec.dumps(value).encode()
 
 
 @pytest.mark.parametrize("value", [datetime.datetime(2026, 1, 1), Point(1), {1, 2}, object(), b"bytes"])
@@ -683,6 +685,20 @@ def test_codecs_refuse_the_same_types(value: Any) -> None:
         codec._stdlib_dumps(value)
     with pytest.raises(TypeError):
         codec.dumps(value)
+    with pytest.raises(TypeError):
+        codec.dumps_utf8(value)
+
+
+def test_utf8_codecs_refuse_a_lone_surrogate() -> None:
+    """JSON text can hold one, escaped or not; UTF-8, and so a frame, can't."""
+    for dumps_utf8 in (codec.dumps_utf8, codec._stdlib_dumps_utf8):
+        with pytest.raises(ValueError, match="surrogates not allowed"):
+            dumps_utf8({"text": "\ud800"})
+
+
+@pytest.mark.parametrize("data", [None, {"text": "héllo", "n": [1, 2.5, True]}, "日本"])
+def test_checked_reply_frame_is_reply_frame_in_utf8(data: Any) -> None:
+    assert checked_reply_frame("chat.send", data, "req-1") == reply_frame("chat.send", data, "req-1").encode()
 
 
 def test_works_without_orjson() -> None:

@@ -121,11 +121,13 @@ async def test_failing_handler_gets_a_handler_error(
     assert "secret details" in str(record.exc_info[1])
 
 
+# A set is not JSON; a lone surrogate is, as text, but is not UTF-8, which frames are.
+@pytest.mark.parametrize("value", [{1, 2}, "\ud800"], ids=["set", "lone-surrogate"])
 async def test_return_value_json_cannot_encode_gets_a_handler_error(
-    start_worker: Any, gateway: Any, caplog: pytest.LogCaptureFixture
+    start_worker: Any, gateway: Any, caplog: pytest.LogCaptureFixture, value: Any
 ) -> None:
-    async def returns_a_set(ctx: Context, data: Any) -> set[int]:
-        return {1, 2}
+    async def returns_a_set(ctx: Context, data: Any) -> Any:
+        return value
 
     await start_worker({"bad": returns_a_set})
     await gateway.message(gateway.new_connection_id(), "bad", id="r")

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKEND", "dumps", "loads"]
+__all__ = ["BACKEND", "dumps", "dumps_utf8", "loads"]
 
 
 def _refuse_constant(name: str) -> Any:
@@ -25,12 +25,19 @@ def _stdlib_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _stdlib_dumps_utf8(value: Any) -> bytes:
+    return _stdlib_dumps(value).encode()
+
+
 def _stdlib_loads(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_refuse_constant)
 
 
 dumps: Callable[[Any], str]
 """Encode a value as compact JSON text; TypeError or ValueError when it can't be encoded."""
+dumps_utf8: Callable[[Any], bytes]
+"""``dumps(value).encode()``, without the round trip through ``str`` where orjson is installed;
+also ValueError (``UnicodeEncodeError``) for a str that is not UTF-8 (a lone surrogate)."""
 loads: Callable[[str | bytes], Any]
 """Decode JSON text; ValueError when it is not valid JSON."""
 
@@ -38,7 +45,7 @@ try:
     import orjson
 except ImportError:  # pragma: no cover - depends on the installed extras
     BACKEND = "json"
-    dumps, loads = _stdlib_dumps, _stdlib_loads
+    dumps, dumps_utf8, loads = _stdlib_dumps, _stdlib_dumps_utf8, _stdlib_loads
 else:
     BACKEND = "orjson"
 
@@ -52,4 +59,10 @@ else:
         except TypeError:  # raises again if the stdlib can't encode it either
             return _stdlib_dumps(value)
 
-    dumps, loads = _orjson_dumps, orjson.loads
+    def _orjson_dumps_utf8(value: Any) -> bytes:
+        try:
+            return orjson.dumps(value, option=_STDLIB_TYPES_ONLY)
+        except TypeError:  # as above; a lone surrogate raises UnicodeEncodeError there
+            return _stdlib_dumps_utf8(value)
+
+    dumps, dumps_utf8, loads = _orjson_dumps, _orjson_dumps_utf8, orjson.loads

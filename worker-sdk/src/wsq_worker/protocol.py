@@ -38,6 +38,7 @@ __all__ = [
     "check_close",
     "check_group",
     "check_user_id",
+    "checked_reply_frame",
     "decode_event",
     "disconnect_command",
     "error_frame",
@@ -510,6 +511,13 @@ def push_frame(action: str, data: Any = None) -> str:
 def reply_frame(action: str, data: Any, id: str) -> str:
     """``{"action", "data", "id"}``: the answer to the client frame that carried ``id``."""
     return codec.dumps({"action": _check_action(action), "data": data, "id": _check_id(id)})
+
+
+def checked_reply_frame(action: str, data: Any, id: str) -> bytes:
+    """``reply_frame()`` in UTF-8, for an ``action`` and ``id`` checked already (a decoded
+    event's): the worker's hot path. Raises TypeError or ValueError when ``data`` can't be
+    encoded, a str that is not UTF-8 included."""
+    return codec.dumps_utf8({"action": action, "data": data, "id": id})
 
 
 def error_frame(code: str, message: str, id: str | None = None) -> str:

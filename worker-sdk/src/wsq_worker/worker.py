@@ -34,12 +34,12 @@ from wsq_worker.protocol import (
     UNKNOWN_ACTION,
     Event,
     accept_command,
+    checked_reply_frame,
     decode_event,
     error_frame,
     is_action_name,
     node_of,
     refuse_command,
-    reply_frame,
     send_command,
     text_fields,
 )
@@ -544,15 +544,15 @@ class _Run:
         if event.id is None:
             return
         try:
-            frame = reply_frame(event.action, result, event.id)
+            frame = checked_reply_frame(event.action, result, event.id)
         except (TypeError, ValueError):
             logger.exception(
                 'handler of action "%s" returned a value JSON can\'t encode (connection %s)',
                 event.action,
                 event.connection_id,
             )
-            frame = error_frame(HANDLER_ERROR, "the handler failed", event.id)
-        self._queue_frame(event.connection_id, frame)
+            frame = error_frame(HANDLER_ERROR, "the handler failed", event.id).encode()
+        self.flusher.queue(self._connection_write(event.connection_id, frame))
 
     async def _run_hook(self, hook: LifecycleHandler | None, ctx: Context, name: str) -> None:
         if hook is None:
@@ -696,14 +696,14 @@ class _Run:
         connection_id = event.connection_id
 
         async def send_frame(frame: str) -> None:
-            await self.flusher.send(self._connection_write(connection_id, frame))
+            await self.flusher.send(self._connection_write(connection_id, frame.encode()))
 
         return Context._of_event(event, attempt, self.publisher, send_frame, self.loop)
 
     def _queue_frame(self, connection_id: str, frame: str) -> None:
-        self.flusher.queue(self._connection_write(connection_id, frame))
+        self.flusher.queue(self._connection_write(connection_id, frame.encode()))
 
-    def _connection_write(self, connection_id: str, frame: str) -> PackedWrite:
+    def _connection_write(self, connection_id: str, frame: bytes) -> PackedWrite:
         """``Route.connection(key_prefix, connection_id).send(frame)``, for an id already checked,
         packed from its node's template (built from ``send_command()`` the first time)."""
         node = connection_id.rpartition(".")[0]
@@ -712,9 +712,7 @@ class _Run:
             if len(self.reply_templates) >= _MAX_REPLY_TEMPLATES:  # gateways come and go
                 self.reply_templates.clear()
             template = self.reply_templates[node] = _reply_template(self.worker.key_prefix, node)
-        return PackedWrite(
-            template.stream, template.command.pack(connection_id.encode(), b"frame", frame.encode())
-        )
+        return PackedWrite(template.stream, template.command.pack(connection_id.encode(), b"frame", frame))
 
     def _queue_command(self, connection_id: str, fields: dict[str, str]) -> None:
         """Queue a command for the gateway holding ``connection_id``."""
