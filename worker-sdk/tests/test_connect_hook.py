@@ -78,6 +78,7 @@ FAILED = {"type": "refuse", "code": "3011", "reason": "connect hook failed"}
         (raising(RuntimeError("database down")), FAILED),
         (returning(42), FAILED),
         (returning(""), FAILED),
+        (returning("\ud800"), FAILED),  # a str, but not UTF-8: no Redis key or field can hold it
     ],
     ids=[
         "no-on_connect",
@@ -92,6 +93,7 @@ FAILED = {"type": "refuse", "code": "3011", "reason": "connect hook failed"}
         "exception",
         "not-a-user-id",
         "empty-user-id",
+        "user-id-not-utf-8",
     ],
 )
 async def test_hook_answer(start_worker: Any, gateway: Any, on_connect: Any, answer: dict[str, str]) -> None:

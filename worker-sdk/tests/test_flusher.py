@@ -93,6 +93,28 @@ async def test_refused_command_fails_only_its_own_send(
     assert await redis_client.xlen(f"{key_prefix}:node:gw-g:out") == 1
 
 
+async def test_a_write_redis_cant_carry_fails_its_caller_not_the_batch(
+    flusher: CountingFlusher, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    """A str that is not UTF-8 has no bytes: it raises as it is queued, and the writes and acks
+    around it go out (in one batch it would fail them all, and every retry of them)."""
+    inbound = f"{key_prefix}:inbound"
+    await redis_client.xgroup_create(inbound, "workers", id="0", mkstream=True)
+    entry_id = await redis_client.xadd(inbound, {"n": "1"})
+    await redis_client.xreadgroup("workers", "c", {inbound: ">"})
+    unencodable = StreamWrite(f"{key_prefix}:node:gw-f:out", {"frame": "\ud800"}, None)
+    flusher.queue(write(key_prefix, 1))
+    with pytest.raises(UnicodeEncodeError):
+        flusher.queue(unencodable)
+    with pytest.raises(UnicodeEncodeError):
+        await flusher.send(unencodable)
+    flusher.ack(entry_id)
+    await flusher.send(write(key_prefix, 2))
+    frames = [fields["frame"] for _, fields in await redis_client.xrange(f"{key_prefix}:node:gw-f:out")]
+    assert frames == ['{"action":"n","data":1}', '{"action":"n","data":2}']
+    assert (await redis_client.xpending(inbound, "workers"))["pending"] == 0
+
+
 async def test_unreachable_redis_fails_sends_and_keeps_replies(key_prefix: str) -> None:
     client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     flusher = Flusher(client, f"{key_prefix}:inbound", "workers")

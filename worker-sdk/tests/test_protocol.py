@@ -9,6 +9,7 @@ import enum
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -689,11 +690,21 @@ def test_codecs_refuse_the_same_types(value: Any) -> None:
         codec.dumps_utf8(value)
 
 
-def test_utf8_codecs_refuse_a_lone_surrogate() -> None:
+@pytest.mark.parametrize(
+    "encode",
+    [
+        codec.dumps,
+        codec._stdlib_dumps,
+        codec.dumps_utf8,
+        codec._stdlib_dumps_utf8,
+        lambda data: push_frame("say", data),
+    ],
+    ids=["dumps", "stdlib-dumps", "dumps_utf8", "stdlib-dumps_utf8", "push_frame"],
+)
+def test_codecs_refuse_a_lone_surrogate(encode: Callable[[Any], Any]) -> None:
     """JSON text can hold one, escaped or not; UTF-8, and so a frame, can't."""
-    for dumps_utf8 in (codec.dumps_utf8, codec._stdlib_dumps_utf8):
-        with pytest.raises(ValueError, match="surrogates not allowed"):
-            dumps_utf8({"text": "\ud800"})
+    with pytest.raises(ValueError, match="surrogates not allowed"):
+        encode({"text": "\ud800"})
 
 
 @pytest.mark.parametrize("data", [None, {"text": "héllo", "n": [1, 2.5, True]}, "日本"])

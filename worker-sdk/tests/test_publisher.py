@@ -691,3 +691,23 @@ async def test_a_refused_async_push_fails_alone(
     assert isinstance(refused.__cause__, redis.ResponseError)
     assert sent == 1
     assert await redis_client.xlen(f"{key_prefix}:node:gw-b:out") == 1
+
+
+async def test_an_async_write_redis_cant_carry_fails_alone(
+    redis_url: str, key_prefix: str, redis_client: redis.asyncio.Redis
+) -> None:
+    """Pushes validate their text, so this write goes to the batching below them directly: a str
+    that is not UTF-8 raises in its own caller, and the pushes awaited with it go out (one batch
+    would fail them all)."""
+    async with AsyncPublisher(redis_url, key_prefix) as publisher:
+        unencodable = ("XADD", f"{key_prefix}:node:gw-b:out", "*", "frame", "\ud800")
+        sent_before, refused, sent_after = await asyncio.gather(
+            publisher.to(CONNECTION_B).send("b", 1),
+            publisher._batches.run(unencodable),
+            publisher.to(CONNECTION_B).send("b", 2),
+            return_exceptions=True,
+        )
+    assert isinstance(refused, UnicodeEncodeError)
+    assert (sent_before, sent_after) == (1, 1)
+    commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
+    assert [json.loads(command["frame"])["data"] for command in commands] == [1, 2]

@@ -3,7 +3,9 @@
 Both produce the same compact text (no spaces, UTF-8 characters unescaped), encode the same
 types (orjson's extras, datetimes and dataclasses, are refused as the stdlib refuses them, and
 what orjson can't encode but the stdlib can, such as integers beyond 64 bits or subclasses of
-str, goes to the stdlib), and refuse NaN and Infinity when decoding, since they are not JSON.
+str, goes to the stdlib), refuse a str that is not UTF-8 (a lone surrogate, which JSON text can
+hold but a frame can't) when encoding, and refuse NaN and Infinity when decoding, since they
+are not JSON.
 Differences left: orjson encodes UUIDs and writes NaN/Infinity as null (the stdlib raises
 ValueError), and decodes integers beyond 64 bits as floats.
 """
@@ -22,11 +24,13 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _stdlib_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text.encode()  # UnicodeEncodeError for a lone surrogate, as orjson refuses it
+    return text
 
 
 def _stdlib_dumps_utf8(value: Any) -> bytes:
-    return _stdlib_dumps(value).encode()
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _stdlib_loads(text: str | bytes) -> Any:
@@ -34,10 +38,10 @@ def _stdlib_loads(text: str | bytes) -> Any:
 
 
 dumps: Callable[[Any], str]
-"""Encode a value as compact JSON text; TypeError or ValueError when it can't be encoded."""
+"""Encode a value as compact JSON text; TypeError or ValueError when it can't be encoded,
+``UnicodeEncodeError`` for a str that is not UTF-8 (a lone surrogate), which no frame can carry."""
 dumps_utf8: Callable[[Any], bytes]
-"""``dumps(value).encode()``, without the round trip through ``str`` where orjson is installed;
-also ValueError (``UnicodeEncodeError``) for a str that is not UTF-8 (a lone surrogate)."""
+"""``dumps(value).encode()``, without the round trip through ``str`` where orjson is installed."""
 loads: Callable[[str | bytes], Any]
 """Decode JSON text; ValueError when it is not valid JSON."""
 
@@ -56,13 +60,13 @@ else:
     def _orjson_dumps(value: Any) -> str:
         try:
             return orjson.dumps(value, option=_STDLIB_TYPES_ONLY).decode()
-        except TypeError:  # raises again if the stdlib can't encode it either
+        except TypeError:  # raises again if the stdlib can't encode it either (or it isn't UTF-8)
             return _stdlib_dumps(value)
 
     def _orjson_dumps_utf8(value: Any) -> bytes:
         try:
             return orjson.dumps(value, option=_STDLIB_TYPES_ONLY)
-        except TypeError:  # as above; a lone surrogate raises UnicodeEncodeError there
+        except TypeError:  # as above
             return _stdlib_dumps_utf8(value)
 
     dumps, dumps_utf8, loads = _orjson_dumps, _orjson_dumps_utf8, orjson.loads

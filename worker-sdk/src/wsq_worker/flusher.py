@@ -32,9 +32,10 @@ _MAX_BACKOFF_S = 5.0
 
 
 class PackedWrite(NamedTuple):
-    """An ``XADD`` to ``stream`` packed already (``speedups.CommandTemplate``): the replies."""
+    """A write to ``key`` packed in RESP already: an ``XADD`` (the replies, from a
+    ``speedups.CommandTemplate``), or any ``FlusherWrite`` once queued."""
 
-    stream: str
+    key: str
     command: bytes
 
 
@@ -52,7 +53,7 @@ class Flusher:
         self._pipe = RedisPipe(client)
         self._inbound_stream = inbound_stream
         self._group = group
-        self._writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]] = []
+        self._writes: list[tuple[PackedWrite, asyncio.Future[None] | None]] = []
         self._acks: list[str] = []
         self._writing_acks: list[str] = []
         self._wakeup = asyncio.Event()
@@ -63,18 +64,30 @@ class Flusher:
         self._task = asyncio.create_task(self._run(), name="wsq-flusher")
 
     def queue(self, write: FlusherWrite) -> None:
-        """Write soon; retried until it succeeds or the worker stops."""
-        self._writes.append((write, None))
+        """Write soon; retried until it succeeds or the worker stops. A write no Redis command can
+        carry (a str that is not UTF-8) raises here, in its caller, not in the batch."""
+        self._writes.append((self._packed(write), None))
         self._wakeup.set()
 
     async def send(self, write: StreamWrite | PackedWrite) -> None:
         """Write in the next batch and wait for it; ``PublishError`` if Redis can't take it."""
         if self._closing or self._task is None or self._task.done():
             raise PublishError("the worker has stopped: nothing was sent")
+        packed = self._packed(write)
         done = asyncio.get_running_loop().create_future()
-        self._writes.append((write, done))
+        self._writes.append((packed, done))
         self._wakeup.set()
         await done
+
+    def _packed(self, write: FlusherWrite) -> PackedWrite:
+        # Packed as it is queued: an argument that can't be packed would otherwise fail the
+        # whole batch, and then every retry of it, for good.
+        if isinstance(write, PackedWrite):
+            return write
+        if isinstance(write, DelayedWrite):  # rare: a retry
+            command = ("EVAL", DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)
+            return PackedWrite(write.key, self._pipe.pack(command))
+        return PackedWrite(write.stream, self._pipe.pack(write.command))
 
     def ack(self, entry_id: str) -> None:
         """``XACK`` and ``XDEL`` the inbound entry, after every write queued before."""
@@ -155,14 +168,9 @@ class Flusher:
                 self._writing_acks = []
 
     async def _write(
-        self, writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]], acks: list[str]
+        self, writes: list[tuple[PackedWrite, asyncio.Future[None] | None]], acks: list[str]
     ) -> None:
-        commands: list[tuple[Any, ...] | bytes] = [
-            ("EVAL", DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)  # rare: a retry
-            if isinstance(write, DelayedWrite)
-            else write.command
-            for write, _ in writes
-        ]
+        commands: list[tuple[Any, ...] | bytes] = [write.command for write, _ in writes]
         if acks:
             commands.append(("XACK", self._inbound_stream, self._group, *acks))
             commands.append(("XDEL", self._inbound_stream, *acks))
@@ -170,7 +178,7 @@ class Flusher:
         for (write, done), result in zip(writes, results, strict=False):
             if isinstance(result, Exception):
                 # Redis refused this one command (wrong key type, out of memory...): not retried.
-                logger.error("Redis refused a write to %s: %s", _key(write), result)
+                logger.error("Redis refused a write to %s: %s", write.key, result)
                 if done is not None and not done.done():
                     done.set_exception(
                         publish_error(result) if isinstance(result, redis.RedisError) else result
@@ -183,7 +191,7 @@ class Flusher:
 
     def _requeue(
         self,
-        writes: list[tuple[FlusherWrite, asyncio.Future[None] | None]],
+        writes: list[tuple[PackedWrite, asyncio.Future[None] | None]],
         acks: list[str],
         error: Callable[[], PublishError],
     ) -> None:
@@ -197,7 +205,3 @@ class Flusher:
                 done.set_exception(error())  # one exception object per waiter
         self._writes[:0] = kept
         self._acks[:0] = acks
-
-
-def _key(write: FlusherWrite) -> str:
-    return write.key if isinstance(write, DelayedWrite) else write.stream

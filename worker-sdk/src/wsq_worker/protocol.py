@@ -456,10 +456,19 @@ def check_close(code: int, reason: str) -> None:
 
 
 def check_user_id(user_id: str) -> str:
-    """``user_id``, or ValueError when it is not a non-empty string."""
-    if not isinstance(user_id, str) or not user_id:
+    """``user_id``, or ValueError when it is not a non-empty string of UTF-8 (Redis keys and
+    stream fields are bytes: a lone surrogate has none)."""
+    if not isinstance(user_id, str) or not user_id or not _is_utf8(user_id):
         raise ValueError(f"a user id is a non-empty string, not {user_id!r}")
     return user_id
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def join_command(connection_id: str, group: str) -> dict[str, str]:

@@ -560,16 +560,19 @@ class _Batches:
         self._client = client
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pipe: speedups.RedisPipe | None = None
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def run(self, command: tuple[Any, ...]) -> Any:
-        """Write ``command`` in the next batch; its raw reply, or ``PublishError``."""
+        """Write ``command`` in the next batch; its raw reply, or ``PublishError``. What no Redis
+        command can carry (a str that is not UTF-8) raises here, not in the batch."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or another event loop: connections are per loop
             self._loop, self._pipe, self._task, self._queue = loop, speedups.RedisPipe(self._client), None, []
+        assert self._pipe is not None
+        packed = self._pipe.pack(command)
         done = loop.create_future()
-        self._queue.append((command, done))
+        self._queue.append((packed, done))
         if self._task is None:
             self._task = loop.create_task(self._write_batches())
         return await done
@@ -601,8 +604,8 @@ class _Batches:
             self._task = None
 
     async def _again_with_scripts(
-        self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], replies: list[Any]
-    ) -> tuple[list[tuple[tuple[Any, ...], asyncio.Future[Any]]], list[Any]]:
+        self, batch: list[tuple[bytes, asyncio.Future[Any]]], replies: list[Any]
+    ) -> tuple[list[tuple[bytes, asyncio.Future[Any]]], list[Any]]:
         """Load the scripts, send the writes Redis did not know the script of again; the batch
         and its replies, those writes last."""
         assert self._pipe is not None

@@ -755,11 +755,12 @@ def _hook_answer(connection_id: str, result: object) -> dict[str, str]:
         return accept_command(connection_id)
     if result is False:
         return refuse_command(connection_id, *REFUSED)
-    if isinstance(result, str) and result:
-        return accept_command(connection_id, result)
+    if isinstance(result, str):
+        with contextlib.suppress(ValueError):  # empty, or not UTF-8
+            return accept_command(connection_id, result)
     logger.error(
-        "on_connect returned %r for connection %s: expected a user id (non-empty str), None, True or "
-        "False; refusing it",
+        "on_connect returned %r for connection %s: expected a user id (a non-empty str of UTF-8), "
+        "None, True or False; refusing it",
         result,
         connection_id,
     )
