@@ -23,25 +23,21 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _stdlib_dumps(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    text.encode()  # UnicodeEncodeError for a lone surrogate, as orjson refuses it
-    return text
-
-
 def _stdlib_dumps_utf8(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _stdlib_dumps(value: Any) -> str:
+    return _stdlib_dumps_utf8(value).decode()
 
 
 def _stdlib_loads(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_refuse_constant)
 
 
-dumps: Callable[[Any], str]
-"""Encode a value as compact JSON text; TypeError or ValueError when it can't be encoded,
-``UnicodeEncodeError`` for a str that is not UTF-8 (a lone surrogate), which no frame can carry."""
 dumps_utf8: Callable[[Any], bytes]
-"""``dumps(value).encode()``, without the round trip through ``str`` where orjson is installed."""
+"""Encode a value as compact JSON in UTF-8; TypeError or ValueError when it can't be encoded,
+``UnicodeEncodeError`` for a str that is not UTF-8 (a lone surrogate), which no frame can carry."""
 loads: Callable[[str | bytes], Any]
 """Decode JSON text; ValueError when it is not valid JSON."""
 
@@ -49,7 +45,7 @@ try:
     import orjson
 except ImportError:  # pragma: no cover - depends on the installed extras
     BACKEND = "json"
-    dumps, dumps_utf8, loads = _stdlib_dumps, _stdlib_dumps_utf8, _stdlib_loads
+    dumps_utf8, loads = _stdlib_dumps_utf8, _stdlib_loads
 else:
     BACKEND = "orjson"
 
@@ -57,16 +53,15 @@ else:
         orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
     )
 
-    def _orjson_dumps(value: Any) -> str:
-        try:
-            return orjson.dumps(value, option=_STDLIB_TYPES_ONLY).decode()
-        except TypeError:  # raises again if the stdlib can't encode it either (or it isn't UTF-8)
-            return _stdlib_dumps(value)
-
     def _orjson_dumps_utf8(value: Any) -> bytes:
         try:
             return orjson.dumps(value, option=_STDLIB_TYPES_ONLY)
-        except TypeError:  # as above
+        except TypeError:  # raises again if the stdlib can't encode it either (or it isn't UTF-8)
             return _stdlib_dumps_utf8(value)
 
-    dumps, dumps_utf8, loads = _orjson_dumps, _orjson_dumps_utf8, orjson.loads
+    dumps_utf8, loads = _orjson_dumps_utf8, orjson.loads
+
+
+def dumps(value: Any) -> str:
+    """``dumps_utf8()`` as text: compact JSON; the same errors."""
+    return dumps_utf8(value).decode()
