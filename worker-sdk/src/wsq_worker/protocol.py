@@ -519,7 +519,7 @@ def push_frame(action: str, data: Any = None) -> str:
 
 def reply_frame(action: str, data: Any, id: str) -> str:
     """``{"action", "data", "id"}``: the answer to the client frame that carried ``id``."""
-    return codec.dumps({"action": _check_action(action), "data": data, "id": _check_id(id)})
+    return checked_reply_frame(_check_action(action), data, _check_id(id)).decode()
 
 
 def checked_reply_frame(action: str, data: Any, id: str) -> bytes:
