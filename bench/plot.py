@@ -49,7 +49,7 @@ def _bars(ax: Any, title: str, ylabel: str, groups: dict[str, dict[str, float | 
         ys = [values.get(system) or 0 for values in groups.values()]
         bars = ax.bar(xs, ys, width, label=LABELS[system], color=COLORS[system])
         ax.bar_label(bars, labels=[_label(y) for y in ys], fontsize=7)
-    ax.set_xticks([g + width * (len(systems) - 1) / 2 for g in range(len(groups))], list(groups))
+    ax.set_xticks([g + width * (len(systems) - 1) / 2 for g in range(len(groups))], list(groups), fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
     if log:
