@@ -4,11 +4,20 @@ its data."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
-from gateway_harness import GatewayFactory, RunningGateway, receive_json
+from gateway_harness import (
+    GatewayFactory,
+    RunningGateway,
+    XaddFields,
+    execute_command,
+    receive_json,
+    stream_entries,
+)
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
@@ -18,9 +27,9 @@ from wsq_gateway.protocol.keys import Keys
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
 
-async def handshake_status(gateway_url: str, session: aiohttp.ClientSession, **kwargs: object) -> int:
+async def handshake_status(gateway_url: str, session: aiohttp.ClientSession, **kwargs: Any) -> int:
     try:
-        ws = await session.ws_connect(gateway_url, **kwargs)  # type: ignore[arg-type]
+        ws = await session.ws_connect(gateway_url, **kwargs)
     except aiohttp.WSServerHandshakeError as exc:
         return exc.status
     await ws.close()
@@ -105,8 +114,8 @@ async def test_registration_checks_the_users_limit_in_the_same_step(
     event = ["v", "1", "type", "connect"]
 
     async def register(cid: str, limit: int) -> int:
-        reply = await redis.execute_command(
-            *register_command(keys, cid, "gw", 1, "10.0.0.1", "ann", limit, event)
+        reply = await execute_command(
+            redis, *register_command(keys, cid, "gw", 1, "10.0.0.1", "ann", limit, event)
         )
         return int(reply)
 
@@ -188,7 +197,7 @@ async def test_after_redis_lost_its_data_the_gateway_registers_its_sockets_again
 
 async def wait_for_connect_event(redis: aioredis.Redis, gateway: RunningGateway) -> dict[str, str]:
     async def event() -> dict[str, str] | None:
-        for _, fields in await redis.xrange(gateway.keys.inbound_stream):
+        for _, fields in await stream_entries(redis, gateway.keys.inbound_stream):
             decoded = {k.decode(): v.decode() for k, v in fields.items()}
             if decoded["type"] == "connect":
                 return decoded
@@ -197,7 +206,7 @@ async def wait_for_connect_event(redis: aioredis.Redis, gateway: RunningGateway)
     return await wait_until_async(event, timeout=5, message="the connect event")
 
 
-async def answer(redis: aioredis.Redis, gateway: RunningGateway, fields: dict[str, str]) -> None:
+async def answer(redis: aioredis.Redis, gateway: RunningGateway, fields: XaddFields) -> None:
     await redis.xadd(gateway.keys.node_stream(gateway.node_id), {"v": "1", "target": "connection", **fields})
 
 
@@ -216,7 +225,7 @@ async def test_connect_hook_accepts_and_sets_the_user(
     assert hello == {"action": "$connected", "data": {"connection_id": cid, "user_id": "ann"}}
     assert await redis.smembers(gateway.keys.user_connections("ann")) == {cid.encode()}
     assert (await redis.hget(gateway.keys.connection(cid), "user_id")) == b"ann"
-    entries = await redis.xrange(gateway.keys.inbound_stream)
+    entries = await stream_entries(redis, gateway.keys.inbound_stream)
     assert [fields[b"type"] for _, fields in entries] == [b"connect", b"message"]
     await ws.close()
 
@@ -232,7 +241,7 @@ async def test_connect_hook_refusal_closes_with_the_workers_code(
     assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4003, "banned")
 
     async def disconnected() -> bool:
-        types = [fields[b"type"] for _, fields in await redis.xrange(gateway.keys.inbound_stream)]
+        types = [fields[b"type"] for _, fields in await stream_entries(redis, gateway.keys.inbound_stream)]
         return types == [b"connect", b"disconnect"]
 
     await wait_until_async(disconnected, timeout=5, message="exactly one disconnect event")
@@ -252,7 +261,9 @@ async def test_connect_hook_naming_a_full_user_closes_with_1008(
     second = await gateway.session.ws_connect(gateway.url())
 
     async def second_connect() -> str | None:
-        ids = [f[b"connection_id"].decode() for _, f in await redis.xrange(gateway.keys.inbound_stream)]
+        ids = [
+            f[b"connection_id"].decode() for _, f in await stream_entries(redis, gateway.keys.inbound_stream)
+        ]
         return next((cid for cid in ids if cid != first_id), None)
 
     second_id = await wait_until_async(second_connect, timeout=5, message="the second connect event")
@@ -265,7 +276,7 @@ async def test_connect_hook_naming_a_full_user_closes_with_1008(
     )
 
     async def disconnected() -> list[tuple[bytes, bytes | None]] | None:
-        entries = [f for _, f in await redis.xrange(gateway.keys.inbound_stream)]
+        entries = [f for _, f in await stream_entries(redis, gateway.keys.inbound_stream)]
         seen = [
             (f[b"type"], f.get(b"close_code")) for f in entries if f[b"connection_id"] == second_id.encode()
         ]

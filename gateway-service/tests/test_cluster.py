@@ -7,7 +7,15 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
-from gateway_harness import GatewayFactory, RunningGateway, receive_json
+from gateway_harness import (
+    GatewayFactory,
+    RunningGateway,
+    StreamEntry,
+    XaddFields,
+    receive_json,
+    set_members,
+    stream_entries,
+)
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.contract import is_valid
@@ -17,14 +25,20 @@ from wsq_gateway.protocol import Keys
 FAST = {"node_heartbeat_s": 0.1, "node_timeout_s": 0.5}
 
 
-def send_to_group(group: str, frame: dict[str, Any], exclude: str | None = None) -> dict[str, str]:
-    fields = {"v": "1", "type": "send", "target": "group", "to": group, "frame": orjson.dumps(frame).decode()}
+def send_to_group(group: str, frame: dict[str, Any], exclude: str | None = None) -> XaddFields:
+    fields: XaddFields = {
+        "v": "1",
+        "type": "send",
+        "target": "group",
+        "to": group,
+        "frame": orjson.dumps(frame).decode(),
+    }
     if exclude is not None:
         fields["exclude"] = exclude
     return fields
 
 
-def direct(cid: str, data: int) -> dict[str, str]:
+def direct(cid: str, data: int) -> XaddFields:
     return {
         "v": "1",
         "type": "send",
@@ -38,12 +52,18 @@ async def join(redis: aioredis.Redis, gw: RunningGateway, cid: str, group: str) 
     """What a publisher's join does: the registry, then the command to the holding gateway."""
     await redis.sadd(gw.keys.group_connections(group), cid)
     await redis.sadd(gw.keys.connection_groups(cid), group)
-    command = {"v": "1", "type": "join", "target": "connection", "to": cid, "group": group}
+    command: XaddFields = {
+        "v": "1",
+        "type": "join",
+        "target": "connection",
+        "to": cid,
+        "group": group,
+    }
     await redis.xadd(gw.keys.node_stream(gw.node_id), command)
 
 
 async def events_of(redis: aioredis.Redis, keys: Keys, kind: str) -> list[dict[str, str]]:
-    entries = await redis.xrange(keys.inbound_stream)
+    entries = await stream_entries(redis, keys.inbound_stream)
     events = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
     return [event for event in events if event["type"] == kind]
 
@@ -69,7 +89,13 @@ async def test_group_sends_reach_members_once_except_the_excluded(
         assert await receive_json(ws) == {"action": "said", "data": 2}
     # leave: no more group frames
     leaver = members[2][1]["connection_id"]
-    leave = {"v": "1", "type": "leave", "target": "connection", "to": leaver, "group": "room:1"}
+    leave: XaddFields = {
+        "v": "1",
+        "type": "leave",
+        "target": "connection",
+        "to": leaver,
+        "group": "room:1",
+    }
     await redis.xadd(stream, leave)
     await redis.xadd(stream, send_to_group("room:1", {"action": "said", "data": 3}))
     await redis.xadd(stream, direct(leaver, 9))
@@ -109,15 +135,15 @@ async def test_forgetting_twice_emits_one_disconnect_event(
 
     async def gone() -> bool:
         return cid not in [
-            c.decode() for c in await redis.smembers(gateway.keys.node_connections(gateway.node_id))
+            c.decode() for c in await set_members(redis, gateway.keys.node_connections(gateway.node_id))
         ]
 
     await wait_until_async(gone, timeout=5)
     # a marker event after the gateway's clean-up: once it is there, nothing else can follow
     await redis.xadd(gateway.keys.inbound_stream, {"type": "marker"})
 
-    async def marker_seen() -> list[dict[str, str]] | None:
-        entries = await redis.xrange(gateway.keys.inbound_stream)
+    async def marker_seen() -> list[StreamEntry] | None:
+        entries = await stream_entries(redis, gateway.keys.inbound_stream)
         return entries if entries[-1][1].get(b"type") == b"marker" else None
 
     await wait_until_async(marker_seen, timeout=5)

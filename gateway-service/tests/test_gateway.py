@@ -15,7 +15,15 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from gateway_harness import GatewayFactory, RunningGateway, receive_json
+from gateway_harness import (
+    GatewayFactory,
+    RunningGateway,
+    XaddFields,
+    execute_command,
+    receive_json,
+    set_members,
+    stream_entries,
+)
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
@@ -25,15 +33,20 @@ from wsq_gateway.state import GATEWAY
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
 
-def command(target: str, to: str | None, frame: dict[str, Any]) -> dict[str, str]:
-    fields = {"v": "1", "type": "send", "target": target, "frame": orjson.dumps(frame).decode()}
+def command(target: str, to: str | None, frame: dict[str, Any]) -> XaddFields:
+    fields: XaddFields = {
+        "v": "1",
+        "type": "send",
+        "target": target,
+        "frame": orjson.dumps(frame).decode(),
+    }
     if to is not None:
         fields["to"] = to
     return fields
 
 
 async def inbound_events(redis: aioredis.Redis, gw: RunningGateway) -> list[dict[str, str]]:
-    entries = await redis.xrange(gw.keys.inbound_stream)
+    entries = await stream_entries(redis, gw.keys.inbound_stream)
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
 
@@ -239,7 +252,7 @@ async def test_a_malformed_command_is_skipped_and_the_next_one_delivered(
         b"frame": b'{"action":"bad","data":null}',
     }
     fields.update(bad)
-    await redis.xadd(stream, {k: v for k, v in fields.items() if v is not None})  # type: ignore[misc]
+    await redis.xadd(stream, {k: v for k, v in fields.items() if v is not None})
     await redis.xadd(stream, command("connection", hello["connection_id"], {"action": "next", "data": 1}))
     assert await receive_json(ws) == {"action": "next", "data": 1}
     await ws.close()
@@ -370,7 +383,7 @@ async def test_client_close_emits_disconnect_and_clears_the_registry(
         jwt.encode({"sub": "u", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256"),
         jwt.encode({"user": "no-sub"}, SECRET, algorithm="HS256"),
         jwt.encode({"sub": "u"}, SECRET * 2, algorithm="HS512"),  # algorithm not allowed
-        jwt.encode({"sub": "u"}, None, algorithm="none"),
+        jwt.encode({"sub": "u"}, "", algorithm="none"),
     ],
 )
 async def test_bad_tokens_are_refused_with_401(start_gateway: GatewayFactory, token: str | None) -> None:
@@ -470,7 +483,7 @@ async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_keep_r
     fast, fast_hello = await gateway.connect()
     node = gateway.keys.node_connections(gateway.node_id)
     slow_id = next(
-        cid.decode() for cid in await redis.smembers(node) if cid.decode() != fast_hello["connection_id"]
+        cid.decode() for cid in await set_members(redis, node) if cid.decode() != fast_hello["connection_id"]
     )
     stream = gateway.keys.node_stream(gateway.node_id)
     blob = "x" * 16_000
@@ -505,7 +518,7 @@ async def test_past_the_queue_bound_frames_get_overloaded_and_nothing_is_lost(
     gateway = await start_gateway(max_queued_frames=5)
     ws, _ = await gateway.connect()
     await wait_for_events(redis, gateway, 1)
-    await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # Redis stops taking writes for a while
+    await execute_command(redis, "CLIENT", "PAUSE", "1500", "WRITE")  # Redis stops taking writes for a while
     sent = [f"f{n}" for n in range(40)]
     for frame_id in sent:
         await ws.send_str(f'{{"action": "work", "id": "{frame_id}"}}')
