@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from worker_harness import str_entries, str_reply, xadd_fields
 
 from wsq_devkit import contract, wait_until_async
 from wsq_worker import Worker
@@ -98,13 +99,12 @@ class FakeGateway:
         if user_id is not None:
             fields["user_id"] = user_id
             await self.client.sadd(f"{prefix}:user:{user_id}:conns", connection_id)
-        await self.client.hset(f"{prefix}:conn:{connection_id}", mapping=fields)  # type: ignore[arg-type]
+        await self.client.hset(f"{prefix}:conn:{connection_id}", mapping=xadd_fields(fields))
         await self.client.sadd(f"{prefix}:node:{self.node}:conns", connection_id)
 
     async def append(self, fields: dict[str, str]) -> str:
         self.schemas.check("event", fields)
-        entry_id: str = await self.client.xadd(self.inbound, fields)  # type: ignore[arg-type]
-        return entry_id
+        return str_reply(await self.client.xadd(self.inbound, xadd_fields(fields)))
 
     def _event(self, event_type: str, connection_id: str, user_id: str | None, addr: str) -> dict[str, str]:
         fields = {"v": "1", "type": event_type, "connection_id": connection_id, "node": self.node}
@@ -157,7 +157,7 @@ class FakeGateway:
         return await self.append(fields)
 
     async def commands(self) -> list[Command]:
-        entries = await self.client.xrange(self.out)
+        entries = str_entries(await self.client.xrange(self.out))
         commands = [Command(entry_id, fields) for entry_id, fields in entries]
         for command in commands:
             self.schemas.check("command", command.fields)
@@ -183,7 +183,8 @@ class FakeGateway:
         if await self.client.xlen(self.inbound):
             return False
         pending = await self.client.xpending(self.inbound, "workers")
-        return pending["pending"] == 0
+        count: int = pending["pending"]
+        return count == 0
 
 
 @pytest.fixture

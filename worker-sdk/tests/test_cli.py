@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from worker_harness import XaddFields, str_entries
 
 import wsq_worker
 from wsq_devkit import ManagedProcess, free_port, wait_until
@@ -37,7 +38,7 @@ def in_apps_directory(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def append_message(client: redis.Redis, key_prefix: str, action: str, data: Any, frame_id: str) -> None:
     frame = json.dumps({"action": action, "data": data, "id": frame_id})
-    fields = {
+    fields: XaddFields = {
         "v": "1",
         "type": "message",
         "connection_id": CONNECTION_ID,
@@ -45,12 +46,12 @@ def append_message(client: redis.Redis, key_prefix: str, action: str, data: Any,
         "ts": "1",
         "frame": frame,
     }
-    client.xadd(f"{key_prefix}:inbound", fields)  # type: ignore[arg-type]
+    client.xadd(f"{key_prefix}:inbound", fields)
 
 
 def wait_for_frames(client: redis.Redis, key_prefix: str, count: int) -> list[Any]:
     def frames() -> list[Any] | None:
-        entries = client.xrange(f"{key_prefix}:node:{NODE}:out")
+        entries = str_entries(client.xrange(f"{key_prefix}:node:{NODE}:out"))
         return [json.loads(fields["frame"]) for _, fields in entries] if len(entries) >= count else None
 
     return wait_until(frames, timeout=20, message=f"{count} frames")
@@ -201,7 +202,11 @@ def test_sigkill_mid_message_the_other_worker_answers(
     ):
         workers = {a.pid: a, b.pid: b}
         for process in workers.values():
-            wait_until(lambda p=process: "reading" in p.output(), timeout=20, message=f"{process.name} reads")
+
+            def reading(p: ManagedProcess = process) -> bool:
+                return "reading" in p.output()
+
+            wait_until(reading, timeout=20, message=f"{process.name} reads")
         append_message(client, key_prefix, "slow_once", None, "r1")
         [started] = wait_for_frames(client, key_prefix, 1)
         assert started["action"] == "started"

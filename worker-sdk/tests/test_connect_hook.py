@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from worker_harness import str_entries
 
 from wsq_devkit import wait_until_async
 from wsq_worker import Context, Refuse
@@ -190,7 +191,7 @@ async def test_hook_whose_workers_died_is_refused_and_dead_lettered(
     [command] = await gateway.wait_for_commands(1)
     assert command.fields == refuse(connection_id, 3011, "connect hook failed")
     await wait_until_async(gateway.backlog_done)
-    [(_, dead)] = await redis_client.xrange(f"{key_prefix}:dead")
+    [(_, dead)] = str_entries(await redis_client.xrange(f"{key_prefix}:dead"))
     assert (dead["type"], dead["hook"], dead["attempts"]) == ("connect", "1", "1")
     assert calls == []
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from worker_harness import str_entries, str_reply
 
 from wsq_devkit import free_port, wait_until_async
 from wsq_worker import Context, Retry
@@ -56,7 +57,7 @@ async def three_dead_letters(
         await gateway.message(connection_id, "charge", number, id=f"c{number}")
 
     async def all_dead() -> list[str] | None:
-        entries = await redis_client.xrange(f"{key_prefix}:dead")
+        entries = str_entries(await redis_client.xrange(f"{key_prefix}:dead"))
         return [entry_id for entry_id, _ in entries] if len(entries) == count else None
 
     dead_ids = await wait_until_async(all_dead)
@@ -111,7 +112,7 @@ async def test_dead_replay_runs_the_messages_again(
     frames = await gateway.wait_for_frames(4)
     assert frames[3] == {"action": "charge", "data": 1, "id": "c1"}, "attempt 1 again"
     assert handled == [1]
-    remaining = [entry_id for entry_id, _ in await redis_client.xrange(f"{key_prefix}:dead")]
+    remaining = [entry_id for entry_id, _ in str_entries(await redis_client.xrange(f"{key_prefix}:dead"))]
     assert remaining == [dead_ids[0], dead_ids[2]]
 
     result = await wsq_worker("dead", "replay", dead_ids[1], *redis_options)
@@ -133,10 +134,10 @@ async def test_replayed_event_is_the_original_one(
     """The dead letter's own fields and ``attempt`` are dropped; the event's are kept."""
     event = gateway.message_event(gateway.new_connection_id(), "charge", "é", user_id="42", attempt=3)
     extra = {"error": "boom", "attempts": "3", "failed_at": "1795852800999", "worker": "w-1"}
-    entry_id = await redis_client.xadd(f"{key_prefix}:dead", event | extra)  # type: ignore[arg-type]
+    entry_id = str_reply(await redis_client.xadd(f"{key_prefix}:dead", event | extra))
     result = await wsq_worker("dead", "replay", entry_id, *redis_options)
     assert result.returncode == 0, result.stderr
-    [(_, replayed)] = await redis_client.xrange(f"{key_prefix}:inbound")
+    [(_, replayed)] = str_entries(await redis_client.xrange(f"{key_prefix}:inbound"))
     del event["attempt"]
     assert replayed == event
     assert list(replayed) == list(event), "in the same order"
@@ -149,12 +150,12 @@ async def test_concurrent_replays_move_each_dead_letter_once(
     extra = {"error": "boom", "attempts": "3", "failed_at": "1", "worker": "w"}
     for number in range(50):
         fields = gateway.message_event(gateway.new_connection_id(), "a", number) | extra
-        await redis_client.xadd(f"{key_prefix}:dead", fields)  # type: ignore[arg-type]
+        await redis_client.xadd(f"{key_prefix}:dead", fields)
     results = await asyncio.gather(*(wsq_worker("dead", "replay", "--all", *redis_options) for _ in range(3)))
     assert all(result.returncode == 0 for result in results), [result.stderr for result in results]
     replayed = [int(result.stdout.split()[1]) for result in results]
     assert sum(replayed) == 50
-    entries = await redis_client.xrange(f"{key_prefix}:inbound")
+    entries = str_entries(await redis_client.xrange(f"{key_prefix}:inbound"))
     assert sorted(json.loads(fields["frame"])["data"] for _, fields in entries) == list(range(50))
 
 

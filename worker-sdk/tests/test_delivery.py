@@ -10,10 +10,11 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio
+from worker_harness import StrEntry, str_entries
 
 from wsq_devkit import wait_until_async
 from wsq_worker import Context, Retry, Worker
@@ -33,14 +34,15 @@ def records(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogReco
 async def read_as_dead_consumer(client: redis.asyncio.Redis, inbound: str, consumer: str = "died") -> str:
     """A worker that took the next entry and died before acknowledging it; its entry id."""
     await client.xgroup_create(inbound, "workers", id="0", mkstream=True)
-    [[_, [(entry_id, _)]]] = await client.xreadgroup("workers", consumer, {inbound: ">"}, count=1)
+    reply = await client.xreadgroup("workers", consumer, {inbound: ">"}, count=1)
+    [[_, [(entry_id, _)]]] = cast("list[tuple[str, list[StrEntry]]]", reply)
     return str(entry_id)
 
 
 async def delivered(client: redis.asyncio.Redis, inbound: str, entry_id: str) -> tuple[str, int]:
     """(owner, times delivered) of a pending entry."""
     [pending] = await client.xpending_range(inbound, "workers", entry_id, entry_id, 1)
-    return pending["consumer"], pending["times_delivered"]
+    return cast(str, pending["consumer"]), cast(int, pending["times_delivered"])
 
 
 async def all_done(gateway: Any, client: redis.asyncio.Redis, key_prefix: str) -> bool:
@@ -49,7 +51,7 @@ async def all_done(gateway: Any, client: redis.asyncio.Redis, key_prefix: str) -
 
 
 async def dead_letters(client: redis.asyncio.Redis, key_prefix: str) -> list[tuple[str, dict[str, str]]]:
-    entries: list[tuple[str, dict[str, str]]] = await client.xrange(f"{key_prefix}:dead")
+    entries: list[tuple[str, dict[str, str]]] = str_entries(await client.xrange(f"{key_prefix}:dead"))
     return entries
 
 
@@ -226,10 +228,10 @@ async def test_retry_waits_in_the_delayed_set_as_the_next_attempt(
     entry_id = await gateway.message(connection_id, "later", [1, "é"], id="l1")
 
     async def delayed() -> list[tuple[str, float]]:
-        members: list[tuple[str, float]] = await redis_client.zrange(
-            f"{key_prefix}:delayed", 0, -1, withscores=True
+        return cast(
+            "list[tuple[str, float]]",
+            await redis_client.zrange(f"{key_prefix}:delayed", 0, -1, withscores=True),
         )
-        return members
 
     [(member, due_ms)] = await wait_until_async(delayed)
     await wait_until_async(gateway.backlog_done)  # acknowledged and deleted from the inbound stream
@@ -449,7 +451,7 @@ async def test_retries_not_yet_due_stay_in_the_delayed_set(
     await start_worker({"job": job})
     assert await gateway.wait_for_frames(1) == [reply("job", None, "now")]
     await wait_until_async(gateway.backlog_done)
-    [member] = await redis_client.zrange(f"{key_prefix}:delayed", 0, -1)
+    [member] = cast("list[str]", await redis_client.zrange(f"{key_prefix}:delayed", 0, -1))
     assert json.loads(member)["retry_of"] == "1-1"
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from worker_harness import str_entries, str_reply
 
 from wsq_devkit import free_port, wait_until_async
 from wsq_worker import PublishError
@@ -50,14 +51,16 @@ async def test_writes_and_acks_of_one_tick_share_one_pipeline(
 ) -> None:
     inbound = f"{key_prefix}:inbound"
     await redis_client.xgroup_create(inbound, "workers", id="0", mkstream=True)
-    entry_ids = [await redis_client.xadd(inbound, {"n": str(number)}) for number in range(50)]
+    entry_ids = [str_reply(await redis_client.xadd(inbound, {"n": str(number)})) for number in range(50)]
     await redis_client.xreadgroup("workers", "c", {inbound: ">"})  # now pending
     for number, entry_id in enumerate(entry_ids):  # all in the same tick
         flusher.queue(write(key_prefix, number))
         flusher.ack(entry_id)
     await flusher.send(write(key_prefix, 50))
     assert flusher.batches == [(51, 50)]
-    frames = [fields["frame"] for _, fields in await redis_client.xrange(f"{key_prefix}:node:gw-f:out")]
+    frames = [
+        fields["frame"] for _, fields in str_entries(await redis_client.xrange(f"{key_prefix}:node:gw-f:out"))
+    ]
     assert frames == [f'{{"action":"n","data":{number}}}' for number in range(51)]
     assert await redis_client.xlen(inbound) == 0
     assert (await redis_client.xpending(inbound, "workers"))["pending"] == 0
@@ -100,7 +103,7 @@ async def test_a_write_redis_cant_carry_fails_its_caller_not_the_batch(
     around it go out (in one batch it would fail them all, and every retry of them)."""
     inbound = f"{key_prefix}:inbound"
     await redis_client.xgroup_create(inbound, "workers", id="0", mkstream=True)
-    entry_id = await redis_client.xadd(inbound, {"n": "1"})
+    entry_id = str_reply(await redis_client.xadd(inbound, {"n": "1"}))
     await redis_client.xreadgroup("workers", "c", {inbound: ">"})
     unencodable = StreamWrite(f"{key_prefix}:node:gw-f:out", {"frame": "\ud800"}, None)
     flusher.queue(write(key_prefix, 1))
@@ -110,7 +113,9 @@ async def test_a_write_redis_cant_carry_fails_its_caller_not_the_batch(
         await flusher.send(unencodable)
     flusher.ack(entry_id)
     await flusher.send(write(key_prefix, 2))
-    frames = [fields["frame"] for _, fields in await redis_client.xrange(f"{key_prefix}:node:gw-f:out")]
+    frames = [
+        fields["frame"] for _, fields in str_entries(await redis_client.xrange(f"{key_prefix}:node:gw-f:out"))
+    ]
     assert frames == ['{"action":"n","data":1}', '{"action":"n","data":2}']
     assert (await redis_client.xpending(inbound, "workers"))["pending"] == 0
 

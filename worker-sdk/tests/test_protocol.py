@@ -230,7 +230,7 @@ def test_bytes_and_text_fields_decode_alike(changes: dict[str, str | None]) -> N
         else:
             fields[name] = value
     raw = {name.encode(): value.encode() for name, value in fields.items()}
-    outcomes = []
+    outcomes: list[Event | str] = []
     for given_fields in (fields, raw):
         try:
             outcomes.append(decode_event(given_fields))

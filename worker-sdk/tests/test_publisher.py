@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from worker_harness import str_entries
 
 from wsq_devkit import RedisServer, free_port
 from wsq_worker import (
@@ -51,7 +52,7 @@ async def publisher(request: pytest.FixtureRequest, redis_url: str, key_prefix: 
 
 
 async def entries(client: redis.asyncio.Redis, stream: str) -> list[dict[str, str]]:
-    return [fields for _, fields in await client.xrange(stream)]
+    return [fields for _, fields in str_entries(await client.xrange(stream))]
 
 
 async def test_to_writes_one_command_to_the_node_stream(
@@ -293,7 +294,7 @@ async def test_publisher_reconnects_after_a_redis_restart(kind: str, key_prefix:
                 await async_publisher.to(CONNECTION_B).send("a", 3)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
-            commands = [fields for _, fields in client.xrange(f"{key_prefix}:node:gw-b:out")]
+            commands = [fields for _, fields in str_entries(client.xrange(f"{key_prefix}:node:gw-b:out"))]
         finally:
             client.close()
         assert [json.loads(command["frame"])["data"] for command in commands] == [3]
@@ -311,6 +312,7 @@ def test_sync_publisher_is_safe_to_share_between_threads(redis_url: str, key_pre
     threads, per_thread = 8, 50
     barrier = threading.Barrier(threads)
     connections = [f"gw-b.{number:022d}" for number in range(threads)]
+    publisher: Publisher  # bound by the with below; publish() runs in it
 
     def publish(connection_id: str) -> None:
         barrier.wait()  # all threads publish at the same time
@@ -322,7 +324,7 @@ def test_sync_publisher_is_safe_to_share_between_threads(redis_url: str, key_pre
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        commands = [fields for _, fields in client.xrange(f"{key_prefix}:node:gw-b:out")]
+        commands = [fields for _, fields in str_entries(client.xrange(f"{key_prefix}:node:gw-b:out"))]
     finally:
         client.close()
     assert len(commands) == threads * per_thread
@@ -701,6 +703,9 @@ async def test_an_async_write_redis_cant_carry_fails_alone(
     would fail them all)."""
     async with AsyncPublisher(redis_url, key_prefix) as publisher:
         unencodable = ("XADD", f"{key_prefix}:node:gw-b:out", "*", "frame", "\ud800")
+        sent_before: int | BaseException
+        refused: object  # what _batches.run() returns (Any), or what it raised
+        sent_after: int | BaseException
         sent_before, refused, sent_after = await asyncio.gather(
             publisher.to(CONNECTION_B).send("b", 1),
             publisher._batches.run(unencodable),

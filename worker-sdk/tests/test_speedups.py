@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from worker_harness import bytes_entries, execute_command
 
 from wsq_worker import constants, speedups
 from wsq_worker.protocol import send_command
@@ -95,7 +96,7 @@ async def test_pipe_retries_a_killed_connection_as_the_client_says(
     admin = speedups.async_redis(redis_url)
     try:
         (own_id,) = await pipe.execute([("CLIENT", "ID")])
-        await admin.execute_command("CLIENT", "KILL", "ID", own_id)
+        await execute_command(admin, "CLIENT", "KILL", "ID", own_id)
         if retries:
             assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
         else:
@@ -186,7 +187,7 @@ async def test_pipe_sends_packed_commands_among_the_others(
             [template.pack("ü".encode()), ("XLEN", f"{key_prefix}:s"), template.pack(b"\xff")]
         )
         assert replies[1] == 1
-        entries = await client.xrange(f"{key_prefix}:s")
+        entries = bytes_entries(await client.xrange(f"{key_prefix}:s"))
         assert [fields for _, fields in entries] == [{b"frame": "ü".encode()}, {b"frame": b"\xff"}]
         assert [entry_id for entry_id, _ in entries] == [replies[0], replies[2]]
     finally:

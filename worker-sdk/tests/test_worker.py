@@ -15,9 +15,10 @@ import pytest
 import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
+from worker_harness import str_reply
 
 from wsq_devkit import RedisServer, wait_until_async
-from wsq_worker import AsyncPublisher, Context, Worker
+from wsq_worker import AsyncPublisher, Context, LifecycleHandler, Worker
 
 NODE = "gw-test1"
 
@@ -189,6 +190,8 @@ async def test_context_of_a_message(start_worker: Any, gateway: Any) -> None:
 @pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_on_connect_and_on_disconnect(start_worker: Any, gateway: Any, kind: str) -> None:
     seen: list[tuple[str, Context]] = []
+    on_connect: LifecycleHandler
+    on_disconnect: LifecycleHandler
 
     if kind == "async":
 
@@ -484,7 +487,7 @@ async def test_invalid_event_is_dropped_and_logged(
     start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     await start_worker({"echo": echo})
-    bad_entry = await redis_client.xadd(gateway.inbound, {"v": "2", "type": "connect"})
+    bad_entry = str_reply(await redis_client.xadd(gateway.inbound, {"v": "2", "type": "connect"}))
     await gateway.message(gateway.new_connection_id(), "echo", 1, id="r")
     assert await gateway.wait_for_frames(1) == [reply("echo", 1, "r")]
     await wait_until_async(gateway.backlog_done)
@@ -594,7 +597,8 @@ def test_invalid_worker_arguments() -> None:
     with pytest.raises(TypeError, match="must be callable"):
         Worker({"a": "not a function"})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="intervals"):
-        Worker(every={0: echo})
+        # echo is an action handler, not a Periodic: the interval 0 is what is refused here
+        Worker(every={0: echo})  # type: ignore[dict-item]
 
 
 # Periodic functions.
