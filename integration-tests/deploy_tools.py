@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not among the dev tools
 
 # ---- Dockerfile ------------------------------------------------------------------------------
 
@@ -403,7 +403,8 @@ def kustomize_hash(doc: Mapping[str, Any]) -> str:
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return digest.translate(str.maketrans({"0": "g", "1": "h", "3": "k", "a": "m", "e": "t"}))
+    table: dict[str, str | int | None] = {"0": "g", "1": "h", "3": "k", "a": "m", "e": "t"}
+    return digest.translate(str.maketrans(table))
 
 
 def _build(directory: Path, accumulated: list[_Resource], kind: str) -> list[_Resource]:

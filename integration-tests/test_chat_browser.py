@@ -26,8 +26,10 @@ from wsq_devkit import ManagedProcess, free_port, wait_until
 
 try:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+
+    HAVE_PLAYWRIGHT = True
 except ImportError:  # the browser tests skip themselves; the demo tests don't need it
-    sync_playwright = None  # type: ignore[assignment]
+    HAVE_PLAYWRIGHT = False
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = ROOT / "examples" / "chat"
@@ -101,7 +103,7 @@ def browser() -> Iterator[Browser]:
     missing = None
     if not CHROMIUM.exists():
         missing = f"{CHROMIUM} is missing (apt-get install chromium); no browser is ever downloaded"
-    elif sync_playwright is None:
+    elif not HAVE_PLAYWRIGHT:
         missing = "the playwright package is not installed"
     if missing is not None:
         if os.environ.get("CI"):  # .ci/run installs both: in CI a missing browser is a failure

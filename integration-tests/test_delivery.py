@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from typing import cast
 
 import aiohttp
 import redis
@@ -26,7 +27,7 @@ async def test_a_worker_killed_mid_message_still_gets_the_message_answered(
 
     def owner() -> str | None:
         pending = redis_client.xpending_range(f"{key_prefix}:inbound", "workers", "-", "+", 10)
-        return pending[0]["consumer"] if pending else None
+        return cast(str, pending[0]["consumer"]) if pending else None
 
     consumer = wait_until(owner, timeout=10, message="a worker took the message")
     (victim,) = [w for w in workers if f"-{w.pid}-" in consumer]

@@ -27,10 +27,10 @@ from typing import Any
 
 import aiohttp
 import jsonschema
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints (no py.typed)
 import pytest
 import redis
-import yaml
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not among the dev tools
 from deploy_tools import (
     Dockerfile,
     DockerIgnore,

@@ -158,7 +158,7 @@ async def test_a_broadcast_crosses_gateways(urls: dict[str, str]) -> None:
         assert reply["data"] == {"ok": True}
 
         def is_message(frame: dict[str, Any]) -> bool:
-            return frame["action"] == "message" and frame["data"]["text"] == "across gateways"
+            return bool(frame["action"] == "message" and frame["data"]["text"] == "across gateways")
 
         for client in (ann, bob):
             message = await client.receive_until(is_message)

@@ -6,6 +6,7 @@ import json
 import signal
 import ssl
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import redis
@@ -116,7 +117,8 @@ async def test_a_handler_still_waiting_does_not_starve_the_drain(
     assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1012)
     assert gateway.process.wait(timeout=15) == 0
 
-    events = [fields for _id, fields in redis_client.xrange(inbound)]
+    entries = cast("list[tuple[str, dict[str, str]]]", redis_client.xrange(inbound))  # decode_responses=True
+    events = [fields for _id, fields in entries]
     assert [(e["type"], e.get("close_code")) for e in events] == [("connect", None), ("disconnect", "1012")]
     assert redis_client.zscore(f"{key_prefix}:nodes", gateway.node_id) is None
     assert "longer than WSQ_DRAIN_S" not in gateway.process.output()
