@@ -28,7 +28,16 @@ INSTALL_INPUTS = [
     "worker-sdk/pyproject.toml",
     "devkit/pyproject.toml",
 ]
-TYPED_TREES = ["gateway-service/src", "worker-sdk/src", "devkit/src", "examples/chat", "bench"]
+TYPED_TREES = [
+    "gateway-service/src",
+    "worker-sdk/src",
+    "devkit/src",
+    "examples/chat",
+    "bench",
+    "gateway-service/tests",
+    "worker-sdk/tests",
+    "integration-tests",
+]
 # Kubernetes versions k8s/ must validate against: an old supported one and the newest.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
 SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache", ".hypothesis"}
