@@ -200,6 +200,31 @@ async def test_survivors_reap_a_dead_gateway_once(
     assert await redis.zscore(keys.nodes, second.node_id) is not None
 
 
+async def test_a_member_of_the_node_set_that_is_not_utf8_does_not_stop_the_heartbeat(
+    start_gateway: GatewayFactory, redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    await redis.zadd(keys.nodes, {b"\xff\xfe": 1})  # not a gateway's: stale, and not UTF-8
+    gateway = await start_gateway(**FAST)
+
+    async def junk_removed() -> bool:
+        return await redis.zscore(keys.nodes, b"\xff\xfe") is None
+
+    await wait_until_async(junk_removed, timeout=10, message="the junk member removed")
+    # The heartbeat goes on: this gateway's score moves, and a dead gateway is still reaped.
+    first = await redis.zscore(keys.nodes, gateway.node_id)
+    dead = await register_fake_node(redis, keys, "dead-node", 3, heartbeat_ms=1)
+
+    async def heartbeat_and_reaped() -> bool:
+        score = await redis.zscore(keys.nodes, gateway.node_id)
+        reaped = await redis.zscore(keys.nodes, "dead-node") is None
+        return score is not None and first is not None and score > first and reaped
+
+    await wait_until_async(heartbeat_and_reaped, timeout=10, message="a later heartbeat and the reap")
+    events = await events_of(redis, keys, "disconnect")
+    assert sorted(e["connection_id"] for e in events) == sorted(dead)
+
+
 async def test_a_gateway_that_was_reaped_closes_its_sockets_with_1012(
     start_gateway: GatewayFactory, redis: aioredis.Redis
 ) -> None:

@@ -59,6 +59,8 @@ class Liveness:
                 await self.tick()
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed", error=str(exc))
+            except Exception:  # a bug, or data in Redis we can't read: the heartbeat must go on
+                log.exception("heartbeat failed")
 
     async def tick(self) -> None:
         state: Any = await self._redis.eval(*heartbeat_args(self._keys, self._node))
@@ -73,7 +75,12 @@ class Liveness:
         cutoff = f"({await self._redis_time_ms() - self._timeout_ms}"
         stale: Any = await self._redis.zrangebyscore(self._keys.nodes, "-inf", cutoff)
         for raw in stale:
-            node = raw.decode()
+            try:
+                node = raw.decode()
+            except UnicodeDecodeError:  # not a gateway's: node ids are ASCII (WSQ_NODE_ID)
+                await self._redis.zrem(self._keys.nodes, raw)
+                log.warning("removed a member of the set of gateways that is not a node id", member=repr(raw))
+                continue
             if node != self._node:
                 forgotten = await self._reap(node, force=False)
                 if forgotten:
