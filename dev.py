@@ -37,6 +37,7 @@ TYPED_TREES = [
     "gateway-service/tests",
     "worker-sdk/tests",
     "integration-tests",
+    "protocol/tests",
 ]
 # Kubernetes versions k8s/ must validate against: an old supported one and the newest.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
