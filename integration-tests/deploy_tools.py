@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # types-PyYAML is not among the dev tools
+import yaml
 
 # ---- Dockerfile ------------------------------------------------------------------------------
 

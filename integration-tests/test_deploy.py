@@ -30,7 +30,7 @@ import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints (no py.typed)
 import pytest
 import redis
-import yaml  # type: ignore[import-untyped]  # types-PyYAML is not among the dev tools
+import yaml
 from deploy_tools import (
     Dockerfile,
     DockerIgnore,
