@@ -1,37 +1,21 @@
 """Shared fixtures: the protocol's schemas, a fake gateway side of Redis, and running workers.
 
 Everything runs against the private redis-server of wsq_devkit (fixtures ``redis_url`` and
-``key_prefix``); nothing is mocked.
+``key_prefix``); nothing is mocked. The types behind them (``Schemas``, ``FakeGateway``,
+``StartWorker``) live in ``worker_harness``, where the tests import them from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio
-from worker_harness import str_entries, str_reply, xadd_fields
+from worker_harness import FakeGateway, Schemas, StartWorker
 
-from wsq_devkit import contract, wait_until_async
 from wsq_worker import Worker
-
-_MISSING = object()
-
-
-class Schemas:
-    """The protocol's schemas (``wsq_devkit.contract``), with an asserting ``check``."""
-
-    errors = staticmethod(contract.errors)
-    is_valid = staticmethod(contract.is_valid)
-
-    def check(self, name: str, instance: Any) -> None:
-        errors = contract.errors(name, instance)
-        assert not errors, f"not a valid {name}: {instance!r}: {errors}"
 
 
 @pytest.fixture(scope="session")
@@ -45,146 +29,6 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
-
-
-def new_connection_id(node: str) -> str:
-    """``<node>.<22 base64url characters>``, as the gateway makes them."""
-    return f"{node}.{secrets.token_urlsafe(16)}"
-
-
-@dataclass(frozen=True)
-class Command:
-    """One entry of a node stream, as a gateway reads it."""
-
-    entry_id: str
-    fields: dict[str, str]
-
-    @property
-    def frame(self) -> Any:
-        return json.loads(self.fields["frame"])
-
-    @property
-    def millis(self) -> int:
-        """When Redis appended it (the entry id's time part, on the Redis server's clock)."""
-        return int(self.entry_id.split("-")[0])
-
-
-class FakeGateway:
-    """Plays one gateway's side of Redis: appends events exactly as the schema describes them and
-    reads the commands workers write for it (each one checked against the command schema)."""
-
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas, node: str) -> None:
-        self.client = client
-        self.key_prefix = key_prefix
-        self.schemas = schemas
-        self.node = node
-        self.inbound = f"{key_prefix}:inbound"
-        self.out = f"{key_prefix}:node:{node}:out"
-
-    def new_connection_id(self) -> str:
-        return new_connection_id(self.node)
-
-    async def register(
-        self,
-        connection_id: str,
-        *,
-        user_id: str | None = None,
-        addr: str = "203.0.113.7",
-        since_ms: int = 1795852800123,
-    ) -> None:
-        """Register the connection in Redis as the gateway does on connect: its hash (``node``,
-        ``since``, ``addr``, ``user_id`` unless anonymous), its user's set and its node's set."""
-        prefix = self.key_prefix
-        fields = {"node": self.node, "since": str(since_ms), "addr": addr}
-        if user_id is not None:
-            fields["user_id"] = user_id
-            await self.client.sadd(f"{prefix}:user:{user_id}:conns", connection_id)
-        await self.client.hset(f"{prefix}:conn:{connection_id}", mapping=xadd_fields(fields))
-        await self.client.sadd(f"{prefix}:node:{self.node}:conns", connection_id)
-
-    async def append(self, fields: dict[str, str]) -> str:
-        self.schemas.check("event", fields)
-        return str_reply(await self.client.xadd(self.inbound, xadd_fields(fields)))
-
-    def _event(self, event_type: str, connection_id: str, user_id: str | None, addr: str) -> dict[str, str]:
-        fields = {"v": "1", "type": event_type, "connection_id": connection_id, "node": self.node}
-        if user_id is not None:
-            fields["user_id"] = user_id
-        fields["ts"] = "1795852800123"
-        fields["addr"] = addr
-        return fields
-
-    async def connect(
-        self, connection_id: str, *, user_id: str | None = None, addr: str = "203.0.113.7", hook: bool = False
-    ) -> str:
-        """A connect event; with ``hook`` the gateway waits for an accept or refuse command."""
-        fields = self._event("connect", connection_id, user_id, addr)
-        if hook:
-            fields["hook"] = "1"
-        return await self.append(fields)
-
-    def message_event(
-        self,
-        connection_id: str,
-        action: str,
-        data: Any = _MISSING,
-        *,
-        id: str | None = None,
-        user_id: str | None = None,
-        attempt: int | None = None,
-    ) -> dict[str, str]:
-        """The fields of a message event, as ``message()`` appends them."""
-        frame: dict[str, Any] = {"action": action}
-        if data is not _MISSING:
-            frame["data"] = data
-        if id is not None:
-            frame["id"] = id
-        fields = self._event("message", connection_id, user_id, "203.0.113.7")
-        if attempt is not None:
-            fields["attempt"] = str(attempt)
-        fields["frame"] = json.dumps(frame)
-        return fields
-
-    async def message(self, connection_id: str, action: str, data: Any = _MISSING, **options: Any) -> str:
-        """Append a message event: ``options`` as for ``message_event()``."""
-        return await self.append(self.message_event(connection_id, action, data, **options))
-
-    async def disconnect(
-        self, connection_id: str, close_code: int = 1001, *, user_id: str | None = None
-    ) -> str:
-        fields = self._event("disconnect", connection_id, user_id, "203.0.113.7")
-        fields["close_code"] = str(close_code)
-        return await self.append(fields)
-
-    async def commands(self) -> list[Command]:
-        entries = str_entries(await self.client.xrange(self.out))
-        commands = [Command(entry_id, fields) for entry_id, fields in entries]
-        for command in commands:
-            self.schemas.check("command", command.fields)
-        return commands
-
-    async def frames(self) -> list[Any]:
-        return [command.frame for command in await self.commands()]
-
-    async def wait_for_commands(self, count: int, timeout: float = 10.0) -> list[Command]:
-        """The node stream once it holds at least ``count`` commands."""
-
-        async def enough() -> list[Command] | None:
-            commands = await self.commands()
-            return commands if len(commands) >= count else None
-
-        return await wait_until_async(enough, timeout=timeout, message=f"{count} commands on {self.out}")
-
-    async def wait_for_frames(self, count: int, timeout: float = 10.0) -> list[Any]:
-        return [command.frame for command in await self.wait_for_commands(count, timeout)]
-
-    async def backlog_done(self) -> bool:
-        """Every event handled: the inbound stream is empty and nothing is pending."""
-        if await self.client.xlen(self.inbound):
-            return False
-        pending = await self.client.xpending(self.inbound, "workers")
-        count: int = pending["pending"]
-        return count == 0
 
 
 @pytest.fixture
@@ -204,9 +48,6 @@ def gateway_on(
 def make_gateway(key_prefix: str, schemas: Schemas) -> Callable[[redis.asyncio.Redis], FakeGateway]:
     """A FakeGateway on another Redis client (for tests that run a Redis server of their own)."""
     return lambda client: FakeGateway(client, key_prefix, schemas, node="gw-test1")
-
-
-StartWorker = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from worker_harness import str_entries
+from worker_harness import FakeGateway, StartWorker, str_entries
 
 from wsq_devkit import wait_until_async
 from wsq_worker import Context, Refuse
@@ -97,7 +97,9 @@ FAILED = {"type": "refuse", "code": "3011", "reason": "connect hook failed"}
         "user-id-not-utf-8",
     ],
 )
-async def test_hook_answer(start_worker: Any, gateway: Any, on_connect: Any, answer: dict[str, str]) -> None:
+async def test_hook_answer(
+    start_worker: StartWorker, gateway: FakeGateway, on_connect: Any, answer: dict[str, str]
+) -> None:
     await start_worker(on_connect=on_connect)
     connection_id = gateway.new_connection_id()
     await gateway.connect(connection_id, user_id="42", hook=True)
@@ -108,7 +110,7 @@ async def test_hook_answer(start_worker: Any, gateway: Any, on_connect: Any, ans
 
 
 async def test_failing_hook_is_logged_with_its_traceback(
-    start_worker: Any, gateway: Any, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker, gateway: FakeGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     await start_worker(on_connect=raising(RuntimeError("database down")))
     connection_id = gateway.new_connection_id()
@@ -119,7 +121,7 @@ async def test_failing_hook_is_logged_with_its_traceback(
     assert "database down" in str(record.exc_info[1])
 
 
-async def test_hook_sees_the_connection(start_worker: Any, gateway: Any) -> None:
+async def test_hook_sees_the_connection(start_worker: StartWorker, gateway: FakeGateway) -> None:
     seen: list[Context] = []
 
     async def on_connect(ctx: Context) -> str:
@@ -141,7 +143,9 @@ async def test_hook_sees_the_connection(start_worker: Any, gateway: Any) -> None
     )
 
 
-async def test_pushes_from_the_hook_come_before_its_answer(start_worker: Any, gateway: Any) -> None:
+async def test_pushes_from_the_hook_come_before_its_answer(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     async def on_connect(ctx: Context) -> None:
         await ctx.send("welcome", 1)
 
@@ -153,7 +157,7 @@ async def test_pushes_from_the_hook_come_before_its_answer(start_worker: Any, ga
 
 
 async def test_without_the_hook_the_return_value_is_ignored(
-    start_worker: Any, gateway: Any, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker, gateway: FakeGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[str] = []
 
@@ -176,7 +180,7 @@ async def test_without_the_hook_the_return_value_is_ignored(
 
 
 async def test_hook_whose_workers_died_is_refused_and_dead_lettered(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     calls: list[int] = []
 
@@ -197,7 +201,7 @@ async def test_hook_whose_workers_died_is_refused_and_dead_lettered(
 
 
 async def test_hook_claimed_from_a_dead_worker_runs_again(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     async def on_connect(ctx: Context) -> str:
         return f"attempt-{ctx.attempt}"

@@ -7,14 +7,17 @@ import json
 import subprocess
 import sys
 from datetime import datetime
-from typing import Any
 
 import pytest
 import redis.asyncio
-from worker_harness import str_entries, str_reply
+from worker_harness import FakeGateway, Schemas, StartWorker, str_entries, str_reply, xadd_fields
 
 from wsq_devkit import free_port, wait_until_async
 from wsq_worker import Context, Retry
+
+DeadLetters = tuple[list[str], list[int], list[str]]
+"""The ``three_dead_letters`` fixture: their connection ids, the numbers handled after a replay,
+the dead letters' ids."""
 
 
 async def wsq_worker(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,8 +39,8 @@ def redis_options(redis_url: str, key_prefix: str) -> list[str]:
 
 @pytest.fixture
 async def three_dead_letters(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
-) -> tuple[list[str], list[int], list[str]]:
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> DeadLetters:
     """Three messages that went to the dead letters (their handler raised Retry, max_attempts 1)
     and are handled once replayed: (their connection ids, the numbers handled after a replay,
     the dead letters' ids). The messages' $error handler_failed are the node stream's first three."""
@@ -66,7 +69,7 @@ async def three_dead_letters(
     return connection_ids, handled, dead_ids
 
 
-async def test_dead_list(three_dead_letters: Any, redis_options: list[str]) -> None:
+async def test_dead_list(three_dead_letters: DeadLetters, redis_options: list[str]) -> None:
     connection_ids, _, dead_ids = three_dead_letters
     result = await wsq_worker("dead", "list", *redis_options)
     assert result.returncode == 0, result.stderr
@@ -98,8 +101,8 @@ async def test_dead_list_of_nothing(redis_options: list[str]) -> None:
 
 
 async def test_dead_replay_runs_the_messages_again(
-    three_dead_letters: Any,
-    gateway: Any,
+    three_dead_letters: DeadLetters,
+    gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
     key_prefix: str,
     redis_options: list[str],
@@ -129,12 +132,16 @@ async def test_dead_replay_runs_the_messages_again(
 
 
 async def test_replayed_event_is_the_original_one(
-    gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str], schemas: Any
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    redis_options: list[str],
+    schemas: Schemas,
 ) -> None:
     """The dead letter's own fields and ``attempt`` are dropped; the event's are kept."""
     event = gateway.message_event(gateway.new_connection_id(), "charge", "é", user_id="42", attempt=3)
     extra = {"error": "boom", "attempts": "3", "failed_at": "1795852800999", "worker": "w-1"}
-    entry_id = str_reply(await redis_client.xadd(f"{key_prefix}:dead", event | extra))
+    entry_id = str_reply(await redis_client.xadd(f"{key_prefix}:dead", xadd_fields(event | extra)))
     result = await wsq_worker("dead", "replay", entry_id, *redis_options)
     assert result.returncode == 0, result.stderr
     [(_, replayed)] = str_entries(await redis_client.xrange(f"{key_prefix}:inbound"))
@@ -145,12 +152,12 @@ async def test_replayed_event_is_the_original_one(
 
 
 async def test_concurrent_replays_move_each_dead_letter_once(
-    gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str]
+    gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str]
 ) -> None:
     extra = {"error": "boom", "attempts": "3", "failed_at": "1", "worker": "w"}
     for number in range(50):
         fields = gateway.message_event(gateway.new_connection_id(), "a", number) | extra
-        await redis_client.xadd(f"{key_prefix}:dead", fields)
+        await redis_client.xadd(f"{key_prefix}:dead", xadd_fields(fields))
     results = await asyncio.gather(*(wsq_worker("dead", "replay", "--all", *redis_options) for _ in range(3)))
     assert all(result.returncode == 0 for result in results), [result.stderr for result in results]
     replayed = [int(result.stdout.split()[1]) for result in results]

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio
-from worker_harness import StrEntry, str_entries
+from worker_harness import FakeGateway, Schemas, StartWorker, StrEntry, str_entries
 
 from wsq_devkit import wait_until_async
 from wsq_worker import Context, Retry, Worker
@@ -45,7 +45,7 @@ async def delivered(client: redis.asyncio.Redis, inbound: str, entry_id: str) ->
     return cast(str, pending["consumer"]), cast(int, pending["times_delivered"])
 
 
-async def all_done(gateway: Any, client: redis.asyncio.Redis, key_prefix: str) -> bool:
+async def all_done(gateway: FakeGateway, client: redis.asyncio.Redis, key_prefix: str) -> bool:
     """Nothing left anywhere: the inbound stream and its pending entries, and the delayed set."""
     return await gateway.backlog_done() and not await client.exists(f"{key_prefix}:delayed")
 
@@ -59,7 +59,10 @@ async def dead_letters(client: redis.asyncio.Redis, key_prefix: str) -> list[tup
 
 
 async def test_entry_of_a_dead_worker_is_claimed_and_run_again(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker,
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     attempts: list[int] = []
 
@@ -83,7 +86,11 @@ async def test_entry_of_a_dead_worker_is_claimed_and_run_again(
 
 
 async def test_worker_cancelled_hard_mid_message_loses_nothing(
-    redis_url: str, key_prefix: str, start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis
+    redis_url: str,
+    key_prefix: str,
+    start_worker: StartWorker,
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
 ) -> None:
     runs: list[tuple[str, int]] = []
     started = asyncio.Event()
@@ -121,7 +128,7 @@ async def test_worker_cancelled_hard_mid_message_loses_nothing(
 
 
 async def test_attempt_adds_redeliveries_to_the_events_own(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     """A retried message (attempt 2 in the event) whose worker died: attempt 3."""
 
@@ -135,7 +142,10 @@ async def test_attempt_adds_redeliveries_to_the_events_own(
 
 
 async def test_keep_alive_protects_a_slow_handler(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker,
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A handler taking 3 x claim_idle_ms is not claimed by the other, idle, worker."""
     runs: list[tuple[str, int]] = []
@@ -159,7 +169,10 @@ async def test_keep_alive_protects_a_slow_handler(
 
 
 async def test_an_entry_claimed_from_a_live_worker_is_left_to_its_new_owner(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker,
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """This worker was presumed dead: its keep-alive does not take the entry back, and its own
     claimer does not start a handler for an entry it is still running."""
@@ -195,7 +208,11 @@ async def test_an_entry_claimed_from_a_live_worker_is_left_to_its_new_owner(
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_retry_runs_the_message_again_after_the_delay(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, kind: str
+    start_worker: StartWorker,
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    kind: str,
 ) -> None:
     runs: list[tuple[int, float]] = []
 
@@ -218,7 +235,11 @@ async def test_retry_runs_the_message_again_after_the_delay(
 
 
 async def test_retry_waits_in_the_delayed_set_as_the_next_attempt(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
+    start_worker: StartWorker,
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    schemas: Schemas,
 ) -> None:
     async def later(ctx: Context, data: Any) -> None:
         raise Retry(delay=3600)
@@ -249,7 +270,7 @@ async def test_retry_waits_in_the_delayed_set_as_the_next_attempt(
 
 
 async def test_two_retries_of_equal_messages_do_not_collide(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     async def later(ctx: Context, data: Any) -> None:
         raise Retry(delay=3600)
@@ -264,12 +285,12 @@ async def test_two_retries_of_equal_messages_do_not_collide(
 
 @pytest.mark.parametrize("frame_id", ["c1", None])
 async def test_retries_past_max_attempts_go_to_the_dead_letters(
-    start_worker: Any,
-    gateway: Any,
+    start_worker: StartWorker,
+    gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
     key_prefix: str,
     caplog: pytest.LogCaptureFixture,
-    schemas: Any,
+    schemas: Schemas,
     frame_id: str | None,
 ) -> None:
     attempts: list[int] = []
@@ -315,7 +336,7 @@ async def test_retries_past_max_attempts_go_to_the_dead_letters(
 
 
 async def test_the_dead_letters_keep_the_newest_max_dead_letters(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     """A storm of failing messages cannot fill Redis: the dead letters are capped (about:
     Redis trims whole blocks of up to 100 entries), and the oldest are the ones dropped."""
@@ -336,7 +357,7 @@ async def test_the_dead_letters_keep_the_newest_max_dead_letters(
 
 
 async def test_claimed_entry_past_max_attempts_goes_to_the_dead_letters_unrun(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     runs: list[int] = []
 
@@ -361,7 +382,7 @@ async def test_claimed_entry_past_max_attempts_goes_to_the_dead_letters_unrun(
 
 
 async def test_plain_exception_is_answered_once_and_not_retried(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     runs: list[int] = []
 
@@ -379,8 +400,8 @@ async def test_plain_exception_is_answered_once_and_not_retried(
 
 
 async def test_retry_from_on_disconnect_is_an_error_not_a_retry(
-    start_worker: Any,
-    gateway: Any,
+    start_worker: StartWorker,
+    gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
     key_prefix: str,
     caplog: pytest.LogCaptureFixture,
@@ -399,8 +420,8 @@ async def test_retry_from_on_disconnect_is_an_error_not_a_retry(
 
 
 async def test_due_retries_move_exactly_once_with_two_workers(
-    start_worker: Any,
-    gateway: Any,
+    start_worker: StartWorker,
+    gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
     key_prefix: str,
     caplog: pytest.LogCaptureFixture,
@@ -434,7 +455,7 @@ async def test_due_retries_move_exactly_once_with_two_workers(
 
 
 async def test_retries_not_yet_due_stay_in_the_delayed_set(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     connection_id = gateway.new_connection_id()
     seconds, _ = await redis_client.time()

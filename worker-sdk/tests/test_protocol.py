@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker_harness import Schemas
 
 from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, key_templates
 from wsq_worker import AsyncPublisher, Context, Meta, codec, constants
@@ -67,7 +68,7 @@ INVALID_EVENTS = examples("invalid", "event")
 
 
 @pytest.mark.parametrize("path", VALID_EVENTS, ids=example_ids(VALID_EVENTS))
-def test_valid_event_examples_decode(path: Path, schemas: Any) -> None:
+def test_valid_event_examples_decode(path: Path, schemas: Schemas) -> None:
     fields = load(path)
     schemas.check("event", fields)
     event = decode_event(fields)
@@ -101,7 +102,7 @@ def test_valid_event_examples_decode_from_bytes(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", INVALID_EVENTS, ids=example_ids(INVALID_EVENTS))
-def test_invalid_event_examples_are_rejected(path: Path, schemas: Any) -> None:
+def test_invalid_event_examples_are_rejected(path: Path, schemas: Schemas) -> None:
     fields = load(path)
     assert not schemas.is_valid("event", fields), "the example itself should be invalid"
     with pytest.raises(ProtocolError):
@@ -256,12 +257,12 @@ _frames = st.dictionaries(st.sampled_from(["action", "data", "id", "extra"]), _f
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(frame=_frames)
-def test_decoding_agrees_with_the_schemas(frame: dict[str, Any], schemas: Any) -> None:
+def test_decoding_agrees_with_the_schemas(frame: dict[str, Any], schemas: Schemas) -> None:
     """decode_event accepts a message event exactly when the schemas do (frame included)."""
     assert_decodes_as_the_schema_says(message_event(json.dumps(frame)), schemas)
 
 
-def assert_decodes_as_the_schema_says(fields: dict[str, str], schemas: Any) -> None:
+def assert_decodes_as_the_schema_says(fields: dict[str, str], schemas: Schemas) -> None:
     try:
         decode_event(fields)
     except ProtocolError:
@@ -286,7 +287,7 @@ _optional_fields = st.dictionaries(
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(event_type=st.sampled_from(["message", "connect", "disconnect"]), extra=_optional_fields)
 def test_attempt_and_hook_agree_with_the_schemas(
-    event_type: str, extra: dict[str, str], schemas: Any
+    event_type: str, extra: dict[str, str], schemas: Schemas
 ) -> None:
     fields = message_event('{"action": "x"}') | {"type": event_type} | extra
     if event_type != "message":
@@ -313,7 +314,7 @@ def encode_like(frame_text: str) -> str:
 
 
 @pytest.mark.parametrize("path", VALID_COMMANDS, ids=example_ids(VALID_COMMANDS))
-def test_valid_command_examples_round_trip(path: Path, schemas: Any) -> None:
+def test_valid_command_examples_round_trip(path: Path, schemas: Schemas) -> None:
     """Our encoders produce every valid command example byte for byte, frame included."""
     example = load(path)
     schemas.check("command", example)
@@ -359,7 +360,7 @@ REFUSED_COMMANDS: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("path", INVALID_COMMANDS, ids=example_ids(INVALID_COMMANDS))
-def test_invalid_command_examples_cannot_be_encoded(path: Path, schemas: Any) -> None:
+def test_invalid_command_examples_cannot_be_encoded(path: Path, schemas: Schemas) -> None:
     assert not schemas.is_valid("command", load(path)), "the example itself should be invalid"
     assert path.name in REFUSED_COMMANDS, "new invalid example: say how the encoders refuse it"
     encode = REFUSED_COMMANDS[path.name]
@@ -378,7 +379,7 @@ WORKER_SERVER_FRAMES = [
 
 
 @pytest.mark.parametrize("path", VALID_SERVER_FRAMES, ids=example_ids(VALID_SERVER_FRAMES))
-def test_valid_server_frame_examples_are_valid(path: Path, schemas: Any) -> None:
+def test_valid_server_frame_examples_are_valid(path: Path, schemas: Schemas) -> None:
     schemas.check("server-frame", load(path))
 
 
@@ -394,7 +395,7 @@ def test_unknown_error_code_is_refused() -> None:
 
 
 @pytest.mark.parametrize("code", sorted(ERROR_CODES))
-def test_every_error_code_encodes_to_a_valid_frame(code: str, schemas: Any) -> None:
+def test_every_error_code_encodes_to_a_valid_frame(code: str, schemas: Schemas) -> None:
     schemas.check("server-frame", json.loads(error_frame(code, "message", "r1")))
     schemas.check("server-frame", json.loads(error_frame(code, "message")))
 
@@ -407,7 +408,7 @@ def test_error_codes_match_the_schema() -> None:
 @pytest.mark.parametrize(
     "data", [None, 0, -1.5, "text", "héllo ✓ 👋", [1, "2", None], {"nested": {"list": [True, False]}}]
 )
-def test_encoded_frames_and_commands_are_valid(data: Any, schemas: Any) -> None:
+def test_encoded_frames_and_commands_are_valid(data: Any, schemas: Schemas) -> None:
     frames = [
         push_frame("chat_text", data),
         reply_frame("a:b-c.d_e", data, "r" * 64),
@@ -454,7 +455,7 @@ def test_data_json_cannot_encode_is_refused() -> None:
 
 
 @pytest.mark.parametrize("code", [1000, 3000, 3008, 4000, 4999])
-def test_disconnect_accepts_application_close_codes(code: int, schemas: Any) -> None:
+def test_disconnect_accepts_application_close_codes(code: int, schemas: Schemas) -> None:
     command = disconnect_command("connection", CONNECTION_ID, code, "bye")
     schemas.check("command", command)
     assert command["code"] == str(code)
@@ -466,7 +467,7 @@ def test_disconnect_refuses_other_close_codes(code: Any) -> None:
         disconnect_command("connection", CONNECTION_ID, code)
 
 
-def test_disconnect_reason_is_at_most_123_utf8_bytes(schemas: Any) -> None:
+def test_disconnect_reason_is_at_most_123_utf8_bytes(schemas: Schemas) -> None:
     schemas.check("command", disconnect_command("connection", CONNECTION_ID, 4000, "x" * 123))
     schemas.check("command", disconnect_command("connection", CONNECTION_ID, 4000, "é" * 61))  # 122 bytes
     with pytest.raises(ValueError, match="123 bytes"):
@@ -489,7 +490,7 @@ def test_disconnect_defaults() -> None:
 @pytest.mark.parametrize(
     ("target", "to"), [("connection", CONNECTION_ID), ("user", "42"), ("group", "room:lobby"), ("all", None)]
 )
-def test_disconnect_every_target(target: Any, to: str | None, schemas: Any) -> None:
+def test_disconnect_every_target(target: Any, to: str | None, schemas: Schemas) -> None:
     command = disconnect_command(target, to, 4001, "logged out")
     schemas.check("command", command)
     expected = {
@@ -519,7 +520,7 @@ def test_exclude_is_only_for_groups(target: Any) -> None:
         send_command(target, to, push_frame("a"), exclude=CONNECTION_ID)
 
 
-def test_send_to_a_group_with_exclude(schemas: Any) -> None:
+def test_send_to_a_group_with_exclude(schemas: Schemas) -> None:
     command = send_command("group", "room:lobby", push_frame("a"), exclude=CONNECTION_ID)
     schemas.check("command", command)
     assert list(command) == ["v", "type", "target", "to", "exclude", "frame"]
@@ -527,7 +528,7 @@ def test_send_to_a_group_with_exclude(schemas: Any) -> None:
         send_command("group", "room:lobby", push_frame("a"), exclude="gw-1")
 
 
-def test_accept_command(schemas: Any) -> None:
+def test_accept_command(schemas: Schemas) -> None:
     assert accept_command(CONNECTION_ID) == {
         "v": "1",
         "type": "accept",
@@ -546,7 +547,7 @@ def test_accept_command(schemas: Any) -> None:
 @pytest.mark.parametrize(
     ("code", "reason"), [(1000, ""), (3000, "x" * 123), (4003, "é" * 61), (4999, "banned")]
 )
-def test_refuse_command(code: int, reason: str, schemas: Any) -> None:
+def test_refuse_command(code: int, reason: str, schemas: Schemas) -> None:
     command = refuse_command(CONNECTION_ID, code, reason)
     schemas.check("command", command)
     assert list(command) == ["v", "type", "target", "to", "code", "reason"]
@@ -581,7 +582,7 @@ def test_retry_and_refuse_exceptions() -> None:
 
 
 @pytest.mark.parametrize("build", [join_command, leave_command])
-def test_join_and_leave_commands(build: Any, schemas: Any) -> None:
+def test_join_and_leave_commands(build: Any, schemas: Schemas) -> None:
     command = build(CONNECTION_ID, "a/b@c.d:e-f_0")
     schemas.check("command", command)
     assert command == {
@@ -601,7 +602,7 @@ GROUP_NAMES = ["a", "g" * 128, "room:lobby", "a/b@c.d:e-f_0", "", "g" * 129, "ro
 
 
 @pytest.mark.parametrize("group", GROUP_NAMES)
-def test_group_names_follow_the_schema(group: str, schemas: Any) -> None:
+def test_group_names_follow_the_schema(group: str, schemas: Schemas) -> None:
     """is_group_name and check_group agree with the schema's $defs.group pattern."""
     join = {"v": "1", "type": "join", "target": "connection", "to": CONNECTION_ID, "group": group}
     send = {"v": "1", "type": "send", "target": "group", "to": group, "frame": push_frame("a")}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from worker_harness import str_entries
+from worker_harness import FakeGateway, Schemas, str_entries
 
 from wsq_devkit import RedisServer, free_port
 from wsq_worker import (
@@ -56,7 +56,7 @@ async def entries(client: redis.asyncio.Redis, stream: str) -> list[dict[str, st
 
 
 async def test_to_writes_one_command_to_the_node_stream(
-    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
     assert await resolve(publisher.to(CONNECTION_A1).send("chat_text", {"text": "hi"})) == 1
     commands = await entries(redis_client, f"{key_prefix}:node:gw-a_1:out")
@@ -83,7 +83,7 @@ async def test_sends_to_one_connection_keep_their_order(
 
 
 async def test_to_user_reaches_each_gateway_of_the_user_once(
-    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
     await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_A2, CONNECTION_B)
     assert await resolve(publisher.to_user("42").send("notice", "you have mail")) == 2
@@ -136,7 +136,7 @@ async def test_to_user_with_many_connections_reaches_each_gateway_once(
 
 
 async def test_broadcast_writes_to_the_broadcast_stream(
-    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
     assert await resolve(publisher.broadcast().send("announcement", {"text": "maintenance at noon"})) == 1
     commands = await entries(redis_client, f"{key_prefix}:broadcast")
@@ -184,7 +184,7 @@ def test_routes_cap_the_streams() -> None:
 
 
 async def test_disconnect_writes_the_command(
-    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
     await resolve(publisher.to(CONNECTION_B).disconnect(code=4000, reason="kicked"))
     await resolve(publisher.to(CONNECTION_B).disconnect())
@@ -398,7 +398,7 @@ def membership(kind: str, connection_id: str, group: str = GROUP) -> dict[str, s
 
 
 @pytest.fixture
-async def members(gateway_on: Callable[[str], Any], publisher: Any) -> dict[str, Any]:
+async def members(gateway_on: Callable[[str], FakeGateway], publisher: Any) -> dict[str, Any]:
     """Gateways gw-a_1 (CONNECTION_A1 and CONNECTION_A2) and gw-b (CONNECTION_B), every
     connection registered and in GROUP."""
     gateways = {"gw-a_1": gateway_on("gw-a_1"), "gw-b": gateway_on("gw-b")}
@@ -409,7 +409,7 @@ async def members(gateway_on: Callable[[str], Any], publisher: Any) -> dict[str,
 
 
 async def test_to_group_reaches_each_gateway_of_the_members_once(
-    publisher: Any, members: dict[str, Any]
+    publisher: Any, members: dict[str, FakeGateway]
 ) -> None:
     assert await resolve(publisher.to_group(GROUP).send("chat_text", {"text": "hi"})) == 2
     # examples/valid/command/send-group.json
@@ -423,7 +423,7 @@ async def test_to_group_reaches_each_gateway_of_the_members_once(
     assert [c.fields for c in await gateway_b.commands()] == [membership("join", CONNECTION_B), expected]
 
 
-async def test_to_group_with_exclude(publisher: Any, members: dict[str, Any]) -> None:
+async def test_to_group_with_exclude(publisher: Any, members: dict[str, FakeGateway]) -> None:
     reached = await resolve(
         publisher.to_group(GROUP).send("chat_text", {"text": "hi"}, exclude=CONNECTION_A1)
     )
@@ -442,7 +442,10 @@ async def test_to_group_without_members_reaches_nobody(
 
 
 async def test_join_of_an_unregistered_connection_does_nothing(
-    publisher: Any, gateway_on: Callable[[str], Any], redis_client: redis.asyncio.Redis, key_prefix: str
+    publisher: Any,
+    gateway_on: Callable[[str], FakeGateway],
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
 ) -> None:
     assert await resolve(publisher.join(CONNECTION_B, GROUP)) is False
     assert await redis_client.keys(f"{key_prefix}:*") == []
@@ -457,7 +460,10 @@ async def test_join_of_an_unregistered_connection_does_nothing(
 
 
 async def test_join_updates_both_sets_and_comes_before_the_next_send(
-    publisher: Any, gateway_on: Callable[[str], Any], redis_client: redis.asyncio.Redis, key_prefix: str
+    publisher: Any,
+    gateway_on: Callable[[str], FakeGateway],
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
 ) -> None:
     gateway_b = gateway_on("gw-b")
     await gateway_b.register(CONNECTION_B)
@@ -474,7 +480,7 @@ async def test_join_updates_both_sets_and_comes_before_the_next_send(
     ]
 
 
-async def test_join_twice_is_harmless(publisher: Any, gateway_on: Callable[[str], Any]) -> None:
+async def test_join_twice_is_harmless(publisher: Any, gateway_on: Callable[[str], FakeGateway]) -> None:
     gateway_b = gateway_on("gw-b")
     await gateway_b.register(CONNECTION_B)
     assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
@@ -484,7 +490,7 @@ async def test_join_twice_is_harmless(publisher: Any, gateway_on: Callable[[str]
 
 
 async def test_leave_updates_both_sets_and_writes_the_command(
-    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis, key_prefix: str
+    publisher: Any, members: dict[str, FakeGateway], redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     assert await resolve(publisher.join(CONNECTION_B, "other")) is True
     assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
@@ -498,7 +504,7 @@ async def test_leave_updates_both_sets_and_writes_the_command(
 
 
 async def test_leave_of_a_non_member_does_nothing(
-    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis, key_prefix: str
+    publisher: Any, members: dict[str, FakeGateway], redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     before = await members["gw-b"].commands()
     assert await resolve(publisher.leave(CONNECTION_B, "other")) is False
@@ -511,7 +517,11 @@ async def test_leave_of_a_non_member_does_nothing(
 
 
 async def test_disconnect_every_target(
-    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Any
+    publisher: Any,
+    members: dict[str, FakeGateway],
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    schemas: Schemas,
 ) -> None:
     await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_B)
     assert await resolve(publisher.to_user("42").disconnect(4001, "logged out")) == 2
@@ -543,7 +553,9 @@ async def test_disconnect_every_target(
 # Presence.
 
 
-async def test_presence_answers_from_the_registry(publisher: Any, gateway_on: Callable[[str], Any]) -> None:
+async def test_presence_answers_from_the_registry(
+    publisher: Any, gateway_on: Callable[[str], FakeGateway]
+) -> None:
     gateway_a, gateway_b = gateway_on("gw-a_1"), gateway_on("gw-b")
     await gateway_a.register(CONNECTION_A1, user_id="42", addr="198.51.100.1", since_ms=1795852800123)
     await gateway_a.register(CONNECTION_A2)  # anonymous
@@ -579,7 +591,7 @@ async def test_presence_answers_from_the_registry(publisher: Any, gateway_on: Ca
     assert (await resolve(publisher.connection_info(CONNECTION_A1))).groups == frozenset({GROUP})
 
 
-async def test_connection_info_is_frozen(publisher: Any, gateway_on: Callable[[str], Any]) -> None:
+async def test_connection_info_is_frozen(publisher: Any, gateway_on: Callable[[str], FakeGateway]) -> None:
     await gateway_on("gw-b").register(CONNECTION_B)
     info = await resolve(publisher.connection_info(CONNECTION_B))
     with pytest.raises(AttributeError):
@@ -599,7 +611,7 @@ async def test_connection_info_refuses_a_malformed_registry_entry(
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_presence_with_a_client_that_decodes_replies(
-    kind: str, redis_url: str, key_prefix: str, gateway_on: Callable[[str], Any]
+    kind: str, redis_url: str, key_prefix: str, gateway_on: Callable[[str], FakeGateway]
 ) -> None:
     await gateway_on("gw-b").register(CONNECTION_B, user_id="42")
     if kind == "sync":
@@ -634,7 +646,10 @@ async def test_presence_reads_refused_by_redis_raise_publish_error(
 
 
 async def test_join_refused_by_redis_raises_publish_error(
-    publisher: Any, gateway_on: Callable[[str], Any], redis_client: redis.asyncio.Redis, key_prefix: str
+    publisher: Any,
+    gateway_on: Callable[[str], FakeGateway],
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
 ) -> None:
     await gateway_on("gw-b").register(CONNECTION_B)
     await redis_client.set(f"{key_prefix}:node:gw-b:out", "not a stream")
@@ -666,7 +681,7 @@ async def test_concurrent_async_pushes_share_round_trips(
 
 
 async def test_async_pushes_survive_a_script_flush(
-    publisher: Any, members: dict[str, Any], redis_client: redis.asyncio.Redis
+    publisher: Any, members: dict[str, FakeGateway], redis_client: redis.asyncio.Redis
 ) -> None:
     await redis_client.script_flush()  # what a Redis restart does to loaded scripts
     reached = await asyncio.gather(

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
-from worker_harness import str_reply
+from worker_harness import FakeGateway, StartWorker, str_reply
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_worker import AsyncPublisher, Context, LifecycleHandler, Worker
@@ -45,7 +45,7 @@ async def echo(ctx: Context, data: Any) -> Any:
 # Replies and errors.
 
 
-async def test_request_gets_its_reply(start_worker: Any, gateway: Any) -> None:
+async def test_request_gets_its_reply(start_worker: StartWorker, gateway: FakeGateway) -> None:
     async def chat_text(ctx: Context, data: Any) -> Any:
         return {"stored": True, "got": data}
 
@@ -58,7 +58,9 @@ async def test_request_gets_its_reply(start_worker: Any, gateway: Any) -> None:
     assert command.frame == reply("chat_text", {"stored": True, "got": {"text": "hello"}}, "req-1")
 
 
-async def test_reply_is_null_when_the_handler_returns_none(start_worker: Any, gateway: Any) -> None:
+async def test_reply_is_null_when_the_handler_returns_none(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     async def nothing(ctx: Context, data: Any) -> None:
         return None
 
@@ -67,7 +69,7 @@ async def test_reply_is_null_when_the_handler_returns_none(start_worker: Any, ga
     assert await gateway.wait_for_frames(1) == [reply("nothing", None, "req-2")]
 
 
-async def test_no_reply_without_id(start_worker: Any, gateway: Any) -> None:
+async def test_no_reply_without_id(start_worker: StartWorker, gateway: FakeGateway) -> None:
     handled = []
 
     async def chat_text(ctx: Context, data: Any) -> str:
@@ -82,7 +84,9 @@ async def test_no_reply_without_id(start_worker: Any, gateway: Any) -> None:
 
 
 @pytest.mark.parametrize("frame_id", ["req-3", None])
-async def test_unknown_action_gets_an_error(start_worker: Any, gateway: Any, frame_id: str | None) -> None:
+async def test_unknown_action_gets_an_error(
+    start_worker: StartWorker, gateway: FakeGateway, frame_id: str | None
+) -> None:
     await start_worker({"chat_text": echo})
     await gateway.message(gateway.new_connection_id(), "nope", id=frame_id)
     assert await gateway.wait_for_frames(1) == [
@@ -90,7 +94,9 @@ async def test_unknown_action_gets_an_error(start_worker: Any, gateway: Any, fra
     ]
 
 
-async def test_default_handler_gets_every_other_action(start_worker: Any, gateway: Any) -> None:
+async def test_default_handler_gets_every_other_action(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     async def default(ctx: Context, data: Any) -> Any:
         return [ctx.action, data]
 
@@ -107,7 +113,7 @@ async def test_default_handler_gets_every_other_action(start_worker: Any, gatewa
 
 @pytest.mark.parametrize("frame_id", ["req-4", None])
 async def test_failing_handler_gets_a_handler_error(
-    start_worker: Any, gateway: Any, caplog: pytest.LogCaptureFixture, frame_id: str | None
+    start_worker: StartWorker, gateway: FakeGateway, caplog: pytest.LogCaptureFixture, frame_id: str | None
 ) -> None:
     async def broken(ctx: Context, data: Any) -> None:
         raise RuntimeError("secret details")
@@ -125,7 +131,7 @@ async def test_failing_handler_gets_a_handler_error(
 # A set is not JSON; a lone surrogate is, as text, but is not UTF-8, which frames are.
 @pytest.mark.parametrize("value", [{1, 2}, "\ud800"], ids=["set", "lone-surrogate"])
 async def test_return_value_json_cannot_encode_gets_a_handler_error(
-    start_worker: Any, gateway: Any, caplog: pytest.LogCaptureFixture, value: Any
+    start_worker: StartWorker, gateway: FakeGateway, caplog: pytest.LogCaptureFixture, value: Any
 ) -> None:
     async def returns_a_set(ctx: Context, data: Any) -> Any:
         return value
@@ -136,7 +142,7 @@ async def test_return_value_json_cannot_encode_gets_a_handler_error(
     assert records(caplog, "returned a value JSON can't encode")
 
 
-async def test_sync_handler(start_worker: Any, gateway: Any) -> None:
+async def test_sync_handler(start_worker: StartWorker, gateway: FakeGateway) -> None:
     threads = []
 
     def blocking(ctx: Context, data: Any) -> Any:
@@ -149,7 +155,9 @@ async def test_sync_handler(start_worker: Any, gateway: Any) -> None:
     assert threads[0] is not threading.main_thread(), "plain def handlers run in the thread pool"
 
 
-async def test_callable_object_with_async_call_is_awaited(start_worker: Any, gateway: Any) -> None:
+async def test_callable_object_with_async_call_is_awaited(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     class Handler:
         async def __call__(self, ctx: Context, data: Any) -> Any:
             return threading.current_thread() is threading.main_thread()
@@ -162,7 +170,7 @@ async def test_callable_object_with_async_call_is_awaited(start_worker: Any, gat
 # The handler's context.
 
 
-async def test_context_of_a_message(start_worker: Any, gateway: Any) -> None:
+async def test_context_of_a_message(start_worker: StartWorker, gateway: FakeGateway) -> None:
     contexts: list[Context] = []
 
     async def keep(ctx: Context, data: Any) -> None:
@@ -188,7 +196,9 @@ async def test_context_of_a_message(start_worker: Any, gateway: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
-async def test_on_connect_and_on_disconnect(start_worker: Any, gateway: Any, kind: str) -> None:
+async def test_on_connect_and_on_disconnect(
+    start_worker: StartWorker, gateway: FakeGateway, kind: str
+) -> None:
     seen: list[tuple[str, Context]] = []
     on_connect: LifecycleHandler
     on_disconnect: LifecycleHandler
@@ -225,7 +235,7 @@ async def test_on_connect_and_on_disconnect(start_worker: Any, gateway: Any, kin
 
 
 async def test_failing_on_connect_is_logged(
-    start_worker: Any, gateway: Any, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker, gateway: FakeGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def on_connect(ctx: Context) -> None:
         raise RuntimeError("boom")
@@ -238,7 +248,9 @@ async def test_failing_on_connect_is_logged(
     assert record.exc_info is not None
 
 
-async def test_ctx_send_arrives_in_order_before_the_reply(start_worker: Any, gateway: Any) -> None:
+async def test_ctx_send_arrives_in_order_before_the_reply(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     async def chatty(ctx: Context, data: Any) -> str:
         await ctx.send("progress", 1)
         await ctx.send("progress", 2)
@@ -268,7 +280,9 @@ async def test_ctx_send_arrives_in_order_before_the_reply(start_worker: Any, gat
     ]
 
 
-async def test_send_sync_refuses_to_block_the_event_loop(start_worker: Any, gateway: Any) -> None:
+async def test_send_sync_refuses_to_block_the_event_loop(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     async def wrong(ctx: Context, data: Any) -> None:
         ctx.send_sync("a", 1)
 
@@ -282,7 +296,7 @@ def membership(kind: str, connection_id: str, group: str) -> dict[str, str]:
 
 
 async def test_handlers_join_and_leave_groups(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     async def enter(ctx: Context, group: str) -> list[Any]:
         joined = await ctx.join(group)
@@ -346,7 +360,9 @@ async def test_handlers_join_and_leave_groups(
     assert not await redis_client.exists(f"{key_prefix}:group:room:conns")
 
 
-async def test_join_sync_refuses_to_block_the_event_loop(start_worker: Any, gateway: Any) -> None:
+async def test_join_sync_refuses_to_block_the_event_loop(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     async def wrong(ctx: Context, data: Any) -> None:
         ctx.join_sync("room")
 
@@ -358,7 +374,7 @@ async def test_join_sync_refuses_to_block_the_event_loop(start_worker: Any, gate
 
 
 async def test_handler_can_push_to_a_user(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     other = gateway.new_connection_id()
     await redis_client.sadd(f"{key_prefix}:user:7:conns", other)
@@ -381,7 +397,9 @@ async def test_handler_can_push_to_a_user(
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
-async def test_slow_handler_does_not_delay_the_others(start_worker: Any, gateway: Any, kind: str) -> None:
+async def test_slow_handler_does_not_delay_the_others(
+    start_worker: StartWorker, gateway: FakeGateway, kind: str
+) -> None:
     """One handler takes 3 s; 20 other messages are each answered well under 250 ms meanwhile."""
     slow_started = threading.Event()
 
@@ -426,7 +444,7 @@ async def test_slow_handler_does_not_delay_the_others(start_worker: Any, gateway
 
 
 async def test_at_most_concurrency_events_at_once(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     release = asyncio.Event()
     running = 0
@@ -456,7 +474,9 @@ async def test_at_most_concurrency_events_at_once(
     assert most == 3
 
 
-async def test_events_appended_before_the_worker_started_are_handled(start_worker: Any, gateway: Any) -> None:
+async def test_events_appended_before_the_worker_started_are_handled(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
     connection_id = gateway.new_connection_id()
     for number in range(3):
         await gateway.message(connection_id, "echo", number, id=f"r{number}")
@@ -466,7 +486,7 @@ async def test_events_appended_before_the_worker_started_are_handled(start_worke
 
 
 async def test_handled_events_are_acknowledged_and_deleted(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     await start_worker({"echo": echo})
     connection_id = gateway.new_connection_id()
@@ -484,7 +504,10 @@ async def test_handled_events_are_acknowledged_and_deleted(
 
 
 async def test_invalid_event_is_dropped_and_logged(
-    start_worker: Any, gateway: Any, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker,
+    gateway: FakeGateway,
+    redis_client: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await start_worker({"echo": echo})
     bad_entry = str_reply(await redis_client.xadd(gateway.inbound, {"v": "2", "type": "connect"}))
@@ -495,7 +518,7 @@ async def test_invalid_event_is_dropped_and_logged(
     assert "unsupported protocol version" in record.getMessage()
 
 
-async def test_two_workers_share_the_stream(start_worker: Any, gateway: Any) -> None:
+async def test_two_workers_share_the_stream(start_worker: StartWorker, gateway: FakeGateway) -> None:
     handled: list[tuple[str, int]] = []
 
     def handler_of(name: str) -> Callable[[Context, Any], Any]:
@@ -519,7 +542,7 @@ async def test_two_workers_share_the_stream(start_worker: Any, gateway: Any) -> 
 
 
 async def test_stop_waits_for_in_flight_handlers(
-    redis_url: str, key_prefix: str, gateway: Any, redis_client: redis.asyncio.Redis
+    redis_url: str, key_prefix: str, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     started, finished = asyncio.Event(), asyncio.Event()
 
@@ -555,7 +578,7 @@ async def test_stop_from_another_thread(redis_url: str, key_prefix: str) -> None
 async def test_handlers_past_shutdown_timeout_are_cancelled_and_stay_pending(
     redis_url: str,
     key_prefix: str,
-    gateway: Any,
+    gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -584,7 +607,7 @@ async def test_handlers_past_shutdown_timeout_are_cancelled_and_stay_pending(
     assert (await redis_client.xpending(gateway.inbound, "workers"))["pending"] == 1
 
 
-async def test_async_with_runs_the_worker(redis_url: str, key_prefix: str, gateway: Any) -> None:
+async def test_async_with_runs_the_worker(redis_url: str, key_prefix: str, gateway: FakeGateway) -> None:
     async with Worker({"echo": echo}, redis_url=redis_url, key_prefix=key_prefix, block_ms=100) as worker:
         await gateway.message(gateway.new_connection_id(), "echo", "x", id="r")
         assert await gateway.wait_for_frames(1) == [reply("echo", "x", "r")]
@@ -605,7 +628,10 @@ def test_invalid_worker_arguments() -> None:
 
 
 async def test_every_runs_repeatedly_and_survives_exceptions(
-    start_worker: Any, redis_client: redis.asyncio.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+    start_worker: StartWorker,
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async_calls: list[AsyncPublisher] = []
     sync_calls: list[AsyncPublisher] = []
@@ -640,7 +666,9 @@ def reconnecting_client(url: str) -> redis.asyncio.Redis:
 
 
 async def test_worker_survives_a_redis_outage(
-    key_prefix: str, make_gateway: Any, caplog: pytest.LogCaptureFixture
+    key_prefix: str,
+    make_gateway: Callable[[redis.asyncio.Redis], FakeGateway],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with RedisServer() as server:
         client = reconnecting_client(server.url)
@@ -662,7 +690,9 @@ async def test_worker_survives_a_redis_outage(
             await client.aclose()
 
 
-async def test_replies_are_written_once_redis_is_back(key_prefix: str, make_gateway: Any) -> None:
+async def test_replies_are_written_once_redis_is_back(
+    key_prefix: str, make_gateway: Callable[[redis.asyncio.Redis], FakeGateway]
+) -> None:
     release, started = asyncio.Event(), asyncio.Event()
 
     async def gated(ctx: Context, data: Any) -> str:

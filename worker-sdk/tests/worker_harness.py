@@ -1,4 +1,5 @@
-"""Typed views of redis-py replies, for the worker tests.
+"""Typed helpers for the worker tests: views of redis-py replies, and the types behind the
+fixtures of ``conftest.py`` (``Schemas``, ``FakeGateway``, ``StartWorker``).
 
 redis-py types a reply for any client: ``bytes | str`` (it cannot know ``decode_responses``), a
 stream range as optional, XREADGROUP and ZRANGE as unions of every shape they can take. The
@@ -8,10 +9,17 @@ give a reply the one type it has there, with a cast where redis-py returns it.
 
 from __future__ import annotations
 
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import redis.asyncio
 from redis.typing import EncodableT, FieldT, StreamRangeResponse
+
+from wsq_devkit import contract, wait_until_async
+from wsq_worker import Worker
 
 XaddFields = dict[FieldT, EncodableT]
 """A stream entry's fields as ``xadd()`` and ``hset(mapping=)`` take them (a dict is invariant:
@@ -52,3 +60,171 @@ async def execute_command(client: redis.asyncio.Redis, *args: EncodableT) -> Any
     """``client.execute_command(*args)``, which redis-py leaves unannotated (an untyped call);
     its reply is whatever the command answers."""
     return await cast(_ExecutesCommands, client).execute_command(*args)
+
+
+StartWorker = Callable[..., Awaitable[Worker]]
+"""The ``start_worker`` fixture: ``await start_worker(actions, **options)`` starts a Worker."""
+
+
+_MISSING = object()
+
+
+class Schemas:
+    """The protocol's schemas (``wsq_devkit.contract``), with an asserting ``check``."""
+
+    errors = staticmethod(contract.errors)
+    is_valid = staticmethod(contract.is_valid)
+
+    def check(self, name: str, instance: Any) -> None:
+        errors = contract.errors(name, instance)
+        assert not errors, f"not a valid {name}: {instance!r}: {errors}"
+
+
+def new_connection_id(node: str) -> str:
+    """``<node>.<22 base64url characters>``, as the gateway makes them."""
+    return f"{node}.{secrets.token_urlsafe(16)}"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One entry of a node stream, as a gateway reads it."""
+
+    entry_id: str
+    fields: dict[str, str]
+
+    @property
+    def frame(self) -> Any:
+        return json.loads(self.fields["frame"])
+
+    @property
+    def millis(self) -> int:
+        """When Redis appended it (the entry id's time part, on the Redis server's clock)."""
+        return int(self.entry_id.split("-")[0])
+
+
+class FakeGateway:
+    """Plays one gateway's side of Redis: appends events exactly as the schema describes them and
+    reads the commands workers write for it (each one checked against the command schema)."""
+
+    def __init__(self, client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas, node: str) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.schemas = schemas
+        self.node = node
+        self.inbound = f"{key_prefix}:inbound"
+        self.out = f"{key_prefix}:node:{node}:out"
+
+    def new_connection_id(self) -> str:
+        return new_connection_id(self.node)
+
+    async def register(
+        self,
+        connection_id: str,
+        *,
+        user_id: str | None = None,
+        addr: str = "203.0.113.7",
+        since_ms: int = 1795852800123,
+    ) -> None:
+        """Register the connection in Redis as the gateway does on connect: its hash (``node``,
+        ``since``, ``addr``, ``user_id`` unless anonymous), its user's set and its node's set."""
+        prefix = self.key_prefix
+        fields = {"node": self.node, "since": str(since_ms), "addr": addr}
+        if user_id is not None:
+            fields["user_id"] = user_id
+            await self.client.sadd(f"{prefix}:user:{user_id}:conns", connection_id)
+        await self.client.hset(f"{prefix}:conn:{connection_id}", mapping=xadd_fields(fields))
+        await self.client.sadd(f"{prefix}:node:{self.node}:conns", connection_id)
+
+    async def append(self, fields: dict[str, str]) -> str:
+        self.schemas.check("event", fields)
+        return str_reply(await self.client.xadd(self.inbound, xadd_fields(fields)))
+
+    def _event(self, event_type: str, connection_id: str, user_id: str | None, addr: str) -> dict[str, str]:
+        fields = {"v": "1", "type": event_type, "connection_id": connection_id, "node": self.node}
+        if user_id is not None:
+            fields["user_id"] = user_id
+        fields["ts"] = "1795852800123"
+        fields["addr"] = addr
+        return fields
+
+    async def connect(
+        self, connection_id: str, *, user_id: str | None = None, addr: str = "203.0.113.7", hook: bool = False
+    ) -> str:
+        """A connect event; with ``hook`` the gateway waits for an accept or refuse command."""
+        fields = self._event("connect", connection_id, user_id, addr)
+        if hook:
+            fields["hook"] = "1"
+        return await self.append(fields)
+
+    def message_event(
+        self,
+        connection_id: str,
+        action: str,
+        data: Any = _MISSING,
+        *,
+        id: str | None = None,
+        user_id: str | None = None,
+        attempt: int | None = None,
+    ) -> dict[str, str]:
+        """The fields of a message event, as ``message()`` appends them."""
+        frame: dict[str, Any] = {"action": action}
+        if data is not _MISSING:
+            frame["data"] = data
+        if id is not None:
+            frame["id"] = id
+        fields = self._event("message", connection_id, user_id, "203.0.113.7")
+        if attempt is not None:
+            fields["attempt"] = str(attempt)
+        fields["frame"] = json.dumps(frame)
+        return fields
+
+    async def message(
+        self,
+        connection_id: str,
+        action: str,
+        data: Any = _MISSING,
+        *,
+        id: str | None = None,
+        user_id: str | None = None,
+        attempt: int | None = None,
+    ) -> str:
+        """Append a message event: the arguments as for ``message_event()``."""
+        event = self.message_event(connection_id, action, data, id=id, user_id=user_id, attempt=attempt)
+        return await self.append(event)
+
+    async def disconnect(
+        self, connection_id: str, close_code: int = 1001, *, user_id: str | None = None
+    ) -> str:
+        fields = self._event("disconnect", connection_id, user_id, "203.0.113.7")
+        fields["close_code"] = str(close_code)
+        return await self.append(fields)
+
+    async def commands(self) -> list[Command]:
+        entries = str_entries(await self.client.xrange(self.out))
+        commands = [Command(entry_id, fields) for entry_id, fields in entries]
+        for command in commands:
+            self.schemas.check("command", command.fields)
+        return commands
+
+    async def frames(self) -> list[Any]:
+        return [command.frame for command in await self.commands()]
+
+    async def wait_for_commands(self, count: int, timeout: float = 10.0) -> list[Command]:
+        """The node stream once it holds at least ``count`` commands."""
+
+        async def enough() -> list[Command] | None:
+            commands = await self.commands()
+            return commands if len(commands) >= count else None
+
+        return await wait_until_async(enough, timeout=timeout, message=f"{count} commands on {self.out}")
+
+    async def wait_for_frames(self, count: int, timeout: float = 10.0) -> list[Any]:
+        return [command.frame for command in await self.wait_for_commands(count, timeout)]
+
+    async def backlog_done(self) -> bool:
+        """Every event handled: the inbound stream is empty and nothing is pending."""
+        if await self.client.xlen(self.inbound):
+            return False
+        pending = await self.client.xpending(self.inbound, "workers")
+        count: int = pending["pending"]
+        return count == 0
