@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
-from redis.typing import EncodableT, FieldT, KeyT
+from redis.typing import KeyT
 
 from wsq_gateway import Settings
 from wsq_gateway.protocol import Keys
@@ -55,9 +55,6 @@ GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 # a stream range as optional. The tests' clients do not decode, so replies are bytes: these give
 # a reply that one type, with a cast where redis-py returns it.
 
-XaddFields = dict[FieldT, EncodableT]
-"""A stream entry's fields as ``xadd()`` takes them (its dict is invariant: no ``dict[str, str]``)."""
-
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 """An XRANGE entry of a client without ``decode_responses``: its id and its fields."""
 
@@ -70,13 +67,3 @@ async def stream_entries(redis: aioredis.Redis, stream: str) -> list[StreamEntry
 async def set_members(redis: aioredis.Redis, key: KeyT) -> set[bytes]:
     """``SMEMBERS key``."""
     return cast("set[bytes]", await redis.smembers(key))
-
-
-class _ExecutesCommands(Protocol):
-    async def execute_command(self, *args: EncodableT) -> Any: ...
-
-
-async def execute_command(redis: aioredis.Redis, *args: EncodableT) -> Any:
-    """``redis.execute_command(*args)``, which redis-py leaves unannotated (an untyped call);
-    its reply is whatever the command answers."""
-    return await cast(_ExecutesCommands, redis).execute_command(*args)

@@ -10,17 +10,11 @@ import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
-from gateway_harness import (
-    GatewayFactory,
-    RunningGateway,
-    XaddFields,
-    execute_command,
-    receive_json,
-    stream_entries,
-)
+from gateway_harness import GatewayFactory, RunningGateway, receive_json, stream_entries
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
+from wsq_devkit.redis_typing import XaddFields, execute_command
 from wsq_gateway.broker.registry import REGISTERED, USER_FULL, register_command
 from wsq_gateway.protocol.keys import Keys
 

@@ -9,7 +9,7 @@ from typing import Any
 import hiredis
 import pytest
 import redis.asyncio as aioredis
-from gateway_harness import execute_command, stream_entries
+from gateway_harness import stream_entries
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
@@ -20,6 +20,7 @@ from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsq_devkit import wait_until_async
+from wsq_devkit.redis_typing import execute_command
 from wsq_gateway.broker.client import (
     CommandTemplate,
     HiredisConnection,

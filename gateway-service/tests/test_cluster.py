@@ -11,7 +11,6 @@ from gateway_harness import (
     GatewayFactory,
     RunningGateway,
     StreamEntry,
-    XaddFields,
     receive_json,
     set_members,
     stream_entries,
@@ -19,6 +18,7 @@ from gateway_harness import (
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.contract import is_valid
+from wsq_devkit.redis_typing import XaddFields
 from wsq_gateway.broker.registry import FORGET_SCRIPT
 from wsq_gateway.protocol import Keys
 

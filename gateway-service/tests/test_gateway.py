@@ -15,18 +15,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from gateway_harness import (
-    GatewayFactory,
-    RunningGateway,
-    XaddFields,
-    execute_command,
-    receive_json,
-    set_members,
-    stream_entries,
-)
+from gateway_harness import GatewayFactory, RunningGateway, receive_json, set_members, stream_entries
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
+from wsq_devkit.redis_typing import XaddFields, execute_command
 from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.state import GATEWAY
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import redis
-from worker_harness import XaddFields, str_entries
+from worker_harness import str_entries
 
 import wsq_worker
 from wsq_devkit import ManagedProcess, free_port, wait_until
+from wsq_devkit.redis_typing import XaddFields
 
 APPS = Path(__file__).resolve().parent / "apps"
 NODE = "gw-cli"

@@ -10,9 +10,10 @@ from datetime import datetime
 
 import pytest
 import redis.asyncio
-from worker_harness import FakeGateway, Schemas, StartWorker, str_entries, str_reply, xadd_fields
+from worker_harness import FakeGateway, Schemas, StartWorker, str_entries, str_reply
 
 from wsq_devkit import free_port, wait_until_async
+from wsq_devkit.redis_typing import xadd_fields
 from wsq_worker import Context, Retry
 
 DeadLetters = tuple[list[str], list[int], list[str]]

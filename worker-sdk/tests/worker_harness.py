@@ -13,28 +13,20 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import redis.asyncio
-from redis.typing import EncodableT, FieldT, StreamRangeResponse
+from redis.typing import StreamRangeResponse
 
 from wsq_devkit import contract, wait_until_async
+from wsq_devkit.redis_typing import xadd_fields
 from wsq_worker import Worker
-
-XaddFields = dict[FieldT, EncodableT]
-"""A stream entry's fields as ``xadd()`` and ``hset(mapping=)`` take them (a dict is invariant:
-no ``dict[str, str]``)."""
 
 StrEntry = tuple[str, dict[str, str]]
 """A stream entry read by a client with ``decode_responses=True``: its id and its fields."""
 
 BytesEntry = tuple[bytes, dict[bytes, bytes]]
 """A stream entry read by a client without ``decode_responses``."""
-
-
-def xadd_fields(fields: dict[str, str]) -> XaddFields:
-    """``fields``, typed as ``xadd()`` takes them."""
-    return cast(XaddFields, fields)
 
 
 def str_reply(reply: bytes | str) -> str:
@@ -50,16 +42,6 @@ def str_entries(reply: StreamRangeResponse | None) -> list[StrEntry]:
 def bytes_entries(reply: StreamRangeResponse | None) -> list[BytesEntry]:
     """An XRANGE/XREVRANGE reply of a client without ``decode_responses``."""
     return cast("list[BytesEntry]", reply)
-
-
-class _ExecutesCommands(Protocol):
-    async def execute_command(self, *args: EncodableT) -> Any: ...
-
-
-async def execute_command(client: redis.asyncio.Redis, *args: EncodableT) -> Any:
-    """``client.execute_command(*args)``, which redis-py leaves unannotated (an untyped call);
-    its reply is whatever the command answers."""
-    return await cast(_ExecutesCommands, client).execute_command(*args)
 
 
 StartWorker = Callable[..., Awaitable[Worker]]
