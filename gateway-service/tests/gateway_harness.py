@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from redis.typing import KeyT
 
+from wsq_devkit.redis_typing import BytesEntry, bytes_entries
 from wsq_gateway import Settings
 from wsq_gateway.protocol import Keys
 
@@ -55,13 +56,10 @@ GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 # a stream range as optional. The tests' clients do not decode, so replies are bytes: these give
 # a reply that one type, with a cast where redis-py returns it.
 
-StreamEntry = tuple[bytes, dict[bytes, bytes]]
-"""An XRANGE entry of a client without ``decode_responses``: its id and its fields."""
 
-
-async def stream_entries(redis: aioredis.Redis, stream: str) -> list[StreamEntry]:
+async def stream_entries(redis: aioredis.Redis, stream: str) -> list[BytesEntry]:
     """``XRANGE stream``: every entry, oldest first."""
-    return cast("list[StreamEntry]", await redis.xrange(stream))
+    return bytes_entries(await redis.xrange(stream))
 
 
 async def set_members(redis: aioredis.Redis, key: KeyT) -> set[bytes]:

@@ -10,7 +10,6 @@ import redis.asyncio as aioredis
 from gateway_harness import (
     GatewayFactory,
     RunningGateway,
-    StreamEntry,
     receive_json,
     set_members,
     stream_entries,
@@ -18,7 +17,7 @@ from gateway_harness import (
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.contract import is_valid
-from wsq_devkit.redis_typing import XaddFields
+from wsq_devkit.redis_typing import BytesEntry, XaddFields
 from wsq_gateway.broker.registry import FORGET_SCRIPT
 from wsq_gateway.protocol import Keys
 
@@ -142,7 +141,7 @@ async def test_forgetting_twice_emits_one_disconnect_event(
     # a marker event after the gateway's clean-up: once it is there, nothing else can follow
     await redis.xadd(gateway.keys.inbound_stream, {"type": "marker"})
 
-    async def marker_seen() -> list[StreamEntry] | None:
+    async def marker_seen() -> list[BytesEntry] | None:
         entries = await stream_entries(redis, gateway.keys.inbound_stream)
         return entries if entries[-1][1].get(b"type") == b"marker" else None
 

@@ -15,9 +15,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from worker_harness import bytes_entries
 
-from wsq_devkit.redis_typing import execute_command
+from wsq_devkit.redis_typing import bytes_entries, execute_command
 from wsq_worker import constants, speedups
 from wsq_worker.protocol import send_command
 from wsq_worker.publisher import StreamWrite

@@ -25,9 +25,6 @@ from wsq_worker import Worker
 StrEntry = tuple[str, dict[str, str]]
 """A stream entry read by a client with ``decode_responses=True``: its id and its fields."""
 
-BytesEntry = tuple[bytes, dict[bytes, bytes]]
-"""A stream entry read by a client without ``decode_responses``."""
-
 
 def str_reply(reply: bytes | str) -> str:
     """A single reply of a client with ``decode_responses=True`` (an entry id, a member)."""
@@ -37,11 +34,6 @@ def str_reply(reply: bytes | str) -> str:
 def str_entries(reply: StreamRangeResponse | None) -> list[StrEntry]:
     """An XRANGE/XREVRANGE reply of a client with ``decode_responses=True``."""
     return cast("list[StrEntry]", reply)
-
-
-def bytes_entries(reply: StreamRangeResponse | None) -> list[BytesEntry]:
-    """An XRANGE/XREVRANGE reply of a client without ``decode_responses``."""
-    return cast("list[BytesEntry]", reply)
 
 
 StartWorker = Callable[..., Awaitable[Worker]]
