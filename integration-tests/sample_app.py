@@ -102,6 +102,13 @@ async def presence(ctx: Context, data: Any) -> dict[str, Any]:
     }
 
 
+async def remember(ctx: Context, data: Any) -> Any:
+    """Echo, after appending the frame's id to ``{prefix}:test:processed``: a side effect the
+    tests count (a frame answered ``unavailable`` must never have one)."""
+    await recorder().rpush(f"{PREFIX}:test:processed", ctx.id or "")
+    return data
+
+
 async def on_connect(ctx: Context) -> None:
     await record("connects", ctx)
     await ctx.send("welcome", {"connection_id": ctx.connection_id})
@@ -125,6 +132,7 @@ worker = Worker(
         "say_room": say_room,
         "poke": poke,
         "presence": presence,
+        "remember": remember,
     },
     on_connect=on_connect,
     on_disconnect=on_disconnect,

@@ -243,3 +243,44 @@ async def test_redis_over_tls(
         await client.close()
     finally:
         server.close()
+
+
+async def test_a_redis_stall_gives_each_frame_one_answer_and_unavailable_only_to_unprocessed_ones(
+    own_redis: RedisServer, processes: list[ManagedProcess], session: aiohttp.ClientSession
+) -> None:
+    gateway = start_processes(own_redis.url, processes, WSQ_REDIS_TIMEOUT_S="1")
+    recorder = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    wait_for_consumers(recorder, "wsq:inbound", 1)
+    client = await Client.connect(session, gateway.ws_url)
+    await client.receive_until(lambda f: f["action"] == "welcome")
+    assert (await client.request("remember", "before", id="before"))["data"] == "before"
+
+    own_redis.pause()  # SIGSTOP: sockets stay open, nothing is answered
+    try:
+        await client.send("remember", "in flight", id="a")  # on Redis's socket when it stalls
+        wait_until(lambda: gateway.status("/readyz") == 503, timeout=10, message="not ready while stalled")
+        await client.send("remember", "during", id="b")  # after the stall began: never sent
+        answer_b = await client.receive_until(lambda f: f.get("id") is not None, timeout=15)
+        assert (answer_b["id"], answer_b["action"], answer_b["data"]["code"]) == (
+            "b",
+            "$error",
+            "unavailable",
+        )
+    finally:
+        own_redis.resume()
+
+    answers: list[dict[str, object]] = []
+    while not any(frame.get("id") == "a" for frame in answers):
+        answers.append(await client.receive(timeout=15))
+    # Redis took "a" once it went on: its one answer is the reply. Then a round trip after the
+    # worker drained the stream: any second answer to "a" or "b" would come before it.
+    wait_until(lambda: recorder.xlen("wsq:inbound") == 0, timeout=10, message="inbound drained")
+    await client.send("remember", "after", id="after")
+    while not any(frame.get("id") == "after" for frame in answers):
+        answers.append(await client.receive(timeout=15))
+    by_id = [(frame.get("id"), frame["action"], frame["data"]) for frame in answers if frame.get("id")]
+    assert by_id == [("a", "remember", "in flight"), ("after", "remember", "after")]
+    assert recorder.lrange("wsq:test:processed", 0, -1) == ["before", "a", "after"]
+    assert gateway.status("/readyz") == 200
+    recorder.close()
+    await client.close()

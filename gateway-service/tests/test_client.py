@@ -151,10 +151,14 @@ async def test_pipe_retries_a_killed_connection_as_the_client_says(
         await execute_command(admin, "CLIENT", "KILL", "ID", own_id)
         if retries:  # the batch runs once, on a new connection
             assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
-        else:  # the batch fails and did not run; the next one runs on a new connection
-            with pytest.raises(RedisConnectionError):
-                await pipe.execute([("INCR", f"{key_prefix}:n")])
-            assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
+        else:
+            # An idle connection Redis closed is replaced before sending, once its end of file
+            # was read; before that, the batch fails and did not run. Either way it runs at
+            # most once, and the next one runs on a new connection.
+            try:
+                assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
+            except RedisConnectionError:
+                assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
     finally:
         await pipe.aclose()
         await client.aclose()

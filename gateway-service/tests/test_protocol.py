@@ -271,6 +271,7 @@ def test_keys_follow_keys_json() -> None:
         "connection_groups": keys.connection_groups("gw-1.abc"),
         "nodes": keys.nodes,
         "node_reaped": keys.node_reaped("gw-1"),
+        "node_sequence": keys.node_sequence("gw-1"),
     }
     assert built == {name: templates[name].format(**values) for name in built}
     # every key the gateway does not build belongs to the workers

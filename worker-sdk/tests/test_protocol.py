@@ -761,6 +761,7 @@ def test_key_builders_match_keys_json() -> None:
         "connection_groups": lambda: constants.connection_groups("wsq", CONNECTION_ID),
         "nodes": lambda: constants.nodes("wsq"),
         "node_reaped": lambda: constants.node_reaped("wsq", "gw-3f2a9c1d"),
+        "node_sequence": lambda: constants.node_sequence("wsq", "gw-3f2a9c1d"),
         "dead_letters": lambda: constants.dead_letters("wsq"),
         "delayed": lambda: constants.delayed("wsq"),
     }

@@ -15,6 +15,8 @@ class TcpProxy:
 
     ``cut(seconds)`` drops every open connection and refuses new ones (closing them at
     once) for that long: from the client's side, the server vanished and came back.
+    ``drop_replies()`` lets requests through but throws the server's answers away until the
+    next ``cut()``: the server did the work, and the client never hears of it.
     """
 
     def __init__(self, target_port: int, *, host: str = "127.0.0.1") -> None:
@@ -26,6 +28,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._refuse_until = 0.0
+        self._dropping_replies = False
         self.cuts = 0
 
     def start(self) -> TcpProxy:
@@ -35,6 +38,9 @@ class TcpProxy:
 
     def url(self, db: int = 0) -> str:
         return f"redis://{self.host}:{self.port}/{db}"
+
+    def drop_replies(self) -> None:
+        self._dropping_replies = True
 
     def cut(self, seconds: float) -> None:
         asyncio.run_coroutine_threadsafe(self._cut(seconds), self._loop).result(timeout=10)
@@ -63,11 +69,15 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, replies=True))
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool = False
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if replies and self._dropping_replies:
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -79,6 +89,7 @@ class TcpProxy:
 
     async def _cut(self, seconds: float) -> None:
         self.cuts += 1
+        self._dropping_replies = False
         self._refuse_until = time.monotonic() + seconds
         for writer in list(self._writers):
             transport = writer.transport

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -94,6 +95,16 @@ class RedisServer:
                 return False
 
         return ping
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis stalls (its sockets stay open, nothing is answered) until ``resume()``."""
+        assert self._proc is not None, "not started"
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: Redis goes on with what it was sent meanwhile."""
+        assert self._proc is not None, "not started"
+        self._proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self._proc is None:

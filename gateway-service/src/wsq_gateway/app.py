@@ -20,14 +20,13 @@ from wsq_gateway.transport import healthz, readyz, websocket
 
 log = get_logger(GATEWAY_LOGGER)
 
-REDIS_TIMEOUT_S = 5.0
 FLUSH_SHARE = 0.9
 
 
 def _redis_client(settings: Settings, timeout: float) -> aioredis.Redis:
     return redis_client(
         settings.redis_url,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=settings.redis_timeout_s,
         socket_timeout=timeout,
         health_check_interval=30,
     )
@@ -35,9 +34,11 @@ def _redis_client(settings: Settings, timeout: float) -> aioredis.Redis:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
-    blocking_timeout = BLOCK_MS / 1000 + REDIS_TIMEOUT_S
+    blocking_timeout = BLOCK_MS / 1000 + settings.redis_timeout_s
     app[GATEWAY] = Gateway(
-        settings, _redis_client(settings, REDIS_TIMEOUT_S), _redis_client(settings, blocking_timeout)
+        settings,
+        _redis_client(settings, settings.redis_timeout_s),
+        _redis_client(settings, blocking_timeout),
     )
     app.router.add_get(settings.path, websocket)
     app.router.add_get("/healthz", healthz)
@@ -86,6 +87,7 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
     while True:
         try:
             await gateway.outbound.start_positions()
+            await gateway.batcher.load_scripts()
             await gateway.liveness.start()
             return
         except (OSError, aioredis.RedisError) as exc:

@@ -28,6 +28,13 @@ class Settings(BaseSettings):
         "redis://localhost:6379/0",
         description="Redis to use (redis://, rediss:// for TLS, with user:password@ for AUTH).",
     )
+    redis_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long Redis may take to answer before the gateway counts it as stalled: "
+        "/readyz turns 503, new client frames get $error unavailable and new sockets close with "
+        "1013 until it answers. Frames already sent wait for Redis's verdict (docs/guarantees.md).",
+    )
     key_prefix: str = Field(
         "wsq", min_length=1, description="Namespace of every Redis key, so deployments can share a Redis."
     )

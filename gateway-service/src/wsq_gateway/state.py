@@ -13,6 +13,7 @@ from wsq_gateway.broker.batcher import RedisBatcher
 from wsq_gateway.broker.inbound import Inbound
 from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
+from wsq_gateway.broker.registry import BATCHED_SCRIPTS
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.protocol.keys import Keys
@@ -30,7 +31,7 @@ class Gateway:
         self.blocking_redis = blocking_redis
         self.keys = Keys(settings.key_prefix)
         self.connections = ConnectionIndex()
-        self.batcher = RedisBatcher(redis)
+        self.batcher = RedisBatcher(redis, scripts=BATCHED_SCRIPTS, stall_s=settings.redis_timeout_s)
         self.inbound = Inbound(
             self.batcher,
             redis,

@@ -107,6 +107,11 @@ def node_reaped(prefix: str, node: str) -> str:
     return f"{prefix}:node:{node}:reaped"
 
 
+def node_sequence(prefix: str, node: str) -> str:
+    """The sequence number of the last client frame ``node`` appended (read by that gateway only)."""
+    return f"{prefix}:node:{node}:seq"
+
+
 def dead_letters(prefix: str) -> str:
     """Stream of the events that used up their attempts, with their last error."""
     return f"{prefix}:dead"

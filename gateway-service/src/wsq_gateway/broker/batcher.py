@@ -3,6 +3,19 @@ pipeline, so a burst of client frames costs one round trip, not one each.
 
 One pipeline is in flight at a time, which keeps every write in the order it was queued
 (a connection's events reach the stream in the order they happened).
+
+A batch is never abandoned while its connection lives, so every write's outcome is known
+from Redis's own replies (see docs/guarantees.md, "Redis outages"):
+
+* Redis refused a write, or the batch could not be sent: the write failed, certainly.
+* Redis stalls (a batch waits longer than ``stall_s``): the gateway is *stalled*. Writes
+  not sent yet fail at once (clients get ``unavailable``: certainly not accepted); writes
+  someone waits for (registrations) fail too, their clean-up queued behind the batch; the
+  batch's other writes wait for Redis's verdict.
+* The connection fails once the batch was sent (:class:`WriteInDoubt`): Redis may have run
+  any part of it. Its writes are sent again, which is safe: client frames are appended by a
+  script that skips a write whose sequence number it saw already (``APPEND_SCRIPT``), and
+  the others are idempotent.
 """
 
 from __future__ import annotations
@@ -14,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from wsq_gateway.broker.client import RedisPipe
+from wsq_gateway.broker.client import RedisPipe, WriteInDoubt
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
 
@@ -24,46 +37,66 @@ log = get_logger(BROKER)
 
 MAX_BATCH = 1000  # commands in one pipeline
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+STALL_S = 5.0  # a batch unanswered this long: Redis is stalled, new writes fail at once
+STALLED = "redis is not answering: the write was not sent"
 
 
 @dataclass(slots=True)
 class Write:
     """One or more Redis commands that succeed or fail together.
 
-    ``on_error`` runs when they fail. A ``durable`` write is instead kept and retried
-    (with backoff) until Redis takes it: used for what must not be lost, such as
-    disconnect events.
+    ``on_error`` runs when they certainly failed. A ``durable`` write is instead kept and
+    retried (with backoff) until Redis takes it: used for what must not be lost, such as
+    disconnect events. ``done``, when set, is resolved with the replies (or the error).
     """
 
     commands: Sequence[tuple[Any, ...] | bytes]  # bytes: packed already (CommandTemplate)
     on_error: Callable[[BrokerUnavailable], None] | None = None
     durable: bool = False
-    done: asyncio.Future[list[Any]] | None = field(default=None)  # resolved with the replies
+    done: asyncio.Future[list[Any]] | None = field(default=None)
+    in_doubt: bool = False  # sent once without a verdict: it may have run, so it can't fail now
 
 
 class RedisBatcher:
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._pipe = RedisPipe(redis)
+    def __init__(
+        self, redis: aioredis.Redis, *, scripts: Sequence[str] = (), stall_s: float = STALL_S
+    ) -> None:
+        self._redis = redis
+        self._pipe = RedisPipe(redis, writes=True)
+        self._scripts = tuple(scripts)  # loaded again when Redis answers NOSCRIPT
+        self._stall_s = stall_s
         self._queue: deque[Write] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self.stalled = False
+        """Redis did not answer a batch within ``stall_s``, or a batch is being sent again:
+        writes that are not durable fail at once instead of queueing."""
 
     @property
     def queued(self) -> int:
         """Writes waiting for the next pipeline."""
         return len(self._queue)
 
+    @property
+    def pending(self) -> int:
+        """Writes not settled yet: queued, or in the pipeline in flight."""
+        return len(self._queue) + self._in_flight
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wsq-redis-batcher")
 
     def submit(self, write: Write) -> None:
+        if self.stalled and not write.durable:
+            _settle(write, BrokerUnavailable(STALLED))
+            return
         self._queue.append(write)
         self._wakeup.set()
 
-    async def submit_and_wait(self, *commands: tuple[Any, ...]) -> list[Any]:
+    async def submit_and_wait(self, *commands: tuple[Any, ...] | bytes) -> list[Any]:
         """Queue commands and wait until Redis took them: their replies, in order; raise
-        BrokerUnavailable if not."""
+        BrokerUnavailable if not (or if Redis stalls before it answers)."""
         done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.submit(Write(commands, done=done))
         return await done
@@ -79,6 +112,11 @@ class RedisBatcher:
                 log.error("gave up flushing writes to Redis", lost=len(self._queue))
         await self._pipe.aclose()
 
+    async def load_scripts(self) -> None:
+        """``SCRIPT LOAD`` every script the writes call by ``EVALSHA``."""
+        for body in self._scripts:
+            await self._redis.script_load(body)
+
     async def _run(self) -> None:
         failures = 0
         while True:
@@ -93,7 +131,11 @@ class RedisBatcher:
                 write = self._queue.popleft()
                 batch.append(write)
                 size += len(write.commands)
-            retry = await self._flush(batch)
+            self._in_flight = len(batch)
+            try:
+                retry = await self._flush(batch)
+            finally:
+                self._in_flight = 0
             if retry:
                 self._queue.extendleft(reversed(retry))
                 delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
@@ -101,37 +143,84 @@ class RedisBatcher:
                 await asyncio.sleep(delay)
             else:
                 failures = 0
+                self.stalled = False
 
     async def _flush(self, batch: list[Write]) -> list[Write]:
-        """Send one pipeline; settle every write; return the durable ones to retry."""
+        """Send one pipeline; settle every write; return those to send again."""
         commands = [command for write in batch for command in write.commands]
+        watchdog = asyncio.get_running_loop().call_later(self._stall_s, self._on_stall, batch)
         try:
             results = await self._pipe.execute(commands)
+        except WriteInDoubt as exc:
+            log.warning("redis connection failed during a write: sending it again", error=str(exc))
+            return self._in_doubt(batch, BrokerUnavailable(str(exc)))
         except (RedisError, OSError) as exc:
             log.warning("redis write failed", error=str(exc), writes=len(batch))
             return self._fail(batch, BrokerUnavailable(str(exc)))
+        finally:
+            watchdog.cancel()
         retry: list[Write] = []
-        position = 0
+        position, scripts_lost = 0, False
         for write in batch:
             count = len(write.commands)
             replies = results[position : position + count]
             errors = [r for r in replies if isinstance(r, Exception)]
             position += count
-            if errors:
+            if any(isinstance(error, NoScriptError) for error in errors):
+                scripts_lost = True  # not run: Redis lost its scripts (a restart, SCRIPT FLUSH)
+                retry.append(write)
+            elif errors:
                 log.warning("redis refused a write", error=str(errors[0]))
                 retry += self._fail([write], BrokerUnavailable(str(errors[0])))
             elif write.done is not None and not write.done.done():
                 write.done.set_result(replies)
+        if scripts_lost:
+            try:
+                await self.load_scripts()
+            except (RedisError, OSError) as exc:
+                log.warning("could not load the scripts into redis", error=str(exc))
+        return retry
+
+    def _on_stall(self, batch: list[Write]) -> None:
+        """The batch in flight waited ``stall_s``: fail what can still fail, certainly."""
+        self.stalled = True
+        log.warning("redis is not answering: failing new writes until it does", waiting=len(batch))
+        for write in batch:
+            if write.done is not None and not write.done.done():
+                write.done.set_exception(BrokerUnavailable(STALLED))
+        kept = [write for write in self._queue if write.durable]
+        for write in self._queue:
+            if not write.durable:
+                _settle(write, BrokerUnavailable(STALLED))
+        self._queue = deque(kept)
+
+    def _in_doubt(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:
+        """The batch may have run in part: send it again, but for the writes someone waited
+        for (they fail now; their clean-up is queued behind)."""
+        self.stalled = True
+        retry = []
+        for write in batch:
+            if write.done is not None:
+                if not write.done.done():
+                    write.done.set_exception(exc)
+                continue
+            write.in_doubt = True
+            retry.append(write)
         return retry
 
     def _fail(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:
         retry = []
         for write in batch:
-            if write.durable:
+            if write.durable or write.in_doubt:
                 retry.append(write)
-                continue
-            if write.on_error is not None:
-                write.on_error(exc)
-            if write.done is not None and not write.done.done():
-                write.done.set_exception(exc)
+            else:
+                _settle(write, exc)
         return retry
+
+
+def _settle(write: Write, exc: BrokerUnavailable) -> None:
+    """``write`` certainly failed: tell whoever waits for it."""
+    if write.on_error is not None:
+        write.on_error(exc)
+    if write.done is not None and not write.done.done():
+        write.done.set_exception(exc)

@@ -19,14 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# The batcher's connection: a Redis host that vanished is noticed in about 11 s (idle 5 s, then
+# 3 probes 2 s apart), where a connection without keepalive would wait for its replies for ever.
+_KEEPALIVE = {
+    option: value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+    if (option := getattr(socket, name, None)) is not None
+}
+
+
+class WriteInDoubt(RedisConnectionError):
+    """The connection failed after a batch of writes was sent: Redis may have run all, some or
+    none of it. Sending it again is safe only for writes that are idempotent or deduplicated."""
 
 
 class _HiredisPacking:
@@ -155,14 +170,23 @@ class RedisPipe:
     A command is a tuple of arguments, or bytes already packed (``CommandTemplate.pack()``).
     One task at a time: a second ``execute()`` while one runs would read the other's replies.
     Command names are one word each (``"CLIENT", "ID"``, not ``"CLIENT ID"``).
+
+    ``writes=True`` is for commands that must not run twice by accident (the batcher's): a
+    batch is never sent again by the pipe, and never abandoned while its connection lives —
+    no deadline, so Redis's replies always tell what it did (a stalled Redis is waited for;
+    TCP keepalive finds a dead host). A failure once the batch may have reached Redis raises
+    :class:`WriteInDoubt`; before that, redis-py's ``ConnectionError``.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, writes: bool = False) -> None:
         pool = client.connection_pool
-        self._deadline = BatchDeadline(pool.connection_kwargs.get("socket_timeout"))
+        self._writes = writes
+        self._deadline = BatchDeadline(None if writes else pool.connection_kwargs.get("socket_timeout"))
         # Connected as the client's own connections are, but with no socket timeout: redis-py
         # would run every write in a task of its own to bound it; execute() bounds the batch.
         options = {**pool.connection_kwargs, "socket_timeout": None}
+        if writes:
+            options |= {"socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE}
         self._conn: AbstractConnection = pool.connection_class(**options)
 
     async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
@@ -174,8 +198,14 @@ class RedisPipe:
 
         async def send_and_read() -> list[Any]:
             replies: list[Any] = []
+            sent = False
             self._deadline.start()
             try:
+                if conn.is_connected and _closed_by_peer(conn):
+                    await conn.disconnect(nowait=True)  # Redis went away while idle: not a doubt
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]  # failing here, nothing was sent
+                sent = True
                 await conn.send_packed_command(packed)
                 for _ in commands:
                     try:  # math.inf: no timeout per reply, the deadline bounds them all
@@ -187,11 +217,20 @@ class RedisPipe:
                     raise  # cancelled from outside
                 await conn.disconnect(nowait=True)  # replies may still come: this socket is out of step
                 raise RedisTimeoutError("Timeout reading from Redis") from None
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._deadline.stop()
+                if self._writes and sent:
+                    await conn.disconnect(nowait=True)
+                    raise WriteInDoubt(f"the connection to Redis failed during a write: {exc}") from exc
+                raise
             except BaseException:
                 self._deadline.stop()
                 raise
             self._deadline.stop()
             return replies
+
+        if self._writes:
+            return await send_and_read()
 
         async def disconnect(error: Exception) -> None:
             await conn.disconnect()
@@ -203,6 +242,12 @@ class RedisPipe:
         # Every reply was read, so nothing is left to wait for: closing without waiting also
         # keeps a shutdown from hanging in ``wait_closed()`` (redis/redis-py#3941).
         await self._conn.disconnect(nowait=True)
+
+
+def _closed_by_peer(conn: AbstractConnection) -> bool:
+    """Redis closed this idle connection (it stopped, or killed the client): its end of file is read."""
+    reader = getattr(conn, "_reader", None)
+    return isinstance(reader, asyncio.StreamReader) and reader.at_eof()
 
 
 def _pack(conn: AbstractConnection, command: tuple[Any, ...]) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,13 @@ from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.client import CommandTemplate
-from wsq_gateway.broker.registry import REGISTERED, forget_command, register_command, set_user_command
+from wsq_gateway.broker.registry import (
+    APPEND,
+    REGISTERED,
+    forget_command,
+    register_command,
+    set_user_command,
+)
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.protocol.envelopes import EventType, event_fields
@@ -50,6 +57,11 @@ class Inbound:
         self._max_queued = max_queued
         self._max_backlog = max_backlog
         self._max_per_user = max_per_user
+        self._sequence_key = keys.node_sequence(node_id)
+        # Client frames are numbered in the order they are sent (APPEND_SCRIPT skips one sent
+        # twice). Counting from this process's start time in microseconds keeps the numbers
+        # above those of an earlier process with the same node id.
+        self._sequence = itertools.count(time.time_ns() // 1000)
         self.backlog = 0  # events in the inbound stream, as last measured
 
     async def watch_backlog(self) -> None:
@@ -59,10 +71,6 @@ class Inbound:
             with contextlib.suppress(RedisError, OSError):
                 self.backlog = int(await self._redis.xlen(self._keys.inbound_stream))
             await asyncio.sleep(BACKLOG_POLL_S)
-
-    def _xadd(self, fields: dict[str, str]) -> tuple[str, ...]:
-        """XADD of an event to the inbound stream (no MAXLEN: accepted events are never trimmed)."""
-        return ("XADD", self._keys.inbound_stream, "*", *_flatten(fields))
 
     async def connected(self, conn: Connection, *, hook: bool = False, request: str | None = None) -> bool:
         """Record the connection and emit its connect event; False (nothing written) when its
@@ -118,8 +126,9 @@ class Inbound:
         if head is None:  # the fields every message of this connection shares, packed once
             fields = self._event("message", conn, 0)
             del fields["ts"]
-            head = conn.message_head = CommandTemplate((*self._xadd(fields), "ts"), 3)
-        command = head.pack(b"%d" % now_ms(), b"frame", frame)
+            append = APPEND.call(2, self._keys.inbound_stream, self._sequence_key, *_flatten(fields))
+            head = conn.message_head = CommandTemplate((*append, "ts"), 4)
+        command = head.pack(b"%d" % now_ms(), b"frame", frame, b"%d" % next(self._sequence))
         self._batcher.submit(Write((command,), on_error=on_rejected))
         return True
 

@@ -16,7 +16,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from wsq_gateway.broker.registry import HEARTBEAT_NEW, HEARTBEAT_REAPED, heartbeat_args, reap_args
+from wsq_gateway.broker.registry import (
+    HEARTBEAT_NEW,
+    HEARTBEAT_REAPED,
+    HEARTBEAT_SCRIPT,
+    REAP_SCRIPT,
+    heartbeat_args,
+    reap_args,
+)
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.protocol.keys import Keys
 
@@ -44,13 +51,16 @@ class Liveness:
         self._timeout_ms = int(timeout_s * 1000)
         self._on_reaped = on_reaped
         self._on_registry_lost = on_registry_lost
+        # EVALSHA, loading the script again when Redis answers NOSCRIPT (redis-py's Script).
+        self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
+        self._reap_script = redis.register_script(REAP_SCRIPT)
 
     async def start(self) -> None:
         """Forget what a previous process with this node id left, then say we are alive."""
         left = await self._reap(self._node, force=True)
         if left:
             log.warning("forgot connections of a previous process with this node id", connections=left)
-        await self._redis.eval(*heartbeat_args(self._keys, self._node))
+        await self._heartbeat(args=heartbeat_args(self._keys, self._node))
 
     async def run(self) -> None:
         while True:
@@ -63,7 +73,7 @@ class Liveness:
                 log.exception("heartbeat failed")
 
     async def tick(self) -> None:
-        state: Any = await self._redis.eval(*heartbeat_args(self._keys, self._node))
+        state: Any = await self._heartbeat(args=heartbeat_args(self._keys, self._node))
         if state == HEARTBEAT_REAPED:
             log.error("this gateway was presumed dead and its connections forgotten: closing its sockets")
             await self._on_reaped()
@@ -90,13 +100,19 @@ class Liveness:
         """Leave the set of live gateways (after this gateway's sockets were forgotten)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrem(self._keys.nodes, self._node)
-        pipe.delete(self._keys.node_stream(self._node), self._keys.node_reaped(self._node))
+        pipe.delete(
+            self._keys.node_stream(self._node),
+            self._keys.node_reaped(self._node),
+            self._keys.node_sequence(self._node),
+        )
         await pipe.execute()
 
     async def _reap(self, node: str, *, force: bool) -> int:
         total = 0
         for _ in range(MAX_REAP_RUNS_PER_TICK):
-            count: Any = await self._redis.eval(*reap_args(self._keys, node, self._timeout_ms, force=force))
+            count: Any = await self._reap_script(
+                args=reap_args(self._keys, node, self._timeout_ms, force=force)
+            )
             if not count:
                 break
             total += int(count)

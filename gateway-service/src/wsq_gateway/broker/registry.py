@@ -8,12 +8,14 @@ reaper, which forgets the connections of a gateway that died without a goodbye, 
 heartbeat, which tells a gateway that it was presumed dead.
 
 Scripts build key names from the prefix, so they need a single Redis (not a cluster),
-like the publishers' fan-out script.
+like the publishers' fan-out script. They are called by ``EVALSHA`` (the batcher loads them
+again when Redis answers ``NOSCRIPT``), so a connection costs its arguments, not the script.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import Any, NamedTuple
 
 from wsq_gateway.protocol.envelopes import VERSION
 from wsq_gateway.protocol.keys import Keys
@@ -80,7 +82,7 @@ if #popped > 0 and force ~= '1' then
 end
 if redis.call('SCARD', conns_key) == 0 and force ~= '1' then
   redis.call('ZREM', nodes_key, node)
-  redis.call('DEL', prefix .. ':node:' .. node .. ':out')
+  redis.call('DEL', prefix .. ':node:' .. node .. ':out', prefix .. ':node:' .. node .. ':seq')
 end
 return #popped
 """
@@ -144,7 +146,41 @@ if previous ~= '' then redis.call('SREM', prefix .. ':user:' .. previous .. ':co
 return 1
 """
 
+# KEYS: the inbound stream, and this gateway's write sequence ({prefix}:node:<id>:seq). ARGV:
+# the event's fields and values, then the write's sequence number (increasing in the order the
+# gateway sends its writes). A client frame is appended by this script rather than by XADD so
+# that sending it again after the connection to Redis failed mid-write (Redis may or may not
+# have run it) appends it once: a sequence number not above the last one seen is skipped (0).
+APPEND_SCRIPT = """
+local seq = ARGV[#ARGV]
+local last = redis.call('GET', KEYS[2])
+if last and tonumber(last) >= tonumber(seq) then return 0 end
+redis.call('SET', KEYS[2], seq)
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 1, #ARGV - 1))
+"""
+
 REAP_BATCH = 500  # connections forgotten per script run: keeps each run short
+
+
+class Script(NamedTuple):
+    body: str
+    sha: str
+
+    @classmethod
+    def of(cls, body: str) -> Script:
+        return cls(body, hashlib.sha1(body.encode()).hexdigest())
+
+    def call(self, numkeys: int, *args: Any) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command running this script."""
+        return ("EVALSHA", self.sha, str(numkeys), *args)
+
+
+REGISTER = Script.of(REGISTER_SCRIPT)
+SET_USER = Script.of(SET_USER_SCRIPT)
+FORGET = Script.of(FORGET_SCRIPT)
+APPEND = Script.of(APPEND_SCRIPT)
+BATCHED_SCRIPTS = (REGISTER.body, SET_USER.body, FORGET.body, APPEND.body)
+"""The scripts the batcher's writes call, loaded at start and again after ``NOSCRIPT``."""
 
 
 def register_command(
@@ -157,10 +193,8 @@ def register_command(
     max_per_user: int,
     event: list[str],
 ) -> tuple[Any, ...]:
-    """The EVAL that registers a connection and appends its connect event, atomically."""
-    return (
-        "EVAL",
-        REGISTER_SCRIPT,
+    """The EVALSHA that registers a connection and appends its connect event, atomically."""
+    return REGISTER.call(
         0,
         keys.prefix,
         connection_id,
@@ -176,18 +210,20 @@ def register_command(
 def set_user_command(
     keys: Keys, connection_id: str, user_id: str, previous: str | None, max_per_user: int
 ) -> tuple[Any, ...]:
-    """The EVAL that gives a registered connection the user id the connect hook named."""
-    return ("EVAL", SET_USER_SCRIPT, 0, keys.prefix, connection_id, user_id, previous or "", max_per_user)
+    """The EVALSHA that gives a registered connection the user id the connect hook named."""
+    return SET_USER.call(0, keys.prefix, connection_id, user_id, previous or "", max_per_user)
 
 
 def forget_command(keys: Keys, connection_id: str, close_code: int) -> tuple[Any, ...]:
-    """The EVAL that forgets a connection and appends its disconnect event."""
-    return ("EVAL", FORGET_SCRIPT, 0, keys.prefix, connection_id, close_code)
+    """The EVALSHA that forgets a connection and appends its disconnect event."""
+    return FORGET.call(0, keys.prefix, connection_id, close_code)
 
 
-def reap_args(keys: Keys, node: str, timeout_ms: int, *, force: bool = False) -> tuple[Any, ...]:
-    return (REAP_SCRIPT, 0, keys.prefix, node, timeout_ms, REAP_BATCH, "1" if force else "0")
+def reap_args(keys: Keys, node: str, timeout_ms: int, *, force: bool = False) -> list[Any]:
+    """ARGV of ``REAP_SCRIPT``."""
+    return [keys.prefix, node, timeout_ms, REAP_BATCH, "1" if force else "0"]
 
 
-def heartbeat_args(keys: Keys, node: str) -> tuple[Any, ...]:
-    return (HEARTBEAT_SCRIPT, 0, keys.prefix, node)
+def heartbeat_args(keys: Keys, node: str) -> list[Any]:
+    """ARGV of ``HEARTBEAT_SCRIPT``."""
+    return [keys.prefix, node]

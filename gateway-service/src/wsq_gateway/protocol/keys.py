@@ -42,3 +42,6 @@ class Keys:
 
     def node_reaped(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:reaped"
+
+    def node_sequence(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:seq"
