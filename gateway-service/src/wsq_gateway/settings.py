@@ -71,14 +71,15 @@ class Settings(BaseSettings):
         100,
         ge=0,
         description="Open connections one user_id may hold across all gateways (0: no limit); "
-        "more are refused with HTTP 429, or closed with 1008 when the user is known only after "
-        "the upgrade (a connect hook naming it, or a burst the check before the upgrade missed).",
+        "more are refused with HTTP 429 (a burst on one gateway too: its upgrades are checked one at "
+        "a time), or closed with 1008 when the user is known only after the upgrade (a connect hook "
+        "naming it, or upgrades on several gateways at once that passed their checks together).",
     )
     max_connections_per_addr: int = Field(
         1000,
         ge=0,
-        description="Open connections from one client address on this gateway (0: no limit); "
-        "more are refused with HTTP 429.",
+        description="Open connections and handshakes in progress from one client address on this "
+        "gateway (0: no limit); more are refused with HTTP 429, a burst of concurrent upgrades too.",
     )
     trusted_proxies: str = Field(
         "",
