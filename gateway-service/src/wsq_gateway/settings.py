@@ -60,6 +60,14 @@ class Settings(BaseSettings):
         description="Events waiting for workers in the inbound stream (all gateways together); "
         "past it, client frames are answered with $error overloaded until workers catch up.",
     )
+    worker_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="A worker that has not read the inbound stream for this long is gone (a live one "
+        "reads every second, and refreshes its busy entries every WSQ_CLAIM_IDLE_MS / 3: keep this above "
+        "both). While no worker is live, client frames are answered at once with $error no_workers "
+        "instead of being queued (0: never; frames wait in the stream for workers, however long).",
+    )
     rate_limit: float = Field(
         100.0,
         ge=0,

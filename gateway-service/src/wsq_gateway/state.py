@@ -40,6 +40,7 @@ class Gateway:
             max_queued=settings.max_queued_frames,
             max_backlog=settings.max_inbound_backlog,
             max_per_user=settings.max_connections_per_user,
+            worker_timeout_s=settings.worker_timeout_s,
         )
         self.outbound = Outbound(
             blocking_redis,

@@ -33,6 +33,7 @@ RATE_LIMITED = "too many frames: this one was dropped, slow down"
 REDIS_UNAVAILABLE = "redis unavailable, try again later"
 USER_FULL = "this user holds too many connections"
 ADDR_FULL = "too many connections from this address"
+NO_WORKERS = "no worker is running: the frame was not queued, send it again later"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -41,7 +42,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for new connections: Redis answers and the gateway is not shutting down."""
+    """Ready for new connections: Redis answers and the gateway is not shutting down.
+
+    Whether workers consume is reported (``workers``) but does not make the gateway unready:
+    gateways start before workers in a rollout, and all of them share the same workers, so
+    taking them out of the load balancer would only add refused connections to refused frames."""
     gateway = request.app[GATEWAY]
     if gateway.draining:
         return web.json_response({"status": "draining"}, status=503)
@@ -52,8 +57,27 @@ async def readyz(request: web.Request) -> web.Response:
     except (RedisError, OSError, TimeoutError) as exc:
         return web.json_response({"status": "redis unavailable", "error": str(exc)}, status=503)
     return web.json_response(
-        {"status": "ready", "node": gateway.node_id, "connections": len(gateway.connections)}
+        {
+            "status": "ready",
+            "node": gateway.node_id,
+            "connections": len(gateway.connections),
+            "workers": _workers_report(gateway),
+        }
     )
+
+
+def _workers_report(gateway: Gateway) -> dict[str, object]:
+    """The inbound stream's consumers, as the backlog watch last measured them."""
+    consumers = gateway.inbound.consumers
+    state = consumers.state
+    return {
+        "live": state.live_workers if consumers.measured else None,
+        "consumers": state.consumers,  # live or not: a worker killed leaves its consumer behind
+        "accepting_frames": not consumers.none_live,
+        "lag": state.lag,
+        "pending": state.pending,
+        "backlog": state.backlog,
+    }
 
 
 def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
@@ -204,6 +228,7 @@ def _readable_id(raw: bytes) -> str | None:
 async def _read_frames(gateway: Gateway, conn: Connection) -> None:
     ws, settings = conn.ws, gateway.settings
     max_pending, rate, burst = settings.max_pending_bytes, settings.rate_limit, settings.rate_burst
+    consumers = gateway.inbound.consumers
     clock = asyncio.get_running_loop().time
 
     def rejected_by_redis(exc: BrokerUnavailable, frame_id: str | None) -> None:
@@ -224,6 +249,8 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> None:
             frame_id = frame.id
             if frame.action == PING:
                 conn.deliver(pong_frame(frame.data, frame_id), max_pending)
+            elif consumers.none_live and await consumers.confirm_none_live():
+                conn.deliver(error_frame(ErrorCode.NO_WORKERS, NO_WORKERS, frame_id), max_pending)
             elif not gateway.inbound.message(
                 conn, msg.data, functools.partial(rejected_by_redis, frame_id=frame_id)
             ):

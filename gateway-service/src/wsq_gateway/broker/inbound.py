@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.client import CommandTemplate
+from wsq_gateway.broker.consumers import Consumers
 from wsq_gateway.broker.registry import REGISTERED, forget_command, register_command, set_user_command
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
@@ -42,6 +43,7 @@ class Inbound:
         max_queued: int,
         max_backlog: int,
         max_per_user: int = 0,
+        worker_timeout_s: float = 0.0,
     ) -> None:
         self._batcher = batcher
         self._redis = redis
@@ -51,13 +53,15 @@ class Inbound:
         self._max_backlog = max_backlog
         self._max_per_user = max_per_user
         self.backlog = 0  # events in the inbound stream, as last measured
+        self.consumers = Consumers(redis, keys, timeout_s=worker_timeout_s)
 
     async def watch_backlog(self) -> None:
-        """Measure the inbound stream's length a few times a second (it bounds message())."""
+        """Measure the inbound stream's length (it bounds message()) and its consumers (live
+        workers, lag) a few times a second."""
         while True:
             # On failure keep the last measure: the batcher reports Redis failures to clients.
             with contextlib.suppress(RedisError, OSError):
-                self.backlog = int(await self._redis.xlen(self._keys.inbound_stream))
+                self.backlog = (await self.consumers.measure()).backlog
             await asyncio.sleep(BACKLOG_POLL_S)
 
     def _xadd(self, fields: dict[str, str]) -> tuple[str, ...]:
