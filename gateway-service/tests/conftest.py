@@ -31,7 +31,9 @@ async def start_gateway(redis_url: str, key_prefix: str) -> AsyncIterator[Gatewa
     session = aiohttp.ClientSession()
 
     async def start(*, wait_ready: bool = True, **overrides: Any) -> RunningGateway:
-        options: dict[str, Any] = {"redis_url": redis_url, "key_prefix": key_prefix, **overrides}
+        # No worker runs here: frames are queued for none (0), unless a test sets a timeout.
+        defaults = {"redis_url": redis_url, "key_prefix": key_prefix, "worker_timeout_s": 0}
+        options: dict[str, Any] = {**defaults, **overrides}
         settings = Settings(**options)
         server = TestServer(create_app(settings), host="127.0.0.1")
         await server.start_server()

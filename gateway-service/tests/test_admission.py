@@ -4,6 +4,7 @@ its data."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -15,8 +16,10 @@ from gateway_harness import GatewayFactory, RunningGateway, receive_json, stream
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
 from wsq_devkit.redis_typing import XaddFields, execute_command
+from wsq_gateway.admission import Slots, Turns
 from wsq_gateway.broker.registry import REGISTERED, USER_FULL, register_command
 from wsq_gateway.protocol.keys import Keys
+from wsq_gateway.state import GATEWAY
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
@@ -96,6 +99,103 @@ async def test_connections_per_user_and_per_address_are_limited(
     await wait_until_async(room_again, timeout=5, message="a freed slot")
     for ws in (second, third):
         await ws.close()
+
+
+def test_address_slots_are_taken_at_the_check_and_given_back_once() -> None:
+    slots = Slots(2)
+    first, second = slots.reserve("10.0.0.1"), slots.reserve("10.0.0.1")
+    assert first is not None
+    assert second is not None
+    assert slots.reserve("10.0.0.1") is None, "full"
+    other = slots.reserve("10.0.0.2")
+    assert other is not None, "each address has its own"
+    first.release()
+    first.release()  # a second release gives nothing back
+    assert slots.held("10.0.0.1") == 1
+    third = slots.reserve("10.0.0.1")
+    assert third is not None
+    assert slots.reserve("10.0.0.1") is None, "a double release did not free a slot"
+    for slot in (second, third, other):
+        slot.release()
+    assert (slots.total(), slots.held("10.0.0.1")) == (0, 0)
+    unlimited = Slots(0)
+    assert all(unlimited.reserve("10.0.0.1") for _ in range(1000))
+    assert unlimited.held("10.0.0.1") == 1000
+
+
+async def test_one_admission_per_user_at_a_time_in_arrival_order() -> None:
+    turns = Turns()
+    first_may_go, three_entered = asyncio.Event(), asyncio.Event()
+    entered: list[str] = []
+
+    async def admit(name: str, user: str | None) -> None:
+        async with turns.turn(user):
+            entered.append(name)
+            if len(entered) == 3:
+                three_entered.set()
+            if name == "ann-1":
+                await first_may_go.wait()
+
+    tasks = [asyncio.create_task(admit(f"ann-{n}", "ann")) for n in range(1, 4)]
+    tasks += [asyncio.create_task(admit("bob-1", "bob")), asyncio.create_task(admit("anon", None))]
+    cancelled = asyncio.create_task(admit("ann-4", "ann"))
+    await asyncio.wait_for(three_entered.wait(), timeout=5)
+    assert sorted(entered) == ["ann-1", "anon", "bob-1"], "ann's others wait for ann-1's turn"
+    cancelled.cancel()  # a client that leaves while it waits for its turn
+    first_may_go.set()
+    await asyncio.gather(*tasks)
+    assert entered[3:] == ["ann-2", "ann-3"]
+    assert cancelled.cancelled()
+    assert len(turns) == 0, "no lock left behind"
+
+
+async def test_every_way_an_upgrade_ends_gives_its_address_slot_back(start_gateway: GatewayFactory) -> None:
+    """Opened then closed, refused by the user's limit, abandoned mid-handshake, or failed to
+    register: each gives its address's slot back, once."""
+    with RedisServer() as own:
+        gateway = await start_gateway(
+            redis_url=own.url,
+            jwt_secret=SECRET,
+            max_connections_per_user=1,
+            max_connections_per_addr=1,
+            drain_s=0.5,
+        )
+        state = gateway.server.app[GATEWAY]
+        url, session = gateway.url(), gateway.session
+        ann = {"token": jwt.encode({"sub": "ann"}, SECRET, algorithm="HS256")}
+
+        async def slots_free() -> bool:
+            return state.addr_slots.total() == 0 and len(state.user_turns) == 0
+
+        ws, _ = await gateway.connect(params=ann)
+        assert state.addr_slots.held("127.0.0.1") == 1
+        assert await handshake_status(url, session, params=ann) == 429
+        await ws.close()
+        await wait_until_async(slots_free, timeout=5, message="the closed socket's slot back")
+
+        async with aioredis.Redis.from_url(own.url) as direct:  # ann holds a socket on another gateway
+            await direct.sadd(gateway.keys.user_connections("ann"), "gw-other.q2uE4nK0m5Zr8VtY1xWb7A")
+            assert await handshake_status(url, session, params=ann) == 429
+            assert await slots_free(), "refused by the user's limit"
+            await direct.delete(gateway.keys.user_connections("ann"))
+
+        host, port = gateway.server.host, gateway.server.port
+        for _ in range(5):  # clients that leave in the middle of their handshake
+            _, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                f"GET {gateway.settings.path}?token={ann['token']} HTTP/1.1\r\nHost: {host}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+            )
+            writer.transport.abort()
+        await wait_until_async(slots_free, timeout=5, message="abandoned handshakes' slots back")
+
+        own.stop()  # the registration fails: closed with 1013
+        fresh = await session.ws_connect(url, params=ann)
+        msg = await fresh.receive(timeout=10)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)
+        await wait_until_async(slots_free, timeout=5, message="the unregistered socket's slot back")
+        assert len(state.connections) == 0
 
 
 async def test_registration_checks_the_users_limit_in_the_same_step(

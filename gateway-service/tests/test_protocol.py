@@ -30,6 +30,7 @@ from wsq_gateway.protocol import (
 )
 from wsq_gateway.protocol.envelopes import CommandError, connection_send, request_text
 from wsq_gateway.protocol.frames import wire_text_frame
+from wsq_gateway.protocol.keys import CONSUMER_GROUP
 
 VALID_CLIENT = examples("valid", "client-frame")
 INVALID_CLIENT = examples("invalid", "client-frame")
@@ -257,6 +258,7 @@ def test_the_fast_path_agrees_with_the_decoder_on_mutated_sends(changes: dict[in
 
 
 def test_keys_follow_keys_json() -> None:
+    assert key_templates()["consumer_group"] == CONSUMER_GROUP
     templates = key_templates()["keys"]
     keys = Keys("pfx")
     values = {"prefix": "pfx", "node": "gw-1", "connection_id": "gw-1.abc", "user_id": "u:7", "group": "g/1"}

@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
     RATE_LIMITED = "rate_limited"
+    NO_WORKERS = "no_workers"
     # Sent by workers, listed here so the gateway's list is the whole contract.
     UNKNOWN_ACTION = "unknown_action"
     HANDLER_ERROR = "handler_error"

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
         description="Events waiting for workers in the inbound stream (all gateways together); "
         "past it, client frames are answered with $error overloaded until workers catch up.",
     )
+    worker_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="A worker that has not read the inbound stream for this long is gone (a live one "
+        "reads every second, and refreshes its busy entries every WSQ_CLAIM_IDLE_MS / 3: keep this above "
+        "both). While no worker is live, client frames are answered at once with $error no_workers "
+        "instead of being queued (0: never; frames wait in the stream for workers, however long).",
+    )
     rate_limit: float = Field(
         100.0,
         ge=0,
@@ -78,14 +86,15 @@ class Settings(BaseSettings):
         100,
         ge=0,
         description="Open connections one user_id may hold across all gateways (0: no limit); "
-        "more are refused with HTTP 429, or closed with 1008 when the user is known only after "
-        "the upgrade (a connect hook naming it, or a burst the check before the upgrade missed).",
+        "more are refused with HTTP 429 (a burst on one gateway too: its upgrades are checked one at "
+        "a time), or closed with 1008 when the user is known only after the upgrade (a connect hook "
+        "naming it, or upgrades on several gateways at once that passed their checks together).",
     )
     max_connections_per_addr: int = Field(
         1000,
         ge=0,
-        description="Open connections from one client address on this gateway (0: no limit); "
-        "more are refused with HTTP 429.",
+        description="Open connections and handshakes in progress from one client address on this "
+        "gateway (0: no limit); more are refused with HTTP 429, a burst of concurrent upgrades too.",
     )
     trusted_proxies: str = Field(
         "",

@@ -8,6 +8,7 @@ import ipaddress
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from wsq_gateway.admission import Slots, Turns
 from wsq_gateway.auth import Authenticator
 from wsq_gateway.broker.batcher import RedisBatcher
 from wsq_gateway.broker.inbound import Inbound
@@ -40,6 +41,7 @@ class Gateway:
             max_queued=settings.max_queued_frames,
             max_backlog=settings.max_inbound_backlog,
             max_per_user=settings.max_connections_per_user,
+            worker_timeout_s=settings.worker_timeout_s,
         )
         self.outbound = Outbound(
             blocking_redis,
@@ -51,7 +53,9 @@ class Gateway:
         )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.authenticator = Authenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
-        self.per_addr: dict[str, int] = {}  # open connections by client address
+        # Sockets and handshakes in progress by client address, counted from the check on.
+        self.addr_slots = Slots(settings.max_connections_per_addr)
+        self.user_turns = Turns()  # one admission of a user at a time: its check, then its registration
         self.liveness = Liveness(
             redis,
             self.keys,
@@ -81,20 +85,12 @@ class Gateway:
         return max(self._drain_deadline - asyncio.get_running_loop().time(), 0.0)
 
     def add_connection(self, conn: Connection) -> None:
-        """A socket was accepted: index it, and count it against its client address."""
+        """A socket was accepted: index it (its address's slot was taken before the upgrade)."""
         self.connections.add(conn)
-        self.per_addr[conn.addr] = self.per_addr.get(conn.addr, 0) + 1
 
     def drop_connection(self, conn: Connection) -> bool:
-        """Drop it from the local indexes and its address's count; False when already dropped."""
-        if not self.connections.remove(conn):
-            return False
-        left = self.per_addr.get(conn.addr, 1) - 1
-        if left > 0:
-            self.per_addr[conn.addr] = left
-        else:
-            self.per_addr.pop(conn.addr, None)
-        return True
+        """Drop it from the local indexes; False when already dropped."""
+        return self.connections.remove(conn)
 
     def forget_connection(self, conn: Connection, close_code: int) -> None:
         """The socket is gone: drop it and emit its disconnect event. Once per connection: a

@@ -32,6 +32,8 @@ OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
 REDIS_UNAVAILABLE = "redis unavailable, try again later"
 USER_FULL = "this user holds too many connections"
+ADDR_FULL = "too many connections from this address"
+NO_WORKERS = "no worker is running: the frame was not queued, send it again later"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -40,7 +42,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for new connections: Redis answers and the gateway is not shutting down."""
+    """Ready for new connections: Redis answers and the gateway is not shutting down.
+
+    Whether workers consume is reported (``workers``) but does not make the gateway unready:
+    gateways start before workers in a rollout, and all of them share the same workers, so
+    taking them out of the load balancer would only add refused connections to refused frames."""
     gateway = request.app[GATEWAY]
     if gateway.draining:
         return web.json_response({"status": "draining"}, status=503)
@@ -51,13 +57,31 @@ async def readyz(request: web.Request) -> web.Response:
     except (RedisError, OSError, TimeoutError) as exc:
         return web.json_response({"status": "redis unavailable", "error": str(exc)}, status=503)
     return web.json_response(
-        {"status": "ready", "node": gateway.node_id, "connections": len(gateway.connections)}
+        {
+            "status": "ready",
+            "node": gateway.node_id,
+            "connections": len(gateway.connections),
+            "workers": _workers_report(gateway),
+        }
     )
 
 
-async def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
+def _workers_report(gateway: Gateway) -> dict[str, object]:
+    """The inbound stream's consumers, as the backlog watch last measured them."""
+    consumers = gateway.inbound.consumers
+    state = consumers.state
+    return {
+        "live": state.live_workers if consumers.measured else None,
+        "consumers": state.consumers,  # live or not: a worker killed leaves its consumer behind
+        "accepting_frames": not consumers.none_live,
+        "lag": state.lag,
+        "pending": state.pending,
+        "backlog": state.backlog,
+    }
+
+
+def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
     """Checks before the upgrade: the connection's user id and client address, or an HTTP error."""
-    settings = gateway.settings
     if gateway.draining:
         raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
     if not gateway.started:
@@ -72,22 +96,36 @@ async def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, st
         raise web.HTTPUnauthorized(
             text=str(exc), headers={"WWW-Authenticate": 'Bearer realm="wsq"'}
         ) from None
-    addr = gateway.client_addr(request)
-    if 0 < settings.max_connections_per_addr <= gateway.per_addr.get(addr, 0):
-        raise web.HTTPTooManyRequests(text="too many connections from this address")
-    if user_id is not None and settings.max_connections_per_user > 0:
-        try:
-            held = int(await gateway.redis.scard(gateway.keys.user_connections(user_id)))
-        except (RedisError, OSError):
-            held = 0  # registration will fail with 1013 if Redis is really gone
-        if held >= settings.max_connections_per_user:
-            raise web.HTTPTooManyRequests(text=USER_FULL)
-    return user_id, addr
+    return user_id, gateway.client_addr(request)
+
+
+async def _check_user_limit(gateway: Gateway, user_id: str) -> None:
+    """HTTP 429 when the user holds WSQ_MAX_CONNECTIONS_PER_USER connections (on any gateway)."""
+    try:
+        held = int(await gateway.redis.scard(gateway.keys.user_connections(user_id)))
+    except (RedisError, OSError):
+        held = 0  # registration will fail with 1013 if Redis is really gone
+    if held >= gateway.settings.max_connections_per_user:
+        raise web.HTTPTooManyRequests(text=USER_FULL)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    user_id, client_addr = await _admit(gateway, request)
+    user_id, client_addr = _admit(gateway, request)
+    # Taken at the check, with no await in between, so a burst cannot pass the limit; given
+    # back when this handler ends, whichever way it ends.
+    slot = gateway.addr_slots.reserve(client_addr)
+    if slot is None:
+        raise web.HTTPTooManyRequests(text=ADDR_FULL)
+    try:
+        return await _websocket(gateway, request, user_id, client_addr)
+    finally:
+        slot.release()
+
+
+async def _websocket(
+    gateway: Gateway, request: web.Request, user_id: str | None, client_addr: str
+) -> web.StreamResponse:
     settings = gateway.settings
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s,
@@ -97,25 +135,30 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         timeout=CLOSE_TIMEOUT_S,
     )
     upgrade_request = _request_text(request, gateway.forwarded_headers)
-    await ws.prepare(request)
-    transport = request.transport
-    if transport is None:  # the client went away during the handshake
-        return ws
-    conn = Connection(new_connection_id(gateway.node_id), user_id, client_addr, now_ms(), ws, transport)
-    gateway.add_connection(conn)
     hook = settings.connect_hook
-    if hook:
-        conn.answer = asyncio.get_running_loop().create_future()
-    try:
-        registered = await gateway.inbound.connected(conn, hook=hook, request=upgrade_request)
-    except BrokerUnavailable as exc:
-        # Redis may have registered it before the reply was lost: forget it (a no-op if not).
-        code = close_code_for(exc)
-        gateway.forget_connection(conn, code)
-        log.warning("could not register a connection", error=str(exc))
-        await ws.close(code=code, message=REDIS_UNAVAILABLE.encode())
-        return ws
-    if not registered:  # the user filled up since _admit() looked (on this gateway or another)
+    limited_user = user_id if settings.max_connections_per_user > 0 else None
+    # The user's check and registration in one turn: its next upgrade here sees this one counted.
+    async with gateway.user_turns.turn(limited_user):
+        if limited_user is not None:
+            await _check_user_limit(gateway, limited_user)
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:  # the client went away during the handshake
+            return ws
+        conn = Connection(new_connection_id(gateway.node_id), user_id, client_addr, now_ms(), ws, transport)
+        gateway.add_connection(conn)
+        if hook:
+            conn.answer = asyncio.get_running_loop().create_future()
+        try:
+            registered = await gateway.inbound.connected(conn, hook=hook, request=upgrade_request)
+        except BrokerUnavailable as exc:
+            # Redis may have registered it before the reply was lost: forget it (a no-op if not).
+            code = close_code_for(exc)
+            gateway.forget_connection(conn, code)
+            log.warning("could not register a connection", error=str(exc))
+            await ws.close(code=code, message=REDIS_UNAVAILABLE.encode())
+            return ws
+    if not registered:  # another gateway registered one of the user's connections since our check
         gateway.drop_connection(conn)  # nothing was written to Redis: nothing to forget there
         log.info("refused a connection: its user holds too many", user_id=conn.user_id)
         await ws.close(code=CloseCode.POLICY_VIOLATION, message=USER_FULL.encode())
@@ -185,6 +228,7 @@ def _readable_id(raw: bytes) -> str | None:
 async def _read_frames(gateway: Gateway, conn: Connection) -> None:
     ws, settings = conn.ws, gateway.settings
     max_pending, rate, burst = settings.max_pending_bytes, settings.rate_limit, settings.rate_burst
+    consumers = gateway.inbound.consumers
     clock = asyncio.get_running_loop().time
 
     def rejected_by_redis(exc: BrokerUnavailable, frame_id: str | None) -> None:
@@ -205,6 +249,8 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> None:
             frame_id = frame.id
             if frame.action == PING:
                 conn.deliver(pong_frame(frame.data, frame_id), max_pending)
+            elif consumers.none_live and await consumers.confirm_none_live():
+                conn.deliver(error_frame(ErrorCode.NO_WORKERS, NO_WORKERS, frame_id), max_pending)
             elif not gateway.inbound.message(
                 conn, msg.data, functools.partial(rejected_by_redis, frame_id=frame_id)
             ):

@@ -24,6 +24,7 @@ __all__ = [
     "INVALID_FRAME",
     "INVALID_JSON",
     "MAX_ATTEMPT",
+    "NO_WORKERS",
     "OVERLOADED",
     "PROTOCOL_VERSION",
     "RATE_LIMITED",
@@ -58,13 +59,14 @@ PROTOCOL_VERSION = "1"
 MAX_ATTEMPT = 9999
 """The largest ``attempt`` a message event can carry (four digits, schemas/event.schema.json)."""
 
-# Error codes of $error frames. The gateway sends these six...
+# Error codes of $error frames. The gateway sends these seven...
 INVALID_JSON = "invalid_json"
 INVALID_FRAME = "invalid_frame"
 RESERVED_ACTION = "reserved_action"
 UNAVAILABLE = "unavailable"
 OVERLOADED = "overloaded"
 RATE_LIMITED = "rate_limited"
+NO_WORKERS = "no_workers"
 # ...and workers these three.
 UNKNOWN_ACTION = "unknown_action"
 HANDLER_ERROR = "handler_error"
@@ -77,6 +79,7 @@ ERROR_CODES = frozenset(
         UNAVAILABLE,
         OVERLOADED,
         RATE_LIMITED,
+        NO_WORKERS,
         UNKNOWN_ACTION,
         HANDLER_ERROR,
         HANDLER_FAILED,

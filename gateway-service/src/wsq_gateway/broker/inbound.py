@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.client import CommandTemplate
+from wsq_gateway.broker.consumers import Consumers
 from wsq_gateway.broker.registry import (
     APPEND,
     REGISTERED,
@@ -49,6 +50,7 @@ class Inbound:
         max_queued: int,
         max_backlog: int,
         max_per_user: int = 0,
+        worker_timeout_s: float = 0.0,
     ) -> None:
         self._batcher = batcher
         self._redis = redis
@@ -63,13 +65,15 @@ class Inbound:
         # above those of an earlier process with the same node id.
         self._sequence = itertools.count(time.time_ns() // 1000)
         self.backlog = 0  # events in the inbound stream, as last measured
+        self.consumers = Consumers(redis, keys, timeout_s=worker_timeout_s)
 
     async def watch_backlog(self) -> None:
-        """Measure the inbound stream's length a few times a second (it bounds message())."""
+        """Measure the inbound stream's length (it bounds message()) and its consumers (live
+        workers, lag) a few times a second."""
         while True:
             # On failure keep the last measure: the batcher reports Redis failures to clients.
             with contextlib.suppress(RedisError, OSError):
-                self.backlog = int(await self._redis.xlen(self._keys.inbound_stream))
+                self.backlog = (await self.consumers.measure()).backlog
             await asyncio.sleep(BACKLOG_POLL_S)
 
     async def connected(self, conn: Connection, *, hook: bool = False, request: str | None = None) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CONSUMER_GROUP = "workers"  # the workers' consumer group on the inbound stream
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:

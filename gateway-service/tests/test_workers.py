@@ -1,0 +1,92 @@
+"""The inbound stream's consumers as the gateway sees them (a real Redis, no worker process:
+the tests play the workers' part with the same commands), and `$error no_workers`."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from gateway_harness import GatewayFactory, receive_json, stream_entries
+
+from wsq_devkit import wait_until_async
+from wsq_gateway.broker.consumers import Consumers, ConsumerState
+from wsq_gateway.protocol.keys import CONSUMER_GROUP, Keys
+
+
+async def test_live_workers_are_the_consumers_that_read_within_the_timeout(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    stream = keys.inbound_stream
+    consumers = Consumers(redis, keys, timeout_s=0.5)
+    assert refuses(consumers), "not measured yet: not known to be live"
+    assert await consumers.measure() == ConsumerState(), "no stream, no group"
+    assert refuses(consumers)
+
+    for n in range(3):
+        await redis.xadd(stream, {"n": n}, id=f"{n + 1}-0")
+    await redis.xgroup_create(stream, CONSUMER_GROUP, id="0")
+    await redis.xgroup_createconsumer(stream, CONSUMER_GROUP, "worker-1")
+    await redis.xreadgroup(CONSUMER_GROUP, "worker-1", {stream: ">"}, count=1)
+    assert await consumers.measure() == ConsumerState(
+        backlog=3, lag=2, pending=1, live_workers=1, consumers=1
+    )
+    assert not refuses(consumers)
+
+    await redis.xdel(stream, "3-0")  # Redis can't tell the lag any more: the gateway counts it
+    assert (await consumers.measure()).lag == 1
+
+    async def given_up() -> bool:  # worker-1 no longer reads
+        return (await consumers.measure()).live_workers == 0
+
+    await wait_until_async(given_up, timeout=5, message="worker-1 idle for longer than the timeout")
+    assert consumers.state.consumers == 1
+    assert refuses(consumers)
+
+
+def refuses(consumers: Consumers) -> bool:
+    """Whether the last measure refuses frames (a call: mypy would narrow the property)."""
+    return consumers.none_live
+
+
+async def test_a_frame_is_refused_only_when_a_fresh_look_finds_no_worker(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """The last measure may predate a worker that started a moment ago: before refusing a
+    frame, the gateway looks again."""
+    keys = Keys(key_prefix)
+    consumers = Consumers(redis, keys, timeout_s=5)
+    await consumers.measure()
+    assert await consumers.confirm_none_live()
+    await redis.xgroup_create(keys.inbound_stream, CONSUMER_GROUP, id="0", mkstream=True)
+    await redis.xgroup_createconsumer(keys.inbound_stream, CONSUMER_GROUP, "worker-1")
+    assert refuses(consumers), "the last measure predates the worker"
+    assert not await consumers.confirm_none_live()
+    assert not refuses(Consumers(redis, keys, timeout_s=0)), "0: never refuse"
+
+
+async def test_without_a_worker_frames_get_no_workers_and_are_not_queued(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(worker_timeout_s=5)
+    ws, _ = await gateway.connect()
+    await ws.send_str('{"action": "work", "id": "w1"}')
+    await ws.send_str('{"action": "$ping", "id": "p1"}')  # the gateway itself answers pings
+    error = await receive_json(ws)
+    assert error == {
+        "action": "$error",
+        "data": {"code": "no_workers", "message": error["data"]["message"]},
+        "id": "w1",
+    }
+    assert await receive_json(ws) == {"action": "$pong", "data": None, "id": "p1"}
+    entries = await stream_entries(redis, gateway.keys.inbound_stream)
+    assert [fields[b"type"] for _, fields in entries] == [b"connect"]
+    async with gateway.session.get(gateway.url("/readyz")) as resp:
+        assert resp.status == 200, "ready for connections: workers are reported, not required"
+        assert (await resp.json())["workers"] == {
+            "live": 0,
+            "consumers": 0,
+            "accepting_frames": False,
+            "lag": 1,
+            "pending": 0,
+            "backlog": 1,
+        }
+    await ws.close()

@@ -1,0 +1,98 @@
+"""What a client gets when no worker consumes the inbound stream, with real processes: `$error
+no_workers` at once (the frame is not queued), replies once a worker reads, the error again
+once the last worker is gone for WSQ_WORKER_TIMEOUT_S; /readyz tells the operator all along."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import urllib.request
+from typing import Any
+
+import aiohttp
+import redis
+from system_harness import Client, GatewayProcess, StartGateway, StartWorker
+
+from wsq_devkit import wait_until, wait_until_async
+
+WORKER_TIMEOUT_S = 3.0
+
+
+def workers(gateway: GatewayProcess) -> dict[str, Any]:
+    """The ``workers`` part of /readyz (which stays 200 either way)."""
+    with urllib.request.urlopen(gateway.http_url("/readyz"), timeout=2) as resp:
+        assert resp.status == 200
+        report: dict[str, Any] = json.load(resp)["workers"]
+        return report
+
+
+async def answer_within(client: Client, frame_id: str, seconds: float) -> dict[str, Any] | None:
+    """Send an echo with ``frame_id``; its answer, or None when none came in ``seconds``."""
+    await client.send("echo", frame_id, id=frame_id)
+    try:
+        return await client.receive_until(lambda frame: frame.get("id") == frame_id, timeout=seconds)
+    except TimeoutError:
+        return None
+
+
+def is_no_workers(answer: dict[str, Any] | None, frame_id: str) -> bool:
+    return (
+        answer is not None
+        and answer["action"] == "$error"
+        and answer["data"]["code"] == "no_workers"
+        and answer["id"] == frame_id
+    )
+
+
+async def test_frames_get_no_workers_while_no_worker_reads_and_replies_once_one_does(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    session: aiohttp.ClientSession,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    gateway = start_gateway(WSQ_WORKER_TIMEOUT_S=str(WORKER_TIMEOUT_S))
+    client = await Client.connect(session, gateway.ws_url)
+
+    # No worker ever started: answered at once, and nothing is queued for nobody.
+    loop = asyncio.get_running_loop()
+    sent_at = loop.time()
+    assert is_no_workers(await answer_within(client, "n1", 5), "n1")
+    assert loop.time() - sent_at < 1.0, "answered at once, not after a timeout"
+    await client.send("echo", "no id")  # a frame without an id gets the error too, without id
+    error = await client.receive(timeout=5)
+    assert (error["action"], error["data"]["code"], "id" in error) == ("$error", "no_workers", False)
+    assert redis_client.xlen(f"{key_prefix}:inbound") == 1, "only the connect event, which waits for workers"
+    assert workers(gateway) == {
+        "live": 0,
+        "consumers": 0,
+        "accepting_frames": False,
+        "lag": 1,
+        "pending": 0,
+        "backlog": 1,
+    }
+
+    # A worker reads: the very next frame is queued and answered (the gateway looks again before
+    # refusing one, so it never refuses for a worker it has not seen yet).
+    worker = start_worker()
+    assert await answer_within(client, "w1", 10) == {"action": "echo", "data": "w1", "id": "w1"}
+    wait_until(lambda: workers(gateway)["live"] == 1, timeout=5, message="/readyz counts the worker")
+    assert workers(gateway)["accepting_frames"] is True
+
+    # The worker is killed. It read less than a second ago, so it counts as live a while longer:
+    # a frame sent now is accepted and waits for the next worker; once WORKER_TIMEOUT_S has passed
+    # frames are refused again.
+    worker.signal(signal.SIGKILL)
+    assert await answer_within(client, "k-accepted", 0.3) is None
+    attempts = iter(range(1000))
+
+    async def refused_again() -> bool:
+        frame_id = f"k{next(attempts)}"
+        return is_no_workers(await answer_within(client, frame_id, 0.5), frame_id)
+
+    await wait_until_async(refused_again, timeout=WORKER_TIMEOUT_S + 5, message="no_workers again")
+    report = workers(gateway)
+    assert (report["live"], report["consumers"], report["accepting_frames"]) == (0, 1, False)
+    assert report["lag"] >= 1, "the frames accepted before the timeout wait for the next worker"
+    await client.close()
