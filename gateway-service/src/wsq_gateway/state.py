@@ -119,10 +119,22 @@ class Gateway:
         if not self._proxies or not _within(remote, self._proxies):
             return remote
         hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+        client = remote
         for hop in reversed(hops):  # the right-most address no trusted proxy added is the client
+            if not _is_address(hop):  # no proxy wrote that (it is the client's own text): stop here
+                break
+            client = hop
             if not _within(hop, self._proxies):
-                return hop
-        return hops[0] if hops else remote
+                break
+        return client
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _within(addr: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

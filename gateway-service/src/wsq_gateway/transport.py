@@ -21,7 +21,7 @@ from wsq_gateway.errors import (
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.protocol.envelopes import request_text
 from wsq_gateway.protocol.frames import PING, connected_frame, decode_client_frame, error_frame, pong_frame
-from wsq_gateway.protocol.ids import new_connection_id
+from wsq_gateway.protocol.ids import new_connection_id, user_id_problem
 from wsq_gateway.state import GATEWAY, Gateway
 
 log = get_logger(CONNECTIONS)
@@ -32,6 +32,7 @@ OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
 REDIS_UNAVAILABLE = "redis unavailable, try again later"
 USER_FULL = "this user holds too many connections"
+HOOK_BAD_USER_ID = "connect hook failed: it named an unusable user id"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -150,6 +151,15 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
     if answer.type == "refuse":
         await conn.close(answer.code, answer.reason)
         return False
+    if answer.user_id is not None and user_id_problem(answer.user_id) is not None:
+        # What the worker SDK refuses its own on_connect for (3011): the same rule as a token's sub.
+        log.warning(
+            "the connect hook named an unusable user id: refusing the connection",
+            connection_id=conn.id,
+            error=user_id_problem(answer.user_id),
+        )
+        await conn.close(CloseCode.HOOK_FAILED, HOOK_BAD_USER_ID)
+        return False
     if answer.user_id is not None and answer.user_id != conn.user_id:
         previous = conn.user_id
         gateway.connections.set_user(conn, answer.user_id)
@@ -171,8 +181,14 @@ def _request_text(request: web.Request, forwarded: tuple[str, ...]) -> str:
     for name in forwarded:
         values = request.headers.getall(name, ())
         if values:  # cookies split in several headers (HTTP/2) join with "; ", others with ", "
-            headers[name] = ("; " if name == "cookie" else ", ").join(values)
+            headers[name] = _utf8_text(("; " if name == "cookie" else ", ").join(values))
     return request_text(request.path, request.rel_url.raw_query_string, headers)
+
+
+def _utf8_text(header_value: str) -> str:
+    """A header value as text JSON can carry: aiohttp keeps bytes that are not UTF-8 as lone
+    surrogates, which no encoder takes; they become U+FFFD."""
+    return header_value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _readable_id(raw: bytes) -> str | None:

@@ -756,11 +756,11 @@ def _hook_answer(connection_id: str, result: object) -> dict[str, str]:
     if result is False:
         return refuse_command(connection_id, *REFUSED)
     if isinstance(result, str):
-        with contextlib.suppress(ValueError):  # empty, or not UTF-8
+        with contextlib.suppress(ValueError):  # not a usable user id (protocol.check_user_id)
             return accept_command(connection_id, result)
     logger.error(
-        "on_connect returned %r for connection %s: expected a user id (a non-empty str of UTF-8), "
-        "None, True or False; refusing it",
+        "on_connect returned %r for connection %s: expected a user id (1-256 bytes of UTF-8 "
+        "without control characters), None, True or False; refusing it",
         result,
         connection_id,
     )
