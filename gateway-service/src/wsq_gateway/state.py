@@ -17,6 +17,7 @@ from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.protocol.keys import Keys
 from wsq_gateway.settings import Settings
+from wsq_gateway.supervisor import Supervisor
 
 
 class Gateway:
@@ -63,6 +64,7 @@ class Gateway:
         self._proxies = settings.proxies
         self.origins = settings.origins  # parsed once, checked at every upgrade
         self.forwarded_headers = settings.forwarded_headers  # parsed once, copied at every upgrade
+        self.supervisor = Supervisor()  # watches the background tasks (app.py starts them)
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
         self._drain_deadline: float | None = None  # loop time by which the drain must be over

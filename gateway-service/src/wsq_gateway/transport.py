@@ -43,6 +43,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready for new connections: Redis answers and the gateway is not shutting down."""
     gateway = request.app[GATEWAY]
+    failed = gateway.supervisor.failed_task
+    if failed is not None:  # the gateway stops: see supervisor.py
+        status = {"status": "failed", "task": failed, "error": gateway.supervisor.reason}
+        return web.json_response(status, status=503)
     if gateway.draining:
         return web.json_response({"status": "draining"}, status=503)
     if not gateway.started:
@@ -59,7 +63,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
     """Checks before the upgrade: the connection's user id and client address, or an HTTP error."""
     settings = gateway.settings
-    if gateway.draining:
+    if gateway.draining or gateway.supervisor.failed_task is not None:
         raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
     if not gateway.started:
         raise web.HTTPServiceUnavailable(text="the gateway is starting: waiting for Redis")

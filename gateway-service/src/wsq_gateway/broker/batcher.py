@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -54,8 +54,9 @@ class RedisBatcher:
         """Writes waiting for the next pipeline."""
         return len(self._queue)
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="wsq-redis-batcher")
+        return self._task
 
     def submit(self, write: Write) -> None:
         self._queue.append(write)
@@ -93,7 +94,15 @@ class RedisBatcher:
                 write = self._queue.popleft()
                 batch.append(write)
                 size += len(write.commands)
-            retry = await self._flush(batch)
+            batch, commands = self._packed(batch)
+            if not batch:
+                continue
+            try:
+                retry = await self._flush(batch, commands)
+            except Exception as exc:  # a bug, or a reply we can't read: this batch fails, not the batcher
+                log.exception("flushing a batch of writes failed", writes=len(batch))
+                await self._pipe.aclose()  # replies may be left unread: the next batch reconnects
+                retry = self._fail(batch, BrokerUnavailable(f"internal error: {exc!r}"))
             if retry:
                 self._queue.extendleft(reversed(retry))
                 delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
@@ -102,9 +111,8 @@ class RedisBatcher:
             else:
                 failures = 0
 
-    async def _flush(self, batch: list[Write]) -> list[Write]:
+    async def _flush(self, batch: list[Write], commands: list[bytes]) -> list[Write]:
         """Send one pipeline; settle every write; return the durable ones to retry."""
-        commands = [command for write in batch for command in write.commands]
         try:
             results = await self._pipe.execute(commands)
         except (RedisError, OSError) as exc:
@@ -124,6 +132,26 @@ class RedisBatcher:
                 write.done.set_result(replies)
         return retry
 
+    def _packed(self, batch: list[Write]) -> tuple[list[Write], list[bytes]]:
+        """The writes whose commands could be packed, and those commands in RESP. A write with
+        an argument no Redis command can carry (a lone surrogate, say) fails alone, durable or
+        not: no retry would ever send it, and it must not take the rest of the batch with it."""
+        sendable: list[Write] = []
+        commands: list[bytes] = []
+        for write in batch:
+            try:
+                packed = [
+                    command if type(command) is bytes else self._pipe.pack(command)  # type: ignore[arg-type]
+                    for command in write.commands
+                ]
+            except Exception as exc:
+                log.exception("dropped a write that no Redis command can carry")
+                self._fail([replace(write, durable=False)], BrokerUnavailable(f"unwritable value: {exc}"))
+                continue
+            sendable.append(write)
+            commands += packed
+        return sendable, commands
+
     def _fail(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:
         retry = []
         for write in batch:
@@ -131,7 +159,10 @@ class RedisBatcher:
                 retry.append(write)
                 continue
             if write.on_error is not None:
-                write.on_error(exc)
+                try:
+                    write.on_error(exc)
+                except Exception:  # one caller's bug must not stop the writes of all the others
+                    log.exception("a write's error callback failed")
             if write.done is not None and not write.done.done():
                 write.done.set_exception(exc)
         return retry
