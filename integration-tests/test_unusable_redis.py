@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from system_harness import HERE
 
 from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until
 from wsq_devkit.redis_server import RedisServer as RedisServerType
@@ -34,12 +35,8 @@ def unusable(request: pytest.FixtureRequest, redis_server: RedisServerType) -> I
         yield url, says
 
 
-def exited(process: ManagedProcess) -> int:
-    def status() -> int | None:
-        return None if process.running() else process.wait(0)
-
-    code = wait_until(lambda: status() is not None, timeout=EXIT_WITHIN_S, message=f"{process.name} to exit")
-    assert code is True
+def exit_status(process: ManagedProcess) -> int:
+    wait_until(lambda: not process.running(), timeout=EXIT_WITHIN_S, message=f"{process.name} to exit")
     return process.wait(0)
 
 
@@ -54,14 +51,15 @@ def test_the_gateway_exits_non_zero_with_one_clear_line(
     env = {**base_env, "WSQ_REDIS_URL": url, "WSQ_LOG_FORMAT": "json", "WSQ_PORT": str(free_port())}
     gateway = ManagedProcess.python_module("gateway", "wsq_gateway", env=env).start()
     processes.append(gateway)
-    assert exited(gateway) == 1
+    assert exit_status(gateway) == 1
     lines = [json.loads(line) for line in gateway.output().splitlines() if line.startswith("{")]
     errors = [line for line in lines if line["level"] in ("error", "critical")]
     assert len(errors) == 1, errors
     assert says in errors[0]["event"], errors[0]
     assert "exception" not in errors[0], "one line, not a traceback"
     assert not any("not reachable yet" in line["event"] for line in lines)
-    assert PASSWORD not in gateway.output() and "a-wrong-password" not in gateway.output()
+    assert PASSWORD not in gateway.output()
+    assert "a-wrong-password" not in gateway.output()
 
 
 @pytest.mark.parametrize("unusable", KINDS, indirect=True)
@@ -69,12 +67,10 @@ def test_the_worker_exits_non_zero_with_one_clear_line(
     unusable: tuple[str, str], base_env: dict[str, str], processes: list[ManagedProcess]
 ) -> None:
     url, says = unusable
-    from system_harness import HERE  # noqa: PLC0415 - the sample app's folder
-
     env = {**base_env, "WSQ_REDIS_URL": url}
     worker = ManagedProcess.python_module("worker", "wsq_worker", "sample_app:worker", env=env, cwd=HERE)
     processes.append(worker.start())
-    assert exited(worker) == 1
+    assert exit_status(worker) == 1
     output = worker.output()
     problems = [
         line
@@ -82,5 +78,7 @@ def test_the_worker_exits_non_zero_with_one_clear_line(
         if "ERROR" in line or line.startswith(("wsq-worker:", "Traceback"))
     ]
     assert len(problems) == 1, output
-    assert problems[0].startswith("wsq-worker: ") and says in problems[0], output
-    assert PASSWORD not in output and "a-wrong-password" not in output
+    assert problems[0].startswith("wsq-worker: "), output
+    assert says in problems[0], output
+    assert PASSWORD not in output
+    assert "a-wrong-password" not in output

@@ -35,7 +35,7 @@ async def test_a_delayed_member_that_is_not_utf8_is_dropped_and_retries_go_on_mo
         return data
 
     first = gateway.message_event(connection_id, "job", "first", id="1")
-    await redis_client.zadd(delayed, {b"\xff\xfe not text": 0, delayed_member("1-1", first, 2): 0})
+    await redis_client.zadd(delayed, {b"\xff\xfe not text": 0, delayed_member("1-1", first, 2).encode(): 0})
     await start_worker({"job": job})
     assert await gateway.wait_for_frames(1) == [reply("job", "first", "1")]
     assert any("dropped a malformed member" in record.getMessage() for record in caplog.records)
