@@ -8,6 +8,7 @@ One pipeline is in flight at a time, which keeps every write in the order it was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -101,7 +102,8 @@ class RedisBatcher:
                 retry = await self._flush(batch, commands)
             except Exception as exc:  # a bug, or a reply we can't read: this batch fails, not the batcher
                 log.exception("flushing a batch of writes failed", writes=len(batch))
-                await self._pipe.aclose()  # replies may be left unread: the next batch reconnects
+                with contextlib.suppress(Exception):  # replies may be left unread: the next batch reconnects
+                    await self._pipe.aclose()
                 retry = self._fail(batch, BrokerUnavailable(f"internal error: {exc!r}"))
             if retry:
                 self._queue.extendleft(reversed(retry))
