@@ -80,6 +80,9 @@ FAILED = {"type": "refuse", "code": "3011", "reason": "connect hook failed"}
         (returning(42), FAILED),
         (returning(""), FAILED),
         (returning("\ud800"), FAILED),  # a str, but not UTF-8: no Redis key or field can hold it
+        (returning("x" * 257), FAILED),  # the gateway refuses a token's sub past 256 bytes too
+        (returning("ann\nbob"), FAILED),  # and control characters
+        (returning("é" * 128), {"type": "accept", "user_id": "é" * 128}),  # 256 bytes: the most
     ],
     ids=[
         "no-on_connect",
@@ -95,6 +98,9 @@ FAILED = {"type": "refuse", "code": "3011", "reason": "connect hook failed"}
         "not-a-user-id",
         "empty-user-id",
         "user-id-not-utf-8",
+        "user-id-too-long",
+        "user-id-control-character",
+        "user-id-of-256-bytes",
     ],
 )
 async def test_hook_answer(

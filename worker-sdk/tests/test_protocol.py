@@ -354,6 +354,7 @@ REFUSED_COMMANDS: dict[str, Any] = {
     # accept_command and refuse_command always write target "connection" (so "to" must be a
     # connection id), refuse_command always writes a code, and only accept_command a user_id.
     "accept-a-user.json": lambda: accept_command("42"),
+    "accept-unusable-user-id.json": lambda: accept_command(CONNECTION_ID, "ann\x07"),
     "refuse-without-code.json": None,
     "user-id-on-send.json": None,
 }
@@ -366,7 +367,7 @@ def test_invalid_command_examples_cannot_be_encoded(path: Path, schemas: Schemas
     encode = REFUSED_COMMANDS[path.name]
     if encode is not None:
         with pytest.raises(
-            ValueError, match=r"target|close code|needs a non-empty|has no|group|connection id"
+            ValueError, match=r"target|close code|needs a non-empty|has no|group|connection id|user id"
         ):
             encode()
 

@@ -34,6 +34,9 @@ class RedisServer:
     """Runs ``redis-server`` on a free loopback port, with no persistence, until stopped.
 
     ``stop()`` and ``start()`` may be called again to simulate an outage on the same port.
+    ``cluster=True`` starts a Redis Cluster node (``cluster_enabled:1``, no slots assigned: it
+    answers PING and INFO, which is all a test of "this is a cluster" needs); ``replica_of``
+    (another server's port) starts a replica of that server.
     """
 
     def __init__(
@@ -43,11 +46,15 @@ class RedisServer:
         binary: str | None = None,
         args: Sequence[str] = (),
         password: str | None = None,
+        cluster: bool = False,
+        replica_of: int | None = None,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
         self.args = list(args)  # extra redis-server options, e.g. TLS settings
         self.password = password
+        self.cluster = cluster
+        self.replica_of = replica_of
         self._dir = tempfile.TemporaryDirectory(prefix="wsq-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -70,9 +77,14 @@ class RedisServer:
         }
         if self.password:
             options["requirepass"] = self.password
+        if self.cluster:
+            options["cluster-enabled"] = "yes"
+            options["cluster-config-file"] = str(Path(self._dir.name) / "nodes.conf")
         argv = [self.binary]
         for name, value in options.items():
             argv += [f"--{name}", value]
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self._proc = subprocess.Popen(
             [*argv, *self.args],
             stdout=subprocess.DEVNULL,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from wsq_gateway.broker.client import redis_client
 from wsq_gateway.broker.outbound import BLOCK_MS
+from wsq_gateway.broker.preflight import RedisUnusable, permanent_problem, server_problem
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import get_logger
@@ -53,19 +55,24 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
     says 503 until Redis does), then run the command reader, the heartbeat and the backlog
     watch. On exit: flush the writes and say goodbye."""
     gateway = app[GATEWAY]
-    gateway.batcher.start()
+    supervisor = gateway.supervisor  # every task below is watched: see supervisor.py
+    supervisor.watch(gateway.batcher.start())
     tasks: list[asyncio.Task[None]] = []
+
+    def run(coro: Coroutine[Any, Any, None], name: str, *, finishes: bool = False) -> None:
+        tasks.append(supervisor.watch(asyncio.create_task(coro, name=name), finishes=finishes))
 
     async def start() -> None:
         await _retry_until_reachable(gateway)
-        tasks.append(asyncio.create_task(gateway.outbound.run(), name="wsq-outbound"))
-        tasks.append(asyncio.create_task(gateway.liveness.run(), name="wsq-liveness"))
-        tasks.append(asyncio.create_task(gateway.inbound.watch_backlog(), name="wsq-backlog"))
+        run(gateway.outbound.run(), "wsq-outbound")
+        run(gateway.liveness.run(), "wsq-liveness")
+        run(gateway.inbound.watch_backlog(), "wsq-backlog")
         gateway.started = True
         log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
 
-    tasks.append(asyncio.create_task(start(), name="wsq-start"))
+    run(start(), "wsq-start", finishes=True)
     yield
+    supervisor.stopping()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -82,15 +89,23 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _retry_until_reachable(gateway: Gateway) -> None:
-    """Redis may start after the gateway (docker compose, k8s): wait for it, with backoff."""
+    """Redis may start after the gateway (docker compose, k8s): wait for it, with backoff.
+    A Redis that can never serve (a cluster node, a replica, a wrong password...) raises
+    RedisUnusable instead: the supervisor stops the gateway, which exits with status 1."""
     delay = 0.1
     while True:
         try:
+            problem = await server_problem(gateway.redis)
+            if problem is not None:
+                raise RedisUnusable(f"{_safe_url(gateway.settings.redis_url)}: {problem}")
             await gateway.outbound.start_positions()
             await gateway.batcher.load_scripts()
             await gateway.liveness.start()
             return
         except (OSError, aioredis.RedisError) as exc:
+            problem = permanent_problem(exc)
+            if problem is not None:
+                raise RedisUnusable(f"{_safe_url(gateway.settings.redis_url)}: {problem}") from exc
             log.warning("redis not reachable yet", error=str(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

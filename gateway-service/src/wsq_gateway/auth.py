@@ -7,6 +7,7 @@ from aiohttp import web
 
 from wsq_gateway.errors import AuthenticationError
 from wsq_gateway.logs import GATEWAY, get_logger
+from wsq_gateway.protocol.ids import user_id_problem
 
 log = get_logger(GATEWAY)
 
@@ -38,6 +39,8 @@ class Authenticator:
                 token = value.strip()
         if not token:
             raise AuthenticationError("a token is required (?token= or Authorization: Bearer)")
+        if not token.isascii():  # a JWT is base64url and dots; aiohttp keeps other bytes as surrogates
+            raise AuthenticationError("invalid token: a JWT is ASCII text")
         try:
             claims = jwt.decode(
                 token,
@@ -52,6 +55,8 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise AuthenticationError(f"invalid token: {exc}") from None
         sub = claims["sub"]
-        if not isinstance(sub, str) or not sub:
-            raise AuthenticationError("the token's sub must be a non-empty string")
+        problem = user_id_problem(sub)
+        if problem is not None:  # refused here, before it reaches a Redis key or a log line
+            raise AuthenticationError(f"the token's sub is not a usable user id: {problem}")
+        assert isinstance(sub, str)
         return sub

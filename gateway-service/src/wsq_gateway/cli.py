@@ -40,5 +40,4 @@ def main(argv: list[str] | None = None) -> int:
             given = f" (got {error['input']!r})" if error["loc"] else ""
             print(f"  {name}{error['msg']}{given}", file=sys.stderr)
         return 2
-    run(settings)
-    return 0
+    return run(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -29,8 +30,13 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class GatewayFailed(Exception):
+    """A background task of the gateway died, or its Redis can't serve it: it stopped."""
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
+    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT). Raise GatewayFailed,
+    after the same graceful shutdown, when a background task ended unexpectedly (supervisor.py)."""
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -41,14 +47,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # them and waits up to this again; the flush and the goodbye have the rest of WSQ_DRAIN_S.
     handlers_timeout = settings.drain_s * HANDLERS_SHARE
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=handlers_timeout)
+    supervisor = app[GATEWAY].supervisor
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context(settings))
         await site.start()
         scheme = "wss" if settings.ssl_certfile else "ws"
         log.info("listening", url=f"{scheme}://{settings.host}:{settings.port}{settings.path}")
-        await stop.wait()
-        log.info("shutting down")
+        await _first(stop.wait(), supervisor.failed.wait())
+        log.info("shutting down", failed_task=supervisor.failed_task)
     finally:
         # Stops accepting, closes the sockets (1012), waits for their handlers, flushes the
         # Redis writes and leaves the set of live gateways: all within WSQ_DRAIN_S.
@@ -66,7 +73,19 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             )
             cleanup.cancel()
             await asyncio.wait([cleanup], timeout=CANCEL_WAIT_S)
+    if supervisor.failed_task is not None:
+        raise GatewayFailed(f"{supervisor.failed_task}: {supervisor.reason}")
     log.info("stopped")
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of ``waits`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _waiting_tasks() -> list[str]:
@@ -86,11 +105,19 @@ def _waiting_tasks() -> list[str]:
     return waiting
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT; the exit status: 0, or 1 when the gateway failed (a
+    background task died, or Redis can't serve it: the log says why)."""
     configure_logging(settings.log_level, settings.log_format, settings.node_id)
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
     except ImportError:
-        asyncio.run(serve(settings))
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     else:
-        uvloop.run(serve(settings))
+        runner = uvloop.run
+    try:
+        runner(serve(settings))
+    except GatewayFailed as exc:
+        log.info("stopped", exit_status=1, failed=str(exc))  # the error itself was logged already
+        return 1
+    return 0

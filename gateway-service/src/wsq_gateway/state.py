@@ -19,6 +19,7 @@ from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.protocol.keys import Keys
 from wsq_gateway.settings import Settings
+from wsq_gateway.supervisor import Supervisor
 
 
 class Gateway:
@@ -68,6 +69,7 @@ class Gateway:
         self._proxies = settings.proxies
         self.origins = settings.origins  # parsed once, checked at every upgrade
         self.forwarded_headers = settings.forwarded_headers  # parsed once, copied at every upgrade
+        self.supervisor = Supervisor()  # watches the background tasks (app.py starts them)
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
         self._drain_deadline: float | None = None  # loop time by which the drain must be over
@@ -116,10 +118,22 @@ class Gateway:
         if not self._proxies or not _within(remote, self._proxies):
             return remote
         hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+        client = remote
         for hop in reversed(hops):  # the right-most address no trusted proxy added is the client
+            if not _is_address(hop):  # no proxy wrote that (it is the client's own text): stop here
+                break
+            client = hop
             if not _within(hop, self._proxies):
-                return hop
-        return hops[0] if hops else remote
+                break
+        return client
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _within(addr: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

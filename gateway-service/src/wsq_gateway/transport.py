@@ -21,7 +21,7 @@ from wsq_gateway.errors import (
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.protocol.envelopes import request_text
 from wsq_gateway.protocol.frames import PING, connected_frame, decode_client_frame, error_frame, pong_frame
-from wsq_gateway.protocol.ids import new_connection_id
+from wsq_gateway.protocol.ids import new_connection_id, user_id_problem
 from wsq_gateway.state import GATEWAY, Gateway
 
 log = get_logger(CONNECTIONS)
@@ -34,6 +34,7 @@ REDIS_UNAVAILABLE = "redis unavailable, try again later"
 USER_FULL = "this user holds too many connections"
 ADDR_FULL = "too many connections from this address"
 NO_WORKERS = "no worker is running: the frame was not queued, send it again later"
+HOOK_BAD_USER_ID = "connect hook failed: it named an unusable user id"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -48,6 +49,10 @@ async def readyz(request: web.Request) -> web.Response:
     gateways start before workers in a rollout, and all of them share the same workers, so
     taking them out of the load balancer would only add refused connections to refused frames."""
     gateway = request.app[GATEWAY]
+    failed = gateway.supervisor.failed_task
+    if failed is not None:  # the gateway stops: see supervisor.py
+        status = {"status": "failed", "task": failed, "error": gateway.supervisor.reason}
+        return web.json_response(status, status=503)
     if gateway.draining:
         return web.json_response({"status": "draining"}, status=503)
     if not gateway.started:
@@ -82,7 +87,7 @@ def _workers_report(gateway: Gateway) -> dict[str, object]:
 
 def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
     """Checks before the upgrade: the connection's user id and client address, or an HTTP error."""
-    if gateway.draining:
+    if gateway.draining or gateway.supervisor.failed_task is not None:
         raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
     if not gateway.started:
         raise web.HTTPServiceUnavailable(text="the gateway is starting: waiting for Redis")
@@ -193,6 +198,15 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
     if answer.type == "refuse":
         await conn.close(answer.code, answer.reason)
         return False
+    if answer.user_id is not None and user_id_problem(answer.user_id) is not None:
+        # What the worker SDK refuses its own on_connect for (3011): the same rule as a token's sub.
+        log.warning(
+            "the connect hook named an unusable user id: refusing the connection",
+            connection_id=conn.id,
+            error=user_id_problem(answer.user_id),
+        )
+        await conn.close(CloseCode.HOOK_FAILED, HOOK_BAD_USER_ID)
+        return False
     if answer.user_id is not None and answer.user_id != conn.user_id:
         previous = conn.user_id
         gateway.connections.set_user(conn, answer.user_id)
@@ -214,8 +228,14 @@ def _request_text(request: web.Request, forwarded: tuple[str, ...]) -> str:
     for name in forwarded:
         values = request.headers.getall(name, ())
         if values:  # cookies split in several headers (HTTP/2) join with "; ", others with ", "
-            headers[name] = ("; " if name == "cookie" else ", ").join(values)
+            headers[name] = _utf8_text(("; " if name == "cookie" else ", ").join(values))
     return request_text(request.path, request.rel_url.raw_query_string, headers)
+
+
+def _utf8_text(header_value: str) -> str:
+    """A header value as text JSON can carry: aiohttp keeps bytes that are not UTF-8 as lone
+    surrogates, which no encoder takes; they become U+FFFD."""
+    return header_value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _readable_id(raw: bytes) -> str | None:

@@ -16,7 +16,15 @@ process, manage group membership and answer presence questions.
 """
 
 from wsq_worker.context import Context, Meta, Request
-from wsq_worker.exceptions import ProtocolError, PublishError, Refuse, Retry, WsqError
+from wsq_worker.exceptions import (
+    ProtocolError,
+    PublishError,
+    RedisUnusableError,
+    Refuse,
+    Retry,
+    WorkerFailedError,
+    WsqError,
+)
 from wsq_worker.presence import ConnectionInfo
 from wsq_worker.publisher import AsyncPublisher, AsyncTarget, Publisher, Target
 from wsq_worker.worker import Handler, LifecycleHandler, Periodic, Worker
@@ -35,11 +43,13 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "Publisher",
+    "RedisUnusableError",
     "Refuse",
     "Request",
     "Retry",
     "Target",
     "Worker",
+    "WorkerFailedError",
     "WsqError",
     "__version__",
 ]

@@ -18,6 +18,7 @@ import redis
 
 from wsq_worker import __version__, constants
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
+from wsq_worker.exceptions import WorkerFailedError
 from wsq_worker.worker import Worker
 
 __all__ = ["build_dead_parser", "build_parser", "load_worker", "main"]
@@ -45,7 +46,9 @@ environment:
                      (default {constants.DEFAULT_MAX_DEAD_LETTERS}; 0: keep all)
 
 SIGINT or SIGTERM stops reading events, lets in-flight handlers finish (up to the
-Worker's shutdown_timeout), writes their replies and exits with status 0.
+Worker's shutdown_timeout), writes their replies and exits with status 0. A Redis the
+worker can never use (a cluster node, a replica, a wrong password...) or a background task
+that died stops it the same way, with one line on stderr and status 1.
 
 example:
   wsq-worker chat.app:worker --concurrency 50 --log-level debug
@@ -205,7 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.max_attempts = args.max_attempts
     if args.max_dead_letters is not None:
         worker.max_dead_letters = args.max_dead_letters
-    worker.run()
+    try:
+        worker.run()
+    except WorkerFailedError as exc:  # a Redis it can't use, or a background task died (logged)
+        print(f"wsq-worker: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

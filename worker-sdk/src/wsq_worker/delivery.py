@@ -179,7 +179,11 @@ def parse_claim(response: Any) -> tuple[str, list[Claimed]]:
 def parse_move(response: Any) -> tuple[int, list[str]]:
     """(members moved, malformed members removed) of a ``MOVE_DUE_SCRIPT`` reply."""
     moved, malformed = response
-    return int(moved), [_text(member) for member in malformed]
+    # Malformed members may be any bytes (not written by wsq): shown, never decoded strictly.
+    return int(moved), [
+        member.decode(errors="backslashreplace") if isinstance(member, bytes) else str(member)
+        for member in malformed
+    ]
 
 
 def delayed_member(entry_id: str, fields: Mapping[str, str], attempt: int) -> str:

@@ -15,6 +15,22 @@
     the caller may retry later. Presence reads (``connections()``, ``connection_info()``...)
     raise it too when Redis can't answer. The Redis exception is chained as ``__cause__``.
 
+``WorkerFailedError(WsqError)``
+    ``Worker.run()`` / ``run_async()`` stopped because the worker can't go on: one of its
+    background tasks (the flusher, the keep-alive, the delayed-retry mover, a periodic
+    function's loop) ended unexpectedly. The task's traceback was logged when it died; the
+    worker then stopped as ``stop()`` does (in-flight handlers get ``shutdown_timeout``) and
+    raises this, its cause chained. ``wsq-worker`` exits with status 1: let the supervisor
+    (Kubernetes, systemd, compose) start a fresh process.
+
+``RedisUnusableError(WorkerFailedError)``
+    The Redis at ``redis_url`` can never serve the worker, however long it waits: a Redis
+    Cluster node (``cluster_enabled:1``), a read-only replica, a wrong or missing password, a
+    missing ACL permission, a command Redis does not know, a script that does not stay loaded,
+    a key of wsq's holding another type. Raised at start-up, before the worker reads (transient
+    errors — connection refused, timeouts, ``LOADING`` — are retried with backoff instead); the
+    message says which, in one line.
+
 Two exceptions are for the application to raise, and the worker to catch. They are not
 errors of wsq_worker, so they derive from ``Exception``, not ``WsqError``:
 
@@ -43,7 +59,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ProtocolError", "PublishError", "Refuse", "Retry", "WsqError"]
+__all__ = [
+    "ProtocolError",
+    "PublishError",
+    "RedisUnusableError",
+    "Refuse",
+    "Retry",
+    "WorkerFailedError",
+    "WsqError",
+]
 
 
 class WsqError(Exception):
@@ -56,6 +80,14 @@ class ProtocolError(WsqError):
 
 class PublishError(WsqError):
     """Redis could not take a command: nothing was sent."""
+
+
+class WorkerFailedError(WsqError):
+    """The worker stopped because it can't go on (a background task died, or Redis is unusable)."""
+
+
+class RedisUnusableError(WorkerFailedError):
+    """The Redis the worker was given can never serve it: the message says why."""
 
 
 class Retry(Exception):

@@ -60,8 +60,9 @@ class Flusher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="wsq-flusher")
+        return self._task
 
     def queue(self, write: FlusherWrite) -> None:
         """Write soon; retried until it succeeds or the worker stops. A write no Redis command can

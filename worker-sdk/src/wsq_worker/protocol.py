@@ -458,11 +458,25 @@ def check_close(code: int, reason: str) -> None:
         raise ValueError(f"close reason is longer than {_MAX_REASON_BYTES} bytes of UTF-8")
 
 
+MAX_USER_ID_BYTES = 256
+# C0 and C1 control characters and DEL: they have no place in an id that logs and keys show.
+_CONTROL_CHARACTER_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def check_user_id(user_id: str) -> str:
-    """``user_id``, or ValueError when it is not a non-empty string of UTF-8 (Redis keys and
-    stream fields are bytes: a lone surrogate has none)."""
-    if not isinstance(user_id, str) or not user_id or not _is_utf8(user_id):
-        raise ValueError(f"a user id is a non-empty string, not {user_id!r}")
+    """``user_id``, or ValueError when it is not 1 to 256 bytes of UTF-8 without control
+    characters (Redis keys and stream fields are bytes: a lone surrogate has none). The gateway
+    applies the same rule to a token's ``sub`` (HTTP 401) and to a connect hook's user id."""
+    if (
+        not isinstance(user_id, str)
+        or not user_id
+        or not _is_utf8(user_id)
+        or len(user_id.encode()) > MAX_USER_ID_BYTES
+        or _CONTROL_CHARACTER_RE.search(user_id)
+    ):
+        raise ValueError(
+            f"a user id is 1-{MAX_USER_ID_BYTES} bytes of UTF-8 without control characters, not {user_id!r}"
+        )
     return user_id
 
 

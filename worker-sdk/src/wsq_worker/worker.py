@@ -23,9 +23,9 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 
-from wsq_worker import constants, delivery, speedups
+from wsq_worker import constants, delivery, preflight, speedups
 from wsq_worker.context import Context
-from wsq_worker.exceptions import ProtocolError, Refuse, Retry
+from wsq_worker.exceptions import ProtocolError, RedisUnusableError, Refuse, Retry, WorkerFailedError
 from wsq_worker.flusher import Flusher, PackedWrite
 from wsq_worker.protocol import (
     HANDLER_ERROR,
@@ -257,6 +257,8 @@ class _Run:
         """In-flight entries another worker claimed (this one was presumed dead)."""
         self.periodic: set[asyncio.Task[None]] = set()
         self.keep_alive: asyncio.Task[None] | None = None
+        self.failure: tuple[str, BaseException | None] | None = None
+        """The first background task that ended unexpectedly (its name), and its exception."""
         self.inbound = constants.inbound_stream(worker.key_prefix)
         self.delayed = constants.delayed(worker.key_prefix)
         self.claim_cursor = "0-0"
@@ -292,15 +294,23 @@ class _Run:
     async def main(self) -> None:
         worker = self.worker
         try:
-            self.flusher.start()
+            self._watch(self.flusher.start())
             for interval, periodic in worker.every.items():
-                self.periodic.add(asyncio.create_task(self._run_periodic(interval, periodic)))
-            self.periodic.add(asyncio.create_task(self._move_due_retries(), name="wsq-delayed"))
+                name = f"wsq-every-{interval:g}s-{getattr(periodic, '__qualname__', 'fn')}"
+                self.periodic.add(
+                    self._watch(asyncio.create_task(self._run_periodic(interval, periodic), name=name))
+                )
+            self.periodic.add(self._watch(asyncio.create_task(self._move_due_retries(), name="wsq-delayed")))
             # Until the last ack is written, not only until stop(): in-flight entries stay ours.
-            self.keep_alive = asyncio.create_task(self._keep_alive(), name="wsq-keep-alive")
+            self.keep_alive = self._watch(asyncio.create_task(self._keep_alive(), name="wsq-keep-alive"))
             await self._read_until_stopped()
             await self._finish_in_flight()
+            if self.failure is not None:
+                name, error = self.failure
+                what = f"died ({error!r})" if error is not None else "returned"
+                raise WorkerFailedError(f"the worker's background task {name} {what}: it stopped") from error
         finally:
+            self.request_stop()  # from here on the background tasks end on purpose
             try:
                 for task in {*self.in_flight.values(), *self.periodic}:  # only left when cancelled
                     task.cancel()
@@ -317,6 +327,29 @@ class _Run:
                 self.executor.shutdown(wait=False, cancel_futures=True)
                 worker._finished()
                 logger.info("worker %s stopped", worker.consumer_name)
+
+    def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """No background task may end unnoticed: one that dies (or returns while the worker
+        runs) is logged at once with its traceback, and stops the worker, whose run raises
+        WorkerFailedError. Not restarted in place: a bug that killed it once would again."""
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None and self.stopping.is_set():
+            return
+        logger.error(
+            "background task %s %s: stopping the worker",
+            task.get_name(),
+            "died" if error is not None else "returned, which it never should",
+            exc_info=error,
+        )
+        if self.failure is None and not self.stopping.is_set():
+            self.failure = (task.get_name(), error)
+            self.request_stop()
 
     # Reading the inbound stream.
 
@@ -335,6 +368,9 @@ class _Run:
             count = min(free_slots, _MAX_READ_COUNT)
             try:
                 if not has_group:
+                    problem = None if self.ready.is_set() else await preflight.server_problem(self.client)
+                    if problem is not None:
+                        raise RedisUnusableError(f"{_safe_url(worker.redis_url)}: {problem}")
                     await self._create_group()
                     has_group = True
                 if self.loop.time() >= next_claim:
@@ -360,7 +396,10 @@ class _Run:
                 (response,) = await self.read_pipe.execute([read])
                 if isinstance(response, redis.ResponseError):
                     raise response
+            except RedisUnusableError:
+                raise
             except redis.ResponseError as exc:
+                self._raise_if_unusable(exc)
                 if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHALL, a Redis restart...)
                     logger.warning("the consumer group is gone (%s): creating it again", exc)
                     has_group = False
@@ -370,6 +409,7 @@ class _Run:
                     backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
             except Exception as exc:  # Redis unreachable, or anything else: never crash the worker
+                self._raise_if_unusable(exc)
                 logger.error("Redis is unavailable (%s): retrying in %.1fs", exc, backoff)
                 await self._sleep_unless_stopped(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
@@ -377,6 +417,15 @@ class _Run:
             backoff = _MIN_BACKOFF_S
             for entry_id, fields in _stream_entries(response):
                 self._start_handler(entry_id, fields, delivered=1)
+
+    def _raise_if_unusable(self, exc: Exception) -> None:
+        """Before the worker first reads, a permanent error (a wrong password, a replica...)
+        stops it with RedisUnusableError; later ones (a failover, say) are retried."""
+        if self.ready.is_set():
+            return
+        problem = preflight.permanent_problem(exc)
+        if problem is not None:
+            raise RedisUnusableError(f"{_safe_url(self.worker.redis_url)}: {problem}") from exc
 
     async def _claim(self, count: int) -> bool:
         """Claim and start up to ``count`` entries idle for ``claim_idle_ms``; True if there may be more."""
@@ -756,11 +805,11 @@ def _hook_answer(connection_id: str, result: object) -> dict[str, str]:
     if result is False:
         return refuse_command(connection_id, *REFUSED)
     if isinstance(result, str):
-        with contextlib.suppress(ValueError):  # empty, or not UTF-8
+        with contextlib.suppress(ValueError):  # not a usable user id (protocol.check_user_id)
             return accept_command(connection_id, result)
     logger.error(
-        "on_connect returned %r for connection %s: expected a user id (a non-empty str of UTF-8), "
-        "None, True or False; refusing it",
+        "on_connect returned %r for connection %s: expected a user id (1-256 bytes of UTF-8 "
+        "without control characters), None, True or False; refusing it",
         result,
         connection_id,
     )
@@ -797,6 +846,13 @@ def _stream_entries(response: Any) -> Iterator[tuple[str, Mapping[bytes, bytes] 
             else:
                 pairs = iter(flat_fields)
                 yield entry_id.decode(), dict(zip(pairs, pairs, strict=True))
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    _userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{'***@' if at else ''}{host}" if sep else url
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:

@@ -21,9 +21,10 @@ from Redis's own replies (see docs/guarantees.md, "Redis outages"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -86,8 +87,9 @@ class RedisBatcher:
         """Writes not settled yet: queued, or in the pipeline in flight."""
         return len(self._queue) + self._in_flight
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="wsq-redis-batcher")
+        return self._task
 
     def submit(self, write: Write) -> None:
         if self.stalled and not write.durable:
@@ -133,10 +135,18 @@ class RedisBatcher:
                 write = self._queue.popleft()
                 batch.append(write)
                 size += len(write.commands)
+            batch, commands = self._packed(batch)
+            if not batch:
+                continue
             self._in_flight = len(batch)
             self._watch(batch)
             try:
-                retry = await self._flush(batch)
+                retry = await self._flush(batch, commands)
+            except Exception as exc:  # a bug, or a reply we can't read: this batch fails, not the batcher
+                log.exception("flushing a batch of writes failed", writes=len(batch))
+                with contextlib.suppress(Exception):  # replies may be left unread: the next batch reconnects
+                    await self._pipe.aclose()
+                retry = self._fail(batch, BrokerUnavailable(f"internal error: {exc!r}"))
             finally:
                 self._in_flight = 0
                 self._watched = None
@@ -149,9 +159,8 @@ class RedisBatcher:
                 failures = 0
                 self.stalled = False
 
-    async def _flush(self, batch: list[Write]) -> list[Write]:
+    async def _flush(self, batch: list[Write], commands: list[bytes]) -> list[Write]:
         """Send one pipeline; settle every write; return those to send again."""
-        commands = [command for write in batch for command in write.commands]
         try:
             results = await self._pipe.execute(commands)
         except WriteInDoubt as exc:
@@ -231,6 +240,26 @@ class RedisBatcher:
             retry.append(write)
         return retry
 
+    def _packed(self, batch: list[Write]) -> tuple[list[Write], list[bytes]]:
+        """The writes whose commands could be packed, and those commands in RESP. A write with
+        an argument no Redis command can carry (a lone surrogate, say) fails alone, durable or
+        not: no retry would ever send it, and it must not take the rest of the batch with it."""
+        sendable: list[Write] = []
+        commands: list[bytes] = []
+        for write in batch:
+            try:
+                packed = [
+                    command if type(command) is bytes else self._pipe.pack(command)  # type: ignore[arg-type]
+                    for command in write.commands
+                ]
+            except Exception as exc:
+                log.exception("dropped a write that no Redis command can carry")
+                self._fail([replace(write, durable=False)], BrokerUnavailable(f"unwritable value: {exc}"))
+                continue
+            sendable.append(write)
+            commands += packed
+        return sendable, commands
+
     def _fail(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:
         retry = []
         for write in batch:
@@ -244,6 +273,9 @@ class RedisBatcher:
 def _settle(write: Write, exc: BrokerUnavailable) -> None:
     """``write`` certainly failed: tell whoever waits for it."""
     if write.on_error is not None:
-        write.on_error(exc)
+        try:
+            write.on_error(exc)
+        except Exception:  # one caller's bug must not stop the writes of all the others
+            log.exception("a write's error callback failed")
     if write.done is not None and not write.done.done():
         write.done.set_exception(exc)

@@ -189,6 +189,11 @@ class RedisPipe:
             options |= {"socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE}
         self._conn: AbstractConnection = pool.connection_class(**options)
 
+    def pack(self, command: tuple[Any, ...]) -> bytes:
+        """``command`` in RESP, for ``execute()`` later: what Redis can't take (a str that is not
+        UTF-8, say) raises here, for that command alone, not in the middle of a batch."""
+        return _pack(self._conn, command)
+
     async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
         conn = self._conn
         packed = [
