@@ -627,8 +627,9 @@ class _Run:
     def _refused(self, entry_id: str, entry: _Entry | None, error: str) -> None:
         """Redis refused a write of the entry (the flusher logged it), which is still pending:
         a message runs again as its next attempt, as after a crash; an event that can't carry
-        an attempt (or whose retry was refused too) is left pending, and claimed once idle."""
-        if entry is None or entry.event.type != "message":
+        an attempt (or whose retry or late dead letter was refused too) is left pending, and
+        claimed once idle."""
+        if entry is None or entry.event.type != "message" or entry.attempt > self.worker.max_attempts:
             logger.error(
                 "inbound entry %s stays pending: it is claimed and runs again once idle for %d ms, "
                 "as when its worker dies",
