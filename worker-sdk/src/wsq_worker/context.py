@@ -161,7 +161,8 @@ class Context:
 
         Returns once the command is in Redis (it is batched with the worker's other writes);
         pushes arrive in the order they were awaited, before the handler's reply.
-        Raises ``PublishError`` when Redis can't take it.
+        Raises ``PublishError`` when Redis can't take it; let through a message handler, that
+        runs the message again as its next attempt.
         """
         await self._send_frame(push_frame(action, data))
 

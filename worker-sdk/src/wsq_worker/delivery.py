@@ -2,9 +2,11 @@
 
 The Lua scripts here run in Redis, so each of their steps is atomic whatever the number of
 workers: a claimed entry comes with its delivery count, a keep-alive never takes an entry back
-from a worker that claimed it, a due retry moves into the inbound stream exactly once, and a
-dead letter is replayed exactly once. The worker (``wsq_worker.worker``) runs them; the
-``wsq-worker dead`` command (``wsq_worker.cli``) lists and replays dead letters.
+from a worker that claimed it, an entry is acknowledged only with all of its writes (and a
+batch sent twice writes them once), a due retry moves into the inbound stream exactly once, and
+a dead letter is replayed exactly once. The worker (``wsq_worker.worker``) and its flusher
+(``wsq_worker.flusher``) run them; the ``wsq-worker dead`` command (``wsq_worker.cli``) lists and
+replays dead letters.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from wsq_worker import codec
 
 __all__ = [
     "CLAIM_SCRIPT",
+    "COMMIT_SCRIPT",
     "DEAD_LETTER_FIELDS",
-    "DELAY_SCRIPT",
     "KEEP_ALIVE_SCRIPT",
     "MOVE_DUE_SCRIPT",
     "REPLAY_SCRIPT",
@@ -68,14 +70,73 @@ end
 return mine
 """
 
-# Puts a message in the delayed set, due ARGV[1] ms from now on the Redis server's clock (the
-# clock MOVE_DUE_SCRIPT reads, so the hosts' clocks don't matter). KEYS[1]: the delayed set.
-# ARGV: delay (ms), member.
-DELAY_SCRIPT = """
-local now = redis.call('TIME')
-local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
-redis.call('ZADD', KEYS[1], due, ARGV[2])
-return due
+# Writes what the worker's handlers produced and acknowledges their entries, in one script
+# per batch (the flusher's): an entry is acknowledged (XACK + XDEL) only when Redis took all of
+# its writes, and a batch sent again after a lost connection (it may have run already) writes
+# only for the entries still pending. KEYS[1]: the inbound stream. ARGV[1]: the group; ARGV[2]:
+# '1' to check that each entry is still pending (a batch sent again), else '0'; then for each
+# entry: its id, its number of writes, and each write: '*' and its number of arguments (as in
+# the RESP header of the command, which the worker sends as is), or '-' and that number for a
+# write on a best-effort basis (its failure does not keep the entry), then the arguments. The command
+# WSQ.DELAYED key delay-ms member puts member in the delayed set, due delay-ms from now on the
+# Redis server's clock (the clock MOVE_DUE_SCRIPT reads, so the hosts' clocks don't matter).
+# A refused required write stops the entry's writes and leaves it pending. Returns {refused,
+# skipped, ack error}: refused is flat, {entry number, write number, error} per refused write;
+# skipped counts the entries no longer pending; the ack error is '' unless XACK/XDEL failed.
+COMMIT_SCRIPT = """
+local call, byte, sub, number = redis.pcall, string.byte, string.sub, tonumber
+local stream, group, again = KEYS[1], ARGV[1], ARGV[2] == '1'
+local refused, acked, skipped = {}, {}, 0
+local i, last, entry_number, acks = 3, #ARGV, 0, 0
+while i <= last do
+  entry_number = entry_number + 1
+  local entry, writes = ARGV[i], number(ARGV[i + 1])
+  i = i + 2
+  local live = true
+  if again and #call('XPENDING', stream, group, entry, entry, 1) == 0 then
+    live = false
+    skipped = skipped + 1
+  end
+  for write = 1, writes do
+    local head = ARGV[i]
+    local count = number(sub(head, 2))
+    if live then
+      local reply
+      if ARGV[i + 1] == 'WSQ.DELAYED' then
+        local now = redis.call('TIME')
+        local due = number(now[1]) * 1000 + math.floor(number(now[2]) / 1000) + number(ARGV[i + 3])
+        reply = call('ZADD', ARGV[i + 2], due, ARGV[i + 4])
+      else
+        reply = call(unpack(ARGV, i + 1, i + count))
+      end
+      if type(reply) == 'table' and reply.err then
+        refused[#refused + 1] = entry_number
+        refused[#refused + 1] = write
+        refused[#refused + 1] = reply.err
+        if byte(head) == 42 then  -- '*': a required write
+          live = false
+        end
+      end
+    end
+    i = i + 1 + count
+  end
+  if live then
+    acks = acks + 1
+    acked[acks] = entry
+  end
+end
+local ack_error = ''
+for first = 1, acks, 1000 do
+  local ids = {unpack(acked, first, math.min(first + 999, acks))}
+  local reply = call('XACK', stream, group, unpack(ids))
+  if type(reply) ~= 'table' then
+    reply = call('XDEL', stream, unpack(ids))
+  end
+  if type(reply) == 'table' and reply.err then
+    ack_error = reply.err
+  end
+end
+return {refused, skipped, ack_error}
 """
 
 # Moves up to ARGV[1] due members of the delayed set into the inbound stream. KEYS: the delayed
@@ -146,7 +207,8 @@ _MAX_ERROR_CHARS = 2000
 
 @dataclass(frozen=True, slots=True)
 class DelayedWrite:
-    """One ``EVAL`` of ``DELAY_SCRIPT``: ``member`` due in ``delay_ms``."""
+    """``member`` in the delayed set ``key``, due in ``delay_ms`` (``WSQ.DELAYED`` in
+    ``COMMIT_SCRIPT``)."""
 
     key: str
     member: str

@@ -11,9 +11,13 @@
 
 ``PublishError(WsqError)``
     A publisher (or ``Context.send``, ``.join``, ``.leave``) could not hand a command to
-    Redis: Redis is unreachable, timed out or refused the command. The push was not queued;
-    the caller may retry later. Presence reads (``connections()``, ``connection_info()``...)
-    raise it too when Redis can't answer. The Redis exception is chained as ``__cause__``.
+    Redis: Redis is unreachable, timed out or refused the command. The push was not queued
+    ("nothing was sent"), except when its message says the connection was lost after it was
+    sent (``Context.send``): it may or may not have been written. The caller may retry later.
+    Let through a message handler, it runs the message again as its next attempt (as when
+    Redis refuses the reply), and never answers ``handler_error``. Presence reads
+    (``connections()``, ``connection_info()``...) raise it too when Redis can't answer. The
+    Redis exception is chained as ``__cause__``.
 
 ``WorkerFailedError(WsqError)``
     ``Worker.run()`` / ``run_async()`` stopped because the worker can't go on: one of its
@@ -79,7 +83,7 @@ class ProtocolError(WsqError):
 
 
 class PublishError(WsqError):
-    """Redis could not take a command: nothing was sent."""
+    """Redis could not take a command: nothing was sent (or, its message says, maybe)."""
 
 
 class WorkerFailedError(WsqError):

@@ -1,74 +1,109 @@
 """Batches the worker's Redis writes: replies, pushes and acks, in one pipeline per event-loop tick.
 
 Everything queued while the previous pipeline was in flight goes out in the next one, so a busy
-worker makes one round trip for many events. Within a pipeline the writes come first, in the
-order they were queued (``XADD``s of replies, pushes and dead letters, and the scripts putting
-retries in the delayed set), then one ``XACK`` and one ``XDEL`` for every acknowledged entry: an
-event is never acknowledged before its reply, its dead letter or its retry is written.
+worker makes one round trip for many events. A pipeline holds the pushes handlers await
+(``send()``), then one ``EVALSHA`` of ``delivery.COMMIT_SCRIPT`` for every entry acknowledged
+since (``ack()``): it runs each entry's writes (replies, dead letters, retries) and acknowledges
+(one ``XACK`` and one ``XDEL`` for them all) only the entries whose writes Redis all took. An
+entry with a refused write stays pending, and its owner hears of it (``on_refused``) to run it
+again. A pipeline whose connection was lost after it was sent (Redis may have run it) is never
+sent again whole: its entries are sent again with a check that they are still pending, so a
+reply is written once; its pushes fail with ``PublishError``, as they may have been written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
-from wsq_worker.delivery import DELAY_SCRIPT, DelayedWrite
+from wsq_worker.delivery import COMMIT_SCRIPT, DelayedWrite
 from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
 from wsq_worker.speedups import RedisPipe
 
-__all__ = ["Flusher", "FlusherWrite", "PackedWrite"]
+__all__ = ["BestEffort", "CommitWrite", "Flusher", "FlusherWrite", "PackedWrite", "Refused"]
 
 logger = logging.getLogger("wsq_worker.flusher")
 
 _MIN_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
 
+SourceT = TypeVar("SourceT")
+
 
 class PackedWrite(NamedTuple):
-    """A write to ``key`` packed in RESP already: an ``XADD`` (the replies, from a
-    ``speedups.CommandTemplate``), or any ``FlusherWrite`` once queued."""
+    """A write to ``key`` packed in RESP already, with its number of ``arguments``: an ``XADD``
+    (the replies, from a ``speedups.CommandTemplate``), or any ``FlusherWrite`` once queued."""
 
     key: str
     command: bytes
+    arguments: int
 
 
 FlusherWrite = StreamWrite | PackedWrite | DelayedWrite
 
 
-class Flusher:
-    """Queues ``StreamWrite``s, ``DelayedWrite``s and acks of inbound entries, and writes them in batches.
+class BestEffort(NamedTuple):
+    """A write of an entry that does not hold back its ack when Redis refuses it (logged): the
+    client's ``handler_failed`` after the dead letter, which went to the same broken key."""
 
-    Replies and acks (``queue()``, ``ack()``) are kept and retried while Redis is unavailable;
-    ``send()`` waits for its own write and raises ``PublishError`` instead.
+    write: FlusherWrite
+
+
+CommitWrite = FlusherWrite | BestEffort
+
+Refused = Callable[[str, SourceT | None, str], None]
+"""``on_refused(entry_id, source, error)``: Redis refused a write of the entry (or the whole
+batch), which is left pending, unacknowledged; ``source`` is what ``ack()`` was given."""
+
+
+_Commit = tuple[str, list[bytes], int, tuple[CommitWrite, ...], SourceT | None]
+"""An entry to acknowledge with its writes: (entry id, its part of ``COMMIT_SCRIPT``'s arguments
+in RESP, how many arguments that is, the writes, the source). A tuple: one per event, and a
+named tuple takes ten times as long to make."""
+
+
+class Flusher(Generic[SourceT]):
+    """Queues pushes and acks of inbound entries with their writes, and writes them in batches.
+
+    Acks (``ack()``) are kept and sent again while Redis is unavailable; ``send()`` waits for
+    its own write and raises ``PublishError`` instead.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, inbound_stream: str, group: str) -> None:
-        self._pipe = RedisPipe(client)
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        inbound_stream: str,
+        group: str,
+        on_refused: Refused[SourceT] | None = None,
+    ) -> None:
+        self._pipe = RedisPipe(client, resend=False)  # a batch lost midway is sent again here
         self._inbound_stream = inbound_stream
         self._group = group
-        self._writes: list[tuple[PackedWrite, asyncio.Future[None] | None]] = []
-        self._acks: list[str] = []
-        self._writing_acks: list[str] = []
+        self._on_refused = on_refused
+        self._sends: list[tuple[PackedWrite, asyncio.Future[None]]] = []
+        self._commits: list[_Commit[SourceT]] = []
+        self._writing: list[_Commit[SourceT]] = []
+        self._again = False
+        """The last batch was lost after it was sent: check that entries are still pending."""
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        script = COMMIT_SCRIPT.encode()
+        tail = _bulk(b"1") + _bulk(inbound_stream.encode()) + _bulk(group.encode())
+        self._by_sha = _bulk(b"EVALSHA") + _bulk(hashlib.sha1(script).hexdigest().encode()) + tail
+        self._by_body = _bulk(b"EVAL") + _bulk(script) + tail
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="wsq-flusher")
         return self._task
-
-    def queue(self, write: FlusherWrite) -> None:
-        """Write soon; retried until it succeeds or the worker stops. A write no Redis command can
-        carry (a str that is not UTF-8) raises here, in its caller, not in the batch."""
-        self._writes.append((self._packed(write), None))
-        self._wakeup.set()
 
     async def send(self, write: StreamWrite | PackedWrite) -> None:
         """Write in the next batch and wait for it; ``PublishError`` if Redis can't take it."""
@@ -76,9 +111,38 @@ class Flusher:
             raise PublishError("the worker has stopped: nothing was sent")
         packed = self._packed(write)
         done = asyncio.get_running_loop().create_future()
-        self._writes.append((packed, done))
+        self._sends.append((packed, done))
         self._wakeup.set()
         await done
+
+    def ack(self, entry_id: str, writes: tuple[CommitWrite, ...] = (), source: SourceT | None = None) -> None:
+        """Write ``writes`` in order, then ``XACK`` and ``XDEL`` the inbound entry, in the next
+        batch; retried until Redis answers. If Redis refuses a write (not a ``BestEffort`` one),
+        the entry's later writes are not sent, it is not acknowledged, and ``on_refused`` is
+        called with ``source``. A write no Redis command can carry (a str that is not UTF-8)
+        raises here, in the caller, not in the batch."""
+        entry = entry_id.encode()
+        write_count = len(writes)
+        args = [
+            b"$%d\r\n%s\r\n" % (len(entry), entry),
+            _COUNTS[write_count] if write_count < len(_COUNTS) else _bulk(b"%d" % write_count),
+        ]
+        count = 2
+        for write in writes:
+            if type(write) is not PackedWrite and isinstance(write, BestEffort):
+                packed = self._packed(write.write)
+                command = packed.command
+                args.append(_bulk(b"-%d" % packed.arguments))
+                args.append(command[command.index(b"\r\n") + 2 :])  # without its "*<count>" header
+            else:
+                packed = write if type(write) is PackedWrite else self._packed(write)
+                # The command as it is: its "*<count>" header is read as one more argument.
+                arguments = packed.arguments
+                args.append(_HEADERS[arguments] if arguments < len(_HEADERS) else _header(arguments))
+                args.append(packed.command)
+            count += 1 + packed.arguments
+        self._commits.append((entry_id, args, count, writes, source))
+        self._wakeup.set()
 
     def _packed(self, write: FlusherWrite) -> PackedWrite:
         # Packed as it is queued: an argument that can't be packed would otherwise fail the
@@ -86,23 +150,19 @@ class Flusher:
         if isinstance(write, PackedWrite):
             return write
         if isinstance(write, DelayedWrite):  # rare: a retry
-            command = ("EVAL", DELAY_SCRIPT, 1, write.key, write.delay_ms, write.member)
-            return PackedWrite(write.key, self._pipe.pack(command))
-        return PackedWrite(write.stream, self._pipe.pack(write.command))
-
-    def ack(self, entry_id: str) -> None:
-        """``XACK`` and ``XDEL`` the inbound entry, after every write queued before."""
-        self._acks.append(entry_id)
-        self._wakeup.set()
+            delayed = ("WSQ.DELAYED", write.key, write.delay_ms, write.member)
+            return PackedWrite(write.key, self._pipe.pack(delayed), len(delayed))
+        command = write.command
+        return PackedWrite(write.stream, self._pipe.pack(command), len(command))
 
     @property
     def backlog(self) -> int:
-        return len(self._writes) + len(self._acks)
+        return len(self._sends) + len(self._commits)
 
     @property
     def pending_acks(self) -> list[str]:
         """The entries acknowledged here but not yet in Redis (queued, or being written)."""
-        return [*self._writing_acks, *self._acks]
+        return [commit[0] for commit in (*self._writing, *self._commits)]
 
     async def close(self, timeout: float) -> None:
         """Flush what is queued, for up to ``timeout`` seconds, then stop."""
@@ -114,9 +174,10 @@ class Flusher:
             await asyncio.wait_for(self._task, timeout)
         except TimeoutError:
             logger.error(
-                "gave up writing to Redis at shutdown: %d replies/pushes and %d acks were not written",
-                len(self._writes),
-                len(self._acks),
+                "gave up writing to Redis at shutdown: %d pushes and %d acks (with their replies) "
+                "were not written; those entries stay pending, and run again on another worker",
+                len(self._sends),
+                len(self._commits),
             )
 
     async def _run(self) -> None:
@@ -124,35 +185,37 @@ class Flusher:
             await self._write_batches()
         finally:
             # Stopped (or gave up at shutdown): nobody may wait forever for a write.
-            for _, done in self._writes:
-                if done is not None and not done.done():
+            for _, done in self._sends:
+                if not done.done():
                     done.set_exception(PublishError("the worker stopped before the push was written"))
             await self._pipe.aclose()
 
     async def _write_batches(self) -> None:
         backoff = _MIN_BACKOFF_S
         while True:
-            if not self._writes and not self._acks:
+            if not self._sends and not self._commits:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            writes, self._writes = self._writes, []
-            acks, self._acks = self._acks, []
-            self._writing_acks = acks
+            sends, self._sends = self._sends, []
+            commits, self._commits = self._commits, []
+            self._writing = commits
+            sent = False
             try:
-                await self._write(writes, acks)
+                await self._pipe.connect()  # failing here, nothing was sent
+                sent = True
+                await self._write(sends, commits)
             except Exception as exc:  # Redis unreachable (or a bug): the flusher must go on
+                if sent:  # Redis may have run it: the entries are sent again, checked
+                    self._again = True
+                self._requeue(sends, commits, exc, sent=sent)
                 if isinstance(exc, redis.RedisError):
-                    self._requeue(writes, acks, functools.partial(publish_error, exc))
                     logger.error(
                         "Redis is unavailable (%s): retrying %d writes in %.1fs", exc, self.backlog, backoff
                     )
                 else:
-                    self._requeue(
-                        writes, acks, functools.partial(PublishError, f"writing to Redis failed: {exc!r}")
-                    )
                     logger.exception(
                         "writing to Redis failed: retrying %d writes in %.1fs", self.backlog, backoff
                     )
@@ -160,49 +223,142 @@ class Flusher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
             except BaseException:
-                self._writes[:0] = writes
-                self._acks[:0] = acks
+                self._sends[:0] = sends
+                self._commits[:0] = commits
                 raise
             else:
                 backoff = _MIN_BACKOFF_S
             finally:
-                self._writing_acks = []
+                self._writing = []
 
     async def _write(
-        self, writes: list[tuple[PackedWrite, asyncio.Future[None] | None]], acks: list[str]
+        self, sends: list[tuple[PackedWrite, asyncio.Future[None]]], commits: list[_Commit[SourceT]]
     ) -> None:
-        commands: list[tuple[Any, ...] | bytes] = [write.command for write, _ in writes]
-        if acks:
-            commands.append(("XACK", self._inbound_stream, self._group, *acks))
-            commands.append(("XDEL", self._inbound_stream, *acks))
+        commands: list[tuple[Any, ...] | bytes] = [write.command for write, _ in sends]
+        again = self._again
+        if commits:
+            commands.append(self._commit_command(self._by_sha, commits, again))
         results = await self._pipe.execute(commands)
-        for (write, done), result in zip(writes, results, strict=False):
+        for (write, done), result in zip(sends, results, strict=False):
             if isinstance(result, Exception):
                 # Redis refused this one command (wrong key type, out of memory...): not retried.
                 logger.error("Redis refused a write to %s: %s", write.key, result)
-                if done is not None and not done.done():
+                if not done.done():
                     done.set_exception(
                         publish_error(result) if isinstance(result, redis.RedisError) else result
                     )
-            elif done is not None and not done.done():
+            elif not done.done():
                 done.set_result(None)
-        for result in results[len(writes) :]:
-            if isinstance(result, Exception):
-                logger.error("Redis refused to acknowledge inbound entries: %s", result)
+        if not commits:
+            return
+        result = results[-1]
+        if isinstance(result, NoScriptError):
+            # Redis restarted or flushed its scripts: nothing ran, send the script itself.
+            [result] = await self._pipe.execute([self._commit_command(self._by_body, commits, again)])
+        if isinstance(result, Exception):  # the script did not run: every entry is refused
+            logger.error("Redis refused to acknowledge %d inbound entries: %s", len(commits), result)
+            for commit in commits:
+                self._refused(commit, str(result))
+            return
+        self._again = False  # the entries of a lost batch are written or found done by now
+        refused, skipped, ack_error = result
+        if skipped:
+            logger.info(
+                "%d inbound entries were no longer pending when their batch was sent again "
+                "(the first one ran): their writes were not written twice",
+                skipped,
+            )
+        if ack_error:
+            logger.error("Redis refused to acknowledge inbound entries: %s", _text(ack_error))
+        for index in range(0, len(refused), 3):
+            commit = commits[int(refused[index]) - 1]
+            entry_id, writes = commit[0], commit[3]
+            refused_write = writes[int(refused[index + 1]) - 1]
+            error = _text(refused[index + 2])
+            if isinstance(refused_write, BestEffort):
+                logger.error(
+                    "Redis refused a write to %s (entry %s, which went on without it): %s",
+                    _key(refused_write.write),
+                    entry_id,
+                    error,
+                )
+            else:
+                logger.error(
+                    "Redis refused a write to %s: %s; entry %s is not acknowledged",
+                    _key(refused_write),
+                    error,
+                    entry_id,
+                )
+                self._refused(commit, error)
+
+    def _commit_command(self, head: bytes, commits: list[_Commit[SourceT]], again: bool) -> bytes:
+        """``EVALSHA`` (or ``EVAL``) of ``COMMIT_SCRIPT`` for ``commits``, packed."""
+        count = 6  # EVALSHA, sha, 1, inbound, group, again
+        parts = [b"", head, _AGAIN if again else _FIRST_TIME]
+        for _, args, arg_count, _, _ in commits:
+            count += arg_count
+            parts += args
+        parts[0] = b"*%d\r\n" % count
+        return b"".join(parts)
+
+    def _refused(self, commit: _Commit[SourceT], error: str) -> None:
+        entry_id, source = commit[0], commit[4]
+        if self._on_refused is None:
+            logger.error(
+                "inbound entry %s stays pending: it runs again once idle (claimed as when its worker dies)",
+                entry_id,
+            )
+            return
+        try:
+            self._on_refused(entry_id, source, error)
+        except Exception:  # a bug there must not stop the flusher
+            logger.exception("handling the refused writes of inbound entry %s failed", entry_id)
 
     def _requeue(
         self,
-        writes: list[tuple[PackedWrite, asyncio.Future[None] | None]],
-        acks: list[str],
-        error: Callable[[], PublishError],
+        sends: list[tuple[PackedWrite, asyncio.Future[None]]],
+        commits: list[_Commit[SourceT]],
+        exc: Exception,
+        *,
+        sent: bool,
     ) -> None:
-        """Put replies and acks back in front of the queue; fail the writes someone waits for."""
-        self._writing_acks = []
-        kept = []
-        for write, done in writes:
-            if done is None:
-                kept.append((write, done))
-            elif not done.done():
-                done.set_exception(error())  # one exception object per waiter
-        self._writes[:0] = kept
-        self._acks[:0] = acks
+        """Put the acks back in front of the queue; fail the pushes someone waits for."""
+        self._writing = []
+        for _, done in sends:
+            if done.done():
+                continue
+            if not isinstance(exc, redis.RedisError):
+                error = PublishError(f"writing to Redis failed: {exc!r}")
+            elif sent:
+                error = PublishError(
+                    f"the connection to Redis was lost after the push was sent: it may or may not "
+                    f"have been written: {exc}"
+                )
+            else:
+                error = publish_error(exc)  # one exception object per waiter
+            error.__cause__ = exc
+            done.set_exception(error)
+        self._commits[:0] = commits
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _header(arguments: int) -> bytes:
+    """What makes the "*<arguments>" header of a packed command one more bulk string."""
+    return b"$%d\r\n" % len(b"*%d" % arguments)
+
+
+_FIRST_TIME = _bulk(b"0")
+_AGAIN = _bulk(b"1")
+_COUNTS = tuple(_bulk(b"%d" % count) for count in range(8))
+_HEADERS = tuple(_header(arguments) for arguments in range(64))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _key(write: FlusherWrite) -> str:
+    return write.stream if isinstance(write, StreamWrite) else write.key

@@ -79,11 +79,13 @@ class CommandTemplate:
     tail)`` returns, for ``tail_length`` more arguments), ready for ``RedisPipe.execute()``.
     """
 
-    __slots__ = ("_head", "_tail_length")
+    __slots__ = ("_head", "_tail_length", "arguments")
 
     def __init__(self, head: Sequence[str | bytes], tail_length: int) -> None:
         self._tail_length = tail_length
-        self._head = b"*%d\r\n" % (len(head) + tail_length) + b"".join(
+        self.arguments = len(head) + tail_length
+        """How many arguments (the command's name included) a packed command has."""
+        self._head = b"*%d\r\n" % self.arguments + b"".join(
             [_bulk(arg.encode() if isinstance(arg, str) else arg) for arg in head]
         )
 
@@ -162,20 +164,29 @@ class RedisPipe:
     a command Redis refused giving its ``ResponseError`` in its place. A lost connection is
     retried as the client's ``retry`` says (the whole batch, as redis-py's pipeline does).
     The client's ``socket_timeout`` bounds a whole batch, a blocking command's wait
-    included. Failures raise redis-py's ``ConnectionError`` or ``TimeoutError``.
+    included. Failures raise redis-py's ``ConnectionError`` or ``TimeoutError``. With
+    ``resend=False`` a batch is never sent twice: a connection lost after it was sent (Redis
+    may have run it) raises at once, for the caller to decide what may be sent again.
 
     A command is a tuple of arguments, or bytes already packed (``CommandTemplate.pack()``).
     One task at a time: a second ``execute()`` while one runs would read the other's replies.
     Command names are one word each (``"CLIENT", "ID"``, not ``"CLIENT ID"``).
     """
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: redis.asyncio.Redis, *, resend: bool = True) -> None:
         pool = client.connection_pool
         self._deadline = BatchDeadline(pool.connection_kwargs.get("socket_timeout"))
         # Connected as the client's own connections are, but with no socket timeout: redis-py
         # would run every write in a task of its own to bound it; execute() bounds the batch.
         options = {**pool.connection_kwargs, "socket_timeout": None}
         self._conn: AbstractConnection = pool.connection_class(**options)
+        self._resend = resend
+
+    async def connect(self) -> None:
+        """Connect now if not connected (with the client's retries): a failure here means that
+        nothing of the next batch was sent."""
+        if not self._conn.is_connected:
+            await self._conn.connect()  # type: ignore[no-untyped-call]
 
     def pack(self, command: tuple[Any, ...]) -> bytes:
         """``command`` in RESP, for ``execute()`` later: what Redis can't take (a str that is not
@@ -210,6 +221,12 @@ class RedisPipe:
         async def disconnect(error: Exception) -> None:
             await conn.disconnect()
 
+        if not self._resend:
+            try:
+                return await send_and_read()
+            except Exception:
+                await conn.disconnect(nowait=True)  # out of step: the next batch connects again
+                raise
         result: list[Any] = await conn.retry.call_with_retry(send_and_read, disconnect)
         return result
 

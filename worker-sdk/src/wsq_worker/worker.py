@@ -25,8 +25,15 @@ import redis.backoff
 
 from wsq_worker import constants, delivery, preflight, speedups
 from wsq_worker.context import Context
-from wsq_worker.exceptions import ProtocolError, RedisUnusableError, Refuse, Retry, WorkerFailedError
-from wsq_worker.flusher import Flusher, PackedWrite
+from wsq_worker.exceptions import (
+    ProtocolError,
+    PublishError,
+    RedisUnusableError,
+    Refuse,
+    Retry,
+    WorkerFailedError,
+)
+from wsq_worker.flusher import BestEffort, CommitWrite, Flusher, PackedWrite
 from wsq_worker.protocol import (
     HANDLER_ERROR,
     HANDLER_FAILED,
@@ -91,7 +98,10 @@ class Worker:
     Delivery is at least once. An entry whose worker died is claimed by another worker once it
     was idle for ``claim_idle_ms`` (default ``WSQ_CLAIM_IDLE_MS``, else 15000) and run again with
     ``ctx.attempt`` one higher; a live worker keeps its entries from being claimed, however long
-    its handlers take. A message handler may ``raise Retry(delay)`` to run again later. A message
+    its handlers take. A message handler may ``raise Retry(delay)`` to run again later. An event
+    is acknowledged only with its writes (its reply...): a message a write of which Redis
+    refused, or whose handler let a ``PublishError`` through, runs again as its next attempt
+    ``claim_idle_ms`` later (another event stays pending, claimed once idle). A message
     past ``max_attempts`` (default ``WSQ_MAX_ATTEMPTS``, else 3) goes to the dead-letter stream
     and its client gets ``$error`` ``handler_failed``; that stream keeps the newest
     ``max_dead_letters`` (default ``WSQ_MAX_DEAD_LETTERS``, else 10000; 0: all). Any other
@@ -281,7 +291,9 @@ class _Run:
         )
         self.read_pipe = speedups.RedisPipe(self.reader)  # XREADGROUP, replies raw
         self.publisher = AsyncPublisher(client=self.client, key_prefix=worker.key_prefix)
-        self.flusher = Flusher(self.client, self.inbound, constants.CONSUMER_GROUP)
+        self.flusher: Flusher[_Entry] = Flusher(
+            self.client, self.inbound, constants.CONSUMER_GROUP, on_refused=self._refused
+        )
         self.claim_script = self.reader.register_script(delivery.CLAIM_SCRIPT)
         self.keep_alive_script = self.client.register_script(delivery.KEEP_ALIVE_SCRIPT)
         self.move_due_script = self.client.register_script(delivery.MOVE_DUE_SCRIPT)
@@ -524,22 +536,24 @@ class _Run:
     async def _handle_entry(
         self, entry_id: str, raw_fields: Mapping[bytes, bytes] | None, delivered: int
     ) -> None:
-        """Run the entry's handler (or dead-letter it), then acknowledge it, whatever happened."""
+        """Run the entry's handler (or dead-letter it), then acknowledge it with its writes,
+        whatever happened: if Redis refuses one of them, ``_refused()`` runs it again."""
         try:
             entry = self._entry(entry_id, raw_fields, delivered)
+            writes: tuple[CommitWrite, ...] = ()
             try:
                 if entry is None:
                     pass
                 elif entry.attempt > self.worker.max_attempts:
-                    self._give_up(entry, _gone_error(entry, delivered), attempts=entry.attempt - 1)
+                    writes = self._give_up(entry, _gone_error(entry, delivered), attempts=entry.attempt - 1)
                 elif entry.event.type == "message":
-                    await self._handle_message(entry)
+                    writes = await self._handle_message(entry)
                 else:
-                    await self._dispatch_lifecycle(entry)
+                    writes = await self._dispatch_lifecycle(entry)
             except Exception:
                 logger.exception("failed to handle inbound entry %s", entry_id)
-            # In the same tick as the dead letter, the retry or the reply queued: one pipeline.
-            self.flusher.ack(entry_id)
+            # The reply, dead letter or retry and the ack: one script, in the next pipeline.
+            self.flusher.ack(entry_id, writes, entry)
         finally:
             # Here rather than in a done callback: one loop callback less per event. (A task
             # cancelled before its first step never gets here: only a stopping worker does that.)
@@ -561,37 +575,43 @@ class _Run:
             return None
         return _Entry(entry_id, raw_fields, event, event.attempt + delivered - 1)
 
-    async def _dispatch_lifecycle(self, entry: _Entry) -> None:
+    async def _dispatch_lifecycle(self, entry: _Entry) -> tuple[CommitWrite, ...]:
         worker, event = self.worker, entry.event
         ctx = self._context(event, entry.attempt)
         if event.hook:
-            await self._connect_hook(ctx)
-        elif event.type == "connect":
+            return (await self._connect_hook(ctx),)
+        if event.type == "connect":
             await self._run_hook(worker.on_connect, ctx, "on_connect")
         else:
             await self._run_hook(worker.on_disconnect, ctx, "on_disconnect")
+        return ()
 
-    async def _handle_message(self, entry: _Entry) -> None:
+    async def _handle_message(self, entry: _Entry) -> tuple[CommitWrite, ...]:
+        """The message's writes: its reply (or error), or its retry or dead letter."""
         event = entry.event
         assert event.action is not None
         handler = self.worker.actions.get(event.action, self.worker.default)
         if handler is None:
             message = f'no handler for action "{event.action}"'
-            self._queue_frame(event.connection_id, error_frame(UNKNOWN_ACTION, message, event.id))
-            return
+            return (self._frame_write(event.connection_id, error_frame(UNKNOWN_ACTION, message, event.id)),)
         try:
             result = await self._call(handler, self._context(event, entry.attempt), event.data)
         except Retry as retry:
-            self._retry(entry, retry)
-            return
+            return self._retry(entry, retry)
+        except PublishError as exc:  # a write of the event was not taken: as a refused reply
+            attempts = f"{entry.attempt} of {self.worker.max_attempts}"
+            return self._run_again(entry, f"a write of attempt {attempts} failed: PublishError: {exc}")
         except Exception:
             logger.exception(
                 'handler of action "%s" failed (connection %s)', event.action, event.connection_id
             )
-            self._queue_frame(event.connection_id, error_frame(HANDLER_ERROR, "the handler failed", event.id))
-            return
+            return (
+                self._frame_write(
+                    event.connection_id, error_frame(HANDLER_ERROR, "the handler failed", event.id)
+                ),
+            )
         if event.id is None:
-            return
+            return ()
         try:
             frame = checked_reply_frame(event.action, result, event.id)
         except (TypeError, ValueError):
@@ -601,7 +621,7 @@ class _Run:
                 event.connection_id,
             )
             frame = error_frame(HANDLER_ERROR, "the handler failed", event.id).encode()
-        self.flusher.queue(self._connection_write(event.connection_id, frame))
+        return (self._connection_write(event.connection_id, frame),)
 
     async def _run_hook(self, hook: LifecycleHandler | None, ctx: Context, name: str) -> None:
         if hook is None:
@@ -618,8 +638,8 @@ class _Run:
         except Exception:
             logger.exception("%s failed (connection %s)", name, ctx.connection_id)
 
-    async def _connect_hook(self, ctx: Context) -> None:
-        """Run ``on_connect`` for a connection the gateway holds, and answer: accept or refuse."""
+    async def _connect_hook(self, ctx: Context) -> StreamWrite:
+        """Run ``on_connect`` for a connection the gateway holds; its answer: accept or refuse."""
         connection_id, on_connect = ctx.connection_id, self.worker.on_connect
         if on_connect is None:
             answer = accept_command(connection_id)
@@ -634,20 +654,17 @@ class _Run:
                 answer = refuse_command(connection_id, *HOOK_FAILED)
             else:
                 answer = _hook_answer(connection_id, result)
-        self._queue_command(connection_id, answer)
+        return self._command_write(connection_id, answer)
 
-    def _retry(self, entry: _Entry, retry: Retry) -> None:
-        """Queue the message in the delayed set as its next attempt, or dead-letter it."""
+    def _retry(self, entry: _Entry, retry: Retry) -> tuple[CommitWrite, ...]:
+        """The message in the delayed set as its next attempt, or its dead letter."""
         event, attempt, max_attempts = entry.event, entry.attempt, self.worker.max_attempts
         if attempt >= max_attempts:
             error = f"Retry raised at attempt {attempt} of {max_attempts}"
             cause = retry.__cause__ or retry.__context__
             if cause is not None:
                 error += f", after {type(cause).__name__}: {cause}"
-            self._give_up(entry, error, attempts=attempt)
-            return
-        member = delivery.delayed_member(entry.entry_id, text_fields(entry.raw_fields), attempt + 1)
-        self.flusher.queue(delivery.DelayedWrite(self.delayed, member, round(retry.delay * 1000)))
+            return self._give_up(entry, error, attempts=attempt)
         logger.info(
             'action "%s" (connection %s) asked for a retry: attempt %d of %d in %gs',
             event.action,
@@ -656,9 +673,50 @@ class _Run:
             max_attempts,
             retry.delay,
         )
+        return (self._delayed_write(entry, round(retry.delay * 1000)),)
 
-    def _give_up(self, entry: _Entry, error: str, *, attempts: int) -> None:
-        """Move the entry to the dead letters, and tell the client (its gateway, for a hook)."""
+    def _delayed_write(self, entry: _Entry, delay_ms: int) -> delivery.DelayedWrite:
+        """The message's next attempt, due in ``delay_ms``."""
+        member = delivery.delayed_member(entry.entry_id, text_fields(entry.raw_fields), entry.attempt + 1)
+        return delivery.DelayedWrite(self.delayed, member, delay_ms)
+
+    def _refused(self, entry_id: str, entry: _Entry | None, error: str) -> None:
+        """Redis refused a write of the entry (the flusher logged it), which is still pending:
+        a message runs again as its next attempt, as after a crash; an event that can't carry
+        an attempt (or whose retry or late dead letter was refused too) is left pending, and
+        claimed once idle."""
+        if entry is None or entry.event.type != "message" or entry.attempt > self.worker.max_attempts:
+            logger.error(
+                "inbound entry %s stays pending: it is claimed and runs again once idle for %d ms, "
+                "as when its worker dies",
+                entry_id,
+                self.worker.claim_idle_ms,
+            )
+            return
+        error = f"Redis refused a write of attempt {entry.attempt} of {self.worker.max_attempts}: {error}"
+        # Not this entry again if these writes are refused too (source None): left pending.
+        self.flusher.ack(entry_id, self._run_again(entry, error), None)
+
+    def _run_again(self, entry: _Entry, error: str) -> tuple[CommitWrite, ...]:
+        """A message a write of which failed: its next attempt in the delayed set, due in
+        ``claim_idle_ms`` (as if its worker had died), or its dead letter after the last one."""
+        event, attempt, max_attempts = entry.event, entry.attempt, self.worker.max_attempts
+        if attempt >= max_attempts:
+            return self._give_up(entry, error, attempts=attempt)
+        logger.error(
+            'action "%s" (connection %s, entry %s): %s; running it again as attempt %d in %d ms',
+            event.action,
+            event.connection_id,
+            entry.entry_id,
+            error,
+            attempt + 1,
+            self.worker.claim_idle_ms,
+        )
+        return (self._delayed_write(entry, self.worker.claim_idle_ms),)
+
+    def _give_up(self, entry: _Entry, error: str, *, attempts: int) -> tuple[CommitWrite, ...]:
+        """The entry's dead letter, then (if Redis takes it) what tells the client (its gateway,
+        for a hook)."""
         event, worker = entry.event, self.worker
         dead = delivery.dead_letter(
             text_fields(entry.raw_fields), error=error, attempts=attempts, worker=worker.consumer_name
@@ -666,7 +724,7 @@ class _Run:
         # MAXLEN ~: at least the newest max_dead_letters are kept (a few more, as Redis trims
         # whole nodes of its listpacks).
         cap = worker.max_dead_letters or None
-        self.flusher.queue(StreamWrite(constants.dead_letters(worker.key_prefix), dead, cap))
+        dead_letter = StreamWrite(constants.dead_letters(worker.key_prefix), dead, cap)
         what = f'action "{event.action}"' if event.type == "message" else f"{event.type} event"
         logger.error(
             "%s (connection %s, entry %s) failed after %d attempts, moved to the dead letters: %s",
@@ -676,11 +734,17 @@ class _Run:
             attempts,
             error,
         )
+        # Best effort: it may go to the very key that refused the writes of the attempts.
         if event.type == "message":
             message = f"the message failed after {attempts} attempt{'' if attempts == 1 else 's'}"
-            self._queue_frame(event.connection_id, error_frame(HANDLER_FAILED, message, event.id))
-        elif event.hook:
-            self._queue_command(event.connection_id, refuse_command(event.connection_id, *HOOK_FAILED))
+            frame = self._frame_write(event.connection_id, error_frame(HANDLER_FAILED, message, event.id))
+            return (dead_letter, BestEffort(frame))
+        if event.hook:
+            answer = self._command_write(
+                event.connection_id, refuse_command(event.connection_id, *HOOK_FAILED)
+            )
+            return (dead_letter, BestEffort(answer))
+        return (dead_letter,)
 
     # At least once: keeping in-flight entries, moving due retries.
 
@@ -749,8 +813,8 @@ class _Run:
 
         return Context._of_event(event, attempt, self.publisher, send_frame, self.loop)
 
-    def _queue_frame(self, connection_id: str, frame: str) -> None:
-        self.flusher.queue(self._connection_write(connection_id, frame.encode()))
+    def _frame_write(self, connection_id: str, frame: str) -> PackedWrite:
+        return self._connection_write(connection_id, frame.encode())
 
     def _connection_write(self, connection_id: str, frame: bytes) -> PackedWrite:
         """``Route.connection(key_prefix, connection_id).send(frame)``, for an id already checked,
@@ -761,12 +825,15 @@ class _Run:
             if len(self.reply_templates) >= _MAX_REPLY_TEMPLATES:  # gateways come and go
                 self.reply_templates.clear()
             template = self.reply_templates[node] = _reply_template(self.worker.key_prefix, node)
-        return PackedWrite(template.stream, template.command.pack(connection_id.encode(), b"frame", frame))
+        command = template.command
+        return PackedWrite(
+            template.stream, command.pack(connection_id.encode(), b"frame", frame), command.arguments
+        )
 
-    def _queue_command(self, connection_id: str, fields: dict[str, str]) -> None:
-        """Queue a command for the gateway holding ``connection_id``."""
+    def _command_write(self, connection_id: str, fields: dict[str, str]) -> StreamWrite:
+        """A command for the gateway holding ``connection_id``."""
         node_stream = constants.node_stream(self.worker.key_prefix, node_of(connection_id))
-        self.flusher.queue(StreamWrite(node_stream, fields, constants.NODE_STREAM_MAXLEN))
+        return StreamWrite(node_stream, fields, constants.NODE_STREAM_MAXLEN)
 
     # Periodic functions.
 
