@@ -1,0 +1,456 @@
+"""Fault injection: each test breaks one thing for real and checks that every guarantee holds.
+
+Faults: Redis stalled (SIGSTOP) longer than the gateway's Redis timeout, Redis stopped
+(SIGTERM) and restarted from its append-only file, Redis killed (SIGKILL) and restarted
+empty; a gateway killed; a worker killed mid-handler; clients vanishing by FIN, RST or
+silence; a flood above every limit. As applies, each test checks that
+
+- every frame with an id gets exactly one answer (a reply or an ``$error``), and a frame
+  answered ``unavailable``, ``overloaded`` or ``rate_limited`` never ran (the ``tracked``
+  action of sample_app notes every frame it runs in Redis);
+- every connection gets exactly one disconnect event, with its true close code
+  (sample_app's ``on_disconnect`` notes each in Redis);
+- nothing is left of closed connections in the registry;
+- the gateway's memory is back near its baseline after a flood;
+- the same processes serve again, with no restart.
+
+A test reports every guarantee it found broken, not only the first (``Findings``).
+Each test has a redis-server of its own, which it may stall, stop or kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from raw_client import HandshakeRefused, RawClient, text_frame
+from system_harness import JWT_SECRET, GatewayProcess, StartGateway, StartWorker, token
+
+from wsq_devkit import ManagedProcess, RedisServer, wait_until_async
+from wsq_devkit.polling import DeadlineExceeded
+from wsq_gateway.app import REDIS_TIMEOUT_S
+
+pytestmark = pytest.mark.faults
+
+# Codes that say "not accepted": a frame answered with one of them must never run.
+NOT_ACCEPTED = {"unavailable", "overloaded", "rate_limited"}
+ANSWER_TIMEOUT_S = 20.0  # for an answer once the fault is over: Redis' and the workers' back-off included
+EVENT_TIMEOUT_S = 15.0  # for a disconnect event once the fault is over
+_sentinels = itertools.count(1)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own (it may stall, stop or kill it), with an append-only file."""
+    with RedisServer(appendonly=True) as server:
+        yield server
+
+
+class Findings:
+    """The guarantees a test found broken, collected so that one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.broken: list[str] = []
+
+    def check(self, holds: bool, guarantee: str) -> bool:
+        if not holds:
+            self.broken.append(guarantee)
+        return holds
+
+    async def within(self, seconds: float, condition: Callable[[], object], guarantee: str) -> bool:
+        """Poll ``condition`` until it is true; note ``guarantee`` as broken if it never is."""
+
+        async def probe() -> bool:
+            try:
+                return bool(condition())
+            except (redis.ConnectionError, redis.TimeoutError):  # Redis still coming back
+                return False
+
+        try:
+            await wait_until_async(probe, timeout=seconds, interval=0.05, message=guarantee)
+        except DeadlineExceeded:
+            self.broken.append(f"{guarantee} (not within {seconds:g} s)")
+            return False
+        return True
+
+    def assert_all_held(self) -> None:
+        assert not self.broken, "broken guarantees:\n  " + "\n  ".join(self.broken)
+
+
+@dataclass
+class Registry:
+    """What the test's processes wrote to Redis under its key prefix."""
+
+    client: redis.Redis
+    prefix: str
+
+    def disconnects(self) -> list[tuple[str, int | None]]:
+        """(connection id, close code) of each disconnect event sample_app's on_disconnect ran for."""
+        raw: Any = self.client.lrange(f"{self.prefix}:test:disconnects", 0, -1)
+        return [(seen["connection_id"], seen["close_code"]) for seen in map(json.loads, raw)]
+
+    def processed(self) -> list[dict[str, Any]]:
+        """What the ``tracked`` action noted for each frame it ran: connection_id, id, attempt, pid."""
+        raw: Any = self.client.lrange(f"{self.prefix}:test:processed", 0, -1)
+        return [json.loads(item) for item in raw]
+
+    def quiet(self) -> bool:
+        """The inbound stream is empty: every event appended so far was handled and acknowledged."""
+        length: Any = self.client.xlen(f"{self.prefix}:inbound")
+        return int(length) == 0
+
+    def presence(self) -> dict[str, set[str]]:
+        """Each registry key about connections, and the connection ids it names."""
+        found: dict[str, set[str]] = {}
+        conn_prefix = f"{self.prefix}:conn:"
+        for key in self.client.scan_iter(match=f"{conn_prefix}*", count=1000):
+            found[key] = {key[len(conn_prefix) :].removesuffix(":groups")}
+        for kind in ("node", "user", "group"):
+            for key in self.client.scan_iter(match=f"{self.prefix}:{kind}:*:conns", count=1000):
+                members: Any = self.client.smembers(key)
+                found[key] = set(members)
+        return found
+
+
+@pytest.fixture
+def registry(redis_client: redis.Redis, key_prefix: str) -> Registry:
+    return Registry(redis_client, key_prefix)
+
+
+@dataclass
+class Sent:
+    """The frames with an id a test sent, to check that each got exactly one answer."""
+
+    frames: list[tuple[RawClient, str]] = field(default_factory=list)
+
+    def send(self, client: RawClient, *ids: str, data: Any = None, action: str = "tracked") -> None:
+        """Send one frame per id, all in one write."""
+        client.send(*(text_frame(action, data, id) for id in ids))
+        self.frames += [(client, id) for id in ids]
+
+    def unanswered(self) -> list[str]:
+        return [f"{client.label}/{id}" for client, id in self.frames if not client.answers(id)]
+
+
+def label(client: RawClient) -> str:
+    return f"{client.label} ({client.connection_id})"
+
+
+async def connect(gateway: GatewayProcess, name: str, user: str | None = None) -> RawClient:
+    query = f"token={token(user)}" if user is not None else ""
+    return await RawClient.connect(gateway.port, gateway.path, query=query, label=name)
+
+
+async def request(client: RawClient, action: str, data: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+    """Send a frame with a fresh id and return its first answer."""
+    id = f"req-{next(_sentinels)}"
+    client.send(text_frame(action, data, id))
+
+    async def answers() -> list[dict[str, Any]]:
+        return client.answers(id)
+
+    return (await wait_until_async(answers, timeout=timeout, message=f"{client.label} answered"))[0]
+
+
+async def check_answers(findings: Findings, sent: Sent, registry: Registry, *, timeout: float) -> None:
+    """Every frame with an id got exactly one answer, and one refused never ran.
+
+    Once every id has an answer and the workers are done with the inbound stream, each
+    open client sends one more frame and waits for its reply: an answer given late (a
+    second one) would have arrived before it, on the same ordered path.
+    """
+    answered = await findings.within(
+        timeout, lambda: not sent.unanswered(), "every frame with an id is answered"
+    )
+    if not answered:
+        findings.check(False, f"unanswered: {sent.unanswered()}")
+    await findings.within(timeout, registry.quiet, "the workers handle every accepted event")
+    for client in {client for client, _ in sent.frames}:
+        if client.closed.done() or client.silent:
+            continue
+        await findings.within(10, sentinel_answered(client), f"{label(client)} is served after")
+    ran = {(seen["connection_id"], seen["id"]) for seen in registry.processed()}
+    for client, id in sent.frames:
+        answers = client.answers(id)
+        findings.check(len(answers) == 1, f"{client.label}/{id} got exactly one answer, not {answers}")
+        for answer in answers:
+            code = answer["data"].get("code") if answer["action"] == "$error" else None
+            if code in NOT_ACCEPTED:
+                findings.check(
+                    (client.connection_id, id) not in ran,
+                    f"{client.label}/{id} was answered {code} yet it ran",
+                )
+
+
+def sentinel_answered(client: RawClient) -> Callable[[], bool]:
+    """Send an echo frame; the condition that it was answered."""
+    id = f"sentinel-{next(_sentinels)}"
+    client.send(text_frame("echo", None, id))
+    return lambda: bool(client.answers(id))
+
+
+async def check_disconnects(
+    findings: Findings,
+    registry: Registry,
+    expected: dict[RawClient, int],
+    *,
+    timeout: float = EVENT_TIMEOUT_S,
+    live: Iterable[RawClient] = (),
+) -> None:
+    """Each connection of ``expected`` got exactly one disconnect event, with its close code;
+    the ``live`` ones got none."""
+    wanted = {client.connection_id for client in expected}
+
+    def missing() -> set[str]:
+        return wanted - {connection_id for connection_id, _ in registry.disconnects()}
+
+    seen = await findings.within(timeout, lambda: not missing(), "every closed connection's disconnect event")
+    if not seen:
+        names = [label(client) for client in expected if client.connection_id in missing()]
+        findings.check(False, f"no disconnect event for {names}")
+    await findings.within(timeout, registry.quiet, "the workers handle every disconnect event")
+    events = registry.disconnects()
+    for client, code in expected.items():
+        codes = [seen for connection_id, seen in events if connection_id == client.connection_id]
+        if codes:  # a missing event was reported above
+            findings.check(codes == [code], f"{label(client)}: one disconnect event with {code}, not {codes}")
+    for client in live:
+        codes = [seen for connection_id, seen in events if connection_id == client.connection_id]
+        findings.check(not codes, f"{label(client)}, still open, got disconnect events {codes}")
+
+
+def check_presence(findings: Findings, registry: Registry, live: Iterable[RawClient]) -> None:
+    """The registry names live connections only: nothing is left of the closed ones."""
+    live_ids = {client.connection_id for client in live}
+    for key, ids in sorted(registry.presence().items()):
+        findings.check(not ids - live_ids, f"{key} still names closed connection(s) {sorted(ids - live_ids)}")
+
+
+async def check_serves_again(
+    findings: Findings,
+    gateway: GatewayProcess,
+    processes: list[ManagedProcess],
+    pids: list[int],
+    user: str | None = None,
+) -> RawClient | None:
+    """The same processes serve again, no restart: /readyz says 200 and a new client gets a
+    reply. Returns that client (the caller closes it) or None."""
+    findings.check(
+        [process.pid for process in processes] == pids and all(p.running() for p in processes),
+        "every process still runs, none was restarted",
+    )
+    await findings.within(ANSWER_TIMEOUT_S, lambda: gateway.status("/readyz") == 200, "/readyz: 200 again")
+    try:
+        newcomer = await connect(gateway, "newcomer", user)
+        reply = await request(newcomer, "echo", "again", timeout=ANSWER_TIMEOUT_S)
+    except (HandshakeRefused, OSError, DeadlineExceeded, TimeoutError) as exc:
+        findings.check(False, f"a new client gets a reply ({exc!r})")
+        return None
+    findings.check(reply.get("data") == "again", f"a new client gets a reply, not {reply}")
+    return newcomer
+
+
+def _async(condition: Callable[[], Any]) -> Callable[[], Any]:
+    """``condition`` as the coroutine function ``wait_until_async`` polls."""
+
+    async def probe() -> Any:
+        return condition()
+
+    return probe
+
+
+def close_all(clients: Iterable[RawClient]) -> None:
+    for client in clients:
+        client.abort()
+
+
+async def test_redis_stall_longer_than_its_timeout_answers_each_frame_once(
+    redis_server: RedisServer,
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    processes: list[ManagedProcess],
+    registry: Registry,
+) -> None:
+    """SIGSTOP on redis-server for longer than the gateway's Redis timeout, then SIGCONT.
+
+    Frames go in at three moments of the stall: at once (their write is on Redis' socket
+    before the timeout), a second later (queued behind it), and after the timeout. Each
+    must get exactly one answer; one answered ``unavailable`` must never run.
+    """
+    stall_s = REDIS_TIMEOUT_S + 2.0
+    gateway = start_gateway()
+    start_worker()
+    pids = [process.pid for process in processes]
+    ann, bob, leaver = [await connect(gateway, name) for name in ("ann", "bob", "leaver")]
+    findings, sent = Findings(), Sent()
+    try:
+        assert (await request(ann, "echo", "before"))["data"] == "before"
+        loop = asyncio.get_running_loop()
+        redis_server.pause()
+        stalled_at = loop.time()
+        try:
+            sent.send(ann, "at-once-1", "at-once-2")
+            # The stall's schedule (fault parameters, not synchronisation): a second later,
+            # then past the gateway's Redis timeout.
+            await asyncio.sleep(1.0)
+            sent.send(ann, "queued-1")
+            sent.send(bob, "queued-2")
+            await leaver.close(4001)  # the gateway answers it without Redis
+            await asyncio.sleep(stalled_at + REDIS_TIMEOUT_S + 0.5 - loop.time())
+            sent.send(ann, "late-1")
+            sent.send(bob, "late-2")
+            await asyncio.sleep(stalled_at + stall_s - loop.time())
+        finally:
+            redis_server.resume()
+
+        await check_answers(findings, sent, registry, timeout=ANSWER_TIMEOUT_S + REDIS_TIMEOUT_S)
+        newcomer = await check_serves_again(findings, gateway, processes, pids)
+        clients = [ann, bob, *([newcomer] if newcomer else [])]
+        await check_disconnects(findings, registry, {leaver: 4001}, live=clients)
+        for client in clients:
+            await client.close()
+        await check_disconnects(findings, registry, {leaver: 4001} | dict.fromkeys(clients, 1000))
+        check_presence(findings, registry, live=())
+    finally:
+        close_all([ann, bob, leaver])
+    findings.assert_all_held()
+
+
+async def test_redis_sigterm_and_restart_from_its_append_only_file_loses_nothing_accepted(
+    redis_server: RedisServer,
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    processes: list[ManagedProcess],
+    registry: Registry,
+    key_prefix: str,
+) -> None:
+    """redis-server stopped (SIGTERM) while handlers run, restarted on the same port and
+    directory from its append-only file: what was accepted is answered, once."""
+    outage_s = 2.0  # longer than the handlers take: their replies wait for Redis
+    gateway = start_gateway()
+    start_worker(WSQ_CLAIM_IDLE_MS="1000")
+    pids = [process.pid for process in processes]
+    ann, leaver = await connect(gateway, "ann"), await connect(gateway, "leaver")
+    findings, sent = Findings(), Sent()
+    try:
+        sent.send(ann, "accepted-1", "accepted-2", "accepted-3", data=0.5)
+
+        def running() -> bool:  # accepted, and taken by the worker
+            pending: Any = registry.client.xpending(f"{key_prefix}:inbound", "workers")
+            return int(pending["pending"]) == 3
+
+        await wait_until_async(_async(running), timeout=10, message="the three frames are being handled")
+        redis_server.stop()
+        outage_started = time.monotonic()
+        try:
+            sent.send(ann, "during-outage")
+            await leaver.close(4002)
+            await asyncio.sleep(outage_s - (time.monotonic() - outage_started))
+        finally:
+            redis_server.start()
+
+        await check_answers(findings, sent, registry, timeout=ANSWER_TIMEOUT_S)
+        for id in ("accepted-1", "accepted-2", "accepted-3"):
+            answers = ann.answers(id)
+            findings.check(
+                [answer["action"] for answer in answers] == ["tracked"],
+                f"ann/{id}, accepted before the outage, got its reply: not {answers}",
+            )
+        newcomer = await check_serves_again(findings, gateway, processes, pids)
+        clients = [ann, *([newcomer] if newcomer else [])]
+        await check_disconnects(findings, registry, {leaver: 4002}, live=clients)
+        for client in clients:
+            await client.close()
+        await check_disconnects(findings, registry, {leaver: 4002} | dict.fromkeys(clients, 1000))
+        check_presence(findings, registry, live=())
+    finally:
+        close_all([ann, leaver])
+    findings.assert_all_held()
+
+
+async def test_redis_sigkill_and_empty_restart_recovers_without_restarting_anything(
+    redis_server: RedisServer,
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    processes: list[ManagedProcess],
+    registry: Registry,
+    key_prefix: str,
+) -> None:
+    """redis-server killed (SIGKILL) and started again empty: gateways register their live
+    connections again at their next heartbeat, workers create the consumer group again."""
+    heartbeat_s = 0.5
+    gateway = start_gateway(
+        WSQ_JWT_SECRET=JWT_SECRET, WSQ_NODE_HEARTBEAT_S=str(heartbeat_s), WSQ_NODE_TIMEOUT_S="5"
+    )
+    start_worker()
+    pids = [process.pid for process in processes]
+    ann, bob = await connect(gateway, "ann", user="ann"), await connect(gateway, "bob", user="bob")
+    findings, sent = Findings(), Sent()
+    try:
+        assert (await request(ann, "join_room", "lobby"))["data"] is True
+
+        redis_server.kill()
+        redis_server.wipe()
+        try:
+            sent.send(ann, "during-outage")
+            await findings.within(
+                REDIS_TIMEOUT_S * 2, lambda: ann.answers("during-outage"), "a frame is answered without Redis"
+            )
+        finally:
+            redis_server.start()  # empty: no file to load
+
+        # Each try is a frame of its own, which must get exactly one answer too.
+        for attempt in itertools.count(1):
+            id = f"after-{attempt}"
+            sent.send(ann, id)
+
+            async def replied(id: str = id) -> bool:
+                return any(answer["action"] == "tracked" for answer in ann.answers(id))
+
+            try:
+                await wait_until_async(replied, timeout=2, message="a reply")
+                break
+            except DeadlineExceeded:
+                if attempt * 2 >= ANSWER_TIMEOUT_S:
+                    findings.check(False, "new frames get replies after the empty restart")
+                    break
+        await check_answers(findings, sent, registry, timeout=ANSWER_TIMEOUT_S)
+
+        node = gateway.node_id
+        prefix = key_prefix
+
+        def registered_again() -> bool:
+            client = registry.client
+            return bool(
+                client.exists(f"{prefix}:conn:{ann.connection_id}", f"{prefix}:conn:{bob.connection_id}") == 2
+                and client.smembers(f"{prefix}:node:{node}:conns") >= {ann.connection_id, bob.connection_id}
+                and client.sismember(f"{prefix}:user:ann:conns", ann.connection_id)
+                and client.sismember(f"{prefix}:user:bob:conns", bob.connection_id)
+                and client.sismember(f"{prefix}:group:lobby:conns", ann.connection_id)
+                and client.sismember(f"{prefix}:conn:{ann.connection_id}:groups", "lobby")
+            )
+
+        await findings.within(
+            heartbeat_s * 4 + ANSWER_TIMEOUT_S,
+            registered_again,
+            "live connections, their users and groups are in the registry again",
+        )
+        newcomer = await check_serves_again(findings, gateway, processes, pids, user="cid")
+        clients = [ann, bob, *([newcomer] if newcomer else [])]
+        check_presence(findings, registry, live=clients)
+        await ann.close(4100)
+        await bob.close()
+        if newcomer:
+            await newcomer.close()
+        await check_disconnects(findings, registry, {ann: 4100, bob: 1000} | dict.fromkeys(clients[2:], 1000))
+        check_presence(findings, registry, live=())
+    finally:
+        close_all([ann, bob])
+    findings.assert_all_held()
