@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 
 import pytest
 import redis
-from raw_client import HandshakeRefused, RawClient, text_frame
+from raw_client import NO_CLOSE_FRAME, HandshakeRefused, RawClient, text_frame
 from system_harness import JWT_SECRET, GatewayProcess, StartGateway, StartWorker, token
 
 from wsq_devkit import ManagedProcess, RedisServer, wait_until_async
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.faults
 # Codes that say "not accepted": a frame answered with one of them must never run.
 NOT_ACCEPTED = {"unavailable", "overloaded", "rate_limited"}
 ANSWER_TIMEOUT_S = 20.0  # for an answer once the fault is over: Redis' and the workers' back-off included
-EVENT_TIMEOUT_S = 15.0  # for a disconnect event once the fault is over
+EVENT_TIMEOUT_S = 10.0  # for a disconnect event once the fault is over
 _sentinels = itertools.count(1)
 
 
@@ -90,6 +91,7 @@ class Registry:
 
     client: redis.Redis
     prefix: str
+    without_event: set[str] = field(default_factory=set)  # connections found without a disconnect event
 
     def disconnects(self) -> list[tuple[str, int | None]]:
         """(connection id, close code) of each disconnect event sample_app's on_disconnect ran for."""
@@ -205,8 +207,8 @@ async def check_disconnects(
     live: Iterable[RawClient] = (),
 ) -> None:
     """Each connection of ``expected`` got exactly one disconnect event, with its close code;
-    the ``live`` ones got none."""
-    wanted = {client.connection_id for client in expected}
+    the ``live`` ones got none. (Not waited for again: connections already found without one.)"""
+    wanted = {client.connection_id for client in expected} - registry.without_event
 
     def missing() -> set[str]:
         return wanted - {connection_id for connection_id, _ in registry.disconnects()}
@@ -215,6 +217,7 @@ async def check_disconnects(
     if not seen:
         names = [label(client) for client in expected if client.connection_id in missing()]
         findings.check(False, f"no disconnect event for {names}")
+        registry.without_event |= missing()
     await findings.within(timeout, registry.quiet, "the workers handle every disconnect event")
     events = registry.disconnects()
     for client, code in expected.items():
@@ -453,4 +456,171 @@ async def test_redis_sigkill_and_empty_restart_recovers_without_restarting_anyth
         check_presence(findings, registry, live=())
     finally:
         close_all([ann, bob])
+    findings.assert_all_held()
+
+
+async def test_gateway_sigkill_its_connections_are_reaped_by_a_survivor(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    processes: list[ManagedProcess],
+    registry: Registry,
+    key_prefix: str,
+) -> None:
+    """A gateway killed (SIGKILL): a surviving gateway forgets its connections within
+    WSQ_NODE_TIMEOUT_S + WSQ_NODE_HEARTBEAT_S, one disconnect event each, with 1006."""
+    heartbeat_s, timeout_s = 0.5, 2.0
+    liveness = {"WSQ_NODE_HEARTBEAT_S": str(heartbeat_s), "WSQ_NODE_TIMEOUT_S": str(timeout_s)}
+    victim = start_gateway(WSQ_JWT_SECRET=JWT_SECRET, **liveness)
+    survivor = start_gateway(WSQ_JWT_SECRET=JWT_SECRET, **liveness)
+    start_worker()
+    lost = [await connect(victim, f"lost-{n}", user=user) for n, user in enumerate(("ann", "bob", "bob"))]
+    stayer = await connect(survivor, "stayer", user="bob")
+    findings = Findings()
+    try:
+        for client in (lost[0], lost[1], stayer):
+            assert (await request(client, "join_room", "lobby"))["data"] is True
+
+        victim.process.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        victim.process.wait(timeout=10)
+        processes.remove(victim.process)
+        pids = [process.pid for process in processes]
+        # The survivor notices within the timeout and a heartbeat; then a worker runs the events.
+        await check_disconnects(
+            findings,
+            registry,
+            dict.fromkeys(lost, NO_CLOSE_FRAME),
+            timeout=timeout_s + heartbeat_s + EVENT_TIMEOUT_S,
+            live=[stayer],
+        )
+        noticed_s = time.monotonic() - killed_at
+        findings.check(
+            noticed_s < timeout_s + heartbeat_s + 3.0,
+            f"the dead gateway's connections are forgotten within {timeout_s + heartbeat_s:g} s "
+            f"(+3 s for the worker), not {noticed_s:.1f} s",
+        )
+        check_presence(findings, registry, live=[stayer])
+        nodes: Any = registry.client.zrange(f"{key_prefix}:nodes", 0, -1)
+        findings.check(victim.node_id not in nodes, f"the dead gateway left {key_prefix}:nodes: {nodes}")
+        findings.check(
+            not registry.client.exists(f"{key_prefix}:node:{victim.node_id}:out"),
+            "the dead gateway's stream is deleted",
+        )
+        reply = await request(stayer, "echo", "still here")
+        findings.check(reply.get("data") == "still here", f"the survivor's client is served: {reply}")
+        newcomer = await check_serves_again(findings, survivor, processes, pids, user="cid")
+        clients = [stayer, *([newcomer] if newcomer else [])]
+        for client in clients:
+            await client.close()
+        await check_disconnects(
+            findings, registry, dict.fromkeys(lost, NO_CLOSE_FRAME) | dict.fromkeys(clients, 1000)
+        )
+        check_presence(findings, registry, live=())
+    finally:
+        close_all([*lost, stayer])
+    findings.assert_all_held()
+
+
+async def test_worker_sigkill_mid_handler_another_worker_runs_it_again(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    processes: list[ManagedProcess],
+    registry: Registry,
+) -> None:
+    """A worker killed (SIGKILL) in the middle of a handler: after WSQ_CLAIM_IDLE_MS another
+    worker runs the message again (attempt 2), and the client gets exactly one answer."""
+    claim_idle_ms = 1000
+    gateway = start_gateway()
+    workers = [start_worker(WSQ_CLAIM_IDLE_MS=str(claim_idle_ms)) for _ in range(2)]
+    ann = await connect(gateway, "ann")
+    findings, sent = Findings(), Sent()
+    try:
+        sent.send(ann, "doomed", data=60)  # its first attempt sleeps for a minute
+
+        def first_attempt() -> dict[str, Any] | None:
+            return next((seen for seen in registry.processed() if seen["id"] == "doomed"), None)
+
+        started = await wait_until_async(_async(first_attempt), timeout=10, message="the handler started")
+        (doomed_worker,) = [worker for worker in workers if worker.pid == started["pid"]]
+        (other_worker,) = [worker for worker in workers if worker is not doomed_worker]
+        doomed_worker.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        doomed_worker.wait(timeout=10)
+        processes.remove(doomed_worker)
+        pids = [process.pid for process in processes]
+
+        # Idle for claim_idle_ms, then found by a claim (every claim_idle_ms / 2).
+        answered = await findings.within(
+            claim_idle_ms * 1.5 / 1000 + 5, lambda: ann.answers("doomed"), "the message runs again"
+        )
+        if answered:
+            findings.check(
+                ann.answers("doomed")[0]
+                == {"action": "tracked", "data": {"attempt": 2, "pid": other_worker.pid}, "id": "doomed"},
+                f"the other worker ran it as attempt 2: {ann.answers('doomed')}",
+            )
+            findings.check(
+                time.monotonic() - killed_at >= claim_idle_ms / 1000,
+                "the message runs again only once it was idle for WSQ_CLAIM_IDLE_MS",
+            )
+        await check_answers(findings, sent, registry, timeout=ANSWER_TIMEOUT_S)
+        attempts = [(seen["attempt"], seen["pid"]) for seen in registry.processed() if seen["id"] == "doomed"]
+        findings.check(
+            attempts == [(1, doomed_worker.pid), (2, other_worker.pid)],
+            f"it ran twice, once in each worker: {attempts}",
+        )
+        newcomer = await check_serves_again(findings, gateway, processes, pids)
+        clients = [ann, *([newcomer] if newcomer else [])]
+        for client in clients:
+            await client.close()
+        await check_disconnects(findings, registry, dict.fromkeys(clients, 1000))
+        check_presence(findings, registry, live=())
+    finally:
+        close_all([ann])
+    findings.assert_all_held()
+
+
+@pytest.mark.parametrize("how", ["fin", "rst", "silence"])
+async def test_client_vanishing_gets_one_disconnect_event_with_1006(
+    how: str,
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    processes: list[ManagedProcess],
+    registry: Registry,
+) -> None:
+    """Clients that leave without a close frame (a FIN, an RST, or silence: no pong to the
+    gateway's pings) each get one disconnect event, with 1006, and leave nothing behind."""
+    heartbeat_s = 0.5
+    gateway = start_gateway(WSQ_JWT_SECRET=JWT_SECRET, WSQ_HEARTBEAT_S=str(heartbeat_s))
+    start_worker()
+    pids = [process.pid for process in processes]
+    stayer = await connect(gateway, "stayer", user="ann")
+    leavers = [await connect(gateway, f"{how}-{n}", user="ann") for n in range(3)]
+    findings = Findings()
+    try:
+        for client in (stayer, *leavers):
+            assert (await request(client, "join_room", "lobby"))["data"] is True
+        for client in leavers:
+            client.vanish(how)
+        # A silent client is closed once it missed a pong (half a heartbeat after a ping).
+        await check_disconnects(
+            findings,
+            registry,
+            dict.fromkeys(leavers, NO_CLOSE_FRAME),
+            timeout=heartbeat_s * 2 + EVENT_TIMEOUT_S,
+            live=[stayer],
+        )
+        check_presence(findings, registry, live=[stayer])
+        reply = await request(stayer, "echo", "still here")
+        findings.check(reply.get("data") == "still here", f"the other client is served: {reply}")
+        newcomer = await check_serves_again(findings, gateway, processes, pids, user="bob")
+        clients = [stayer, *([newcomer] if newcomer else [])]
+        for client in clients:
+            await client.close()
+        await check_disconnects(
+            findings, registry, dict.fromkeys(leavers, NO_CLOSE_FRAME) | dict.fromkeys(clients, 1000)
+        )
+        check_presence(findings, registry, live=())
+    finally:
+        close_all([stayer, *leavers])
     findings.assert_all_held()
