@@ -624,3 +624,93 @@ async def test_client_vanishing_gets_one_disconnect_event_with_1006(
     finally:
         close_all([stayer, *leavers])
     findings.assert_all_held()
+
+
+async def test_flood_above_every_limit_is_answered_and_memory_comes_back(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    processes: list[ManagedProcess],
+    registry: Registry,
+) -> None:
+    """Rounds of a flood over every limit at once: a burst of upgrades three times the
+    per-address cap, frames over the size limit, and bursts of frames over the rate limit
+    and the gateway's queue. Each over-limit frame gets its one ``$error`` (and never runs),
+    each connection its one disconnect event, and the gateway's memory comes back."""
+    cap, frames_each, rounds = 10, 60, 2
+    gateway = start_gateway(
+        WSQ_JWT_SECRET=JWT_SECRET,  # signed-in users, as most apps have
+        WSQ_MAX_CONNECTIONS_PER_ADDR=str(cap),
+        WSQ_MAX_MESSAGE_BYTES="1024",
+        WSQ_RATE_LIMIT="20",
+        WSQ_RATE_BURST="20",  # a burst of frames_each frames: 20 pass the rate limit...
+        WSQ_MAX_QUEUED_FRAMES="8",  # ... and of those, more than 8 at once fill the queue
+        WSQ_LOG_LEVEL="info",  # not a debug line per connection: the memory measured is the gateway's
+    )
+    start_worker()
+    pids = [process.pid for process in processes]
+    findings = Findings()
+    error_codes: set[str] = set()
+
+    async def flood(round: int) -> None:
+        attempts = await asyncio.gather(
+            *(connect(gateway, f"round{round}-{n}", user=f"user{n}") for n in range(3 * cap)),
+            return_exceptions=True,
+        )
+        clients = [attempt for attempt in attempts if isinstance(attempt, RawClient)]
+        refusals = [attempt for attempt in attempts if not isinstance(attempt, RawClient)]
+        findings.check(
+            len(clients) <= cap,
+            f"round {round}: {len(clients)} of {3 * cap} concurrent upgrades opened, over a cap of {cap}",
+        )
+        findings.check(
+            all(isinstance(refusal, HandshakeRefused) and refusal.status == 429 for refusal in refusals),
+            f"round {round}: upgrades over the cap are refused with HTTP 429, not {refusals}",
+        )
+        oversized, flooders = clients[:3], clients[3:]
+        try:
+            for client in oversized:
+                client.send(text_frame("echo", "x" * 2048))
+            sent = Sent()
+            for n, client in enumerate(flooders):
+                sent.send(client, *(f"r{round}-{n}-{k}" for k in range(frames_each)))
+            await check_answers(findings, sent, registry, timeout=ANSWER_TIMEOUT_S)
+            error_codes.update(
+                answer["data"]["code"]
+                for client, id in sent.frames
+                for answer in client.answers(id)
+                if answer["action"] == "$error"
+            )
+            closes = await asyncio.gather(
+                *(asyncio.wait_for(asyncio.shield(client.closed), 10) for client in oversized),
+                return_exceptions=True,
+            )
+            findings.check(
+                closes == [1009] * len(oversized), f"frames over the size limit close with 1009, not {closes}"
+            )
+            for client in flooders:
+                await client.close()
+            await check_disconnects(
+                findings, registry, dict.fromkeys(oversized, 1009) | dict.fromkeys(flooders, 1000)
+            )
+            check_presence(findings, registry, live=())
+        finally:
+            close_all(clients)
+
+    await flood(0)  # warms up every path, so the baseline counts what a flood leaves behind
+    baseline = gateway.process.rss_kib()
+    for round in range(1, rounds + 1):
+        await flood(round)
+    after = gateway.process.rss_kib()
+    findings.check(
+        {"rate_limited", "overloaded"} <= error_codes,
+        f"the flood went over the rate limit and the queue (else it proves nothing): {error_codes}",
+    )
+    findings.check(
+        after < baseline * 1.3 + 10_240,
+        f"the gateway's memory comes back: {after} KiB after, {baseline} before",
+    )
+    newcomer = await check_serves_again(findings, gateway, processes, pids, user="cid")
+    if newcomer is not None:
+        await newcomer.close()
+        await check_disconnects(findings, registry, {newcomer: 1000})
+    findings.assert_all_held()
