@@ -483,8 +483,8 @@ async def test_gateway_sigkill_its_connections_are_reaped_by_a_survivor(
         victim.process.signal(signal.SIGKILL)
         killed_at = time.monotonic()
         victim.process.wait(timeout=10)
-        processes.remove(victim.process)
-        pids = [process.pid for process in processes]
+        alive = [process for process in processes if process is not victim.process]
+        pids = [process.pid for process in alive]
         # The survivor notices within the timeout and a heartbeat; then a worker runs the events.
         await check_disconnects(
             findings,
@@ -495,9 +495,9 @@ async def test_gateway_sigkill_its_connections_are_reaped_by_a_survivor(
         )
         noticed_s = time.monotonic() - killed_at
         findings.check(
-            noticed_s < timeout_s + heartbeat_s + 3.0,
+            noticed_s < timeout_s + heartbeat_s + 5.0,
             f"the dead gateway's connections are forgotten within {timeout_s + heartbeat_s:g} s "
-            f"(+3 s for the worker), not {noticed_s:.1f} s",
+            f"(+5 s for the worker), not {noticed_s:.1f} s",
         )
         check_presence(findings, registry, live=[stayer])
         nodes: Any = registry.client.zrange(f"{key_prefix}:nodes", 0, -1)
@@ -508,7 +508,7 @@ async def test_gateway_sigkill_its_connections_are_reaped_by_a_survivor(
         )
         reply = await request(stayer, "echo", "still here")
         findings.check(reply.get("data") == "still here", f"the survivor's client is served: {reply}")
-        newcomer = await check_serves_again(findings, survivor, processes, pids, user="cid")
+        newcomer = await check_serves_again(findings, survivor, alive, pids, user="cid")
         clients = [stayer, *([newcomer] if newcomer else [])]
         for client in clients:
             await client.close()
@@ -546,8 +546,8 @@ async def test_worker_sigkill_mid_handler_another_worker_runs_it_again(
         doomed_worker.signal(signal.SIGKILL)
         killed_at = time.monotonic()
         doomed_worker.wait(timeout=10)
-        processes.remove(doomed_worker)
-        pids = [process.pid for process in processes]
+        alive = [process for process in processes if process is not doomed_worker]
+        pids = [process.pid for process in alive]
 
         # Idle for claim_idle_ms, then found by a claim (every claim_idle_ms / 2).
         answered = await findings.within(
@@ -569,7 +569,7 @@ async def test_worker_sigkill_mid_handler_another_worker_runs_it_again(
             attempts == [(1, doomed_worker.pid), (2, other_worker.pid)],
             f"it ran twice, once in each worker: {attempts}",
         )
-        newcomer = await check_serves_again(findings, gateway, processes, pids)
+        newcomer = await check_serves_again(findings, gateway, alive, pids)
         clients = [ann, *([newcomer] if newcomer else [])]
         for client in clients:
             await client.close()
