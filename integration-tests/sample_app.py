@@ -102,11 +102,16 @@ async def presence(ctx: Context, data: Any) -> dict[str, Any]:
     }
 
 
-async def remember(ctx: Context, data: Any) -> Any:
-    """Echo, after appending the frame's id to ``{prefix}:test:processed``: a side effect the
-    tests count (a frame answered ``unavailable`` must never have one)."""
-    await recorder().rpush(f"{PREFIX}:test:processed", ctx.id or "")
-    return data
+async def tracked(ctx: Context, data: Any) -> dict[str, Any]:
+    """Note that this frame ran (its connection, id, attempt and worker) in the list
+    ``{prefix}:test:processed`` before anything else, so a test can tell frames that were
+    processed from frames that were refused; on the first attempt, sleep ``data`` seconds
+    when it is a number (a handler to kill its worker in)."""
+    seen = {"connection_id": ctx.connection_id, "id": ctx.id, "attempt": ctx.attempt, "pid": os.getpid()}
+    await recorder().rpush(f"{PREFIX}:test:processed", json.dumps(seen))
+    if ctx.attempt == 1 and isinstance(data, int | float):
+        await asyncio.sleep(data)
+    return {"attempt": ctx.attempt, "pid": os.getpid()}
 
 
 async def on_connect(ctx: Context) -> None:
@@ -132,7 +137,7 @@ worker = Worker(
         "say_room": say_room,
         "poke": poke,
         "presence": presence,
-        "remember": remember,
+        "tracked": tracked,
     },
     on_connect=on_connect,
     on_disconnect=on_disconnect,

@@ -57,6 +57,13 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def rss_kib(self) -> int:
+        """The process' resident memory (VmRSS), in KiB (Linux)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no VmRSS for {self.name}: has it exited?")
+
     def output(self) -> str:
         """Everything the process printed so far (empty once the log is closed)."""
         try:

@@ -37,6 +37,10 @@ class RedisServer:
     ``cluster=True`` starts a Redis Cluster node (``cluster_enabled:1``, no slots assigned: it
     answers PING and INFO, which is all a test of "this is a cluster" needs); ``replica_of``
     (another server's port) starts a replica of that server.
+    For fault injection: ``pause()``/``resume()`` stall the process (SIGSTOP/SIGCONT),
+    ``kill()`` ends it without a goodbye (SIGKILL) and ``wipe()`` deletes its data. With
+    ``appendonly=True`` it keeps an append-only file (fsync at every write), so a ``stop()``
+    then ``start()`` (or a ``kill()`` then ``start()``) comes back with its data.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class RedisServer:
         password: str | None = None,
         cluster: bool = False,
         replica_of: int | None = None,
+        appendonly: bool = False,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
@@ -55,8 +60,10 @@ class RedisServer:
         self.password = password
         self.cluster = cluster
         self.replica_of = replica_of
+        self.appendonly = appendonly
         self._dir = tempfile.TemporaryDirectory(prefix="wsq-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
 
     @property
     def url(self) -> str:
@@ -70,7 +77,8 @@ class RedisServer:
             "port": str(self.port),
             "bind": "127.0.0.1",
             "save": "",
-            "appendonly": "no",
+            "appendonly": "yes" if self.appendonly else "no",
+            "appendfsync": "always",
             "dir": self._dir.name,
             "loglevel": "warning",
             "maxclients": "10000",
@@ -108,19 +116,31 @@ class RedisServer:
 
         return ping
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"redis-server on {self.port} is not running")
+        return self._proc.pid
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def pause(self) -> None:
-        """SIGSTOP: Redis stalls (its sockets stay open, nothing is answered) until ``resume()``."""
-        assert self._proc is not None, "not started"
-        self._proc.send_signal(signal.SIGSTOP)
+        """Stall the server (SIGSTOP): connections stay open, nothing is answered."""
+        self._send(signal.SIGSTOP)
+        self._paused = True
 
     def resume(self) -> None:
-        """SIGCONT: Redis goes on with what it was sent meanwhile."""
-        assert self._proc is not None, "not started"
-        self._proc.send_signal(signal.SIGCONT)
+        """Let a paused server go on (SIGCONT): it answers what it was sent meanwhile."""
+        self._send(signal.SIGCONT)
+        self._paused = False
 
     def stop(self) -> None:
+        """SIGTERM: redis-server closes its clients and, with appendonly, syncs its file."""
         if self._proc is None:
             return
+        if self._paused:  # a stopped process would not act on SIGTERM
+            self.resume()
         self._proc.terminate()
         try:
             self._proc.wait(timeout=10)
@@ -128,6 +148,30 @@ class RedisServer:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes at once, as in a crash; ``start()`` brings it back."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+        self._paused = False
+
+    def wipe(self) -> None:
+        """Delete the server's files (its append-only file), so the next ``start()`` is empty."""
+        if self._proc is not None:
+            raise RuntimeError(f"redis-server on {self.port} is running: stop() or kill() it first")
+        for entry in Path(self._dir.name).iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def _send(self, signum: int) -> None:
+        if self._proc is None:
+            raise RuntimeError(f"redis-server on {self.port} is not running")
+        self._proc.send_signal(signum)
 
     def close(self) -> None:
         self.stop()
