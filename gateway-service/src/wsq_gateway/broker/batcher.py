@@ -58,6 +58,11 @@ class RedisBatcher:
         self._task = asyncio.create_task(self._run(), name="wsq-redis-batcher")
 
     def submit(self, write: Write) -> None:
+        """Queue ``write``. Its commands are packed now: one Redis can't take (a bool, an enum...)
+        raises ``TypeError`` here, in its caller, instead of failing every batch it would join."""
+        write.commands = [
+            command if isinstance(command, bytes) else self._pipe.pack(command) for command in write.commands
+        ]
         self._queue.append(write)
         self._wakeup.set()
 

@@ -3,8 +3,10 @@ and :class:`RedisPipe`, the hot path's lean pipeline.
 
 redis-py's blocking client packs commands in C (``hiredis.pack_command``) when hiredis is
 installed; its asyncio client always packs them in Python, which the benchmark measured
-at a fifth of the gateway's CPU per message. These connection classes pack with hiredis
-and fall back to redis-py's packer for anything hiredis does not take.
+at a fifth of the gateway's CPU per message. These connection classes pack with hiredis.
+Only exact ``bytes``, ``str``, ``int`` and ``float`` arguments are sent: anything else (a
+bool, an enum, None...) raises ``TypeError`` naming it, where redis-py's packer would send
+an enum's ``repr()`` (``<CloseCode.X: 1013>``) for a Lua script to write into the protocol.
 
 redis-py's ``Pipeline`` then spends about 10 µs of Python per command around the socket
 (a command stack, a timeout and a response callback per reply); :class:`RedisPipe` sends the
@@ -28,18 +30,37 @@ from redis.asyncio.connection import AbstractConnection, Connection, SSLConnecti
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# Exact types only: bool is an int and an IntEnum or StrEnum an int or str to isinstance().
+_PLAIN = frozenset((bytes, str, int, float))
+
+
+def check_plain(command: tuple[Any, ...]) -> None:
+    """TypeError, naming the argument, unless each one of ``command`` is exactly bytes, str, int
+    or float: the only values the gateway sends to Redis."""
+    for arg in command:
+        if type(arg) not in _PLAIN:
+            raise _not_plain(command)
+
+
+def _not_plain(command: tuple[Any, ...]) -> TypeError:
+    position, arg = next((n, a) for n, a in enumerate(command) if type(a) not in _PLAIN)
+    name = command[0] if position else "?"
+    shown = repr(arg)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return TypeError(
+        f"Redis command {name!r}: argument {position} is a {type(arg).__qualname__} ({shown}); "
+        "only bytes, str, int and float are sent to Redis: convert it first"
+    )
+
 
 class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
+        check_plain(args)
         command = args[0]
         # A command name with a space ("CLIENT KILL") is several arguments, as redis-py does.
-        if (isinstance(command, str) and " " in command) or (isinstance(command, bytes) and b" " in command):
+        if (type(command) is str and " " in command) or (type(command) is bytes and b" " in command):
             args = (*command.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
-            python_packer: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
-            return python_packer
+        return [hiredis.pack_command(args)]
 
 
 class HiredisConnection(_HiredisPacking, Connection):
@@ -165,10 +186,16 @@ class RedisPipe:
         options = {**pool.connection_kwargs, "socket_timeout": None}
         self._conn: AbstractConnection = pool.connection_class(**options)
 
+    @staticmethod
+    def pack(command: tuple[Any, ...]) -> bytes:
+        """``command`` in RESP, for ``execute()`` later: what Redis can't take (a bool, an enum, a
+        str that is not UTF-8...) raises here, in the caller that queues it, not in a batch."""
+        return _pack(command)
+
     async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
         conn = self._conn
         packed = [
-            command if type(command) is bytes else _pack(conn, command)  # type: ignore[arg-type]
+            command if type(command) is bytes else _pack(command)  # type: ignore[arg-type]
             for command in commands
         ]
 
@@ -205,9 +232,7 @@ class RedisPipe:
         await self._conn.disconnect(nowait=True)
 
 
-def _pack(conn: AbstractConnection, command: tuple[Any, ...]) -> bytes:
-    try:
-        packed: bytes = hiredis.pack_command(command)
-    except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
-        return b"".join(conn.pack_command(*command))
+def _pack(command: tuple[Any, ...]) -> bytes:
+    check_plain(command)
+    packed: bytes = hiredis.pack_command(command)
     return packed
