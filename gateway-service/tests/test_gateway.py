@@ -19,6 +19,7 @@ from gateway_harness import GatewayFactory, RunningGateway, receive_json, set_me
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
+from wsq_devkit.raw_websocket import CLOSE, TEXT, RawWebSocket
 from wsq_devkit.redis_typing import XaddFields, execute_command
 from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.state import GATEWAY
@@ -169,6 +170,39 @@ async def test_oversized_frame_closes_with_1009(start_gateway: GatewayFactory) -
     msg = await ws.receive(timeout=5)
     assert msg.type is aiohttp.WSMsgType.CLOSE
     assert msg.data == 1009
+
+
+async def raw_client(gateway: RunningGateway) -> tuple[RawWebSocket, str]:
+    """A byte-level client past its $connected frame, and its connection id."""
+    assert gateway.server.port is not None
+    client = await RawWebSocket.connect("127.0.0.1", gateway.server.port, gateway.settings.path)
+    opcode, payload = await client.receive()
+    hello = orjson.loads(payload)
+    assert (opcode, hello["action"]) == (TEXT, "$connected"), hello
+    return client, hello["data"]["connection_id"]
+
+
+async def disconnect_event(redis: aioredis.Redis, gateway: RunningGateway, cid: str) -> dict[str, str]:
+    """The connection's one disconnect event, once written (AssertionError if two are)."""
+
+    async def written() -> list[dict[str, str]] | None:
+        events = [e for e in await inbound_events(redis, gateway) if e["type"] == "disconnect"]
+        ours = [e for e in events if e["connection_id"] == cid]
+        return ours or None
+
+    (event,) = await wait_until_async(written, timeout=5, message=f"the disconnect event of {cid}")
+    assert is_valid("event", event), event
+    return event
+
+
+@pytest.mark.parametrize(("close_frame", "code"), [(b"\x0f\xa0bye", "4000"), (b"", "1005")])
+async def test_a_client_close_frame_gives_its_code_or_1005_without_one(
+    gateway: RunningGateway, redis: aioredis.Redis, close_frame: bytes, code: str
+) -> None:
+    client, cid = await raw_client(gateway)
+    await client.send(close_frame, CLOSE)
+    assert (await disconnect_event(redis, gateway, cid))["close_code"] == code
+    client.writer.close()
 
 
 async def test_pushes_reach_connection_user_and_everyone(

@@ -182,7 +182,8 @@ def set_user_command(
 
 def forget_command(keys: Keys, connection_id: str, close_code: int) -> tuple[Any, ...]:
     """The EVAL that forgets a connection and appends its disconnect event."""
-    return ("EVAL", FORGET_SCRIPT, 0, keys.prefix, connection_id, close_code)
+    # int(): a CloseCode or aiohttp's WSCloseCode is an int to the type checker, not to the packer.
+    return ("EVAL", FORGET_SCRIPT, 0, keys.prefix, connection_id, int(close_code))
 
 
 def reap_args(keys: Keys, node: str, timeout_ms: int, *, force: bool = False) -> tuple[Any, ...]:
