@@ -19,7 +19,7 @@ from gateway_harness import GatewayFactory, RunningGateway, receive_json, set_me
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
-from wsq_devkit.raw_websocket import CLOSE, TEXT, RawWebSocket
+from wsq_devkit.raw_websocket import CLOSE, TEXT, RawWebSocket, text_of_size
 from wsq_devkit.redis_typing import XaddFields, execute_command
 from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.state import GATEWAY
@@ -193,6 +193,25 @@ async def disconnect_event(redis: aioredis.Redis, gateway: RunningGateway, cid: 
     (event,) = await wait_until_async(written, timeout=5, message=f"the disconnect event of {cid}")
     assert is_valid("event", event), event
     return event
+
+
+async def test_a_frame_of_exactly_the_largest_size_is_accepted_and_one_byte_more_closes_with_1009(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(max_message_bytes=1024)
+    client, cid = await raw_client(gateway)
+    largest = text_of_size(1024, "big", "largest")
+    await client.send(largest)
+    await client.send(b'{"action": "$ping", "id": "after"}')  # answered: the socket stayed open
+    opcode, payload = await client.receive()
+    assert (opcode, orjson.loads(payload)) == (TEXT, {"action": "$pong", "data": None, "id": "after"})
+    messages = [e for e in await inbound_events(redis, gateway) if e["type"] == "message"]
+    assert [e["frame"].encode() for e in messages] == [largest]
+
+    await client.send(text_of_size(1025, "big", "too-big"))
+    assert await client.close_code() == 1009
+    assert (await disconnect_event(redis, gateway, cid))["close_code"] == "1009"
+    assert len([e for e in await inbound_events(redis, gateway) if e["type"] == "message"]) == 1
 
 
 @pytest.mark.parametrize(("close_frame", "code"), [(b"\x0f\xa0bye", "4000"), (b"", "1005")])

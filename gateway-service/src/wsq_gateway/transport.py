@@ -94,7 +94,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s,
         compress=False,
-        max_msg_size=settings.max_message_bytes,
+        # aiohttp closes with 1009 at max_msg_size bytes already: a frame of exactly
+        # WSQ_MAX_MESSAGE_BYTES is the largest accepted.
+        max_msg_size=settings.max_message_bytes + 1,
         decode_text=False,  # orjson checks UTF-8 itself: bad text gets $error, not a closed socket
         timeout=CLOSE_TIMEOUT_S,
     )
