@@ -10,19 +10,29 @@ closes its sockets, so that the registry matches the sockets again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from wsq_gateway.broker.registry import HEARTBEAT_NEW, HEARTBEAT_REAPED, heartbeat_args, reap_args
+from wsq_gateway.broker.registry import (
+    HEARTBEAT_NEW,
+    HEARTBEAT_REAPED,
+    REAPED_TTL_S,
+    heartbeat_args,
+    reap_args,
+)
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.protocol.keys import Keys
 
 log = get_logger(BROKER)
 
 MAX_REAP_RUNS_PER_TICK = 100  # 50,000 connections per node and tick at most
+# Away from Redis for this long (wall clock: it counts a suspended host too), a gateway takes a
+# heartbeat that finds it missing for a reap whose flag has expired (see REAPED_TTL_S).
+PRESUMED_REAPED_AFTER_S = REAPED_TTL_S / 2
 
 
 class Liveness:
@@ -44,6 +54,7 @@ class Liveness:
         self._timeout_ms = int(timeout_s * 1000)
         self._on_reaped = on_reaped
         self._on_registry_lost = on_registry_lost
+        self._last_heartbeat: float | None = None  # time.time() when Redis last took one
 
     async def start(self) -> None:
         """Forget what a previous process with this node id left, then say we are alive."""
@@ -51,6 +62,7 @@ class Liveness:
         if left:
             log.warning("forgot connections of a previous process with this node id", connections=left)
         await self._redis.eval(*heartbeat_args(self._keys, self._node))
+        self._last_heartbeat = time.time()
 
     async def run(self) -> None:
         while True:
@@ -63,7 +75,14 @@ class Liveness:
                 log.exception("heartbeat failed")
 
     async def tick(self) -> None:
+        sent = time.time()
         state: Any = await self._redis.eval(*heartbeat_args(self._keys, self._node))
+        if state == HEARTBEAT_NEW and self._away_since(sent) >= PRESUMED_REAPED_AFTER_S:
+            # Its reaped flag may have expired meanwhile: writing its connections back would
+            # revive connections whose disconnect events were written.
+            log.warning("this gateway was away from Redis for long and is missing from it: presumed reaped")
+            state = HEARTBEAT_REAPED
+        self._last_heartbeat = time.time()
         if state == HEARTBEAT_REAPED:
             log.error("this gateway was presumed dead and its connections forgotten: closing its sockets")
             await self._on_reaped()
@@ -85,6 +104,11 @@ class Liveness:
                 forgotten = await self._reap(node, force=False)
                 if forgotten:
                     log.warning("reaped a dead gateway", dead_node=node, connections=forgotten)
+
+    def _away_since(self, now: float) -> float:
+        """Seconds from the last heartbeat Redis took to ``now`` (at most the time between the
+        two writes in Redis: the last one was written before its reply came)."""
+        return 0.0 if self._last_heartbeat is None else now - self._last_heartbeat
 
     async def goodbye(self) -> None:
         """Leave the set of live gateways (after this gateway's sockets were forgotten)."""

@@ -56,6 +56,12 @@ end
 # ARGV: prefix, connection_id, close_code
 FORGET_SCRIPT = _NOW + _FORGET + "return forget(ARGV[1], ARGV[2], tostring(now_ms()), ARGV[3])\n"
 
+# How long a reaped gateway's flag ({prefix}:node:<id>:reaped) lives. A gateway that comes back
+# reads it at its first heartbeat Redis takes (within WSQ_NODE_HEARTBEAT_S + the Redis timeout
+# of reaching Redis again); one away for longer than half of this, by its own clock, acts as
+# reaped without it (Liveness), so the flag may expire: dead gateways' flags do not pile up.
+REAPED_TTL_S = 3600
+
 # ARGV: prefix, node, timeout_ms, batch, force ('1': reap even a fresh node — our own
 # previous incarnation). Returns how many connections it forgot; 0 once the node is gone.
 REAP_SCRIPT = (
@@ -76,7 +82,7 @@ for _, cid in ipairs(popped) do
   forgotten = forgotten + forget(prefix, cid, tostring(now), '1006')
 end
 if #popped > 0 and force ~= '1' then
-  redis.call('SET', prefix .. ':node:' .. node .. ':reaped', '1')
+  redis.call('SET', prefix .. ':node:' .. node .. ':reaped', '1', 'EX', %(reaped_ttl_s)d)
 end
 if redis.call('SCARD', conns_key) == 0 and force ~= '1' then
   redis.call('ZREM', nodes_key, node)
@@ -84,7 +90,7 @@ if redis.call('SCARD', conns_key) == 0 and force ~= '1' then
 end
 return #popped
 """
-)
+).replace("%(reaped_ttl_s)d", str(REAPED_TTL_S))
 
 # ARGV: prefix, node. Writes the heartbeat, and says what Redis knew of the node:
 HEARTBEAT_REAPED = 0  # it was reaped (the flag is cleared): close every socket
