@@ -20,7 +20,7 @@ from gateway_harness import (
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.contract import is_valid
-from wsq_devkit.redis_typing import BytesEntry, XaddFields
+from wsq_devkit.redis_typing import BytesEntry, XaddFields, execute_command
 from wsq_gateway.broker import liveness
 from wsq_gateway.broker.registry import FORGET_SCRIPT, REAPED_TTL_S
 from wsq_gateway.protocol import Keys
@@ -278,6 +278,48 @@ async def test_a_gateway_missing_from_redis_after_longer_away_than_the_flag_live
     assert not await redis.exists(keys.connection(cid))
     assert await set_members(redis, keys.node_connections(gateway.node_id)) == set()
     assert [e["connection_id"] for e in await events_of(redis, keys, "disconnect")] == [cid]
+
+
+async def test_a_live_gateways_stream_exists_from_its_start_and_comes_back_at_its_heartbeat(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    # Workers and publishers append to node streams with NOMKSTREAM (a dead gateway's is never
+    # made again): a live gateway's must exist, before anything is pushed to it.
+    gateway = await start_gateway(**FAST)
+    stream = gateway.keys.node_stream(gateway.node_id)
+    assert (await redis.type(stream), await redis.xlen(stream)) == (b"stream", 0)
+    await redis.delete(stream)  # lost: an operator's DEL, say
+
+    async def there_again() -> bool:
+        return bool(await redis.exists(stream))
+
+    await wait_until_async(there_again, timeout=5, message="the stream made again by a heartbeat")
+
+
+async def test_after_redis_lost_its_data_the_reply_to_the_next_frame_reaches_the_client(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway()  # the default heartbeat: not within this test
+    keys = gateway.keys
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    # What an empty restart does: the data gone, every connection dropped.
+    async for key in redis.scan_iter(f"{keys.prefix}:*"):
+        await redis.delete(key)
+    await execute_command(redis, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+    async def queued() -> bool:
+        # A frame sent on the killed socket is answered unavailable: send another, until one is queued.
+        await ws.send_str('{"action": "x"}')
+        return bool(await events_of(redis, keys, "message"))
+
+    await wait_until_async(queued, timeout=10, interval=0.2, message="a frame's event")
+    # A worker's reply, as it writes it: NOMKSTREAM.
+    reply = direct(cid, 7)
+    assert await redis.xadd(keys.node_stream(gateway.node_id), reply, nomkstream=True) is not None
+    while (frame := await receive_json(ws))["action"] == "$error":
+        assert frame["data"]["code"] == "unavailable"
+    assert frame == {"action": "d", "data": 7}
 
 
 async def test_a_restarted_node_id_forgets_what_its_previous_process_left(

@@ -19,8 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsq_devkit.redis_typing import bytes_entries, execute_command
 from wsq_worker import constants, speedups
-from wsq_worker.protocol import send_command
-from wsq_worker.publisher import StreamWrite
+from wsq_worker.publisher import Route, StreamWrite
 from wsq_worker.worker import _reply_template
 
 
@@ -214,14 +213,12 @@ def test_a_template_refuses_a_wrong_number_of_arguments() -> None:
 def test_a_reply_is_packed_as_its_send_command(frame: str) -> None:
     connection_id = "gw-3f2a9c1d.q2uE4nK0m5Zr8VtY1xWb7A"
     template = _reply_template("wsq", "gw-3f2a9c1d")
-    write = StreamWrite(
-        constants.node_stream("wsq", "gw-3f2a9c1d"),
-        send_command("connection", connection_id, frame),
-        constants.NODE_STREAM_MAXLEN,
-    )
-    assert template.stream == write.stream
+    write = Route.connection("wsq", connection_id).send(frame)  # what a push to it writes
+    assert isinstance(write, StreamWrite)
+    assert template.stream == write.stream == constants.node_stream("wsq", "gw-3f2a9c1d")
     packed = template.command.pack(connection_id.encode(), b"frame", frame.encode())
     assert packed == b"".join(Connection().pack_command(*write.command))
+    assert b"$10\r\nNOMKSTREAM\r\n" in packed  # a reply never creates a gateway's stream
 
 
 @pytest.mark.parametrize("with_hiredis", [True, False])

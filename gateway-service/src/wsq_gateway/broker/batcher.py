@@ -42,8 +42,8 @@ class Write:
 
 
 class RedisBatcher:
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._pipe = RedisPipe(redis)
+    def __init__(self, redis: aioredis.Redis, *, on_connect: tuple[Any, ...] | None = None) -> None:
+        self._pipe = RedisPipe(redis, on_connect=on_connect)  # run first on each new connection
         self._queue: deque[Write] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False

@@ -30,6 +30,10 @@ from redis.asyncio.connection import AbstractConnection, Connection, SSLConnecti
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wsq_gateway.logs import BROKER, get_logger
+
+log = get_logger(BROKER)
+
 # Exact types only: bool is an int and an IntEnum or StrEnum an int or str to isinstance().
 _PLAIN = frozenset((bytes, str, int, float))
 
@@ -176,15 +180,29 @@ class RedisPipe:
     A command is a tuple of arguments, or bytes already packed (``CommandTemplate.pack()``).
     One task at a time: a second ``execute()`` while one runs would read the other's replies.
     Command names are one word each (``"CLIENT", "ID"``, not ``"CLIENT ID"``).
+
+    ``on_connect``, a command, runs first on every new connection, before the batch that
+    made it (an error reply to it is logged, and the batch goes on).
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, on_connect: tuple[Any, ...] | None = None) -> None:
         pool = client.connection_pool
         self._deadline = BatchDeadline(pool.connection_kwargs.get("socket_timeout"))
         # Connected as the client's own connections are, but with no socket timeout: redis-py
         # would run every write in a task of its own to bound it; execute() bounds the batch.
         options = {**pool.connection_kwargs, "socket_timeout": None}
         self._conn: AbstractConnection = pool.connection_class(**options)
+        self._on_connect = None if on_connect is None else _pack(on_connect)
+        if self._on_connect is not None:
+            self._conn.register_connect_callback(self._run_on_connect)  # type: ignore[no-untyped-call]
+
+    async def _run_on_connect(self, conn: AbstractConnection) -> None:
+        assert self._on_connect is not None
+        await conn.send_packed_command(self._on_connect, check_health=False)
+        try:  # within the batch's deadline: connecting happens in execute()
+            await conn.read_response(disable_decoding=True, timeout=math.inf)
+        except ResponseError as exc:
+            log.warning("redis refused the command run on connecting", error=str(exc))
 
     @staticmethod
     def pack(command: tuple[Any, ...]) -> bytes:

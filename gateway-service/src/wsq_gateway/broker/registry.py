@@ -92,14 +92,33 @@ return #popped
 """
 ).replace("%(reaped_ttl_s)d", str(REAPED_TTL_S))
 
+# A live gateway's stream always exists, empty or not: writers append to node streams with
+# NOMKSTREAM, so that a push to a dead gateway's connection does not create its stream again.
+# Created by the heartbeat (at start, then every WSQ_NODE_HEARTBEAT_S) and before anything else
+# on every new connection of the gateway's writer (ENSURE_STREAM_SCRIPT), should Redis have
+# lost it: before any event of this gateway, so before any reply to one.
+_ENSURE_STREAM = """
+local function ensure_stream(key)
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('XADD', key, '0-1', 'created', '1')
+    redis.call('XDEL', key, '0-1')
+  end
+end
+"""
+
+# KEYS[1]: the gateway's node stream.
+ENSURE_STREAM_SCRIPT = _ENSURE_STREAM + "ensure_stream(KEYS[1])\n"
+
 # ARGV: prefix, node. Writes the heartbeat, and says what Redis knew of the node:
 HEARTBEAT_REAPED = 0  # it was reaped (the flag is cleared): close every socket
 HEARTBEAT_OK = 1  # it was there
 HEARTBEAT_NEW = 2  # it was not there: a first heartbeat, or Redis lost its data
 HEARTBEAT_SCRIPT = (
     _NOW
+    + _ENSURE_STREAM
     + """
 local prefix, node = ARGV[1], ARGV[2]
+ensure_stream(prefix .. ':node:' .. node .. ':out')
 local added = redis.call('ZADD', prefix .. ':nodes', now_ms(), node)
 if redis.call('DEL', prefix .. ':node:' .. node .. ':reaped') == 1 then return 0 end
 if added == 1 then return 2 end
@@ -194,6 +213,11 @@ def forget_command(keys: Keys, connection_id: str, close_code: int) -> tuple[Any
 
 def reap_args(keys: Keys, node: str, timeout_ms: int, *, force: bool = False) -> tuple[Any, ...]:
     return (REAP_SCRIPT, 0, keys.prefix, node, timeout_ms, REAP_BATCH, "1" if force else "0")
+
+
+def ensure_stream_command(keys: Keys, node: str) -> tuple[Any, ...]:
+    """The EVAL that creates the node's stream, empty, unless it exists."""
+    return ("EVAL", ENSURE_STREAM_SCRIPT, 1, keys.node_stream(node))
 
 
 def heartbeat_args(keys: Keys, node: str) -> tuple[Any, ...]:
