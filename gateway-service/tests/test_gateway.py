@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 import time
@@ -15,12 +16,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine, LineTooLong
 from gateway_harness import GatewayFactory, RunningGateway, receive_json, set_members, stream_entries
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
 from wsq_devkit.raw_websocket import CLOSE, TEXT, RawWebSocket, text_of_size
 from wsq_devkit.redis_typing import XaddFields, execute_command
+from wsq_gateway.logs import MalformedRequestLog
 from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.state import GATEWAY
 
@@ -580,3 +583,26 @@ async def test_past_the_queue_bound_frames_get_overloaded_and_nothing_is_lost(
     assert queued | overloaded == set(sent), "every frame was either queued or answered overloaded"
     assert not queued & overloaded
     await ws.close()
+
+
+def test_malformed_request_records_are_dropped_but_other_errors_keep_their_traceback() -> None:
+    def record(exc: BaseException, addr: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            "",
+            0,
+            "Error handling request from %s",
+            (addr,),
+            (type(exc), exc, None),
+        )
+
+    malformed = MalformedRequestLog(every_s=60.0, max_addresses=2)
+    too_long = LineTooLong("Status line", "8190", "9000")
+    assert not malformed.filter(record(too_long, "198.51.100.1"))  # dropped (one info line instead)
+    assert not malformed.filter(record(BadStatusLine("GET\x00"), "198.51.100.1"))
+    assert malformed._dropped == {"198.51.100.1": 1}
+    assert malformed.filter(record(RuntimeError("a bug"), "198.51.100.1"))  # kept as it is
+    for n in range(2, 10):  # many addresses: memory stays bounded
+        malformed.filter(record(too_long, f"198.51.100.{n}"))
+    assert len(malformed._logged_at) <= 2
