@@ -59,6 +59,9 @@ async def _drain(url: str, node: str, events: int, concurrency: int) -> tuple[fl
     client = aioredis.Redis.from_url(url)
     worker = Worker(actions={"echo": echo}, redis_url=url, key_prefix=PREFIX, concurrency=concurrency)
     try:
+        # What the live gateway ``node`` keeps: its stream (replies are XADD ... NOMKSTREAM).
+        await client.xadd(replies, {"created": "1"}, id="0-1")
+        await client.xdel(replies, "0-1")
         async with worker:
             cpu, wall = time.process_time(), time.perf_counter()
             deadline = wall + TIMEOUT_S

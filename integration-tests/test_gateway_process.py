@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import ssl
@@ -122,3 +123,46 @@ async def test_a_handler_still_waiting_does_not_starve_the_drain(
     assert [(e["type"], e.get("close_code")) for e in events] == [("connect", None), ("disconnect", "1012")]
     assert redis_client.zscore(f"{key_prefix}:nodes", gateway.node_id) is None
     assert "longer than WSQ_DRAIN_S" not in gateway.process.output()
+
+
+async def bad_request(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a connection of its own: the status line of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read()  # aiohttp answers and closes
+    finally:
+        writer.close()
+    return answer.split(b"\r\n", 1)[0]
+
+
+async def test_a_flood_of_malformed_requests_logs_one_line_per_address_and_no_traceback(
+    start_gateway: StartGateway, session: aiohttp.ClientSession
+) -> None:
+    gateway = start_gateway()
+    requests = (
+        [b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"] * 40  # request line too long
+        + [b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"] * 30  # a header
+        + [b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(64)) + b"\r\n\r\n"] * 15  # TLS
+        + [b"G\x00T / HTTP/1.1\r\n\r\n"] * 15  # garbage
+    )
+    for start in range(0, len(requests), 20):
+        answers = await asyncio.gather(*(bad_request(gateway.port, r) for r in requests[start : start + 20]))
+        assert all(answer.split(b" ")[1:2] == [b"400"] for answer in answers), answers
+    # It keeps serving; and its "connected" line comes after any line about those requests.
+    assert gateway.status("/readyz") == 200
+    client = await Client.connect(session, gateway.ws_url)
+    await client.send("$ping", None, id="alive")
+    assert (await client.receive())["id"] == "alive"
+    await client.close()
+    output = wait_until(
+        lambda: gateway.process.output() if client.connection_id in gateway.process.output() else None,
+        timeout=10,
+        message="the gateway's line about the new connection",
+    )
+    assert "Traceback" not in output
+    assert "Error handling request" not in output
+    lines = [line for line in output.splitlines() if "malformed HTTP request" in line]
+    assert len(lines) == 1, lines
+    assert "dropped_since_last=0" in lines[0]

@@ -4,11 +4,13 @@ the lean pipeline answers as redis-py's pipeline does, replies raw."""
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Any
 
 import hiredis
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import WSCloseCode
 from gateway_harness import stream_entries
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,11 +18,12 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.redis_typing import execute_command
+from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.client import (
     CommandTemplate,
     HiredisConnection,
@@ -28,6 +31,7 @@ from wsq_gateway.broker.client import (
     RedisPipe,
     redis_client,
 )
+from wsq_gateway.errors import CloseCode, ErrorCode
 
 
 @pytest.mark.parametrize(
@@ -39,7 +43,6 @@ from wsq_gateway.broker.client import (
         ("CLIENT KILL", "ID", 7),
         (b"CLIENT SETNAME", b"n"),
         ("SET", "ünïcode", "välue ✓"),
-        ("SET", "k", memoryview(b"view")),
     ],
 )
 def test_packing_matches_redis_py(command: tuple[Any, ...]) -> None:
@@ -48,9 +51,67 @@ def test_packing_matches_redis_py(command: tuple[Any, ...]) -> None:
     assert ours == theirs
 
 
-def test_what_hiredis_refuses_gets_redis_pys_error() -> None:
-    with pytest.raises(DataError):
-        HiredisConnection().pack_command("SET", "k", True)
+class _Flag(enum.Flag):
+    ON = 1
+
+
+# What redis-py's packer would have sent as its repr() ("<WSCloseCode.ABNORMAL_CLOSURE: 1006>")
+# or refused with its DataError: the gateway's packers refuse each, naming its type.
+NOT_PLAIN = [
+    pytest.param(True, "bool", id="bool"),
+    pytest.param(WSCloseCode.ABNORMAL_CLOSURE, "WSCloseCode", id="aiohttp-IntEnum"),
+    pytest.param(CloseCode.TRY_AGAIN_LATER, "CloseCode", id="IntEnum"),
+    pytest.param(ErrorCode.UNAVAILABLE, "ErrorCode", id="StrEnum"),
+    pytest.param(_Flag.ON, "_Flag", id="Flag"),
+    pytest.param(None, "NoneType", id="None"),
+    pytest.param(memoryview(b"view"), "memoryview", id="memoryview"),
+    pytest.param(bytearray(b"array"), "bytearray", id="bytearray"),
+    pytest.param(1.5j, "complex", id="complex"),
+]
+
+
+@pytest.mark.parametrize(("value", "type_name"), NOT_PLAIN)
+def test_the_packing_connection_refuses_anything_but_bytes_str_int_float(
+    value: object, type_name: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"'EVAL': argument 4 is a {type_name} \("):
+        HiredisConnection().pack_command("EVAL", "return 1", 0, "wsq", value)
+
+
+@pytest.mark.parametrize(("value", "type_name"), NOT_PLAIN)
+def test_the_pipe_refuses_anything_but_bytes_str_int_float(value: object, type_name: str) -> None:
+    with pytest.raises(TypeError, match=rf"'XADD': argument 4 is a {type_name} \("):
+        RedisPipe.pack(("XADD", "s", "*", "close_code", value))
+
+
+async def test_a_client_command_with_an_enum_raises_and_sends_nothing(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = redis_client(redis_url)
+    try:
+        with pytest.raises(TypeError, match="argument 2 is a WSCloseCode"):
+            await client.set(f"{key_prefix}:k", WSCloseCode.MESSAGE_TOO_BIG)
+        assert await client.exists(f"{key_prefix}:k") == 0
+        assert await client.set(f"{key_prefix}:k", 1009)  # the same connection serves on
+    finally:
+        await client.aclose()
+
+
+async def test_the_batcher_refuses_a_bad_write_in_its_caller_and_goes_on(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = redis_client(redis_url)
+    batcher = RedisBatcher(client)
+    batcher.start()
+    try:
+        with pytest.raises(TypeError, match="argument 2 is a CloseCode"):
+            batcher.submit(Write([("SET", f"{key_prefix}:bad", CloseCode.SERVICE_RESTART)], durable=True))
+        assert await batcher.submit_and_wait(("SET", f"{key_prefix}:good", 1012)) == [b"OK"]
+        assert await client.get(f"{key_prefix}:good") == b"1012"
+        assert await client.exists(f"{key_prefix}:bad") == 0
+    finally:
+        await batcher.close(5.0)
+        await client.aclose()
 
 
 def test_clients_use_the_packing_connections() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from gateway_harness import (
     GatewayFactory,
@@ -17,9 +20,11 @@ from gateway_harness import (
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.contract import is_valid
-from wsq_devkit.redis_typing import BytesEntry, XaddFields
-from wsq_gateway.broker.registry import FORGET_SCRIPT
+from wsq_devkit.redis_typing import BytesEntry, XaddFields, execute_command
+from wsq_gateway.broker import liveness
+from wsq_gateway.broker.registry import FORGET_SCRIPT, REAPED_TTL_S
 from wsq_gateway.protocol import Keys
+from wsq_gateway.state import GATEWAY
 
 FAST = {"node_heartbeat_s": 0.1, "node_timeout_s": 0.5}
 
@@ -234,6 +239,87 @@ async def test_a_gateway_that_was_reaped_closes_its_sockets_with_1012(
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1012)
     fresh, _ = await gateway.connect()  # and it carries on
     await fresh.close()
+
+
+async def test_the_reaped_flag_expires_after_an_hour(
+    start_gateway: GatewayFactory, redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    await register_fake_node(redis, keys, "dead-node", 2, heartbeat_ms=1)  # long ago
+    await start_gateway(**FAST)
+
+    async def reaped() -> bool:
+        return await redis.zscore(keys.nodes, "dead-node") is None
+
+    await wait_until_async(reaped, timeout=10, message="the dead gateway reaped")
+    # Long enough for the dead gateway, should it come back, to read it at its next heartbeat;
+    # gone after that, so that crashed gateways leave nothing for good.
+    assert REAPED_TTL_S - 60 < await redis.ttl(keys.node_reaped("dead-node")) <= REAPED_TTL_S == 3600
+
+
+async def test_a_gateway_missing_from_redis_after_longer_away_than_the_flag_lives_closes_its_sockets(
+    start_gateway: GatewayFactory, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow heartbeat: the test runs the one that matters itself.
+    gateway = await start_gateway(node_heartbeat_s=30, node_timeout_s=61)
+    ws, hello = await gateway.connect()
+    cid, keys = hello["connection_id"], gateway.keys
+    # What survivors did while this gateway was away: the connection forgotten (its disconnect
+    # event written) and the gateway out of the set; the reaped flag has expired since.
+    await redis.eval(FORGET_SCRIPT, 0, keys.prefix, cid, 1006)
+    await redis.zrem(keys.nodes, gateway.node_id)
+    an_hour_later = time.time() + REAPED_TTL_S
+    monkeypatch.setattr(liveness, "time", SimpleNamespace(time=lambda: an_hour_later), raising=False)
+
+    await gateway.server.app[GATEWAY].liveness.tick()
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1012)
+    # Not written back into the registry, and no second disconnect event.
+    assert not await redis.exists(keys.connection(cid))
+    assert await set_members(redis, keys.node_connections(gateway.node_id)) == set()
+    assert [e["connection_id"] for e in await events_of(redis, keys, "disconnect")] == [cid]
+
+
+async def test_a_live_gateways_stream_exists_from_its_start_and_comes_back_at_its_heartbeat(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    # Workers and publishers append to node streams with NOMKSTREAM (a dead gateway's is never
+    # made again): a live gateway's must exist, before anything is pushed to it.
+    gateway = await start_gateway(**FAST)
+    stream = gateway.keys.node_stream(gateway.node_id)
+    assert (await redis.type(stream), await redis.xlen(stream)) == (b"stream", 0)
+    await redis.delete(stream)  # lost: an operator's DEL, say
+
+    async def there_again() -> bool:
+        return bool(await redis.exists(stream))
+
+    await wait_until_async(there_again, timeout=5, message="the stream made again by a heartbeat")
+
+
+async def test_after_redis_lost_its_data_the_reply_to_the_next_frame_reaches_the_client(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway()  # the default heartbeat: not within this test
+    keys = gateway.keys
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    # What an empty restart does: the data gone, every connection dropped.
+    async for key in redis.scan_iter(f"{keys.prefix}:*"):
+        await redis.delete(key)
+    await execute_command(redis, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+    async def queued() -> bool:
+        # A frame sent on the killed socket is answered unavailable: send another, until one is queued.
+        await ws.send_str('{"action": "x"}')
+        return bool(await events_of(redis, keys, "message"))
+
+    await wait_until_async(queued, timeout=10, interval=0.2, message="a frame's event")
+    # A worker's reply, as it writes it: NOMKSTREAM.
+    reply = direct(cid, 7)
+    assert await redis.xadd(keys.node_stream(gateway.node_id), reply, nomkstream=True) is not None
+    while (frame := await receive_json(ws))["action"] == "$error":
+        assert frame["data"]["code"] == "unavailable"
+    assert frame == {"action": "d", "data": 7}
 
 
 async def test_a_restarted_node_id_forgets_what_its_previous_process_left(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 import time
@@ -15,11 +16,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine, LineTooLong
 from gateway_harness import GatewayFactory, RunningGateway, receive_json, set_members, stream_entries
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
+from wsq_devkit.raw_websocket import CLOSE, TEXT, RawWebSocket, text_of_size
 from wsq_devkit.redis_typing import XaddFields, execute_command
+from wsq_gateway.logs import MalformedRequestLog
 from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.state import GATEWAY
 
@@ -169,6 +173,58 @@ async def test_oversized_frame_closes_with_1009(start_gateway: GatewayFactory) -
     msg = await ws.receive(timeout=5)
     assert msg.type is aiohttp.WSMsgType.CLOSE
     assert msg.data == 1009
+
+
+async def raw_client(gateway: RunningGateway) -> tuple[RawWebSocket, str]:
+    """A byte-level client past its $connected frame, and its connection id."""
+    assert gateway.server.port is not None
+    client = await RawWebSocket.connect("127.0.0.1", gateway.server.port, gateway.settings.path)
+    opcode, payload = await client.receive()
+    hello = orjson.loads(payload)
+    assert (opcode, hello["action"]) == (TEXT, "$connected"), hello
+    return client, hello["data"]["connection_id"]
+
+
+async def disconnect_event(redis: aioredis.Redis, gateway: RunningGateway, cid: str) -> dict[str, str]:
+    """The connection's one disconnect event, once written (AssertionError if two are)."""
+
+    async def written() -> list[dict[str, str]] | None:
+        events = [e for e in await inbound_events(redis, gateway) if e["type"] == "disconnect"]
+        ours = [e for e in events if e["connection_id"] == cid]
+        return ours or None
+
+    (event,) = await wait_until_async(written, timeout=5, message=f"the disconnect event of {cid}")
+    assert is_valid("event", event), event
+    return event
+
+
+async def test_a_frame_of_exactly_the_largest_size_is_accepted_and_one_byte_more_closes_with_1009(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway(max_message_bytes=1024)
+    client, cid = await raw_client(gateway)
+    largest = text_of_size(1024, "big", "largest")
+    await client.send(largest)
+    await client.send(b'{"action": "$ping", "id": "after"}')  # answered: the socket stayed open
+    opcode, payload = await client.receive()
+    assert (opcode, orjson.loads(payload)) == (TEXT, {"action": "$pong", "data": None, "id": "after"})
+    messages = [e for e in await inbound_events(redis, gateway) if e["type"] == "message"]
+    assert [e["frame"].encode() for e in messages] == [largest]
+
+    await client.send(text_of_size(1025, "big", "too-big"))
+    assert await client.close_code() == 1009
+    assert (await disconnect_event(redis, gateway, cid))["close_code"] == "1009"
+    assert len([e for e in await inbound_events(redis, gateway) if e["type"] == "message"]) == 1
+
+
+@pytest.mark.parametrize(("close_frame", "code"), [(b"\x0f\xa0bye", "4000"), (b"", "1005")])
+async def test_a_client_close_frame_gives_its_code_or_1005_without_one(
+    gateway: RunningGateway, redis: aioredis.Redis, close_frame: bytes, code: str
+) -> None:
+    client, cid = await raw_client(gateway)
+    await client.send(close_frame, CLOSE)
+    assert (await disconnect_event(redis, gateway, cid))["close_code"] == code
+    client.writer.close()
 
 
 async def test_pushes_reach_connection_user_and_everyone(
@@ -527,3 +583,26 @@ async def test_past_the_queue_bound_frames_get_overloaded_and_nothing_is_lost(
     assert queued | overloaded == set(sent), "every frame was either queued or answered overloaded"
     assert not queued & overloaded
     await ws.close()
+
+
+def test_malformed_request_records_are_dropped_but_other_errors_keep_their_traceback() -> None:
+    def record(exc: BaseException, addr: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            "",
+            0,
+            "Error handling request from %s",
+            (addr,),
+            (type(exc), exc, None),
+        )
+
+    malformed = MalformedRequestLog(every_s=60.0, max_addresses=2)
+    too_long = LineTooLong("Status line", "8190", "9000")
+    assert not malformed.filter(record(too_long, "198.51.100.1"))  # dropped (one info line instead)
+    assert not malformed.filter(record(BadStatusLine("GET\x00"), "198.51.100.1"))
+    assert malformed._dropped == {"198.51.100.1": 1}
+    assert malformed.filter(record(RuntimeError("a bug"), "198.51.100.1"))  # kept as it is
+    for n in range(2, 10):  # many addresses: memory stays bounded
+        malformed.filter(record(too_long, f"198.51.100.{n}"))
+    assert len(malformed._logged_at) <= 2

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, is_valid, key_templates
+from wsq_gateway.broker.registry import REAPED_TTL_S
 from wsq_gateway.errors import ErrorCode, FrameError
 from wsq_gateway.protocol import (
     Keys,
@@ -283,6 +284,7 @@ def test_keys_follow_keys_json() -> None:
     assert built == {name: templates[name].format(**values) for name in built}
     # every key the gateway does not build belongs to the workers
     assert set(templates) - set(built) == {"dead_letters", "delayed"}
+    assert key_templates()["expire_s"]["node_reaped"] == REAPED_TTL_S
 
 
 def test_connection_ids_name_their_node_and_are_unguessable() -> None:

@@ -32,8 +32,12 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
 
 
 @pytest.fixture
-def gateway(redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas) -> FakeGateway:
-    return FakeGateway(redis_client, key_prefix, schemas, node="gw-test1")
+async def gateway(redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas) -> FakeGateway:
+    """A live gateway: its stream exists (gateways of ``gateway_on``/``make_gateway`` create it
+    with their first event or registration)."""
+    fake = FakeGateway(redis_client, key_prefix, schemas, node="gw-test1")
+    await fake.create_stream()
+    return fake
 
 
 @pytest.fixture

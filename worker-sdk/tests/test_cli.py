@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from worker_harness import str_entries
+from worker_harness import CREATE_NODE_STREAM, str_entries
 
 import wsq_worker
 from wsq_devkit import ManagedProcess, free_port, wait_until
@@ -47,6 +47,7 @@ def append_message(client: redis.Redis, key_prefix: str, action: str, data: Any,
         "ts": "1",
         "frame": frame,
     }
+    client.eval(CREATE_NODE_STREAM, 1, f"{key_prefix}:node:{NODE}:out")  # as its live gateway keeps it
     client.xadd(f"{key_prefix}:inbound", fields)
 
 

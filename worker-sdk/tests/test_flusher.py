@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from worker_harness import str_entries, str_reply
+from worker_harness import create_node_stream, str_entries, str_reply
 
 from wsq_devkit import free_port, wait_until_async
 from wsq_worker import PublishError
@@ -44,6 +44,8 @@ def write(key_prefix: str, number: int) -> StreamWrite:
 @pytest.fixture
 async def flusher(redis_url: str, key_prefix: str) -> AsyncIterator[CountingFlusher]:
     client = redis.asyncio.Redis.from_url(redis_url)
+    for node in ("gw-f", "gw-g"):  # live gateways: replies to them are written
+        await create_node_stream(client, key_prefix, node)
     flusher = CountingFlusher(client, f"{key_prefix}:inbound")
     flusher.start()
     yield flusher

@@ -462,6 +462,24 @@ def test_disconnect_accepts_application_close_codes(code: int, schemas: Schemas)
     assert command["code"] == str(code)
 
 
+class _AppCode(int, enum.Enum):  # not an IntEnum: its str() is "_AppCode.LOGGED_OUT"
+    LOGGED_OUT = 4001
+
+
+class _AppIntCode(enum.IntEnum):
+    KICKED = 4002
+
+
+@pytest.mark.parametrize(("code", "text"), [(_AppCode.LOGGED_OUT, "4001"), (_AppIntCode.KICKED, "4002")])
+def test_an_enum_close_code_is_written_as_its_number(code: int, text: str, schemas: Schemas) -> None:
+    for command in (
+        disconnect_command("connection", CONNECTION_ID, code, "bye"),
+        refuse_command(CONNECTION_ID, code, "no"),
+    ):
+        schemas.check("command", command)
+        assert command["code"] == text
+
+
 @pytest.mark.parametrize("code", [999, 1001, 1006, 1011, 2999, 5000, True, "4000"])
 def test_disconnect_refuses_other_close_codes(code: Any) -> None:
     with pytest.raises(ValueError, match="close code"):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from worker_harness import FakeGateway, Schemas, str_entries
+from worker_harness import CREATE_NODE_STREAM, FakeGateway, Schemas, create_node_stream, str_entries
 
 from wsq_devkit import RedisServer, free_port
 from wsq_worker import (
@@ -51,6 +51,18 @@ async def publisher(request: pytest.FixtureRequest, redis_url: str, key_prefix: 
             yield async_publisher
 
 
+async def live(client: redis.asyncio.Redis, key_prefix: str, *nodes: str) -> None:
+    """The gateways ``nodes`` are alive: their streams exist (pushes never create one)."""
+    for node in nodes:
+        await create_node_stream(client, key_prefix, node)
+
+
+def live_sync(url: str, key_prefix: str, *nodes: str) -> None:
+    with redis.Redis.from_url(url) as client:
+        for node in nodes:
+            client.eval(CREATE_NODE_STREAM, 1, f"{key_prefix}:node:{node}:out")
+
+
 async def entries(client: redis.asyncio.Redis, stream: str) -> list[dict[str, str]]:
     return [fields for _, fields in str_entries(await client.xrange(stream))]
 
@@ -58,6 +70,7 @@ async def entries(client: redis.asyncio.Redis, stream: str) -> list[dict[str, st
 async def test_to_writes_one_command_to_the_node_stream(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
+    await live(redis_client, key_prefix, "gw-a_1")
     assert await resolve(publisher.to(CONNECTION_A1).send("chat_text", {"text": "hi"})) == 1
     commands = await entries(redis_client, f"{key_prefix}:node:gw-a_1:out")
     assert commands == [
@@ -76,6 +89,7 @@ async def test_to_writes_one_command_to_the_node_stream(
 async def test_sends_to_one_connection_keep_their_order(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
+    await live(redis_client, key_prefix, "gw-b")
     for number in range(20):
         await resolve(publisher.to(CONNECTION_B).send("n", number))
     commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
@@ -85,6 +99,7 @@ async def test_sends_to_one_connection_keep_their_order(
 async def test_to_user_reaches_each_gateway_of_the_user_once(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
+    await live(redis_client, key_prefix, "gw-a_1", "gw-b")
     await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_A2, CONNECTION_B)
     assert await resolve(publisher.to_user("42").send("notice", "you have mail")) == 2
     expected = {
@@ -113,6 +128,7 @@ async def test_to_user_without_connections_reaches_nobody(
 async def test_to_user_skips_malformed_connection_ids(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
+    await live(redis_client, key_prefix, "gw-b")
     await redis_client.sadd(f"{key_prefix}:user:7:conns", "no-dot", ".x", CONNECTION_B)
     assert await resolve(publisher.to_user("7").send("notice", 1)) == 1
     assert await redis_client.keys(f"{key_prefix}:node:*") == [f"{key_prefix}:node:gw-b:out"]
@@ -125,6 +141,7 @@ async def test_to_user_with_many_connections_reaches_each_gateway_once(
     # a suffix of another length still names its gateway, the malformed ids are skipped.
     members = [f"gw-a_1.{n:022d}" for n in range(50)] + [f"gw-b.{n:022d}" for n in range(50)]
     odd = ["gw-d." + "A" * 21, "gw-c!" + "A" * 22, "gw:e." + "A" * 22]
+    await live(redis_client, key_prefix, "gw-a_1", "gw-b", "gw-d")
     await redis_client.sadd(f"{key_prefix}:user:7:conns", *members, *odd)
     assert await resolve(publisher.to_user("7").send("notice", 1)) == 3
     nodes = ("gw-a_1", "gw-b", "gw-d")
@@ -186,6 +203,7 @@ def test_routes_cap_the_streams() -> None:
 async def test_disconnect_writes_the_command(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
+    await live(redis_client, key_prefix, "gw-b")
     await resolve(publisher.to(CONNECTION_B).disconnect(code=4000, reason="kicked"))
     await resolve(publisher.to(CONNECTION_B).disconnect())
     commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
@@ -276,13 +294,15 @@ async def test_unreachable_redis_raises_publish_error(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_publisher_reconnects_after_a_redis_restart(kind: str, key_prefix: str) -> None:
     with RedisServer() as server:
+        live_sync(server.url, key_prefix, "gw-b")
         if kind == "sync":
             with Publisher(server.url, key_prefix) as sync_publisher:
                 sync_publisher.to(CONNECTION_B).send("a", 1)
                 server.stop()
                 with pytest.raises(PublishError):
                     sync_publisher.to(CONNECTION_B).send("a", 2)
-                server.start()
+                server.start()  # empty: the gateway makes its stream again as it reconnects
+                live_sync(server.url, key_prefix, "gw-b")
                 sync_publisher.to(CONNECTION_B).send("a", 3)
         else:
             async with AsyncPublisher(server.url, key_prefix) as async_publisher:
@@ -291,6 +311,7 @@ async def test_publisher_reconnects_after_a_redis_restart(kind: str, key_prefix:
                 with pytest.raises(PublishError):
                     await async_publisher.to(CONNECTION_B).send("a", 2)
                 server.start()
+                live_sync(server.url, key_prefix, "gw-b")
                 await async_publisher.to(CONNECTION_B).send("a", 3)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
@@ -319,6 +340,7 @@ def test_sync_publisher_is_safe_to_share_between_threads(redis_url: str, key_pre
         for number in range(per_thread):
             publisher.to(connection_id).send("n", number)
 
+    live_sync(redis_url, key_prefix, "gw-b")
     with Publisher(redis_url, key_prefix) as publisher, ThreadPoolExecutor(threads) as pool:
         list(pool.map(publish, connections))
 
@@ -358,6 +380,7 @@ def test_default_prefix_is_wsq(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_publisher_with_a_client_of_its_own_leaves_it_open(redis_url: str, key_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
+    live_sync(redis_url, key_prefix, "gw-b")
     try:
         with Publisher(client=client, key_prefix=key_prefix) as publisher:
             publisher.to(CONNECTION_B).send("a")
@@ -372,6 +395,7 @@ async def test_async_publisher_with_a_client_of_its_own_leaves_it_open(
     redis_url: str, key_prefix: str
 ) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
+    await live(client, key_prefix, "gw-b")
     try:
         async with AsyncPublisher(client=client, key_prefix=key_prefix) as publisher:
             await publisher.to_user("42").send("a")
@@ -670,6 +694,7 @@ async def test_concurrent_async_pushes_share_round_trips(
         round_trips.append(len(commands))
         return await execute(pipe, commands)
 
+    await live(redis_client, key_prefix, "gw-b")
     monkeypatch.setattr(speedups.RedisPipe, "execute", counting)
     async with AsyncPublisher(redis_url, key_prefix) as publisher:
         results = await asyncio.gather(*(publisher.to(CONNECTION_B).send("n", n) for n in range(200)))
@@ -697,6 +722,7 @@ async def test_async_pushes_survive_a_script_flush(
 async def test_a_refused_async_push_fails_alone(
     redis_url: str, key_prefix: str, redis_client: redis.asyncio.Redis
 ) -> None:
+    await live(redis_client, key_prefix, "gw-b")
     await redis_client.set(f"{key_prefix}:node:gw-a_1:out", "not a stream")
     async with AsyncPublisher(redis_url, key_prefix) as publisher:
         refused, sent = await asyncio.gather(
@@ -716,6 +742,7 @@ async def test_an_async_write_redis_cant_carry_fails_alone(
     """Pushes validate their text, so this write goes to the batching below them directly: a str
     that is not UTF-8 raises in its own caller, and the pushes awaited with it go out (one batch
     would fail them all)."""
+    await live(redis_client, key_prefix, "gw-b")
     async with AsyncPublisher(redis_url, key_prefix) as publisher:
         unencodable = ("XADD", f"{key_prefix}:node:gw-b:out", "*", "frame", "\ud800")
         sent_before: int | BaseException
@@ -731,3 +758,36 @@ async def test_an_async_write_redis_cant_carry_fails_alone(
     assert (sent_before, sent_after) == (1, 1)
     commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
     assert [json.loads(command["frame"])["data"] for command in commands] == [1, 2]
+
+
+# A gateway that is gone (reaped, or left): its stream was deleted and nothing creates it again.
+
+
+async def test_a_push_to_a_connection_of_a_gone_gateway_writes_nothing(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    assert await resolve(publisher.to(CONNECTION_B).send("a", 1)) == 0
+    assert await resolve(publisher.to(CONNECTION_B).disconnect(4000, "bye")) == 0
+    assert await redis_client.keys(f"{key_prefix}:*") == []
+
+
+async def test_to_user_and_to_group_skip_the_gateways_that_are_gone(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    await live(redis_client, key_prefix, "gw-a_1")  # gw-b is gone; its members not forgotten yet
+    await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_B)
+    await redis_client.sadd(f"{key_prefix}:group:{GROUP}:conns", CONNECTION_A1, CONNECTION_B)
+    assert await resolve(publisher.to_user("42").send("a", 1)) == 1
+    assert await resolve(publisher.to_group(GROUP).send("a", 2)) == 1
+    assert await redis_client.xlen(f"{key_prefix}:node:gw-a_1:out") == 2
+    assert not await redis_client.exists(f"{key_prefix}:node:gw-b:out")
+
+
+async def test_join_and_leave_do_not_create_the_stream_of_a_gone_gateway(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    # Still registered (its gateway died, not reaped yet), its gateway's stream already gone.
+    await redis_client.hset(f"{key_prefix}:conn:{CONNECTION_B}", mapping={"node": "gw-b", "since": "1"})
+    assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
+    assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
+    assert not await redis_client.exists(f"{key_prefix}:node:gw-b:out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from typing import Any
 
@@ -13,13 +14,12 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsq_devkit.redis_typing import bytes_entries, execute_command
 from wsq_worker import constants, speedups
-from wsq_worker.protocol import send_command
-from wsq_worker.publisher import StreamWrite
+from wsq_worker.publisher import Route, StreamWrite
 from wsq_worker.worker import _reply_template
 
 
@@ -29,7 +29,6 @@ from wsq_worker.worker import _reply_template
         ("XADD", "wsq:node:gw-1:out", "MAXLEN", "~", 100000, "*", "v", "1", "frame", b'{"a":1}'),
         ("EVALSHA", "0" * 40, 1, "k", "ünï", 2.5),
         ("CLIENT KILL", "ID", 7),
-        ("SET", "k", memoryview(b"view")),
     ],
 )
 def test_hiredis_packing_matches_redis_py(command: tuple[Any, ...]) -> None:
@@ -38,12 +37,63 @@ def test_hiredis_packing_matches_redis_py(command: tuple[Any, ...]) -> None:
     )
 
 
-def test_refused_values_get_redis_pys_error() -> None:
-    with pytest.raises(DataError):
-        speedups.HiredisConnection().pack_command("SET", "k", True)
+class _Code(enum.IntEnum):
+    GOING_AWAY = 1001
 
 
-def test_clients_pack_with_hiredis_when_installed() -> None:
+class _Kind(enum.StrEnum):
+    SEND = "send"
+
+
+# What redis-py's packer would have sent as its repr() ("<_Code.GOING_AWAY: 1001>") or refused
+# with its DataError: the worker's packers refuse each, naming its type, hiredis or not.
+NOT_PLAIN = [
+    pytest.param(True, "bool", id="bool"),
+    pytest.param(_Code.GOING_AWAY, "_Code", id="IntEnum"),
+    pytest.param(_Kind.SEND, "_Kind", id="StrEnum"),
+    pytest.param(None, "NoneType", id="None"),
+    pytest.param(memoryview(b"view"), "memoryview", id="memoryview"),
+    pytest.param(bytearray(b"array"), "bytearray", id="bytearray"),
+]
+
+
+@pytest.fixture(params=["hiredis", "without-hiredis"])
+def packer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "without-hiredis":
+        monkeypatch.setattr(speedups, "hiredis", None)  # the fast extra not installed
+
+
+@pytest.mark.usefixtures("packer")
+@pytest.mark.parametrize(("value", "type_name"), NOT_PLAIN)
+def test_the_connections_refuse_anything_but_bytes_str_int_float(value: object, type_name: str) -> None:
+    with pytest.raises(TypeError, match=rf"'EVALSHA': argument 3 is a {type_name} \("):
+        speedups.HiredisConnection().pack_command("EVALSHA", "0" * 40, 0, value)
+
+
+@pytest.mark.usefixtures("packer")
+@pytest.mark.parametrize(("value", "type_name"), NOT_PLAIN)
+def test_the_pipe_refuses_anything_but_bytes_str_int_float(value: object, type_name: str) -> None:
+    pipe = speedups.RedisPipe(speedups.async_redis("redis://127.0.0.1:1/0"))
+    with pytest.raises(TypeError, match=rf"'XADD': argument 4 is a {type_name} \("):
+        pipe.pack(("XADD", "s", "*", "code", value))
+
+
+@pytest.mark.usefixtures("packer")
+async def test_a_client_command_with_an_enum_raises_and_sends_nothing(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = speedups.async_redis(redis_url)
+    try:
+        with pytest.raises(TypeError, match="argument 2 is a _Code"):
+            await client.set(f"{key_prefix}:k", _Code.GOING_AWAY)
+        assert await client.exists(f"{key_prefix}:k") == 0
+        assert await client.set(f"{key_prefix}:k", 1001)  # the same client serves on
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.usefixtures("packer")
+def test_clients_use_the_checking_connections_with_or_without_hiredis() -> None:
     client = speedups.async_redis("redis://127.0.0.1:1/0")
     assert client.connection_pool.connection_class is speedups.HiredisConnection
     tls = speedups.async_redis("rediss://127.0.0.1:1/0")
@@ -163,14 +213,12 @@ def test_a_template_refuses_a_wrong_number_of_arguments() -> None:
 def test_a_reply_is_packed_as_its_send_command(frame: str) -> None:
     connection_id = "gw-3f2a9c1d.q2uE4nK0m5Zr8VtY1xWb7A"
     template = _reply_template("wsq", "gw-3f2a9c1d")
-    write = StreamWrite(
-        constants.node_stream("wsq", "gw-3f2a9c1d"),
-        send_command("connection", connection_id, frame),
-        constants.NODE_STREAM_MAXLEN,
-    )
-    assert template.stream == write.stream
+    write = Route.connection("wsq", connection_id).send(frame)  # what a push to it writes
+    assert isinstance(write, StreamWrite)
+    assert template.stream == write.stream == constants.node_stream("wsq", "gw-3f2a9c1d")
     packed = template.command.pack(connection_id.encode(), b"frame", frame.encode())
     assert packed == b"".join(Connection().pack_command(*write.command))
+    assert b"$10\r\nNOMKSTREAM\r\n" in packed  # a reply never creates a gateway's stream
 
 
 @pytest.mark.parametrize("with_hiredis", [True, False])

@@ -18,6 +18,7 @@ import redis.backoff
 from worker_harness import FakeGateway, StartWorker, str_reply
 
 from wsq_devkit import RedisServer, wait_until_async
+from wsq_devkit.redis_typing import xadd_fields
 from wsq_worker import AsyncPublisher, Context, LifecycleHandler, Worker
 
 NODE = "gw-test1"
@@ -56,6 +57,24 @@ async def test_request_gets_its_reply(start_worker: StartWorker, gateway: FakeGa
     assert command.fields["target"] == "connection"
     assert command.fields["to"] == connection_id
     assert command.frame == reply("chat_text", {"stored": True, "got": {"text": "hello"}}, "req-1")
+
+
+async def test_a_reply_to_a_connection_of_a_gone_gateway_does_not_create_its_stream(
+    start_worker: StartWorker,
+    gateway_on: Callable[[str], FakeGateway],
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+) -> None:
+    async def answer(ctx: Context, data: Any) -> str:
+        await ctx.send("pushed", 1)
+        return "answered"
+
+    gone = gateway_on("gw-gone")  # it wrote this event, then died and was reaped: no stream
+    event = gone.message_event(gone.new_connection_id(), "answer", id="r")
+    await redis_client.xadd(f"{key_prefix}:inbound", xadd_fields(event))
+    await start_worker({"answer": answer})
+    await wait_until_async(gone.backlog_done, message="the event handled")
+    assert not await redis_client.exists(gone.out)
 
 
 async def test_reply_is_null_when_the_handler_returns_none(
@@ -700,7 +719,9 @@ async def test_replies_are_written_once_redis_is_back(
         await release.wait()
         return "late"
 
-    with RedisServer() as server:
+    # With its data on restart (AOF), as a production Redis: the gateway's stream is still there.
+    # (After an empty restart the gateway makes its stream again, as it reconnects.)
+    with RedisServer(args=["--appendonly", "yes"]) as server:
         client = reconnecting_client(server.url)
         gateway = make_gateway(client)
         try:

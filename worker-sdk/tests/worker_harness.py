@@ -59,6 +59,21 @@ def new_connection_id(node: str) -> str:
     return f"{node}.{secrets.token_urlsafe(16)}"
 
 
+# KEYS[1]: a node stream, created empty unless it exists (as the gateway's own script does).
+CREATE_NODE_STREAM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XADD', KEYS[1], '0-1', 'created', '1')
+  redis.call('XDEL', KEYS[1], '0-1')
+end
+"""
+
+
+async def create_node_stream(client: redis.asyncio.Redis, key_prefix: str, node: str) -> None:
+    """What a live gateway ``node`` keeps: its stream, empty unless it exists. Workers and
+    publishers append to node streams with NOMKSTREAM: without it, what they write is dropped."""
+    await client.eval(CREATE_NODE_STREAM, 1, f"{key_prefix}:node:{node}:out")
+
+
 @dataclass(frozen=True)
 class Command:
     """One entry of a node stream, as a gateway reads it."""
@@ -91,6 +106,11 @@ class FakeGateway:
     def new_connection_id(self) -> str:
         return new_connection_id(self.node)
 
+    async def create_stream(self) -> None:
+        """Create this gateway's stream, empty, unless it exists: a live gateway's always does
+        (writers append with NOMKSTREAM), before any of its events."""
+        await create_node_stream(self.client, self.key_prefix, self.node)
+
     async def register(
         self,
         connection_id: str,
@@ -101,6 +121,7 @@ class FakeGateway:
     ) -> None:
         """Register the connection in Redis as the gateway does on connect: its hash (``node``,
         ``since``, ``addr``, ``user_id`` unless anonymous), its user's set and its node's set."""
+        await self.create_stream()
         prefix = self.key_prefix
         fields = {"node": self.node, "since": str(since_ms), "addr": addr}
         if user_id is not None:
@@ -111,6 +132,7 @@ class FakeGateway:
 
     async def append(self, fields: dict[str, str]) -> str:
         self.schemas.check("event", fields)
+        await self.create_stream()
         return str_reply(await self.client.xadd(self.inbound, xadd_fields(fields)))
 
     def _event(self, event_type: str, connection_id: str, user_id: str | None, addr: str) -> dict[str, str]:

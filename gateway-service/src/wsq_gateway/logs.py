@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 GATEWAY = "wsq.gateway"
 CONNECTIONS = "wsq.gateway.connections"
@@ -51,6 +53,10 @@ def configure_logging(level: str, fmt: str, node_id: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    for old in [f for f in server.filters if isinstance(f, MalformedRequestLog)]:
+        server.removeFilter(old)
+    server.addFilter(MalformedRequestLog())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -58,3 +64,51 @@ def configure_logging(level: str, fmt: str, node_id: str) -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(node=node_id)
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp logs an error with a traceback for every request it cannot parse (a request line
+    or header over 8190 bytes, garbage, TLS to the plain port...), which anyone can send by the
+    thousand before any authentication. This filter on the ``aiohttp.server`` logger drops
+    those records and logs one info line, without a traceback, per client address per
+    ``every_s``, with how many it dropped since. aiohttp still answers each one 400."""
+
+    def __init__(self, every_s: float = 60.0, max_addresses: int = 10_000) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.max_addresses = max_addresses
+        self._logged_at: dict[str, float] = {}  # by address: when its last line was logged
+        self._dropped: dict[str, int] = {}  # by address: records dropped since that line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True  # anything else keeps its level and traceback
+        # aiohttp's "Error handling request from %s", request.remote
+        addr = str(record.args[0]) if isinstance(record.args, tuple) and record.args else "?"
+        now = time.monotonic()
+        logged_at = self._logged_at.get(addr)
+        if logged_at is not None and now - logged_at < self.every_s:
+            self._dropped[addr] = self._dropped.get(addr, 0) + 1
+            return False
+        if logged_at is None and len(self._logged_at) >= self.max_addresses:
+            self._forget_before(now - self.every_s)
+        self._logged_at[addr] = now
+        detail = " ".join(str(exc.message).split())  # one line, whatever the client sent
+        get_logger(CONNECTIONS).info(
+            "refused a malformed HTTP request",
+            addr=addr,
+            error=f"{type(exc).__name__}: {detail[:200]}",
+            dropped_since_last=self._dropped.pop(addr, 0),
+            next_in_s=self.every_s,
+        )
+        return False
+
+    def _forget_before(self, cutoff: float) -> None:
+        """Bound the memory: drop the addresses last logged before ``cutoff`` (all of them, if
+        that is not enough: a flood from that many addresses gets a line per address anyway)."""
+        kept = {addr: at for addr, at in self._logged_at.items() if at >= cutoff}
+        if len(kept) >= self.max_addresses:
+            kept = {}
+        self._logged_at = kept
+        self._dropped = {addr: n for addr, n in self._dropped.items() if addr in kept}

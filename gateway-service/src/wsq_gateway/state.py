@@ -14,7 +14,7 @@ from wsq_gateway.broker.batcher import RedisBatcher
 from wsq_gateway.broker.inbound import Inbound
 from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
-from wsq_gateway.broker.registry import BATCHED_SCRIPTS
+from wsq_gateway.broker.registry import BATCHED_SCRIPTS, ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.errors import CloseCode
 from wsq_gateway.protocol.keys import Keys
@@ -33,7 +33,14 @@ class Gateway:
         self.blocking_redis = blocking_redis
         self.keys = Keys(settings.key_prefix)
         self.connections = ConnectionIndex()
-        self.batcher = RedisBatcher(redis, scripts=BATCHED_SCRIPTS, stall_s=settings.redis_timeout_s)
+        # Whatever this gateway writes on a new Redis connection (an empty one after a restart,
+        # say), its stream exists first: replies to its events are appended with NOMKSTREAM.
+        self.batcher = RedisBatcher(
+            redis,
+            scripts=BATCHED_SCRIPTS,
+            stall_s=settings.redis_timeout_s,
+            on_connect=ensure_stream_command(self.keys, self.node_id),
+        )
         self.inbound = Inbound(
             self.batcher,
             redis,

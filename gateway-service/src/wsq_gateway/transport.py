@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.inbound import now_ms
@@ -27,6 +27,8 @@ from wsq_gateway.state import GATEWAY, Gateway
 log = get_logger(CONNECTIONS)
 
 READY_PING_TIMEOUT_S = 1.0
+NO_STATUS = 1005  # RFC 6455: the client's close frame had no code
+NO_CLOSE_FRAME = 1006  # RFC 6455: the connection ended without a close frame
 BINARY_FRAME = error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
 OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
@@ -135,7 +137,9 @@ async def _websocket(
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s,
         compress=False,
-        max_msg_size=settings.max_message_bytes,
+        # aiohttp closes with 1009 at max_msg_size bytes already: a frame of exactly
+        # WSQ_MAX_MESSAGE_BYTES is the largest accepted.
+        max_msg_size=settings.max_message_bytes + 1,
         decode_text=False,  # orjson checks UTF-8 itself: bad text gets $error, not a closed socket
         timeout=CLOSE_TIMEOUT_S,
     )
@@ -169,14 +173,15 @@ async def _websocket(
         await ws.close(code=CloseCode.POLICY_VIOLATION, message=USER_FULL.encode())
         return ws
 
+    peer_code: int | None = None
     try:
         if not hook or await _approved(gateway, conn):
             log.debug("connected", connection_id=conn.id, user_id=conn.user_id, addr=conn.addr)
             conn.release(connected_frame(conn.id, conn.user_id))
-            await _read_frames(gateway, conn)
+            peer_code = await _read_frames(gateway, conn)
     finally:
-        # Our own code when the gateway closed it, else the client's; 1006 when none was sent.
-        close_code = conn.close_code or ws.close_code or 1006
+        # Our own code when the gateway closed it, else how the socket ended (_close_code_of).
+        close_code = conn.close_code or peer_code or NO_CLOSE_FRAME
         gateway.forget_connection(conn, close_code)
         log.debug("disconnected", connection_id=conn.id, close_code=close_code)
     return ws
@@ -245,7 +250,20 @@ def _readable_id(raw: bytes) -> str | None:
         return exc.frame_id
 
 
-async def _read_frames(gateway: Gateway, conn: Connection) -> None:
+def _close_code_of(msg: WSMessage) -> int:
+    """The close code of a socket whose last message was ``msg``, as a plain int: the client's
+    (1005 for a close frame without one), the one aiohttp closed with on a bad frame (1009 for
+    one over max_msg_size, 1002...), else 1006: the client left without a close frame (TCP
+    FIN or RST, or no pong to our pings)."""
+    if msg.type is WSMsgType.CLOSE:
+        return int(msg.data) or NO_STATUS
+    if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+        return int(msg.data.code)
+    return NO_CLOSE_FRAME
+
+
+async def _read_frames(gateway: Gateway, conn: Connection) -> int:
+    """Read the client's frames until the socket closes; how it closed (``_close_code_of``)."""
     ws, settings = conn.ws, gateway.settings
     max_pending, rate, burst = settings.max_pending_bytes, settings.rate_limit, settings.rate_burst
     consumers = gateway.inbound.consumers
@@ -278,4 +296,4 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> None:
         elif msg.type is WSMsgType.BINARY:
             conn.deliver(BINARY_FRAME, max_pending)
         else:  # CLOSE, CLOSING, CLOSED or ERROR (e.g. a frame over max_msg_size: aiohttp closed with 1009)
-            return
+            return _close_code_of(msg)

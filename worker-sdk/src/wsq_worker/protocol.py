@@ -417,7 +417,7 @@ def disconnect_command(
     fields = {"v": PROTOCOL_VERSION, "type": "disconnect", "target": _check_target(target, to)}
     if to is not None:
         fields["to"] = to
-    fields["code"] = str(code)
+    fields["code"] = str(int(code))  # int(): an enum of the app's may print its name
     fields["reason"] = reason
     return fields
 
@@ -442,7 +442,7 @@ def refuse_command(connection_id: str, code: int = 4003, reason: str = "") -> di
         "type": "refuse",
         "target": "connection",
         "to": connection_id,
-        "code": str(code),
+        "code": str(int(code)),
         "reason": reason,
     }
 

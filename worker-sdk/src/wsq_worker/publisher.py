@@ -56,8 +56,9 @@ _T = TypeVar("_T")
 # Appends one command to the node stream of every gateway holding a member of a set of
 # connection ids (a user's or a group's). KEYS[1]: the set. ARGV: node stream key = ARGV[1] ..
 # node .. ARGV[2], ARGV[3]: MAXLEN ~ cap, ARGV[4...]: the command's fields and values. Returns
-# the number of gateways. The node stream keys are computed in the script, so it needs a single
-# Redis (not a cluster).
+# the number of gateways written to. The node stream keys are computed in the script, so it
+# needs a single Redis (not a cluster). Every XADD to a node stream here is NOMKSTREAM: a live
+# gateway's stream exists, and a dead one's must not be created again.
 FAN_OUT_SCRIPT = """
 local seen, reached = {}, 0
 for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -68,8 +69,10 @@ for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     local node = string.match(connection_id, '^([%w_%-]+)%.[%w_%-]+$')
     if node and not seen[node] then
       seen[node] = true
-      redis.call('XADD', ARGV[1] .. node .. ARGV[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
-      reached = reached + 1
+      local stream = ARGV[1] .. node .. ARGV[2]
+      if redis.call('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4)) then
+        reached = reached + 1
+      end
     end
   end
 end
@@ -87,7 +90,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
 return 1
 """
 
@@ -99,7 +102,7 @@ redis.call('SREM', KEYS[3], ARGV[2])
 if was_member == 0 then
   return 0
 end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
 return 1
 """
 
@@ -112,11 +115,22 @@ _RETRIES = 3
 
 
 class StreamWrite(NamedTuple):
-    """One ``XADD stream MAXLEN ~ maxlen * fields`` (without ``MAXLEN`` when ``maxlen`` is None)."""
+    """One ``XADD stream MAXLEN ~ maxlen * fields`` (without ``MAXLEN`` when ``maxlen`` is None),
+    with ``NOMKSTREAM`` when ``nomkstream``: nothing is written when the stream does not exist
+    (a node stream: its gateway is gone). Build node streams' with ``to_node()``."""
 
     stream: str
     fields: dict[str, str]
     maxlen: int | None = None
+    nomkstream: bool = False
+
+    @classmethod
+    def to_node(cls, key_prefix: str, node: str, fields: dict[str, str]) -> StreamWrite:
+        """The write of a command to the gateway ``node``: capped, and never creating the stream
+        (a live gateway's exists; a push to a connection of a dead one is dropped)."""
+        return cls(
+            constants.node_stream(key_prefix, node), fields, constants.NODE_STREAM_MAXLEN, nomkstream=True
+        )
 
     @property
     def xadd_fields(self) -> dict[FieldT, EncodableT]:
@@ -126,9 +140,10 @@ class StreamWrite(NamedTuple):
     @property
     def command(self) -> tuple[str, ...]:
         """The ``XADD`` as a command to pack."""
+        head = ("XADD", self.stream, "NOMKSTREAM") if self.nomkstream else ("XADD", self.stream)
         if self.maxlen is None:
-            return ("XADD", self.stream, "*", *_flat(self.fields))
-        return ("XADD", self.stream, "MAXLEN", "~", str(self.maxlen), "*", *_flat(self.fields))
+            return (*head, "*", *_flat(self.fields))
+        return (*head, "MAXLEN", "~", str(self.maxlen), "*", *_flat(self.fields))
 
 
 def _flat(fields: dict[str, str]) -> list[str]:
@@ -239,9 +254,7 @@ class Route:
             return StreamWrite(constants.broadcast_stream(prefix), fields, constants.BROADCAST_STREAM_MAXLEN)
         assert to is not None
         if self.target == "connection":
-            return StreamWrite(
-                constants.node_stream(prefix, node_of(to)), fields, constants.NODE_STREAM_MAXLEN
-            )
+            return StreamWrite.to_node(prefix, node_of(to), fields)
         members = (
             constants.user_connections(prefix, to)
             if self.target == "user"
@@ -271,8 +284,9 @@ class Target:
         self.route = route
 
     def send(self, action: str, data: Any = None, *, exclude: str | None = None) -> int:
-        """Push ``{"action": action, "data": data}``; returns the number of commands written: 1,
-        or for ``to_user()``/``to_group()`` the number of gateways holding a member.
+        """Push ``{"action": action, "data": data}``; returns the number of commands written: 1
+        (for ``to()``: 0 when the connection's gateway is gone, whose stream is not created
+        again), or for ``to_user()``/``to_group()`` the number of gateways holding a member.
 
         ``exclude`` (``to_group()`` only, ValueError elsewhere) is a connection that must not
         receive the push, typically the sender.
@@ -405,8 +419,14 @@ class Publisher:
     def _execute(self, write: Write) -> int:
         try:
             if isinstance(write, StreamWrite):
-                self.client.xadd(write.stream, write.xadd_fields, maxlen=write.maxlen, approximate=True)
-                return 1
+                entry_id = self.client.xadd(
+                    write.stream,
+                    write.xadd_fields,
+                    maxlen=write.maxlen,
+                    approximate=True,
+                    nomkstream=write.nomkstream,
+                )
+                return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
             return int(self._scripts[write.script](keys=write.keys, args=write.args))
         except redis.RedisError as exc:
             raise publish_error(exc) from exc
@@ -519,8 +539,8 @@ class AsyncPublisher:
 
     async def _execute(self, write: Write) -> int:
         if isinstance(write, StreamWrite):
-            await self._batches.run(write.command)
-            return 1
+            entry_id = await self._batches.run(write.command)
+            return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
         keys = write.keys
         sha = self._scripts[write.script].sha
         return int(await self._batches.run(("EVALSHA", sha, len(keys), *keys, *write.args)))

@@ -3,6 +3,10 @@
 * hiredis: redis-py's asyncio client packs every command in Python (the benchmark measured
   a sixth of a worker's CPU there); these connection classes pack with
   ``hiredis.pack_command``, like redis-py's blocking client already does.
+
+With or without hiredis, they send only exact ``bytes``, ``str``, ``int`` and ``float``
+arguments: anything else (a bool, an enum, None...) raises ``TypeError`` naming it, where
+redis-py's packer would send an enum's ``repr()`` for a gateway to reject as malformed.
 * uvloop: ``Worker.run()`` runs its event loop on uvloop.
 
 Without them everything works the same, only slower. :class:`RedisPipe`, the worker's lean
@@ -17,7 +21,6 @@ never change once, and only the last few per reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -39,17 +42,43 @@ except ImportError:  # pragma: no cover
     uvloop = None
 
 
+# Exact types only: bool is an int and an IntEnum or StrEnum an int or str to isinstance().
+_PLAIN = frozenset((bytes, str, int, float))
+
+
+def check_plain(command: tuple[Any, ...]) -> None:
+    """TypeError, naming the argument, unless each one of ``command`` is exactly bytes, str, int
+    or float: the only values the worker sends to Redis."""
+    for arg in command:
+        if type(arg) not in _PLAIN:
+            raise _not_plain(command)
+
+
+def _not_plain(command: tuple[Any, ...]) -> TypeError:
+    position, arg = next((n, a) for n, a in enumerate(command) if type(a) not in _PLAIN)
+    name = command[0] if position else "?"
+    shown = repr(arg)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return TypeError(
+        f"Redis command {name!r}: argument {position} is a {type(arg).__qualname__} ({shown}); "
+        "only bytes, str, int and float are sent to Redis: convert it first"
+    )
+
+
 class _HiredisPacking:
+    """Checks every argument (``check_plain``), then packs with hiredis when installed, else with
+    redis-py's packer."""
+
     def pack_command(self, *args: Any) -> list[bytes]:
-        command = args[0]
-        # A command name with a space ("CLIENT KILL") is several arguments, as redis-py does.
-        if (isinstance(command, str) and " " in command) or (isinstance(command, bytes) and b" " in command):
-            args = (*command.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
+        check_plain(args)
+        if hiredis is None:
             python_packer: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
             return python_packer
+        command = args[0]
+        # A command name with a space ("CLIENT KILL") is several arguments, as redis-py does.
+        if (type(command) is str and " " in command) or (type(command) is bytes and b" " in command):
+            args = (*command.split(), *args[1:])
+        return [hiredis.pack_command(args)]
 
 
 class HiredisConnection(_HiredisPacking, Connection):
@@ -61,14 +90,14 @@ class HiredisSSLConnection(_HiredisPacking, SSLConnection):
 
 
 def async_redis(url: str, **options: Any) -> redis.asyncio.Redis:
-    """``redis.asyncio.Redis.from_url(url, **options)``, packing with hiredis when installed."""
+    """``redis.asyncio.Redis.from_url(url, **options)``, its connections checking every argument
+    and packing with hiredis when installed."""
     client = redis.asyncio.Redis.from_url(url, **options)
-    if hiredis is not None:
-        pool = client.connection_pool
-        if issubclass(pool.connection_class, SSLConnection):
-            pool.connection_class = HiredisSSLConnection
-        elif pool.connection_class is Connection:
-            pool.connection_class = HiredisConnection
+    pool = client.connection_pool
+    if issubclass(pool.connection_class, SSLConnection):
+        pool.connection_class = HiredisSSLConnection
+    elif pool.connection_class is Connection:
+        pool.connection_class = HiredisConnection
     return client
 
 
@@ -237,17 +266,17 @@ class RedisPipe:
 
 
 def _packed(conn: AbstractConnection, commands: Sequence[tuple[Any, ...] | bytes]) -> list[bytes]:
-    """The commands in RESP: bytes as they are, tuples by hiredis when installed, else (or for
-    what hiredis does not take, a bool say: redis-py then raises its usual DataError) by the
-    connection's packer."""
+    """The commands in RESP: bytes as they are, tuples as ``_pack()`` packs them."""
     return [command if type(command) is bytes else _pack(conn, command) for command in commands]  # type: ignore[arg-type]
 
 
 def _pack(conn: AbstractConnection, command: tuple[Any, ...]) -> bytes:
+    """``command`` in RESP, by hiredis when installed, else by the connection's packer; anything
+    but bytes, str, int and float raises TypeError (``check_plain``) either way."""
+    check_plain(command)
     if hiredis is not None:
-        with contextlib.suppress(TypeError):
-            packed: bytes = hiredis.pack_command(command)
-            return packed
+        packed: bytes = hiredis.pack_command(command)
+        return packed
     return b"".join(conn.pack_command(*command))
 
 

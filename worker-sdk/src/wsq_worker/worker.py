@@ -832,8 +832,7 @@ class _Run:
 
     def _command_write(self, connection_id: str, fields: dict[str, str]) -> StreamWrite:
         """A command for the gateway holding ``connection_id``."""
-        node_stream = constants.node_stream(self.worker.key_prefix, node_of(connection_id))
-        return StreamWrite(node_stream, fields, constants.NODE_STREAM_MAXLEN)
+        return StreamWrite.to_node(self.worker.key_prefix, node_of(connection_id), fields)
 
     # Periodic functions.
 
@@ -890,11 +889,9 @@ class _ReplyTemplate(NamedTuple):
 
 def _reply_template(key_prefix: str, node: str) -> _ReplyTemplate:
     """The ``XADD`` of a ``send`` command to one connection of ``node``, packed up to its ``to``."""
-    stream = constants.node_stream(key_prefix, node)
     sample = f"{node}.{'x' * 22}"
-    command = StreamWrite(
-        stream, send_command("connection", sample, ""), constants.NODE_STREAM_MAXLEN
-    ).command
+    write = StreamWrite.to_node(key_prefix, node, send_command("connection", sample, ""))
+    stream, command = write.stream, write.command
     if command[-4:] != ("to", sample, "frame", ""):  # send_command's field order changed
         raise AssertionError(f"unexpected send command {command!r}")
     return _ReplyTemplate(stream, speedups.CommandTemplate(command[:-3], 3))

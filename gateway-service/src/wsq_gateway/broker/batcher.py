@@ -60,10 +60,15 @@ class Write:
 
 class RedisBatcher:
     def __init__(
-        self, redis: aioredis.Redis, *, scripts: Sequence[str] = (), stall_s: float = STALL_S
+        self,
+        redis: aioredis.Redis,
+        *,
+        scripts: Sequence[str] = (),
+        stall_s: float = STALL_S,
+        on_connect: tuple[Any, ...] | None = None,
     ) -> None:
         self._redis = redis
-        self._pipe = RedisPipe(redis, writes=True)
+        self._pipe = RedisPipe(redis, writes=True, on_connect=on_connect)  # run first on each new connection
         self._scripts = tuple(scripts)  # loaded again when Redis answers NOSCRIPT
         self._stall_s = stall_s
         self._queue: deque[Write] = deque()
@@ -92,6 +97,11 @@ class RedisBatcher:
         return self._task
 
     def submit(self, write: Write) -> None:
+        """Queue ``write``. Its commands are packed now: one Redis can't take (a bool, an enum...)
+        raises ``TypeError`` here, in its caller, instead of failing every batch it would join."""
+        write.commands = [
+            command if isinstance(command, bytes) else self._pipe.pack(command) for command in write.commands
+        ]
         if self.stalled and not write.durable:
             _settle(write, BrokerUnavailable(STALLED))
             return

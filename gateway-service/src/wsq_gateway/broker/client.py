@@ -3,8 +3,10 @@ and :class:`RedisPipe`, the hot path's lean pipeline.
 
 redis-py's blocking client packs commands in C (``hiredis.pack_command``) when hiredis is
 installed; its asyncio client always packs them in Python, which the benchmark measured
-at a fifth of the gateway's CPU per message. These connection classes pack with hiredis
-and fall back to redis-py's packer for anything hiredis does not take.
+at a fifth of the gateway's CPU per message. These connection classes pack with hiredis.
+Only exact ``bytes``, ``str``, ``int`` and ``float`` arguments are sent: anything else (a
+bool, an enum, None...) raises ``TypeError`` naming it, where redis-py's packer would send
+an enum's ``repr()`` (``<CloseCode.X: 1013>``) for a Lua script to write into the protocol.
 
 redis-py's ``Pipeline`` then spends about 10 µs of Python per command around the socket
 (a command stack, a timeout and a response callback per reply); :class:`RedisPipe` sends the
@@ -30,6 +32,33 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wsq_gateway.logs import BROKER, get_logger
+
+log = get_logger(BROKER)
+
+# Exact types only: bool is an int and an IntEnum or StrEnum an int or str to isinstance().
+_PLAIN = frozenset((bytes, str, int, float))
+
+
+def check_plain(command: tuple[Any, ...]) -> None:
+    """TypeError, naming the argument, unless each one of ``command`` is exactly bytes, str, int
+    or float: the only values the gateway sends to Redis."""
+    for arg in command:
+        if type(arg) not in _PLAIN:
+            raise _not_plain(command)
+
+
+def _not_plain(command: tuple[Any, ...]) -> TypeError:
+    position, arg = next((n, a) for n, a in enumerate(command) if type(a) not in _PLAIN)
+    name = command[0] if position else "?"
+    shown = repr(arg)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return TypeError(
+        f"Redis command {name!r}: argument {position} is a {type(arg).__qualname__} ({shown}); "
+        "only bytes, str, int and float are sent to Redis: convert it first"
+    )
+
+
 # The batcher's connection: a Redis host that vanished is noticed in about 11 s (idle 5 s, then
 # 3 probes 2 s apart), where a connection without keepalive would wait for its replies for ever.
 _KEEPALIVE = {
@@ -46,15 +75,12 @@ class WriteInDoubt(RedisConnectionError):
 
 class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
+        check_plain(args)
         command = args[0]
         # A command name with a space ("CLIENT KILL") is several arguments, as redis-py does.
-        if (isinstance(command, str) and " " in command) or (isinstance(command, bytes) and b" " in command):
+        if (type(command) is str and " " in command) or (type(command) is bytes and b" " in command):
             args = (*command.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
-            python_packer: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
-            return python_packer
+        return [hiredis.pack_command(args)]
 
 
 class HiredisConnection(_HiredisPacking, Connection):
@@ -176,9 +202,14 @@ class RedisPipe:
     no deadline, so Redis's replies always tell what it did (a stalled Redis is waited for;
     TCP keepalive finds a dead host). A failure once the batch may have reached Redis raises
     :class:`WriteInDoubt`; before that, redis-py's ``ConnectionError``.
+
+    ``on_connect``, a command, runs first on every new connection, before the batch that
+    made it (an error reply to it is logged, and the batch goes on).
     """
 
-    def __init__(self, client: aioredis.Redis, *, writes: bool = False) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, writes: bool = False, on_connect: tuple[Any, ...] | None = None
+    ) -> None:
         pool = client.connection_pool
         self._writes = writes
         self._deadline = BatchDeadline(None if writes else pool.connection_kwargs.get("socket_timeout"))
@@ -188,16 +219,28 @@ class RedisPipe:
         if writes:
             options |= {"socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE}
         self._conn: AbstractConnection = pool.connection_class(**options)
+        self._on_connect = None if on_connect is None else _pack(on_connect)
+        if self._on_connect is not None:
+            self._conn.register_connect_callback(self._run_on_connect)  # type: ignore[no-untyped-call]
 
-    def pack(self, command: tuple[Any, ...]) -> bytes:
-        """``command`` in RESP, for ``execute()`` later: what Redis can't take (a str that is not
-        UTF-8, say) raises here, for that command alone, not in the middle of a batch."""
-        return _pack(self._conn, command)
+    async def _run_on_connect(self, conn: AbstractConnection) -> None:
+        assert self._on_connect is not None
+        await conn.send_packed_command(self._on_connect, check_health=False)
+        try:  # within the batch's deadline: connecting happens in execute()
+            await conn.read_response(disable_decoding=True, timeout=math.inf)
+        except ResponseError as exc:
+            log.warning("redis refused the command run on connecting", error=str(exc))
+
+    @staticmethod
+    def pack(command: tuple[Any, ...]) -> bytes:
+        """``command`` in RESP, for ``execute()`` later: what Redis can't take (a bool, an enum, a
+        str that is not UTF-8...) raises here, in the caller that queues it, not in a batch."""
+        return _pack(command)
 
     async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
         conn = self._conn
         packed = [
-            command if type(command) is bytes else _pack(conn, command)  # type: ignore[arg-type]
+            command if type(command) is bytes else _pack(command)  # type: ignore[arg-type]
             for command in commands
         ]
 
@@ -255,9 +298,7 @@ def _closed_by_peer(conn: AbstractConnection) -> bool:
     return isinstance(reader, asyncio.StreamReader) and reader.at_eof()
 
 
-def _pack(conn: AbstractConnection, command: tuple[Any, ...]) -> bytes:
-    try:
-        packed: bytes = hiredis.pack_command(command)
-    except TypeError:  # e.g. a bool: redis-py's packer raises its usual DataError
-        return b"".join(conn.pack_command(*command))
+def _pack(command: tuple[Any, ...]) -> bytes:
+    check_plain(command)
+    packed: bytes = hiredis.pack_command(command)
     return packed

@@ -10,6 +10,7 @@ closes its sockets, so that the registry matches the sockets again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from wsq_gateway.broker.registry import (
     HEARTBEAT_REAPED,
     HEARTBEAT_SCRIPT,
     REAP_SCRIPT,
+    REAPED_TTL_S,
     heartbeat_args,
     reap_args,
 )
@@ -30,6 +32,9 @@ from wsq_gateway.protocol.keys import Keys
 log = get_logger(BROKER)
 
 MAX_REAP_RUNS_PER_TICK = 100  # 50,000 connections per node and tick at most
+# Away from Redis for this long (wall clock: it counts a suspended host too), a gateway takes a
+# heartbeat that finds it missing for a reap whose flag has expired (see REAPED_TTL_S).
+PRESUMED_REAPED_AFTER_S = REAPED_TTL_S / 2
 
 
 class Liveness:
@@ -54,6 +59,7 @@ class Liveness:
         # EVALSHA, loading the script again when Redis answers NOSCRIPT (redis-py's Script).
         self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
         self._reap_script = redis.register_script(REAP_SCRIPT)
+        self._last_heartbeat: float | None = None  # time.time() when Redis last took one
 
     async def start(self) -> None:
         """Forget what a previous process with this node id left, then say we are alive."""
@@ -61,6 +67,7 @@ class Liveness:
         if left:
             log.warning("forgot connections of a previous process with this node id", connections=left)
         await self._heartbeat(args=heartbeat_args(self._keys, self._node))
+        self._last_heartbeat = time.time()
 
     async def run(self) -> None:
         while True:
@@ -73,7 +80,14 @@ class Liveness:
                 log.exception("heartbeat failed")
 
     async def tick(self) -> None:
+        sent = time.time()
         state: Any = await self._heartbeat(args=heartbeat_args(self._keys, self._node))
+        if state == HEARTBEAT_NEW and self._away_since(sent) >= PRESUMED_REAPED_AFTER_S:
+            # Its reaped flag may have expired meanwhile: writing its connections back would
+            # revive connections whose disconnect events were written.
+            log.warning("this gateway was away from Redis for long and is missing from it: presumed reaped")
+            state = HEARTBEAT_REAPED
+        self._last_heartbeat = time.time()
         if state == HEARTBEAT_REAPED:
             log.error("this gateway was presumed dead and its connections forgotten: closing its sockets")
             await self._on_reaped()
@@ -95,6 +109,11 @@ class Liveness:
                 forgotten = await self._reap(node, force=False)
                 if forgotten:
                     log.warning("reaped a dead gateway", dead_node=node, connections=forgotten)
+
+    def _away_since(self, now: float) -> float:
+        """Seconds from the last heartbeat Redis took to ``now`` (at most the time between the
+        two writes in Redis: the last one was written before its reply came)."""
+        return 0.0 if self._last_heartbeat is None else now - self._last_heartbeat
 
     async def goodbye(self) -> None:
         """Leave the set of live gateways (after this gateway's sockets were forgotten)."""

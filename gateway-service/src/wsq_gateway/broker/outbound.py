@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.client import RedisPipe
+from wsq_gateway.broker.registry import ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.protocol.envelopes import Command, CommandError, connection_send, decode_command
@@ -42,7 +43,9 @@ class Outbound:
         max_pending_bytes: int,
     ) -> None:
         self._redis = redis
-        self._pipe = RedisPipe(redis)  # its XREAD BLOCK on a connection of its own
+        # Its XREAD BLOCK on a connection of its own, which, reconnecting first after a Redis
+        # restart, makes this gateway's stream again if Redis lost it (writers never create it).
+        self._pipe = RedisPipe(redis, on_connect=ensure_stream_command(keys, node_id))
         self._batcher = batcher
         self._connections = connections
         self._max_pending = max_pending_bytes

@@ -58,6 +58,12 @@ end
 # ARGV: prefix, connection_id, close_code
 FORGET_SCRIPT = _NOW + _FORGET + "return forget(ARGV[1], ARGV[2], tostring(now_ms()), ARGV[3])\n"
 
+# How long a reaped gateway's flag ({prefix}:node:<id>:reaped) lives. A gateway that comes back
+# reads it at its first heartbeat Redis takes (within WSQ_NODE_HEARTBEAT_S + the Redis timeout
+# of reaching Redis again); one away for longer than half of this, by its own clock, acts as
+# reaped without it (Liveness), so the flag may expire: dead gateways' flags do not pile up.
+REAPED_TTL_S = 3600
+
 # ARGV: prefix, node, timeout_ms, batch, force ('1': reap even a fresh node — our own
 # previous incarnation). Returns how many connections it forgot; 0 once the node is gone.
 REAP_SCRIPT = (
@@ -78,7 +84,7 @@ for _, cid in ipairs(popped) do
   forgotten = forgotten + forget(prefix, cid, tostring(now), '1006')
 end
 if #popped > 0 and force ~= '1' then
-  redis.call('SET', prefix .. ':node:' .. node .. ':reaped', '1')
+  redis.call('SET', prefix .. ':node:' .. node .. ':reaped', '1', 'EX', %(reaped_ttl_s)d)
 end
 if redis.call('SCARD', conns_key) == 0 and force ~= '1' then
   redis.call('ZREM', nodes_key, node)
@@ -86,7 +92,24 @@ if redis.call('SCARD', conns_key) == 0 and force ~= '1' then
 end
 return #popped
 """
-)
+).replace("%(reaped_ttl_s)d", str(REAPED_TTL_S))
+
+# A live gateway's stream always exists, empty or not: writers append to node streams with
+# NOMKSTREAM, so that a push to a dead gateway's connection does not create its stream again.
+# Created by the heartbeat (at start, then every WSQ_NODE_HEARTBEAT_S) and before anything else
+# on every new connection of the gateway's writer (ENSURE_STREAM_SCRIPT), should Redis have
+# lost it: before any event of this gateway, so before any reply to one.
+_ENSURE_STREAM = """
+local function ensure_stream(key)
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('XADD', key, '0-1', 'created', '1')
+    redis.call('XDEL', key, '0-1')
+  end
+end
+"""
+
+# KEYS[1]: the gateway's node stream.
+ENSURE_STREAM_SCRIPT = _ENSURE_STREAM + "ensure_stream(KEYS[1])\n"
 
 # ARGV: prefix, node. Writes the heartbeat, and says what Redis knew of the node:
 HEARTBEAT_REAPED = 0  # it was reaped (the flag is cleared): close every socket
@@ -94,8 +117,10 @@ HEARTBEAT_OK = 1  # it was there
 HEARTBEAT_NEW = 2  # it was not there: a first heartbeat, or Redis lost its data
 HEARTBEAT_SCRIPT = (
     _NOW
+    + _ENSURE_STREAM
     + """
 local prefix, node = ARGV[1], ARGV[2]
+ensure_stream(prefix .. ':node:' .. node .. ':out')
 local added = redis.call('ZADD', prefix .. ':nodes', now_ms(), node)
 if redis.call('DEL', prefix .. ':node:' .. node .. ':reaped') == 1 then return 0 end
 if added == 1 then return 2 end
@@ -216,12 +241,19 @@ def set_user_command(
 
 def forget_command(keys: Keys, connection_id: str, close_code: int) -> tuple[Any, ...]:
     """The EVALSHA that forgets a connection and appends its disconnect event."""
-    return FORGET.call(0, keys.prefix, connection_id, close_code)
+    # int(): a CloseCode or aiohttp's WSCloseCode is an int to the type checker, not to the packer.
+    return FORGET.call(0, keys.prefix, connection_id, int(close_code))
 
 
 def reap_args(keys: Keys, node: str, timeout_ms: int, *, force: bool = False) -> list[Any]:
     """ARGV of ``REAP_SCRIPT``."""
     return [keys.prefix, node, timeout_ms, REAP_BATCH, "1" if force else "0"]
+
+
+def ensure_stream_command(keys: Keys, node: str) -> tuple[Any, ...]:
+    """The EVAL that creates the node's stream, empty, unless it exists. Run on each new Redis
+    connection, which may be to a Redis that just restarted without its scripts: EVAL, not EVALSHA."""
+    return ("EVAL", ENSURE_STREAM_SCRIPT, 1, keys.node_stream(node))
 
 
 def heartbeat_args(keys: Keys, node: str) -> list[Any]:
