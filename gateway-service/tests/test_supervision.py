@@ -18,7 +18,6 @@ from wsq_gateway import Settings, serve
 from wsq_gateway.broker.batcher import Write
 from wsq_gateway.broker.inbound import Inbound
 from wsq_gateway.broker.preflight import permanent_problem
-from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.server import GatewayFailed
 from wsq_gateway.state import GATEWAY
 
@@ -100,20 +99,20 @@ async def test_a_flush_that_fails_unexpectedly_fails_its_writes_and_the_batcher_
 async def test_a_write_no_redis_command_can_carry_fails_alone(
     start_gateway: GatewayFactory, redis: aioredis.Redis, key_prefix: str
 ) -> None:
-    """A lone surrogate can't be packed: its write fails (durable or not: no retry would ever
-    send it), the writes queued with it go out, and the batcher goes on."""
+    """A lone surrogate can't be packed: its write raises in its caller (durable or not: no
+    retry would ever send it), the writes queued around it go out, and the batcher goes on."""
     gateway = await start_gateway()
     batcher = gateway.server.app[GATEWAY].batcher
-    failures: list[BrokerUnavailable] = []
-    batcher.submit(Write((("SET", f"{key_prefix}:bad", "\ud800"),), on_error=failures.append))
-    batcher.submit(Write((("SET", f"{key_prefix}:bad-durable", "\udcff"),), durable=True))
+    with pytest.raises(UnicodeEncodeError):
+        batcher.submit(Write((("SET", f"{key_prefix}:bad", "\ud800"),)))
+    with pytest.raises(UnicodeEncodeError):
+        batcher.submit(Write((("SET", f"{key_prefix}:bad-durable", "\udcff"),), durable=True))
     batcher.submit(Write((("SET", f"{key_prefix}:good", "ok"),)))
 
     async def written() -> bool:
-        return bool(await redis.get(f"{key_prefix}:good") == b"ok" and batcher.queued == 0)
+        return bool(await redis.get(f"{key_prefix}:good") == b"ok" and batcher.pending == 0)
 
     await wait_until_async(written, timeout=5, message="the good write, and nothing left queued")
-    assert len(failures) == 1
     assert await redis.exists(f"{key_prefix}:bad", f"{key_prefix}:bad-durable") == 0
     assert await batcher.submit_and_wait(("SET", f"{key_prefix}:after", "1")) == [b"OK"]
 

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -97,8 +97,9 @@ class RedisBatcher:
         return self._task
 
     def submit(self, write: Write) -> None:
-        """Queue ``write``. Its commands are packed now: one Redis can't take (a bool, an enum...)
-        raises ``TypeError`` here, in its caller, instead of failing every batch it would join."""
+        """Queue ``write``. Its commands are packed now: one Redis can't take (a bool, an enum, a
+        str that is not UTF-8...) raises here, in its caller, durable or not (no retry could
+        ever send it), instead of failing every batch it would join."""
         write.commands = [
             command if isinstance(command, bytes) else self._pipe.pack(command) for command in write.commands
         ]
@@ -145,9 +146,7 @@ class RedisBatcher:
                 write = self._queue.popleft()
                 batch.append(write)
                 size += len(write.commands)
-            batch, commands = self._packed(batch)
-            if not batch:
-                continue
+            commands: list[bytes] = [command for write in batch for command in write.commands]  # type: ignore[misc]
             self._in_flight = len(batch)
             self._watch(batch)
             try:
@@ -249,26 +248,6 @@ class RedisBatcher:
             write.in_doubt = True
             retry.append(write)
         return retry
-
-    def _packed(self, batch: list[Write]) -> tuple[list[Write], list[bytes]]:
-        """The writes whose commands could be packed, and those commands in RESP. A write with
-        an argument no Redis command can carry (a lone surrogate, say) fails alone, durable or
-        not: no retry would ever send it, and it must not take the rest of the batch with it."""
-        sendable: list[Write] = []
-        commands: list[bytes] = []
-        for write in batch:
-            try:
-                packed = [
-                    command if type(command) is bytes else self._pipe.pack(command)  # type: ignore[arg-type]
-                    for command in write.commands
-                ]
-            except Exception as exc:
-                log.exception("dropped a write that no Redis command can carry")
-                self._fail([replace(write, durable=False)], BrokerUnavailable(f"unwritable value: {exc}"))
-                continue
-            sendable.append(write)
-            commands += packed
-        return sendable, commands
 
     def _fail(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:
         retry = []
