@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from worker_harness import FakeGateway, StartWorker, str_entries
+from worker_harness import FakeGateway, StartWorker, create_node_stream, str_entries
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_worker import Context, PublishError, Worker
@@ -55,6 +55,7 @@ async def test_a_refused_reply_runs_the_message_again_as_its_next_attempt(
 
     await wait_until_async(ran_again, message="the message to come back as attempt 2")
     await redis_client.delete(gateway.out)
+    await create_node_stream(redis_client, gateway.key_prefix, gateway.node)  # as the live gateway keeps it
     key_fixed.set()
     await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
     # One reply, after the repair; a later message's reply shows the worker's writes are done.
@@ -150,6 +151,7 @@ async def test_a_refused_connect_hook_answer_is_run_again_as_after_a_crash(
 
     await wait_until_async(ran_again, message="the connect event to be claimed as attempt 2")
     await redis_client.delete(gateway.out)
+    await create_node_stream(redis_client, gateway.key_prefix, gateway.node)  # as the live gateway keeps it
     key_fixed.set()
     [command] = await gateway.wait_for_commands(1)
     assert command.fields == {
