@@ -1,8 +1,9 @@
-"""Shared fixtures: the protocol's schemas, a fake gateway side of Redis, and running workers.
+"""Shared fixtures: the protocol's schemas, a fake gateway side of Redis, running workers, and a
+proxy to Redis that loses an answer.
 
 Everything runs against the private redis-server of wsq_devkit (fixtures ``redis_url`` and
 ``key_prefix``); nothing is mocked. The types behind them (``Schemas``, ``FakeGateway``,
-``StartWorker``) live in ``worker_harness``, where the tests import them from.
+``StartWorker``, ``ReplyCutter``) live in ``worker_harness``, where the tests import them from.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from worker_harness import FakeGateway, Schemas, StartWorker
+from worker_harness import FakeGateway, ReplyCutter, Schemas, StartWorker
 
+from wsq_devkit import RedisServer
 from wsq_worker import Worker
 
 
@@ -71,3 +73,10 @@ async def start_worker(redis_url: str, key_prefix: str) -> AsyncIterator[StartWo
         worker.stop()
     for _, task in runs:
         await asyncio.wait_for(task, timeout=40)
+
+
+@pytest.fixture
+async def reply_cutter(redis_server: RedisServer) -> AsyncIterator[ReplyCutter]:
+    cutter = ReplyCutter(redis_server.port)
+    yield cutter
+    await cutter.close()

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio
-from worker_harness import FakeGateway, StartWorker, create_node_stream, str_entries
+from worker_harness import FakeGateway, ReplyCutter, StartWorker, create_node_stream, str_entries
 
-from wsq_devkit import RedisServer, wait_until_async
+from wsq_devkit import wait_until_async
 from wsq_worker import Context, PublishError, Worker
 
 CLAIM_IDLE_MS = 300
@@ -163,77 +161,6 @@ async def test_a_refused_connect_hook_answer_is_run_again_as_after_a_crash(
     }
     await wait_until_async(gateway.backlog_done)
     assert len(await gateway.commands()) == 1
-
-
-class ReplyCutter:
-    """A TCP proxy to Redis that, once armed with a marker, forwards the first request holding
-    it, swallows Redis's answer and cuts that connection when told: the client can't know
-    whether Redis ran the request (as after a timeout, or a reset mid-batch)."""
-
-    def __init__(self, redis_port: int) -> None:
-        self.redis_port = redis_port
-        self.marker: bytes | None = None
-        self.held: asyncio.Event = asyncio.Event()
-        self._cut_held = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
-
-    def cut_held(self) -> None:
-        self._cut_held.set()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
-        holding = asyncio.Event()
-        tasks = {
-            asyncio.create_task(self._requests(reader, up_writer, holding)),
-            asyncio.create_task(self._answers(up_reader, writer, holding)),
-        }
-        self._tasks |= tasks
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        writer.transport.abort()  # a reset: no goodbye
-        up_writer.transport.abort()
-
-    async def _requests(
-        self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, holding: asyncio.Event
-    ) -> None:
-        while data := await reader.read(65536):
-            if self.marker is not None and self.marker in data:
-                self.marker = None
-                holding.set()
-            up_writer.write(data)
-            await up_writer.drain()
-
-    async def _answers(
-        self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter, holding: asyncio.Event
-    ) -> None:
-        while data := await up_reader.read(65536):
-            if holding.is_set():  # Redis ran it: the answer never reaches the client
-                self.held.set()
-                await self._cut_held.wait()
-                return
-            writer.write(data)
-            await writer.drain()
-
-
-@pytest.fixture
-async def reply_cutter(redis_server: RedisServer) -> AsyncIterator[ReplyCutter]:
-    cutter = ReplyCutter(redis_server.port)
-    yield cutter
-    await cutter.close()
 
 
 async def test_a_batch_sent_again_after_a_lost_connection_writes_each_reply_once(

@@ -13,7 +13,8 @@
     A publisher (or ``Context.send``, ``.join``, ``.leave``) could not hand a command to
     Redis: Redis is unreachable, timed out or refused the command. The push was not queued
     ("nothing was sent"), except when its message says the connection was lost after it was
-    sent (``Context.send``): it may or may not have been written. The caller may retry later.
+    sent: it may or may not have been written (pushes and joins are at most once: wsq never
+    sends them again by itself). The caller may retry later, if a duplicate is harmless.
     Let through a message handler, it runs the message again as its next attempt (as when
     Redis refuses the reply), and never answers ``handler_error``. Presence reads
     (``connections()``, ``connection_info()``...) raise it too when Redis can't answer. The

@@ -329,13 +329,8 @@ class Flusher(Generic[SourceT]):
                 continue
             if not isinstance(exc, redis.RedisError):
                 error = PublishError(f"writing to Redis failed: {exc!r}")
-            elif sent:
-                error = PublishError(
-                    f"the connection to Redis was lost after the push was sent: it may or may not "
-                    f"have been written: {exc}"
-                )
-            else:
-                error = publish_error(exc)  # one exception object per waiter
+            else:  # nothing was sent, or (sent) it may or may not have been written
+                error = publish_error(exc, sent=sent)  # one exception object per waiter
             error.__cause__ = exc
             done.set_exception(error)
         self._commits[:0] = commits

@@ -4,6 +4,14 @@
 publisher between the threads of a Django or Flask app); ``AsyncPublisher`` has the same API
 on ``redis.asyncio``. Both build every command here, with ``Route`` and ``MembershipWrite``, and
 decode every presence reply in ``wsq_worker.presence``; only the execution differs.
+
+Writes (pushes, joins, leaves) are sent at most once. redis-py sends a command again when its
+connection fails before the reply came (the client's ``retry``), but Redis may have run it:
+a push would arrive twice, a disconnect or a join run twice. So the publishers send writes
+themselves: connecting (with the client's retries) comes first, and a failure there means
+nothing was sent; once a write is on its way, a lost connection raises ``PublishError`` saying
+it may or may not have been written, and nothing is sent again. Presence reads, idempotent,
+keep redis-py's retries.
 """
 
 from __future__ import annotations
@@ -264,9 +272,15 @@ class Route:
         return FanOutWrite(members, head, tail, fields)
 
 
-def publish_error(exc: redis.RedisError, *, read: bool = False) -> PublishError:
+def publish_error(exc: redis.RedisError, *, read: bool = False, sent: bool = False) -> PublishError:
     """The PublishError to raise (``from exc``) when Redis failed to take a command (or, with
-    ``read``, to answer a presence read)."""
+    ``read``, to answer a presence read); with ``sent``, the connection failed once the write
+    was on its way (Redis may have run it: it is not sent again)."""
+    if sent:
+        return PublishError(
+            f"the connection to Redis was lost after the write was sent: it may or may not have "
+            f"been written: {exc}"
+        )
     outcome = "nothing was read" if read else "nothing was sent"
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return PublishError(f"Redis is unavailable, {outcome}: {exc}")
@@ -328,7 +342,8 @@ class Publisher:
 
     ``Publisher()`` reads ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX`` (as ``from_env()`` does) unless
     ``redis_url``/``key_prefix`` are given; ``client`` reuses an existing ``redis.Redis``, which
-    ``close()`` then leaves open. Redis failures raise ``PublishError``.
+    ``close()`` then leaves open. Redis failures raise ``PublishError``. A write is sent at most
+    once, whatever the client's ``retry`` says (see the module's docstring).
     """
 
     def __init__(
@@ -419,17 +434,45 @@ class Publisher:
     def _execute(self, write: Write) -> int:
         try:
             if isinstance(write, StreamWrite):
-                entry_id = self.client.xadd(
-                    write.stream,
-                    write.xadd_fields,
-                    maxlen=write.maxlen,
-                    approximate=True,
-                    nomkstream=write.nomkstream,
-                )
+                entry_id = self._write_once(write.command)
                 return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
-            return int(self._scripts[write.script](keys=write.keys, args=write.args))
+            keys = write.keys
+            command = ("EVALSHA", self._scripts[write.script].sha, len(keys), *keys, *write.args)
+            try:
+                return int(self._write_once(command))
+            except NoScriptError:  # Redis restarted or flushed its scripts: the write did not run
+                self.client.script_load(write.script)
+                return int(self._write_once(command))
         except redis.RedisError as exc:
             raise publish_error(exc) from exc
+
+    def _write_once(self, command: tuple[Any, ...]) -> Any:
+        """Send ``command`` on a connection of the client's pool and read its reply, never twice
+        (``client.execute_command()`` would send it again on a new connection, as its ``retry``
+        says). Redis's refusal raises its ``ResponseError``; a connection lost once the command
+        was on its way raises ``PublishError`` saying it may or may not have been written."""
+        pool = self.client.connection_pool
+        try:  # connects, or replaces a connection Redis closed: nothing is sent yet
+            conn = pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name, which it ignores
+            conn = pool.get_connection("_")
+        try:
+            # A PING first if the client asks for one (health_check_interval), with its retries.
+            conn.check_health()  # type: ignore[no-untyped-call]
+            # What no command can carry (a str that is not UTF-8) raises here, unsent.
+            packed = conn.pack_command(*command)  # type: ignore[no-untyped-call]
+            try:
+                conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
+                return conn.read_response()
+            except redis.ResponseError:  # Redis answered: the connection is in step
+                raise
+            except BaseException as exc:
+                conn.disconnect()  # type: ignore[no-untyped-call]  # out of step with its replies
+                if isinstance(exc, redis.RedisError):
+                    raise publish_error(exc, sent=True) from exc
+                raise
+        finally:
+            pool.release(conn)
 
     def _read(self, read: Callable[[], _T]) -> _T:
         try:
@@ -452,7 +495,10 @@ class Publisher:
 
 
 class AsyncPublisher:
-    """``Publisher`` for asyncio code: the same API, awaited (``await pub.aclose()``, ``async with``)."""
+    """``Publisher`` for asyncio code: the same API, awaited (``await pub.aclose()``, ``async with``).
+
+    Its writes go in batches (``_Batches``), on a connection of their own, at most once as
+    ``Publisher``'s."""
 
     def __init__(
         self,
@@ -573,7 +619,10 @@ class _Batches:
     ``RedisPipe``, so many concurrent pushes cost one write and one read, not one each.
     Scripts go as ``EVALSHA``; when Redis does not know them (it restarted, or ran ``SCRIPT
     FLUSH``), they are loaded and those writes sent again, after the rest of their batch (an
-    order only pushes awaited concurrently could tell apart).
+    order only pushes awaited concurrently could tell apart). A batch is never sent twice
+    (``RedisPipe(resend=False)``): a connection lost once it was sent fails its writes with
+    ``PublishError`` (it may or may not have been written); one that can't be made before
+    (``connect()``, with the client's retries) fails them as not sent.
     """
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
@@ -588,7 +637,8 @@ class _Batches:
         command can carry (a str that is not UTF-8) raises here, not in the batch."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or another event loop: connections are per loop
-            self._loop, self._pipe, self._task, self._queue = loop, speedups.RedisPipe(self._client), None, []
+            pipe = speedups.RedisPipe(self._client, resend=False)
+            self._loop, self._pipe, self._task, self._queue = loop, pipe, None, []
         assert self._pipe is not None
         packed = self._pipe.pack(command)
         done = loop.create_future()
@@ -607,37 +657,62 @@ class _Batches:
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
-                    replies = await self._pipe.execute([command for command, _ in batch])
-                    if any(isinstance(reply, NoScriptError) for reply in replies):
-                        batch, replies = await self._again_with_scripts(batch, replies)
-                except redis.RedisError as exc:
-                    for _, done in batch:
-                        _settle(done, exc)
-                    continue
+                    await self._write(batch)
                 except BaseException:  # cancelled with its loop, say: nobody may wait for ever
                     for _, done in [*batch, *self._queue]:
                         done.cancel()
                     raise
-                for (_, done), reply in zip(batch, replies, strict=True):
-                    _settle(done, reply)
         finally:
             self._task = None
 
-    async def _again_with_scripts(
-        self, batch: list[tuple[bytes, asyncio.Future[Any]]], replies: list[Any]
-    ) -> tuple[list[tuple[bytes, asyncio.Future[Any]]], list[Any]]:
-        """Load the scripts, send the writes Redis did not know the script of again; the batch
-        and its replies, those writes last."""
+    async def _write(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+        """Send ``batch`` once and settle each write with its reply or ``PublishError``."""
         assert self._pipe is not None
-        done = [
-            (pair, reply)
-            for pair, reply in zip(batch, replies, strict=True)
-            if not isinstance(reply, NoScriptError)
-        ]
+        try:
+            await self._pipe.connect()
+        except redis.RedisError as exc:  # nothing of the batch was sent
+            _fail(batch, exc, sent=False)
+            return
+        replies = await self._run(batch)
+        if replies is None:
+            return
         again = [pair for pair, reply in zip(batch, replies, strict=True) if isinstance(reply, NoScriptError)]
-        await self._pipe.execute([("SCRIPT", "LOAD", source) for source in _SCRIPTS])
-        replies_again = await self._pipe.execute([command for command, _ in again])
-        return [pair for pair, _ in done] + again, [reply for _, reply in done] + replies_again
+        for (_, done), reply in zip(batch, replies, strict=True):
+            if not isinstance(reply, NoScriptError):
+                _settle(done, reply)
+        if not again:
+            return
+        # Redis did not know a script (it restarted, or ran SCRIPT FLUSH): those writes did not
+        # run. Load the scripts, then send them again, after the rest of their batch.
+        try:
+            await self._pipe.execute([("SCRIPT", "LOAD", source) for source in _SCRIPTS])
+        except redis.RedisError as exc:  # the writes themselves were not sent again
+            _fail(again, exc, sent=False)
+            return
+        replies = await self._run(again)
+        if replies is not None:
+            for (_, done), reply in zip(again, replies, strict=True):
+                _settle(done, reply)
+
+    async def _run(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> list[Any] | None:
+        """The replies to ``batch``, sent once; None, with its writes failed, when the connection
+        was lost after it was sent (Redis may have run it)."""
+        assert self._pipe is not None
+        try:
+            return await self._pipe.execute([command for command, _ in batch])
+        except redis.RedisError as exc:
+            _fail(batch, exc, sent=True)
+            return None
+
+
+def _fail(batch: list[tuple[bytes, asyncio.Future[Any]]], exc: redis.RedisError, *, sent: bool) -> None:
+    """Fail each waiting write of ``batch`` with its own ``PublishError``: nothing was sent, or
+    (``sent``) it may or may not have been written."""
+    for _, done in batch:
+        if not done.done():  # else its caller was cancelled
+            error = publish_error(exc, sent=sent)
+            error.__cause__ = exc
+            done.set_exception(error)
 
 
 def _settle(done: asyncio.Future[Any], reply: Any) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -212,10 +213,23 @@ class RedisPipe:
         self._resend = resend
 
     async def connect(self) -> None:
-        """Connect now if not connected (with the client's retries): a failure here means that
-        nothing of the next batch was sent."""
-        if not self._conn.is_connected:
-            await self._conn.connect()  # type: ignore[no-untyped-call]
+        """Connect now if not connected, or again if Redis closed the connection meanwhile (it
+        restarted, say), with the client's retries: a failure here means that nothing of the
+        next batch was sent."""
+        conn = self._conn
+        if conn.is_connected:
+            # As redis-py's pool checks a connection before lending it: a socket Redis closed,
+            # or holding bytes nobody asked for, is replaced before a batch is sent on it.
+            # can_read() from redis-py 8 on, which deprecates the older can_read_destructive().
+            can_read = getattr(conn, "can_read", None) or conn.can_read_destructive
+            try:
+                stale = bool(await can_read())
+            except (RedisConnectionError, OSError):
+                stale = True
+            if stale:
+                await conn.disconnect(nowait=True)
+        if not conn.is_connected:
+            await conn.connect()  # type: ignore[no-untyped-call]
 
     def pack(self, command: tuple[Any, ...]) -> bytes:
         """``command`` in RESP, for ``execute()`` later: what Redis can't take (a str that is not
