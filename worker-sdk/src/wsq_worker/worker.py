@@ -77,6 +77,10 @@ _COMMAND_TIMEOUT_S = 10.0
 _MOVE_DUE_EVERY_S = 0.25
 _MOVE_DUE_BATCH = 100
 _KEEP_ALIVE_BATCH = 1000
+# A history read of the largest id but one: it returns nothing (no entry can be pending after
+# it), and resets the consumer's idle time. On Redis 7.0 a blocking read that gets no entry does
+# not: a quiet worker would look dead to the gateways (and to other workers) after a while.
+_TOUCH_ID = "18446744073709551615-18446744073709551614"
 # The connect hook's answers: on_connect returned False; on_connect failed (an exception, a
 # return value that means nothing, or its attempts used up). 1011, the WebSocket code for a
 # server error, is not a code a refuse command may carry (1000 or 3000-4999): 3011 is wsq's.
@@ -272,6 +276,9 @@ class _Run:
         self.inbound = constants.inbound_stream(worker.key_prefix)
         self.delayed = constants.delayed(worker.key_prefix)
         self.claim_cursor = "0-0"
+        group, name = constants.CONSUMER_GROUP, worker.consumer_name
+        self.touch = ("XREADGROUP", "GROUP", group, name, "COUNT", "1", "STREAMS", self.inbound, _TOUCH_ID)
+        """A read that returns nothing but resets this consumer's idle time (see _TOUCH_ID)."""
         self.reply_templates: dict[str, _ReplyTemplate] = {}
         """The packed head of a reply's ``XADD``, by gateway node."""
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
@@ -371,9 +378,13 @@ class _Run:
         backoff = _MIN_BACKOFF_S
         has_group = False
         next_claim = self.loop.time()  # at once: entries of a worker that died before we started
+        # This consumer's idle time was reset by a read that got entries just now, so the next
+        # read needs no touch (see _TOUCH_ID).
+        fresh = False
         while not self.stopping.is_set():
             free_slots = worker.concurrency - len(self.in_flight)
             if free_slots <= 0:
+                fresh = False
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
                 continue
@@ -386,6 +397,7 @@ class _Run:
                     await self._create_group()
                     has_group = True
                 if self.loop.time() >= next_claim:
+                    fresh = False
                     more = await self._claim(count)
                     next_claim = self.loop.time() + (0 if more else worker.claim_idle_ms / 2000)
                     continue
@@ -405,7 +417,11 @@ class _Run:
                     self.inbound,
                     ">",
                 )
-                (response,) = await self.read_pipe.execute([read])
+                if fresh:
+                    fresh = False
+                    (response,) = await self.read_pipe.execute([read])
+                else:  # the touch's reply tells nothing the read's does not
+                    _, response = await self.read_pipe.execute([self.touch, read])
                 if isinstance(response, redis.ResponseError):
                     raise response
             except RedisUnusableError:
@@ -428,6 +444,7 @@ class _Run:
                 continue
             backoff = _MIN_BACKOFF_S
             for entry_id, fields in _stream_entries(response):
+                fresh = True
                 self._start_handler(entry_id, fields, delivered=1)
 
     def _raise_if_unusable(self, exc: Exception) -> None:
