@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,4 +228,69 @@ def test_sigkill_mid_message_the_other_worker_answers(
         wait_until(backlog_done, timeout=20, message="the entry acknowledged")
         assert len(wait_for_frames(client, key_prefix, 2)) == 2, "exactly one reply"
         assert "claimed 1 entries" in survivor.output()
+        assert survivor.running()
+
+
+@pytest.mark.usefixtures("in_apps_directory")
+def test_a_sigkilled_workers_consumer_leaves_the_group_once_its_entry_was_answered(
+    redis_url: str, key_prefix: str, client: redis.Redis
+) -> None:
+    """Two worker processes; the one running a message is SIGKILLed: its consumer stays in the
+    group while it holds the entry, and is removed by the survivor within stale_consumer_ms +
+    claim_idle_ms / 2 of its death, after the survivor claimed and answered the entry, once."""
+    claim_idle_ms, block_ms = 500, 200  # crash_app's block_ms
+    stale_ms = 3 * max(claim_idle_ms, block_ms)  # Worker.stale_consumer_ms
+    environment = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix}
+    options = ["crash_app:worker", "--claim-idle-ms", str(claim_idle_ms)]
+    inbound = f"{key_prefix}:inbound"
+    with (
+        ManagedProcess.python_module("worker-a", "wsq_worker", *options, env=environment) as a,
+        ManagedProcess.python_module("worker-b", "wsq_worker", *options, env=environment) as b,
+    ):
+        workers = {a.pid: a, b.pid: b}
+        for process in workers.values():
+
+            def reading(p: ManagedProcess = process) -> bool:
+                return "reading" in p.output()
+
+            wait_until(reading, timeout=20, message=f"{process.name} reads")
+        append_message(client, key_prefix, "slow_once", None, "r1")
+        [started] = wait_for_frames(client, key_prefix, 1)
+        victim = workers.pop(started["data"])
+        [survivor] = workers.values()
+        [victim_consumer] = [
+            c for c in client.xinfo_consumers(inbound, "workers") if f"-{victim.pid}-" in c["name"]
+        ]
+        assert victim_consumer["pending"] == 1
+        victim.signal(signal.SIGKILL)  # mid-handler: no ack, no shutdown, nothing written
+        killed_at = time.monotonic()
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+
+        seen: list[tuple[dict[str, Any] | None, int]] = []  # the victim's consumer, answers so far
+
+        def victim_removed() -> bool:
+            consumers = {c["name"]: c for c in client.xinfo_consumers(inbound, "workers")}
+            answers = len(str_entries(client.xrange(f"{key_prefix}:node:{NODE}:out"))) - 1  # after "started"
+            seen.append((consumers.get(victim_consumer["name"]), answers))
+            return victim_consumer["name"] not in consumers
+
+        bound_s = (stale_ms + claim_idle_ms / 2) / 1000
+        wait_until(victim_removed, timeout=bound_s + 10, message="the victim's consumer removed")
+        removed_after_s = time.monotonic() - killed_at
+        assert removed_after_s < bound_s + 2, f"removed {removed_after_s:.1f}s after the kill"
+        assert removed_after_s > stale_ms / 1000 - 0.5, "removed only once idle for stale_consumer_ms"
+        # While the victim held the entry, its consumer stayed; it went only once answered.
+        assert all(consumer is not None for consumer, answers in seen if answers == 0)
+        assert all(consumer["pending"] == 0 for consumer, answers in seen if consumer and answers)
+        assert seen[-1][1] == 1, "answered before the consumer was removed"
+
+        answer = wait_for_frames(client, key_prefix, 2)[1]
+        assert answer == {"action": "slow_once", "data": {"attempt": 2, "pid": survivor.pid}, "id": "r1"}
+        assert client.xlen(inbound) == 0
+        assert client.xpending(inbound, "workers")["pending"] == 0
+        assert len(wait_for_frames(client, key_prefix, 2)) == 2, "exactly one reply"
+        [remaining] = client.xinfo_consumers(inbound, "workers")
+        assert f"-{survivor.pid}-" in remaining["name"]
+        assert remaining["idle"] < stale_ms
+        assert f"removed consumer {victim_consumer['name']} from the group" in survivor.output()
         assert survivor.running()

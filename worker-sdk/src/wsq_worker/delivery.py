@@ -2,7 +2,8 @@
 
 The Lua scripts here run in Redis, so each of their steps is atomic whatever the number of
 workers: a claimed entry comes with its delivery count, a keep-alive never takes an entry back
-from a worker that claimed it, an entry is acknowledged only with all of its writes (and a
+from a worker that claimed it, a dead worker's consumer leaves the group only once it holds no
+entry, an entry is acknowledged only with all of its writes (and a
 batch sent twice writes them once), a due retry moves into the inbound stream exactly once, and
 a dead letter is replayed exactly once. The worker (``wsq_worker.worker``) and its flusher
 (``wsq_worker.flusher``) run them; the ``wsq-worker dead`` command (``wsq_worker.cli``) lists and
@@ -22,6 +23,7 @@ __all__ = [
     "CLAIM_SCRIPT",
     "COMMIT_SCRIPT",
     "DEAD_LETTER_FIELDS",
+    "FORGET_STALE_SCRIPT",
     "KEEP_ALIVE_SCRIPT",
     "MOVE_DUE_SCRIPT",
     "REPLAY_SCRIPT",
@@ -30,6 +32,7 @@ __all__ = [
     "dead_letter",
     "delayed_member",
     "parse_claim",
+    "parse_forget",
     "parse_move",
 ]
 
@@ -68,6 +71,27 @@ if #mine > 0 then
   redis.call(unpack(command))
 end
 return mine
+"""
+
+# Removes the consumers of dead workers from the group: those idle (no read, claim or keep-alive:
+# XINFO CONSUMERS' `idle`) for longer than a live worker ever is, and holding no pending entry.
+# XGROUP DELCONSUMER drops a consumer's pending entries, so one that holds any stays until they
+# were claimed (then run again) by a live worker. KEYS[1]: the inbound stream. ARGV: group,
+# min idle (ms), the caller's consumer (never removed). Returns {name, idle, ...} of those removed.
+FORGET_STALE_SCRIPT = """
+local removed, min_idle = {}, tonumber(ARGV[2])
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #consumer, 2 do
+    fields[consumer[i]] = consumer[i + 1]
+  end
+  if fields.pending == 0 and fields.idle > min_idle and fields.name ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields.name)
+    removed[#removed + 1] = fields.name
+    removed[#removed + 1] = fields.idle
+  end
+end
+return removed
 """
 
 # Writes what the worker's handlers produced and acknowledges their entries, in one script
@@ -236,6 +260,14 @@ def parse_claim(response: Any) -> tuple[str, list[Claimed]]:
         fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
         claimed.append(Claimed(_text(entry_id), fields, int(delivered)))
     return _text(cursor), claimed
+
+
+def parse_forget(response: Any) -> list[tuple[str, int]]:
+    """(consumer, idle ms) of each consumer a ``FORGET_STALE_SCRIPT`` reply says it removed."""
+    return [
+        (name.decode(errors="backslashreplace") if isinstance(name, bytes) else str(name), int(idle))
+        for name, idle in zip(response[::2], response[1::2], strict=True)
+    ]
 
 
 def parse_move(response: Any) -> tuple[int, list[str]]:

@@ -77,6 +77,13 @@ _COMMAND_TIMEOUT_S = 10.0
 _MOVE_DUE_EVERY_S = 0.25
 _MOVE_DUE_BATCH = 100
 _KEEP_ALIVE_BATCH = 1000
+# A consumer idle for this many times max(claim_idle_ms, block_ms) is a dead worker's: a live one
+# reads every block_ms, and refreshes its entries every claim_idle_ms / 3 while it cannot read.
+_STALE_CONSUMER_FACTOR = 3
+# A history read of the largest id but one: it returns nothing (no entry can be pending after
+# it), and resets the consumer's idle time. On Redis 7.0 a blocking read that gets no entry does
+# not: a quiet worker would look dead to the gateways (and to other workers) after a while.
+_TOUCH_ID = "18446744073709551615-18446744073709551614"
 # The connect hook's answers: on_connect returned False; on_connect failed (an exception, a
 # return value that means nothing, or its attempts used up). 1011, the WebSocket code for a
 # server error, is not a code a refuse command may carry (1000 or 3000-4999): 3011 is wsq's.
@@ -107,6 +114,13 @@ class Worker:
     ``max_dead_letters`` (default ``WSQ_MAX_DEAD_LETTERS``, else 10000; 0: all). Any other
     exception is answered with
     ``$error`` ``handler_error`` once, and not retried.
+
+    The consumer a worker killed without stopping (SIGKILL, OOM, a host lost) leaves in the
+    consumer group is removed by a live worker once it was idle for ``stale_consumer_ms``
+    (``3 * max(claim_idle_ms, block_ms)``: 45 s by default) and holds no pending entry: its
+    entries are claimed first, as above. A live worker is never that idle: it reads every
+    ``block_ms``, and refreshes its entries every ``claim_idle_ms / 3`` while all its slots are
+    busy.
 
     ``redis_url`` and ``key_prefix`` default to ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX``.
     ``shutdown_timeout`` bounds the wait for in-flight handlers when stopping; ``block_ms`` is
@@ -157,6 +171,12 @@ class Worker:
         )
         self._running: _Run | None = None
         self._stop_requested = False
+
+    @property
+    def stale_consumer_ms(self) -> int:
+        """How long a consumer of the group is idle before this worker removes it (if it holds
+        no pending entry): far longer than a live worker is, and than entries wait to be claimed."""
+        return _STALE_CONSUMER_FACTOR * max(self.claim_idle_ms, self.block_ms)
 
     # Running and stopping.
 
@@ -272,6 +292,9 @@ class _Run:
         self.inbound = constants.inbound_stream(worker.key_prefix)
         self.delayed = constants.delayed(worker.key_prefix)
         self.claim_cursor = "0-0"
+        group, name = constants.CONSUMER_GROUP, worker.consumer_name
+        self.touch = ("XREADGROUP", "GROUP", group, name, "COUNT", "1", "STREAMS", self.inbound, _TOUCH_ID)
+        """A read that returns nothing but resets this consumer's idle time (see _TOUCH_ID)."""
         self.reply_templates: dict[str, _ReplyTemplate] = {}
         """The packed head of a reply's ``XADD``, by gateway node."""
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
@@ -297,6 +320,7 @@ class _Run:
         self.claim_script = self.reader.register_script(delivery.CLAIM_SCRIPT)
         self.keep_alive_script = self.client.register_script(delivery.KEEP_ALIVE_SCRIPT)
         self.move_due_script = self.client.register_script(delivery.MOVE_DUE_SCRIPT)
+        self.forget_stale_script = self.client.register_script(delivery.FORGET_STALE_SCRIPT)
         self.executor = ThreadPoolExecutor(max_workers=worker.concurrency, thread_name_prefix="wsq-handler")
 
     def request_stop(self) -> None:
@@ -313,6 +337,9 @@ class _Run:
                     self._watch(asyncio.create_task(self._run_periodic(interval, periodic), name=name))
                 )
             self.periodic.add(self._watch(asyncio.create_task(self._move_due_retries(), name="wsq-delayed")))
+            self.periodic.add(
+                self._watch(asyncio.create_task(self._forget_stale_consumers(), name="wsq-stale-consumers"))
+            )
             # Until the last ack is written, not only until stop(): in-flight entries stay ours.
             self.keep_alive = self._watch(asyncio.create_task(self._keep_alive(), name="wsq-keep-alive"))
             await self._read_until_stopped()
@@ -371,9 +398,13 @@ class _Run:
         backoff = _MIN_BACKOFF_S
         has_group = False
         next_claim = self.loop.time()  # at once: entries of a worker that died before we started
+        # This consumer's idle time was reset by a read that got entries just now, so the next
+        # read needs no touch (see _TOUCH_ID).
+        fresh = False
         while not self.stopping.is_set():
             free_slots = worker.concurrency - len(self.in_flight)
             if free_slots <= 0:
+                fresh = False
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
                 continue
@@ -386,6 +417,7 @@ class _Run:
                     await self._create_group()
                     has_group = True
                 if self.loop.time() >= next_claim:
+                    fresh = False
                     more = await self._claim(count)
                     next_claim = self.loop.time() + (0 if more else worker.claim_idle_ms / 2000)
                     continue
@@ -405,7 +437,11 @@ class _Run:
                     self.inbound,
                     ">",
                 )
-                (response,) = await self.read_pipe.execute([read])
+                if fresh:
+                    fresh = False
+                    (response,) = await self.read_pipe.execute([read])
+                else:  # the touch's reply tells nothing the read's does not
+                    _, response = await self.read_pipe.execute([self.touch, read])
                 if isinstance(response, redis.ResponseError):
                     raise response
             except RedisUnusableError:
@@ -428,6 +464,7 @@ class _Run:
                 continue
             backoff = _MIN_BACKOFF_S
             for entry_id, fields in _stream_entries(response):
+                fresh = True
                 self._start_handler(entry_id, fields, delivered=1)
 
     def _raise_if_unusable(self, exc: Exception) -> None:
@@ -790,6 +827,28 @@ class _Run:
                         logger.error("dropped a malformed member of %s: %r", self.delayed, member)
             except redis.RedisError as exc:  # the read loop reports outages
                 logger.debug("could not move due retries: %s", exc)
+
+    async def _forget_stale_consumers(self) -> None:
+        """Every ``claim_idle_ms / 2``, remove from the group the consumers of workers that are
+        gone: idle for ``stale_consumer_ms`` and holding no pending entry (those are claimed
+        first). Else each crash would leave one for ever, in every ``XINFO CONSUMERS`` reply."""
+        worker = self.worker
+        while not await self._sleep_unless_stopped(worker.claim_idle_ms / 2000):
+            try:
+                reply = await self.forget_stale_script(
+                    keys=[self.inbound],
+                    args=[constants.CONSUMER_GROUP, worker.stale_consumer_ms, worker.consumer_name],
+                )
+            except redis.RedisError as exc:  # no group yet, Redis away: the read loop reports it
+                logger.debug("could not look for stale consumers: %s", exc)
+                continue
+            for name, idle_ms in delivery.parse_forget(reply):
+                logger.info(
+                    "removed consumer %s from the group: idle for %d ms with no pending entry "
+                    "(its worker is gone)",
+                    name,
+                    idle_ms,
+                )
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         """What to await: an async function's own coroutine (no wrapper: one frame less per
