@@ -88,6 +88,8 @@ class RedisServer:
         if self.cluster:
             options["cluster-enabled"] = "yes"
             options["cluster-config-file"] = str(Path(self._dir.name) / "nodes.conf")
+            # Its bus port is port + 10000 unless told: that one may be taken, a free one is not.
+            options["cluster-port"] = str(free_port())
         argv = [self.binary]
         for name, value in options.items():
             argv += [f"--{name}", value]
