@@ -12,15 +12,13 @@ without a close frame.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
 import struct
 from typing import Any
 
 import orjson
 
-TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+from wsq_devkit.raw_websocket import CLOSE, PING, PONG, TEXT, encode_frame, read_frame, reset, upgrade
+
 NO_CLOSE_FRAME = 1006
 
 
@@ -30,21 +28,6 @@ class HandshakeRefused(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"upgrade refused with HTTP {status}")
         self.status = status
-
-
-def encode_frame(payload: bytes, opcode: int = TEXT) -> bytes:
-    """One final client frame, masked as RFC 6455 requires of clients."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    key = os.urandom(4)
-    repeated = (key * (length // 4 + 1))[:length]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(length, "big")
-    return header + key + masked
 
 
 def text_frame(action: str, data: Any = None, id: str | None = None) -> bytes:
@@ -76,8 +59,12 @@ class RawClient:
         client = cls(reader, writer, label)
         try:
             async with asyncio.timeout(timeout):
-                await client._handshake(port, path + (f"?{query}" if query else ""))
-                opcode, payload = await client._read_frame()
+                status = await upgrade(
+                    reader, writer, "127.0.0.1", port, path + (f"?{query}" if query else "")
+                )
+                if status != 101:
+                    raise HandshakeRefused(status)
+                opcode, payload = await read_frame(reader)
         except BaseException:
             writer.transport.abort()
             raise
@@ -89,33 +76,11 @@ class RawClient:
         client._task = asyncio.create_task(client._read_all(), name=f"raw-client-{client.connection_id}")
         return client
 
-    async def _handshake(self, port: int, target: str) -> None:
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._writer.write(
-            (
-                f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        head = await self._reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        if status != 101:
-            raise HandshakeRefused(status)
-
-    async def _read_frame(self) -> tuple[int, bytes]:
-        first, second = await self._reader.readexactly(2)
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self._reader.readexactly(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await self._reader.readexactly(8))
-        return first & 0x0F, await self._reader.readexactly(length)
-
     async def _read_all(self) -> None:
         code = NO_CLOSE_FRAME
         try:
             while True:
-                opcode, payload = await self._read_frame()
+                opcode, payload = await read_frame(self._reader)
                 if opcode == TEXT:
                     self.frames.append(orjson.loads(payload))
                 elif opcode == PING and not self.silent:
@@ -156,9 +121,10 @@ class RawClient:
             self._writing = False
             self._writer.write_eof()
         elif how == "rst":
-            sock = self._writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.abort()
+            self._writing = False
+            if self._task is not None:
+                self._task.cancel()
+            reset(self._writer)
         elif how == "silence":
             self.silent = True
             transport = self._writer.transport

@@ -101,7 +101,7 @@ async def test_the_batcher_refuses_a_bad_write_in_its_caller_and_goes_on(
     redis_url: str, key_prefix: str
 ) -> None:
     client = redis_client(redis_url)
-    batcher = RedisBatcher(client)
+    batcher = RedisBatcher(client, sequence_key=f"{key_prefix}:node:gw-t:seq")
     batcher.start()
     try:
         with pytest.raises(TypeError, match="argument 2 is a CloseCode"):

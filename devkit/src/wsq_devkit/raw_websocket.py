@@ -10,8 +10,53 @@ import os
 import socket
 import struct
 
-TEXT = 0x1
-CLOSE = 0x8
+TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+
+
+def encode_frame(payload: bytes, opcode: int = TEXT) -> bytes:
+    """One whole (final) client frame, masked as RFC 6455 requires of clients."""
+    length = len(payload)
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    mask = os.urandom(4)
+    repeated = (mask * (length // 4 + 1))[:length]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(length, "big")
+    return head + mask + masked
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame from the server (which never masks): its opcode and payload."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(length)
+
+
+async def upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, target: str
+) -> int:
+    """Ask for the WebSocket upgrade of ``target`` (path and query): the HTTP status answered."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1])
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection with a TCP RST, not a FIN (SO_LINGER 0, then close)."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 class RawWebSocket:
@@ -25,40 +70,20 @@ class RawWebSocket:
     async def connect(cls, host: str, port: int, path: str = "/ws") -> RawWebSocket:
         """Open a TCP connection and upgrade it; AssertionError unless the answer is 101."""
         reader, writer = await asyncio.open_connection(host, port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101 "):
+        status = await upgrade(reader, writer, host, port, path)
+        if status != 101:
             writer.close()
-            raise AssertionError(f"the upgrade was refused: {head.decode(errors='replace')}")
+            raise AssertionError(f"the upgrade was refused with HTTP {status}")
         return cls(reader, writer)
 
     async def send(self, payload: bytes, opcode: int = TEXT) -> None:
         """Write one whole (final, masked) frame."""
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        elif length < 1 << 16:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-        masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
-        self.writer.write(head + mask + masked)
+        self.writer.write(encode_frame(payload, opcode))
         await self.writer.drain()
 
     async def receive(self) -> tuple[int, bytes]:
-        """The next frame from the server (which never masks): its opcode and payload."""
-        first, second = await self.reader.readexactly(2)
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return first & 0x0F, await self.reader.readexactly(length)
+        """The next frame from the server: its opcode and payload."""
+        return await read_frame(self.reader)
 
     async def close_code(self) -> int:
         """Read frames until the server's close frame: its code."""
@@ -77,10 +102,8 @@ class RawWebSocket:
         self.writer.close()
 
     def vanish_with_rst(self) -> None:
-        """Leave without a close frame or FIN: reset the connection (SO_LINGER 0, then close)."""
-        sock = self.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.transport.abort()
+        """Leave without a close frame or FIN: reset the connection."""
+        reset(self.writer)
 
 
 def text_of_size(size: int, action: str, frame_id: str) -> bytes:

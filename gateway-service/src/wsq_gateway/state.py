@@ -37,6 +37,7 @@ class Gateway:
         # say), its stream exists first: replies to its events are appended with NOMKSTREAM.
         self.batcher = RedisBatcher(
             redis,
+            sequence_key=self.keys.node_sequence(self.node_id),
             scripts=BATCHED_SCRIPTS,
             stall_s=settings.redis_timeout_s,
             on_connect=ensure_stream_command(self.keys, self.node_id),

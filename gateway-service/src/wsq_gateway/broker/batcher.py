@@ -12,16 +12,18 @@ from Redis's own replies (see docs/guarantees.md, "Redis outages"):
   not sent yet fail at once (clients get ``unavailable``: certainly not accepted); writes
   someone waits for (registrations) fail too, their clean-up queued behind the batch; the
   batch's other writes wait for Redis's verdict.
-* The connection fails once the batch was sent (:class:`WriteInDoubt`): Redis may have run
-  any part of it. Its writes are sent again, which is safe: client frames are appended by a
-  script that skips a write whose sequence number it saw already (``APPEND_SCRIPT``), and
-  the others are idempotent.
+* The connection fails once the batch was sent (:class:`WriteInDoubt`): Redis ran all of it
+  or none. Each batch is a transaction (``MULTI`` ... ``EXEC``) that also records its
+  sequence number (``{prefix}:node:{node}:seq``), so once Redis answers again one ``GET``
+  tells which: the batch is done, or it is sent again. Nothing is written twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from wsq_gateway.logs import BROKER, get_logger
 log = get_logger(BROKER)
 
 MAX_BATCH = 1000  # commands in one pipeline
+MULTI, EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 STALL_S = 5.0  # a batch unanswered this long: Redis is stalled, new writes fail at once
 STALLED = "redis is not answering: the write was not sent"
@@ -55,7 +58,6 @@ class Write:
     on_error: Callable[[BrokerUnavailable], None] | None = None
     durable: bool = False
     done: asyncio.Future[list[Any]] | None = field(default=None)
-    in_doubt: bool = False  # sent once without a verdict: it may have run, so it can't fail now
 
 
 class RedisBatcher:
@@ -63,11 +65,17 @@ class RedisBatcher:
         self,
         redis: aioredis.Redis,
         *,
+        sequence_key: str,
         scripts: Sequence[str] = (),
         stall_s: float = STALL_S,
         on_connect: tuple[Any, ...] | None = None,
     ) -> None:
         self._redis = redis
+        self._sequence_key = sequence_key
+        # Every batch's number, recorded by its transaction. Counting from this process's start
+        # in microseconds keeps the numbers above an earlier process's with the same node id.
+        self._sequence = itertools.count(time.time_ns() // 1000)
+        self._in_doubt: tuple[int, list[Write]] | None = None  # a batch Redis ran all or none of
         self._pipe = RedisPipe(redis, writes=True, on_connect=on_connect)  # run first on each new connection
         self._scripts = tuple(scripts)  # loaded again when Redis answers NOSCRIPT
         self._stall_s = stall_s
@@ -89,8 +97,9 @@ class RedisBatcher:
 
     @property
     def pending(self) -> int:
-        """Writes not settled yet: queued, or in the pipeline in flight."""
-        return len(self._queue) + self._in_flight
+        """Writes not settled yet: queued, in the pipeline in flight, or in doubt."""
+        in_doubt = 0 if self._in_doubt is None else len(self._in_doubt[1])
+        return len(self._queue) + self._in_flight + in_doubt
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="wsq-redis-batcher")
@@ -135,6 +144,12 @@ class RedisBatcher:
     async def _run(self) -> None:
         failures = 0
         while True:
+            if self._in_doubt is not None:
+                if not await self._settle_in_doubt():
+                    delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                    failures += 1
+                    await asyncio.sleep(delay)
+                continue
             if not self._queue:
                 if self._closing:
                     return
@@ -169,15 +184,23 @@ class RedisBatcher:
                 self.stalled = False
 
     async def _flush(self, batch: list[Write], commands: list[bytes]) -> list[Write]:
-        """Send one pipeline; settle every write; return those to send again."""
+        """Send one batch as a transaction; settle every write; return those to send again."""
+        sequence = next(self._sequence)
+        record = self._pipe.pack(("SET", self._sequence_key, sequence))
         try:
-            results = await self._pipe.execute(commands)
+            replies = await self._pipe.execute([MULTI, *commands, record, EXEC])
         except WriteInDoubt as exc:
-            log.warning("redis connection failed during a write: sending it again", error=str(exc))
-            return self._in_doubt(batch, BrokerUnavailable(str(exc)))
+            log.warning("redis connection failed during a write: finding out whether it ran", error=str(exc))
+            self._doubt(sequence, batch, BrokerUnavailable(str(exc)))
+            return []
         except (RedisError, OSError) as exc:
             log.warning("redis write failed", error=str(exc), writes=len(batch))
             return self._fail(batch, BrokerUnavailable(str(exc)))
+        results = replies[-1]
+        if isinstance(results, Exception):  # EXECABORT: a command Redis would not queue; none ran
+            refused = next((r for r in replies[1:-1] if isinstance(r, Exception)), results)
+            log.warning("redis refused a batch of writes", error=str(refused))
+            return self._fail(batch, BrokerUnavailable(str(refused)))
         retry: list[Write] = []
         position, scripts_lost = 0, False
         for write in batch:
@@ -235,24 +258,41 @@ class RedisBatcher:
                 _settle(write, BrokerUnavailable(STALLED))
         self._queue = deque(kept)
 
-    def _in_doubt(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:
-        """The batch may have run in part: send it again, but for the writes someone waited
-        for (they fail now; their clean-up is queued behind)."""
+    def _doubt(self, sequence: int, batch: list[Write], exc: BrokerUnavailable) -> None:
+        """The batch ran all or none: ``_settle_in_doubt()`` finds out before anything else is
+        sent. Writes someone waits for (registrations) fail now: their clean-up queues behind."""
         self.stalled = True
-        retry = []
         for write in batch:
-            if write.done is not None:
-                if not write.done.done():
-                    write.done.set_exception(exc)
-                continue
-            write.in_doubt = True
-            retry.append(write)
-        return retry
+            if write.done is not None and not write.done.done():
+                write.done.set_exception(exc)
+        self._in_doubt = (sequence, [write for write in batch if write.done is None])
+
+    async def _settle_in_doubt(self) -> bool:
+        """Ask Redis whether the batch in doubt ran (its number is recorded): done, or queued
+        to be sent again, in front. False when Redis can't be asked yet."""
+        assert self._in_doubt is not None
+        sequence, batch = self._in_doubt
+        try:
+            (recorded,) = await self._pipe.execute([("GET", self._sequence_key)])
+        except (RedisError, OSError) as exc:
+            log.warning("redis not reachable to settle a write in doubt", error=str(exc))
+            return False
+        if isinstance(recorded, Exception):
+            log.warning("redis refused to tell whether a write ran", error=str(recorded))
+            return False
+        self._in_doubt = None
+        self.stalled = False  # Redis answers again
+        if recorded is not None and int(recorded) >= sequence:
+            log.info("the write in doubt had run", writes=len(batch))
+        else:
+            log.info("the write in doubt had not run: sending it again", writes=len(batch))
+            self._queue.extendleft(reversed(batch))
+        return True
 
     def _fail(self, batch: list[Write], exc: BrokerUnavailable) -> list[Write]:
         retry = []
         for write in batch:
-            if write.durable or write.in_doubt:
+            if write.durable:
                 retry.append(write)
             else:
                 _settle(write, exc)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import Callable
 
@@ -20,7 +19,6 @@ from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.client import CommandTemplate
 from wsq_gateway.broker.consumers import Consumers
 from wsq_gateway.broker.registry import (
-    APPEND,
     REGISTERED,
     forget_command,
     register_command,
@@ -59,11 +57,6 @@ class Inbound:
         self._max_queued = max_queued
         self._max_backlog = max_backlog
         self._max_per_user = max_per_user
-        self._sequence_key = keys.node_sequence(node_id)
-        # Client frames are numbered in the order they are sent (APPEND_SCRIPT skips one sent
-        # twice). Counting from this process's start time in microseconds keeps the numbers
-        # above those of an earlier process with the same node id.
-        self._sequence = itertools.count(time.time_ns() // 1000)
         self.backlog = 0  # events in the inbound stream, as last measured
         self.consumers = Consumers(redis, keys, timeout_s=worker_timeout_s)
 
@@ -130,9 +123,9 @@ class Inbound:
         if head is None:  # the fields every message of this connection shares, packed once
             fields = self._event("message", conn, 0)
             del fields["ts"]
-            append = APPEND.call(2, self._keys.inbound_stream, self._sequence_key, *_flatten(fields))
-            head = conn.message_head = CommandTemplate((*append, "ts"), 4)
-        command = head.pack(b"%d" % now_ms(), b"frame", frame, b"%d" % next(self._sequence))
+            xadd = ("XADD", self._keys.inbound_stream, "*", *_flatten(fields))
+            head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
+        command = head.pack(b"%d" % now_ms(), b"frame", frame)
         self._batcher.submit(Write((command,), on_error=on_rejected))
         return True
 

@@ -171,19 +171,6 @@ if previous ~= '' then redis.call('SREM', prefix .. ':user:' .. previous .. ':co
 return 1
 """
 
-# KEYS: the inbound stream, and this gateway's write sequence ({prefix}:node:<id>:seq). ARGV:
-# the event's fields and values, then the write's sequence number (increasing in the order the
-# gateway sends its writes). A client frame is appended by this script rather than by XADD so
-# that sending it again after the connection to Redis failed mid-write (Redis may or may not
-# have run it) appends it once: a sequence number not above the last one seen is skipped (0).
-APPEND_SCRIPT = """
-local seq = ARGV[#ARGV]
-local last = redis.call('GET', KEYS[2])
-if last and tonumber(last) >= tonumber(seq) then return 0 end
-redis.call('SET', KEYS[2], seq)
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 1, #ARGV - 1))
-"""
-
 REAP_BATCH = 500  # connections forgotten per script run: keeps each run short
 
 
@@ -203,8 +190,7 @@ class Script(NamedTuple):
 REGISTER = Script.of(REGISTER_SCRIPT)
 SET_USER = Script.of(SET_USER_SCRIPT)
 FORGET = Script.of(FORGET_SCRIPT)
-APPEND = Script.of(APPEND_SCRIPT)
-BATCHED_SCRIPTS = (REGISTER.body, SET_USER.body, FORGET.body, APPEND.body)
+BATCHED_SCRIPTS = (REGISTER.body, SET_USER.body, FORGET.body)
 """The scripts the batcher's writes call, loaded at start and again after ``NOSCRIPT``."""
 
 
