@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -191,14 +192,14 @@ def test_version_matches_pyproject() -> None:
     assert pyproject["project"]["version"] == wsq_worker.__version__ == "0.2.0"
 
 
-@pytest.mark.usefixtures("in_apps_directory")
-def test_sigkill_mid_message_the_other_worker_answers(
-    redis_url: str, key_prefix: str, client: redis.Redis
-) -> None:
-    """Two worker processes; the one running a message is SIGKILLed: the other one claims it after
-    --claim-idle-ms and answers, as attempt 2, exactly once."""
+@contextlib.contextmanager
+def a_worker_killable_mid_handler(
+    redis_url: str, key_prefix: str, client: redis.Redis, claim_idle_ms: int
+) -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
+    """Two ``crash_app`` worker processes, one of them running a slow message (id ``r1``):
+    (the one running it, the other)."""
     environment = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix}
-    options = ["crash_app:worker", "--claim-idle-ms", "500"]
+    options = ["crash_app:worker", "--claim-idle-ms", str(claim_idle_ms)]
     with (
         ManagedProcess.python_module("worker-a", "wsq_worker", *options, env=environment) as a,
         ManagedProcess.python_module("worker-b", "wsq_worker", *options, env=environment) as b,
@@ -215,6 +216,16 @@ def test_sigkill_mid_message_the_other_worker_answers(
         assert started["action"] == "started"
         victim = workers.pop(started["data"])
         [survivor] = workers.values()
+        yield victim, survivor
+
+
+@pytest.mark.usefixtures("in_apps_directory")
+def test_sigkill_mid_message_the_other_worker_answers(
+    redis_url: str, key_prefix: str, client: redis.Redis
+) -> None:
+    """Two worker processes; the one running a message is SIGKILLed: the other one claims it after
+    --claim-idle-ms and answers, as attempt 2, exactly once."""
+    with a_worker_killable_mid_handler(redis_url, key_prefix, client, 500) as (victim, survivor):
         victim.signal(signal.SIGKILL)  # mid-handler: no ack, no shutdown, nothing written
         assert victim.wait(timeout=10) == -signal.SIGKILL
 
@@ -240,24 +251,8 @@ def test_a_sigkilled_workers_consumer_leaves_the_group_once_its_entry_was_answer
     claim_idle_ms / 2 of its death, after the survivor claimed and answered the entry, once."""
     claim_idle_ms, block_ms = 500, 200  # crash_app's block_ms
     stale_ms = 3 * max(claim_idle_ms, block_ms)  # Worker.stale_consumer_ms
-    environment = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix}
-    options = ["crash_app:worker", "--claim-idle-ms", str(claim_idle_ms)]
     inbound = f"{key_prefix}:inbound"
-    with (
-        ManagedProcess.python_module("worker-a", "wsq_worker", *options, env=environment) as a,
-        ManagedProcess.python_module("worker-b", "wsq_worker", *options, env=environment) as b,
-    ):
-        workers = {a.pid: a, b.pid: b}
-        for process in workers.values():
-
-            def reading(p: ManagedProcess = process) -> bool:
-                return "reading" in p.output()
-
-            wait_until(reading, timeout=20, message=f"{process.name} reads")
-        append_message(client, key_prefix, "slow_once", None, "r1")
-        [started] = wait_for_frames(client, key_prefix, 1)
-        victim = workers.pop(started["data"])
-        [survivor] = workers.values()
+    with a_worker_killable_mid_handler(redis_url, key_prefix, client, claim_idle_ms) as (victim, survivor):
         [victim_consumer] = [
             c for c in client.xinfo_consumers(inbound, "workers") if f"-{victim.pid}-" in c["name"]
         ]
