@@ -203,12 +203,13 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
     if answer.type == "refuse":
         await conn.close(answer.code, answer.reason)
         return False
-    if answer.user_id is not None and user_id_problem(answer.user_id) is not None:
+    problem = None if answer.user_id is None else user_id_problem(answer.user_id)
+    if problem is not None:
         # What the worker SDK refuses its own on_connect for (3011): the same rule as a token's sub.
         log.warning(
             "the connect hook named an unusable user id: refusing the connection",
             connection_id=conn.id,
-            error=user_id_problem(answer.user_id),
+            error=problem,
         )
         await conn.close(CloseCode.HOOK_FAILED, HOOK_BAD_USER_ID)
         return False
