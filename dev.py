@@ -5,7 +5,7 @@
     python3 dev.py test     # the whole test suite (extra arguments go to pytest)
     python3 dev.py check    # ruff, mypy --strict and the deployment linters, as CI runs them
 
-The first run creates .venv and installs the two packages (editable) and the dev tools;
+The first run creates .venv and installs the packages (editable) and the dev tools;
 later runs reinstall only when requirements-dev.txt or a pyproject.toml changed.
 """
 
@@ -24,11 +24,13 @@ PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = VENV / ".wsq-installed"
 INSTALL_INPUTS = [
     "requirements-dev.txt",
+    "protocol/pyproject.toml",
     "gateway-service/pyproject.toml",
     "worker-sdk/pyproject.toml",
     "devkit/pyproject.toml",
 ]
 TYPED_TREES = [
+    "protocol/src",
     "gateway-service/src",
     "worker-sdk/src",
     "devkit/src",

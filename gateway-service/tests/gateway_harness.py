@@ -13,7 +13,7 @@ from redis.typing import KeyT
 
 from wsq_devkit.redis_typing import BytesEntry, bytes_entries
 from wsq_gateway import Settings
-from wsq_gateway.protocol import Keys
+from wsq_protocol.keys import Keys
 
 
 class RunningGateway:

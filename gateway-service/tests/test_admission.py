@@ -18,8 +18,8 @@ from wsq_devkit.contract import is_valid
 from wsq_devkit.redis_typing import XaddFields, execute_command
 from wsq_gateway.admission import Slots, Turns
 from wsq_gateway.broker.registry import REGISTERED, USER_FULL, register_command
-from wsq_gateway.protocol.keys import Keys
 from wsq_gateway.state import GATEWAY
+from wsq_protocol.keys import Keys
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 

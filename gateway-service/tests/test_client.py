@@ -24,14 +24,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from wsq_devkit import wait_until_async
 from wsq_devkit.redis_typing import execute_command
 from wsq_gateway.broker.batcher import RedisBatcher, Write
-from wsq_gateway.broker.client import (
-    CommandTemplate,
-    HiredisConnection,
-    HiredisSSLConnection,
-    RedisPipe,
-    redis_client,
-)
-from wsq_gateway.errors import CloseCode, ErrorCode
+from wsq_protocol.codes import CloseCode, ErrorCode
+from wsq_protocol.pipe import CheckedConnection as HiredisConnection
+from wsq_protocol.pipe import CheckedSSLConnection as HiredisSSLConnection
+from wsq_protocol.pipe import CommandTemplate, RedisPipe
+from wsq_protocol.pipe import async_redis as redis_client
 
 
 @pytest.mark.parametrize(
@@ -81,7 +78,7 @@ def test_the_packing_connection_refuses_anything_but_bytes_str_int_float(
 @pytest.mark.parametrize(("value", "type_name"), NOT_PLAIN)
 def test_the_pipe_refuses_anything_but_bytes_str_int_float(value: object, type_name: str) -> None:
     with pytest.raises(TypeError, match=rf"'XADD': argument 4 is a {type_name} \("):
-        RedisPipe.pack(("XADD", "s", "*", "close_code", value))
+        RedisPipe(redis_client("redis://127.0.0.1:1/0")).pack(("XADD", "s", "*", "close_code", value))
 
 
 async def test_a_client_command_with_an_enum_raises_and_sends_nothing(

@@ -22,9 +22,9 @@ from wsq_devkit import wait_until_async
 from wsq_devkit.contract import is_valid
 from wsq_devkit.redis_typing import BytesEntry, XaddFields, execute_command
 from wsq_gateway.broker import liveness
-from wsq_gateway.broker.registry import FORGET_SCRIPT, REAPED_TTL_S
-from wsq_gateway.protocol import Keys
+from wsq_gateway.broker.registry import FORGET_SCRIPT
 from wsq_gateway.state import GATEWAY
+from wsq_protocol.keys import REAPED_TTL_S, Keys
 
 FAST = {"node_heartbeat_s": 0.1, "node_timeout_s": 0.5}
 

@@ -24,8 +24,8 @@ from wsq_devkit.contract import is_valid
 from wsq_devkit.raw_websocket import CLOSE, TEXT, RawWebSocket, text_of_size
 from wsq_devkit.redis_typing import XaddFields, execute_command
 from wsq_gateway.logs import MalformedRequestLog
-from wsq_gateway.protocol.frames import wire_text_frame
 from wsq_gateway.state import GATEWAY
+from wsq_gateway.wire import wire_text_frame
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 

@@ -15,7 +15,8 @@ from gateway_harness import GatewayFactory, RunningGateway, stream_entries
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.redis_typing import XaddFields
-from wsq_gateway.protocol.ids import MAX_USER_ID_BYTES, user_id_problem
+from wsq_protocol.codes import MAX_USER_ID_BYTES
+from wsq_protocol.ids import user_id_problem
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 

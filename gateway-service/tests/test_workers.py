@@ -8,7 +8,7 @@ from gateway_harness import GatewayFactory, receive_json, stream_entries
 
 from wsq_devkit import wait_until_async
 from wsq_gateway.broker.consumers import Consumers, ConsumerState
-from wsq_gateway.protocol.keys import CONSUMER_GROUP, Keys
+from wsq_protocol.keys import CONSUMER_GROUP, Keys
 
 
 async def test_live_workers_are_the_consumers_that_read_within_the_timeout(

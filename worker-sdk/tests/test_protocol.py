@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from worker_harness import Schemas
 
 from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, key_templates
-from wsq_worker import AsyncPublisher, Context, Meta, codec, constants
+from wsq_protocol import codec
+from wsq_worker import AsyncPublisher, Context, Meta, constants
 from wsq_worker.exceptions import ProtocolError, Refuse, Retry, WsqError
 from wsq_worker.protocol import (
     ERROR_CODES,
@@ -736,7 +737,7 @@ def test_works_without_orjson() -> None:
     """orjson is optional: without it the stdlib's json encodes the same frames."""
     script = (
         "import sys; sys.modules['orjson'] = None\n"
-        "from wsq_worker import codec, protocol\n"
+        "from wsq_protocol import codec\nfrom wsq_worker import protocol\n"
         "assert codec.BACKEND == 'json', codec.BACKEND\n"
         "print(protocol.push_frame('say', {'text': 'héllo'}))\n"
         "event = protocol.decode_event({'v': '1', 'type': 'message', 'connection_id': "

@@ -10,23 +10,23 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from wsq_gateway.broker.client import redis_client
 from wsq_gateway.broker.outbound import BLOCK_MS
 from wsq_gateway.broker.preflight import RedisUnusable, permanent_problem, server_problem
-from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import get_logger
 from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY, Gateway
 from wsq_gateway.transport import healthz, readyz, websocket
+from wsq_protocol.codes import CloseCode
+from wsq_protocol.pipe import async_redis
 
 log = get_logger(GATEWAY_LOGGER)
 
 FLUSH_SHARE = 0.9
 
 
-def _redis_client(settings: Settings, timeout: float) -> aioredis.Redis:
-    return redis_client(
+def _async_redis(settings: Settings, timeout: float) -> aioredis.Redis:
+    return async_redis(
         settings.redis_url,
         socket_connect_timeout=settings.redis_timeout_s,
         socket_timeout=timeout,
@@ -39,8 +39,8 @@ def create_app(settings: Settings) -> web.Application:
     blocking_timeout = BLOCK_MS / 1000 + settings.redis_timeout_s
     app[GATEWAY] = Gateway(
         settings,
-        _redis_client(settings, settings.redis_timeout_s),
-        _redis_client(settings, blocking_timeout),
+        _async_redis(settings, settings.redis_timeout_s),
+        _async_redis(settings, blocking_timeout),
     )
     app.router.add_get(settings.path, websocket)
     app.router.add_get("/healthz", healthz)

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from wsq_gateway.errors import AuthenticationError
 from wsq_gateway.logs import GATEWAY, get_logger
-from wsq_gateway.protocol.ids import user_id_problem
+from wsq_protocol.ids import user_id_problem
 
 log = get_logger(GATEWAY)
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from wsq_gateway.errors import CloseCode
 from wsq_gateway.logs import CONNECTIONS, get_logger
-from wsq_gateway.protocol.envelopes import Command
-from wsq_gateway.protocol.frames import wire_text_frame
+from wsq_gateway.wire import wire_text_frame
+from wsq_protocol.codes import CloseCode
+from wsq_protocol.commands import Command
 
 if TYPE_CHECKING:
-    from wsq_gateway.broker.client import CommandTemplate
+    from wsq_protocol.pipe import CommandTemplate
 
 log = get_logger(CONNECTIONS)
 

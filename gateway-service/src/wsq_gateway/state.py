@@ -16,10 +16,10 @@ from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
 from wsq_gateway.broker.registry import BATCHED_SCRIPTS, ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
-from wsq_gateway.errors import CloseCode
-from wsq_gateway.protocol.keys import Keys
 from wsq_gateway.settings import Settings
 from wsq_gateway.supervisor import Supervisor
+from wsq_protocol.codes import CloseCode
+from wsq_protocol.keys import Keys
 
 
 class Gateway:

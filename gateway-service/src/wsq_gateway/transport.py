@@ -10,26 +10,21 @@ from redis.exceptions import RedisError
 
 from wsq_gateway.broker.inbound import now_ms
 from wsq_gateway.connection import CLOSE_TIMEOUT_S, Connection
-from wsq_gateway.errors import (
-    AuthenticationError,
-    BrokerUnavailable,
-    CloseCode,
-    ErrorCode,
-    FrameError,
-    close_code_for,
-)
+from wsq_gateway.errors import AuthenticationError, BrokerUnavailable, close_code_for
 from wsq_gateway.logs import CONNECTIONS, get_logger
-from wsq_gateway.protocol.envelopes import request_text
-from wsq_gateway.protocol.frames import PING, connected_frame, decode_client_frame, error_frame, pong_frame
-from wsq_gateway.protocol.ids import new_connection_id, user_id_problem
 from wsq_gateway.state import GATEWAY, Gateway
+from wsq_protocol.codes import CloseCode, ErrorCode
+from wsq_protocol.errors import FrameError
+from wsq_protocol.events import request_text
+from wsq_protocol.frames import connected_frame, decode_client_frame, encode_error_frame, pong_frame
+from wsq_protocol.ids import PING, new_connection_id, user_id_problem
 
 log = get_logger(CONNECTIONS)
 
 READY_PING_TIMEOUT_S = 1.0
 NO_STATUS = 1005  # RFC 6455: the client's close frame had no code
 NO_CLOSE_FRAME = 1006  # RFC 6455: the connection ended without a close frame
-BINARY_FRAME = error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
+BINARY_FRAME = encode_error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
 OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
 REDIS_UNAVAILABLE = "redis unavailable, try again later"
@@ -272,28 +267,28 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
 
     def rejected_by_redis(exc: BrokerUnavailable, frame_id: str | None) -> None:
         message = "the gateway cannot reach Redis; the frame was not queued, send it again later"
-        conn.deliver(error_frame(ErrorCode.UNAVAILABLE, message, frame_id), max_pending)
+        conn.deliver(encode_error_frame(ErrorCode.UNAVAILABLE, message, frame_id), max_pending)
 
     while True:
         msg = await ws.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.allow(clock(), rate, burst):
             frame_id = _readable_id(msg.data) if msg.type is WSMsgType.TEXT else None
-            conn.deliver(error_frame(ErrorCode.RATE_LIMITED, RATE_LIMITED, frame_id), max_pending)
+            conn.deliver(encode_error_frame(ErrorCode.RATE_LIMITED, RATE_LIMITED, frame_id), max_pending)
         elif msg.type is WSMsgType.TEXT:
             try:
                 frame = decode_client_frame(msg.data)
             except FrameError as exc:
-                conn.deliver(error_frame(exc.code, exc.message, exc.frame_id), max_pending)
+                conn.deliver(encode_error_frame(exc.code, exc.message, exc.frame_id), max_pending)
                 continue
             frame_id = frame.id
             if frame.action == PING:
                 conn.deliver(pong_frame(frame.data, frame_id), max_pending)
             elif consumers.none_live and await consumers.confirm_none_live():
-                conn.deliver(error_frame(ErrorCode.NO_WORKERS, NO_WORKERS, frame_id), max_pending)
+                conn.deliver(encode_error_frame(ErrorCode.NO_WORKERS, NO_WORKERS, frame_id), max_pending)
             elif not gateway.inbound.message(
                 conn, msg.data, functools.partial(rejected_by_redis, frame_id=frame_id)
             ):
-                conn.deliver(error_frame(ErrorCode.OVERLOADED, OVERLOADED, frame_id), max_pending)
+                conn.deliver(encode_error_frame(ErrorCode.OVERLOADED, OVERLOADED, frame_id), max_pending)
         elif msg.type is WSMsgType.BINARY:
             conn.deliver(BINARY_FRAME, max_pending)
         else:  # CLOSE, CLOSING, CLOSED or ERROR (e.g. a frame over max_msg_size: aiohttp closed with 1009)

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wsq_worker import codec
+from wsq_protocol import codec
 
 __all__ = [
     "CLAIM_SCRIPT",

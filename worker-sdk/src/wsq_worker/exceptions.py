@@ -1,7 +1,8 @@
 """Every exception wsq_worker raises on purpose, in one tree.
 
 ``WsqError``
-    Base class: ``except WsqError`` catches everything below.
+    Base class: ``except WsqError`` catches everything below. It and ``ProtocolError`` are the
+    protocol core's (``wsq_protocol.errors``), shared with the gateway.
 
 ``ProtocolError(WsqError)``
     Something read from Redis does not follow the wsq protocol (protocol/README.md): an
@@ -64,6 +65,9 @@ from __future__ import annotations
 
 import math
 
+from wsq_protocol.errors import ProtocolError, WsqError
+from wsq_protocol.ids import check_close
+
 __all__ = [
     "ProtocolError",
     "PublishError",
@@ -73,14 +77,6 @@ __all__ = [
     "WorkerFailedError",
     "WsqError",
 ]
-
-
-class WsqError(Exception):
-    """Base class of the exceptions raised by wsq_worker."""
-
-
-class ProtocolError(WsqError):
-    """Data read from Redis does not follow the wsq protocol."""
 
 
 class PublishError(WsqError):
@@ -117,8 +113,6 @@ class Refuse(Exception):
     """Raised by ``on_connect`` under the connect hook: refuse the connection."""
 
     def __init__(self, reason: str = "", code: int = 4003) -> None:
-        from wsq_worker.protocol import check_close  # noqa: PLC0415 - protocol imports this module
-
         check_close(code, reason)
         super().__init__(reason, code)
         self.reason = reason

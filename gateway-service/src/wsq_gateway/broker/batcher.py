@@ -32,9 +32,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from wsq_gateway.broker.client import RedisPipe, WriteInDoubt
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
+from wsq_protocol.pipe import RedisPipe, WriteInDoubt
 
 log = get_logger(BROKER)
 

@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from wsq_gateway.protocol.keys import CONSUMER_GROUP, Keys
+from wsq_protocol.keys import CONSUMER_GROUP, Keys
 
 
 @dataclass(frozen=True, slots=True)

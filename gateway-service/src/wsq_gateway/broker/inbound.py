@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
-from wsq_gateway.broker.client import CommandTemplate
 from wsq_gateway.broker.consumers import Consumers
 from wsq_gateway.broker.registry import (
     REGISTERED,
@@ -26,8 +25,9 @@ from wsq_gateway.broker.registry import (
 )
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
-from wsq_gateway.protocol.envelopes import EventType, event_fields
-from wsq_gateway.protocol.keys import Keys
+from wsq_protocol.events import EventType, event_fields
+from wsq_protocol.keys import Keys
+from wsq_protocol.pipe import CommandTemplate
 
 BACKLOG_POLL_S = 0.2
 OnRejected = Callable[[BrokerUnavailable], None]

@@ -22,12 +22,11 @@ from wsq_gateway.broker.registry import (
     HEARTBEAT_REAPED,
     HEARTBEAT_SCRIPT,
     REAP_SCRIPT,
-    REAPED_TTL_S,
     heartbeat_args,
     reap_args,
 )
 from wsq_gateway.logs import BROKER, get_logger
-from wsq_gateway.protocol.keys import Keys
+from wsq_protocol.keys import REAPED_TTL_S, Keys
 
 log = get_logger(BROKER)
 

@@ -16,13 +16,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
-from wsq_gateway.broker.client import RedisPipe
 from wsq_gateway.broker.registry import ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
-from wsq_gateway.protocol.envelopes import Command, CommandError, connection_send, decode_command
-from wsq_gateway.protocol.frames import wire_text_frame
-from wsq_gateway.protocol.keys import Keys
+from wsq_gateway.wire import wire_text_frame
+from wsq_protocol.commands import Command, connection_send, decode_command
+from wsq_protocol.errors import CommandError
+from wsq_protocol.keys import Keys
+from wsq_protocol.pipe import RedisPipe
 
 log = get_logger(BROKER)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NamedTuple
 
-from wsq_gateway.protocol.envelopes import VERSION
-from wsq_gateway.protocol.keys import Keys
+from wsq_protocol.codes import PROTOCOL_VERSION
+from wsq_protocol.keys import REAPED_TTL_S, Keys
 
 _NOW = """
 local function now_ms()
@@ -53,7 +53,7 @@ local function forget(prefix, cid, ts, code)
   redis.call('XADD', prefix .. ':inbound', '*', unpack(event))
   return 1
 end
-""".replace("%(version)s", VERSION)
+""".replace("%(version)s", PROTOCOL_VERSION)
 
 # ARGV: prefix, connection_id, close_code
 FORGET_SCRIPT = _NOW + _FORGET + "return forget(ARGV[1], ARGV[2], tostring(now_ms()), ARGV[3])\n"
@@ -62,7 +62,6 @@ FORGET_SCRIPT = _NOW + _FORGET + "return forget(ARGV[1], ARGV[2], tostring(now_m
 # reads it at its first heartbeat Redis takes (within WSQ_NODE_HEARTBEAT_S + the Redis timeout
 # of reaching Redis again); one away for longer than half of this, by its own clock, acts as
 # reaped without it (Liveness), so the flag may expire: dead gateways' flags do not pile up.
-REAPED_TTL_S = 3600
 
 # ARGV: prefix, node, timeout_ms, batch, force ('1': reap even a fresh node — our own
 # previous incarnation). Returns how many connections it forgot; 0 once the node is gone.

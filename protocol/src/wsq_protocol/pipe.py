@@ -1,40 +1,53 @@
-"""The gateway's Redis clients: redis-py's asyncio client, packing commands with hiredis,
-and :class:`RedisPipe`, the hot path's lean pipeline.
+"""The Redis pipe both packages send their hot-path commands on, and the clients it builds on.
 
-redis-py's blocking client packs commands in C (``hiredis.pack_command``) when hiredis is
-installed; its asyncio client always packs them in Python, which the benchmark measured
-at a fifth of the gateway's CPU per message. These connection classes pack with hiredis.
-Only exact ``bytes``, ``str``, ``int`` and ``float`` arguments are sent: anything else (a
-bool, an enum, None...) raises ``TypeError`` naming it, where redis-py's packer would send
-an enum's ``repr()`` (``<CloseCode.X: 1013>``) for a Lua script to write into the protocol.
-
-redis-py's ``Pipeline`` then spends about 10 µs of Python per command around the socket
-(a command stack, a timeout and a response callback per reply); :class:`RedisPipe` sends the
-same packed bytes on a connection of its own and reads the raw replies in a loop.
-
-Even hiredis formats every argument of every command (a ``sprintf`` each): for the command
-sent once per client frame, :class:`CommandTemplate` packs the arguments that never change
-once, and only the last few per frame.
+* :func:`async_redis`: redis-py's asyncio client whose connections check every argument and
+  pack with hiredis when it is installed. redis-py's blocking client packs in C
+  (``hiredis.pack_command``); its asyncio client always packs in Python, which the benchmark
+  measured at a fifth of the gateway's CPU per message and a sixth of a worker's. Only exact
+  ``bytes``, ``str``, ``int`` and ``float`` arguments are sent: anything else (a bool, an
+  enum, None...) raises ``TypeError`` naming it, where redis-py's packer would send an enum's
+  ``repr()`` (``<CloseCode.X: 1013>``) for a Lua script to write into the protocol.
+* :class:`RedisPipe`: redis-py's ``Pipeline`` spends about 10 µs of Python per command around
+  the socket (a command stack, a timeout and a response callback per reply); the pipe sends
+  the same packed bytes on a connection of its own and reads the raw replies in a loop.
+* :class:`CommandTemplate`: even hiredis formats every argument of every command (a
+  ``sprintf`` each); for a command sent once per message, the arguments that never change
+  are packed once, and only the last few per message.
+* :class:`BatchDeadline`: one timer bounding many batches, where ``asyncio.timeout`` would arm
+  and cancel one per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import socket
 from collections.abc import Sequence
 from typing import Any
 
-import hiredis
-import redis.asyncio as aioredis
+import redis.asyncio
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wsq_gateway.logs import BROKER, get_logger
+__all__ = [
+    "BatchDeadline",
+    "CommandTemplate",
+    "RedisPipe",
+    "WriteInDoubt",
+    "async_redis",
+    "check_plain",
+]
 
-log = get_logger(BROKER)
+hiredis: Any
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - without the speed-ups, redis-py packs in Python
+    hiredis = None
+
+log = logging.getLogger("wsq.protocol.pipe")
 
 # Exact types only: bool is an int and an IntEnum or StrEnum an int or str to isinstance().
 _PLAIN = frozenset((bytes, str, int, float))
@@ -42,7 +55,7 @@ _PLAIN = frozenset((bytes, str, int, float))
 
 def check_plain(command: tuple[Any, ...]) -> None:
     """TypeError, naming the argument, unless each one of ``command`` is exactly bytes, str, int
-    or float: the only values the gateway sends to Redis."""
+    or float: the only values wsq sends to Redis."""
     for arg in command:
         if type(arg) not in _PLAIN:
             raise _not_plain(command)
@@ -59,7 +72,7 @@ def _not_plain(command: tuple[Any, ...]) -> TypeError:
     )
 
 
-# The batcher's connection: a Redis host that vanished is noticed in about 11 s (idle 5 s, then
+# A writer's connection: a Redis host that vanished is noticed in about 11 s (idle 5 s, then
 # 3 probes 2 s apart), where a connection without keepalive would wait for its replies for ever.
 _KEEPALIVE = {
     option: value
@@ -73,9 +86,15 @@ class WriteInDoubt(RedisConnectionError):
     none of it. Sending it again is safe only for writes that are idempotent or deduplicated."""
 
 
-class _HiredisPacking:
+class _CheckedPacking:
+    """Checks every argument (``check_plain``), then packs with hiredis when installed, else with
+    redis-py's packer."""
+
     def pack_command(self, *args: Any) -> list[bytes]:
         check_plain(args)
+        if hiredis is None:
+            python_packer: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+            return python_packer
         command = args[0]
         # A command name with a space ("CLIENT KILL") is several arguments, as redis-py does.
         if (type(command) is str and " " in command) or (type(command) is bytes and b" " in command):
@@ -83,22 +102,23 @@ class _HiredisPacking:
         return [hiredis.pack_command(args)]
 
 
-class HiredisConnection(_HiredisPacking, Connection):
+class CheckedConnection(_CheckedPacking, Connection):
     pass
 
 
-class HiredisSSLConnection(_HiredisPacking, SSLConnection):
+class CheckedSSLConnection(_CheckedPacking, SSLConnection):
     pass
 
 
-def redis_client(url: str, **options: Any) -> aioredis.Redis:
-    """``redis.asyncio.Redis.from_url(url, **options)``, packing commands with hiredis."""
-    client = aioredis.Redis.from_url(url, **options)
+def async_redis(url: str, **options: Any) -> redis.asyncio.Redis:
+    """``redis.asyncio.Redis.from_url(url, **options)``, its connections checking every argument
+    and packing with hiredis when installed."""
+    client = redis.asyncio.Redis.from_url(url, **options)
     pool = client.connection_pool
     if issubclass(pool.connection_class, SSLConnection):
-        pool.connection_class = HiredisSSLConnection
+        pool.connection_class = CheckedSSLConnection
     elif pool.connection_class is Connection:
-        pool.connection_class = HiredisConnection
+        pool.connection_class = CheckedConnection
     return client
 
 
@@ -109,11 +129,13 @@ class CommandTemplate:
     tail)`` returns, for ``tail_length`` more arguments), ready for ``RedisPipe.execute()``.
     """
 
-    __slots__ = ("_head", "_tail_length")
+    __slots__ = ("_head", "_tail_length", "arguments")
 
     def __init__(self, head: Sequence[str | bytes], tail_length: int) -> None:
         self._tail_length = tail_length
-        self._head = b"*%d\r\n" % (len(head) + tail_length) + b"".join(
+        self.arguments = len(head) + tail_length
+        """How many arguments (the command's name included) a packed command has."""
+        self._head = b"*%d\r\n" % self.arguments + b"".join(
             [_bulk(arg.encode() if isinstance(arg, str) else arg) for arg in head]
         )
 
@@ -131,12 +153,13 @@ class BatchDeadline:
     """Bounds one batch at a time to ``seconds``, as ``asyncio.timeout(seconds)`` would, with one
     timer for many batches.
 
-    ``asyncio.timeout`` arms a timer and cancels it for every batch (9-10 us with uvloop; at
-    light load the gateway runs two batches per message, the frame's and the reply's). Here
-    ``start()`` only notes when the batch is due, and arms a timer if none is pending; when the
-    timer fires it cancels the task if its batch is overdue, sleeps again if a later batch is
-    still running, and stops if none is. ``stop()`` ends the batch and says whether the
-    deadline cancelled it (True: the ``CancelledError`` is ours, turn it into a timeout).
+    ``asyncio.timeout`` arms a timer and cancels it for every batch (9-10 us with uvloop, a
+    tenth of a worker's CPU per event at light load; the gateway runs two batches per message
+    at light load, the frame's and the reply's). Here ``start()`` only notes when the batch is
+    due, and arms a timer if none is pending; when the timer fires it cancels the task if its
+    batch is overdue, sleeps again if a later batch is still running, and stops if none is.
+    ``stop()`` ends the batch and says whether the deadline cancelled it (True: the
+    ``CancelledError`` is ours, turn it into a timeout).
     """
 
     __slots__ = ("_cancelling", "_due", "_expired", "_seconds", "_task", "_timer")
@@ -182,7 +205,8 @@ class BatchDeadline:
 
 
 class RedisPipe:
-    """A Redis connection of one hot-path task's own (the batcher, the command reader).
+    """A Redis connection of one hot-path task's own (the gateway's batcher and command reader,
+    the worker's flusher and read loop, an ``AsyncPublisher``'s batches).
 
     ``execute(commands)`` does what ``client.pipeline(transaction=False).execute(
     raise_on_error=False)`` does, without its per-command and per-batch cost (a pool
@@ -197,21 +221,30 @@ class RedisPipe:
     One task at a time: a second ``execute()`` while one runs would read the other's replies.
     Command names are one word each (``"CLIENT", "ID"``, not ``"CLIENT ID"``).
 
-    ``writes=True`` is for commands that must not run twice by accident (the batcher's): a
-    batch is never sent again by the pipe, and never abandoned while its connection lives —
-    no deadline, so Redis's replies always tell what it did (a stalled Redis is waited for;
-    TCP keepalive finds a dead host). A failure once the batch may have reached Redis raises
-    :class:`WriteInDoubt`; before that, redis-py's ``ConnectionError``.
+    ``resend=False``: a batch is never sent twice; a connection lost after it was sent (Redis
+    may have run it) raises at once, for the caller to decide what may be sent again.
+
+    ``writes=True`` is for commands that must not run twice by accident (the gateway's
+    batcher): a batch is never sent again by the pipe, and never abandoned while its connection
+    lives — no deadline, so Redis's replies always tell what it did (a stalled Redis is waited
+    for; TCP keepalive finds a dead host). A failure once the batch may have reached Redis
+    raises :class:`WriteInDoubt`; before that, redis-py's ``ConnectionError``.
 
     ``on_connect``, a command, runs first on every new connection, before the batch that
     made it (an error reply to it is logged, and the batch goes on).
     """
 
     def __init__(
-        self, client: aioredis.Redis, *, writes: bool = False, on_connect: tuple[Any, ...] | None = None
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        resend: bool = True,
+        writes: bool = False,
+        on_connect: tuple[Any, ...] | None = None,
     ) -> None:
         pool = client.connection_pool
         self._writes = writes
+        self._resend = resend and not writes
         self._deadline = BatchDeadline(None if writes else pool.connection_kwargs.get("socket_timeout"))
         # Connected as the client's own connections are, but with no socket timeout: redis-py
         # would run every write in a task of its own to bound it; execute() bounds the batch.
@@ -219,7 +252,7 @@ class RedisPipe:
         if writes:
             options |= {"socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE}
         self._conn: AbstractConnection = pool.connection_class(**options)
-        self._on_connect = None if on_connect is None else _pack(on_connect)
+        self._on_connect = None if on_connect is None else self.pack(on_connect)
         if self._on_connect is not None:
             self._conn.register_connect_callback(self._run_on_connect)  # type: ignore[no-untyped-call]
 
@@ -229,18 +262,40 @@ class RedisPipe:
         try:  # within the batch's deadline: connecting happens in execute()
             await conn.read_response(disable_decoding=True, timeout=math.inf)
         except ResponseError as exc:
-            log.warning("redis refused the command run on connecting", error=str(exc))
+            log.warning("redis refused the command run on connecting: %s", exc)
 
-    @staticmethod
-    def pack(command: tuple[Any, ...]) -> bytes:
+    async def connect(self) -> None:
+        """Connect now if not connected, or again if Redis closed the connection meanwhile (it
+        restarted, say), with the client's retries: a failure here means that nothing of the
+        next batch was sent."""
+        conn = self._conn
+        if conn.is_connected:
+            # As redis-py's pool checks a connection before lending it: a socket Redis closed,
+            # or holding bytes nobody asked for, is replaced before a batch is sent on it.
+            # can_read() from redis-py 8 on, which deprecates the older can_read_destructive().
+            can_read = getattr(conn, "can_read", None) or conn.can_read_destructive
+            try:
+                stale = bool(await can_read())
+            except (RedisConnectionError, OSError):
+                stale = True
+            if stale:
+                await conn.disconnect(nowait=True)
+        if not conn.is_connected:
+            await conn.connect()  # type: ignore[no-untyped-call]
+
+    def pack(self, command: tuple[Any, ...]) -> bytes:
         """``command`` in RESP, for ``execute()`` later: what Redis can't take (a bool, an enum, a
         str that is not UTF-8...) raises here, in the caller that queues it, not in a batch."""
-        return _pack(command)
+        check_plain(command)
+        if hiredis is not None:
+            packed: bytes = hiredis.pack_command(command)
+            return packed
+        return b"".join(self._conn.pack_command(*command))
 
     async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
         conn = self._conn
         packed = [
-            command if type(command) is bytes else _pack(command)  # type: ignore[arg-type]
+            command if type(command) is bytes else self.pack(command)  # type: ignore[arg-type]
             for command in commands
         ]
 
@@ -279,6 +334,12 @@ class RedisPipe:
 
         if self._writes:
             return await send_and_read()
+        if not self._resend:
+            try:
+                return await send_and_read()
+            except Exception:
+                await conn.disconnect(nowait=True)  # out of step: the next batch connects again
+                raise
 
         async def disconnect(error: Exception) -> None:
             await conn.disconnect()
@@ -296,9 +357,3 @@ def _closed_by_peer(conn: AbstractConnection) -> bool:
     """Redis closed this idle connection (it stopped, or killed the client): its end of file is read."""
     reader = getattr(conn, "_reader", None)
     return isinstance(reader, asyncio.StreamReader) and reader.at_eof()
-
-
-def _pack(command: tuple[Any, ...]) -> bytes:
-    check_plain(command)
-    packed: bytes = hiredis.pack_command(command)
-    return packed

@@ -1,4 +1,5 @@
-"""JSON encoding for frames: orjson when it is installed (``wsq-worker[fast]``), else the stdlib.
+"""JSON encoding for frames: orjson when it is installed (the gateway, ``wsq-worker[fast]``),
+else the stdlib.
 
 Both produce the same compact text (no spaces, UTF-8 characters unescaped), encode the same
 types (orjson's extras, datetimes and dataclasses, are refused as the stdlib refuses them, and

@@ -1,0 +1,118 @@
+"""WebSocket frames: decoding what clients send, encoding what servers send.
+
+Client frames (``schemas/client-frame.schema.json``) are decoded by the gateway, which
+rejects a bad one with a :class:`~wsq_protocol.errors.FrameError` carrying its error code,
+and again by workers, inside the message events they read. Server frames
+(``schemas/server-frame.schema.json``) are encoded once, here, by whoever sends them: the
+gateway its ``$connected``, ``$pong`` and ``$error``; workers and publishers their pushes,
+replies and errors. Gateways then write them to the sockets verbatim.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from wsq_protocol import codec
+from wsq_protocol.codes import ERROR_CODES, MAX_ID_LENGTH, ErrorCode
+from wsq_protocol.errors import FrameError
+from wsq_protocol.ids import ACTION_RE, PING, RESERVED_RE, check_action, check_frame_id
+
+__all__ = [
+    "ClientFrame",
+    "checked_reply_frame",
+    "connected_frame",
+    "decode_client_frame",
+    "encode_error_frame",
+    "pong_frame",
+    "push_frame",
+    "reply_frame",
+]
+
+_FRAME_FIELDS = frozenset(("action", "data", "id"))
+
+
+class ClientFrame(NamedTuple):
+    action: str
+    data: Any
+    id: str | None
+
+
+def decode_client_frame(text: str | bytes) -> ClientFrame:
+    """Parse and validate one client frame; raise :class:`FrameError` when it is rejected."""
+    try:
+        doc = codec.loads(text)
+    except ValueError:  # UnicodeDecodeError too: bytes that are not UTF-8
+        raise FrameError(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
+    if type(doc) is not dict:
+        raise FrameError(ErrorCode.INVALID_FRAME, "frame must be a JSON object")
+
+    frame_id = doc.get("id")
+    if frame_id is None and "id" in doc:  # the schema and the workers refuse it
+        raise FrameError(ErrorCode.INVALID_FRAME, "the frame id is null: give a string or no id")
+    if frame_id is not None and (type(frame_id) is not str or not 0 < len(frame_id) <= MAX_ID_LENGTH):
+        raise FrameError(ErrorCode.INVALID_FRAME, f"id must be a string of 1 to {MAX_ID_LENGTH} characters")
+    if not _FRAME_FIELDS.issuperset(doc):
+        unknown = ", ".join(sorted(str(k) for k in doc if k not in _FRAME_FIELDS))
+        raise FrameError(ErrorCode.INVALID_FRAME, f"unknown field(s): {unknown}", frame_id)
+
+    action = doc.get("action")
+    if type(action) is not str:
+        raise FrameError(ErrorCode.INVALID_FRAME, "action must be a string", frame_id)
+    if ACTION_RE.fullmatch(action) is None:
+        if action == PING:
+            return ClientFrame(action, doc.get("data"), frame_id)
+        if RESERVED_RE.fullmatch(action) is not None:
+            raise FrameError(ErrorCode.RESERVED_ACTION, f"action {action} is reserved", frame_id)
+        raise FrameError(
+            ErrorCode.INVALID_FRAME,
+            "action must be 1 to 64 letters, digits or _ . : -",
+            frame_id,
+        )
+    return ClientFrame(action, doc.get("data"), frame_id)
+
+
+def _encode(action: str, data: Any, frame_id: str | None) -> bytes:
+    if frame_id is None:
+        return codec.dumps_utf8({"action": action, "data": data})
+    return codec.dumps_utf8({"action": action, "data": data, "id": frame_id})
+
+
+def connected_frame(connection_id: str, user_id: str | None) -> bytes:
+    """``$connected``: the first frame of every connection."""
+    return _encode("$connected", {"connection_id": connection_id, "user_id": user_id}, None)
+
+
+def pong_frame(data: Any, frame_id: str | None) -> bytes:
+    """``$pong``: the gateway's answer to ``$ping``, with the ping's data and id."""
+    return _encode("$pong", data, frame_id)
+
+
+def encode_error_frame(code: str, message: str, frame_id: str | None = None) -> bytes:
+    """``{"action": "$error", "data": {"code", "message"}[, "id"]}`` in UTF-8; ValueError for a
+    code not in :class:`~wsq_protocol.codes.ErrorCode`, TypeError for a message not a str."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    if not isinstance(message, str):
+        raise TypeError(f"message must be a str, not {type(message).__name__}")
+    return _encode("$error", {"code": str(code), "message": message}, frame_id)
+
+
+def push_frame(action: str, data: Any = None) -> str:
+    """``{"action", "data"}``: a push from a worker or publisher.
+
+    Raises ValueError for a malformed action name and TypeError (or ValueError) for data
+    that JSON can't encode.
+    """
+    return codec.dumps({"action": check_action(action), "data": data})
+
+
+def reply_frame(action: str, data: Any, id: str) -> str:
+    """``{"action", "data", "id"}``: the answer to the client frame that carried ``id``."""
+    return checked_reply_frame(check_action(action), data, check_frame_id(id)).decode()
+
+
+def checked_reply_frame(action: str, data: Any, id: str) -> bytes:
+    """``reply_frame()`` in UTF-8, for an ``action`` and ``id`` checked already (a decoded
+    event's): the worker's hot path. Raises TypeError or ValueError when ``data`` can't be
+    encoded, a str that is not UTF-8 included."""
+    return codec.dumps_utf8({"action": action, "data": data, "id": id})
