@@ -23,6 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
+from wsq_protocol.batching import TickBatcher
 from wsq_worker.delivery import COMMIT_SCRIPT, DelayedWrite
 from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
@@ -31,9 +32,6 @@ from wsq_worker.speedups import RedisPipe
 __all__ = ["BestEffort", "CommitWrite", "Flusher", "FlusherWrite", "PackedWrite", "Refused"]
 
 logger = logging.getLogger("wsq_worker.flusher")
-
-_MIN_BACKOFF_S = 0.1
-_MAX_BACKOFF_S = 5.0
 
 SourceT = TypeVar("SourceT")
 
@@ -71,7 +69,8 @@ named tuple takes ten times as long to make."""
 
 
 class Flusher(Generic[SourceT]):
-    """Queues pushes and acks of inbound entries with their writes, and writes them in batches.
+    """Queues pushes and acks of inbound entries with their writes, and writes them in batches
+    (a ``TickBatcher`` whose flush policy this is).
 
     Acks (``ack()``) are kept and sent again while Redis is unavailable; ``send()`` waits for
     its own write and raises ``PublishError`` instead.
@@ -93,26 +92,23 @@ class Flusher(Generic[SourceT]):
         self._writing: list[_Commit[SourceT]] = []
         self._again = False
         """The last batch was lost after it was sent: check that entries are still pending."""
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._batcher = TickBatcher(self, name="wsq-flusher", on_stop=self._stopped)
         script = COMMIT_SCRIPT.encode()
         tail = _bulk(b"1") + _bulk(inbound_stream.encode()) + _bulk(group.encode())
         self._by_sha = _bulk(b"EVALSHA") + _bulk(hashlib.sha1(script).hexdigest().encode()) + tail
         self._by_body = _bulk(b"EVAL") + _bulk(script) + tail
 
     def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._run(), name="wsq-flusher")
-        return self._task
+        return self._batcher.start()
 
     async def send(self, write: StreamWrite | PackedWrite) -> None:
         """Write in the next batch and wait for it; ``PublishError`` if Redis can't take it."""
-        if self._closing or self._task is None or self._task.done():
+        if self._batcher.closing or not self._batcher.running:
             raise PublishError("the worker has stopped: nothing was sent")
         packed = self._packed(write)
         done = asyncio.get_running_loop().create_future()
         self._sends.append((packed, done))
-        self._wakeup.set()
+        self._batcher.wake()
         await done
 
     def ack(self, entry_id: str, writes: tuple[CommitWrite, ...] = (), source: SourceT | None = None) -> None:
@@ -142,7 +138,7 @@ class Flusher(Generic[SourceT]):
                 args.append(packed.command)
             count += 1 + packed.arguments
         self._commits.append((entry_id, args, count, writes, source))
-        self._wakeup.set()
+        self._batcher.wake()
 
     def _packed(self, write: FlusherWrite) -> PackedWrite:
         # Packed as it is queued: an argument that can't be packed would otherwise fail the
@@ -166,13 +162,7 @@ class Flusher(Generic[SourceT]):
 
     async def close(self, timeout: float) -> None:
         """Flush what is queued, for up to ``timeout`` seconds, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is None or self._task.done():
-            return
-        try:
-            await asyncio.wait_for(self._task, timeout)
-        except TimeoutError:
+        if not await self._batcher.close(timeout):
             logger.error(
                 "gave up writing to Redis at shutdown: %d pushes and %d acks (with their replies) "
                 "were not written; those entries stay pending, and run again on another worker",
@@ -180,56 +170,43 @@ class Flusher(Generic[SourceT]):
                 len(self._commits),
             )
 
-    async def _run(self) -> None:
-        try:
-            await self._write_batches()
-        finally:
-            # Stopped (or gave up at shutdown): nobody may wait forever for a write.
-            for _, done in self._sends:
-                if not done.done():
-                    done.set_exception(PublishError("the worker stopped before the push was written"))
-            await self._pipe.aclose()
+    async def _stopped(self) -> None:
+        """Stopped (or gave up at shutdown): nobody may wait forever for a write."""
+        for _, done in self._sends:
+            if not done.done():
+                done.set_exception(PublishError("the worker stopped before the push was written"))
+        await self._pipe.aclose()
 
-    async def _write_batches(self) -> None:
-        backoff = _MIN_BACKOFF_S
-        while True:
-            if not self._sends and not self._commits:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            sends, self._sends = self._sends, []
-            commits, self._commits = self._commits, []
-            self._writing = commits
-            sent = False
-            try:
-                await self._pipe.connect()  # failing here, nothing was sent
-                sent = True
-                await self._write(sends, commits)
-            except Exception as exc:  # Redis unreachable (or a bug): the flusher must go on
-                if sent:  # Redis may have run it: the entries are sent again, checked
-                    self._again = True
-                self._requeue(sends, commits, exc, sent=sent)
-                if isinstance(exc, redis.RedisError):
-                    logger.error(
-                        "Redis is unavailable (%s): retrying %d writes in %.1fs", exc, self.backlog, backoff
-                    )
-                else:
-                    logger.exception(
-                        "writing to Redis failed: retrying %d writes in %.1fs", self.backlog, backoff
-                    )
-                # A retry delay: the batch waits for Redis either way.
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            except BaseException:
-                self._sends[:0] = sends
-                self._commits[:0] = commits
-                raise
+    # The flush policy (wsq_protocol.batching.FlushPolicy).
+
+    def has_work(self) -> bool:
+        return bool(self._sends or self._commits)
+
+    async def flush(self) -> bool:
+        sends, self._sends = self._sends, []
+        commits, self._commits = self._commits, []
+        self._writing = commits
+        sent = False
+        try:
+            await self._pipe.connect()  # failing here, nothing was sent
+            sent = True
+            await self._write(sends, commits)
+        except Exception as exc:  # Redis unreachable (or a bug): the flusher must go on
+            if sent:  # Redis may have run it: the entries are sent again, checked
+                self._again = True
+            self._requeue(sends, commits, exc, sent=sent)
+            if isinstance(exc, redis.RedisError):
+                logger.error("Redis is unavailable (%s): retrying %d writes", exc, self.backlog)
             else:
-                backoff = _MIN_BACKOFF_S
-            finally:
-                self._writing = []
+                logger.exception("writing to Redis failed: retrying %d writes", self.backlog)
+            return False  # the batch waits for Redis either way: a retry delay
+        except BaseException:
+            self._sends[:0] = sends
+            self._commits[:0] = commits
+            raise
+        finally:
+            self._writing = []
+        return True
 
     async def _write(
         self, sends: list[tuple[PackedWrite, asyncio.Future[None]]], commits: list[_Commit[SourceT]]

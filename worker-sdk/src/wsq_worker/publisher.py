@@ -30,6 +30,7 @@ import redis.retry
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, FieldT
 
+from wsq_protocol.batching import TickBatcher
 from wsq_worker import constants, speedups
 from wsq_worker.exceptions import PublishError
 from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_members
@@ -615,14 +616,15 @@ class AsyncPublisher:
 class _Batches:
     """``AsyncPublisher``'s writes awaited during one event-loop tick, in one round trip.
 
-    A write waits for the batch after the one in flight, and one task sends the batches on a
-    ``RedisPipe``, so many concurrent pushes cost one write and one read, not one each.
-    Scripts go as ``EVALSHA``; when Redis does not know them (it restarted, or ran ``SCRIPT
-    FLUSH``), they are loaded and those writes sent again, after the rest of their batch (an
-    order only pushes awaited concurrently could tell apart). A batch is never sent twice
-    (``RedisPipe(resend=False)``): a connection lost once it was sent fails its writes with
-    ``PublishError`` (it may or may not have been written); one that can't be made before
-    (``connect()``, with the client's retries) fails them as not sent.
+    A write waits for the batch after the one in flight, and one task (a ``TickBatcher``
+    whose flush policy this is) sends the batches on a ``RedisPipe``, so many concurrent
+    pushes cost one write and one read, not one each. Scripts go as ``EVALSHA``; when Redis
+    does not know them (it restarted, or ran ``SCRIPT FLUSH``), they are loaded and those
+    writes sent again, after the rest of their batch (an order only pushes awaited
+    concurrently could tell apart). A batch is never sent twice (``RedisPipe(resend=False)``):
+    a connection lost once it was sent fails its writes with ``PublishError`` (it may or may
+    not have been written); one that can't be made before (``connect()``, with the client's
+    retries) fails them as not sent. Nothing is retried: a flush always succeeds.
     """
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
@@ -630,7 +632,7 @@ class _Batches:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pipe: speedups.RedisPipe | None = None
         self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._batcher: TickBatcher | None = None
 
     async def run(self, command: tuple[Any, ...]) -> Any:
         """Write ``command`` in the next batch; its raw reply, or ``PublishError``. What no Redis
@@ -638,32 +640,34 @@ class _Batches:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or another event loop: connections are per loop
             pipe = speedups.RedisPipe(self._client, resend=False)
-            self._loop, self._pipe, self._task, self._queue = loop, pipe, None, []
+            self._loop, self._pipe, self._queue = loop, pipe, []
+            self._batcher = TickBatcher(self, name="wsq-publisher-batches", linger=False)
         assert self._pipe is not None
+        assert self._batcher is not None
         packed = self._pipe.pack(command)
         done = loop.create_future()
         self._queue.append((packed, done))
-        if self._task is None:
-            self._task = loop.create_task(self._write_batches())
+        self._batcher.wake()
         return await done
 
     async def aclose(self) -> None:
         if self._pipe is not None and self._loop is asyncio.get_running_loop():
             await self._pipe.aclose()
 
-    async def _write_batches(self) -> None:
-        assert self._pipe is not None
+    # The flush policy (wsq_protocol.batching.FlushPolicy).
+
+    def has_work(self) -> bool:
+        return bool(self._queue)
+
+    async def flush(self) -> bool:
+        batch, self._queue = self._queue, []
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    await self._write(batch)
-                except BaseException:  # cancelled with its loop, say: nobody may wait for ever
-                    for _, done in [*batch, *self._queue]:
-                        done.cancel()
-                    raise
-        finally:
-            self._task = None
+            await self._write(batch)
+        except BaseException:  # cancelled with its loop, say: nobody may wait for ever
+            for _, done in [*batch, *self._queue]:
+                done.cancel()
+            raise
+        return True
 
     async def _write(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         """Send ``batch`` once and settle each write with its reply or ``PublishError``."""
