@@ -46,7 +46,7 @@ def test_an_entry_that_came_past_its_attempts_is_dead_lettered_unrun() -> None:
 def test_retry_runs_the_next_attempt_after_its_delay_in_whole_milliseconds() -> None:
     assert after_retry(1, 3, 2.5, None) == RunAgain(attempt=2, delay_ms=2500)
     assert after_retry(2, 3, 0.0004, None) == RunAgain(attempt=3, delay_ms=0)
-    assert after_retry(1, 3, 0.0016, None).delay_ms == 2
+    assert after_retry(1, 3, 0.0016, None) == RunAgain(attempt=2, delay_ms=2)
 
 
 def test_retry_at_the_last_attempt_is_dead_lettered() -> None:

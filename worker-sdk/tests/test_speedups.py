@@ -19,8 +19,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsq_devkit.redis_typing import bytes_entries, execute_command
 from wsq_worker import constants, speedups
+from wsq_worker.dispatch import _reply_template
 from wsq_worker.publisher import Route, StreamWrite
-from wsq_worker.worker import _reply_template
 
 
 @pytest.mark.parametrize(
