@@ -13,11 +13,12 @@ from collections.abc import Callable, Mapping
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
-from wsq_worker import constants, speedups
+from wsq_worker import speedups
 from wsq_worker.context import Context
 from wsq_worker.loops import Run
 from wsq_worker.protocol import MAX_ATTEMPT, is_action_name
 from wsq_worker.publisher import AsyncPublisher
+from wsq_worker.settings import WorkerSettings
 
 __all__ = ["Handler", "LifecycleHandler", "Periodic", "Worker"]
 
@@ -109,16 +110,21 @@ class Worker:
                 raise ValueError(f"every: intervals are positive numbers of seconds, not {interval!r}")
             _check_callable(periodic, f"every[{interval!r}]")
         self.concurrency = concurrency
-        self.redis_url = redis_url or constants.redis_url_from_env()
-        self.key_prefix = key_prefix or constants.key_prefix_from_env()
+        settings = WorkerSettings.from_env(
+            redis_url=redis_url or None,
+            key_prefix=key_prefix or None,
+            claim_idle_ms=claim_idle_ms,
+            max_attempts=max_attempts,
+            max_dead_letters=max_dead_letters,
+        )
+        self.redis_url = settings.redis_url
+        self.key_prefix = settings.key_prefix
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.shutdown_timeout = shutdown_timeout
         self.block_ms = block_ms
-        self.claim_idle_ms = constants.claim_idle_ms_from_env() if claim_idle_ms is None else claim_idle_ms
-        self.max_attempts = constants.max_attempts_from_env() if max_attempts is None else max_attempts
-        self.max_dead_letters = (
-            constants.max_dead_letters_from_env() if max_dead_letters is None else max_dead_letters
-        )
+        self.claim_idle_ms = settings.claim_idle_ms
+        self.max_attempts = settings.max_attempts
+        self.max_dead_letters = settings.max_dead_letters
         self._running: Run | None = None
         self._stop_requested = False
 
