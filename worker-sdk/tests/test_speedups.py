@@ -21,8 +21,8 @@ from wsq_devkit import wait_until_async
 from wsq_devkit.redis_typing import bytes_entries, execute_command
 from wsq_protocol import pipe as pipe_module
 from wsq_worker import constants, speedups
+from wsq_worker.dispatch import _reply_template
 from wsq_worker.publisher import Route, StreamWrite
-from wsq_worker.worker import _reply_template
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ import redis
 from wsq_worker import __version__, constants
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
 from wsq_worker.exceptions import WorkerFailedError
+from wsq_worker.settings import connection_from_env, describe_settings, variable_of
 from wsq_worker.worker import Worker
 
 __all__ = ["build_dead_parser", "build_parser", "load_worker", "main"]
@@ -33,17 +35,20 @@ arguments that returns one. The options below override the Worker's own settings
 `wsq-worker dead list|replay` lists and replays dead letters (see `wsq-worker dead --help`).
 """
 
+
+def _environment_help() -> str:
+    """The settings the environment gives (``settings.describe_settings()``), for the epilog."""
+    lines = ["environment (the options above, then the Worker's own arguments, override it):"]
+    for variable, default, description in describe_settings():
+        lines.append(f"  {variable}")
+        lines += textwrap.wrap(
+            f"{description} Default: {default}.", 88, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
+
+
 _EPILOG = f"""\
-environment:
-  {constants.REDIS_URL_ENV}      Redis URL when neither --redis-url nor the Worker sets one
-                     (default {constants.DEFAULT_REDIS_URL})
-  {constants.KEY_PREFIX_ENV}     prefix of every Redis key (default {constants.DEFAULT_KEY_PREFIX})
-  {constants.CLAIM_IDLE_MS_ENV}  --claim-idle-ms when neither it nor the Worker sets one
-                     (default {constants.DEFAULT_CLAIM_IDLE_MS})
-  {constants.MAX_ATTEMPTS_ENV}   --max-attempts when neither it nor the Worker sets one
-                     (default {constants.DEFAULT_MAX_ATTEMPTS})
-  {constants.MAX_DEAD_LETTERS_ENV}  --max-dead-letters when neither it nor the Worker sets one
-                     (default {constants.DEFAULT_MAX_DEAD_LETTERS}; 0: keep all)
+{_environment_help()}
 
 SIGINT or SIGTERM stops reading events, lets in-flight handlers finish (up to the
 Worker's shutdown_timeout), writes their replies and exits with status 0. A Redis the
@@ -53,6 +58,7 @@ that died stops it the same way, with one line on stderr and status 1.
 example:
   wsq-worker chat.app:worker --concurrency 50 --log-level debug
 """
+
 
 _DEAD_DESCRIPTION = f"""\
 List or replay the dead letters: the events that used up their attempts (a handler that
@@ -66,7 +72,7 @@ raised Retry every time, or workers that died running it), kept in the stream
 replay puts each event back into {{prefix}}:inbound as a new event (attempt 1) and
 removes it from the dead letters, atomically: each one is replayed once, even when
 two replays run at the same time. Redis: --redis-url and --key-prefix, else
-{constants.REDIS_URL_ENV} and {constants.KEY_PREFIX_ENV}.
+{variable_of("redis_url")} and {variable_of("key_prefix")}.
 """
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -87,27 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=_positive_int, metavar="N", help="events handled at once (and thread pool size)"
     )
-    parser.add_argument("--redis-url", metavar="URL", help=f"Redis URL (overrides {constants.REDIS_URL_ENV})")
     parser.add_argument(
-        "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {constants.KEY_PREFIX_ENV})"
+        "--redis-url", metavar="URL", help=f"Redis URL (overrides {variable_of('redis_url')})"
+    )
+    parser.add_argument(
+        "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {variable_of('key_prefix')})"
     )
     parser.add_argument(
         "--claim-idle-ms",
         type=_positive_int,
         metavar="MS",
-        help=f"claim entries of dead workers idle this long (overrides {constants.CLAIM_IDLE_MS_ENV})",
+        help=f"claim entries of dead workers idle this long (overrides {variable_of('claim_idle_ms')})",
     )
     parser.add_argument(
         "--max-attempts",
         type=_positive_int,
         metavar="N",
-        help=f"attempts before a message goes to the dead letters (overrides {constants.MAX_ATTEMPTS_ENV})",
+        help=f"attempts before a message goes to the dead letters (overrides {variable_of('max_attempts')})",
     )
     parser.add_argument(
         "--max-dead-letters",
         type=_non_negative_int,
         metavar="N",
-        help=f"dead letters kept, the newest (0: all; overrides {constants.MAX_DEAD_LETTERS_ENV})",
+        help=f"dead letters kept, the newest (0: all; overrides {variable_of('max_dead_letters')})",
     )
     parser.add_argument(
         "--log-level", choices=_LOG_LEVELS, default="info", help="logging level (default: info)"
@@ -120,10 +128,10 @@ def build_dead_parser() -> argparse.ArgumentParser:
     """The parser of ``wsq-worker dead ...`` (what follows ``dead``)."""
     redis_options = argparse.ArgumentParser(add_help=False)
     redis_options.add_argument(
-        "--redis-url", metavar="URL", help=f"Redis URL (overrides {constants.REDIS_URL_ENV})"
+        "--redis-url", metavar="URL", help=f"Redis URL (overrides {variable_of('redis_url')})"
     )
     redis_options.add_argument(
-        "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {constants.KEY_PREFIX_ENV})"
+        "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {variable_of('key_prefix')})"
     )
     parser = argparse.ArgumentParser(
         prog="wsq-worker dead",
@@ -224,8 +232,9 @@ def dead_main(argv: Sequence[str]) -> int:
         malformed = [entry_id for entry_id in args.ids if not _ENTRY_ID.fullmatch(entry_id)]
         if malformed:
             parser.error(f"not a stream entry id (like 1764316800123-0): {', '.join(malformed)}")
-    client = redis.Redis.from_url(args.redis_url or constants.redis_url_from_env(), decode_responses=True)
-    prefix = args.key_prefix or constants.key_prefix_from_env()
+    url_from_env, prefix_from_env = connection_from_env()
+    client = redis.Redis.from_url(args.redis_url or url_from_env, decode_responses=True)
+    prefix = args.key_prefix or prefix_from_env
     try:
         if args.command == "list":
             return _dead_list(client, prefix, args.count, as_json=args.json)

@@ -45,6 +45,7 @@ from wsq_worker.protocol import (
     push_frame,
     send_command,
 )
+from wsq_worker.settings import connection_from_env
 
 __all__ = [
     "FAN_OUT_SCRIPT",
@@ -355,10 +356,11 @@ class Publisher:
         client: redis.Redis | None = None,
     ) -> None:
         _check_client_arguments(redis_url, client)
-        self.key_prefix = key_prefix or constants.key_prefix_from_env()
+        url_from_env, prefix_from_env = connection_from_env()
+        self.key_prefix = key_prefix or prefix_from_env
         self._owns_client = client is None
         self.client = client or redis.Redis.from_url(
-            redis_url or constants.redis_url_from_env(),
+            redis_url or url_from_env,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
@@ -367,7 +369,7 @@ class Publisher:
 
     @classmethod
     def from_env(cls) -> Self:
-        return cls(constants.redis_url_from_env(), constants.key_prefix_from_env())
+        return cls(*connection_from_env())
 
     # Pushes.
 
@@ -509,10 +511,11 @@ class AsyncPublisher:
         client: redis.asyncio.Redis | None = None,
     ) -> None:
         _check_client_arguments(redis_url, client)
-        self.key_prefix = key_prefix or constants.key_prefix_from_env()
+        url_from_env, prefix_from_env = connection_from_env()
+        self.key_prefix = key_prefix or prefix_from_env
         self._owns_client = client is None
         self.client = client or speedups.async_redis(
-            redis_url or constants.redis_url_from_env(),
+            redis_url or url_from_env,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
@@ -522,7 +525,7 @@ class AsyncPublisher:
 
     @classmethod
     def from_env(cls) -> Self:
-        return cls(constants.redis_url_from_env(), constants.key_prefix_from_env())
+        return cls(*connection_from_env())
 
     # Pushes.
 

@@ -1,0 +1,123 @@
+"""The SDK's settings: ``WorkerSettings``, read from ``WSQ_*`` environment variables.
+
+Each field is documented where it is defined: its variable, default and meaning (in the
+field's metadata, which ``describe_settings()`` lists for ``wsq-worker --help``; the README's
+table is checked against it). An unset or empty variable means the default. ``Worker(...)``
+keyword arguments and ``wsq-worker`` options override the environment, so the ranges of the
+numbers are checked when a worker starts, after those overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+__all__ = ["WorkerSettings", "connection_from_env", "describe_settings", "variable_of"]
+
+
+def _setting(variable: str, description: str) -> dict[str, str]:
+    return {"variable": variable, "description": description}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    """Every setting the SDK reads from its environment (``from_env()``)."""
+
+    redis_url: str = field(
+        default="redis://localhost:6379/0",
+        metadata=_setting(
+            "WSQ_REDIS_URL", "Redis to use (redis://, rediss:// for TLS, with user:password@ for AUTH)."
+        ),
+    )
+    key_prefix: str = field(
+        default="wsq",
+        metadata=_setting("WSQ_KEY_PREFIX", "Namespace of every Redis key: the gateways' WSQ_KEY_PREFIX."),
+    )
+    claim_idle_ms: int = field(
+        default=15_000,
+        metadata=_setting(
+            "WSQ_CLAIM_IDLE_MS",
+            "An inbound entry idle this long (ms) is taken over from a dead worker and run again "
+            "(a live worker refreshes its entries every third of it). At least 1.",
+        ),
+    )
+    max_attempts: int = field(
+        default=3,
+        metadata=_setting(
+            "WSQ_MAX_ATTEMPTS",
+            "Attempts of a message (1-9999) before it goes to the dead letters and its client "
+            "gets $error handler_failed.",
+        ),
+    )
+    # As Sidekiq's dead set (dead_max_jobs): a storm of failing messages can't fill Redis.
+    max_dead_letters: int = field(
+        default=10_000,
+        metadata=_setting(
+            "WSQ_MAX_DEAD_LETTERS",
+            "Dead letters kept, the newest (a few more, as Redis trims in blocks); 0: keep all.",
+        ),
+    )
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        redis_url: str | None = None,
+        key_prefix: str | None = None,
+        claim_idle_ms: int | None = None,
+        max_attempts: int | None = None,
+        max_dead_letters: int | None = None,
+    ) -> Self:
+        """The settings ``environ`` gives; a value given here (not None) wins over its variable,
+        which is then not read. ValueError naming the variable when a number is not a whole one."""
+        given: dict[str, object] = {
+            "redis_url": redis_url,
+            "key_prefix": key_prefix,
+            "claim_idle_ms": claim_idle_ms,
+            "max_attempts": max_attempts,
+            "max_dead_letters": max_dead_letters,
+        }
+        values: dict[str, Any] = {
+            name: _read(environ, setting) if given[name] is None else given[name]
+            for name, setting in _FIELDS.items()
+        }
+        return cls(**values)
+
+
+def connection_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """``(redis_url, key_prefix)`` as ``WorkerSettings.from_env()`` reads them, and no other
+    variable: all a publisher needs (a malformed worker setting is no concern of it)."""
+    return _read(environ, _FIELDS["redis_url"]), _read(environ, _FIELDS["key_prefix"])
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for --help and docs."""
+    return [
+        (setting.metadata["variable"], str(setting.default), setting.metadata["description"])
+        for setting in _FIELDS.values()
+    ]
+
+
+def variable_of(name: str) -> str:
+    """The environment variable of the setting ``name`` (a field of ``WorkerSettings``)."""
+    return str(_FIELDS[name].metadata["variable"])
+
+
+def _read(environ: Mapping[str, str], setting: dataclasses.Field[Any]) -> Any:
+    variable = setting.metadata["variable"]
+    text = environ.get(variable)
+    if not text:
+        return setting.default
+    if not isinstance(setting.default, int):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{variable} must be a whole number, not {text!r}") from None
+
+
+_FIELDS = {setting.name: setting for setting in dataclasses.fields(WorkerSettings)}
