@@ -34,13 +34,13 @@ from redis.exceptions import NoScriptError, RedisError
 
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
+from wsq_protocol.batching import Backoff, TickBatcher
 from wsq_protocol.pipe import RedisPipe, WriteInDoubt
 
 log = get_logger(BROKER)
 
 MAX_BATCH = 1000  # commands in one pipeline
 MULTI, EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
-RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 STALL_S = 5.0  # a batch unanswered this long: Redis is stalled, new writes fail at once
 STALLED = "redis is not answering: the write was not sent"
 
@@ -61,6 +61,8 @@ class Write:
 
 
 class RedisBatcher:
+    """The gateway's batched writes: the flush policy of a ``TickBatcher`` (see above)."""
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -80,9 +82,8 @@ class RedisBatcher:
         self._scripts = tuple(scripts)  # loaded again when Redis answers NOSCRIPT
         self._stall_s = stall_s
         self._queue: deque[Write] = deque()
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        # Pauses 0.05 s after a failure, doubling up to 2 s.
+        self._batcher = TickBatcher(self, name="wsq-redis-batcher", backoff=Backoff(base=0.05, cap=2.0))
         self._in_flight = 0
         self._watched: tuple[list[Write], float] | None = None  # the batch in flight, and when it stalls
         self._watchdog: asyncio.TimerHandle | None = None
@@ -102,8 +103,7 @@ class RedisBatcher:
         return len(self._queue) + self._in_flight + in_doubt
 
     def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._run(), name="wsq-redis-batcher")
-        return self._task
+        return self._batcher.start()
 
     def submit(self, write: Write) -> None:
         """Queue ``write``. Its commands are packed now: one Redis can't take (a bool, an enum, a
@@ -116,7 +116,7 @@ class RedisBatcher:
             _settle(write, BrokerUnavailable(STALLED))
             return
         self._queue.append(write)
-        self._wakeup.set()
+        self._batcher.wake()
 
     async def submit_and_wait(self, *commands: tuple[Any, ...] | bytes) -> list[Any]:
         """Queue commands and wait until Redis took them: their replies, in order; raise
@@ -127,13 +127,8 @@ class RedisBatcher:
 
     async def close(self, timeout: float) -> None:
         """Flush what is queued (durable writes get up to ``timeout``), then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout)
-            except TimeoutError:
-                log.error("gave up flushing writes to Redis", lost=len(self._queue))
+        if not await self._batcher.close(timeout):
+            log.error("gave up flushing writes to Redis", lost=len(self._queue))
         await self._pipe.aclose()
 
     async def load_scripts(self) -> None:
@@ -141,47 +136,39 @@ class RedisBatcher:
         for body in self._scripts:
             await self._redis.script_load(body)
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if self._in_doubt is not None:
-                if not await self._settle_in_doubt():
-                    delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-                    failures += 1
-                    await asyncio.sleep(delay)
-                continue
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch, size = [], 0
-            while self._queue and size < MAX_BATCH:
-                write = self._queue.popleft()
-                batch.append(write)
-                size += len(write.commands)
-            commands: list[bytes] = [command for write in batch for command in write.commands]  # type: ignore[misc]
-            self._in_flight = len(batch)
-            self._watch(batch)
-            try:
-                retry = await self._flush(batch, commands)
-            except Exception as exc:  # a bug, or a reply we can't read: this batch fails, not the batcher
-                log.exception("flushing a batch of writes failed", writes=len(batch))
-                with contextlib.suppress(Exception):  # replies may be left unread: the next batch reconnects
-                    await self._pipe.aclose()
-                retry = self._fail(batch, BrokerUnavailable(f"internal error: {exc!r}"))
-            finally:
-                self._in_flight = 0
-                self._watched = None
-            if retry:
-                self._queue.extendleft(reversed(retry))
-                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-                failures += 1
-                await asyncio.sleep(delay)
-            else:
-                failures = 0
-                self.stalled = False
+    # The flush policy (wsq_protocol.batching.FlushPolicy).
+
+    def has_work(self) -> bool:
+        return self._in_doubt is not None or bool(self._queue)
+
+    async def flush(self) -> bool:
+        """Settle the batch in doubt first, if any (False, to pause, while Redis can't tell);
+        else send the next batch (False, to pause, when writes must be sent again)."""
+        if self._in_doubt is not None:
+            return await self._settle_in_doubt()
+        batch, size = [], 0
+        while self._queue and size < MAX_BATCH:
+            write = self._queue.popleft()
+            batch.append(write)
+            size += len(write.commands)
+        commands: list[bytes] = [command for write in batch for command in write.commands]  # type: ignore[misc]
+        self._in_flight = len(batch)
+        self._watch(batch)
+        try:
+            retry = await self._flush(batch, commands)
+        except Exception as exc:  # a bug, or a reply we can't read: this batch fails, not the batcher
+            log.exception("flushing a batch of writes failed", writes=len(batch))
+            with contextlib.suppress(Exception):  # replies may be left unread: the next batch reconnects
+                await self._pipe.aclose()
+            retry = self._fail(batch, BrokerUnavailable(f"internal error: {exc!r}"))
+        finally:
+            self._in_flight = 0
+            self._watched = None
+        if retry:
+            self._queue.extendleft(reversed(retry))
+            return False
+        self.stalled = False
+        return True
 
     async def _flush(self, batch: list[Write], commands: list[bytes]) -> list[Write]:
         """Send one batch as a transaction; settle every write; return those to send again."""
