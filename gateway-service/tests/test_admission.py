@@ -16,9 +16,12 @@ from gateway_harness import GatewayFactory, RunningGateway, receive_json, stream
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.contract import is_valid
 from wsq_devkit.redis_typing import XaddFields, execute_command
-from wsq_gateway.admission import Slots, Turns
+from wsq_gateway import admission
+from wsq_gateway.admission import Accept, Close, Refusal, Slots, Turns
 from wsq_gateway.broker.registry import REGISTERED, USER_FULL, register_command
+from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.state import GATEWAY
+from wsq_protocol.commands import Command
 from wsq_protocol.keys import Keys
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
@@ -121,6 +124,83 @@ def test_address_slots_are_taken_at_the_check_and_given_back_once() -> None:
     unlimited = Slots(0)
     assert all(unlimited.reserve("10.0.0.1") for _ in range(1000))
     assert unlimited.held("10.0.0.1") == 1000
+
+
+ORIGINS = frozenset({"https://app.example.com"})
+
+
+@pytest.mark.parametrize(
+    ("state", "origin", "refusal"),
+    [
+        ({"draining": True, "started": True}, None, Refusal(503, "the gateway is shutting down")),
+        ({"failed": True, "started": True}, None, Refusal(503, "the gateway is shutting down")),
+        ({"draining": True, "started": False}, None, Refusal(503, "the gateway is shutting down")),
+        ({"started": False}, None, Refusal(503, "the gateway is starting: waiting for Redis")),
+        (
+            {"started": False},
+            "https://evil.example.net",
+            Refusal(503, "the gateway is starting: waiting for Redis"),
+        ),
+        (
+            {"started": True},
+            "https://evil.example.net",
+            Refusal(403, "origin https://evil.example.net is not allowed"),
+        ),
+        ({"started": True}, "null", Refusal(403, "origin null is not allowed")),
+        ({"started": True}, "https://app.example.com/", None),
+        ({"started": True}, None, None),
+    ],
+)
+def test_the_gate_refuses_in_order_shutting_down_then_starting_then_origin(
+    state: dict[str, bool], origin: str | None, refusal: Refusal | None
+) -> None:
+    flags = {"draining": False, "failed": False, **state}
+    assert admission.gate(**flags, origin=origin, origins=ORIGINS) == refusal
+
+
+def test_the_gate_lets_any_origin_through_when_none_is_configured() -> None:
+    assert (
+        admission.gate(draining=False, failed=False, started=True, origin="https://x.example", origins=None)
+        is None
+    )
+
+
+def test_the_users_limit_refuses_at_the_limit_not_below_it() -> None:
+    assert admission.user_refusal(1, 2) is None
+    assert admission.user_refusal(2, 2) == Refusal(429, "this user holds too many connections")
+    assert admission.user_refusal(5, 2) == Refusal(429, "this user holds too many connections")
+    assert admission.user_refusal(5, 0) is None, "0: no limit"
+    assert admission.user_refusal(None, 2) is None, "Redis could not count: the registration decides"
+    assert admission.limited_user("ann", 2) == "ann"
+    assert admission.limited_user("ann", 0) is None, "no limit: no turn to take"
+    assert admission.limited_user(None, 2) is None, "anonymous: no turn"
+
+
+def test_after_the_upgrade_a_full_user_closes_with_1008_and_a_lost_redis_with_1013() -> None:
+    assert admission.registration_close(True) is None
+    assert admission.registration_close(False) == Close(1008, "this user holds too many connections")
+    assert admission.broker_close(BrokerUnavailable("gone")) == Close(
+        1013, "redis unavailable, try again later"
+    )
+
+
+def accept(user_id: str | None) -> Command:
+    return Command(type="accept", target="connection", to="gw.c", user_id=user_id)
+
+
+def test_the_connect_hooks_answer_decides_the_connection() -> None:
+    refuse = Command(type="refuse", target="connection", to="gw.c", code=4003, reason="banned")
+    assert admission.hook_verdict(None, "ann") is None, "closed while waiting"
+    assert admission.hook_verdict(refuse, "ann") == Close(4003, "banned")
+    assert admission.hook_verdict(accept(None), "ann") == Accept(None), "keeps the token's user"
+    assert admission.hook_verdict(accept("ann"), "ann") == Accept(None), "the same user: nothing to record"
+    assert admission.hook_verdict(accept("bob"), "ann") == Accept("bob")
+    assert admission.hook_verdict(accept("bob"), None) == Accept("bob")
+    for unusable in ("", "x" * 257, "ann\x00"):
+        bad = admission.hook_verdict(accept(unusable), "ann")
+        assert isinstance(bad, Close), unusable
+        assert (bad.code, bad.reason) == (3011, "connect hook failed: it named an unusable user id")
+        assert bad.problem, "why, for the log"
 
 
 async def test_one_admission_per_user_at_a_time_in_arrival_order() -> None:

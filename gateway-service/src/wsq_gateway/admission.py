@@ -11,6 +11,15 @@
   turn, so a burst of one user's upgrades on one gateway gets HTTP 429 past the limit, never
   an upgrade closed with 1008. Across gateways the registration script checks again,
   atomically, and closes the loser with 1008.
+* The decisions themselves, each a pure function of what the transport found out: which
+  HTTP status refuses an upgrade (:func:`gate`, :func:`user_refusal`, :data:`ADDR_FULL`), and
+  which close code ends an upgraded socket (:func:`registration_close`,
+  :func:`hook_verdict`, :func:`broker_close`). ``transport.py`` does the I/O around them.
+
+The order of the checks (``transport.websocket``): :func:`gate` (503 draining or failed, 503
+starting, 403 origin), then the token (401), then the address's slot (429), then, in the
+user's turn, :func:`user_refusal` (429) and the registration (1008 when another gateway
+filled the user, 1013 when Redis is unavailable), then the connect hook's answer.
 """
 
 from __future__ import annotations
@@ -18,6 +27,106 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+from wsq_gateway.errors import close_code_for
+from wsq_protocol.codes import CloseCode
+from wsq_protocol.commands import Command
+from wsq_protocol.ids import user_id_problem
+
+USER_FULL = "this user holds too many connections"
+ADDR_FULL_TEXT = "too many connections from this address"
+REDIS_UNAVAILABLE = "redis unavailable, try again later"
+HOOK_BAD_USER_ID = "connect hook failed: it named an unusable user id"
+HOOK_NO_ANSWER = "no worker answered in time, try again later"
+
+
+class Refusal(NamedTuple):
+    """An upgrade refused with an HTTP error."""
+
+    status: int
+    text: str
+
+
+class Close(NamedTuple):
+    """An upgraded socket closed with ``code`` and ``reason``; ``problem`` is for the log."""
+
+    code: int
+    reason: str
+    problem: str | None = None
+
+
+class Accept(NamedTuple):
+    """The connect hook accepted; ``new_user`` is the user it named, when not the one known."""
+
+    new_user: str | None
+
+
+SHUTTING_DOWN = Refusal(503, "the gateway is shutting down")
+STARTING = Refusal(503, "the gateway is starting: waiting for Redis")
+ADDR_FULL = Refusal(429, ADDR_FULL_TEXT)
+USER_FULL_REFUSAL = Refusal(429, USER_FULL)
+USER_FULL_CLOSE = Close(CloseCode.POLICY_VIOLATION, USER_FULL)
+HOOK_TIMEOUT_CLOSE = Close(CloseCode.TRY_AGAIN_LATER, HOOK_NO_ANSWER)
+
+
+def gate(
+    *, draining: bool, failed: bool, started: bool, origin: str | None, origins: frozenset[str] | None
+) -> Refusal | None:
+    """The first checks of an upgrade, before its token: is the gateway taking sockets, and
+    from this ``origin`` (``origins`` None: any; no Origin header: not a browser, allowed)?"""
+    if draining or failed:
+        return SHUTTING_DOWN
+    if not started:
+        return STARTING
+    if origins is not None and origin is not None and origin.rstrip("/") not in origins:
+        return Refusal(403, f"origin {origin} is not allowed")
+    return None
+
+
+def limited_user(user_id: str | None, max_per_user: int) -> str | None:
+    """The user whose connections are counted for this upgrade (None: none is, no turn)."""
+    return user_id if max_per_user > 0 else None
+
+
+def user_refusal(held: int | None, max_per_user: int) -> Refusal | None:
+    """HTTP 429 when the user holds ``max_per_user`` connections already (0: no limit).
+
+    ``held`` None: Redis could not count them; the upgrade goes on, and its registration
+    fails with 1013 if Redis is really gone."""
+    if held is None or max_per_user <= 0 or held < max_per_user:
+        return None
+    return USER_FULL_REFUSAL
+
+
+def registration_close(registered: bool) -> Close | None:
+    """After the registration script: 1008 when another gateway registered one of the user's
+    connections since the check (the script wrote nothing)."""
+    return None if registered else USER_FULL_CLOSE
+
+
+def broker_close(exc: BaseException) -> Close:
+    """Redis could not register the connection (or record the user the hook named)."""
+    return Close(close_code_for(exc), REDIS_UNAVAILABLE)
+
+
+def hook_verdict(answer: Command | None, user_id: str | None) -> Accept | Close | None:
+    """The connect hook's answer for a connection known so far as ``user_id``.
+
+    None: the socket closed while waiting (nothing to do); a :class:`Close` for a refusal (the
+    worker's code and reason) or a user id no token could carry (3011, as the worker SDK
+    refuses its own on_connect); else :class:`Accept`, naming the new user if it changed."""
+    if answer is None:
+        return None
+    if answer.type == "refuse":
+        return Close(answer.code, answer.reason)
+    named = answer.user_id
+    if named is None:
+        return Accept(None)
+    problem = user_id_problem(named)
+    if problem is not None:
+        return Close(CloseCode.HOOK_FAILED, HOOK_BAD_USER_ID, problem)
+    return Accept(None if named == user_id else named)
 
 
 class Slot:

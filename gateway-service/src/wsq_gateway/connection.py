@@ -4,19 +4,21 @@ Writing to a socket never blocks the caller: a frame goes straight to the socket
 its transport buffer has room, otherwise into the connection's outbox, which a short-lived
 task drains. The outbox is bounded in bytes; a client that reads too slowly to keep it
 under ``max_pending_bytes`` is closed with 3008, and nobody else waits for it.
+
+What to do with each frame (write, queue, drain, close, drop) is decided without I/O by
+:class:`~wsq_gateway.session.Session`, which :class:`Connection` extends with the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
 from wsq_gateway.logs import CONNECTIONS, get_logger
+from wsq_gateway.session import DRAIN, QUEUED, SLOW_CONSUMER, Session
 from wsq_gateway.wire import wire_text_frame
-from wsq_protocol.codes import CloseCode
 from wsq_protocol.commands import Command
 
 if TYPE_CHECKING:
@@ -25,24 +27,20 @@ if TYPE_CHECKING:
 log = get_logger(CONNECTIONS)
 
 CLOSE_TIMEOUT_S = 2.0  # how long closing a socket may take: sending the close frame, then its reply
+SLOW_CONSUMER_REASON = "client reads too slowly"
 
 
-class Connection:
+class Connection(Session):
+    """A :class:`Session` on an aiohttp socket: executes its decisions (the I/O shell)."""
+
     __slots__ = (
         "_drainer",
-        "_outbox",
-        "_pending_bytes",
         "addr",
         "answer",
-        "close_code",
-        "closing",
         "groups",
-        "held",
         "id",
         "message_head",
         "since_ms",
-        "tokens",
-        "tokens_at",
         "transport",
         "user_id",
         "write_limit",
@@ -58,6 +56,7 @@ class Connection:
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
     ) -> None:
+        super().__init__()  # held: pushes wait in the outbox until release($connected)
         self.id = connection_id
         self.user_id = user_id
         self.addr = addr
@@ -66,36 +65,14 @@ class Connection:
         self.transport = transport
         # Bytes the transport may buffer before it pauses writing (its high-water mark).
         self.write_limit = transport.get_write_buffer_limits()[1]
-        # Pushes wait in the outbox until ``release($connected)``: the connection is findable
-        # before its connect event is sent, so a push from on_connect is never lost, yet
-        # nothing reaches the client before $connected.
-        self._outbox: deque[bytes] | None = deque()
-        self._pending_bytes = 0
-        self.held = True
         # With the connect hook: resolved by the worker's accept or refuse command, or with
         # None when the socket is closed first (a drain, say).
         self.answer: asyncio.Future[Command | None] | None = None
+        # The task writing the outbox, or closing a slow consumer: kept so it can be cancelled
+        # (and is not garbage-collected while it runs).
         self._drainer: asyncio.Task[None] | None = None
-        self.closing = False
         self.message_head: CommandTemplate | None = None  # cached by Inbound.message()
-        self.tokens = 0.0  # rate limit: a token bucket, filled on use (see allow())
-        self.tokens_at = 0.0
-        self.close_code: int | None = None  # set when the gateway itself closes the socket
         self.groups: set[str] | None = None  # created on the first join: most connections never join
-
-    def allow(self, now: float, rate: float, burst: int) -> bool:
-        """Take one token from the bucket (``rate`` per second, at most ``burst``)."""
-        if rate <= 0:
-            return True
-        if self.tokens_at == 0.0:
-            self.tokens = float(burst)
-        else:
-            self.tokens = min(float(burst), self.tokens + (now - self.tokens_at) * rate)
-        self.tokens_at = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
     def deliver(self, frame: bytes, max_pending_bytes: int, wire: bytes | None = None) -> None:
         """Write one text frame, in order, without ever waiting on this client.
@@ -105,21 +82,17 @@ class Connection:
         """
         if self.closing or self.ws.closed:
             return
-        if self._outbox is None:
-            if self._write_now(wire_text_frame(frame) if wire is None else wire):
-                return
-            self._outbox = deque()
-        self._outbox.append(frame)
-        self._pending_bytes += len(frame)
-        if self._pending_bytes > max_pending_bytes:
-            log.info("slow consumer disconnected", connection_id=self.id, pending=self._pending_bytes)
-            self._outbox.clear()
-            self._pending_bytes = 0
-            self._drainer = asyncio.create_task(
-                self.close(CloseCode.SLOW_CONSUMER, "client reads too slowly")
-            )
-        elif self._drainer is None and not self.held:
+        if self.outbox is None and self._write_now(wire_text_frame(frame) if wire is None else wire):
+            return
+        pending = self.pending_bytes
+        outcome = self.queue(frame, max_pending_bytes)
+        if outcome is QUEUED:
+            return
+        if outcome is DRAIN:
             self._drainer = asyncio.create_task(self._drain())
+        elif outcome is SLOW_CONSUMER:
+            log.info("slow consumer disconnected", connection_id=self.id, pending=pending + len(frame))
+            self._drainer = asyncio.create_task(self._close_socket(SLOW_CONSUMER_REASON))
 
     def deliver_all(self, frames: list[bytes], max_pending_bytes: int) -> None:
         """``deliver()`` each of ``frames``, in order, in one write to the socket when it has room."""
@@ -140,35 +113,30 @@ class Connection:
         except through here and aiohttp's own control frames, each written whole.
         """
         transport = self.transport
-        if self._outbox is not None or transport.get_write_buffer_size() + len(wire) >= self.write_limit:
+        if self.outbox is not None or transport.get_write_buffer_size() + len(wire) >= self.write_limit:
             return False
         if not transport.is_closing():
             transport.write(wire)
         return True
 
-    def release(self, first_frame: bytes) -> None:
-        """Start delivering: ``first_frame``, then what was pushed while held."""
-        self.held = False
-        if self._outbox is None:
-            self._outbox = deque()
-        self._outbox.appendleft(first_frame)  # the outbox's frames go through aiohttp's writer
-        self._pending_bytes += len(first_frame)
-        if self._outbox and self._drainer is None:
-            self._drainer = asyncio.create_task(self._drain())
+    def release(self, first_frame: bytes) -> bool:
+        """Start delivering: ``first_frame``, then what was pushed while held; False when
+        closing already (nothing is written)."""
+        if not super().release(first_frame):
+            return False
+        self._drainer = asyncio.create_task(self._drain())
+        return True
 
     async def _drain(self) -> None:
-        outbox = self._outbox
-        assert outbox is not None
+        send_frame = self.ws.send_frame
+        take = self.take
         try:
-            while outbox:
-                frame = outbox.popleft()
-                self._pending_bytes -= len(frame)
-                await self.ws.send_frame(frame, WSMsgType.TEXT)
+            while (frame := take()) is not None:
+                await send_frame(frame, WSMsgType.TEXT)  # the outbox's frames go through aiohttp's writer
         except ConnectionError:
-            outbox.clear()
+            pass
         finally:
-            self._outbox = None
-            self._pending_bytes = 0
+            self.drained()
             if self._drainer is asyncio.current_task():
                 self._drainer = None
 
@@ -180,10 +148,13 @@ class Connection:
         stopped reading, say): after ``CLOSE_TIMEOUT_S`` in all, or when bytes are still
         unsent, the TCP connection is aborted, so its buffers are freed at once.
         """
-        if self.closing:
-            return
-        self.closing = True
-        self.close_code = int(code)
+        if self.start_closing(code):
+            await self._close_socket(reason)
+
+    async def _close_socket(self, reason: str) -> None:
+        """The I/O of closing, once the session is closing (with ``close_code``)."""
+        code = self.close_code
+        assert code is not None
         if self.answer is not None and not self.answer.done():
             self.answer.set_result(None)  # no one waits for a worker's verdict on it any more
         drainer = self._drainer

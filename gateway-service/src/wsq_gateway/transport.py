@@ -8,16 +8,18 @@ import functools
 from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 from redis.exceptions import RedisError
 
+from wsq_gateway import admission
+from wsq_gateway.admission import HOOK_TIMEOUT_CLOSE, Close, Refusal
 from wsq_gateway.broker.inbound import now_ms
 from wsq_gateway.connection import CLOSE_TIMEOUT_S, Connection
-from wsq_gateway.errors import AuthenticationError, BrokerUnavailable, close_code_for
+from wsq_gateway.errors import AuthenticationError, BrokerUnavailable
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.state import GATEWAY, Gateway
-from wsq_protocol.codes import CloseCode, ErrorCode
+from wsq_protocol.codes import ErrorCode
 from wsq_protocol.errors import FrameError
 from wsq_protocol.events import request_text
 from wsq_protocol.frames import connected_frame, decode_client_frame, encode_error_frame, pong_frame
-from wsq_protocol.ids import PING, new_connection_id, user_id_problem
+from wsq_protocol.ids import PING, new_connection_id
 
 log = get_logger(CONNECTIONS)
 
@@ -27,11 +29,7 @@ NO_CLOSE_FRAME = 1006  # RFC 6455: the connection ended without a close frame
 BINARY_FRAME = encode_error_frame(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
 OVERLOADED = "the gateway is overloaded; the frame was not queued, send it again later"
 RATE_LIMITED = "too many frames: this one was dropped, slow down"
-REDIS_UNAVAILABLE = "redis unavailable, try again later"
-USER_FULL = "this user holds too many connections"
-ADDR_FULL = "too many connections from this address"
 NO_WORKERS = "no worker is running: the frame was not queued, send it again later"
-HOOK_BAD_USER_ID = "connect hook failed: it named an unusable user id"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -82,16 +80,28 @@ def _workers_report(gateway: Gateway) -> dict[str, object]:
     }
 
 
+_HTTP_ERRORS: dict[int, type[web.HTTPError]] = {
+    403: web.HTTPForbidden,
+    429: web.HTTPTooManyRequests,
+    503: web.HTTPServiceUnavailable,
+}
+
+
+def _refuse(refusal: Refusal) -> web.HTTPError:
+    return _HTTP_ERRORS[refusal.status](text=refusal.text)
+
+
 def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
     """Checks before the upgrade: the connection's user id and client address, or an HTTP error."""
-    if gateway.draining or gateway.supervisor.failed_task is not None:
-        raise web.HTTPServiceUnavailable(text="the gateway is shutting down")
-    if not gateway.started:
-        raise web.HTTPServiceUnavailable(text="the gateway is starting: waiting for Redis")
-    origins = gateway.origins
-    origin = request.headers.get("Origin")
-    if origins is not None and origin is not None and origin.rstrip("/") not in origins:
-        raise web.HTTPForbidden(text=f"origin {origin} is not allowed")
+    refusal = admission.gate(
+        draining=gateway.draining,
+        failed=gateway.supervisor.failed_task is not None,
+        started=gateway.started,
+        origin=request.headers.get("Origin"),
+        origins=gateway.origins,
+    )
+    if refusal is not None:
+        raise _refuse(refusal)
     try:
         user_id = gateway.authenticator.user_id(request)
     except AuthenticationError as exc:
@@ -103,12 +113,14 @@ def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
 
 async def _check_user_limit(gateway: Gateway, user_id: str) -> None:
     """HTTP 429 when the user holds WSQ_MAX_CONNECTIONS_PER_USER connections (on any gateway)."""
+    held: int | None
     try:
         held = int(await gateway.redis.scard(gateway.keys.user_connections(user_id)))
     except (RedisError, OSError):
-        held = 0  # registration will fail with 1013 if Redis is really gone
-    if held >= gateway.settings.max_connections_per_user:
-        raise web.HTTPTooManyRequests(text=USER_FULL)
+        held = None  # not known: admission.user_refusal lets it through
+    refusal = admission.user_refusal(held, gateway.settings.max_connections_per_user)
+    if refusal is not None:
+        raise _refuse(refusal)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -118,7 +130,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # back when this handler ends, whichever way it ends.
     slot = gateway.addr_slots.reserve(client_addr)
     if slot is None:
-        raise web.HTTPTooManyRequests(text=ADDR_FULL)
+        raise _refuse(admission.ADDR_FULL)
     try:
         return await _websocket(gateway, request, user_id, client_addr)
     finally:
@@ -140,7 +152,7 @@ async def _websocket(
     )
     upgrade_request = _request_text(request, gateway.forwarded_headers)
     hook = settings.connect_hook
-    limited_user = user_id if settings.max_connections_per_user > 0 else None
+    limited_user = admission.limited_user(user_id, settings.max_connections_per_user)
     # The user's check and registration in one turn: its next upgrade here sees this one counted.
     async with gateway.user_turns.turn(limited_user):
         if limited_user is not None:
@@ -157,15 +169,16 @@ async def _websocket(
             registered = await gateway.inbound.connected(conn, hook=hook, request=upgrade_request)
         except BrokerUnavailable as exc:
             # Redis may have registered it before the reply was lost: forget it (a no-op if not).
-            code = close_code_for(exc)
-            gateway.forget_connection(conn, code)
+            close = admission.broker_close(exc)
+            gateway.forget_connection(conn, close.code)
             log.warning("could not register a connection", error=str(exc))
-            await ws.close(code=code, message=REDIS_UNAVAILABLE.encode())
+            await ws.close(code=close.code, message=close.reason.encode())
             return ws
-    if not registered:  # another gateway registered one of the user's connections since our check
+    refused = admission.registration_close(registered)
+    if refused is not None:  # another gateway registered one of the user's connections since our check
         gateway.drop_connection(conn)  # nothing was written to Redis: nothing to forget there
         log.info("refused a connection: its user holds too many", user_id=conn.user_id)
-        await ws.close(code=CloseCode.POLICY_VIOLATION, message=USER_FULL.encode())
+        await ws.close(code=refused.code, message=refused.reason.encode())
         return ws
 
     peer_code: int | None = None
@@ -189,38 +202,40 @@ async def _approved(gateway: Gateway, conn: Connection) -> bool:
         answer = await asyncio.wait_for(conn.answer, gateway.settings.connect_timeout_s)
     except TimeoutError:
         log.warning("no worker answered the connect hook in time", connection_id=conn.id)
-        await conn.close(CloseCode.TRY_AGAIN_LATER, "no worker answered in time, try again later")
+        await _close(conn, HOOK_TIMEOUT_CLOSE)
         return False
     finally:
         conn.answer = None
-    if answer is None:  # closed while waiting
+    verdict = admission.hook_verdict(answer, conn.user_id)
+    if verdict is None:  # closed while waiting
         return False
-    if answer.type == "refuse":
-        await conn.close(answer.code, answer.reason)
+    if isinstance(verdict, Close):
+        if verdict.problem is not None:
+            log.warning(
+                "the connect hook named an unusable user id: refusing the connection",
+                connection_id=conn.id,
+                error=verdict.problem,
+            )
+        await _close(conn, verdict)
         return False
-    problem = None if answer.user_id is None else user_id_problem(answer.user_id)
-    if problem is not None:
-        # What the worker SDK refuses its own on_connect for (3011): the same rule as a token's sub.
-        log.warning(
-            "the connect hook named an unusable user id: refusing the connection",
-            connection_id=conn.id,
-            error=problem,
-        )
-        await conn.close(CloseCode.HOOK_FAILED, HOOK_BAD_USER_ID)
-        return False
-    if answer.user_id is not None and answer.user_id != conn.user_id:
+    if verdict.new_user is not None:
         previous = conn.user_id
-        gateway.connections.set_user(conn, answer.user_id)
+        gateway.connections.set_user(conn, verdict.new_user)
         try:
             recorded = await gateway.inbound.set_user(conn, previous)
         except BrokerUnavailable as exc:
-            await conn.close(close_code_for(exc), REDIS_UNAVAILABLE)
+            await _close(conn, admission.broker_close(exc))
             return False
-        if not recorded:  # the user the hook named already holds WSQ_MAX_CONNECTIONS_PER_USER
+        refused = admission.registration_close(recorded)
+        if refused is not None:  # the user the hook named already holds WSQ_MAX_CONNECTIONS_PER_USER
             log.info("refused a connection: its user holds too many", user_id=conn.user_id)
-            await conn.close(CloseCode.POLICY_VIOLATION, USER_FULL)
+            await _close(conn, refused)
             return False
     return True
+
+
+async def _close(conn: Connection, close: Close) -> None:
+    await conn.close(close.code, close.reason)
 
 
 def _request_text(request: web.Request, forwarded: tuple[str, ...]) -> str:
