@@ -17,6 +17,7 @@ from wsq_gateway.logs import get_logger
 from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY, Gateway
 from wsq_gateway.transport import healthz, readyz, websocket
+from wsq_protocol.batching import Backoff
 from wsq_protocol.codes import CloseCode
 from wsq_protocol.pipe import async_redis
 
@@ -92,7 +93,7 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
     """Redis may start after the gateway (docker compose, k8s): wait for it, with backoff.
     A Redis that can never serve (a cluster node, a replica, a wrong password...) raises
     RedisUnusable instead: the supervisor stops the gateway, which exits with status 1."""
-    delay = 0.1
+    backoff = Backoff(base=0.1, cap=5.0)
     while True:
         try:
             problem = await server_problem(gateway.redis)
@@ -106,9 +107,9 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
             problem = permanent_problem(exc)
             if problem is not None:
                 raise RedisUnusable(f"{_safe_url(gateway.settings.redis_url)}: {problem}") from exc
+            delay = backoff.next()
             log.warning("redis not reachable yet", error=str(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 async def _drain(app: web.Application) -> None:

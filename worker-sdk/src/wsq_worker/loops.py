@@ -20,6 +20,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 
+from wsq_protocol.batching import Backoff
 from wsq_worker import constants, delivery, preflight, speedups
 from wsq_worker.dispatch import Dispatcher
 from wsq_worker.exceptions import RedisUnusableError, WorkerFailedError
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wsq_worker.worker")
 
 _MAX_READ_COUNT = 100
-_MIN_BACKOFF_S = 0.1
-_MAX_BACKOFF_S = 5.0
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
 _MOVE_DUE_EVERY_S = 0.25
@@ -167,7 +166,7 @@ class Run:
     async def _read_until_stopped(self) -> None:
         """Read new entries, and claim idle ones every ``claim_idle_ms / 2``, as slots are free."""
         worker = self.worker
-        backoff = _MIN_BACKOFF_S
+        backoff = Backoff(base=0.1, cap=5.0)
         has_group = False
         next_claim = self.loop.time()  # at once: entries of a worker that died before we started
         # This consumer's idle time was reset by a read that got entries just now, so the next
@@ -224,17 +223,17 @@ class Run:
                     logger.warning("the consumer group is gone (%s): creating it again", exc)
                     has_group = False
                 else:
-                    logger.error("reading %s failed: %s; retrying in %.1fs", self.inbound, exc, backoff)
-                    await self._sleep_unless_stopped(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                    delay = backoff.next()
+                    logger.error("reading %s failed: %s; retrying in %.1fs", self.inbound, exc, delay)
+                    await self._sleep_unless_stopped(delay)
                 continue
             except Exception as exc:  # Redis unreachable, or anything else: never crash the worker
                 self._raise_if_unusable(exc)
-                logger.error("Redis is unavailable (%s): retrying in %.1fs", exc, backoff)
-                await self._sleep_unless_stopped(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                delay = backoff.next()
+                logger.error("Redis is unavailable (%s): retrying in %.1fs", exc, delay)
+                await self._sleep_unless_stopped(delay)
                 continue
-            backoff = _MIN_BACKOFF_S
+            backoff.reset()
             for entry_id, fields in _stream_entries(response):
                 fresh = True
                 self._start_handler(entry_id, fields, delivered=1)

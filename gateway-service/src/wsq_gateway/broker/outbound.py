@@ -20,6 +20,7 @@ from wsq_gateway.broker.registry import ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.wire import wire_text_frame
+from wsq_protocol.batching import Backoff
 from wsq_protocol.commands import Command, connection_send, decode_command
 from wsq_protocol.errors import CommandError
 from wsq_protocol.keys import Keys
@@ -30,7 +31,6 @@ log = get_logger(BROKER)
 READ_COUNT = 1000
 BLOCK_MS = 5000
 TRIM_INTERVAL_S = 0.25
-RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class Outbound:
@@ -72,7 +72,7 @@ class Outbound:
             await self._pipe.aclose()
 
     async def _read_until_cancelled(self) -> None:
-        failures = 0
+        backoff = Backoff(base=0.05, cap=2.0)  # between failed reads
         loop = asyncio.get_running_loop()
         while True:
             block_ms = BLOCK_MS
@@ -89,12 +89,11 @@ class Outbound:
                 if isinstance(response, RedisError):  # an error reply (WRONGTYPE...)
                     raise response
             except (RedisError, OSError) as exc:
-                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
-                failures += 1
+                delay = backoff.next()
                 log.warning("reading commands from redis failed", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 continue
-            failures = 0
+            backoff.reset()
             if not response:  # None: nothing new within BLOCK_MS
                 continue
             # A map in RESP3 (redis-py 8's default), a list of [stream, entries] in RESP2.
