@@ -30,9 +30,10 @@ import redis.asyncio as aioredis
 from bench.echo_worker import echo
 from wsq_devkit import RedisServer
 from wsq_worker import Worker, constants, speedups
+from wsq_worker.settings import WorkerSettings
 
 EVENT = Path(__file__).resolve().parents[1] / "protocol/examples/valid/event/message.json"
-PREFIX = constants.DEFAULT_KEY_PREFIX
+PREFIX = WorkerSettings().key_prefix
 POLL_S = 0.2  # polling costs CPU too: rarely, so that it hardly counts
 TIMEOUT_S = 600.0
 
