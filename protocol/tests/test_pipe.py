@@ -10,6 +10,7 @@ import enum
 import importlib.util
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -38,6 +39,35 @@ from wsq_protocol.pipe import (
 )
 
 HAS_HIREDIS = importlib.util.find_spec("hiredis") is not None
+
+
+class Opened:
+    """Clients and pipes a test opened, closed when it ends (pipes first)."""
+
+    def __init__(self) -> None:
+        self._pipes: list[RedisPipe] = []
+        self._clients: list[redis.asyncio.Redis] = []
+
+    def client(self, url: str, **options: Any) -> redis.asyncio.Redis:
+        self._clients.append(async_redis(url, **options))
+        return self._clients[-1]
+
+    def pipe(self, client: redis.asyncio.Redis, **options: Any) -> RedisPipe:
+        self._pipes.append(RedisPipe(client, **options))
+        return self._pipes[-1]
+
+    async def aclose(self) -> None:
+        for pipe in self._pipes:
+            await pipe.aclose()
+        for client in self._clients:
+            await client.aclose()
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[Opened]:
+    resources = Opened()
+    yield resources
+    await resources.aclose()
 
 
 @pytest.fixture(params=["hiredis", "without-hiredis"])
@@ -105,21 +135,18 @@ def test_the_pipe_refuses_anything_but_bytes_str_int_float(value: object, type_n
 
 @pytest.mark.usefixtures("packer")
 async def test_a_client_command_with_an_enum_raises_and_sends_nothing(
-    redis_url: str, key_prefix: str
+    opened: Opened, redis_url: str, key_prefix: str
 ) -> None:
-    client = async_redis(redis_url)
-    try:
-        with pytest.raises(TypeError, match="argument 2 is a CloseCode"):
-            await client.set(f"{key_prefix}:k", CloseCode.MESSAGE_TOO_BIG)
-        assert await client.exists(f"{key_prefix}:k") == 0
-        assert await client.set(f"{key_prefix}:k", 1009)  # the same connection serves on
-    finally:
-        await client.aclose()
+    client = opened.client(redis_url)
+    with pytest.raises(TypeError, match="argument 2 is a CloseCode"):
+        await client.set(f"{key_prefix}:k", CloseCode.MESSAGE_TOO_BIG)
+    assert await client.exists(f"{key_prefix}:k") == 0
+    assert await client.set(f"{key_prefix}:k", 1009)  # the same connection serves on
 
 
 @pytest.mark.usefixtures("packer")
 def test_clients_use_the_checking_connections_with_or_without_hiredis() -> None:
-    plain = async_redis("redis://127.0.0.1:1/0")
+    plain = async_redis("redis://127.0.0.1:1/0")  # never connected: nothing to close
     secure = async_redis("rediss://127.0.0.1:1/0")
     unix = async_redis("unix:///tmp/redis.sock")
     assert plain.connection_pool.connection_class is CheckedConnection
@@ -164,99 +191,85 @@ def test_a_template_refuses_a_wrong_number_of_arguments(tail: tuple[bytes, ...])
 # Batches
 
 
-async def test_a_real_round_trip(redis_url: str, key_prefix: str) -> None:
-    client = async_redis(redis_url)
-    try:
-        await client.xadd(f"{key_prefix}:s", {"a": "ü", "b": b"\xff"})
-        ((_, fields),) = bytes_entries(await client.xrange(f"{key_prefix}:s"))
-        assert fields == {b"a": "ü".encode(), b"b": b"\xff"}
-        assert isinstance(client, redis.asyncio.Redis)
-    finally:
-        await client.aclose()
+async def test_a_real_round_trip(opened: Opened, redis_url: str, key_prefix: str) -> None:
+    client = opened.client(redis_url)
+    await client.xadd(f"{key_prefix}:s", {"a": "ü", "b": b"\xff"})
+    ((_, fields),) = bytes_entries(await client.xrange(f"{key_prefix}:s"))
+    assert fields == {b"a": "ü".encode(), b"b": b"\xff"}
+    assert isinstance(client, redis.asyncio.Redis)
 
 
 @pytest.mark.usefixtures("packer")
 async def test_pipe_returns_raw_replies_in_order_with_refusals_in_place(
-    redis_url: str, key_prefix: str
+    opened: Opened, redis_url: str, key_prefix: str
 ) -> None:
-    client = async_redis(redis_url)
-    pipe = RedisPipe(client)
-    try:
-        replies = await pipe.execute(
-            [
-                ("SET", f"{key_prefix}:a", "ü"),
-                ("LPUSH", f"{key_prefix}:a", "x"),  # WRONGTYPE: refused, the others still run
-                ("GET", f"{key_prefix}:a"),
-                ("XADD", f"{key_prefix}:s", "*", "f", b"\xff"),
-                ("XRANGE", f"{key_prefix}:s", "-", "+"),
-            ],
-        )
-        assert replies[0] in (b"OK", "OK")
-        assert isinstance(replies[1], ResponseError)
-        assert "WRONGTYPE" in str(replies[1])
-        assert replies[2] == "ü".encode()
-        ((entry_id, fields),) = replies[4]
-        assert entry_id == replies[3]
-        assert fields == [b"f", b"\xff"]  # flat, not a dict: no response callbacks
-    finally:
-        await pipe.aclose()
-        await client.aclose()
+    client = opened.client(redis_url)
+    pipe = opened.pipe(client)
+    replies = await pipe.execute(
+        [
+            ("SET", f"{key_prefix}:a", "ü"),
+            ("LPUSH", f"{key_prefix}:a", "x"),  # WRONGTYPE: refused, the others still run
+            ("GET", f"{key_prefix}:a"),
+            ("XADD", f"{key_prefix}:s", "*", "f", b"\xff"),
+            ("XRANGE", f"{key_prefix}:s", "-", "+"),
+        ],
+    )
+    assert replies[0] in (b"OK", "OK")
+    assert isinstance(replies[1], ResponseError)
+    assert "WRONGTYPE" in str(replies[1])
+    assert replies[2] == "ü".encode()
+    ((entry_id, fields),) = replies[4]
+    assert entry_id == replies[3]
+    assert fields == [b"f", b"\xff"]  # flat, not a dict: no response callbacks
 
 
 @pytest.mark.usefixtures("packer")
-async def test_pipe_sends_packed_commands_among_the_others(redis_url: str, key_prefix: str) -> None:
-    client = async_redis(redis_url)
-    pipe = RedisPipe(client)
+async def test_pipe_sends_packed_commands_among_the_others(
+    opened: Opened, redis_url: str, key_prefix: str
+) -> None:
+    client = opened.client(redis_url)
+    pipe = opened.pipe(client)
     template = CommandTemplate(("XADD", f"{key_prefix}:s", "*", "v", "1", "frame"), 1)
-    try:
-        replies = await pipe.execute(
-            [
-                template.pack('{"ü":1}'.encode()),
-                ("XLEN", f"{key_prefix}:s"),
-                template.pack(b"\xff"),
-                ("XRANGE", f"{key_prefix}:s", "-", "+"),
-            ]
-        )
-        assert replies[1] == 1
-        assert [fields for _, fields in replies[3]] == [
-            [b"v", b"1", b"frame", '{"ü":1}'.encode()],
-            [b"v", b"1", b"frame", b"\xff"],
+    replies = await pipe.execute(
+        [
+            template.pack('{"ü":1}'.encode()),
+            ("XLEN", f"{key_prefix}:s"),
+            template.pack(b"\xff"),
+            ("XRANGE", f"{key_prefix}:s", "-", "+"),
         ]
-        assert [entry_id for entry_id, _ in replies[3]] == [replies[0], replies[2]]
-        entries = bytes_entries(await client.xrange(f"{key_prefix}:s"))  # as redis-py reads them
-        assert [fields for _, fields in entries] == [
-            {b"v": b"1", b"frame": '{"ü":1}'.encode()},
-            {b"v": b"1", b"frame": b"\xff"},
-        ]
-    finally:
-        await pipe.aclose()
-        await client.aclose()
+    )
+    assert replies[1] == 1
+    assert [fields for _, fields in replies[3]] == [
+        [b"v", b"1", b"frame", '{"ü":1}'.encode()],
+        [b"v", b"1", b"frame", b"\xff"],
+    ]
+    assert [entry_id for entry_id, _ in replies[3]] == [replies[0], replies[2]]
+    entries = bytes_entries(await client.xrange(f"{key_prefix}:s"))  # as redis-py reads them
+    assert [fields for _, fields in entries] == [
+        {b"v": b"1", b"frame": '{"ü":1}'.encode()},
+        {b"v": b"1", b"frame": b"\xff"},
+    ]
 
 
 @pytest.mark.parametrize("retries", [0, 1])
 async def test_pipe_replaces_a_connection_killed_while_idle(
-    redis_url: str, key_prefix: str, retries: int
+    opened: Opened, redis_url: str, key_prefix: str, retries: int
 ) -> None:
-    client = async_redis(redis_url, retry=Retry(NoBackoff(), retries))
-    pipe = RedisPipe(client)
-    admin = async_redis(redis_url)
-    try:
-        (own_id,) = await pipe.execute([("CLIENT", "ID")])
-        await execute_command(admin, "CLIENT", "KILL", "ID", own_id)
-        if retries:  # the batch runs once, on a new connection
+    client = opened.client(redis_url, retry=Retry(NoBackoff(), retries))
+    pipe = opened.pipe(client)
+    admin = opened.client(redis_url)
+    (own_id,) = await pipe.execute([("CLIENT", "ID")])
+    await execute_command(admin, "CLIENT", "KILL", "ID", own_id)
+    if retries:  # the batch runs once, on a new connection
+        assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
+    else:
+        # An idle connection Redis closed is replaced before sending, once its end of file
+        # was read; before that, the batch fails and did not run. Either way it runs at
+        # most once, and the next one runs on a new connection.
+        try:
             assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
-        else:
-            # An idle connection Redis closed is replaced before sending, once its end of file
-            # was read; before that, the batch fails and did not run. Either way it runs at
-            # most once, and the next one runs on a new connection.
-            try:
-                assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
-            except RedisConnectionError:
-                assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
-    finally:
-        await pipe.aclose()
-        await client.aclose()
-        await admin.aclose()
+        except RedisConnectionError:
+            assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
 
 
 async def _blocked_clients(admin: redis.asyncio.Redis) -> bool:
@@ -277,170 +290,117 @@ async def _kill_while_blocked(
 
 @pytest.mark.parametrize("retries", [0, 1])
 async def test_pipe_retries_a_connection_killed_while_waiting_as_the_client_says(
-    redis_url: str, key_prefix: str, retries: int
+    opened: Opened, redis_url: str, key_prefix: str, retries: int
 ) -> None:
     # Killed while a batch waits for its reply (a connection Redis closed while idle is replaced
     # before the next batch is sent, and counts as no failure).
-    client = async_redis(redis_url, retry=Retry(NoBackoff(), retries))
-    pipe = RedisPipe(client)
-    admin = async_redis(redis_url)
-    try:
-        waiting = await _kill_while_blocked(pipe, admin, f"{key_prefix}:empty", 0.5)
-        if retries:
-            assert await waiting == [None]  # sent again on a new connection, timed out there
-        else:
-            with pytest.raises(RedisConnectionError):
-                await waiting
-        assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
-    finally:
-        await pipe.aclose()
-        await client.aclose()
-        await admin.aclose()
-
-
-async def test_a_pipe_that_must_not_resend_raises_at_once(redis_url: str, key_prefix: str) -> None:
-    """``resend=False``: the client's retries are not used for a batch that may have run."""
-    client = async_redis(redis_url, retry=Retry(NoBackoff(), 3))
-    pipe = RedisPipe(client, resend=False)
-    admin = async_redis(redis_url)
-    try:
-        waiting = await _kill_while_blocked(pipe, admin, f"{key_prefix}:empty", 0.5)
+    client = opened.client(redis_url, retry=Retry(NoBackoff(), retries))
+    pipe = opened.pipe(client)
+    admin = opened.client(redis_url)
+    waiting = await _kill_while_blocked(pipe, admin, f"{key_prefix}:empty", 0.5)
+    if retries:
+        assert await waiting == [None]  # sent again on a new connection, timed out there
+    else:
         with pytest.raises(RedisConnectionError):
             await waiting
-        assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]  # on a new connection
-    finally:
-        await pipe.aclose()
-        await client.aclose()
-        await admin.aclose()
+    assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]
 
 
-async def test_a_write_pipe_raises_write_in_doubt_once_its_batch_was_sent(
-    redis_url: str, key_prefix: str
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [({"resend": False}, RedisConnectionError), ({"writes": True}, WriteInDoubt)],
+    ids=["resend=False", "writes=True"],
+)
+async def test_a_pipe_that_must_not_resend_raises_once_its_batch_was_sent(
+    opened: Opened, redis_url: str, key_prefix: str, options: dict[str, bool], error: type[Exception]
 ) -> None:
-    client = async_redis(redis_url, retry=Retry(NoBackoff(), 3))
-    pipe = RedisPipe(client, writes=True)
-    admin = async_redis(redis_url)
-    try:
-        waiting = await _kill_while_blocked(pipe, admin, f"{key_prefix}:empty", 5)
-        with pytest.raises(WriteInDoubt):  # never sent again: Redis may have run it
-            await waiting
-        assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]  # on a new connection
-    finally:
-        await pipe.aclose()
-        await client.aclose()
-        await admin.aclose()
+    """The client's retries are not used for a batch Redis may have run: ``resend=False``
+    raises redis-py's ``ConnectionError``, ``writes=True`` a ``WriteInDoubt`` (one of them)."""
+    client = opened.client(redis_url, retry=Retry(NoBackoff(), 3))
+    pipe = opened.pipe(client, **options)
+    admin = opened.client(redis_url)
+    waiting = await _kill_while_blocked(pipe, admin, f"{key_prefix}:empty", 5)
+    with pytest.raises(RedisConnectionError) as failed:
+        await waiting
+    assert type(failed.value) is error
+    assert await pipe.execute([("INCR", f"{key_prefix}:n")]) == [1]  # on a new connection
 
 
-async def test_a_write_pipe_that_could_not_connect_sent_nothing() -> None:
-    client = async_redis(f"redis://127.0.0.1:{free_port()}/0", retry=Retry(NoBackoff(), 0))
-    pipe = RedisPipe(client, writes=True)
-    try:
-        with pytest.raises(RedisConnectionError) as failed:
-            await pipe.execute([("INCR", "n")])
-        assert not isinstance(failed.value, WriteInDoubt)
-    finally:
-        await pipe.aclose()
-        await client.aclose()
+async def test_a_write_pipe_that_could_not_connect_sent_nothing(opened: Opened) -> None:
+    client = opened.client(f"redis://127.0.0.1:{free_port()}/0", retry=Retry(NoBackoff(), 0))
+    pipe = opened.pipe(client, writes=True)
+    with pytest.raises(RedisConnectionError) as failed:
+        await pipe.execute([("INCR", "n")])
+    assert not isinstance(failed.value, WriteInDoubt)
 
 
-async def test_a_write_pipe_has_no_deadline(redis_url: str, key_prefix: str) -> None:
+async def test_a_write_pipe_has_no_deadline(opened: Opened, redis_url: str, key_prefix: str) -> None:
     """Its replies always tell what Redis did: a batch slower than the socket timeout is waited for."""
-    client = async_redis(redis_url, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
-    pipe = RedisPipe(client, writes=True)
-    try:
-        assert await pipe.execute([("BLPOP", f"{key_prefix}:empty", 0.3)]) == [None]
-    finally:
-        await pipe.aclose()
-        await client.aclose()
+    client = opened.client(redis_url, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
+    pipe = opened.pipe(client, writes=True)
+    assert await pipe.execute([("BLPOP", f"{key_prefix}:empty", 0.3)]) == [None]
 
 
 async def test_on_connect_runs_first_on_every_new_connection(
-    redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+    opened: Opened, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = async_redis(redis_url)
-    named = RedisPipe(client, on_connect=("CLIENT", "SETNAME", f"{key_prefix}-pipe"))
-    refused = RedisPipe(client, on_connect=("NO-SUCH-COMMAND",))
-    admin = async_redis(redis_url)
+    client = opened.client(redis_url)
+    named = opened.pipe(client, on_connect=("CLIENT", "SETNAME", f"{key_prefix}-pipe"))
+    refused = opened.pipe(client, on_connect=("NO-SUCH-COMMAND",))
+    admin = opened.client(redis_url)
+    (own_id, name) = await named.execute([("CLIENT", "ID"), ("CLIENT", "GETNAME")])
+    assert name == f"{key_prefix}-pipe".encode()
+    await execute_command(admin, "CLIENT", "KILL", "ID", own_id)
     try:
-        (own_id, name) = await named.execute([("CLIENT", "ID"), ("CLIENT", "GETNAME")])
-        assert name == f"{key_prefix}-pipe".encode()
-        await execute_command(admin, "CLIENT", "KILL", "ID", own_id)
-        try:
-            (name,) = await named.execute([("CLIENT", "GETNAME")])
-        except RedisConnectionError:  # the kill was not noticed before sending: nothing ran
-            (name,) = await named.execute([("CLIENT", "GETNAME")])
-        assert name == f"{key_prefix}-pipe".encode()  # named again, on the new connection
-        with caplog.at_level(logging.WARNING, logger="wsq.protocol.pipe"):
-            assert await refused.execute([("PING",)]) in ([b"PONG"], ["PONG"])  # the batch goes on
-        assert any("refused the command run on connecting" in r.getMessage() for r in caplog.records)
-    finally:
-        await named.aclose()
-        await refused.aclose()
-        await client.aclose()
-        await admin.aclose()
-
-
-@pytest.mark.usefixtures("packer")
-async def test_pipe_packs_with_or_without_hiredis(redis_url: str, key_prefix: str) -> None:
-    client = async_redis(redis_url)
-    pipe = RedisPipe(client)
-    try:
-        assert await pipe.execute([("SET", f"{key_prefix}:k", "ü"), ("GET", f"{key_prefix}:k")]) in (
-            [b"OK", "ü".encode()],
-            ["OK", "ü".encode()],
-        )
-    finally:
-        await pipe.aclose()
-        await client.aclose()
+        (name,) = await named.execute([("CLIENT", "GETNAME")])
+    except RedisConnectionError:  # the kill was not noticed before sending: nothing ran
+        (name,) = await named.execute([("CLIENT", "GETNAME")])
+    assert name == f"{key_prefix}-pipe".encode()  # named again, on the new connection
+    with caplog.at_level(logging.WARNING, logger="wsq.protocol.pipe"):
+        assert await refused.execute([("PING",)]) in ([b"PONG"], ["PONG"])  # the batch goes on
+    assert any("refused the command run on connecting" in r.getMessage() for r in caplog.records)
 
 
 # Deadlines
 
 
-async def test_pipe_gives_up_after_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
-    client = async_redis(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    pipe = RedisPipe(client)
-    try:
-        with pytest.raises(RedisTimeoutError):
-            await pipe.execute([("BLPOP", f"{key_prefix}:empty", 5)])
-        (reply,) = await pipe.execute([("PING",)])  # the out-of-step socket was dropped: a new one
-        assert reply in (b"PONG", "PONG")
-    finally:
-        await pipe.aclose()
-        await client.aclose()
+async def test_pipe_gives_up_after_the_socket_timeout(
+    opened: Opened, redis_url: str, key_prefix: str
+) -> None:
+    client = opened.client(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    pipe = opened.pipe(client)
+    with pytest.raises(RedisTimeoutError):
+        await pipe.execute([("BLPOP", f"{key_prefix}:empty", 5)])
+    (reply,) = await pipe.execute([("PING",)])  # the out-of-step socket was dropped: a new one
+    assert reply in (b"PONG", "PONG")
 
 
-async def test_a_pipe_cancelled_from_outside_is_not_timed_out(redis_url: str, key_prefix: str) -> None:
-    client = async_redis(redis_url, socket_timeout=5)
-    pipe = RedisPipe(client)
-    admin = async_redis(redis_url)
-    try:
-        task = asyncio.create_task(pipe.execute([("BLPOP", f"{key_prefix}:empty", 5)]))
-        await wait_until_async(lambda: _blocked_clients(admin), timeout=5, message="BLPOP waiting")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        (reply,) = await pipe.execute([("PING",)])  # the pipe goes on, on a new socket
-        assert reply in (b"PONG", "PONG")
-    finally:
-        await pipe.aclose()
-        await client.aclose()
-        await admin.aclose()
+async def test_a_pipe_cancelled_from_outside_is_not_timed_out(
+    opened: Opened, redis_url: str, key_prefix: str
+) -> None:
+    client = opened.client(redis_url, socket_timeout=5)
+    pipe = opened.pipe(client)
+    admin = opened.client(redis_url)
+    task = asyncio.create_task(pipe.execute([("BLPOP", f"{key_prefix}:empty", 5)]))
+    await wait_until_async(lambda: _blocked_clients(admin), timeout=5, message="BLPOP waiting")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (reply,) = await pipe.execute([("PING",)])  # the pipe goes on, on a new socket
+    assert reply in (b"PONG", "PONG")
 
 
-async def test_quick_batches_do_not_time_out_on_an_earlier_batchs_deadline(redis_url: str) -> None:
-    client = async_redis(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    pipe = RedisPipe(client)
+async def test_quick_batches_do_not_time_out_on_an_earlier_batchs_deadline(
+    opened: Opened, redis_url: str
+) -> None:
+    client = opened.client(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    pipe = opened.pipe(client)
     loop = asyncio.get_running_loop()
-    try:
-        end = loop.time() + 1.0  # five deadlines long; every batch far within its own
-        while loop.time() < end:
-            assert await pipe.execute([("PING",)]) in ([b"PONG"], ["PONG"])
-        with pytest.raises(RedisTimeoutError):  # and a slow one is still bounded
-            await pipe.execute([("BLPOP", "empty", 5)])
-    finally:
-        await pipe.aclose()
-        await client.aclose()
+    end = loop.time() + 1.0  # five deadlines long; every batch far within its own
+    while loop.time() < end:
+        assert await pipe.execute([("PING",)]) in ([b"PONG"], ["PONG"])
+    with pytest.raises(RedisTimeoutError):  # and a slow one is still bounded
+        await pipe.execute([("BLPOP", "empty", 5)])
 
 
 # BatchDeadline: asyncio.timeout's meaning for one batch at a time, with one timer for many.
