@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,9 +53,10 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 GATEWAY_DOCKERFILE = ROOT / "gateway-service" / "Dockerfile"
 WORKER_DOCKERFILE = ROOT / "examples" / "chat" / "Dockerfile"
-# Each image and the build context it is built from (as docker-compose.yml and the docs say).
+# Each image and the build context it is built from (as docker-compose.yml and the docs say):
+# the repository root for both, so that each builds wsq-protocol (protocol/) from this tree.
 IMAGES = {
-    "gateway": (GATEWAY_DOCKERFILE, ROOT / "gateway-service"),
+    "gateway": (GATEWAY_DOCKERFILE, ROOT),
     "chat-worker": (WORKER_DOCKERFILE, ROOT),
 }
 OVERLAYS = ["base", "overlays/dev", "overlays/dev-keda"]
@@ -130,11 +132,33 @@ def test_the_gateway_image_listens_where_it_says() -> None:
         assert not key.startswith("WSQ_") or key in GATEWAY_SETTINGS, f"{key} is not a setting"
 
 
-@pytest.mark.parametrize("image", sorted(IMAGES))
-def test_the_build_context_sends_exactly_what_the_dockerfile_copies(image: str) -> None:
+def is_by_product(path: Path) -> bool:
+    """What local development leaves behind (bytecode, egg-info): never part of an image."""
+    return (
+        "__pycache__" in path.parts
+        or any(part.endswith(".egg-info") for part in path.parts)
+        or (path.suffix in (".pyc", ".pyo", ".pyd"))
+    )
+
+
+def copied_files(path: Path) -> list[Path]:
+    """The files ``COPY path`` must bring: the file itself; for a Python project's folder, what
+    its wheel is built from (pyproject.toml, the README, src/, and what hatchling
+    force-includes into it: wsq-protocol's keys.json, lua/ and schemas/)."""
+    if path.is_file():
+        return [path]
+    with (path / "pyproject.toml").open("rb") as file:
+        pyproject = tomllib.load(file)
+    wheel = pyproject.get("tool", {}).get("hatch", {}).get("build", {}).get("targets", {}).get("wheel", {})
+    roots = [path / "pyproject.toml", path / pyproject["project"]["readme"], path / "src"]
+    roots += [path / name for name in wheel.get("force-include", {})]
+    files = [file for root in roots for file in ([root] if root.is_file() else root.rglob("*"))]
+    return [file for file in files if file.is_file() and not is_by_product(file)]
+
+
+def needed(image: str) -> set[str]:
+    """The files of its build context that ``image``'s Dockerfile COPYs (relative, with /)."""
     dockerfile_path, context = IMAGES[image]
-    ignore = DockerIgnore.of(context)
-    sent = set(ignore.sent(context))
     sources = [
         source
         for _, copy_sources, _, flags in Dockerfile(dockerfile_path).copies()
@@ -142,17 +166,38 @@ def test_the_build_context_sends_exactly_what_the_dockerfile_copies(image: str) 
         for source in copy_sources
     ]
     assert sources
+    files = set()
     for source in sources:
         path = context / source
         assert path.exists(), f"COPY {source}: not in the build context {context}"
-        wanted = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
-        for file in wanted:
-            relative = file.relative_to(context).as_posix()
-            assert relative in sent, f"{relative} is needed by COPY {source} but .dockerignore drops it"
-    prefixes = tuple(source.rstrip("/") for source in sources)
-    stray = sorted(f for f in sent if not any(f == p or f.startswith(p + "/") for p in prefixes))
+        files |= {file.relative_to(context).as_posix() for file in copied_files(path)}
+    return files
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_the_build_context_sends_exactly_what_the_dockerfiles_copy(image: str) -> None:
+    _, context = IMAGES[image]
+    sent = set(DockerIgnore.of(context).sent(context))
+    for relative in sorted(needed(image)):
+        assert relative in sent, f"{relative} is needed by {image}'s COPY lines but .dockerignore drops it"
+    # One context serves several images: it sends what one of them copies, and nothing else.
+    copied = set().union(*(needed(other) for other, (_, c) in IMAGES.items() if c == context))
+    stray = sorted(sent - copied)
     assert not stray, f"sent to the daemon but never copied (tighten .dockerignore): {stray[:10]}"
     assert not any(".venv" in f or f.startswith(".git/") or "__pycache__" in f for f in sent)
+
+
+def test_both_images_build_the_protocol_core_from_this_tree() -> None:
+    """The gateway's and the SDK's wheels need wsq-protocol: each image builds its wheel from
+    protocol/ and installs it by its path (never from a package index)."""
+    for image, (dockerfile_path, _) in IMAGES.items():
+        dockerfile = Dockerfile(dockerfile_path)
+        assert "protocol/src/wsq_protocol/keys.py" in needed(image)
+        runs = [run.arguments for stage in dockerfile.stages for run in stage.all("RUN")]
+        assert any(" wheel " in run and "./protocol" in run.split() for run in runs), image
+        assert any(" install " in run and "/wheels/wsq_protocol-*.whl" in run for run in runs) or any(
+            " install " in run and "/wheels/*.whl" in run for run in runs
+        ), image
 
 
 # ---- docker-compose.yml ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The gateway's pure protocol core against protocol/: schemas, golden examples, keys."""
+"""The gateway's pure protocol core against protocol/: schemas and golden examples (the keys:
+protocol/tests/test_keys.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aiohttp.http_websocket import WebSocketWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, is_valid, key_templates
+from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, is_valid
 from wsq_gateway.wire import wire_text_frame
 from wsq_protocol.codes import ErrorCode
 from wsq_protocol.commands import connection_send, decode_command
@@ -23,7 +24,6 @@ from wsq_protocol.events import event_fields, request_text
 from wsq_protocol.frames import connected_frame, decode_client_frame, pong_frame
 from wsq_protocol.frames import encode_error_frame as error_frame
 from wsq_protocol.ids import new_connection_id, new_node_id, node_of
-from wsq_protocol.keys import CONSUMER_GROUP, REAPED_TTL_S, Keys
 
 VALID_CLIENT = examples("valid", "client-frame")
 INVALID_CLIENT = examples("invalid", "client-frame")
@@ -253,30 +253,6 @@ def test_the_fast_path_agrees_with_the_decoder_on_mutated_sends(changes: dict[in
             flat += [value, b"x"]
     if len(flat) % 2 == 0 and len(set(flat[::2])) == len(flat) // 2:  # what a stream entry can be
         assert _agrees_with_decode_command(flat)
-
-
-def test_keys_follow_keys_json() -> None:
-    assert key_templates()["consumer_group"] == CONSUMER_GROUP
-    templates = key_templates()["keys"]
-    keys = Keys("pfx")
-    values = {"prefix": "pfx", "node": "gw-1", "connection_id": "gw-1.abc", "user_id": "u:7", "group": "g/1"}
-    built = {
-        "inbound_stream": keys.inbound_stream,
-        "broadcast_stream": keys.broadcast_stream,
-        "node_stream": keys.node_stream("gw-1"),
-        "connection": keys.connection("gw-1.abc"),
-        "user_connections": keys.user_connections("u:7"),
-        "node_connections": keys.node_connections("gw-1"),
-        "group_connections": keys.group_connections("g/1"),
-        "connection_groups": keys.connection_groups("gw-1.abc"),
-        "nodes": keys.nodes,
-        "node_reaped": keys.node_reaped("gw-1"),
-        "node_sequence": keys.node_sequence("gw-1"),
-    }
-    assert built == {name: templates[name].format(**values) for name in built}
-    # every key the gateway does not build belongs to the workers
-    assert set(templates) - set(built) == {"dead_letters", "delayed"}
-    assert key_templates()["expire_s"]["node_reaped"] == REAPED_TTL_S
 
 
 def test_connection_ids_name_their_node_and_are_unguessable() -> None:

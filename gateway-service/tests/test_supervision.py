@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 import structlog
 from gateway_harness import GatewayFactory, receive_json, stream_entries
-from redis import exceptions as redis_errors
 
 from wsq_devkit import free_port, wait_until_async
+from wsq_devkit.redis_errors import PERMANENT_OR_TRANSIENT
 from wsq_gateway import Settings, serve
 from wsq_gateway.broker.batcher import Write
 from wsq_gateway.broker.inbound import Inbound
@@ -117,33 +117,6 @@ async def test_a_write_no_redis_command_can_carry_fails_alone(
     assert await batcher.submit_and_wait(("SET", f"{key_prefix}:after", "1")) == [b"OK"]
 
 
-@pytest.mark.parametrize(
-    ("error", "permanent"),
-    [
-        (redis_errors.ConnectionError("Connection refused"), False),
-        (redis_errors.TimeoutError("Timeout reading from socket"), False),
-        (redis_errors.BusyLoadingError("Redis is loading the dataset in memory"), False),
-        (redis_errors.MasterDownError("Link with MASTER is down"), False),
-        (redis_errors.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), False),
-        (redis_errors.ResponseError("BUSY Redis is busy running a script"), False),
-        (OSError("Network is unreachable"), False),
-        (redis_errors.AuthenticationError("invalid username-password pair"), True),
-        (redis_errors.AuthenticationError("Authentication required."), True),
-        (redis_errors.NoPermissionError("this user has no permissions to run the 'eval' command"), True),
-        (redis_errors.ReadOnlyError("You can't write against a read only replica."), True),
-        (redis_errors.NoScriptError("No matching script. Please use EVAL."), True),
-        (redis_errors.MovedError("3999 127.0.0.1:6381"), True),
-        (redis_errors.ClusterDownError("Hash slot not served"), True),
-        (
-            redis_errors.ResponseError("Error running script: Script attempted to access a non local key"),
-            True,
-        ),
-        (redis_errors.ResponseError("unknown command 'XAUTOCLAIM', with args beginning with:"), True),
-        (
-            redis_errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
-            True,
-        ),
-    ],
-)
+@pytest.mark.parametrize(("error", "permanent"), PERMANENT_OR_TRANSIENT)
 def test_permanent_redis_errors_are_told_from_transient_ones(error: BaseException, permanent: bool) -> None:
     assert (permanent_problem(error) is not None) is permanent

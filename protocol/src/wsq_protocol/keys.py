@@ -7,6 +7,7 @@ build key names: callers pass every key through ``KEYS[]`` (protocol/README.md, 
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from wsq_protocol.resources import keys_document
@@ -18,6 +19,7 @@ CONSUMER_GROUP: Final[str] = _DOC["consumer_group"]
 """The workers' consumer group on the inbound stream."""
 REAPED_TTL_S: Final[int] = _DOC["expire_s"]["node_reaped"]
 """How long a reaped gateway's flag lives (``keys.json``, ``expire_s``)."""
+_VARIABLE = re.compile(r"\{(?!prefix\})\w+\}")  # a template's one variable part, e.g. {node}
 
 
 class _Template:
@@ -26,12 +28,13 @@ class _Template:
     __slots__ = ("after", "before")
 
     def __init__(self, name: str, prefix: str) -> None:
-        text = _TEMPLATES[name].replace("{prefix}", prefix, 1)
-        start, end = text.find("{"), text.find("}")
-        if start < 0:
-            self.before, self.after = text, ""
-        else:
-            self.before, self.after = text[:start], text[end + 1 :]
+        # Split the template first, then fill the prefix in: a prefix may hold braces itself
+        # (a Redis hash tag such as "{app}") and must not be taken for the variable part.
+        text = _TEMPLATES[name]
+        variable = _VARIABLE.search(text)
+        before, after = (text, "") if variable is None else (text[: variable.start()], text[variable.end() :])
+        self.before = before.replace("{prefix}", prefix)
+        self.after = after.replace("{prefix}", prefix)
 
 
 class Keys:
