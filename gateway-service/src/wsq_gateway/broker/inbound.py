@@ -122,7 +122,13 @@ class Inbound:
         self._forget(conn.id, close_code, self._node, conn.user_id, sorted(conn.groups or ()), 0)
 
     def _forget(
-        self, connection_id: str, close_code: int, node: str, user_id: str | None, groups: list[str], retries: int
+        self,
+        connection_id: str,
+        close_code: int,
+        node: str,
+        user_id: str | None,
+        groups: list[str],
+        retries: int,
     ) -> None:
         """Queue ``forget.lua`` with the keys of the user and groups the connection is believed
         to have. The gateway learns of joins from its node stream, after Redis ran them: when
@@ -134,8 +140,10 @@ class Inbound:
             if now is None:
                 return
             if retries >= MAX_STALE_RETRIES:
-                log.error("the groups of a closed connection kept changing: it was not forgotten",
-                          connection_id=connection_id)
+                log.error(
+                    "the groups of a closed connection kept changing: it was not forgotten",
+                    connection_id=connection_id,
+                )
                 return
             self._forget(connection_id, close_code, now.node, now.user_id, list(now.groups), retries + 1)
 

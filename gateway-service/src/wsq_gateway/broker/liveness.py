@@ -190,8 +190,11 @@ class Liveness:
             if not stale:
                 return forgotten
             todo = stale
-        log.error("the groups of connections of a dead gateway kept changing: left for the next reap",
-                  dead_node=node, connections=len(todo))
+        log.error(
+            "the groups of connections of a dead gateway kept changing: left for the next reap",
+            dead_node=node,
+            connections=len(todo),
+        )
         return forgotten
 
     async def _redis_time_ms(self) -> int:

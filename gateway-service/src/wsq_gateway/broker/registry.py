@@ -178,7 +178,9 @@ async def forget(redis: Any, keys: Keys, connection_id: str, close_code: int) ->
     current = Found(_text(fields[0] or b""), _text(fields[1]) if fields[1] else None, groups)
     run = redis.register_script(FORGET.body)
     for _ in range(MAX_STALE_RETRIES + 1):
-        script_keys, args = _connection_keys(keys, connection_id, current.node, current.user_id, current.groups)
+        script_keys, args = _connection_keys(
+            keys, connection_id, current.node, current.user_id, current.groups
+        )
         reply = await run(keys=script_keys, args=[int(close_code), *args])
         stale = found(reply)
         if stale is None:
