@@ -340,3 +340,25 @@ async def test_drain_leaves_the_set_of_live_gateways(
     assert await redis.zscore(gateway.keys.nodes, gateway.node_id) is not None
     await gateway.server.close()
     assert await redis.zscore(gateway.keys.nodes, gateway.node_id) is None
+
+
+async def test_a_connection_joined_behind_its_gateways_back_is_forgotten_with_its_groups(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    # The group is in the registry but the gateway never read the join command: its forget.lua
+    # call passes no group, finds one (a stale answer, nothing written) and is queued again
+    # with it. Still exactly one disconnect event, and the group's set is cleaned.
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    await redis.sadd(gateway.keys.group_connections("unheard"), cid)
+    await redis.sadd(gateway.keys.connection_groups(cid), "unheard")
+    await ws.close()
+
+    async def forgotten() -> bool:
+        return not await redis.exists(gateway.keys.connection(cid))
+
+    await wait_until_async(forgotten, timeout=5, message="the connection forgotten")
+    assert not await redis.exists(
+        gateway.keys.group_connections("unheard"), gateway.keys.connection_groups(cid)
+    )
+    assert [e["connection_id"] for e in await events_of(redis, gateway.keys, "disconnect")] == [cid]
