@@ -22,7 +22,7 @@ from wsq_devkit import wait_until_async
 from wsq_devkit.contract import is_valid
 from wsq_devkit.redis_typing import BytesEntry, XaddFields, execute_command
 from wsq_gateway.broker import liveness
-from wsq_gateway.broker.registry import FORGET_SCRIPT
+from wsq_gateway.broker.registry import forget
 from wsq_gateway.state import GATEWAY
 from wsq_protocol.keys import REAPED_TTL_S, Keys
 
@@ -134,7 +134,7 @@ async def test_forgetting_twice_emits_one_disconnect_event(
 ) -> None:
     ws, hello = await gateway.connect()
     cid = hello["connection_id"]
-    first = await redis.eval(FORGET_SCRIPT, 0, gateway.keys.prefix, cid, 4000)
+    first = await forget(redis, gateway.keys, cid, 4000)
     await ws.close()  # the gateway's own clean-up runs the same script again
 
     async def gone() -> bool:
@@ -266,7 +266,7 @@ async def test_a_gateway_missing_from_redis_after_longer_away_than_the_flag_live
     cid, keys = hello["connection_id"], gateway.keys
     # What survivors did while this gateway was away: the connection forgotten (its disconnect
     # event written) and the gateway out of the set; the reaped flag has expired since.
-    await redis.eval(FORGET_SCRIPT, 0, keys.prefix, cid, 1006)
+    await forget(redis, keys, cid, 1006)
     await redis.zrem(keys.nodes, gateway.node_id)
     an_hour_later = time.time() + REAPED_TTL_S
     monkeypatch.setattr(liveness, "time", SimpleNamespace(time=lambda: an_hour_later), raising=False)
@@ -340,3 +340,25 @@ async def test_drain_leaves_the_set_of_live_gateways(
     assert await redis.zscore(gateway.keys.nodes, gateway.node_id) is not None
     await gateway.server.close()
     assert await redis.zscore(gateway.keys.nodes, gateway.node_id) is None
+
+
+async def test_a_connection_joined_behind_its_gateways_back_is_forgotten_with_its_groups(
+    gateway: RunningGateway, redis: aioredis.Redis
+) -> None:
+    # The group is in the registry but the gateway never read the join command: its forget.lua
+    # call passes no group, finds one (a stale answer, nothing written) and is queued again
+    # with it. Still exactly one disconnect event, and the group's set is cleaned.
+    ws, hello = await gateway.connect()
+    cid = hello["connection_id"]
+    await redis.sadd(gateway.keys.group_connections("unheard"), cid)
+    await redis.sadd(gateway.keys.connection_groups(cid), "unheard")
+    await ws.close()
+
+    async def forgotten() -> bool:
+        return not await redis.exists(gateway.keys.connection(cid))
+
+    await wait_until_async(forgotten, timeout=5, message="the connection forgotten")
+    assert not await redis.exists(
+        gateway.keys.group_connections("unheard"), gateway.keys.connection_groups(cid)
+    )
+    assert [e["connection_id"] for e in await events_of(redis, gateway.keys, "disconnect")] == [cid]

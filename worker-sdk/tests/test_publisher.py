@@ -791,3 +791,19 @@ async def test_join_and_leave_do_not_create_the_stream_of_a_gone_gateway(
     assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
     assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
     assert not await redis_client.exists(f"{key_prefix}:node:gw-b:out")
+
+
+async def test_a_group_push_reaches_members_on_gateways_it_had_not_seen(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    # fan_out.lua gets the node streams in KEYS: the publisher passes the nodes it last found the
+    # group on; a member on another node makes the script write nothing and name the nodes, and
+    # the publisher sends it again with them. Each push is written once to each gateway.
+    await live(redis_client, key_prefix, "gw-a", "gw-b")
+    members = f"{key_prefix}:group:room:conns"
+    await redis_client.sadd(members, f"gw-a.{'a' * 22}")
+    assert await resolve(publisher.to_group("room").send("n", 1)) == 1
+    await redis_client.sadd(members, f"gw-b.{'b' * 22}")
+    assert await resolve(publisher.to_group("room").send("n", 2)) == 2
+    assert await redis_client.xlen(f"{key_prefix}:node:gw-a:out") == 2
+    assert await redis_client.xlen(f"{key_prefix}:node:gw-b:out") == 1

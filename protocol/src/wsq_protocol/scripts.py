@@ -3,17 +3,28 @@
 Each script gets every key it touches through ``KEYS[]`` and never builds a key name from the
 prefix (protocol/README.md, "Lua scripts"): other languages load the same files, and a Redis
 Cluster can route each call to the slot of its keys.
+
+Redis has no include: a script that uses a helper of ``protocol/lua/lib/`` says so in its
+header, with a line ``-- include: lib/<name>.lua``, which the loader replaces by that file's
+text (one level, no nesting). The script Redis runs, and its SHA1, are those of the result.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from typing import Any, NamedTuple
 
 from wsq_protocol.resources import read_text
 
-__all__ = ["Script", "script"]
+__all__ = ["STALE", "Script", "expand", "script"]
+
+STALE = b"stale"
+"""The first element of the reply of a script that found the caller's keys out of date
+(``forget.lua``, ``reap.lua``): nothing was written, call again with what it found."""
+
+_INCLUDE = re.compile(r"^-- include: (lib/[A-Za-z0-9_]+\.lua)[ \t]*$", re.MULTILINE)
 
 
 class Script(NamedTuple):
@@ -40,7 +51,12 @@ class Script(NamedTuple):
         return ("SCRIPT", "LOAD", self.body)
 
 
+def expand(source: str) -> str:
+    """``source`` with each ``-- include: lib/<name>.lua`` line replaced by that helper's text."""
+    return _INCLUDE.sub(lambda match: read_text("lua", *match.group(1).split("/")).rstrip("\n"), source)
+
+
 @functools.cache
 def script(name: str) -> Script:
-    """The script ``protocol/lua/<name>.lua``."""
-    return Script.of(name, read_text("lua", f"{name}.lua"))
+    """The script ``protocol/lua/<name>.lua``, its includes expanded."""
+    return Script.of(name, expand(read_text("lua", f"{name}.lua")))

@@ -31,6 +31,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, FieldT
 
 from wsq_protocol.batching import TickBatcher
+from wsq_protocol.scripts import script
 from wsq_worker import constants, speedups
 from wsq_worker.exceptions import PublishError
 from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_members
@@ -63,58 +64,14 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-# Appends one command to the node stream of every gateway holding a member of a set of
-# connection ids (a user's or a group's). KEYS[1]: the set. ARGV: node stream key = ARGV[1] ..
-# node .. ARGV[2], ARGV[3]: MAXLEN ~ cap, ARGV[4...]: the command's fields and values. Returns
-# the number of gateways written to. The node stream keys are computed in the script, so it
-# needs a single Redis (not a cluster). Every XADD to a node stream here is NOMKSTREAM: a live
-# gateway's stream exists, and a dead one's must not be created again.
-FAN_OUT_SCRIPT = """
-local seen, reached = {}, 0
-for _, connection_id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  -- A node already reached is recognised without a pattern match: the id's text before its
-  -- 22-character suffix (most members share a few nodes; a big group spends its time here).
-  local known = string.byte(connection_id, -23) == 46 and seen[string.sub(connection_id, 1, -24)]
-  if not known then
-    local node = string.match(connection_id, '^([%w_%-]+)%.[%w_%-]+$')
-    if node and not seen[node] then
-      seen[node] = true
-      local stream = ARGV[1] .. node .. ARGV[2]
-      if redis.call('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4)) then
-        reached = reached + 1
-      end
-    end
-  end
-end
-return reached
-"""
-
-# Adds a connection to a group. KEYS: the connection's hash, the group's set of connection ids,
-# the connection's set of groups, the node stream of its gateway. ARGV: connection id, group,
-# MAXLEN ~ cap, the join command's fields and values. Returns 0, writing nothing, when the
-# connection is not registered (gone, or never was), else 1. Atomic with the gateway's clean-up
-# of a connection, so a join never outlives its connection.
-JOIN_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
-return 1
-"""
-
-# Removes a connection from a group: KEYS and ARGV as for JOIN_SCRIPT (KEYS[1] unused). Returns
-# 1 when it was a member (and then appends the leave command), else 0 (nothing written).
-LEAVE_SCRIPT = """
-local was_member = redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[2])
-if was_member == 0 then
-  return 0
-end
-redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
-return 1
-"""
+FAN_OUT_SCRIPT = script("fan_out").body
+"""``protocol/lua/fan_out.lua``: one command to every gateway holding a member of a user's or a
+group's set. KEYS: the set, then the node streams the caller believes the members are on; a
+member on another node makes it write nothing and answer the nodes it found (``FanOutWrite``)."""
+JOIN_SCRIPT = script("join").body
+"""``protocol/lua/join.lua``: adds a connection to a group, atomic with its gateway's clean-up."""
+LEAVE_SCRIPT = script("leave").body
+"""``protocol/lua/leave.lua``: removes a connection from a group."""
 
 _SCRIPTS = (FAN_OUT_SCRIPT, JOIN_SCRIPT, LEAVE_SCRIPT)
 
@@ -122,6 +79,10 @@ _SCRIPTS = (FAN_OUT_SCRIPT, JOIN_SCRIPT, LEAVE_SCRIPT)
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 5.0
 _RETRIES = 3
+# A fan-out whose set has members on gateways it did not pass is sent again with those (nothing
+# was written); the nodes each set was last found on are remembered, for the next push to it.
+_FAN_OUT_ATTEMPTS = 8
+_KNOWN_SETS = 4096
 
 
 class StreamWrite(NamedTuple):
@@ -163,7 +124,9 @@ def _flat(fields: dict[str, str]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class FanOutWrite:
     """One ``EVALSHA`` of ``FAN_OUT_SCRIPT``: the command goes to every gateway holding a member
-    of the set ``members`` (a user's or a group's connections)."""
+    of the set ``members`` (a user's or a group's connections). ``nodes``: the gateways whose
+    streams are passed in KEYS; when a member is on another one, the script writes nothing and
+    answers the nodes it found (``with_nodes()`` makes the write to send again)."""
 
     script: ClassVar[str] = FAN_OUT_SCRIPT
 
@@ -171,15 +134,51 @@ class FanOutWrite:
     node_stream_head: str
     node_stream_tail: str
     fields: dict[str, str]
+    nodes: tuple[str, ...] = ()
+
+    def with_nodes(self, nodes: tuple[str, ...]) -> FanOutWrite:
+        return FanOutWrite(self.members, self.node_stream_head, self.node_stream_tail, self.fields, nodes)
 
     @property
     def keys(self) -> list[str]:
-        return [self.members]
+        head, tail = self.node_stream_head, self.node_stream_tail
+        return [self.members, *(head + node + tail for node in self.nodes)]
 
     @property
     def args(self) -> list[str]:
-        head_tail_cap = [self.node_stream_head, self.node_stream_tail, str(constants.NODE_STREAM_MAXLEN)]
-        return head_tail_cap + _flat(self.fields)
+        nodes = [str(len(self.nodes)), " ".join(self.nodes), str(constants.NODE_STREAM_MAXLEN)]
+        return nodes + _flat(self.fields)
+
+
+def fan_out_nodes(reply: Any) -> tuple[str, ...] | None:
+    """The nodes a ``FAN_OUT_SCRIPT`` reply found when they were missing from its KEYS (nothing
+    was written); None when it ran (its reply is the number of gateways written to)."""
+    if not isinstance(reply, list):
+        return None
+    return tuple(node.decode() if isinstance(node, bytes) else str(node) for node in reply)
+
+
+class _KnownNodes:
+    """The nodes each user's or group's set was last found on (bounded: forgotten when full)."""
+
+    __slots__ = ("_nodes",)
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, tuple[str, ...]] = {}
+
+    def get(self, members: str) -> tuple[str, ...]:
+        return self._nodes.get(members, ())
+
+    def found(self, members: str, nodes: tuple[str, ...]) -> None:
+        if len(self._nodes) >= _KNOWN_SETS:
+            self._nodes.clear()
+        self._nodes[members] = nodes
+
+
+def _members_moved(write: FanOutWrite) -> PublishError:
+    return PublishError(
+        f"the gateways holding the members of {write.members} kept changing: nothing was sent"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +365,7 @@ class Publisher:
             retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         )
         self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
+        self._known_nodes = _KnownNodes()
 
     @classmethod
     def from_env(cls) -> Self:
@@ -439,15 +439,27 @@ class Publisher:
             if isinstance(write, StreamWrite):
                 entry_id = self._write_once(write.command)
                 return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
-            keys = write.keys
-            command = ("EVALSHA", self._scripts[write.script].sha, len(keys), *keys, *write.args)
-            try:
-                return int(self._write_once(command))
-            except NoScriptError:  # Redis restarted or flushed its scripts: the write did not run
-                self.client.script_load(write.script)
-                return int(self._write_once(command))
+            if isinstance(write, MembershipWrite):
+                return int(self._run_script(write))
+            for _ in range(_FAN_OUT_ATTEMPTS):  # a stale reply wrote nothing: sending again is safe
+                write = write.with_nodes(self._known_nodes.get(write.members))
+                reply = self._run_script(write)
+                nodes = fan_out_nodes(reply)
+                if nodes is None:
+                    return int(reply)
+                self._known_nodes.found(write.members, nodes)
+            raise _members_moved(write)
         except redis.RedisError as exc:
             raise publish_error(exc) from exc
+
+    def _run_script(self, write: FanOutWrite | MembershipWrite) -> Any:
+        keys = write.keys
+        command = ("EVALSHA", self._scripts[write.script].sha, len(keys), *keys, *write.args)
+        try:
+            return self._write_once(command)
+        except NoScriptError:  # Redis restarted or flushed its scripts: the write did not run
+            self.client.script_load(write.script)
+            return self._write_once(command)
 
     def _write_once(self, command: tuple[Any, ...]) -> Any:
         """Send ``command`` on a connection of the client's pool and read its reply, never twice
@@ -522,6 +534,7 @@ class AsyncPublisher:
         )
         self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
         self._batches = _Batches(self.client)
+        self._known_nodes = _KnownNodes()
 
     @classmethod
     def from_env(cls) -> Self:
@@ -591,9 +604,21 @@ class AsyncPublisher:
         if isinstance(write, StreamWrite):
             entry_id = await self._batches.run(write.command)
             return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
+        if isinstance(write, MembershipWrite):
+            return int(await self._run_script(write))
+        for _ in range(_FAN_OUT_ATTEMPTS):  # a stale reply wrote nothing: sending again is safe
+            write = write.with_nodes(self._known_nodes.get(write.members))
+            reply = await self._run_script(write)
+            nodes = fan_out_nodes(reply)
+            if nodes is None:
+                return int(reply)
+            self._known_nodes.found(write.members, nodes)
+        raise _members_moved(write)
+
+    async def _run_script(self, write: FanOutWrite | MembershipWrite) -> Any:
         keys = write.keys
         sha = self._scripts[write.script].sha
-        return int(await self._batches.run(("EVALSHA", sha, len(keys), *keys, *write.args)))
+        return await self._batches.run(("EVALSHA", sha, len(keys), *keys, *write.args))
 
     async def _read(self, read: Callable[[], Awaitable[_T]]) -> _T:
         try:

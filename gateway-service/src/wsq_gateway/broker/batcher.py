@@ -52,12 +52,18 @@ class Write:
     ``on_error`` runs when they certainly failed. A ``durable`` write is instead kept and
     retried (with backoff) until Redis takes it: used for what must not be lost, such as
     disconnect events. ``done``, when set, is resolved with the replies (or the error).
+
+    ``on_reply``, when set, is called with the replies once Redis ran the write (a script that
+    found its keys stale answers so, and its caller queues a new write: the batch goes on). A
+    write with ``on_reply`` must be safe to run twice: when a batch in doubt turns out to have
+    run, its replies are lost, so such a write is sent again to get them.
     """
 
     commands: Sequence[tuple[Any, ...] | bytes]  # bytes: packed already (CommandTemplate)
     on_error: Callable[[BrokerUnavailable], None] | None = None
     durable: bool = False
     done: asyncio.Future[list[Any]] | None = field(default=None)
+    on_reply: Callable[[list[Any]], None] | None = None
 
 
 class RedisBatcher:
@@ -201,8 +207,11 @@ class RedisBatcher:
             elif errors:
                 log.warning("redis refused a write", error=str(errors[0]))
                 retry += self._fail([write], BrokerUnavailable(str(errors[0])))
-            elif write.done is not None and not write.done.done():
-                write.done.set_result(replies)
+            else:
+                if write.done is not None and not write.done.done():
+                    write.done.set_result(replies)
+                if write.on_reply is not None:
+                    _reply(write, replies)
         if scripts_lost:
             try:
                 await self.load_scripts()
@@ -271,6 +280,8 @@ class RedisBatcher:
         self.stalled = False  # Redis answers again
         if recorded is not None and int(recorded) >= sequence:
             log.info("the write in doubt had run", writes=len(batch))
+            # Their replies were lost: those who need them (idempotent writes) run again.
+            self._queue.extendleft(reversed([write for write in batch if write.on_reply is not None]))
         else:
             log.info("the write in doubt had not run: sending it again", writes=len(batch))
             self._queue.extendleft(reversed(batch))
@@ -284,6 +295,15 @@ class RedisBatcher:
             else:
                 _settle(write, exc)
         return retry
+
+
+def _reply(write: Write, replies: list[Any]) -> None:
+    """Hand Redis's replies to ``write.on_reply``."""
+    assert write.on_reply is not None
+    try:
+        write.on_reply(replies)
+    except Exception:  # one caller's bug must not stop the writes of all the others
+        log.exception("a write's reply callback failed")
 
 
 def _settle(write: Write, exc: BrokerUnavailable) -> None:

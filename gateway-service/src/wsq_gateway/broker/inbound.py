@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -18,16 +19,21 @@ from redis.exceptions import RedisError
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.consumers import Consumers
 from wsq_gateway.broker.registry import (
+    MAX_STALE_RETRIES,
     REGISTERED,
     forget_command,
+    found,
     register_command,
     set_user_command,
 )
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
+from wsq_gateway.logs import BROKER, get_logger
 from wsq_protocol.events import EventType, event_fields
 from wsq_protocol.keys import Keys
 from wsq_protocol.pipe import CommandTemplate
+
+log = get_logger(BROKER)
 
 BACKLOG_POLL_S = 0.2
 OnRejected = Callable[[BrokerUnavailable], None]
@@ -113,7 +119,36 @@ class Inbound:
 
     def disconnected(self, conn: Connection, close_code: int) -> None:
         """Forget the connection and emit its disconnect event (retried until Redis takes it)."""
-        self._batcher.submit(Write((forget_command(self._keys, conn.id, close_code),), durable=True))
+        self._forget(conn.id, close_code, self._node, conn.user_id, sorted(conn.groups or ()), 0)
+
+    def _forget(
+        self,
+        connection_id: str,
+        close_code: int,
+        node: str,
+        user_id: str | None,
+        groups: list[str],
+        retries: int,
+    ) -> None:
+        """Queue ``forget.lua`` with the keys of the user and groups the connection is believed
+        to have. The gateway learns of joins from its node stream, after Redis ran them: when
+        the script finds other groups (or another user), it wrote nothing, and this queues it
+        again with what it found, behind the batch."""
+
+        def on_reply(replies: list[Any]) -> None:
+            now = found(replies[0])
+            if now is None:
+                return
+            if retries >= MAX_STALE_RETRIES:
+                log.error(
+                    "the groups of a closed connection kept changing: it was not forgotten",
+                    connection_id=connection_id,
+                )
+                return
+            self._forget(connection_id, close_code, now.node, now.user_id, list(now.groups), retries + 1)
+
+        command = forget_command(self._keys, connection_id, close_code, node, user_id, groups)
+        self._batcher.submit(Write((command,), durable=True, on_reply=on_reply))
 
     def message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
         """Queue a validated client frame; False when too many are already waiting."""

@@ -2,7 +2,8 @@
 
 Every ``heartbeat_s`` the gateway writes its heartbeat and reaps every gateway whose
 heartbeat is older than ``timeout_s``: their connections are forgotten, each with exactly
-one disconnect event (see ``registry.REAP_SCRIPT``). If this gateway was itself reaped
+one disconnect event (``protocol/lua/reap.lua``, one call per connection: the reaper reads
+each connection's user and groups first, and passes their keys). If this gateway was itself reaped
 (it lost Redis for longer than the timeout), its heartbeat says so and ``on_reaped``
 closes its sockets, so that the registry matches the sockets again.
 """
@@ -18,12 +19,20 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.registry import (
+    DROP_NODE,
+    HEARTBEAT,
     HEARTBEAT_NEW,
     HEARTBEAT_REAPED,
-    HEARTBEAT_SCRIPT,
-    REAP_SCRIPT,
-    heartbeat_args,
-    reap_args,
+    MAX_STALE_RETRIES,
+    NODE_ALIVE,
+    REAP,
+    REAP_BATCH,
+    REAPED,
+    Found,
+    drop_node_call,
+    found,
+    heartbeat_call,
+    reap_call,
 )
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_protocol.keys import REAPED_TTL_S, Keys
@@ -56,8 +65,9 @@ class Liveness:
         self._on_reaped = on_reaped
         self._on_registry_lost = on_registry_lost
         # EVALSHA, loading the script again when Redis answers NOSCRIPT (redis-py's Script).
-        self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
-        self._reap_script = redis.register_script(REAP_SCRIPT)
+        self._heartbeat_script = redis.register_script(HEARTBEAT.body)
+        self._reap_script = redis.register_script(REAP.body)
+        self._drop_node_script = redis.register_script(DROP_NODE.body)
         self._last_heartbeat: float | None = None  # time.time() when Redis last took one
 
     async def start(self) -> None:
@@ -65,7 +75,7 @@ class Liveness:
         left = await self._reap(self._node, force=True)
         if left:
             log.warning("forgot connections of a previous process with this node id", connections=left)
-        await self._heartbeat(args=heartbeat_args(self._keys, self._node))
+        await self._heartbeat()
         self._last_heartbeat = time.time()
 
     async def run(self) -> None:
@@ -80,7 +90,7 @@ class Liveness:
 
     async def tick(self) -> None:
         sent = time.time()
-        state: Any = await self._heartbeat(args=heartbeat_args(self._keys, self._node))
+        state: Any = await self._heartbeat()
         if state == HEARTBEAT_NEW and self._away_since(sent) >= PRESUMED_REAPED_AFTER_S:
             # Its reaped flag may have expired meanwhile: writing its connections back would
             # revive connections whose disconnect events were written.
@@ -125,16 +135,67 @@ class Liveness:
         )
         await pipe.execute()
 
+    async def _heartbeat(self) -> Any:
+        script_keys, args = heartbeat_call(self._keys, self._node)
+        return await self._heartbeat_script(keys=script_keys, args=args)
+
     async def _reap(self, node: str, *, force: bool) -> int:
+        """Forget the connections of ``node`` (while its heartbeat is stale, unless ``force``),
+        then, once none is left, remove the node. The number of connections forgotten."""
         total = 0
+        members = self._keys.node_connections(node)
         for _ in range(MAX_REAP_RUNS_PER_TICK):
-            count: Any = await self._reap_script(
-                args=reap_args(self._keys, node, self._timeout_ms, force=force)
-            )
-            if not count:
+            raw: Any = await self._redis.srandmember(members, REAP_BATCH)
+            if not raw:
+                if not force:
+                    script_keys, args = drop_node_call(self._keys, node, self._timeout_ms)
+                    await self._drop_node_script(keys=script_keys, args=args)
                 break
-            total += int(count)
+            forgotten = await self._reap_connections(node, [cid.decode() for cid in raw], force=force)
+            if forgotten is None:  # the node's heartbeat is fresh: it is alive
+                break
+            total += forgotten
         return total
+
+    async def _reap_connections(self, node: str, connection_ids: list[str], *, force: bool) -> int | None:
+        """Run ``reap.lua`` for each connection, with the user and groups read just before
+        (and again with what it found, while that was stale). None when the node is alive."""
+        pipe = self._redis.pipeline(transaction=False)
+        for cid in connection_ids:
+            pipe.hget(self._keys.connection(cid), "user_id")
+            pipe.smembers(self._keys.connection_groups(cid))
+        read = await pipe.execute()
+        todo = {
+            cid: Found(node, user.decode() if user else None, tuple(sorted(g.decode() for g in groups)))
+            for cid, user, groups in zip(connection_ids, read[::2], read[1::2], strict=True)
+        }
+        forgotten = 0
+        for _ in range(MAX_STALE_RETRIES + 1):
+            pipe = self._redis.pipeline(transaction=False)
+            for cid, known in todo.items():
+                script_keys, args = reap_call(
+                    self._keys, node, self._timeout_ms, cid, known.user_id, known.groups, force=force
+                )
+                await self._reap_script(keys=script_keys, args=args, client=pipe)
+            replies = await pipe.execute()
+            stale: dict[str, Found] = {}
+            for (cid, _), reply in zip(todo.items(), replies, strict=True):
+                now = found(reply)
+                if now is not None:
+                    stale[cid] = now
+                elif reply == NODE_ALIVE:
+                    return None
+                elif reply == REAPED:
+                    forgotten += 1
+            if not stale:
+                return forgotten
+            todo = stale
+        log.error(
+            "the groups of connections of a dead gateway kept changing: left for the next reap",
+            dead_node=node,
+            connections=len(todo),
+        )
+        return forgotten
 
     async def _redis_time_ms(self) -> int:
         seconds, micros = await self._redis.time()
