@@ -4,10 +4,12 @@
 -- for the entries still pending.
 --
 -- The writes are commands packed by the worker (XADD to node streams, the dead-letter stream;
--- ZADD to the delayed set): their keys, built by the caller with Keys(prefix), travel inside
--- ARGV with the commands, not in KEYS (see protocol/README.md, "Lua scripts").
+-- WSQ.DELAYED to the delayed set), each command's key its second argument. Every key a write
+-- touches is declared in KEYS too (KEYS[2..]): a write to any other key is refused ("ERR key
+-- not declared in KEYS"), as Redis Cluster needs.
 --
 -- KEYS[1]  {prefix}:inbound
+-- KEYS[2..] every key the writes touch (node streams, {prefix}:dead, {prefix}:delayed), once each
 -- ARGV[1]  consumer group (workers)
 -- ARGV[2]  '1' to check that each entry is still pending (a batch sent again), else '0'
 -- ARGV[3..] for each entry: its id, its number of writes, and each write: '*' and its number
@@ -24,6 +26,8 @@
 local call, byte, sub, number = redis.pcall, string.byte, string.sub, tonumber
 local stream, group, again = KEYS[1], ARGV[1], ARGV[2] == '1'
 local refused, acked, skipped = {}, {}, 0
+local declared = {}
+for k = 2, #KEYS do declared[KEYS[k]] = true end
 local i, last, entry_number, acks = 3, #ARGV, 0, 0
 while i <= last do
   entry_number = entry_number + 1
@@ -39,7 +43,9 @@ while i <= last do
     local count = number(sub(head, 2))
     if live then
       local reply
-      if ARGV[i + 1] == 'WSQ.DELAYED' then
+      if not declared[ARGV[i + 2]] then
+        reply = {err = 'ERR key not declared in KEYS: ' .. ARGV[i + 2]}
+      elseif ARGV[i + 1] == 'WSQ.DELAYED' then
         local now = redis.call('TIME')
         local due = number(now[1]) * 1000 + math.floor(number(now[2]) / 1000) + number(ARGV[i + 3])
         reply = call('ZADD', ARGV[i + 2], due, ARGV[i + 4])

@@ -21,8 +21,8 @@ NAMES = sorted(path.stem for path in LUA.glob("*.lua"))
 HELPERS = sorted(LUA.glob("lib/*.lua"))
 NODE = "gw-a"
 CID = f"{NODE}.q2uE4nK0m5Zr8VtY1xWb7A"
-# commit.lua runs the worker's writes as packed commands, their keys inside ARGV (see its header
-# and protocol/README.md, "Lua scripts"): the one script that does not take all of them in KEYS.
+# commit.lua runs the worker's writes as packed commands whose keys are also in ARGV; it refuses
+# any write to a key not declared in KEYS (see its header and protocol/README.md, "Lua scripts").
 KEYS_IN_ARGV = {"commit"}
 
 
@@ -73,7 +73,9 @@ def test_no_script_builds_a_key(name: str) -> None:
     # A key name built in Lua: a ':' glued to something with '..'.
     assert not re.search(r"""\.\.\s*['"][^'"]*:|['"][^'"]*:['"]\s*\.\.""", code), name
     assert "prefix" not in code, name
-    if name not in KEYS_IN_ARGV:
+    if name in KEYS_IN_ARGV:  # each write's key is checked against KEYS before it runs
+        assert "if not declared[ARGV[i + 2]] then" in code
+    else:
         # The key of a keyed command always comes from KEYS (or a name bound to a KEYS[] entry).
         keyed = r"redis\.p?call\('(?:X(?!INFO|GROUP)\w+|S(?!CRIPT)\w+|H\w+|Z\w+|DEL|EXISTS|SET|GET)',\s*"
         for match in re.finditer(keyed + r"([^,)]+)", code):
@@ -225,3 +227,27 @@ async def test_fan_out_with_missing_nodes_writes_nothing_and_says_which(
     assert not await redis.exists(keys.node_stream("gw-c"), keys.node_stream("gw-x"))
     with pytest.raises(aioredis.ResponseError, match="one node per node stream"):
         await run(redis, "fan_out", [members], 1, "gw-a", 100000, *fields)
+
+
+async def test_commit_refuses_a_write_to_a_key_not_in_keys(redis: aioredis.Redis) -> None:
+    keys = Keys("t-commit")
+    inbound, node_stream, other = keys.inbound_stream, keys.node_stream(NODE), keys.node_stream("gw-b")
+    await redis.xgroup_create(inbound, "workers", id="0", mkstream=True)
+    raw_entry = await redis.xadd(inbound, {"v": "1"})
+    entry = raw_entry.decode() if isinstance(raw_entry, bytes) else raw_entry
+    await redis.xreadgroup("workers", "w1", {inbound: ">"})
+    await redis.xadd(node_stream, {"created": "1"})
+
+    def write(stream: str) -> list[str]:  # '*', its argument count, then the command
+        return ["*7", "XADD", stream, "*", "v", "1", "frame", "{}"]
+
+    commit = script("commit")
+    command = (*write(node_stream), *write(other))
+    reply = await redis.eval(commit.body, 2, inbound, node_stream, "workers", "0", entry, "2", *command)
+    refused, skipped, error = reply
+    assert (skipped, error) == (0, b"")
+    assert refused[:2] == [1, 2]  # entry 1, its write 2: not declared
+    assert b"not declared in KEYS" in refused[2]
+    assert await redis.xlen(node_stream) == 2  # the declared write ran
+    assert await redis.exists(other) == 0
+    assert (await redis.xpending(inbound, "workers"))["pending"] == 1  # not acknowledged

@@ -62,10 +62,10 @@ Refused = Callable[[str, SourceT | None, str], None]
 batch), which is left pending, unacknowledged; ``source`` is what ``ack()`` was given."""
 
 
-_Commit = tuple[str, list[bytes], int, tuple[CommitWrite, ...], SourceT | None]
+_Commit = tuple[str, list[bytes], int, tuple[CommitWrite, ...], SourceT | None, tuple[str, ...]]
 """An entry to acknowledge with its writes: (entry id, its part of ``COMMIT_SCRIPT``'s arguments
-in RESP, how many arguments that is, the writes, the source). A tuple: one per event, and a
-named tuple takes ten times as long to make."""
+in RESP, how many arguments that is, the writes, the source, the keys the writes touch). A
+tuple: one per event, and a named tuple takes ten times as long to make."""
 
 
 class Flusher(Generic[SourceT]):
@@ -94,9 +94,10 @@ class Flusher(Generic[SourceT]):
         """The last batch was lost after it was sent: check that entries are still pending."""
         self._batcher = TickBatcher(self, name="wsq-flusher", on_stop=self._stopped)
         script = COMMIT_SCRIPT.encode()
-        tail = _bulk(b"1") + _bulk(inbound_stream.encode()) + _bulk(group.encode())
-        self._by_sha = _bulk(b"EVALSHA") + _bulk(hashlib.sha1(script).hexdigest().encode()) + tail
-        self._by_body = _bulk(b"EVAL") + _bulk(script) + tail
+        self._by_sha = _bulk(b"EVALSHA") + _bulk(hashlib.sha1(script).hexdigest().encode())
+        self._by_body = _bulk(b"EVAL") + _bulk(script)
+        self._inbound_arg = _bulk(inbound_stream.encode())
+        self._group_arg = _bulk(group.encode())
 
     def start(self) -> asyncio.Task[None]:
         return self._batcher.start()
@@ -124,6 +125,7 @@ class Flusher(Generic[SourceT]):
             _COUNTS[write_count] if write_count < len(_COUNTS) else _bulk(b"%d" % write_count),
         ]
         count = 2
+        keys: list[str] = []
         for write in writes:
             if type(write) is not PackedWrite and isinstance(write, BestEffort):
                 packed = self._packed(write.write)
@@ -137,7 +139,8 @@ class Flusher(Generic[SourceT]):
                 args.append(_HEADERS[arguments] if arguments < len(_HEADERS) else _header(arguments))
                 args.append(packed.command)
             count += 1 + packed.arguments
-        self._commits.append((entry_id, args, count, writes, source))
+            keys.append(packed.key)
+        self._commits.append((entry_id, args, count, writes, source, tuple(keys)))
         self._batcher.wake()
 
     def _packed(self, write: FlusherWrite) -> PackedWrite:
@@ -269,12 +272,17 @@ class Flusher(Generic[SourceT]):
                 self._refused(commit, error)
 
     def _commit_command(self, head: bytes, commits: list[_Commit[SourceT]], again: bool) -> bytes:
-        """``EVALSHA`` (or ``EVAL``) of ``COMMIT_SCRIPT`` for ``commits``, packed."""
-        count = 6  # EVALSHA, sha, 1, inbound, group, again
-        parts = [b"", head, _AGAIN if again else _FIRST_TIME]
-        for _, args, arg_count, _, _ in commits:
-            count += arg_count
-            parts += args
+        """``EVALSHA`` (or ``EVAL``) of ``COMMIT_SCRIPT`` for ``commits``, packed: KEYS are the
+        inbound stream and every key the writes touch, once each."""
+        touched = dict.fromkeys(key for commit in commits for key in commit[5])
+        touched.pop(self._inbound_stream, None)
+        keys = [_bulk(key.encode()) for key in touched]
+        count = 6 + len(keys)  # EVALSHA, sha, numkeys, inbound, the keys, group, again
+        parts = [b"", head, _bulk(b"%d" % (1 + len(keys))), self._inbound_arg, *keys, self._group_arg]
+        parts.append(_AGAIN if again else _FIRST_TIME)
+        for commit in commits:
+            count += commit[2]
+            parts += commit[1]
         parts[0] = b"*%d\r\n" % count
         return b"".join(parts)
 
