@@ -139,12 +139,12 @@ class Inbound:
             now = found(replies[0])
             if now is None:
                 return
-            if retries >= MAX_STALE_RETRIES:
-                log.error(
-                    "the groups of a closed connection kept changing: it was not forgotten",
+            if retries and retries % MAX_STALE_RETRIES == 0:  # sent again until it runs: durable
+                log.warning(
+                    "the groups of a closed connection keep changing: forgetting it again",
                     connection_id=connection_id,
+                    attempts=retries + 1,
                 )
-                return
             self._forget(connection_id, close_code, now.node, now.user_id, list(now.groups), retries + 1)
 
         command = forget_command(self._keys, connection_id, close_code, node, user_id, groups)

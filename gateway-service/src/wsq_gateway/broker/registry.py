@@ -52,9 +52,10 @@ NODE_ALIVE = -1  # the node's heartbeat is fresh (or it is not in the set of nod
 
 REAP_BATCH = 500  # connection ids read, and scripts sent, per round trip of the reaper
 MAX_STALE_RETRIES = 16
-"""How often a forget or reap whose keys were out of date is sent again with what the script
-found. Each retry carries the registry as it was one round trip earlier, so only a connection
-whose groups change that often, that fast, runs out (then it is logged as an error)."""
+"""How often a reap whose keys were out of date is sent again with what the script found, in
+one round of the reaper (the next round takes the rest); a closing connection's own forget is
+sent again until it runs, with a warning every this many times. Each retry carries the registry
+as it was one round trip earlier, so only groups changing that often, that fast, need more."""
 
 
 @dataclass(frozen=True, slots=True)
