@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from bench.echo_worker import echo
 from wsq_devkit import RedisServer
+from wsq_protocol.keys import keys_for
 from wsq_worker import Worker, constants, speedups
 from wsq_worker.settings import WorkerSettings
 
@@ -40,7 +41,7 @@ TIMEOUT_S = 600.0
 
 def _fill(port: int, fields: dict[str, str], events: int) -> None:
     """XADD ``events`` copies of the event ``fields``, in one write, and read the replies."""
-    stream = constants.inbound_stream(PREFIX)
+    stream = keys_for(PREFIX).inbound_stream
     arguments: Any = ("XADD", stream, "*", *(item for pair in fields.items() for item in pair))
     command = hiredis.pack_command(arguments)  # its stubs type the tuple as one element long
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as conn:
@@ -55,8 +56,8 @@ def _fill(port: int, fields: dict[str, str], events: int) -> None:
 async def _drain(url: str, node: str, events: int, concurrency: int) -> tuple[float, float]:
     """Run a worker until ``events`` events from gateway ``node`` are handled: (CPU seconds,
     wall seconds)."""
-    inbound = constants.inbound_stream(PREFIX)
-    replies = constants.node_stream(PREFIX, node)
+    inbound = keys_for(PREFIX).inbound_stream
+    replies = keys_for(PREFIX).node_stream(node)
     client = aioredis.Redis.from_url(url)
     worker = Worker(actions={"echo": echo}, redis_url=url, key_prefix=PREFIX, concurrency=concurrency)
     try:

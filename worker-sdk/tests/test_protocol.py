@@ -761,34 +761,10 @@ def test_stdlib_codec_refuses_nan() -> None:
 # Redis keys.
 
 
-def test_key_builders_match_keys_json() -> None:
-    keys = key_templates()
-    values = {
-        "prefix": "wsq",
-        "node": "gw-3f2a9c1d",
-        "connection_id": CONNECTION_ID,
-        "user_id": "42",
-        "group": "room:lobby",
-    }
-    builders = {
-        "inbound_stream": lambda: constants.inbound_stream("wsq"),
-        "node_stream": lambda: constants.node_stream("wsq", "gw-3f2a9c1d"),
-        "broadcast_stream": lambda: constants.broadcast_stream("wsq"),
-        "connection": lambda: constants.connection("wsq", CONNECTION_ID),
-        "user_connections": lambda: constants.user_connections("wsq", "42"),
-        "node_connections": lambda: constants.node_connections("wsq", "gw-3f2a9c1d"),
-        "group_connections": lambda: constants.group_connections("wsq", "room:lobby"),
-        "connection_groups": lambda: constants.connection_groups("wsq", CONNECTION_ID),
-        "nodes": lambda: constants.nodes("wsq"),
-        "node_reaped": lambda: constants.node_reaped("wsq", "gw-3f2a9c1d"),
-        "node_sequence": lambda: constants.node_sequence("wsq", "gw-3f2a9c1d"),
-        "dead_letters": lambda: constants.dead_letters("wsq"),
-        "delayed": lambda: constants.delayed("wsq"),
-    }
-    assert set(builders) == set(keys["keys"])
-    for name, template in keys["keys"].items():
-        assert builders[name]() == template.format(**values), name
-    assert keys["consumer_group"] == constants.CONSUMER_GROUP
+def test_the_sdk_writes_with_the_consumer_group_and_caps_of_the_protocol() -> None:
+    # Key names themselves: protocol/tests/test_keys.py (the SDK builds them with wsq_protocol.keys).
+    assert key_templates()["consumer_group"] == constants.CONSUMER_GROUP == "workers"
+    assert (constants.NODE_STREAM_MAXLEN, constants.BROADCAST_STREAM_MAXLEN) == (100_000, 1_000)
 
 
 def test_meta_is_read_only_and_compares_by_value() -> None:

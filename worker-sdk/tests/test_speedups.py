@@ -10,7 +10,8 @@ import pytest
 from redis.asyncio.connection import Connection
 
 from wsq_protocol import pipe as pipe_module
-from wsq_worker import constants, speedups
+from wsq_protocol.keys import keys_for
+from wsq_worker import speedups
 from wsq_worker.dispatch import _reply_template
 from wsq_worker.publisher import Route, StreamWrite
 
@@ -38,7 +39,7 @@ def test_a_reply_is_packed_as_its_send_command(frame: str) -> None:
     template = _reply_template("wsq", "gw-3f2a9c1d")
     write = Route.connection("wsq", connection_id).send(frame)  # what a push to it writes
     assert isinstance(write, StreamWrite)
-    assert template.stream == write.stream == constants.node_stream("wsq", "gw-3f2a9c1d")
+    assert template.stream == write.stream == keys_for("wsq").node_stream("gw-3f2a9c1d")
     packed = template.command.pack(connection_id.encode(), b"frame", frame.encode())
     assert packed == b"".join(Connection().pack_command(*write.command))
     assert b"$10\r\nNOMKSTREAM\r\n" in packed  # a reply never creates a gateway's stream

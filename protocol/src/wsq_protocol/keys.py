@@ -7,6 +7,7 @@ build key names: callers pass every key through ``KEYS[]`` (protocol/README.md, 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -126,3 +127,9 @@ class Keys:
         """The number of the last batch of writes ``node`` ran (read by that gateway only)."""
         t = self._node_sequence
         return t.before + node + t.after
+
+
+@functools.lru_cache(maxsize=64)
+def keys_for(prefix: str) -> Keys:
+    """``Keys(prefix)``, made once per prefix: for callers that hold only the prefix."""
+    return Keys(prefix)

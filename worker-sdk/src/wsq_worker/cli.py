@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from wsq_worker import __version__, constants
+from wsq_protocol.keys import keys_for
+from wsq_worker import __version__
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
 from wsq_worker.exceptions import WorkerFailedError
 from wsq_worker.settings import connection_from_env, describe_settings, variable_of
@@ -251,7 +252,7 @@ _REPLAY_BATCH = 100
 
 
 def _dead_list(client: redis.Redis, prefix: str, count: int, *, as_json: bool) -> int:
-    key = constants.dead_letters(prefix)
+    key = keys_for(prefix).dead_letters
     entries: list[tuple[str, dict[str, str]]] = client.xrange(key, count=count)  # type: ignore[assignment]
     for entry_id, fields in entries:
         print(json.dumps(_dead_json(entry_id, fields)) if as_json else _dead_line(entry_id, fields))
@@ -303,7 +304,7 @@ def _failed_at(fields: dict[str, str]) -> datetime | None:
 
 
 def _dead_replay(client: redis.Redis, prefix: str, ids: list[str], *, replay_all: bool) -> int:
-    dead, inbound = constants.dead_letters(prefix), constants.inbound_stream(prefix)
+    dead, inbound = keys_for(prefix).dead_letters, keys_for(prefix).inbound_stream
     script = client.register_script(REPLAY_SCRIPT)
     replayed, missing = 0, []
     for entry_id in _every_dead_letter(client, dead) if replay_all else ids:

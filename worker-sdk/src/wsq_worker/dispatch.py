@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis.asyncio
 
+from wsq_protocol.keys import keys_for
 from wsq_worker import constants, delivery, retries, speedups
 from wsq_worker.context import Context
 from wsq_worker.exceptions import ProtocolError, PublishError, Refuse, Retry
@@ -82,8 +83,8 @@ class Dispatcher:
         self.loop = asyncio.get_running_loop()
         self.publisher = publisher
         self.on_entry_done = on_entry_done
-        self.inbound = constants.inbound_stream(worker.key_prefix)
-        self.delayed = constants.delayed(worker.key_prefix)
+        self.inbound = keys_for(worker.key_prefix).inbound_stream
+        self.delayed = keys_for(worker.key_prefix).delayed
         self.flusher: Flusher[Entry] = Flusher(
             client, self.inbound, constants.CONSUMER_GROUP, on_refused=self.refused
         )
@@ -303,7 +304,7 @@ class Dispatcher:
         # MAXLEN ~: at least the newest max_dead_letters are kept (a few more, as Redis trims
         # whole nodes of its listpacks).
         cap = worker.max_dead_letters or None
-        dead_letter = StreamWrite(constants.dead_letters(worker.key_prefix), dead, cap)
+        dead_letter = StreamWrite(keys_for(worker.key_prefix).dead_letters, dead, cap)
         what = f'action "{event.action}"' if event.type == "message" else f"{event.type} event"
         logger.error(
             "%s (connection %s, entry %s) failed after %d attempts, moved to the dead letters: %s",

@@ -21,6 +21,7 @@ import redis.asyncio.retry
 import redis.backoff
 
 from wsq_protocol.batching import Backoff
+from wsq_protocol.keys import keys_for
 from wsq_worker import constants, delivery, preflight, speedups
 from wsq_worker.dispatch import Dispatcher
 from wsq_worker.exceptions import RedisUnusableError, WorkerFailedError
@@ -62,8 +63,8 @@ class Run:
         self.keep_alive: asyncio.Task[None] | None = None
         self.failure: tuple[str, BaseException | None] | None = None
         """The first background task that ended unexpectedly (its name), and its exception."""
-        self.inbound = constants.inbound_stream(worker.key_prefix)
-        self.delayed = constants.delayed(worker.key_prefix)
+        self.inbound = keys_for(worker.key_prefix).inbound_stream
+        self.delayed = keys_for(worker.key_prefix).delayed
         self.claim_cursor = "0-0"
         group, name = constants.CONSUMER_GROUP, worker.consumer_name
         self.touch = ("XREADGROUP", "GROUP", group, name, "COUNT", "1", "STREAMS", self.inbound, _TOUCH_ID)

@@ -31,6 +31,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, FieldT
 
 from wsq_protocol.batching import TickBatcher
+from wsq_protocol.keys import keys_for
 from wsq_protocol.scripts import script
 from wsq_worker import constants, speedups
 from wsq_worker.exceptions import PublishError
@@ -100,7 +101,7 @@ class StreamWrite(NamedTuple):
         """The write of a command to the gateway ``node``: capped, and never creating the stream
         (a live gateway's exists; a push to a connection of a dead one is dropped)."""
         return cls(
-            constants.node_stream(key_prefix, node), fields, constants.NODE_STREAM_MAXLEN, nomkstream=True
+            keys_for(key_prefix).node_stream(node), fields, constants.NODE_STREAM_MAXLEN, nomkstream=True
         )
 
     @property
@@ -208,10 +209,10 @@ class MembershipWrite:
     def keys(self) -> list[str]:
         prefix, connection_id = self.key_prefix, self.connection_id
         return [
-            constants.connection(prefix, connection_id),
-            constants.group_connections(prefix, self.group),
-            constants.connection_groups(prefix, connection_id),
-            constants.node_stream(prefix, node_of(connection_id)),
+            keys_for(prefix).connection(connection_id),
+            keys_for(prefix).group_connections(self.group),
+            keys_for(prefix).connection_groups(connection_id),
+            keys_for(prefix).node_stream(node_of(connection_id)),
         ]
 
     @property
@@ -260,16 +261,16 @@ class Route:
     def _write(self, fields: dict[str, str]) -> Write:
         prefix, to = self.key_prefix, self.to
         if self.target == "all":
-            return StreamWrite(constants.broadcast_stream(prefix), fields, constants.BROADCAST_STREAM_MAXLEN)
+            return StreamWrite(keys_for(prefix).broadcast_stream, fields, constants.BROADCAST_STREAM_MAXLEN)
         assert to is not None
         if self.target == "connection":
             return StreamWrite.to_node(prefix, node_of(to), fields)
         members = (
-            constants.user_connections(prefix, to)
+            keys_for(prefix).user_connections(to)
             if self.target == "user"
-            else constants.group_connections(prefix, to)
+            else keys_for(prefix).group_connections(to)
         )
-        head, tail = constants.node_stream(prefix, "\n").split("\n")
+        head, tail = keys_for(prefix).node_stream("\n").split("\n")
         return FanOutWrite(members, head, tail, fields)
 
 
@@ -406,17 +407,17 @@ class Publisher:
 
     def connections(self, user_id: str) -> list[str]:
         """The ids of the user's connections on every gateway, sorted."""
-        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
+        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
         return decode_members(self._read(lambda: self.client.smembers(key)))
 
     def is_online(self, user_id: str) -> bool:
         """Whether the user has at least one connection, on any gateway."""
-        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
+        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
         return self._read(lambda: self.client.scard(key)) > 0
 
     def group_members(self, group: str) -> list[str]:
         """The ids of the group's connections on every gateway, sorted."""
-        key = constants.group_connections(self.key_prefix, check_group(group))
+        key = keys_for(self.key_prefix).group_connections(check_group(group))
         return decode_members(self._read(lambda: self.client.smembers(key)))
 
     def connection_info(self, connection_id: str) -> ConnectionInfo | None:
@@ -425,8 +426,8 @@ class Publisher:
 
         def read() -> list[Any]:
             with self.client.pipeline() as pipe:
-                pipe.hgetall(constants.connection(self.key_prefix, connection_id))
-                pipe.smembers(constants.connection_groups(self.key_prefix, connection_id))
+                pipe.hgetall(keys_for(self.key_prefix).connection(connection_id))
+                pipe.smembers(keys_for(self.key_prefix).connection_groups(connection_id))
                 return pipe.execute()
 
         fields, groups = self._read(read)
@@ -572,17 +573,17 @@ class AsyncPublisher:
 
     async def connections(self, user_id: str) -> list[str]:
         """See ``Publisher.connections``."""
-        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
+        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
         return decode_members(await self._read(lambda: self.client.smembers(key)))
 
     async def is_online(self, user_id: str) -> bool:
         """See ``Publisher.is_online``."""
-        key = constants.user_connections(self.key_prefix, check_user_id(user_id))
+        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
         return await self._read(lambda: self.client.scard(key)) > 0
 
     async def group_members(self, group: str) -> list[str]:
         """See ``Publisher.group_members``."""
-        key = constants.group_connections(self.key_prefix, check_group(group))
+        key = keys_for(self.key_prefix).group_connections(check_group(group))
         return decode_members(await self._read(lambda: self.client.smembers(key)))
 
     async def connection_info(self, connection_id: str) -> ConnectionInfo | None:
@@ -591,8 +592,8 @@ class AsyncPublisher:
 
         async def read() -> list[Any]:
             async with self.client.pipeline() as pipe:
-                pipe.hgetall(constants.connection(self.key_prefix, connection_id))
-                pipe.smembers(constants.connection_groups(self.key_prefix, connection_id))
+                pipe.hgetall(keys_for(self.key_prefix).connection(connection_id))
+                pipe.smembers(keys_for(self.key_prefix).connection_groups(connection_id))
                 return await pipe.execute()
 
         fields, groups = await self._read(read)
