@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from wsq_protocol.codes import PROTOCOL_VERSION
 from wsq_protocol.keys import REAPED_TTL_S, Keys
 from wsq_protocol.scripts import STALE, Script, script
+from wsq_protocol.scripts import connection_keys as core_connection_keys
 
 LUA = Path(__file__).resolve().parents[1] / "lua"
 NAMES = sorted(path.stem for path in LUA.glob("*.lua"))
@@ -114,15 +115,7 @@ async def run(redis: aioredis.Redis, name: str, keys: list[str], *args: Any) -> 
 
 
 def connection_keys(keys: Keys, user: str, groups: list[str], cid: str = CID, node: str = NODE) -> list[str]:
-    found = [
-        keys.connection(cid),
-        keys.connection_groups(cid),
-        keys.node_connections(node),
-        keys.inbound_stream,
-    ]
-    if user:
-        found.append(keys.user_connections(user))
-    return found + [keys.group_connections(group) for group in groups]
+    return core_connection_keys(keys, cid, node, user or None, groups)[0]
 
 
 async def register(redis: aioredis.Redis, keys: Keys, user: str, groups: list[str], cid: str = CID) -> None:

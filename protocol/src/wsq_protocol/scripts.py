@@ -14,11 +14,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from wsq_protocol.keys import Keys
 from wsq_protocol.resources import read_text
 
-__all__ = ["STALE", "Script", "expand", "script"]
+__all__ = ["STALE", "Script", "connection_keys", "expand", "script"]
 
 STALE = b"stale"
 """The first element of the reply of a script that found the caller's keys out of date
@@ -60,3 +62,21 @@ def expand(source: str) -> str:
 def script(name: str) -> Script:
     """The script ``protocol/lua/<name>.lua``, its includes expanded."""
     return Script.of(name, expand(read_text("lua", f"{name}.lua")))
+
+
+def connection_keys(
+    keys: Keys, connection_id: str, node: str, user_id: str | None, groups: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """The KEYS and ARGV of one connection, as ``lib/forget.lua`` reads them (``forget.lua``,
+    ``reap.lua`` after its own two keys)."""
+    groups = list(groups)
+    script_keys = [
+        keys.connection(connection_id),
+        keys.connection_groups(connection_id),
+        keys.node_connections(node),
+        keys.inbound_stream,
+    ]
+    if user_id:
+        script_keys.append(keys.user_connections(user_id))
+    script_keys += [keys.group_connections(group) for group in groups]
+    return script_keys, [connection_id, node, user_id or "", *groups]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsq_protocol.keys import Keys
-from wsq_protocol.scripts import STALE, script
+from wsq_protocol.scripts import STALE, connection_keys, script
 
 REGISTER = script("register")
 SET_USER = script("set_user")
@@ -104,23 +104,6 @@ def set_user_command(
     return SET_USER.call(script_keys, connection_id, user_id, previous or "", max_per_user)
 
 
-def _connection_keys(
-    keys: Keys, connection_id: str, node: str, user_id: str | None, groups: Iterable[str]
-) -> tuple[list[str], list[str]]:
-    """The KEYS and ARGV of one connection, as ``lib/forget.lua`` reads them."""
-    groups = list(groups)
-    script_keys = [
-        keys.connection(connection_id),
-        keys.connection_groups(connection_id),
-        keys.node_connections(node),
-        keys.inbound_stream,
-    ]
-    if user_id:
-        script_keys.append(keys.user_connections(user_id))
-    script_keys += [keys.group_connections(group) for group in groups]
-    return script_keys, [connection_id, node, user_id or "", *groups]
-
-
 def forget_command(
     keys: Keys,
     connection_id: str,
@@ -132,7 +115,7 @@ def forget_command(
     """The EVALSHA that forgets a connection and appends its disconnect event: 1, 0 (already
     forgotten), or a stale reply (``found()``) when ``node``, ``user_id`` or ``groups`` are not
     what the registry holds."""
-    script_keys, args = _connection_keys(keys, connection_id, node, user_id, groups)
+    script_keys, args = connection_keys(keys, connection_id, node, user_id, groups)
     # int(): a CloseCode or aiohttp's WSCloseCode is an int to the type checker, not to the packer.
     return FORGET.call(script_keys, int(close_code), *args)
 
@@ -148,7 +131,7 @@ def reap_call(
     force: bool = False,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``reap.lua`` for one connection of the dead gateway ``node``."""
-    script_keys, args = _connection_keys(keys, connection_id, node, user_id, groups)
+    script_keys, args = connection_keys(keys, connection_id, node, user_id, groups)
     return [keys.nodes, keys.node_reaped(node), *script_keys], [timeout_ms, "1" if force else "0", *args]
 
 
@@ -179,7 +162,7 @@ async def forget(redis: Any, keys: Keys, connection_id: str, close_code: int) ->
     current = Found(_text(fields[0] or b""), _text(fields[1]) if fields[1] else None, groups)
     run = redis.register_script(FORGET.body)
     for _ in range(MAX_STALE_RETRIES + 1):
-        script_keys, args = _connection_keys(
+        script_keys, args = connection_keys(
             keys, connection_id, current.node, current.user_id, current.groups
         )
         reply = await run(keys=script_keys, args=[int(close_code), *args])
