@@ -65,7 +65,7 @@ def machine(sources: str) -> dict[str, Any]:
     )
     redis = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True, check=False)
     changed = subprocess.run(
-        ["git", "status", "--porcelain", "--", "gateway-service/src", "worker-sdk/src"],
+        ["git", "status", "--porcelain", "--", "protocol", "gateway-service/src", "worker-sdk/src"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -126,25 +126,34 @@ def save(doc: dict[str, Any], results_dir: Path) -> None:
 
 
 def use_sources_of(rev: str) -> str:
-    """Export gateway-service/src and worker-sdk/src at ``rev`` (outside the repository, where
-    no linter sees them) and put them first on the children's PYTHONPATH, ahead of the
-    editable installs; return the commit."""
+    """Export gateway-service/src and worker-sdk/src at ``rev``, and protocol/ where ``rev`` has
+    the protocol core (its sources and the keys.json, lua/ and schemas/ it reads), outside the
+    repository, where no linter sees them; put them first on the children's PYTHONPATH, ahead
+    of the editable installs; return the commit."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     target = Path(tempfile.gettempdir()) / f"wsq-bench-src-{commit}"
     if not target.exists():
         target.mkdir(parents=True)
+        core = ["protocol"] if _has_path(commit, "protocol/src") else []
         archive = subprocess.run(
-            ["git", "archive", commit, "gateway-service/src", "worker-sdk/src"],
+            ["git", "archive", commit, *core, "gateway-service/src", "worker-sdk/src"],
             cwd=ROOT,
             capture_output=True,
             check=True,
         )
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    paths = [str(target / "gateway-service" / "src"), str(target / "worker-sdk" / "src")]
+    paths = [str(target / folder / "src") for folder in ("protocol", "gateway-service", "worker-sdk")]
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))
     return commit
+
+
+def _has_path(commit: str, path: str) -> bool:
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", commit, path], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return bool(listed.stdout.strip())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
