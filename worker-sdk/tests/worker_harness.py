@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,6 +20,8 @@ from redis.typing import StreamRangeResponse
 
 from wsq_devkit import contract, wait_until_async
 from wsq_devkit.redis_typing import xadd_fields
+from wsq_protocol.ids import new_connection_id
+from wsq_protocol.scripts import script
 from wsq_worker import Worker
 
 StrEntry = tuple[str, dict[str, str]]
@@ -55,18 +56,8 @@ class Schemas:
         assert not errors, f"not a valid {name}: {instance!r}: {errors}"
 
 
-def new_connection_id(node: str) -> str:
-    """``<node>.<22 base64url characters>``, as the gateway makes them."""
-    return f"{node}.{secrets.token_urlsafe(16)}"
-
-
-# KEYS[1]: a node stream, created empty unless it exists (as the gateway's own script does).
-CREATE_NODE_STREAM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XADD', KEYS[1], '0-1', 'created', '1')
-  redis.call('XDEL', KEYS[1], '0-1')
-end
-"""
+# KEYS[1]: a node stream, created empty unless it exists (the gateway's own script).
+CREATE_NODE_STREAM = script("ensure_stream").body
 
 
 async def create_node_stream(client: redis.asyncio.Redis, key_prefix: str, node: str) -> None:

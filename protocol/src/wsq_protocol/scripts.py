@@ -48,10 +48,6 @@ class Script(NamedTuple):
         """The ``EVAL`` command (the body itself: for a Redis that may not know the script)."""
         return ("EVAL", self.body, len(keys), *keys, *args)
 
-    def load(self) -> tuple[str, str, str]:
-        """The ``SCRIPT LOAD`` command for this script."""
-        return ("SCRIPT", "LOAD", self.body)
-
 
 def expand(source: str) -> str:
     """``source`` with each ``-- include: lib/<name>.lua`` line replaced by that helper's text."""
