@@ -32,6 +32,7 @@ from wsq_gateway.broker.registry import (
     drop_node_call,
     found,
     heartbeat_call,
+    read_registered,
     reap_call,
 )
 from wsq_gateway.logs import BROKER, get_logger
@@ -160,14 +161,11 @@ class Liveness:
     async def _reap_connections(self, node: str, connection_ids: list[str], *, force: bool) -> int | None:
         """Run ``reap.lua`` for each connection, with the user and groups read just before
         (and again with what it found, while that was stale). None when the node is alive."""
-        pipe = self._redis.pipeline(transaction=False)
-        for cid in connection_ids:
-            pipe.hget(self._keys.connection(cid), "user_id")
-            pipe.smembers(self._keys.connection_groups(cid))
-        read = await pipe.execute()
+        registered = await read_registered(self._redis, self._keys, connection_ids)
+        # The dead node's own: reap.lua checks that each id is registered to it.
         todo = {
-            cid: Found(node, user.decode() if user else None, tuple(sorted(g.decode() for g in groups)))
-            for cid, user, groups in zip(connection_ids, read[::2], read[1::2], strict=True)
+            cid: Found(node, known.user_id, known.groups)
+            for cid, known in zip(connection_ids, registered, strict=True)
         }
         forgotten = 0
         for _ in range(MAX_STALE_RETRIES + 1):

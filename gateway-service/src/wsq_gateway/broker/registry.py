@@ -158,8 +158,7 @@ async def forget(redis: Any, keys: Keys, connection_id: str, close_code: int) ->
     """Forget a connection from outside its gateway (operators, tests): read its node, user and
     groups, then run ``forget.lua`` (again with what it found, while that was stale). 1 when
     it was forgotten (its disconnect event written), 0 when it was not registered."""
-    fields, groups = await _read_connection(redis, keys, connection_id)
-    current = Found(_text(fields[0] or b""), _text(fields[1]) if fields[1] else None, groups)
+    [current] = await read_registered(redis, keys, [connection_id])
     run = redis.register_script(FORGET.body)
     for _ in range(MAX_STALE_RETRIES + 1):
         script_keys, args = connection_keys(
@@ -173,12 +172,18 @@ async def forget(redis: Any, keys: Keys, connection_id: str, close_code: int) ->
     raise RuntimeError(f"the groups of connection {connection_id} kept changing: it was not forgotten")
 
 
-async def _read_connection(redis: Any, keys: Keys, connection_id: str) -> tuple[list[Any], tuple[str, ...]]:
+async def read_registered(redis: Any, keys: Keys, connection_ids: list[str]) -> list[Found]:
+    """What the registry holds of each connection (node, user, groups; node ``""`` when it is
+    not registered), read in one round trip: the keys for ``forget.lua`` or ``reap.lua``."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hmget(keys.connection(connection_id), "node", "user_id")
-    pipe.smembers(keys.connection_groups(connection_id))
-    fields, groups = await pipe.execute()
-    return fields, tuple(sorted(_text(group) for group in groups))
+    for connection_id in connection_ids:
+        pipe.hmget(keys.connection(connection_id), "node", "user_id")
+        pipe.smembers(keys.connection_groups(connection_id))
+    read = await pipe.execute()
+    return [
+        Found(_text(node or b""), _text(user) if user else None, tuple(sorted(_text(g) for g in groups)))
+        for (node, user), groups in zip(read[::2], read[1::2], strict=True)
+    ]
 
 
 def _bytes(value: Any) -> bytes:
