@@ -207,12 +207,12 @@ class MembershipWrite:
 
     @property
     def keys(self) -> list[str]:
-        prefix, connection_id = self.key_prefix, self.connection_id
+        keys, connection_id = keys_for(self.key_prefix), self.connection_id
         return [
-            keys_for(prefix).connection(connection_id),
-            keys_for(prefix).group_connections(self.group),
-            keys_for(prefix).connection_groups(connection_id),
-            keys_for(prefix).node_stream(node_of(connection_id)),
+            keys.connection(connection_id),
+            keys.group_connections(self.group),
+            keys.connection_groups(connection_id),
+            keys.node_stream(node_of(connection_id)),
         ]
 
     @property
@@ -259,18 +259,14 @@ class Route:
         return self._write(disconnect_command(self.target, self.to, code, reason))
 
     def _write(self, fields: dict[str, str]) -> Write:
-        prefix, to = self.key_prefix, self.to
+        prefix, to, keys = self.key_prefix, self.to, keys_for(self.key_prefix)
         if self.target == "all":
-            return StreamWrite(keys_for(prefix).broadcast_stream, fields, constants.BROADCAST_STREAM_MAXLEN)
+            return StreamWrite(keys.broadcast_stream, fields, constants.BROADCAST_STREAM_MAXLEN)
         assert to is not None
         if self.target == "connection":
             return StreamWrite.to_node(prefix, node_of(to), fields)
-        members = (
-            keys_for(prefix).user_connections(to)
-            if self.target == "user"
-            else keys_for(prefix).group_connections(to)
-        )
-        head, tail = keys_for(prefix).node_stream("\n").split("\n")
+        members = keys.user_connections(to) if self.target == "user" else keys.group_connections(to)
+        head, tail = keys.node_stream("\n").split("\n")
         return FanOutWrite(members, head, tail, fields)
 
 
@@ -425,9 +421,10 @@ class Publisher:
         node_of(connection_id)
 
         def read() -> list[Any]:
+            keys = keys_for(self.key_prefix)
             with self.client.pipeline() as pipe:
-                pipe.hgetall(keys_for(self.key_prefix).connection(connection_id))
-                pipe.smembers(keys_for(self.key_prefix).connection_groups(connection_id))
+                pipe.hgetall(keys.connection(connection_id))
+                pipe.smembers(keys.connection_groups(connection_id))
                 return pipe.execute()
 
         fields, groups = self._read(read)
@@ -591,9 +588,10 @@ class AsyncPublisher:
         node_of(connection_id)
 
         async def read() -> list[Any]:
+            keys = keys_for(self.key_prefix)
             async with self.client.pipeline() as pipe:
-                pipe.hgetall(keys_for(self.key_prefix).connection(connection_id))
-                pipe.smembers(keys_for(self.key_prefix).connection_groups(connection_id))
+                pipe.hgetall(keys.connection(connection_id))
+                pipe.smembers(keys.connection_groups(connection_id))
                 return await pipe.execute()
 
         fields, groups = await self._read(read)
