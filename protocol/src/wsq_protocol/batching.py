@@ -16,15 +16,12 @@ acks again with a check that they are still pending, a publisher fails its calle
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from redis.backoff import ExponentialBackoff
 
 __all__ = ["Backoff", "FlushPolicy", "TickBatcher"]
-
-log = logging.getLogger("wsq.protocol.batching")
 
 
 class Backoff:
@@ -85,10 +82,6 @@ class TickBatcher:
         self._task: asyncio.Task[None] | None = None
         self.closing = False
         """``close()`` was called: the task ends once nothing is left to write."""
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return self._task
 
     @property
     def running(self) -> bool:

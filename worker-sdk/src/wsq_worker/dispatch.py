@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import redis.asyncio
 
 from wsq_protocol.keys import keys_for
-from wsq_worker import constants, delivery, retries, speedups
+from wsq_protocol.pipe import CommandTemplate
+from wsq_worker import constants, delivery, retries
 from wsq_worker.context import Context
 from wsq_worker.exceptions import ProtocolError, PublishError, Refuse, Retry
 from wsq_worker.flusher import BestEffort, CommitWrite, Flusher, PackedWrite
@@ -378,7 +379,7 @@ def hook_answer(connection_id: str, result: object) -> dict[str, str]:
 
 class _ReplyTemplate(NamedTuple):
     stream: str
-    command: speedups.CommandTemplate
+    command: CommandTemplate
 
 
 def _reply_template(key_prefix: str, node: str) -> _ReplyTemplate:
@@ -388,7 +389,7 @@ def _reply_template(key_prefix: str, node: str) -> _ReplyTemplate:
     stream, command = write.stream, write.command
     if command[-4:] != ("to", sample, "frame", ""):  # send_command's field order changed
         raise AssertionError(f"unexpected send command {command!r}")
-    return _ReplyTemplate(stream, speedups.CommandTemplate(command[:-3], 3))
+    return _ReplyTemplate(stream, CommandTemplate(command[:-3], 3))
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:

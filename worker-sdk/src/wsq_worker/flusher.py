@@ -38,7 +38,7 @@ SourceT = TypeVar("SourceT")
 
 class PackedWrite(NamedTuple):
     """A write to ``key`` packed in RESP already, with its number of ``arguments``: an ``XADD``
-    (the replies, from a ``speedups.CommandTemplate``), or any ``FlusherWrite`` once queued."""
+    (the replies, from a ``CommandTemplate``), or any ``FlusherWrite`` once queued."""
 
     key: str
     command: bytes

@@ -22,7 +22,8 @@ import redis.backoff
 
 from wsq_protocol.batching import Backoff
 from wsq_protocol.keys import keys_for
-from wsq_worker import constants, delivery, preflight, speedups
+from wsq_protocol.pipe import RedisPipe, async_redis
+from wsq_worker import constants, delivery, preflight
 from wsq_worker.dispatch import Dispatcher
 from wsq_worker.exceptions import RedisUnusableError, WorkerFailedError
 from wsq_worker.publisher import AsyncPublisher
@@ -70,21 +71,21 @@ class Run:
         self.touch = ("XREADGROUP", "GROUP", group, name, "COUNT", "1", "STREAMS", self.inbound, _TOUCH_ID)
         """A read that returns nothing but resets this consumer's idle time (see _TOUCH_ID)."""
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
-        self.client = speedups.async_redis(
+        self.client = async_redis(
             worker.redis_url,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=retry,
         )
         # Reads block for block_ms: on a connection of their own, with no retry but ours.
-        self.reader = speedups.async_redis(
+        self.reader = async_redis(
             worker.redis_url,
             single_connection_client=True,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=worker.block_ms / 1000 + _COMMAND_TIMEOUT_S,
             retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
         )
-        self.read_pipe = speedups.RedisPipe(self.reader)  # XREADGROUP, replies raw
+        self.read_pipe = RedisPipe(self.reader)  # XREADGROUP, replies raw
         self.publisher = AsyncPublisher(client=self.client, key_prefix=worker.key_prefix)
         self.dispatcher = Dispatcher(worker, self.client, self.publisher, on_entry_done=self._entry_done)
         self.flusher = self.dispatcher.flusher

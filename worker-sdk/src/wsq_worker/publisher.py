@@ -32,8 +32,9 @@ from redis.typing import EncodableT, FieldT
 
 from wsq_protocol.batching import TickBatcher
 from wsq_protocol.keys import keys_for
+from wsq_protocol.pipe import RedisPipe, async_redis
 from wsq_protocol.scripts import script
-from wsq_worker import constants, speedups
+from wsq_worker import constants
 from wsq_worker.exceptions import PublishError
 from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_members
 from wsq_worker.protocol import (
@@ -524,7 +525,7 @@ class AsyncPublisher:
         url_from_env, prefix_from_env = connection_from_env()
         self.key_prefix = key_prefix or prefix_from_env
         self._owns_client = client is None
-        self.client = client or speedups.async_redis(
+        self.client = client or async_redis(
             redis_url or url_from_env,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
@@ -657,7 +658,7 @@ class _Batches:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pipe: speedups.RedisPipe | None = None
+        self._pipe: RedisPipe | None = None
         self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._batcher: TickBatcher | None = None
 
@@ -666,7 +667,7 @@ class _Batches:
         command can carry (a str that is not UTF-8) raises here, not in the batch."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or another event loop: connections are per loop
-            pipe = speedups.RedisPipe(self._client, resend=False)
+            pipe = RedisPipe(self._client, resend=False)
             self._loop, self._pipe, self._queue = loop, pipe, []
             self._batcher = TickBatcher(self, name="wsq-publisher-batches", linger=False)
         assert self._pipe is not None
