@@ -1,21 +1,21 @@
--- drop_node.lua: removes a dead gateway once a reaper forgot all of its connections.
+-- drop_node.lua: removes a dead gateway's keys once a reaper forgot all of its connections.
+-- include: lib/now_ms.lua
 --
--- Only while its heartbeat is older than the timeout and its set of connections is empty:
--- removes it from {prefix}:nodes and deletes its node stream and its sequence key.
+-- One slot, the node's shard. Only while its heartbeat is older than the timeout (or gone), its
+-- set of connections is empty and none of its index intents is left: deletes its heartbeat,
+-- its node stream and its sequence key. The caller then removes it from {prefix}:nodes (another
+-- slot; a reaper that dies in between leaves it there, and the next one drops it again).
 --
--- KEYS[1]  {prefix}:nodes
--- KEYS[2]  {prefix}:node:{node}:conns
--- KEYS[3]  {prefix}:node:{node}:out
--- KEYS[4]  {prefix}:node:{node}:seq
--- ARGV[1]  node
--- ARGV[2]  heartbeat timeout (ms)
+-- KEYS[1]  {prefix}:{shard}:node:{node}:alive
+-- KEYS[2]  {prefix}:{shard}:node:{node}:conns
+-- KEYS[3]  {prefix}:{shard}:node:{node}:intents
+-- KEYS[4]  {prefix}:{shard}:node:{node}:out
+-- KEYS[5]  {prefix}:{shard}:node:{node}:seq
+-- ARGV[1]  heartbeat timeout (ms)
 --
--- Reply: 1 removed; 0 not (heartbeat fresh, node absent, or connections left).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not seen or tonumber(seen) > now - tonumber(ARGV[2]) then return 0 end
-if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4])
+-- Reply: 1 removed (or nothing was left); 0 not (heartbeat fresh, connections or intents left).
+local seen = redis.call('GET', KEYS[1])
+if seen and tonumber(seen) > now_ms() - tonumber(ARGV[1]) then return 0 end
+if redis.call('SCARD', KEYS[2]) > 0 or redis.call('ZCARD', KEYS[3]) > 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 return 1

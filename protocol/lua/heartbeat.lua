@@ -2,18 +2,21 @@
 -- include: lib/now_ms.lua
 -- include: lib/ensure_stream.lua
 --
--- Creates the node stream (empty) unless it exists, writes the heartbeat (Redis' clock, so
--- the hosts' clocks don't matter), and clears the reaped flag.
+-- One slot, the node's shard. Creates the node stream (empty) unless it exists, writes the
+-- heartbeat (Redis' clock, so the hosts' clocks don't matter), and clears the reaped flag. The
+-- caller then writes the same time as the node's score in {prefix}:nodes (another slot), where
+-- reapers look for dead gateways; reap.lua and drop_node.lua check this key, in the shard.
 --
--- KEYS[1]  {prefix}:node:{node}:out
--- KEYS[2]  {prefix}:nodes
--- KEYS[3]  {prefix}:node:{node}:reaped
--- ARGV[1]  node
+-- KEYS[1]  {prefix}:{shard}:node:{node}:out
+-- KEYS[2]  {prefix}:{shard}:node:{node}:alive
+-- KEYS[3]  {prefix}:{shard}:node:{node}:reaped
 --
--- Reply: 0 the node was reaped (flag cleared: close every socket); 1 it was there;
--- 2 it was not in {prefix}:nodes (a first heartbeat, or Redis lost its data).
+-- Reply: {state, now}: state 0 the node was reaped (flag cleared: close every socket); 1 it
+-- was there; 2 it was not (a first heartbeat, or Redis lost its data); now: the time written (ms).
 ensure_stream(KEYS[1])
-local added = redis.call('ZADD', KEYS[2], now_ms(), ARGV[1])
-if redis.call('DEL', KEYS[3]) == 1 then return 0 end
-if added == 1 then return 2 end
-return 1
+local now = now_ms()
+local seen = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[2], now)
+if redis.call('DEL', KEYS[3]) == 1 then return {0, now} end
+if not seen then return {2, now} end
+return {1, now}

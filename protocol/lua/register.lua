@@ -1,26 +1,32 @@
 -- register.lua: registers a new connection and appends its connect event, all or nothing.
+-- include: lib/intents.lua
 --
--- The user's limit is checked in the same step: a burst of connections from one user, on any
--- number of gateways, cannot pass it.
+-- One slot, the node's shard. A connection with a user is first reserved in the user's set
+-- (index.lua, which checks the user's limit there, in the user's slot), after an intent
+-- recording that reservation (ZADD, in the same batch as nothing else of it): this script then
+-- checks that the intent is still there, writes the connection and removes the intent, since
+-- the user's set already holds the connection. A reservation whose intent is gone (settled by
+-- a sweep after a very long stall) writes nothing: the caller settles its own and gives up.
 --
--- KEYS[1]  {prefix}:conn:{connection_id}
--- KEYS[2]  {prefix}:node:{node}:conns
--- KEYS[3]  {prefix}:inbound
--- KEYS[4]  {prefix}:user:{user_id}:conns     (only when ARGV[5] is not '')
+-- KEYS[1]  {prefix}:{shard}:conn:{connection_id}
+-- KEYS[2]  {prefix}:{shard}:node:{node}:conns
+-- KEYS[3]  {prefix}:{shard}:inbound
+-- KEYS[4]  {prefix}:{shard}:node:{node}:intents
 -- ARGV[1]  connection id
 -- ARGV[2]  node
 -- ARGV[3]  since (ms)
 -- ARGV[4]  client address
 -- ARGV[5]  user id, '' when anonymous
--- ARGV[6]  the most connections one user may hold (0: no limit)
+-- ARGV[6]  the token of the user's reservation ('' when anonymous)
 -- ARGV[7..] the connect event's fields and values
 --
--- Reply: 1 registered; 0 nothing written: the user already holds that many connections.
-local cid, node, since, addr, user, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+-- Reply: 1 registered; 0 nothing written: the reservation's intent is gone.
+local cid, node, since, addr, user, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if user ~= '' then
-  if limit > 0 and redis.call('SCARD', KEYS[4]) >= limit then return 0 end
+  local reservation = intent('u', cid, token, user)
+  if not redis.call('ZSCORE', KEYS[4], reservation) then return 0 end
   redis.call('HSET', KEYS[1], 'node', node, 'since', since, 'addr', addr, 'user_id', user)
-  redis.call('SADD', KEYS[4], cid)
+  redis.call('ZREM', KEYS[4], reservation)
 else
   redis.call('HSET', KEYS[1], 'node', node, 'since', since, 'addr', addr)
 end

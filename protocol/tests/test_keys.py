@@ -7,11 +7,12 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import string
+import re
 import subprocess
 import sys
 import tomllib
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,21 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+from redis.crc import key_slot
 
 from wsq_protocol import resources
-from wsq_protocol.keys import CONSUMER_GROUP, REAPED_TTL_S, Keys
+from wsq_protocol.keys import CONSUMER_GROUP, DEFAULT_SHARDS, REAPED_TTL_S, Keys, shard_of, shards_from_env
 
 PROTOCOL = Path(__file__).resolve().parents[1]
 ROOT = PROTOCOL.parent
 KEYS_JSON = json.loads((PROTOCOL / "keys.json").read_text(encoding="utf-8"))
 # One value per placeholder, with the characters real ones hold (":" in a user id, "." in a
-# connection id); a prefix may be a Redis hash tag ("{app}").
-VALUES = {"node": "gw-1", "connection_id": "gw-1.abc", "user_id": "u:7", "group": "room/1"}
+# connection id); a prefix may hold braces itself ("{app}").
+VALUES = {"node": "gw-1", "connection_id": "gw-1.abcdefghijklmnopqrstuv", "user_id": "u:7", "group": "room/1"}
+PLACEHOLDER = re.compile(r"\{(prefix|shard|node|connection_id|user_id|group)\}")
+# Members of Keys that are not keys of keys.json (or are named otherwise: "shards" is a number).
+NOT_KEYS = {"prefix", "shards", "shard_of", "shard_of_connection", "inbound_stream_of", "inbound_streams"}
+RENAMED = {"shards_key": "shards"}
 
 
 def public_members() -> set[str]:
@@ -39,23 +45,75 @@ def public_members() -> set[str]:
     return slots | methods
 
 
-def placeholders(template: str) -> list[str]:
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+def expand(template: str, prefix: str, shards: int, shard: int) -> tuple[str, str | None]:
+    """A template filled in as any language would (plain text replacement), and its variable."""
+    variables = [name for name in PLACEHOLDER.findall(template) if name not in ("prefix", "shard")]
+    variable = variables[0] if variables else None
+    if variable in ("node", "connection_id"):
+        shard = zlib.crc32(VALUES["node"].encode()) % shards  # a connection's shard is its node's
+    text = template.replace("{prefix}", prefix).replace("{shard}", str(shard))
+    if variable is not None:
+        text = text.replace("{" + variable + "}", VALUES[variable])
+    return text, variable
 
 
 @pytest.mark.parametrize("prefix", ["wsq", "t0a1:app", "{app}"])
-def test_every_key_of_keys_json_is_a_member_of_keys_filled_in(prefix: str) -> None:
-    keys = Keys(prefix)
+@pytest.mark.parametrize("shards", [1, 16, 1024])
+def test_every_key_of_keys_json_is_a_member_of_keys_filled_in(prefix: str, shards: int) -> None:
+    keys = Keys(prefix, shards)
+    shard = shards - 1
     for name, template in KEYS_JSON["keys"].items():
-        variables = [field for field in placeholders(template) if field != "prefix"]
-        assert len(variables) <= 1, f"{name}: Keys fills in one variable part at the most"
-        member: Any = getattr(keys, name)
-        built = member(VALUES[variables[0]]) if variables else member
-        assert built == template.format(prefix=prefix, **VALUES), name
+        assert len([v for v in PLACEHOLDER.findall(template) if v not in ("prefix", "shard")]) <= 1, name
+        expected, variable = expand(template, prefix, shards, shard)
+        member: Any = getattr(keys, {v: k for k, v in RENAMED.items()}.get(name, name))
+        if variable is not None:
+            built = member(VALUES[variable])
+        elif "{shard}" in template:
+            built = member(shard)
+        else:
+            built = member
+        assert built == expected, name
 
 
 def test_every_member_of_keys_is_a_key_of_keys_json() -> None:
-    assert public_members() - {"prefix"} == set(KEYS_JSON["keys"])
+    assert {RENAMED.get(name, name) for name in public_members() - NOT_KEYS} == set(KEYS_JSON["keys"])
+
+
+def test_what_one_node_owns_shares_one_slot_and_each_index_its_own() -> None:
+    """protocol/README.md, "Slots and shards": every script and every gateway batch touches one
+    Redis Cluster slot."""
+    keys = Keys("wsq", 16)
+    node, cid = VALUES["node"], VALUES["connection_id"]
+    owned = [
+        keys.inbound_stream_of(node),
+        keys.dead_letters(keys.shard_of(node)),
+        keys.delayed(keys.shard_of(node)),
+        *(getattr(keys, name)(node) for name in KEYS_JSON["keys"] if name.startswith("node_")),
+        keys.connection(cid),
+        keys.connection_groups(cid),
+    ]
+    assert len({key_slot(key.encode()) for key in owned}) == 1, owned
+    assert key_slot(keys.user_connections("a}b").encode()) == key_slot(keys.user_nodes("a}b").encode())
+    assert key_slot(keys.group_connections("g").encode()) == key_slot(keys.group_nodes("g").encode())
+    assert len({key_slot(keys.inbound_stream(shard).encode()) for shard in range(16)}) == 16
+
+
+def test_a_nodes_shard_is_crc32_of_its_id_mod_the_shards() -> None:
+    # A fixed vector, for implementations in other languages.
+    assert zlib.crc32(b"gw-1") == 0xA7FF34A6
+    assert shard_of("gw-1", 16) == 0xA7FF34A6 % 16 == 6
+    assert Keys("wsq", 16).shard_of_connection(VALUES["connection_id"]) == 6
+    assert Keys("wsq", 1).inbound_stream_of("gw-1") == "{wsq:0}:inbound"
+
+
+def test_the_number_of_shards_is_checked() -> None:
+    assert shards_from_env({}) == DEFAULT_SHARDS == KEYS_JSON["shards"]["default"] == 16
+    assert shards_from_env({"WSQ_SHARDS": " 3 "}) == 3
+    for bad in ("0", "1025", "x", "2.5"):
+        with pytest.raises(ValueError, match="WSQ_SHARDS"):
+            shards_from_env({"WSQ_SHARDS": bad})
+    with pytest.raises(ValueError, match="from 1 to 1024"):
+        Keys("wsq", 0)
 
 
 def test_the_constants_of_keys_json() -> None:
@@ -65,8 +123,9 @@ def test_the_constants_of_keys_json() -> None:
 
 def test_keys_compare_by_prefix() -> None:
     assert Keys("a") == Keys("a") != Keys("b")
+    assert Keys("a", 4) != Keys("a", 8)
     assert len({Keys("a"), Keys("a")}) == 1
-    assert repr(Keys("a")) == "Keys('a')"
+    assert repr(Keys("a")) == "Keys('a', 16)"
 
 
 # Resources: one copy of keys.json, schemas/ and lua/, found in a checkout and in a wheel.
@@ -114,7 +173,7 @@ print(json.dumps({
     seen = json.loads(result.stdout)
     assert Path(seen["package"]).is_relative_to(unpacked)
     assert Path(seen["root"]) == unpacked / "wsq_protocol" / "data"
-    assert seen["node_stream"] == "p:node:gw-1:out"
+    assert seen["node_stream"] == "{p:6}:node:gw-1:out"  # shard 6 of 16: see the crc32 vector above
     assert seen["schema"]
 
 

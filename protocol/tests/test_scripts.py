@@ -1,6 +1,7 @@
 """The Lua scripts of protocol/lua/: each loads, documents its KEYS, ARGV and reply, takes every
-key it touches in KEYS (no key built in Lua), and the stale/retry answers of forget.lua,
-reap.lua and fan_out.lua write nothing, so that a caller's retry cannot write twice."""
+key it touches in KEYS (no key built in Lua); the registry's scripts write once, record the
+index changes they leave to their callers, and settle.lua removes an intent only once its index
+agrees (wsq_protocol.membership)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import redis.asyncio as aioredis
 
 from wsq_protocol.codes import PROTOCOL_VERSION
 from wsq_protocol.keys import REAPED_TTL_S, Keys
-from wsq_protocol.scripts import STALE, Script, script
-from wsq_protocol.scripts import connection_keys as core_connection_keys
+from wsq_protocol.membership import Intent, new_token, reserve, settle, sweep
+from wsq_protocol.scripts import Script, connection_keys, run, script
 
 LUA = Path(__file__).resolve().parents[1] / "lua"
 NAMES = sorted(path.stem for path in LUA.glob("*.lua"))
@@ -35,9 +36,9 @@ def code_of(source: str) -> str:
 
 def test_every_script_is_listed() -> None:
     assert NAMES == [
-        "claim", "commit", "drop_node", "drop_stale_consumers", "ensure_stream", "fan_out",
-        "forget", "heartbeat", "join", "keep_alive", "leave", "move_due", "reap", "register",
-        "replay", "set_user",
+        "claim", "commit", "drop_node", "drop_stale_consumers", "ensure_stream", "forget",
+        "heartbeat", "index", "intend", "join", "keep_alive", "leave", "move_due", "reap",
+        "register", "replay", "set_user", "settle",
     ]  # fmt: skip
 
 
@@ -100,7 +101,7 @@ def test_constants_baked_into_the_scripts_agree_with_the_protocol() -> None:
     assert int(ttl) == REAPED_TTL_S
 
 
-# The stale answers, on a real Redis.
+# The scripts of one connection's life, on a real Redis.
 
 
 @pytest.fixture
@@ -110,121 +111,175 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def run(redis: aioredis.Redis, name: str, keys: list[str], *args: Any) -> Any:
-    return await redis.register_script(script(name).body)(keys=keys, args=list(args))
-
-
-def connection_keys(keys: Keys, user: str, groups: list[str], cid: str = CID, node: str = NODE) -> list[str]:
-    return core_connection_keys(keys, cid, node, user or None, groups)[0]
+async def call(redis: aioredis.Redis, name: str, keys: list[str], *args: Any) -> Any:
+    return await run(redis, script(name), keys, args)
 
 
 async def register(redis: aioredis.Redis, keys: Keys, user: str, groups: list[str], cid: str = CID) -> None:
-    register_keys = [keys.connection(cid), keys.node_connections(NODE), keys.inbound_stream]
+    """What a gateway does for a new connection (a reservation first when it has a user), and a
+    publisher's joins: every index agrees once each intent is settled."""
+    token = new_token()
     if user:
-        register_keys.append(keys.user_connections(user))
+        reservation = Intent("u", cid, token, user)
+        assert await call(redis, "intend", [keys.node_intents(NODE)], reservation.member) == 1
+        assert await reserve(redis, keys, reservation, 0)
+    register_keys = [
+        keys.connection(cid),
+        keys.node_connections(NODE),
+        keys.inbound_stream_of(NODE),
+        keys.node_intents(NODE),
+    ]
     event = ["v", "1", "type", "connect", "connection_id", cid]
-    assert await run(redis, "register", register_keys, cid, NODE, 1, "127.0.0.1", user, 0, *event) == 1
+    assert await call(redis, "register", register_keys, cid, NODE, 1, "127.0.0.1", user, token, *event) == 1
     for group in groups:
-        join_keys = [
-            keys.connection(cid),
-            keys.group_connections(group),
-            keys.connection_groups(cid),
-            keys.node_stream(NODE),
-        ]
-        assert await run(redis, "join", join_keys, cid, group, 100000, "type", "join") == 1
+        reply = await call(
+            redis, "join", join_keys(keys, cid), cid, group, 100000, new_token(), "type", "join"
+        )
+        assert reply[0] == 1
+        assert await settle(redis, keys, NODE, [Intent.parse(reply[1])]) == []
+    assert not await redis.exists(keys.node_intents(NODE))
+
+
+def join_keys(keys: Keys, cid: str = CID) -> list[str]:
+    return [
+        keys.connection(cid),
+        keys.connection_groups(cid),
+        keys.node_stream(NODE),
+        keys.node_intents(NODE),
+    ]
 
 
 async def disconnects(redis: aioredis.Redis, keys: Keys) -> list[dict[bytes, bytes]]:
-    entries: Any = await redis.xrange(keys.inbound_stream)
+    entries: Any = await redis.xrange(keys.inbound_stream_of(NODE))
     return [fields for _, fields in entries if fields[b"type"] == b"disconnect"]
 
 
-async def test_forget_with_stale_groups_writes_nothing_and_says_what_it_found(
+async def test_forget_writes_one_event_and_records_the_index_removals(
     redis: aioredis.Redis, key_prefix: str
 ) -> None:
     keys = Keys(key_prefix)
     await register(redis, keys, "ann", ["a", "b"])
-    # The gateway knew of group a only: b was joined meanwhile.
-    stale = await run(redis, "forget", connection_keys(keys, "ann", ["a"]), 4000, CID, NODE, "ann", "a")
-    assert stale[:3] == [STALE, NODE.encode(), b"ann"]
-    assert sorted(stale[3:]) == [b"a", b"b"]
-    assert await redis.exists(keys.connection(CID))
-    assert await disconnects(redis, keys) == []
-    assert await redis.sismember(keys.group_connections("a"), CID)
-    # A wrong user is stale too.
-    stale = await run(redis, "forget", connection_keys(keys, "", ["a", "b"]), 4000, CID, NODE, "", "a", "b")
-    assert stale[:3] == [STALE, NODE.encode(), b"ann"]
-    # The retry with what it found forgets it, once.
-    found = connection_keys(keys, "ann", ["b", "a"])
-    assert await run(redis, "forget", found, 4000, CID, NODE, "ann", "b", "a") == 1
-    assert await run(redis, "forget", found, 4000, CID, NODE, "ann", "b", "a") == 0
+    assert await redis.smembers(keys.group_connections("a")) == {CID.encode()}
+    assert await redis.hgetall(keys.user_nodes("ann")) == {NODE.encode(): b"1"}
+    reply = await call(redis, "forget", connection_keys(keys, CID), 4000, CID, "tok")
+    assert reply[0] == 1
+    intents = [Intent.parse(member) for member in reply[1:]]
+    expected = {Intent("u", CID, "tok", "ann"), Intent("g", CID, "tok", "a"), Intent("g", CID, "tok", "b")}
+    assert set(intents) == expected
+    assert await call(redis, "forget", connection_keys(keys, CID), 4000, CID, "tok") == 0
     (event,) = await disconnects(redis, keys)
     assert (event[b"close_code"], event[b"user_id"], event[b"v"]) == (b"4000", b"ann", b"1")
-    for key in (keys.connection(CID), keys.connection_groups(CID), keys.group_connections("a")):
-        assert not await redis.exists(key)
-    assert not await redis.exists(keys.user_connections("ann"), keys.node_connections(NODE))
+    assert not await redis.exists(
+        keys.connection(CID), keys.connection_groups(CID), keys.node_connections(NODE)
+    )
+    # The indexes (other slots) still name it until the intents are settled.
+    assert await redis.zcard(keys.node_intents(NODE)) == 3
+    assert await redis.sismember(keys.group_connections("a"), CID)
+    assert await settle(redis, keys, NODE, intents, holds=False) == []
+    for key in (keys.group_connections("a"), keys.group_nodes("b"), keys.user_connections("ann")):
+        assert not await redis.exists(key), key
+    assert not await redis.exists(keys.user_nodes("ann"), keys.node_intents(NODE))
 
 
-async def test_reap_touches_only_a_stale_node_and_checks_its_keys(
+async def test_settle_keeps_an_intent_until_the_index_says_what_holds(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """A caller that wrote the index from an old belief (the connection left the group after it
+    read) does not settle: settle.lua answers what holds, and the intent stays until it agrees."""
+    keys = Keys(key_prefix)
+    await register(redis, keys, "", ["a"])
+    stale = Intent("g", CID, "t1", "a")
+    await call(redis, "intend", [keys.node_intents(NODE)], stale.member)
+    settle_keys = [keys.node_intents(NODE), keys.connection(CID), keys.connection_groups(CID)]
+    assert await call(redis, "settle", settle_keys, stale.member, "0") == [1]  # it holds: not settled
+    assert await redis.zscore(keys.node_intents(NODE), stale.member) is not None
+    assert await call(redis, "settle", settle_keys, stale.member, "?") == [1]  # a read settles nothing
+    assert await call(redis, "settle", settle_keys, stale.member, "1") == [1]  # agrees: settled
+    assert not await redis.exists(keys.node_intents(NODE))
+    # settle() loops until it agrees, whatever the caller believed.
+    await call(redis, "intend", [keys.node_intents(NODE)], stale.member)
+    assert await settle(redis, keys, NODE, [stale], holds=False) == []
+    assert await redis.sismember(keys.group_connections("a"), CID), "written back: it holds"
+
+
+async def test_the_index_counts_members_per_node_and_checks_the_limit_atomically(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    others = [f"gw-b.{'x' * 22}", f"gw-b.{'y' * 22}"]
+    for cid in others:
+        assert await reserve(redis, keys, Intent("u", cid, "t", "ann"), 2)
+    assert not await reserve(redis, keys, Intent("u", CID, "t", "ann"), 2), "full"
+    assert await reserve(redis, keys, Intent("u", others[0], "t", "ann"), 2), "already a member"
+    assert await redis.hgetall(keys.user_nodes("ann")) == {b"gw-b": b"2"}
+    index_keys = [keys.user_connections("ann"), keys.user_nodes("ann")]
+    assert await call(redis, "index", index_keys, "-", others[0], "gw-b", 0) == 1
+    assert await call(redis, "index", index_keys, "-", others[0], "gw-b", 0) == 0
+    assert await redis.hgetall(keys.user_nodes("ann")) == {b"gw-b": b"1"}
+    assert await call(redis, "index", index_keys, "-", others[1], "gw-b", 0) == 1
+    assert not await redis.exists(*index_keys)
+
+
+async def test_register_with_a_user_needs_its_reservation(redis: aioredis.Redis, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    register_keys = [keys.connection(CID), keys.node_connections(NODE), keys.inbound_stream_of(NODE)]
+    register_keys.append(keys.node_intents(NODE))
+    assert (
+        await call(redis, "register", register_keys, CID, NODE, 1, "::1", "ann", "none", "type", "connect")
+        == 0
+    )
+    assert not await redis.exists(*register_keys)
+
+
+async def test_join_and_leave_of_a_missing_connection_write_nothing(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    await redis.xadd(keys.node_stream(NODE), {"created": "1"})
+    assert await call(redis, "join", join_keys(keys), CID, "g", 100000, "t", "type", "join") == 0
+    assert await call(redis, "leave", join_keys(keys), CID, "g", 100000, "t", "type", "leave") == 0
+    assert await redis.xlen(keys.node_stream(NODE)) == 1
+    assert not await redis.exists(keys.node_intents(NODE), keys.connection_groups(CID))
+
+
+async def test_reap_touches_only_a_stale_node_and_drop_node_waits_for_its_intents(
     redis: aioredis.Redis, key_prefix: str
 ) -> None:
     keys = Keys(key_prefix)
     await register(redis, keys, "", ["g"])
     orphan = f"{NODE}.AAAAAAAAAAAAAAAAAAAAAA"
     await redis.sadd(keys.node_connections(NODE), orphan)
-    head = [keys.nodes, keys.node_reaped(NODE)]
+    head = [keys.node_heartbeat(NODE), keys.node_reaped(NODE)]
     (now_s, _) = await redis.time()
-    await redis.zadd(keys.nodes, {NODE: now_s * 1000})
-    fresh = await run(redis, "reap", head + connection_keys(keys, "", ["g"]), 20000, "0", CID, NODE, "", "g")
-    assert fresh == -1
+    await redis.set(keys.node_heartbeat(NODE), now_s * 1000)
+    assert await call(redis, "reap", head + connection_keys(keys, CID), 20000, "0", CID, NODE, "t") == -1
     assert await redis.exists(keys.connection(CID))
     assert not await redis.exists(head[1])
-    await redis.zadd(keys.nodes, {NODE: now_s * 1000 - 60000})
-    stale = await run(redis, "reap", head + connection_keys(keys, "", []), 20000, "0", CID, NODE, "")
-    assert stale == [STALE, NODE.encode(), b"", b"g"]
-    assert await disconnects(redis, keys) == []
-    assert not await redis.exists(head[1])
-    reaped = await run(redis, "reap", head + connection_keys(keys, "", ["g"]), 20000, "0", CID, NODE, "", "g")
-    assert reaped == 1
+    await redis.set(keys.node_heartbeat(NODE), now_s * 1000 - 60000)
+    reaped = await call(redis, "reap", head + connection_keys(keys, CID), 20000, "0", CID, NODE, "t")
+    assert reaped == [1, Intent("g", CID, "t", "g").member.encode()]
     assert [e[b"close_code"] for e in await disconnects(redis, keys)] == [b"1006"]
     assert 0 < await redis.ttl(head[1]) <= REAPED_TTL_S
-    gone = await run(
-        redis, "reap", head + connection_keys(keys, "", [], orphan), 20000, "0", orphan, NODE, ""
-    )
+    gone = await call(redis, "reap", head + connection_keys(keys, orphan), 20000, "0", orphan, NODE, "t")
     assert gone == 0
     assert not await redis.exists(keys.node_connections(NODE))
-    drop = [keys.nodes, keys.node_connections(NODE), keys.node_stream(NODE), keys.node_sequence(NODE)]
-    assert await run(redis, "drop_node", drop, NODE, 20000) == 1
-    assert await redis.zscore(keys.nodes, NODE) is None
+    drop = [keys.node_heartbeat(NODE), keys.node_connections(NODE), keys.node_intents(NODE)]
+    drop += [keys.node_stream(NODE), keys.node_sequence(NODE)]
+    assert await call(redis, "drop_node", drop, 20000) == 0, "an intent is left"
+    assert await sweep(redis, keys, NODE, older_than_ms=0) == 1
+    assert not await redis.exists(keys.group_connections("g"))
+    assert await call(redis, "drop_node", drop, 20000) == 1
+    assert not await redis.exists(keys.node_heartbeat(NODE))
     assert len(await disconnects(redis, keys)) == 1
-
-
-async def test_fan_out_with_missing_nodes_writes_nothing_and_says_which(
-    redis: aioredis.Redis, key_prefix: str
-) -> None:
-    keys = Keys(key_prefix)
-    members = keys.group_connections("room")
-    cids = [f"gw-a.{'a' * 22}", f"gw-a.{'b' * 22}", f"gw-b.{'c' * 22}", f"gw-c.{'d' * 22}"]
-    await redis.sadd(members, *cids)
-    for node in ("gw-a", "gw-b"):  # gw-c is gone: its stream no longer exists
-        await redis.xadd(keys.node_stream(node), {"x": "1"})
-        await redis.xtrim(keys.node_stream(node), maxlen=0)
-    fields = ["v", "1", "type", "send"]
-    stale = await run(redis, "fan_out", [members, keys.node_stream("gw-a")], 1, "gw-a", 100000, *fields)
-    assert sorted(stale) == [b"gw-a", b"gw-b", b"gw-c"]
-    assert [await redis.xlen(keys.node_stream(n)) for n in ("gw-a", "gw-b")] == [0, 0]
-    nodes = ["gw-x", "gw-c", "gw-b", "gw-a"]  # more than needed is fine
-    streams = [keys.node_stream(node) for node in nodes]
-    assert await run(redis, "fan_out", [members, *streams], 4, " ".join(nodes), 100000, *fields) == 2
-    assert [await redis.xlen(keys.node_stream(n)) for n in ("gw-a", "gw-b")] == [1, 1]
-    assert not await redis.exists(keys.node_stream("gw-c"), keys.node_stream("gw-x"))
-    with pytest.raises(aioredis.ResponseError, match="one node per node stream"):
-        await run(redis, "fan_out", [members], 1, "gw-a", 100000, *fields)
 
 
 async def test_commit_refuses_a_write_to_a_key_not_in_keys(redis: aioredis.Redis) -> None:
     keys = Keys("t-commit")
-    inbound, node_stream, other = keys.inbound_stream, keys.node_stream(NODE), keys.node_stream("gw-b")
+    inbound, node_stream, other = (
+        keys.inbound_stream_of(NODE),
+        keys.node_stream(NODE),
+        keys.node_stream("gw-b"),
+    )
     await redis.xgroup_create(inbound, "workers", id="0", mkstream=True)
     raw_entry = await redis.xadd(inbound, {"v": "1"})
     entry = raw_entry.decode() if isinstance(raw_entry, bytes) else raw_entry

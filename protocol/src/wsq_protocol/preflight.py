@@ -112,3 +112,17 @@ def permanent_problem(exc: BaseException, wording: Wording) -> str | None:
                 f"a key under {wording.key_prefix} holds another type ({message}): does another app use it?"
             )
     return None
+
+
+async def shards_problem(client: Any, keys: Any, setting: str = "WSQ_SHARDS") -> str | None:
+    """Why this process's number of shards does not fit the deployment, or None. The first
+    process to start records its number (``keys.shards_key``); every other must have the same,
+    or it would read and write other keys than the rest (protocol/README.md, "Slots and shards")."""
+    await client.set(keys.shards_key, keys.shards, nx=True)
+    recorded: Any = await client.get(keys.shards_key)
+    if recorded is None or int(recorded) == keys.shards:
+        return None
+    return (
+        f"{setting}={keys.shards}, but this deployment (prefix {keys.prefix!r}) uses {int(recorded)} shards "
+        f"(recorded in {keys.shards_key}): set {setting}={int(recorded)}"
+    )

@@ -14,17 +14,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from redis.exceptions import NoScriptError
+
+from wsq_protocol.ids import node_of
 from wsq_protocol.keys import Keys
 from wsq_protocol.resources import read_text
 
-__all__ = ["STALE", "Script", "connection_keys", "expand", "script"]
-
-STALE = b"stale"
-"""The first element of the reply of a script that found the caller's keys out of date
-(``forget.lua``, ``reap.lua``): nothing was written, call again with what it found."""
+__all__ = ["Script", "connection_keys", "expand", "run", "run_many", "script"]
 
 _INCLUDE = re.compile(r"^-- include: (lib/[A-Za-z0-9_]+\.lua)[ \t]*$", re.MULTILINE)
 
@@ -60,19 +59,45 @@ def script(name: str) -> Script:
     return Script.of(name, expand(read_text("lua", f"{name}.lua")))
 
 
-def connection_keys(
-    keys: Keys, connection_id: str, node: str, user_id: str | None, groups: Iterable[str]
-) -> tuple[list[str], list[str]]:
-    """The KEYS and ARGV of one connection, as ``lib/forget.lua`` reads them (``forget.lua``,
-    ``reap.lua`` after its own two keys)."""
-    groups = list(groups)
-    script_keys = [
+def connection_keys(keys: Keys, connection_id: str) -> list[str]:
+    """The KEYS of one connection, as ``lib/forget.lua`` reads them (``forget.lua``, ``reap.lua``
+    after its own two keys): all in the shard of the connection's node."""
+    node = node_of(connection_id)
+    return [
         keys.connection(connection_id),
         keys.connection_groups(connection_id),
         keys.node_connections(node),
-        keys.inbound_stream,
+        keys.inbound_stream_of(node),
+        keys.node_intents(node),
     ]
-    if user_id:
-        script_keys.append(keys.user_connections(user_id))
-    script_keys += [keys.group_connections(group) for group in groups]
-    return script_keys, [connection_id, node, user_id or "", *groups]
+
+
+async def run(client: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """Run ``script`` on ``client`` (redis-py's ``Redis`` or ``RedisCluster``, which routes it by
+    its first key): ``EVALSHA``, then ``EVAL`` when the server does not know it (a Redis that
+    restarted, a replica just promoted)."""
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(script.body, len(keys), *keys, *args)
+
+
+async def run_many(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run many scripts in one pipeline (per Redis Cluster node, in parallel), each its own
+    ``EVALSHA``, and ``EVAL`` again the ones the server did not know. A reply is the script's,
+    or the ``ResponseError`` Redis answered."""
+    if not calls:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for item, keys, args in calls:
+        pipe.evalsha(item.sha, len(keys), *keys, *args)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for n in missing:
+            item, keys, args = calls[n]
+            pipe.eval(item.body, len(keys), *keys, *args)
+        for n, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            replies[n] = reply
+    return replies
