@@ -18,11 +18,15 @@ from wsq_devkit.contract import is_valid
 from wsq_devkit.redis_typing import XaddFields, execute_command
 from wsq_gateway import admission
 from wsq_gateway.admission import Accept, Close, Refusal, Slots, Turns
-from wsq_gateway.broker.registry import REGISTERED, USER_FULL, register_command
+from wsq_gateway.broker.registry import REGISTERED, RESERVATION_LOST, register_command
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.state import GATEWAY
 from wsq_protocol.commands import Command
+from wsq_protocol.ids import new_connection_id
 from wsq_protocol.keys import Keys
+from wsq_protocol.membership import INTEND, Intent, new_token
+from wsq_protocol.membership import reserve as reserve_in_index
+from wsq_protocol.scripts import run
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
@@ -278,31 +282,47 @@ async def test_every_way_an_upgrade_ends_gives_its_address_slot_back(start_gatew
         assert len(state.connections) == 0
 
 
-async def test_registration_checks_the_users_limit_in_the_same_step(
+async def test_the_users_limit_is_checked_atomically_when_reserving_and_registering_needs_the_reservation(
     redis: aioredis.Redis, key_prefix: str
 ) -> None:
     """The check before the upgrade can race with other handshakes of the same user (on this
-    gateway or another); the registration script checks again, atomically, and writes
-    nothing when the user is full."""
+    gateway or another); the reservation in the user's set checks again, atomically (it is one
+    script in the user's slot), and a registration whose reservation is gone writes nothing."""
     keys = Keys(key_prefix)
     event = ["v", "1", "type", "connect"]
+    held = [new_connection_id("gw-other"), new_connection_id("gw-other")]
 
-    async def register(cid: str, limit: int) -> int:
-        reply = await execute_command(
-            redis, *register_command(keys, cid, "gw", 1, "10.0.0.1", "ann", limit, event)
-        )
-        return int(reply)
+    async def reserve(cid: str, limit: int) -> Intent:
+        intent = Intent("u", cid, new_token(), "ann")
+        await run(redis, INTEND, [keys.node_intents("gw")], [intent.member])
+        if not await reserve_in_index(redis, keys, intent, limit):
+            raise AssertionError("full")
+        return intent
 
-    await redis.sadd(keys.user_connections("ann"), "gw.a", "gw.b")
-    assert await register("gw.c", 2) == USER_FULL
-    assert not await redis.exists(keys.connection("gw.c"))
-    assert await redis.smembers(keys.user_connections("ann")) == {b"gw.a", b"gw.b"}
-    assert not await redis.exists(keys.node_connections("gw"), keys.inbound_stream)
+    async def register(cid: str, token: str) -> int:
+        command = register_command(keys, cid, "gw", 1, "10.0.0.1", "ann", token, event)
+        return int(await execute_command(redis, *command))
 
-    assert await register("gw.c", 3) == REGISTERED
-    assert await redis.hget(keys.connection("gw.c"), "user_id") == b"ann"
-    assert await redis.xlen(keys.inbound_stream) == 1
-    assert await register("gw.d", 0) == REGISTERED, "0: no limit"
+    await redis.sadd(keys.user_connections("ann"), *held)
+    full = Intent("u", new_connection_id("gw"), new_token(), "ann")
+    assert not await reserve_in_index(redis, keys, full, 2)
+    assert await redis.smembers(keys.user_connections("ann")) == {cid.encode() for cid in held}
+
+    cid = new_connection_id("gw")
+    reservation = await reserve(cid, 3)
+    assert await redis.sismember(keys.user_connections("ann"), cid)
+    assert await redis.hget(keys.user_nodes("ann"), "gw") == b"1"
+    assert await register(cid, "not-the-token") == RESERVATION_LOST
+    assert not await redis.exists(
+        keys.connection(cid), keys.node_connections("gw"), keys.inbound_stream_of("gw")
+    )
+    assert await register(cid, reservation.token) == REGISTERED
+    assert await redis.hget(keys.connection(cid), "user_id") == b"ann"
+    assert await redis.xlen(keys.inbound_stream_of("gw")) == 1
+    assert not await redis.exists(keys.node_intents("gw")), (
+        "the reservation's intent is settled by the registration"
+    )
+    assert await reserve(new_connection_id("gw"), 0), "0: no limit"
 
 
 async def test_a_full_inbound_stream_answers_overloaded(
@@ -371,7 +391,7 @@ async def test_after_redis_lost_its_data_the_gateway_registers_its_sockets_again
 
 async def wait_for_connect_event(redis: aioredis.Redis, gateway: RunningGateway) -> dict[str, str]:
     async def event() -> dict[str, str] | None:
-        for _, fields in await stream_entries(redis, gateway.keys.inbound_stream):
+        for _, fields in await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id)):
             decoded = {k.decode(): v.decode() for k, v in fields.items()}
             if decoded["type"] == "connect":
                 return decoded
@@ -399,7 +419,7 @@ async def test_connect_hook_accepts_and_sets_the_user(
     assert hello == {"action": "$connected", "data": {"connection_id": cid, "user_id": "ann"}}
     assert await redis.smembers(gateway.keys.user_connections("ann")) == {cid.encode()}
     assert (await redis.hget(gateway.keys.connection(cid), "user_id")) == b"ann"
-    entries = await stream_entries(redis, gateway.keys.inbound_stream)
+    entries = await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
     assert [fields[b"type"] for _, fields in entries] == [b"connect", b"message"]
     await ws.close()
 
@@ -415,7 +435,10 @@ async def test_connect_hook_refusal_closes_with_the_workers_code(
     assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4003, "banned")
 
     async def disconnected() -> bool:
-        types = [fields[b"type"] for _, fields in await stream_entries(redis, gateway.keys.inbound_stream)]
+        types = [
+            fields[b"type"]
+            for _, fields in await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
+        ]
         return types == [b"connect", b"disconnect"]
 
     await wait_until_async(disconnected, timeout=5, message="exactly one disconnect event")
@@ -436,7 +459,8 @@ async def test_connect_hook_naming_a_full_user_closes_with_1008(
 
     async def second_connect() -> str | None:
         ids = [
-            f[b"connection_id"].decode() for _, f in await stream_entries(redis, gateway.keys.inbound_stream)
+            f[b"connection_id"].decode()
+            for _, f in await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
         ]
         return next((cid for cid in ids if cid != first_id), None)
 
@@ -450,7 +474,7 @@ async def test_connect_hook_naming_a_full_user_closes_with_1008(
     )
 
     async def disconnected() -> list[tuple[bytes, bytes | None]] | None:
-        entries = [f for _, f in await stream_entries(redis, gateway.keys.inbound_stream)]
+        entries = [f for _, f in await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))]
         seen = [
             (f[b"type"], f.get(b"close_code")) for f in entries if f[b"connection_id"] == second_id.encode()
         ]

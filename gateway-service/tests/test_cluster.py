@@ -25,6 +25,10 @@ from wsq_gateway.broker import liveness
 from wsq_gateway.broker.registry import forget
 from wsq_gateway.state import GATEWAY
 from wsq_protocol.keys import REAPED_TTL_S, Keys
+from wsq_protocol.membership import Intent, new_token, settle
+from wsq_protocol.scripts import run, script
+
+JOIN = script("join")
 
 FAST = {"node_heartbeat_s": 0.1, "node_timeout_s": 0.5}
 
@@ -53,22 +57,27 @@ def direct(cid: str, data: int) -> XaddFields:
 
 
 async def join(redis: aioredis.Redis, gw: RunningGateway, cid: str, group: str) -> None:
-    """What a publisher's join does: the registry, then the command to the holding gateway."""
-    await redis.sadd(gw.keys.group_connections(group), cid)
-    await redis.sadd(gw.keys.connection_groups(cid), group)
-    command: XaddFields = {
-        "v": "1",
-        "type": "join",
-        "target": "connection",
-        "to": cid,
-        "group": group,
-    }
-    await redis.xadd(gw.keys.node_stream(gw.node_id), command)
+    """What a publisher's join does: join.lua (the connection's groups, the command to the
+    holding gateway, an intent), then the group's set (wsq_protocol.membership)."""
+    keys, node = gw.keys, gw.node_id
+    script_keys = [
+        keys.connection(cid),
+        keys.connection_groups(cid),
+        keys.node_stream(node),
+        keys.node_intents(node),
+    ]
+    command = ["v", "1", "type", "join", "target", "connection", "to", cid, "group", group]
+    reply = await run(redis, JOIN, script_keys, [cid, group, 100_000, new_token(), *command])
+    assert reply[0] == 1
+    assert await settle(redis, keys, node, [Intent.parse(reply[1])]) == []
 
 
 async def events_of(redis: aioredis.Redis, keys: Keys, kind: str) -> list[dict[str, str]]:
-    entries = await stream_entries(redis, keys.inbound_stream)
-    events = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    """The events of type ``kind`` of every shard's inbound stream."""
+    events = []
+    for stream in keys.inbound_streams():
+        for _, fields in await stream_entries(redis, stream):
+            events.append({k.decode(): v.decode() for k, v in fields.items()})
     return [event for event in events if event["type"] == kind]
 
 
@@ -122,8 +131,12 @@ async def test_a_closing_connection_leaves_its_groups_atomically(
         return not await redis.exists(gateway.keys.connection(cid), gateway.keys.connection_groups(cid))
 
     await wait_until_async(forgotten, timeout=5, message="the connection forgotten")
-    for group in ("a", "b"):
-        assert not await redis.sismember(gateway.keys.group_connections(group), cid)
+
+    async def left_groups() -> bool:  # the groups' sets follow (other slots): see "Indexes"
+        return not await redis.exists(*(gateway.keys.group_connections(group) for group in ("a", "b")))
+
+    await wait_until_async(left_groups, timeout=5, message="the groups' sets without it")
+    assert not await redis.exists(gateway.keys.node_intents(gateway.node_id)), "every intent settled"
     (event,) = await events_of(redis, gateway.keys, "disconnect")
     assert event["connection_id"] == cid
     assert is_valid("event", event)
@@ -144,10 +157,10 @@ async def test_forgetting_twice_emits_one_disconnect_event(
 
     await wait_until_async(gone, timeout=5)
     # a marker event after the gateway's clean-up: once it is there, nothing else can follow
-    await redis.xadd(gateway.keys.inbound_stream, {"type": "marker"})
+    await redis.xadd(gateway.keys.inbound_stream_of(gateway.node_id), {"type": "marker"})
 
     async def marker_seen() -> list[BytesEntry] | None:
-        entries = await stream_entries(redis, gateway.keys.inbound_stream)
+        entries = await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
         return entries if entries[-1][1].get(b"type") == b"marker" else None
 
     await wait_until_async(marker_seen, timeout=5)
@@ -169,9 +182,12 @@ async def register_fake_node(
         )
         pipe.sadd(keys.node_connections(node), cid)
         pipe.sadd(keys.user_connections(f"u{n % 3}"), cid)
+        pipe.hincrby(keys.user_nodes(f"u{n % 3}"), node, 1)
         pipe.sadd(keys.group_connections("everyone"), cid)
+        pipe.hincrby(keys.group_nodes("everyone"), node, 1)
         pipe.sadd(keys.connection_groups(cid), "everyone")
     pipe.zadd(keys.nodes, {node: heartbeat_ms})
+    pipe.set(keys.node_heartbeat(node), heartbeat_ms)
     await pipe.execute()
     return cids
 
@@ -197,9 +213,10 @@ async def test_survivors_reap_a_dead_gateway_once(
         assert event["close_code"] == "1006"
         assert event["node"] == "dead-node"
         assert is_valid("event", event)
-    assert await redis.scard(keys.group_connections("everyone")) == 0
+    assert not await redis.exists(keys.group_connections("everyone"), keys.group_nodes("everyone"))
     for user in ("u0", "u1", "u2"):
-        assert await redis.scard(keys.user_connections(user)) == 0
+        assert not await redis.exists(keys.user_connections(user), keys.user_nodes(user))
+    assert not await redis.exists(keys.node_intents("dead-node"), keys.node_heartbeat("dead-node"))
     assert await redis.zscore(keys.nodes, first.node_id) is not None
     assert await redis.zscore(keys.nodes, second.node_id) is not None
 
@@ -268,6 +285,7 @@ async def test_a_gateway_missing_from_redis_after_longer_away_than_the_flag_live
     # event written) and the gateway out of the set; the reaped flag has expired since.
     await forget(redis, keys, cid, 1006)
     await redis.zrem(keys.nodes, gateway.node_id)
+    await redis.delete(keys.node_heartbeat(gateway.node_id))  # drop_node.lua's
     an_hour_later = time.time() + REAPED_TTL_S
     monkeypatch.setattr(liveness, "time", SimpleNamespace(time=lambda: an_hour_later), raising=False)
 
@@ -345,9 +363,9 @@ async def test_drain_leaves_the_set_of_live_gateways(
 async def test_a_connection_joined_behind_its_gateways_back_is_forgotten_with_its_groups(
     gateway: RunningGateway, redis: aioredis.Redis
 ) -> None:
-    # The group is in the registry but the gateway never read the join command: its forget.lua
-    # call passes no group, finds one (a stale answer, nothing written) and is queued again
-    # with it. Still exactly one disconnect event, and the group's set is cleaned.
+    # The group is in the registry but the gateway never read the join command: forget.lua reads
+    # the connection's groups itself, so they are left all the same. Exactly one disconnect
+    # event, and the group's set is cleaned after it.
     ws, hello = await gateway.connect()
     cid = hello["connection_id"]
     await redis.sadd(gateway.keys.group_connections("unheard"), cid)
@@ -358,7 +376,28 @@ async def test_a_connection_joined_behind_its_gateways_back_is_forgotten_with_it
         return not await redis.exists(gateway.keys.connection(cid))
 
     await wait_until_async(forgotten, timeout=5, message="the connection forgotten")
-    assert not await redis.exists(
-        gateway.keys.group_connections("unheard"), gateway.keys.connection_groups(cid)
-    )
+
+    async def cleaned() -> bool:
+        keys = gateway.keys
+        return not await redis.exists(keys.group_connections("unheard"), keys.connection_groups(cid))
+
+    await wait_until_async(cleaned, timeout=5, message="the group's set without it")
     assert [e["connection_id"] for e in await events_of(redis, gateway.keys, "disconnect")] == [cid]
+
+
+async def test_a_new_gateway_takes_a_node_id_in_the_shard_with_the_fewest_live_gateways(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix, 4)
+    (now_s, _) = await redis.time()
+    live = {f"gw-{n}": now_s * 1000 for n in range(40)}
+    dead = {f"dead-{n}": 1 for n in range(40)}  # long gone: not counted
+    await redis.zadd(keys.nodes, {**live, **dead})
+    load = [0] * 4
+    for node in live:
+        load[keys.shard_of(node)] += 1
+    for _ in range(8):
+        node = await liveness.pick_node_id(redis, keys, timeout_s=20)
+        assert load[keys.shard_of(node)] == min(load), (node, load)
+        load[keys.shard_of(node)] += 1
+        await redis.zadd(keys.nodes, {node: now_s * 1000})

@@ -43,7 +43,7 @@ def command(target: str, to: str | None, frame: dict[str, Any]) -> XaddFields:
 
 
 async def inbound_events(redis: aioredis.Redis, gw: RunningGateway) -> list[dict[str, str]]:
-    entries = await stream_entries(redis, gw.keys.inbound_stream)
+    entries = await stream_entries(redis, gw.keys.inbound_stream_of(gw.node_id))
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
 

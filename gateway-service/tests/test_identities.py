@@ -54,7 +54,7 @@ async def test_a_signed_token_whose_sub_is_no_usable_user_id_gets_401(
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await gateway.session.ws_connect(gateway.url(), params={"token": signed(sub)})
     assert refused.value.status == 401
-    assert await stream_entries(redis, gateway.keys.inbound_stream) == []
+    assert await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id)) == []
     ws, hello = await gateway.connect(params={"token": signed("ann")})  # the next one is served
     assert hello["user_id"] == "ann"
     assert await gateway.ready()
@@ -92,7 +92,7 @@ async def test_a_cookie_that_is_not_utf8_is_forwarded_with_replacement_character
     assert status.startswith(b"HTTP/1.1 101 "), status
 
     async def request() -> bytes | None:
-        events = await stream_entries(redis, gateway.keys.inbound_stream)
+        events = await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
         return events[0][1][b"request"] if events else None
 
     forwarded = orjson.loads(await wait_until_async(request, timeout=5, message="the connect event"))
@@ -109,7 +109,7 @@ async def test_a_forwarded_address_that_is_no_address_is_not_taken(
     assert status.startswith(b"HTTP/1.1 101 "), status
 
     async def addr() -> bytes | None:
-        events = await stream_entries(redis, gateway.keys.inbound_stream)
+        events = await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
         return events[0][1][b"addr"] if events else None
 
     assert await wait_until_async(addr, timeout=5, message="the connect event") == b"127.0.0.5"
@@ -127,7 +127,7 @@ async def test_a_connect_hook_naming_an_unusable_user_id_closes_with_3011(
     ws = await gateway.session.ws_connect(gateway.url())
 
     async def connect_id() -> bytes | None:
-        events = await stream_entries(redis, gateway.keys.inbound_stream)
+        events = await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
         return events[0][1][b"connection_id"] if events else None
 
     cid = (await wait_until_async(connect_id, timeout=5, message="the connect event")).decode()

@@ -87,7 +87,7 @@ async def test_a_flush_that_fails_unexpectedly_fails_its_writes_and_the_batcher_
     await ws.send_str('{"action": "second", "id": "2"}')
 
     async def queued() -> list[bytes] | None:
-        entries = await stream_entries(redis, gateway.keys.inbound_stream)
+        entries = await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
         actions = [fields[b"frame"] for _, fields in entries if fields[b"type"] == b"message"]
         return actions or None
 

@@ -14,9 +14,8 @@ from wsq_protocol.keys import CONSUMER_GROUP, Keys
 async def test_live_workers_are_the_consumers_that_read_within_the_timeout(
     redis: aioredis.Redis, key_prefix: str
 ) -> None:
-    keys = Keys(key_prefix)
-    stream = keys.inbound_stream
-    consumers = Consumers(redis, keys, timeout_s=0.5)
+    stream = Keys(key_prefix).inbound_stream_of("gw")
+    consumers = Consumers(redis, stream, timeout_s=0.5)
     assert refuses(consumers), "not measured yet: not known to be live"
     assert await consumers.measure() == ConsumerState(), "no stream, no group"
     assert refuses(consumers)
@@ -52,15 +51,15 @@ async def test_a_frame_is_refused_only_when_a_fresh_look_finds_no_worker(
 ) -> None:
     """The last measure may predate a worker that started a moment ago: before refusing a
     frame, the gateway looks again."""
-    keys = Keys(key_prefix)
-    consumers = Consumers(redis, keys, timeout_s=5)
+    stream = Keys(key_prefix).inbound_stream_of("gw")
+    consumers = Consumers(redis, stream, timeout_s=5)
     await consumers.measure()
     assert await consumers.confirm_none_live()
-    await redis.xgroup_create(keys.inbound_stream, CONSUMER_GROUP, id="0", mkstream=True)
-    await redis.xgroup_createconsumer(keys.inbound_stream, CONSUMER_GROUP, "worker-1")
+    await redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    await redis.xgroup_createconsumer(stream, CONSUMER_GROUP, "worker-1")
     assert refuses(consumers), "the last measure predates the worker"
     assert not await consumers.confirm_none_live()
-    assert not refuses(Consumers(redis, keys, timeout_s=0)), "0: never refuse"
+    assert not refuses(Consumers(redis, stream, timeout_s=0)), "0: never refuse"
 
 
 async def test_without_a_worker_frames_get_no_workers_and_are_not_queued(
@@ -77,7 +76,7 @@ async def test_without_a_worker_frames_get_no_workers_and_are_not_queued(
         "id": "w1",
     }
     assert await receive_json(ws) == {"action": "$pong", "data": None, "id": "p1"}
-    entries = await stream_entries(redis, gateway.keys.inbound_stream)
+    entries = await stream_entries(redis, gateway.keys.inbound_stream_of(gateway.node_id))
     assert [fields[b"type"] for _, fields in entries] == [b"connect"]
     async with gateway.session.get(gateway.url("/readyz")) as resp:
         assert resp.status == 200, "ready for connections: workers are reported, not required"

@@ -35,7 +35,7 @@ async def test_a_write_whose_reply_was_lost_is_sent_again_and_appended_once(
     with TcpProxy(redis_server.port) as proxy:
         gateway = await start_gateway(redis_url=proxy.url())
         ws, _ = await gateway.connect()
-        stream = gateway.keys.inbound_stream
+        stream = gateway.keys.inbound_stream_of(gateway.node_id)
         proxy.drop_replies()  # Redis runs the write; the gateway never hears back
         await ws.send_str('{"action": "work", "id": "once"}')
 
@@ -82,7 +82,7 @@ async def test_a_write_that_had_not_run_when_its_connection_failed_is_sent_again
             return not batcher.stalled and batcher.pending == 0
 
         await wait_until_async(settled, timeout=10, message="the write sent again and answered")
-        assert await message_ids(redis, gateway.keys.inbound_stream) == ["later"]
+        assert await message_ids(redis, gateway.keys.inbound_stream_of(gateway.node_id)) == ["later"]
         await ws.send_str('{"action": "$ping", "id": "p"}')  # an error for "later" would come first
         assert await receive_json(ws) == {"action": "$pong", "data": None, "id": "p"}
         await ws.close()
@@ -97,7 +97,7 @@ async def test_frames_are_appended_after_redis_lost_its_scripts(
     await ws.send_str('{"action": "work", "id": "after-flush"}')
 
     async def appended() -> bool:
-        return await message_ids(redis, gateway.keys.inbound_stream) == ["after-flush"]
+        return await message_ids(redis, gateway.keys.inbound_stream_of(gateway.node_id)) == ["after-flush"]
 
     await wait_until_async(appended, timeout=5, message="the frame appended")
     await ws.send_str('{"action": "$ping", "id": "p"}')
@@ -119,7 +119,9 @@ async def test_connections_call_their_scripts_by_sha(
         await ws.close()
 
     async def all_forgotten() -> bool:
-        return [f"f{n}" for n in range(connections)] == await message_ids(redis, gateway.keys.inbound_stream)
+        return [f"f{n}" for n in range(connections)] == await message_ids(
+            redis, gateway.keys.inbound_stream_of(gateway.node_id)
+        )
 
     await wait_until_async(all_forgotten, timeout=5, message="every frame appended")
     stats = await commandstats(redis)

@@ -20,6 +20,7 @@ from wsq_gateway.transport import healthz, readyz, websocket
 from wsq_protocol.batching import Backoff
 from wsq_protocol.codes import CloseCode
 from wsq_protocol.pipe import async_redis
+from wsq_protocol.preflight import shards_problem
 
 log = get_logger(GATEWAY_LOGGER)
 
@@ -68,6 +69,7 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
         run(gateway.outbound.run(), "wsq-outbound")
         run(gateway.liveness.run(), "wsq-liveness")
         run(gateway.inbound.watch_backlog(), "wsq-backlog")
+        run(gateway.inbound.indexes.run(), "wsq-indexes")
         gateway.started = True
         log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
 
@@ -96,7 +98,7 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
     backoff = Backoff(base=0.1, cap=5.0)
     while True:
         try:
-            problem = await server_problem(gateway.redis)
+            problem = await server_problem(gateway.redis) or await shards_problem(gateway.redis, gateway.keys)
             if problem is not None:
                 raise RedisUnusable(f"{_safe_url(gateway.settings.redis_url)}: {problem}")
             await gateway.outbound.start_positions()

@@ -9,12 +9,16 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from wsq_gateway.app import create_app
+from wsq_gateway.broker.liveness import pick_node_id
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import configure_logging, get_logger
 from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY
+from wsq_protocol.keys import Keys
+from wsq_protocol.pipe import async_redis
 
 log = get_logger(GATEWAY_LOGGER)
 
@@ -42,6 +46,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+    if "node_id" not in settings.model_fields_set:
+        settings = await _with_balanced_node_id(settings)
     app = create_app(settings)
     # After the sockets are closed, aiohttp waits up to this for their handlers, then cancels
     # them and waits up to this again; the flush and the goodbye have the rest of WSQ_DRAIN_S.
@@ -76,6 +82,21 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if supervisor.failed_task is not None:
         raise GatewayFailed(f"{supervisor.failed_task}: {supervisor.reason}")
     log.info("stopped")
+
+
+async def _with_balanced_node_id(settings: Settings) -> Settings:
+    """``settings`` with a node id in the least used shard (protocol/README.md, "Slots and
+    shards"), or as they are when Redis does not answer at once: a gateway may start first."""
+    client = async_redis(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        keys = Keys(settings.key_prefix, settings.shards)
+        node_id = await pick_node_id(client, keys, settings.node_timeout_s)
+    except (RedisError, OSError) as exc:
+        log.info("could not read the live gateways: a random node id", error=str(exc))
+        return settings
+    finally:
+        await client.aclose()
+    return settings.model_copy(update={"node_id": node_id})
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wsq_protocol.ids import new_node_id, valid_node_id
+from wsq_protocol.keys import DEFAULT_SHARDS, MAX_SHARDS
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token
 
@@ -37,6 +38,15 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field(
         "wsq", min_length=1, description="Namespace of every Redis key, so deployments can share a Redis."
+    )
+    shards: int = Field(
+        DEFAULT_SHARDS,
+        ge=1,
+        le=MAX_SHARDS,
+        description="Number of shards of the Redis keys (protocol/README.md, 'Slots and shards'): "
+        "the same on every gateway, worker and publisher of a deployment (checked at start). On a "
+        "Redis Cluster each gateway's keys live in its shard's slot, so more shards than masters "
+        "spread gateways over masters.",
     )
     node_id: str = Field(
         default_factory=new_node_id,

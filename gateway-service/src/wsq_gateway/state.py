@@ -31,7 +31,7 @@ class Gateway:
         self.redis = redis
         # XREAD BLOCK waits longer than the normal socket timeout: it gets a client of its own.
         self.blocking_redis = blocking_redis
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.shards)
         self.connections = ConnectionIndex()
         # Whatever this gateway writes on a new Redis connection (an empty one after a restart,
         # say), its stream exists first: replies to its events are appended with NOMKSTREAM.

@@ -1,4 +1,5 @@
-"""Who consumes the inbound stream: the live workers, and the work they have not taken yet.
+"""Who consumes this gateway's inbound stream partition: the live workers, and the work they
+have not taken yet (workers read every partition, so those of this one are all of them).
 
 Read from Redis's own bookkeeping of the consumer group (``XINFO GROUPS``, ``XINFO
 CONSUMERS``), so workers report nothing themselves. Every call a worker makes as a consumer
@@ -20,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from wsq_protocol.keys import CONSUMER_GROUP, Keys
+from wsq_protocol.keys import CONSUMER_GROUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +71,9 @@ class Consumers:
     """The last :class:`ConsumerState` (measured a few times a second by the backlog watch), and a
     fresh one on demand before a frame is refused for want of workers."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, timeout_s: float) -> None:
+    def __init__(self, redis: aioredis.Redis, stream: str, *, timeout_s: float) -> None:
         self._redis = redis
-        self._stream = keys.inbound_stream
+        self._stream = stream  # this gateway's partition of the inbound stream: all its events
         self._timeout_ms = round(timeout_s * 1000)
         self.enabled = timeout_s > 0  # WSQ_WORKER_TIMEOUT_S=0: frames wait for workers, however long
         self.state = ConsumerState()

@@ -18,11 +18,13 @@ from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.consumers import Consumers
+from wsq_gateway.broker.indexes import Indexes
 from wsq_gateway.broker.registry import (
-    MAX_STALE_RETRIES,
+    CONNECTION_GONE,
     REGISTERED,
     forget_command,
-    found,
+    forgotten_intents,
+    intend_command,
     register_command,
     set_user_command,
 )
@@ -31,6 +33,7 @@ from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_protocol.events import EventType, event_fields
 from wsq_protocol.keys import Keys
+from wsq_protocol.membership import Intent, new_token, reserve
 from wsq_protocol.pipe import CommandTemplate
 
 log = get_logger(BROKER)
@@ -60,11 +63,13 @@ class Inbound:
         self._redis = redis
         self._keys = keys
         self._node = node_id
+        self._inbound_stream = keys.inbound_stream_of(node_id)
+        self.indexes = Indexes(redis, keys, node_id)
         self._max_queued = max_queued
         self._max_backlog = max_backlog
         self._max_per_user = max_per_user
         self.backlog = 0  # events in the inbound stream, as last measured
-        self.consumers = Consumers(redis, keys, timeout_s=worker_timeout_s)
+        self.consumers = Consumers(redis, self._inbound_stream, timeout_s=worker_timeout_s)
 
     async def watch_backlog(self) -> None:
         """Measure the inbound stream's length (it bounds message()) and its consumers (live
@@ -82,72 +87,96 @@ class Inbound:
         With ``hook`` the event asks a worker to accept or refuse the connection; ``request``
         is the upgrade request (``request_text()``) for the workers' ``on_connect``."""
         event = _flatten(self._event("connect", conn, conn.since_ms, hook=hook, request=request))
+        token = ""
+        if conn.user_id is not None:
+            token = new_token()
+            if not await self._reserve(Intent("u", conn.id, token, conn.user_id)):
+                return False
         command = register_command(
-            self._keys, conn.id, self._node, conn.since_ms, conn.addr, conn.user_id, self._max_per_user, event
+            self._keys, conn.id, self._node, conn.since_ms, conn.addr, conn.user_id, token, event
         )
-        (registered,) = await self._batcher.submit_and_wait(command)
-        return bool(registered == REGISTERED)
+        try:
+            (registered,) = await self._batcher.submit_and_wait(command)
+        except BrokerUnavailable:
+            if conn.user_id is not None:  # it may have run or not: the reservation settles either way
+                self.indexes.changed([Intent("u", conn.id, token, conn.user_id)])
+            raise
+        if registered != REGISTERED:
+            assert conn.user_id is not None
+            self.indexes.changed([Intent("u", conn.id, token, conn.user_id)])
+            raise BrokerUnavailable("the connection's reservation in its user's set was lost: try again")
+        return True
 
     async def set_user(self, conn: Connection, previous: str | None) -> bool:
         """Record the user id a worker gave the connection (the connect hook); False (nothing
         written) when that user already holds ``max_per_user`` connections."""
         assert conn.user_id is not None
-        command = set_user_command(self._keys, conn.id, conn.user_id, previous, self._max_per_user)
-        (recorded,) = await self._batcher.submit_and_wait(command)
-        return bool(recorded == REGISTERED)
+        intent = Intent("u", conn.id, new_token(), conn.user_id)
+        if not await self._reserve(intent):
+            return False
+        command = set_user_command(self._keys, conn.id, conn.user_id, previous, intent.token)
+        try:
+            (recorded,) = await self._batcher.submit_and_wait(command)
+        except BrokerUnavailable:
+            self.indexes.changed([intent])
+            raise
+        if isinstance(recorded, list):  # recorded, and the previous user's set is to be left
+            self.indexes.changed([Intent.parse(member) for member in recorded[1:]])
+        elif recorded == CONNECTION_GONE:  # reaped meanwhile: it stays forgotten
+            self.indexes.changed([intent])
+        elif recorded != REGISTERED:
+            self.indexes.changed([intent])
+            raise BrokerUnavailable("the connection's reservation in its user's set was lost: try again")
+        return True
+
+    async def _reserve(self, intent: Intent) -> bool:
+        """Reserve the connection's place in its user's set (an intent first, in this node's
+        shard, then the set, in the user's slot, within the limit). False when the user is full
+        (its intent is settled behind). Raise BrokerUnavailable on failure."""
+        await self._batcher.submit_and_wait(intend_command(self._keys, self._node, [intent]))
+        try:
+            reserved = await reserve(self._redis, self._keys, intent, self._max_per_user)
+        except (RedisError, OSError) as exc:
+            self.indexes.changed([intent])
+            raise BrokerUnavailable(str(exc)) from exc
+        if not reserved:
+            self.indexes.removed([intent])
+        return reserved
 
     def reregister(self, conns: list[Connection]) -> None:
-        """Write the registry entries of live connections again (Redis lost its data)."""
-        for conn in conns:
-            commands = self._registration(conn)
-            for group in conn.groups or ():
-                commands.append(("SADD", self._keys.group_connections(group), conn.id))
-                commands.append(("SADD", self._keys.connection_groups(conn.id), group))
-            self._batcher.submit(Write(commands, durable=True))
-
-    def _registration(self, conn: Connection) -> list[tuple[str, ...]]:
+        """Write the registry entries of live connections again (Redis lost its data), then
+        their users' and groups' sets (intents, made by ``indexes``)."""
         keys = self._keys
-        info = {"node": self._node, "since": str(conn.since_ms), "addr": conn.addr}
-        commands: list[tuple[str, ...]] = [
-            ("SADD", keys.node_connections(self._node), conn.id),
-        ]
-        if conn.user_id is not None:
-            info["user_id"] = conn.user_id
-            commands.append(("SADD", keys.user_connections(conn.user_id), conn.id))
-        commands.insert(0, ("HSET", keys.connection(conn.id), *_flatten(info)))
-        return commands
+        token = new_token()
+        for conn in conns:
+            info = {"node": self._node, "since": str(conn.since_ms), "addr": conn.addr}
+            intents = [Intent("g", conn.id, token, group) for group in sorted(conn.groups or ())]
+            if conn.user_id is not None:
+                info["user_id"] = conn.user_id
+                intents.append(Intent("u", conn.id, token, conn.user_id))
+            commands: list[tuple[Any, ...]] = [
+                ("HSET", keys.connection(conn.id), *_flatten(info)),
+                ("SADD", keys.node_connections(self._node), conn.id),
+            ]
+            if conn.groups:
+                commands.append(("SADD", keys.connection_groups(conn.id), *sorted(conn.groups)))
+            if intents:
+                commands.append(intend_command(keys, self._node, intents))
+            self._batcher.submit(Write(commands, durable=True, on_reply=self._settle_later(intents)))
+
+    def _settle_later(self, intents: list[Intent]) -> Callable[[list[Any]], None]:
+        return lambda _replies: self.indexes.changed(intents) if intents else None
 
     def disconnected(self, conn: Connection, close_code: int) -> None:
-        """Forget the connection and emit its disconnect event (retried until Redis takes it)."""
-        self._forget(conn.id, close_code, self._node, conn.user_id, sorted(conn.groups or ()), 0)
-
-    def _forget(
-        self,
-        connection_id: str,
-        close_code: int,
-        node: str,
-        user_id: str | None,
-        groups: list[str],
-        retries: int,
-    ) -> None:
-        """Queue ``forget.lua`` with the keys of the user and groups the connection is believed
-        to have. The gateway learns of joins from its node stream, after Redis ran them: when
-        the script finds other groups (or another user), it wrote nothing, and this queues it
-        again with what it found, behind the batch."""
+        """Forget the connection and emit its disconnect event (retried until Redis takes it);
+        its user's and groups' sets follow (``indexes``)."""
 
         def on_reply(replies: list[Any]) -> None:
-            now = found(replies[0])
-            if now is None:
-                return
-            if retries and retries % MAX_STALE_RETRIES == 0:  # sent again until it runs: durable
-                log.warning(
-                    "the groups of a closed connection keep changing: forgetting it again",
-                    connection_id=connection_id,
-                    attempts=retries + 1,
-                )
-            self._forget(connection_id, close_code, now.node, now.user_id, list(now.groups), retries + 1)
+            intents = forgotten_intents(replies[0])
+            if intents:
+                self.indexes.removed(intents)
 
-        command = forget_command(self._keys, connection_id, close_code, node, user_id, groups)
+        command = forget_command(self._keys, conn.id, close_code, new_token())
         self._batcher.submit(Write((command,), durable=True, on_reply=on_reply))
 
     def message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
@@ -158,7 +187,7 @@ class Inbound:
         if head is None:  # the fields every message of this connection shares, packed once
             fields = self._event("message", conn, 0)
             del fields["ts"]
-            xadd = ("XADD", self._keys.inbound_stream, "*", *_flatten(fields))
+            xadd = ("XADD", self._inbound_stream, "*", *_flatten(fields))
             head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
         command = head.pack(b"%d" % now_ms(), b"frame", frame)
         self._batcher.submit(Write((command,), on_error=on_rejected))

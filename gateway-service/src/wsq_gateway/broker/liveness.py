@@ -1,9 +1,11 @@
 """Gateway liveness: this gateway's heartbeat, and the reaping of gateways that died.
 
-Every ``heartbeat_s`` the gateway writes its heartbeat and reaps every gateway whose
-heartbeat is older than ``timeout_s``: their connections are forgotten, each with exactly
-one disconnect event (``protocol/lua/reap.lua``, one call per connection: the reaper reads
-each connection's user and groups first, and passes their keys). If this gateway was itself reaped
+Every ``heartbeat_s`` the gateway writes its heartbeat (in its shard, then its score in
+``{prefix}:nodes``) and reaps every gateway whose score there is older than ``timeout_s``:
+their connections are forgotten, each with exactly one disconnect event
+(``protocol/lua/reap.lua``, one call per connection, which checks the dead node's heartbeat in
+its shard), then their users' and groups' sets are left, the dead node's other intents are
+settled, and its keys dropped. If this gateway was itself reaped
 (it lost Redis for longer than the timeout), its heartbeat says so and ``on_reaped``
 closes its sockets, so that the registry matches the sockets again.
 """
@@ -23,20 +25,20 @@ from wsq_gateway.broker.registry import (
     HEARTBEAT,
     HEARTBEAT_NEW,
     HEARTBEAT_REAPED,
-    MAX_STALE_RETRIES,
     NODE_ALIVE,
     REAP,
     REAP_BATCH,
-    REAPED,
-    Found,
     drop_node_call,
-    found,
+    forgotten_intents,
     heartbeat_call,
-    read_registered,
+    node_keys,
     reap_call,
 )
 from wsq_gateway.logs import BROKER, get_logger
+from wsq_protocol.ids import new_node_id
 from wsq_protocol.keys import REAPED_TTL_S, Keys
+from wsq_protocol.membership import Intent, new_token, redis_time_ms, settle, sweep
+from wsq_protocol.scripts import run, run_many
 
 log = get_logger(BROKER)
 
@@ -44,6 +46,21 @@ MAX_REAP_RUNS_PER_TICK = 100  # 50,000 connections per node and tick at most
 # Away from Redis for this long (wall clock: it counts a suspended host too), a gateway takes a
 # heartbeat that finds it missing for a reap whose flag has expired (see REAPED_TTL_S).
 PRESUMED_REAPED_AFTER_S = REAPED_TTL_S / 2
+
+
+async def pick_node_id(redis: aioredis.Redis, keys: Keys, timeout_s: float) -> str:
+    """A new node id in the shard with the fewest live gateways (heartbeat within ``timeout_s``),
+    so that gateways spread over the shards, and so over a Redis Cluster's masters."""
+    now = await redis_time_ms(redis)
+    live: Any = await redis.zrangebyscore(keys.nodes, now - int(timeout_s * 1000), "+inf")
+    load = [0] * keys.shards
+    for member in live:
+        load[keys.shard_of(member.decode(errors="replace"))] += 1
+    least = min(load)
+    targets = {shard for shard, count in enumerate(load) if count == least}
+    while keys.shard_of(node := new_node_id()) not in targets:  # about shards / len(targets) tries
+        pass
+    return node
 
 
 class Liveness:
@@ -65,10 +82,6 @@ class Liveness:
         self._timeout_ms = int(timeout_s * 1000)
         self._on_reaped = on_reaped
         self._on_registry_lost = on_registry_lost
-        # EVALSHA, loading the script again when Redis answers NOSCRIPT (redis-py's Script).
-        self._heartbeat_script = redis.register_script(HEARTBEAT.body)
-        self._reap_script = redis.register_script(REAP.body)
-        self._drop_node_script = redis.register_script(DROP_NODE.body)
         self._last_heartbeat: float | None = None  # time.time() when Redis last took one
 
     async def start(self) -> None:
@@ -106,7 +119,7 @@ class Liveness:
                 "this gateway was missing from Redis (restarted empty?): registering its connections again"
             )
             await self._on_registry_lost()
-        cutoff = f"({await self._redis_time_ms() - self._timeout_ms}"
+        cutoff = f"({await redis_time_ms(self._redis) - self._timeout_ms}"
         stale: Any = await self._redis.zrangebyscore(self._keys.nodes, "-inf", cutoff)
         for raw in stale:
             try:
@@ -129,28 +142,31 @@ class Liveness:
         """Leave the set of live gateways (after this gateway's sockets were forgotten)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrem(self._keys.nodes, self._node)
-        pipe.delete(
-            self._keys.node_stream(self._node),
-            self._keys.node_reaped(self._node),
-            self._keys.node_sequence(self._node),
-        )
+        pipe.delete(*node_keys(self._keys, self._node))
         await pipe.execute()
 
     async def _heartbeat(self) -> Any:
+        """heartbeat.lua in this node's shard, then the same time as its score in
+        ``{prefix}:nodes`` (another slot), where reapers look."""
         script_keys, args = heartbeat_call(self._keys, self._node)
-        return await self._heartbeat_script(keys=script_keys, args=args)
+        state, now = await run(self._redis, HEARTBEAT, script_keys, args)
+        await self._redis.zadd(self._keys.nodes, {self._node: int(now)})
+        return int(state)
 
     async def _reap(self, node: str, *, force: bool) -> int:
         """Forget the connections of ``node`` (while its heartbeat is stale, unless ``force``),
-        then, once none is left, remove the node. The number of connections forgotten."""
+        then leave their users' and groups' sets, settle its other intents and, once nothing
+        is left, remove the node. The number of connections forgotten."""
         total = 0
         members = self._keys.node_connections(node)
         for _ in range(MAX_REAP_RUNS_PER_TICK):
             raw: Any = await self._redis.srandmember(members, REAP_BATCH)
             if not raw:
+                await sweep(self._redis, self._keys, node, older_than_ms=0)
                 if not force:
                     script_keys, args = drop_node_call(self._keys, node, self._timeout_ms)
-                    await self._drop_node_script(keys=script_keys, args=args)
+                    if await run(self._redis, DROP_NODE, script_keys, args):
+                        await self._redis.zrem(self._keys.nodes, node)
                 break
             forgotten = await self._reap_connections(node, [cid.decode() for cid in raw], force=force)
             if forgotten is None:  # the node's heartbeat is fresh: it is alive
@@ -159,42 +175,23 @@ class Liveness:
         return total
 
     async def _reap_connections(self, node: str, connection_ids: list[str], *, force: bool) -> int | None:
-        """Run ``reap.lua`` for each connection, with the user and groups read just before
-        (and again with what it found, while that was stale). None when the node is alive."""
-        registered = await read_registered(self._redis, self._keys, connection_ids)
-        # The dead node's own: reap.lua checks that each id is registered to it.
-        todo = {
-            cid: Found(node, known.user_id, known.groups)
-            for cid, known in zip(connection_ids, registered, strict=True)
-        }
-        forgotten = 0
-        for _ in range(MAX_STALE_RETRIES + 1):
-            pipe = self._redis.pipeline(transaction=False)
-            for cid, known in todo.items():
-                script_keys, args = reap_call(
-                    self._keys, node, self._timeout_ms, cid, known.user_id, known.groups, force=force
-                )
-                await self._reap_script(keys=script_keys, args=args, client=pipe)
-            replies = await pipe.execute()
-            stale: dict[str, Found] = {}
-            for (cid, _), reply in zip(todo.items(), replies, strict=True):
-                now = found(reply)
-                if now is not None:
-                    stale[cid] = now
-                elif reply == NODE_ALIVE:
-                    return None
-                elif reply == REAPED:
-                    forgotten += 1
-            if not stale:
-                return forgotten
-            todo = stale
-        log.error(
-            "the groups of connections of a dead gateway kept changing: left for the next reap",
-            dead_node=node,
-            connections=len(todo),
-        )
+        """Run ``reap.lua`` for each connection, then leave their users' and groups' sets. None
+        when the node is alive."""
+        token = new_token()
+        calls = [
+            (REAP, *reap_call(self._keys, node, self._timeout_ms, cid, token, force=force))
+            for cid in connection_ids
+        ]
+        replies = await run_many(self._redis, calls)
+        forgotten, intents = 0, list[Intent]()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            if reply == NODE_ALIVE:
+                return None
+            gone = forgotten_intents(reply)
+            if gone is not None:
+                forgotten += 1
+                intents += gone
+        await settle(self._redis, self._keys, node, intents, holds=False)
         return forgotten
-
-    async def _redis_time_ms(self) -> int:
-        seconds, micros = await self._redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000

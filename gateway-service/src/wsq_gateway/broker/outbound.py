@@ -1,10 +1,11 @@
 """What publishers and workers tell the gateway: frames to deliver and sockets to close.
 
-One task reads this node's stream and the broadcast stream with ``XREAD BLOCK``. It
-remembers the last entry it read, so when its Redis connection drops it resumes where
-it stopped and loses nothing; entries it has handled are trimmed from the node stream,
-at most every ``TRIM_INTERVAL_S`` (one ``XTRIM`` per read would double the gateway's Redis
-round trips at light load).
+One task reads this node's stream and the broadcast stream with ``XREAD BLOCK``: in one read
+on a single Redis, in two (a reader each, on a connection each) on a Redis Cluster, where the
+two streams live in different slots. It remembers the last entry it read in each, so when its
+Redis connection drops it resumes where it stopped and loses nothing; entries it has handled
+are trimmed from the node stream, at most every ``TRIM_INTERVAL_S`` (one ``XTRIM`` per read
+would double the gateway's Redis round trips at light load).
 """
 
 from __future__ import annotations
@@ -42,11 +43,10 @@ class Outbound:
         node_id: str,
         connections: ConnectionIndex,
         max_pending_bytes: int,
+        *,
+        split_reads: bool = False,
     ) -> None:
         self._redis = redis
-        # Its XREAD BLOCK on a connection of its own, which, reconnecting first after a Redis
-        # restart, makes this gateway's stream again if Redis lost it (writers never create it).
-        self._pipe = RedisPipe(redis, on_connect=ensure_stream_command(keys, node_id))
         self._batcher = batcher
         self._connections = connections
         self._max_pending = max_pending_bytes
@@ -56,6 +56,16 @@ class Outbound:
         self._trim_due: float | None = None  # when the node stream's handled entries go
         self._closing: set[asyncio.Task[None]] = set()
         self._corked: dict[Connection, list[bytes]] = {}  # frames for one connection, in order
+        # Each XREAD BLOCK on a connection of its own. The node stream's, reconnecting first after
+        # a Redis restart, makes this gateway's stream again if Redis lost it (writers never
+        # create it).
+        ensure = ensure_stream_command(keys, node_id)
+        streams = [self._node_stream, self._broadcast_stream]
+        groups = [[stream] for stream in streams] if split_reads else [streams]
+        self._readers = [
+            (RedisPipe(redis, on_connect=ensure if self._node_stream in group else None), group)
+            for group in groups
+        ]
 
     async def start_positions(self) -> None:
         """Read from here on: everything new in the node stream, the broadcast from now."""
@@ -67,25 +77,29 @@ class Outbound:
 
     async def run(self) -> None:
         try:
-            await self._read_until_cancelled()
+            await asyncio.gather(
+                *(self._read_until_cancelled(pipe, streams) for pipe, streams in self._readers)
+            )
         finally:
-            await self._pipe.aclose()
+            for pipe, _ in self._readers:
+                await pipe.aclose()
 
-    async def _read_until_cancelled(self) -> None:
+    async def _read_until_cancelled(self, pipe: RedisPipe, streams: list[str]) -> None:
         backoff = Backoff(base=0.05, cap=2.0)  # between failed reads
         loop = asyncio.get_running_loop()
+        trims = self._node_stream in streams
         while True:
             block_ms = BLOCK_MS
-            if self._trim_due is not None:
+            if trims and self._trim_due is not None:
                 wait_s = self._trim_due - loop.time()
                 if wait_s <= 0:
                     self._trim()
                 else:  # idle or not, the trim is not put off beyond its time
                     block_ms = max(1, min(BLOCK_MS, int(wait_s * 1000)))
-            streams, positions = self._positions.keys(), self._positions.values()
+            positions = [self._positions[stream] for stream in streams]
             read = ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", *streams, *positions)
             try:
-                (response,) = await self._pipe.execute([read])
+                (response,) = await pipe.execute([read])
                 if isinstance(response, RedisError):  # an error reply (WRONGTYPE...)
                     raise response
             except (RedisError, OSError) as exc:

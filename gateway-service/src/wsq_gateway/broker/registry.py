@@ -1,16 +1,15 @@
 """The connection registry in Redis, and the calls of the Lua scripts that keep it exact.
 
 The scripts are the files of ``protocol/lua/`` (``wsq_protocol.scripts``); every key they touch
-is built here with ``Keys`` and passed in ``KEYS[]``. Registering a connection is one script
-(``register.lua``: its hash, its node's and user's sets and its connect event, all or nothing).
-Forgetting one is a script too (``forget.lua``), so that removing it from every set — its
-groups included, which publishers may change at any moment — and appending its single
-``disconnect`` event happen atomically and at most once. The caller passes the keys of the
-connection's user and groups as it knows them; the script checks them, and when they are out
-of date (a publisher joined a group meanwhile) it writes nothing and answers what it found
-(``Found``), and the caller calls it again with those. ``reap.lua`` does the same for the
-connections of a gateway that died without a goodbye, and ``heartbeat.lua`` tells a gateway
-that it was presumed dead.
+is built here with ``Keys`` and passed in ``KEYS[]``, all in this node's shard (one Redis
+Cluster slot: protocol/README.md, "Slots and shards"). Registering a connection is one script
+(``register.lua``: its hash, its node's set and its connect event, all or nothing), after a
+reservation in its user's set when it has a user. Forgetting one is a script too
+(``forget.lua``): removing its record and appending its single ``disconnect`` event happen
+atomically and at most once, and the removals from its user's and groups' sets (other slots)
+are recorded as intents, which the gateway's ``Indexes`` then make (``wsq_protocol.membership``).
+``reap.lua`` does the same for the connections of a gateway that died without a goodbye, and
+``heartbeat.lua`` tells a gateway that it was presumed dead.
 
 The batched scripts are called by ``EVALSHA`` (the batcher loads them again when Redis answers
 ``NOSCRIPT``), so a connection costs its arguments, not the script.
@@ -18,12 +17,12 @@ The batched scripts are called by ``EVALSHA`` (the batcher loads them again when
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from wsq_protocol.ids import node_of as node_of_connection
 from wsq_protocol.keys import Keys
-from wsq_protocol.scripts import STALE, connection_keys, script
+from wsq_protocol.membership import INTEND, Intent, new_token, settle
+from wsq_protocol.scripts import connection_keys, run, script
 
 REGISTER = script("register")
 SET_USER = script("set_user")
@@ -33,7 +32,7 @@ DROP_NODE = script("drop_node")
 HEARTBEAT = script("heartbeat")
 ENSURE_STREAM = script("ensure_stream")
 
-BATCHED_SCRIPTS = (REGISTER.body, SET_USER.body, FORGET.body)
+BATCHED_SCRIPTS = (REGISTER.body, SET_USER.body, FORGET.body, INTEND.body)
 """The scripts the batcher's writes call, loaded at start and again after ``NOSCRIPT``."""
 
 # heartbeat.lua's reply: what Redis knew of the node.
@@ -41,38 +40,24 @@ HEARTBEAT_REAPED = 0  # it was reaped (the flag is cleared): close every socket
 HEARTBEAT_OK = 1  # it was there
 HEARTBEAT_NEW = 2  # it was not there: a first heartbeat, or Redis lost its data
 
-# register.lua's and set_user.lua's reply.
+# register.lua's and set_user.lua's replies.
 REGISTERED = 1
-USER_FULL = 0  # nothing written: the user already holds that many connections
+RESERVATION_LOST = 0  # nothing written: the reservation's intent was settled by a sweep
+CONNECTION_GONE = 2  # set_user.lua: the connection was reaped meanwhile
 
-# reap.lua's reply, besides a stale one.
-REAPED = 1  # forgotten, with its disconnect event
+# reap.lua's replies, besides {1, intent...} (forgotten).
 NOT_REGISTERED = 0  # the id only left the node's set
-NODE_ALIVE = -1  # the node's heartbeat is fresh (or it is not in the set of nodes): stop
+NODE_ALIVE = -1  # the node's heartbeat is fresh: stop
 
 REAP_BATCH = 500  # connection ids read, and scripts sent, per round trip of the reaper
-MAX_STALE_RETRIES = 16
-"""How often a reap whose keys were out of date is sent again with what the script found, in
-one round of the reaper (the next round takes the rest); a closing connection's own forget is
-sent again until it runs, with a warning every this many times. Each retry carries the registry
-as it was one round trip earlier, so only groups changing that often, that fast, need more."""
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """What ``forget.lua`` or ``reap.lua`` found registered, when the caller's keys were stale."""
-
-    node: str
-    user_id: str | None
-    groups: tuple[str, ...]
-
-
-def found(reply: Any) -> Found | None:
-    """The ``Found`` of a stale reply (``{'stale', node, user, group...}``); None for any other."""
-    if not isinstance(reply, list) or not reply or _bytes(reply[0]) != STALE:
+def forgotten_intents(reply: Any) -> list[Intent] | None:
+    """The intents of a ``forget.lua`` / ``reap.lua`` reply ``{1, intent...}`` (the connection
+    was forgotten: its user's and groups' sets are to be left); None for any other reply."""
+    if not isinstance(reply, list) or not reply or reply[0] != 1:
         return None
-    node, user, *groups = (_text(item) for item in reply[1:])
-    return Found(node, user or None, tuple(groups))
+    return [Intent.parse(member) for member in reply[1:]]
 
 
 def register_command(
@@ -82,64 +67,62 @@ def register_command(
     since_ms: int,
     addr: str,
     user_id: str | None,
-    max_per_user: int,
+    token: str,
     event: list[str],
 ) -> tuple[Any, ...]:
-    """The EVALSHA that registers a connection and appends its connect event, atomically."""
-    script_keys = [keys.connection(connection_id), keys.node_connections(node), keys.inbound_stream]
-    if user_id:
-        script_keys.append(keys.user_connections(user_id))
-    return REGISTER.call(
-        script_keys, connection_id, node, since_ms, addr, user_id or "", max_per_user, *event
-    )
+    """The EVALSHA that registers a connection and appends its connect event, atomically. A
+    connection with a user was reserved in the user's set first, under ``token``."""
+    script_keys = [
+        keys.connection(connection_id),
+        keys.node_connections(node),
+        keys.inbound_stream_of(node),
+        keys.node_intents(node),
+    ]
+    return REGISTER.call(script_keys, connection_id, node, since_ms, addr, user_id or "", token, *event)
 
 
 def set_user_command(
-    keys: Keys, connection_id: str, user_id: str, previous: str | None, max_per_user: int
+    keys: Keys, connection_id: str, user_id: str, previous: str | None, token: str
 ) -> tuple[Any, ...]:
-    """The EVALSHA that gives a registered connection the user id the connect hook named."""
-    script_keys = [keys.connection(connection_id), keys.user_connections(user_id)]
-    if previous:
-        script_keys.append(keys.user_connections(previous))
-    return SET_USER.call(script_keys, connection_id, user_id, previous or "", max_per_user)
+    """The EVALSHA that gives a registered connection the user id the connect hook named (it
+    was reserved in that user's set first, under ``token``)."""
+    script_keys = [keys.connection(connection_id), keys.node_intents(node_of_connection(connection_id))]
+    return SET_USER.call(script_keys, connection_id, user_id, previous or "", token)
 
 
-def forget_command(
-    keys: Keys,
-    connection_id: str,
-    close_code: int,
-    node: str,
-    user_id: str | None,
-    groups: Iterable[str] = (),
-) -> tuple[Any, ...]:
-    """The EVALSHA that forgets a connection and appends its disconnect event: 1, 0 (already
-    forgotten), or a stale reply (``found()``) when ``node``, ``user_id`` or ``groups`` are not
-    what the registry holds."""
-    script_keys, args = connection_keys(keys, connection_id, node, user_id, groups)
+def intend_command(keys: Keys, node: str, intents: list[Intent]) -> tuple[Any, ...]:
+    """The EVALSHA that records intents (a reservation) before their index is written."""
+    return INTEND.call([keys.node_intents(node)], *(intent.member for intent in intents))
+
+
+def forget_command(keys: Keys, connection_id: str, close_code: int, token: str) -> tuple[Any, ...]:
+    """The EVALSHA that forgets a connection and appends its disconnect event: ``{1, intent...}``
+    (``forgotten_intents()``) or 0 (already forgotten)."""
     # int(): a CloseCode or aiohttp's WSCloseCode is an int to the type checker, not to the packer.
-    return FORGET.call(script_keys, int(close_code), *args)
+    return FORGET.call(connection_keys(keys, connection_id), int(close_code), connection_id, token)
 
 
 def reap_call(
-    keys: Keys,
-    node: str,
-    timeout_ms: int,
-    connection_id: str,
-    user_id: str | None,
-    groups: Iterable[str],
-    *,
-    force: bool = False,
+    keys: Keys, node: str, timeout_ms: int, connection_id: str, token: str, *, force: bool = False
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``reap.lua`` for one connection of the dead gateway ``node``."""
-    script_keys, args = connection_keys(keys, connection_id, node, user_id, groups)
-    return [keys.nodes, keys.node_reaped(node), *script_keys], [timeout_ms, "1" if force else "0", *args]
+    script_keys = [keys.node_heartbeat(node), keys.node_reaped(node), *connection_keys(keys, connection_id)]
+    # The id is read from the node's set: its own node is the dead one, or it is not registered.
+    script_keys[4] = keys.node_connections(node)
+    return script_keys, [timeout_ms, "1" if force else "0", connection_id, node, token]
 
 
 def drop_node_call(keys: Keys, node: str, timeout_ms: int) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``drop_node.lua``."""
     return (
-        [keys.nodes, keys.node_connections(node), keys.node_stream(node), keys.node_sequence(node)],
-        [node, timeout_ms],
+        [
+            keys.node_heartbeat(node),
+            keys.node_connections(node),
+            keys.node_intents(node),
+            keys.node_stream(node),
+            keys.node_sequence(node),
+        ],
+        [timeout_ms],
     )
 
 
@@ -151,44 +134,28 @@ def ensure_stream_command(keys: Keys, node: str) -> tuple[Any, ...]:
 
 def heartbeat_call(keys: Keys, node: str) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``heartbeat.lua``."""
-    return [keys.node_stream(node), keys.nodes, keys.node_reaped(node)], [node]
+    return [keys.node_stream(node), keys.node_heartbeat(node), keys.node_reaped(node)], []
 
 
-async def forget(redis: Any, keys: Keys, connection_id: str, close_code: int) -> int:
-    """Forget a connection from outside its gateway (operators, tests): read its node, user and
-    groups, then run ``forget.lua`` (again with what it found, while that was stale). 1 when
-    it was forgotten (its disconnect event written), 0 when it was not registered."""
-    [current] = await read_registered(redis, keys, [connection_id])
-    run = redis.register_script(FORGET.body)
-    for _ in range(MAX_STALE_RETRIES + 1):
-        script_keys, args = connection_keys(
-            keys, connection_id, current.node, current.user_id, current.groups
-        )
-        reply = await run(keys=script_keys, args=[int(close_code), *args])
-        stale = found(reply)
-        if stale is None:
-            return int(reply)
-        current = stale
-    raise RuntimeError(f"the groups of connection {connection_id} kept changing: it was not forgotten")
-
-
-async def read_registered(redis: Any, keys: Keys, connection_ids: list[str]) -> list[Found]:
-    """What the registry holds of each connection (node, user, groups; node ``""`` when it is
-    not registered), read in one round trip: the keys for ``forget.lua`` or ``reap.lua``."""
-    pipe = redis.pipeline(transaction=False)
-    for connection_id in connection_ids:
-        pipe.hmget(keys.connection(connection_id), "node", "user_id")
-        pipe.smembers(keys.connection_groups(connection_id))
-    read = await pipe.execute()
+def node_keys(keys: Keys, node: str) -> list[str]:
+    """The keys a gateway deletes when it leaves (all in its shard)."""
     return [
-        Found(_text(node or b""), _text(user) if user else None, tuple(sorted(_text(g) for g in groups)))
-        for (node, user), groups in zip(read[::2], read[1::2], strict=True)
+        keys.node_stream(node),
+        keys.node_reaped(node),
+        keys.node_sequence(node),
+        keys.node_heartbeat(node),
     ]
 
 
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="strict") if isinstance(value, bytes) else str(value)
+async def forget(redis: Any, keys: Keys, connection_id: str, close_code: int) -> int:
+    """Forget a connection from outside its gateway (operators, tests): ``forget.lua``, then its
+    user's and groups' sets. 1 when it was forgotten (its disconnect event written), 0 when it
+    was not registered."""
+    reply = await run(
+        redis, FORGET, connection_keys(keys, connection_id), [int(close_code), connection_id, new_token()]
+    )
+    intents = forgotten_intents(reply)
+    if intents is None:
+        return 0
+    await settle(redis, keys, node_of_connection(connection_id), intents, holds=False)
+    return 1
