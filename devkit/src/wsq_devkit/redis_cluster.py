@@ -234,38 +234,54 @@ class RedisCluster:
         self.wait_ok(timeout=timeout, replicas_per_master=self.replicas)
 
     def move_slot(self, slot: int, to: RedisServer, *, timeout: float = 30.0) -> RedisServer:
-        """Move ``slot`` (and its keys) to the master ``to`` with ``redis-cli --cluster reshard``;
-        return the master that served it before."""
-        source = self.master_of_slot(slot)
-        if source.port == to.port:
-            return source
-        views = {v.port: v.node_id for v in self.view()}
-        # IMPORTING on the target, MIGRATING on the source, then the keys, then the new owner.
-        with _client(to) as target, _client(source) as origin:
-            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", views[source.port])
-            origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", views[to.port])
+        """Move ``slot`` and its keys to the master ``to``, as ``redis-cli --cluster reshard``
+        does; return the master that served it before."""
+        source = self.start_moving_slot(slot, to)
+        if source.port != to.port:
             self.migrate_keys(slot, source, to)
-            # The new owner first, then the old one, then the others (gossip would tell them too).
-            for node in [to, source, *(m for m in self.masters() if m.port not in (to.port, source.port))]:
-                with _client(node) as client:
-                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", views[to.port])
+            self.finish_moving_slot(slot, to, timeout=timeout)
+        return source
+
+    def start_moving_slot(self, slot: int, to: RedisServer) -> RedisServer:
+        """Mark ``slot`` IMPORTING on ``to`` and MIGRATING on its master (returned): from now on
+        its master answers ``ASK`` for a key it no longer holds."""
+        source = self.master_of_slot(slot)
+        if source.port != to.port:
+            ids = {v.port: v.node_id for v in self.view()}
+            with _client(to) as target:
+                target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
+            with _client(source) as origin:
+                origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to.port])
+        return source
+
+    def migrate_keys(
+        self, slot: int, source: RedisServer, to: RedisServer, keys: Sequence[str] | None = None
+    ) -> int:
+        """MIGRATE ``keys`` (by default every key of ``slot``) from ``source`` to ``to``, the slot
+        being moved (``start_moving_slot()``): how many were moved."""
+        moved = 0
+        with _client(source) as origin:
+            while batch := list(keys or origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)):
+                origin.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *batch)
+                moved += len(batch)
+                if keys:
+                    break
+        return moved
+
+    def finish_moving_slot(self, slot: int, to: RedisServer, *, timeout: float = 30.0) -> None:
+        """Give ``slot`` to ``to`` on every master (its keys migrated) and wait until every node
+        says so: its old master answers ``MOVED`` from now on."""
+        node_id = next(v.node_id for v in self.view() if v.port == to.port)
+        # The new owner first (it bumps its epoch), then the others (gossip would tell them too).
+        for node in [to, *(m for m in self.masters() if m.port != to.port)]:
+            with _client(node) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id)
         wait_until(
             lambda: all(self._owner_seen_by(node, slot) == to.port for node in self.running()),
             timeout=timeout,
             message=f"every node to see slot {slot} on {to.port}",
         )
         self.wait_ok(timeout=timeout)
-        return source
-
-    def migrate_keys(self, slot: int, source: RedisServer, to: RedisServer) -> int:
-        """MIGRATE every key of ``slot`` from ``source`` to ``to`` (the slot MIGRATING/IMPORTING
-        already): how many were moved."""
-        moved = 0
-        with _client(source) as origin:
-            while keys := origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-                origin.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
-                moved += len(keys)
-        return moved
 
     def _owner_seen_by(self, node: RedisServer, slot: int) -> int | None:
         try:
