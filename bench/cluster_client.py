@@ -14,7 +14,8 @@ of one process (the client's CPU is what is measured: every server is on this ma
 * ``single Redis``: ``RedisPipe`` and redis-py's pipeline on one ``redis-server``, for scale.
 
 Rounds alternate the contenders, and the best round of each is reported (the machine is
-shared: the best is the least disturbed).
+shared: the best is the least disturbed), with this process's CPU time per command (the servers
+share the machine's cores with it: CPU per command is the steadier figure).
 """
 
 from __future__ import annotations
@@ -55,14 +56,16 @@ def make_batch(size: int, shards: int) -> Batch:
     return batch
 
 
-async def measure(run: Callable[[], Awaitable[None]], size: int, seconds: float) -> float:
-    """Commands per second while ``run`` (one batch of ``size``) is repeated for ``seconds``."""
+async def measure(run: Callable[[], Awaitable[None]], size: int, seconds: float) -> tuple[float, float]:
+    """(commands per second, this process's CPU µs per command) while ``run`` (one batch of
+    ``size``) is repeated for ``seconds``."""
     await run()  # connected, scripts known: not measured
-    batches, start = 0, time.perf_counter()
+    batches, start, cpu = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - start) < seconds:
         await run()
         batches += 1
-    return batches * size / elapsed
+    commands = batches * size
+    return commands / elapsed, (time.process_time() - cpu) * 1e6 / commands
 
 
 def redis_py_pipeline(client: Any, batch: Batch) -> Callable[[], Awaitable[None]]:
@@ -141,13 +144,18 @@ async def bench(sizes: Sequence[int], shards: int, seconds: float, rounds: int) 
                 "single Redis: RedisPipe": single_pipe(single_redis_pipe, batch),
             }
             best = dict.fromkeys(contenders, 0.0)
+            cpu = dict.fromkeys(contenders, float("inf"))
             for _ in range(rounds):
                 for name, run in contenders.items():
-                    best[name] = max(best[name], await measure(run, size, seconds))
+                    rate, cpu_us = await measure(run, size, seconds)
+                    best[name], cpu[name] = max(best[name], rate), min(cpu[name], cpu_us)
             print(f"\nbatch of {size}:")
-            base = best["redis-py cluster pipeline"]
+            base, base_cpu = best["redis-py cluster pipeline"], cpu["redis-py cluster pipeline"]
             for name, rate in best.items():
-                print(f"  {name:34} {rate:>10,.0f} cmds/s  ({rate / base:.1f}x redis-py cluster pipeline)")
+                print(
+                    f"  {name:32} {rate:>9,.0f} cmds/s ({rate / base:.1f}x)"
+                    f"  client CPU {cpu[name]:5.1f} µs/cmd ({base_cpu / cpu[name]:.1f}x less)"
+                )
         await routed_pipe.aclose()
         await single_redis_pipe.aclose()
         for pipe in pipes.values():

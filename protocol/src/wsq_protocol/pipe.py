@@ -455,11 +455,12 @@ def transactions(packed: Sequence[bytes]) -> dict[int, int]:
     spans: dict[int, int] = {}
     start: int | None = None
     for index, command in enumerate(packed):
-        if command[:15].upper() == MULTI:
+        # By length first: MULTI and EXEC are the only commands of 15 and 14 bytes that matter.
+        if len(command) == 15 and command.upper() == MULTI:
             start = index
         if start is not None:
             spans[index] = start
-            if command[:14].upper() == EXEC:
+            if len(command) == 14 and command.upper() == EXEC:
                 start = None
     return spans
 

@@ -33,6 +33,7 @@ slot ran: one asked elsewhere while its slot migrates, an ``EVALSHA`` sent again
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -84,8 +85,10 @@ class ClusterUnavailable(RedisConnectionError):
     replica took over, or the slot is not served): nothing more was sent for it."""
 
 
+@functools.lru_cache(maxsize=65536)
 def slot_of(key: str | bytes) -> int:
-    """The cluster slot of ``key`` (its hash tag's, when it has one)."""
+    """The cluster slot of ``key`` (its hash tag's, when it has one). Cached: a process sends to
+    the same keys again and again (its shards' streams, its connections' records)."""
     return key_slot(key.encode() if isinstance(key, str) else key)
 
 
@@ -243,17 +246,26 @@ class _Router:
         groups: dict[str, tuple[ClusterNode, list[int], set[int]]] = {}
         retry: list[int] = []
         refresh = pause = False
+        masters: dict[int, ClusterNode | None] = {}  # slot -> its master, looked up once a round
         for index in todo:
-            node = asked.pop(index, None)
+            node = asked.pop(index, None) if asked else None
             is_asked = node is not None
             if node is None:
-                try:
-                    node = self.node_of(slots[index])
-                except RedisClusterException:  # no master for this slot in the map
+                slot = slots[index]
+                if slot in masters:
+                    node = masters[slot]
+                else:
+                    try:
+                        node = masters[slot] = self.node_of(slot)
+                    except RedisClusterException:  # no master for this slot in the map
+                        node = masters[slot] = None
+                if node is None:
                     retry.append(index)
                     refresh = pause = True
                     continue
-            group = groups.setdefault(node.name, (node, [], set()))
+            group = groups.get(node.name)
+            if group is None:
+                group = groups[node.name] = (node, [], set())
             group[1].append(index)
             # ASKING holds for one command, or for a whole transaction sent after it.
             if is_asked and spans.get(index, index) == index:
