@@ -34,7 +34,7 @@ from wsq_protocol.cluster import (
 )
 from wsq_protocol.keys import Keys
 from wsq_protocol.membership import Intent
-from wsq_protocol.pipe import CheckedConnection, RedisPipe
+from wsq_protocol.pipe import CheckedConnection, RedisPipe, WriteInDoubt
 from wsq_protocol.routing import ClusterUnavailable, RoutedPipe, SlotPipe, slot_of
 from wsq_protocol.scripts import Script, connection_keys, run, script
 
@@ -527,3 +527,85 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None
         return condition()
 
     await wait_until_async(check, timeout=timeout)
+
+
+# A connection lost, or a master stalled, after a batch was sent.
+
+
+@pytest.mark.faults
+async def test_a_batch_lost_with_its_master_is_never_sent_twice_unless_allowed(
+    opened: Opened, redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    """A blocking command is waiting on a master when it dies: a writes pipe raises
+    WriteInDoubt, a routed pipe with resend=False puts the ConnectionError in its place (the
+    other masters' replies kept), one with resend=True sends it again to the new master."""
+    client = opened.client(socket_connect_timeout=0.5)
+    keys = spread_keys(key_prefix, SHARDS)
+    lost = keys[0]
+    victim = redis_cluster.master_of_slot(slot_of(lost))
+    elsewhere = next(key for key in keys if redis_cluster.master_of_slot(slot_of(key)) is not victim)
+    writes = opened.pipe(client, key=lost, writes=True)
+    once = opened.routed(client, resend=False)
+    again = opened.routed(client, resend=True)
+
+    async def waiting(pipe: Any) -> Any:
+        if isinstance(pipe, RoutedPipe):
+            return await pipe.execute([(elsewhere, ("SET", elsewhere, "1")), (lost, ("BLPOP", lost, 10))])
+        return await pipe.execute([("BLPOP", lost, 10)])
+
+    async def blocked() -> bool:
+        with redis.Redis(port=victim.port) as direct:
+            return int(direct.info("clients")["blocked_clients"]) == 3
+
+    tasks = [asyncio.create_task(waiting(pipe)) for pipe in (writes, once, again)]
+    try:
+        await wait_until_async(blocked)
+        promoted = await asyncio.to_thread(redis_cluster.fail_over, victim)
+        with pytest.raises(WriteInDoubt):
+            await tasks[0]
+        replies = await tasks[1]
+        assert replies[0] == b"OK"
+        assert isinstance(replies[1], redis.ConnectionError)
+        with redis.Redis(port=promoted.port) as direct:
+            direct.rpush(lost, "pushed")
+        assert await tasks[2] == [b"OK", [lost.encode(), b"pushed"]]
+        # The pipes go on, on the new master.
+        assert await writes.execute([("SET", lost, "after")]) == [b"OK"]
+        assert await once.execute([(lost, ("GET", lost))]) == [b"after"]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.to_thread(redis_cluster.rejoin, victim)
+
+
+@pytest.mark.faults
+async def test_a_stalled_master_times_out_its_commands_only(
+    opened: Opened, redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    """A master that stops answering (SIGSTOP) for longer than socket_timeout: a routed batch
+    gets the others' replies and a TimeoutError in place of its commands; a slot pipe raises it
+    (with resend=False: else they would be sent again until failover_s)."""
+    client = opened.client(socket_timeout=0.3)
+    keys = spread_keys(key_prefix, SHARDS)
+    stalled_key = keys[0]
+    stalled = redis_cluster.master_of_slot(slot_of(stalled_key))
+    routed = opened.routed(client, resend=False)
+    slot_pipe = opened.pipe(client, key=stalled_key, resend=False)
+    batch = [(key, ("SET", key, "1")) for key in keys]
+    assert await routed.execute(batch) == [b"OK"] * len(keys)
+    await slot_pipe.connect()
+    stalled.pause()
+    try:
+        replies = await routed.execute(batch)
+        with pytest.raises(redis.TimeoutError):
+            await slot_pipe.execute([("GET", stalled_key)])
+    finally:
+        stalled.resume()
+    for key, reply in zip(keys, replies, strict=True):
+        if redis_cluster.master_of_slot(slot_of(key)) is stalled:
+            assert isinstance(reply, redis.TimeoutError)
+        else:
+            assert reply == b"OK"
+    await asyncio.to_thread(redis_cluster.wait_ok, replicas_per_master=1)
+    assert await routed.execute(batch) == [b"OK"] * len(keys)  # connected again, in step
+    assert await slot_pipe.execute([("GET", stalled_key)]) == [b"1"]

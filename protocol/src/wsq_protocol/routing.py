@@ -36,8 +36,8 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -77,6 +77,14 @@ FAILOVER_S = 30.0
 about the cluster's ``cluster-node-timeout`` plus an election) before giving up."""
 
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+
+class _Unsent:
+    """A link's send that could not connect: nothing of it reached Redis."""
+
+
+_UNSENT = _Unsent()
+T = TypeVar("T")
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -271,63 +279,32 @@ class _Router:
             if is_asked and spans.get(index, index) == index:
                 group[2].add(index)
         sent: list[_Sent] = []
-        self.deadline.start()
+        # Write every group before reading any: the masters run theirs at once. Each link's
+        # send, and each link's replies, are bounded by the deadline (the client's
+        # socket_timeout) on their own: a stalled master costs its own commands only.
         try:
-            # Write every group before reading any: the masters run theirs at once.
             for node, indices, asking in groups.values():
-                link = self.link(node)
-                try:
-                    await link.ensure_connected()
-                except _LOST as exc:  # nothing sent: always safe to try again
-                    log.info("could not connect to %s: %s", node.name, exc)
+                entry = _Sent(self.link(node), indices, frozenset(asking))
+                state = await self._bounded(self._send(entry, packed))
+                if state is _UNSENT:  # nothing sent: always safe to try again
                     retry += indices
                     refresh = pause = True
                     continue
-                entry = _Sent(link, indices, frozenset(asking))
                 sent.append(entry)
-                batch = [packed[i] for i in indices]
-                if asking:
-                    batch = [
-                        part
-                        for i in indices
-                        for part in ((_ASKING, packed[i]) if i in asking else (packed[i],))
-                    ]
-                try:
-                    await link.conn.send_packed_command(batch)
-                except _LOST as exc:
+                if isinstance(state, BaseException):
                     entry.read = -1
-                    await self._lost(entry, exc, replies, retry, in_place)
+                    await self._lost(entry, state, replies, retry, in_place)
                     refresh = pause = True
             for entry in sent:
                 if entry.read < 0:
                     continue
-                conn = entry.link.conn
-                try:
-                    for index in entry.indices:
-                        if index in entry.asking:
-                            await _read(conn)  # ASKING's OK
-                        replies[index] = await _read(conn)
-                        entry.read += 1
-                except _LOST as exc:
-                    await self._lost(entry, exc, replies, retry, in_place)
+                lost = await self._bounded(self._read(entry, replies))
+                if lost is not None:
+                    await self._lost(entry, lost, replies, retry, in_place)
                     refresh = pause = True
-        except asyncio.CancelledError:
-            ours = self.deadline.stop()
-            await _disconnect_unread(sent)  # replies may still come: out of step
-            if not ours:
-                raise  # cancelled from outside
-            timeout = RedisTimeoutError("Timeout reading from Redis")
-            if not in_place:
-                raise timeout from None
-            for entry in sent:
-                for index in entry.indices[max(entry.read, 0) :]:
-                    replies[index] = timeout
-            return [], False
         except BaseException:
-            self.deadline.stop()
-            await _disconnect_unread(sent)
+            await _disconnect_unread(sent)  # replies may still come: out of step
             raise
-        self.deadline.stop()
         # What the cluster answered: redirects, and NOSCRIPT for a known script, are sent again.
         for entry in sent:
             for index in entry.indices[: max(entry.read, 0)]:
@@ -343,6 +320,58 @@ class _Router:
         if refresh:
             await self.refresh()
         return sorted(set(retry)), pause
+
+    async def _bounded(self, step: Awaitable[T]) -> T | BaseException:
+        """``step``'s result, or the ``TimeoutError`` of the deadline when it expired first."""
+        self.deadline.start()
+        try:
+            result = await step
+        except asyncio.CancelledError:
+            if not self.deadline.stop():
+                raise  # cancelled from outside
+            return RedisTimeoutError("Timeout reading from Redis")
+        except BaseException:
+            self.deadline.stop()
+            raise
+        self.deadline.stop()
+        return result
+
+    async def _send(self, entry: _Sent, packed: list[bytes]) -> BaseException | _Unsent | None:
+        """Connect if need be, then send ``entry``'s commands: None once sent, ``_UNSENT`` when
+        the connection could not be made (nothing sent), else the error of a failed send."""
+        link = entry.link
+        try:
+            await link.ensure_connected()
+        except _LOST as exc:
+            log.info("could not connect to %s: %s", link.name, exc)
+            return _UNSENT
+        except asyncio.CancelledError:
+            await link.conn.disconnect(nowait=True)
+            raise
+        indices, asking = entry.indices, entry.asking
+        batch = [packed[i] for i in indices]
+        if asking:
+            batch = [
+                part for i in indices for part in ((_ASKING, packed[i]) if i in asking else (packed[i],))
+            ]
+        try:
+            await link.conn.send_packed_command(batch)
+        except _LOST as exc:
+            return exc
+        return None
+
+    async def _read(self, entry: _Sent, replies: list[Any]) -> BaseException | None:
+        """Read ``entry``'s replies into ``replies``: None, or the error that cut them short."""
+        conn = entry.link.conn
+        try:
+            for index in entry.indices:
+                if index in entry.asking:
+                    await _read(conn)  # ASKING's OK
+                replies[index] = await _read(conn)
+                entry.read += 1
+        except _LOST as exc:
+            return exc
+        return None
 
     async def _answered(
         self,
@@ -379,10 +408,13 @@ class _Router:
         """``entry``'s connection failed after its commands were sent: those not answered ran
         or not. They are sent again if the pipe may; else they fail (raising, or in place)."""
         unread = entry.indices[max(entry.read, 0) :]
-        entry.read = len(entry.indices) if entry.read >= 0 else -1  # nothing more to read on it
+        if entry.read >= 0:
+            entry.read = len(entry.indices)  # nothing more to read on it
         log.info("lost the connection to %s, %d commands unanswered: %s", entry.link.name, len(unread), exc)
         await entry.link.conn.disconnect(nowait=True)
         if self.resend:
+            for index in unread:
+                replies[index] = None  # a reply of an earlier round is not this one's
             retry += unread
             return
         error: Exception
@@ -437,8 +469,9 @@ class SlotPipe(RedisPipe):
     what ``RedisPipe(cluster_client, key=...)`` builds. Every command of its batches must be in
     that slot (a script's keys, a transaction's: one hash tag).
 
-    Its failures are ``RedisPipe``'s: a batch lost midway is sent again (``resend``), raises
-    (``resend=False``) or raises :class:`WriteInDoubt` (``writes``). On top: a redirect is
+    Its failures are ``RedisPipe``'s: a batch lost midway (or not answered within the client's
+    ``socket_timeout``) is sent again (``resend``), raises (``resend=False``) or raises
+    :class:`WriteInDoubt` (``writes``, which has no timeout). On top: a redirect is
     followed, a connection that fails before its batch is sent (its master died) is tried again
     on the slot's master as the slot map says, until ``failover_s`` passes
     (:class:`ClusterUnavailable`). ``scripts``: ``NOSCRIPT`` to their ``EVALSHA`` is answered
@@ -503,10 +536,9 @@ class RoutedPipe:
     script's first key; for ``MULTI`` and ``EXEC``, their transaction's). Each reply is the
     command's, or in its place the exception that ended it: a ``ResponseError`` Redis answered;
     :class:`ClusterUnavailable` when its slot's master did not answer within ``failover_s``;
-    with ``resend=False``, the ``ConnectionError`` of a connection lost after the command was
-    sent (it ran or not: never sent twice). ``execute`` itself raises only when the batch is
-    cancelled, or times out (the client's ``socket_timeout``): then every command not answered
-    yet holds a ``TimeoutError``.
+    with ``resend=False``, the ``ConnectionError`` (or ``TimeoutError``: its master did not
+    answer within the client's ``socket_timeout``) of a connection lost after the command was
+    sent (it ran or not: never sent twice). ``execute`` itself raises only when cancelled.
 
     On a single Redis (a plain client) the commands all go on one :class:`RedisPipe`, whose
     failures raise as usual. One task at a time, as ``RedisPipe``.
