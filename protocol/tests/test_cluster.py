@@ -287,6 +287,20 @@ async def test_each_commands_error_is_in_its_place(
         await single.aclose()
 
 
+async def test_a_single_redis_lost_puts_its_error_in_every_place() -> None:
+    with RedisServer() as server:
+        client = redis.asyncio.Redis.from_url(server.url, socket_connect_timeout=0.5)
+        pipe = RoutedPipe(client, resend=False)
+        try:
+            assert await pipe.execute([("a", ("SET", "a", "1")), ("b", ("GET", "a"))]) == [b"OK", b"1"]
+            server.stop()
+            replies = await pipe.execute([("a", ("SET", "a", "2")), ("b", ("GET", "a"))])
+            assert [type(reply) for reply in replies] == [redis.ConnectionError] * 2
+        finally:
+            await pipe.aclose()
+            await client.aclose()
+
+
 async def test_a_command_given_the_wrong_key_fails_in_place(
     opened: Opened, redis_cluster: RedisCluster, key_prefix: str
 ) -> None:

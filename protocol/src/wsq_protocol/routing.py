@@ -540,8 +540,9 @@ class RoutedPipe:
     answer within the client's ``socket_timeout``) of a connection lost after the command was
     sent (it ran or not: never sent twice). ``execute`` itself raises only when cancelled.
 
-    On a single Redis (a plain client) the commands all go on one :class:`RedisPipe`, whose
-    failures raise as usual. One task at a time, as ``RedisPipe``.
+    On a single Redis (a plain client) the commands all go on one :class:`RedisPipe`; a
+    connection lost or a timeout puts its error in the place of every command of the batch
+    (all of them are in doubt there). One task at a time, as ``RedisPipe``.
     """
 
     def __init__(
@@ -573,7 +574,10 @@ class RoutedPipe:
 
     async def execute(self, commands: Sequence[tuple[str | bytes, tuple[Any, ...] | bytes]]) -> list[Any]:
         if self._single is not None:
-            return await self._single.execute([command for _, command in commands])
+            try:
+                return await self._single.execute([command for _, command in commands])
+            except _LOST as exc:  # the one server: every command's failure, as on a cluster
+                return [exc] * len(commands)
         assert self._router is not None
         slots = [slot_of(key) for key, _ in commands]
         packed = [pack_command(command) for _, command in commands]
