@@ -40,6 +40,7 @@ TYPED_TREES = [
     "worker-sdk/tests",
     "integration-tests",
     "protocol/tests",
+    "devkit/tests",
 ]
 # Kubernetes versions k8s/ must validate against: an old supported one and the newest.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]

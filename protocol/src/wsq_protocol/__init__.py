@@ -15,12 +15,15 @@ the language-neutral files beside it in ``protocol/`` (schemas, golden examples,
 ``keys``           ``Keys(prefix)``: every Redis key name, from ``keys.json``
 ``scripts``        the Lua scripts of ``lua/``, called by ``EVALSHA``
 ``pipe``           the Redis pipe, command templates, batch deadlines, checked packing
+``cluster``        single Redis or Redis Cluster: telling them apart, the client each needs
+``routing``        the pipe on a cluster: one slot's master (``SlotPipe``), or per master
+                   (``RoutedPipe``), redirects and fail-overs followed
 ``batching``       one tick batcher with a pluggable failure policy; the shared backoff
 ``preflight``      is this Redis usable at all? (start-up checks of both packages)
 =================  =========================================================================
 
-No module here does I/O at import time; only ``pipe``, ``batching`` and ``preflight`` talk to
-Redis, through redis-py.
+No module here does I/O at import time; only ``pipe``, ``routing``, ``cluster``, ``batching``
+and ``preflight`` talk to Redis, through redis-py.
 """
 
 from wsq_protocol.codes import PROTOCOL_VERSION, CloseCode, ErrorCode

@@ -9,7 +9,9 @@
   ``repr()`` (``<CloseCode.X: 1013>``) for a Lua script to write into the protocol.
 * :class:`RedisPipe`: redis-py's ``Pipeline`` spends about 10 µs of Python per command around
   the socket (a command stack, a timeout and a response callback per reply); the pipe sends
-  the same packed bytes on a connection of its own and reads the raw replies in a loop.
+  the same packed bytes on a connection of its own and reads the raw replies in a loop. Given
+  a Redis Cluster client it is a :class:`wsq_protocol.routing.SlotPipe`, bound to the master
+  of one key's slot; :class:`wsq_protocol.routing.RoutedPipe` spreads a batch over masters.
 * :class:`CommandTemplate`: even hiredis formats every argument of every command (a
   ``sprintf`` each); for a command sent once per message, the arguments that never change
   are packed once, and only the last few per message.
@@ -23,22 +25,28 @@ import asyncio
 import logging
 import math
 import socket
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from wsq_protocol.scripts import Script
 
 __all__ = [
     "BatchDeadline",
     "CommandTemplate",
     "RedisPipe",
     "WriteInDoubt",
+    "as_eval",
     "async_redis",
     "check_plain",
+    "pack_command",
 ]
 
 hiredis: Any
@@ -72,9 +80,46 @@ def _not_plain(command: tuple[Any, ...]) -> TypeError:
     )
 
 
+_PYTHON_PACKER = Connection()  # never connected: redis-py's packer, when hiredis is not installed
+
+
+def pack_command(command: tuple[Any, ...] | bytes) -> bytes:
+    """``command`` in RESP (bytes are packed already): checked (``check_plain``), then packed
+    with hiredis when installed, else with redis-py's packer."""
+    if type(command) is bytes:
+        return command
+    check_plain(command)  # type: ignore[arg-type]
+    if hiredis is not None:
+        packed: bytes = hiredis.pack_command(command)
+        return packed
+    return b"".join(_PYTHON_PACKER.pack_command(*command))
+
+
+_EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n"
+
+
+def as_eval(packed: bytes, scripts: dict[bytes, bytes]) -> bytes | None:
+    """The ``EVAL`` (packed) of ``packed`` when it is the ``EVALSHA`` of one of ``scripts`` (SHA1
+    in hex -> body), else None: for a server that answered ``NOSCRIPT`` (it restarted, or is a
+    replica just promoted), which ``EVAL`` teaches the script."""
+    head = packed.find(b"\r\n") + 2  # after "*<count>"
+    if packed[head : head + len(_EVALSHA)].upper() != _EVALSHA:
+        return None
+    start = head + len(_EVALSHA)
+    body = scripts.get(packed[start : start + 40].lower())
+    if body is None:
+        return None
+    return b"%s$4\r\nEVAL\r\n$%d\r\n%s%s" % (packed[:head], len(body), body, packed[start + 40 :])
+
+
+def script_bodies(scripts: Iterable[Script]) -> dict[bytes, bytes]:
+    """SHA1 (hex, as bytes) -> body, for :func:`as_eval`."""
+    return {script.sha.encode(): script.body.encode() for script in scripts}
+
+
 # A writer's connection: a Redis host that vanished is noticed in about 11 s (idle 5 s, then
 # 3 probes 2 s apart), where a connection without keepalive would wait for its replies for ever.
-_KEEPALIVE = {
+KEEPALIVE = {
     option: value
     for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
     if (option := getattr(socket, name, None)) is not None
@@ -232,16 +277,40 @@ class RedisPipe:
 
     ``on_connect``, a command, runs first on every new connection, before the batch that
     made it (an error reply to it is logged, and the batch goes on).
+
+    ``scripts``: an ``EVALSHA`` of one of them that Redis answers ``NOSCRIPT`` (it restarted)
+    is sent again as its ``EVAL`` (outside a transaction), after the rest of the batch.
+
+    On a Redis Cluster client, ``RedisPipe(client, key=...)`` is a
+    :class:`wsq_protocol.routing.SlotPipe` bound to the master of ``key``'s slot
+    (``failover_s``: how long it waits for that slot's master to answer again). On a single
+    Redis ``key`` and ``failover_s`` change nothing.
     """
+
+    def __new__(cls, client: redis.asyncio.Redis | AsyncRedisCluster, **options: Any) -> RedisPipe:
+        if cls is RedisPipe and isinstance(client, AsyncRedisCluster):
+            # A cluster's pipe is bound to one slot's master (imported here: routing builds on
+            # this module).
+            from wsq_protocol.routing import SlotPipe  # noqa: PLC0415
+
+            return super().__new__(SlotPipe)
+        return super().__new__(cls)
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redis.asyncio.Redis | AsyncRedisCluster,
         *,
+        key: str | bytes | None = None,
         resend: bool = True,
         writes: bool = False,
         on_connect: tuple[Any, ...] | None = None,
+        failover_s: float | None = None,
+        scripts: Iterable[Script] = (),
     ) -> None:
+        # key and failover_s are for a cluster (SlotPipe): a single Redis serves every key.
+        del key, failover_s
+        if isinstance(client, AsyncRedisCluster):  # RedisPipe() made a SlotPipe of it
+            raise TypeError("a Redis Cluster's pipe is a wsq_protocol.routing.SlotPipe")
         pool = client.connection_pool
         self._writes = writes
         self._resend = resend and not writes
@@ -250,11 +319,12 @@ class RedisPipe:
         # would run every write in a task of its own to bound it; execute() bounds the batch.
         options = {**pool.connection_kwargs, "socket_timeout": None}
         if writes:
-            options |= {"socket_keepalive": True, "socket_keepalive_options": _KEEPALIVE}
+            options |= {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
         self._conn: AbstractConnection = pool.connection_class(**options)
         self._on_connect = None if on_connect is None else self.pack(on_connect)
         if self._on_connect is not None:
             self._conn.register_connect_callback(self._run_on_connect)  # type: ignore[no-untyped-call]
+        self._scripts = script_bodies(scripts)
 
     async def _run_on_connect(self, conn: AbstractConnection) -> None:
         assert self._on_connect is not None
@@ -293,18 +363,41 @@ class RedisPipe:
         return b"".join(self._conn.pack_command(*command))
 
     async def execute(self, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
-        conn = self._conn
         packed = [
             command if type(command) is bytes else self.pack(command)  # type: ignore[arg-type]
             for command in commands
         ]
+        replies = await self._execute_packed(packed)
+        if self._scripts:
+            await self._evals_for_noscript(packed, replies)
+        return replies
+
+    async def _evals_for_noscript(self, packed: list[bytes], replies: list[Any]) -> None:
+        """Each ``EVALSHA`` of a known script Redis answered ``NOSCRIPT`` (outside a
+        transaction) sent again as its ``EVAL``, its reply put in place."""
+        spans = transactions(packed)
+        again = [
+            (index, as_eval(packed[index], self._scripts))
+            for index, reply in enumerate(replies)
+            if isinstance(reply, NoScriptError) and index not in spans
+        ]
+        evals = [(index, command) for index, command in again if command is not None]
+        if evals:
+            for (index, _), reply in zip(
+                evals, await self._execute_packed([c for _, c in evals]), strict=True
+            ):
+                replies[index] = reply
+
+    async def _execute_packed(self, packed: list[bytes]) -> list[Any]:
+        conn = self._conn
+        commands = packed
 
         async def send_and_read() -> list[Any]:
             replies: list[Any] = []
             sent = False
             self._deadline.start()
             try:
-                if conn.is_connected and _closed_by_peer(conn):
+                if conn.is_connected and closed_by_peer(conn):
                     await conn.disconnect(nowait=True)  # Redis went away while idle: not a doubt
                 if not conn.is_connected:
                     await conn.connect()  # type: ignore[no-untyped-call]  # failing here, nothing was sent
@@ -353,7 +446,26 @@ class RedisPipe:
         await self._conn.disconnect(nowait=True)
 
 
-def _closed_by_peer(conn: AbstractConnection) -> bool:
+MULTI, EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+
+
+def transactions(packed: Sequence[bytes]) -> dict[int, int]:
+    """Each command (index) of a ``MULTI`` ... ``EXEC`` span of ``packed`` -> the span's first
+    index (MULTI's). Empty without a transaction."""
+    spans: dict[int, int] = {}
+    start: int | None = None
+    for index, command in enumerate(packed):
+        # By length first: MULTI and EXEC are the only commands of 15 and 14 bytes that matter.
+        if len(command) == 15 and command.upper() == MULTI:
+            start = index
+        if start is not None:
+            spans[index] = start
+            if len(command) == 14 and command.upper() == EXEC:
+                start = None
+    return spans
+
+
+def closed_by_peer(conn: AbstractConnection) -> bool:
     """Redis closed this idle connection (it stopped, or killed the client): its end of file is read."""
     reader = getattr(conn, "_reader", None)
     return isinstance(reader, asyncio.StreamReader) and reader.at_eof()
