@@ -9,6 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import RedisClusterException
 
 from wsq_gateway.broker.outbound import BLOCK_MS
 from wsq_gateway.broker.preflight import RedisUnusable, permanent_problem, server_problem
@@ -18,8 +19,8 @@ from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY, Gateway
 from wsq_gateway.transport import healthz, readyz, websocket
 from wsq_protocol.batching import Backoff
+from wsq_protocol.cluster import AsyncClient, async_redis
 from wsq_protocol.codes import CloseCode
-from wsq_protocol.pipe import async_redis
 from wsq_protocol.preflight import shards_problem
 
 log = get_logger(GATEWAY_LOGGER)
@@ -27,9 +28,10 @@ log = get_logger(GATEWAY_LOGGER)
 FLUSH_SHARE = 0.9
 
 
-def _async_redis(settings: Settings, timeout: float) -> aioredis.Redis:
+def _async_redis(settings: Settings, timeout: float) -> AsyncClient:
     return async_redis(
         settings.redis_url,
+        cluster=settings.redis_cluster,
         socket_connect_timeout=settings.redis_timeout_s,
         socket_timeout=timeout,
         health_check_interval=30,
@@ -105,7 +107,7 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
             await gateway.batcher.load_scripts()
             await gateway.liveness.start()
             return
-        except (OSError, aioredis.RedisError) as exc:
+        except (OSError, aioredis.RedisError, RedisClusterException) as exc:
             problem = permanent_problem(exc)
             if problem is not None:
                 raise RedisUnusable(f"{_safe_url(gateway.settings.redis_url)}: {problem}") from exc

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from wsq_gateway.app import create_app
 from wsq_gateway.broker.liveness import pick_node_id
@@ -17,8 +17,8 @@ from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import configure_logging, get_logger
 from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY
+from wsq_protocol.cluster import async_redis
 from wsq_protocol.keys import Keys
-from wsq_protocol.pipe import async_redis
 
 log = get_logger(GATEWAY_LOGGER)
 
@@ -87,11 +87,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 async def _with_balanced_node_id(settings: Settings) -> Settings:
     """``settings`` with a node id in the least used shard (protocol/README.md, "Slots and
     shards"), or as they are when Redis does not answer at once: a gateway may start first."""
-    client = async_redis(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    client = async_redis(
+        settings.redis_url, cluster=settings.redis_cluster, socket_connect_timeout=1.0, socket_timeout=1.0
+    )
     try:
         keys = Keys(settings.key_prefix, settings.shards)
         node_id = await pick_node_id(client, keys, settings.node_timeout_s)
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         log.info("could not read the live gateways: a random node id", error=str(exc))
         return settings
     finally:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         "/readyz turns 503, new client frames get $error unavailable and new sockets close with "
         "1013 until it answers. Frames already sent wait for Redis's verdict (docs/guarantees.md).",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="WSQ_REDIS_URL names a node of a Redis Cluster (or Valkey cluster): the gateway "
+        "finds the other masters from it, follows slot moves and failovers, and reads its node "
+        "stream and the broadcast stream on two connections (docs/deploy.md, 'Redis Cluster').",
+    )
     key_prefix: str = Field(
         "wsq", min_length=1, description="Namespace of every Redis key, so deployments can share a Redis."
     )

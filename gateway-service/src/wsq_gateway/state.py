@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from wsq_gateway.admission import Slots, Turns
@@ -18,6 +17,7 @@ from wsq_gateway.broker.registry import BATCHED_SCRIPTS, ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.settings import Settings
 from wsq_gateway.supervisor import Supervisor
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.codes import CloseCode
 from wsq_protocol.keys import Keys
 
@@ -25,7 +25,7 @@ from wsq_protocol.keys import Keys
 class Gateway:
     """Settings, the Redis client and the pieces built on it, and the local connections."""
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis, blocking_redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, redis: AsyncClient, blocking_redis: AsyncClient) -> None:
         self.settings = settings
         self.node_id = settings.node_id
         self.redis = redis
@@ -59,6 +59,7 @@ class Gateway:
             self.node_id,
             self.connections,
             settings.max_pending_bytes,
+            split_reads=settings.redis_cluster,  # the node stream and the broadcast: two slots
         )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.authenticator = Authenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)

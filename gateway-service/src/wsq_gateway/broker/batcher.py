@@ -29,12 +29,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_protocol.batching import Backoff, TickBatcher
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.pipe import RedisPipe, WriteInDoubt
 
 log = get_logger(BROKER)
@@ -71,7 +71,7 @@ class RedisBatcher:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncClient,
         *,
         sequence_key: str,
         scripts: Sequence[str] = (),
@@ -84,7 +84,9 @@ class RedisBatcher:
         # in microseconds keeps the numbers above an earlier process's with the same node id.
         self._sequence = itertools.count(time.time_ns() // 1000)
         self._in_doubt: tuple[int, list[Write]] | None = None  # a batch Redis ran all or none of
-        self._pipe = RedisPipe(redis, writes=True, on_connect=on_connect)  # run first on each new connection
+        # On a cluster the pipe follows the master serving the node's slot (every write of a
+        # batch is in it); on_connect runs first on each new connection.
+        self._pipe = RedisPipe(redis, key=sequence_key, writes=True, on_connect=on_connect)
         self._scripts = tuple(scripts)  # loaded again when Redis answers NOSCRIPT
         self._stall_s = stall_s
         self._queue: deque[Write] = deque()

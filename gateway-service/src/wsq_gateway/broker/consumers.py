@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.keys import CONSUMER_GROUP
 
 
@@ -71,7 +71,7 @@ class Consumers:
     """The last :class:`ConsumerState` (measured a few times a second by the backlog watch), and a
     fresh one on demand before a frame is refused for want of workers."""
 
-    def __init__(self, redis: aioredis.Redis, stream: str, *, timeout_s: float) -> None:
+    def __init__(self, redis: AsyncClient, stream: str, *, timeout_s: float) -> None:
         self._redis = redis
         self._stream = stream  # this gateway's partition of the inbound stream: all its events
         self._timeout_ms = round(timeout_s * 1000)

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
@@ -31,6 +30,7 @@ from wsq_gateway.broker.registry import (
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.events import EventType, event_fields
 from wsq_protocol.keys import Keys
 from wsq_protocol.membership import Intent, new_token, reserve
@@ -50,7 +50,7 @@ class Inbound:
     def __init__(
         self,
         batcher: RedisBatcher,
-        redis: aioredis.Redis,
+        redis: AsyncClient,
         keys: Keys,
         node_id: str,
         *,

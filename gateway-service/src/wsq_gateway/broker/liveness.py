@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.registry import (
@@ -35,6 +34,7 @@ from wsq_gateway.broker.registry import (
     reap_call,
 )
 from wsq_gateway.logs import BROKER, get_logger
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.ids import new_node_id
 from wsq_protocol.keys import REAPED_TTL_S, Keys
 from wsq_protocol.membership import Intent, new_token, redis_time_ms, settle, sweep
@@ -48,7 +48,7 @@ MAX_REAP_RUNS_PER_TICK = 100  # 50,000 connections per node and tick at most
 PRESUMED_REAPED_AFTER_S = REAPED_TTL_S / 2
 
 
-async def pick_node_id(redis: aioredis.Redis, keys: Keys, timeout_s: float) -> str:
+async def pick_node_id(redis: AsyncClient, keys: Keys, timeout_s: float) -> str:
     """A new node id in the shard with the fewest live gateways (heartbeat within ``timeout_s``),
     so that gateways spread over the shards, and so over a Redis Cluster's masters."""
     now = await redis_time_ms(redis)
@@ -66,7 +66,7 @@ async def pick_node_id(redis: aioredis.Redis, keys: Keys, timeout_s: float) -> s
 class Liveness:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncClient,
         keys: Keys,
         node_id: str,
         *,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsq_gateway.broker.batcher import RedisBatcher, Write
@@ -22,6 +21,7 @@ from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_gateway.wire import wire_text_frame
 from wsq_protocol.batching import Backoff
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.commands import Command, connection_send, decode_command
 from wsq_protocol.errors import CommandError
 from wsq_protocol.keys import Keys
@@ -37,7 +37,7 @@ TRIM_INTERVAL_S = 0.25
 class Outbound:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncClient,
         batcher: RedisBatcher,
         keys: Keys,
         node_id: str,
@@ -63,7 +63,7 @@ class Outbound:
         streams = [self._node_stream, self._broadcast_stream]
         groups = [[stream] for stream in streams] if split_reads else [streams]
         self._readers = [
-            (RedisPipe(redis, on_connect=ensure if self._node_stream in group else None), group)
+            (RedisPipe(redis, key=group[0], on_connect=ensure if self._node_stream in group else None), group)
             for group in groups
         ]
 

@@ -6,11 +6,11 @@ the gateway's settings, and log through the gateway's logger.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_protocol import preflight
+from wsq_protocol.cluster import AsyncClient
 
 log = get_logger(BROKER)
 
@@ -23,7 +23,7 @@ def _info_refused(exc: ResponseError) -> None:
     log.info("could not check the Redis server's role (INFO refused)", error=str(exc))
 
 
-async def server_problem(redis: aioredis.Redis) -> str | None:
+async def server_problem(redis: AsyncClient) -> str | None:
     """Why this Redis can't serve wsq (a cluster node, a replica), or None. Redis errors
     (transient or not) go up as they are, for :func:`permanent_problem` to judge."""
     return await preflight.server_problem(redis, WORDING, _info_refused)
