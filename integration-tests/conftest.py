@@ -1,6 +1,10 @@
-"""Fixtures for end-to-end tests: a private redis-server, gateway and worker processes.
+"""Fixtures for end-to-end tests: a private Redis, gateway and worker processes.
 
-Each test gets its own key prefix, so the processes of one test never see another's data.
+Every test that starts gateways or workers runs twice: on a single redis-server (``[single]``)
+and on a local 3-master Redis Cluster (``[cluster]``, ``WSQ_REDIS_CLUSTER=true``). A test of a
+single server's own faults (stopped, paused, emptied) is marked ``single_redis`` and runs once;
+the cluster's faults (a master failing over) have tests of their own. Each test gets its own
+key prefix, so the processes of one test never see another's data.
 """
 
 from __future__ import annotations
@@ -8,24 +12,58 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-import redis
 from docker_mode import pytest_report_header, pytest_terminal_summary  # noqa: F401 - report hooks
 from system_harness import HERE, GatewayProcess, StartGateway, StartWorker, consumers, wait_for_consumers
 
 from wsq_devkit import ManagedProcess, free_port
-from wsq_devkit.redis_server import RedisServer
+from wsq_protocol.cluster import SyncClient, sync_redis
 
 _names = itertools.count(1)
 
+MODES = ["single", "cluster"]
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """The Redis a test's processes use: a single server's URL, or a cluster node's."""
+
+    url: str
+    cluster: bool
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"WSQ_REDIS_URL": self.url, **({"WSQ_REDIS_CLUSTER": "true"} if self.cluster else {})}
+
+
+@pytest.fixture(params=MODES)
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    if request.param == "cluster":
+        return RedisTarget(request.getfixturevalue("redis_cluster").url, cluster=True)
+    return RedisTarget(request.getfixturevalue("redis_server").url, cluster=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``single_redis`` test runs in the single mode only (not collected as ``[cluster]``)."""
+    dropped = [item for item in items if _mode(item) == "cluster" and item.get_closest_marker("single_redis")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
+def _mode(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("redis_target")
+
 
 @pytest.fixture
-def base_env(redis_server: RedisServer, key_prefix: str) -> dict[str, str]:
+def base_env(redis_target: RedisTarget, key_prefix: str) -> dict[str, str]:
     return {
-        "WSQ_REDIS_URL": redis_server.url,
+        **redis_target.env,
         "WSQ_KEY_PREFIX": key_prefix,
         "WSQ_LOG_LEVEL": "debug",
         "WSQ_LOG_FORMAT": "console",
@@ -34,8 +72,9 @@ def base_env(redis_server: RedisServer, key_prefix: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+def redis_client(redis_target: RedisTarget) -> Iterator[SyncClient]:
+    """A client of the test's Redis (a cluster client in cluster mode), decoding replies."""
+    client = sync_redis(redis_target.url, cluster=redis_target.cluster, decode_responses=True)
     yield client
     client.close()
 
@@ -79,7 +118,7 @@ def start_gateway(base_env: dict[str, str], processes: list[ManagedProcess]) -> 
 
 @pytest.fixture
 def start_worker(
-    base_env: dict[str, str], processes: list[ManagedProcess], redis_client: redis.Redis, key_prefix: str
+    base_env: dict[str, str], processes: list[ManagedProcess], redis_client: SyncClient, key_prefix: str
 ) -> StartWorker:
     def start(target: str = "sample_app:worker", *args: str, cwd: Path = HERE, **env: str) -> ManagedProcess:
         """``python -m wsq_worker target args`` run in ``cwd``; returns once it reads the stream."""

@@ -16,6 +16,7 @@ import orjson
 import redis
 
 from wsq_devkit import ManagedProcess, wait_until
+from wsq_protocol.cluster import SyncClient
 from wsq_protocol.keys import Keys
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +71,7 @@ def inbound_streams(prefix: str) -> list[str]:
     return Keys(prefix).inbound_streams()
 
 
-def consumers(client: redis.Redis, prefix: str) -> int:
+def consumers(client: SyncClient, prefix: str) -> int:
     """How many workers read every inbound partition (each worker reads them all)."""
     counts = []
     for stream in inbound_streams(prefix):
@@ -81,12 +82,12 @@ def consumers(client: redis.Redis, prefix: str) -> int:
     return min(counts)
 
 
-def inbound_length(client: redis.Redis, prefix: str) -> int:
+def inbound_length(client: SyncClient, prefix: str) -> int:
     """Entries in all inbound partitions: not yet handled, or handled and not yet acknowledged."""
     return sum(int(client.xlen(stream)) for stream in inbound_streams(prefix))
 
 
-def inbound_pending(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+def inbound_pending(client: SyncClient, prefix: str) -> list[dict[str, Any]]:
     """The pending entries of every partition (``XPENDING ... - + 100``), with their stream."""
     pending: list[dict[str, Any]] = []
     for stream in inbound_streams(prefix):
@@ -98,7 +99,7 @@ def inbound_pending(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     return pending
 
 
-def wait_for_consumers(client: redis.Redis, prefix: str, count: int) -> None:
+def wait_for_consumers(client: SyncClient, prefix: str, count: int) -> None:
     """Until ``count`` workers read every inbound partition's consumer group."""
     wait_until(
         lambda: consumers(client, prefix) >= count,

@@ -201,6 +201,7 @@ async def test_sigterm_drains_with_1012_and_clients_reconnect_elsewhere(
     assert {s["close_code"] for s in seen} == {1012}
 
 
+@pytest.mark.single_redis  # a proxy in front of one server
 async def test_a_gateway_cut_off_from_redis_for_2s_loses_no_direct_push(
     start_gateway: StartGateway,
     session: aiohttp.ClientSession,

@@ -283,6 +283,7 @@ def close_all(clients: Iterable[RawClient]) -> None:
         client.abort()
 
 
+@pytest.mark.single_redis
 async def test_redis_stall_longer_than_its_timeout_answers_each_frame_once(
     redis_server: RedisServer,
     start_gateway: StartGateway,
@@ -335,6 +336,7 @@ async def test_redis_stall_longer_than_its_timeout_answers_each_frame_once(
     findings.assert_all_held()
 
 
+@pytest.mark.single_redis
 async def test_redis_sigterm_and_restart_from_its_append_only_file_loses_nothing_accepted(
     redis_server: RedisServer,
     start_gateway: StartGateway,
@@ -386,6 +388,7 @@ async def test_redis_sigterm_and_restart_from_its_append_only_file_loses_nothing
     findings.assert_all_held()
 
 
+@pytest.mark.single_redis
 async def test_redis_sigkill_and_empty_restart_recovers_without_restarting_anything(
     redis_server: RedisServer,
     start_gateway: StartGateway,
