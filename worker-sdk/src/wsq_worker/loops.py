@@ -368,11 +368,11 @@ class Run:
             reader.cursors[shard], claimed = delivery.parse_claim(response)
             if claimed:
                 logger.warning(
-                    "claimed %d entries of %s idle for more than %d ms (their worker died or is stuck): "
+                    "claimed %d entries idle for more than %d ms (their worker died or is stuck; %s): "
                     "running them again",
                     len(claimed),
-                    stream,
                     worker.claim_idle_ms,
+                    stream,
                 )
             for entry in claimed:
                 self._start_handler((shard, entry.entry_id), entry.fields, entry.delivered)
@@ -509,8 +509,8 @@ class Run:
                 if key not in refreshed and key in self.in_flight and key not in self.lost:
                     self.lost.add(key)
                     logger.warning(
-                        "inbound entry %s of shard %d was claimed by another worker while its handler ran "
-                        "here (this worker was presumed dead): it may run twice",
+                        "inbound entry %s was claimed by another worker while its handler ran here "
+                        "(this worker was presumed dead; shard %d): it may run twice",
                         key[1],
                         key[0],
                     )
