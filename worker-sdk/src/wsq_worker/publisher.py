@@ -630,6 +630,7 @@ class AsyncPublisher:
         )
         self._batches = _Batches(self.client)
         self._shards_checked = False
+        self._shards_check: asyncio.Future[str | None] | None = None
 
     @classmethod
     def from_env(cls) -> Self:
@@ -723,14 +724,20 @@ class AsyncPublisher:
         return done
 
     async def _check_shards(self, *, read: bool) -> None:
-        """See ``Publisher._check_shards``."""
+        """See ``Publisher._check_shards``. The commands awaited meanwhile wait for one check,
+        and go on in their order (a connection's pushes keep theirs)."""
         if self._shards_checked:
             return
+        check = self._shards_check
+        if check is None or check.get_loop() is not asyncio.get_running_loop():
+            check = self._shards_check = asyncio.ensure_future(shards_problem(self.client, self.keys))
         try:
-            problem = await shards_problem(self.client, self.keys)
+            problem = await asyncio.shield(check)  # a caller cancelled does not cancel the others'
         except redis.RedisError as exc:
+            self._shards_check = None  # asked again by the next command
             raise publish_error(exc, read=read) from exc
         if problem is not None:
+            self._shards_check = None
             raise _shards_error(problem, read=read)
         self._shards_checked = True
 
