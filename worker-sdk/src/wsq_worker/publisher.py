@@ -152,17 +152,24 @@ class GatewaysWrite:
 
 def gateways_written(replies: Sequence[Any]) -> int:
     """How many of the ``XADD ... NOMKSTREAM`` replies of a ``GatewaysWrite`` wrote a command
-    (None: that gateway's stream is gone). ``PublishError`` when one failed: the message says
-    how many others were written."""
+    (None: that gateway's stream is gone). ``PublishError`` when one failed (Redis refused it,
+    or a connection was lost): with several gateways, the message says how many were written."""
     failed = [reply for reply in replies if isinstance(reply, BaseException)]
-    written = sum(1 for reply in replies if reply is not None and not isinstance(reply, BaseException))
     if not failed:
-        return written
-    error = PublishError(
-        f"the command for {len(failed)} of {len(replies)} gateways failed ({written} written, "
-        f"the others' gateways are gone): {failed[0]}"
-    )
-    error.__cause__ = failed[0]
+        return sum(1 for reply in replies if reply is not None)
+    first = failed[0]
+    if isinstance(first, PublishError):
+        error, cause = first, first.__cause__
+    elif isinstance(first, redis.RedisError):
+        error, cause = publish_error(first), first
+    else:  # cancelled, say
+        raise first
+    if len(replies) > 1:
+        written = sum(1 for reply in replies if reply is not None and not isinstance(reply, BaseException))
+        error = PublishError(
+            f"the command for {len(failed)} of {len(replies)} gateways failed ({written} written): {error}"
+        )
+    error.__cause__ = cause
     raise error
 
 

@@ -42,8 +42,8 @@ class WorkerSettings:
         default=DEFAULT_SHARDS,
         metadata=_setting(
             "WSQ_SHARDS",
-            f"Number of shards (1-{MAX_SHARDS}): the gateways' WSQ_SHARDS, the same on every gateway, "
-            "worker and publisher of a deployment (a process with another one refuses to start).",
+            f"Number of shards of the Redis keys (1-{MAX_SHARDS}): the gateways' WSQ_SHARDS, the same on "
+            "every gateway, worker and publisher of a deployment (checked at start).",
         ),
     )
     claim_idle_ms: int = field(
