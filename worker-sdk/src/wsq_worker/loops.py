@@ -56,6 +56,7 @@ _KEEP_ALIVE_BATCH = 1000
 # it), and resets the consumer's idle time. On Redis 7.0 a blocking read that gets no entry does
 # not: a quiet worker would look dead to the gateways (and to other workers) after a while.
 _TOUCH_ID = "18446744073709551615-18446744073709551614"
+_CLAIM = script("claim")
 _MOVE_DUE = script("move_due")
 _DROP_STALE_CONSUMERS = script("drop_stale_consumers")
 
@@ -92,7 +93,6 @@ class _Reader:
             retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),  # no retry but ours
         )
         self.pipe = RedisPipe(self.client)  # XREADGROUP, replies raw
-        self.claim_script = self.client.register_script(delivery.CLAIM_SCRIPT)
         self.cursors = dict.fromkeys(shards, "0-0")
         """Each partition's ``XAUTOCLAIM`` cursor."""
         self.active = len(shards)
@@ -348,24 +348,31 @@ class Run:
                 reader.active = len(active)
 
     async def _claim(self, reader: _Reader, count: int) -> bool:
-        """Claim and start up to ``count`` entries idle for ``claim_idle_ms``, from the reader's
-        partitions in turn; True if there may be more."""
+        """Claim and start entries idle for ``claim_idle_ms`` from the reader's partitions, in one
+        round trip: up to a share of ``count`` from each (those beyond the free slots queued, as
+        a read's); True if there may be more."""
         worker = self.worker
-        more = False
-        for shard, stream in zip(reader.shards, reader.streams, strict=True):
-            if count <= 0:
-                return True
-            response = await reader.claim_script(
-                keys=[stream],
-                args=[
+        each = max(1, count // len(reader.shards))
+        calls = [
+            (
+                _CLAIM,
+                [stream],
+                [
                     constants.CONSUMER_GROUP,
                     worker.consumer_name,
                     worker.claim_idle_ms,
                     reader.cursors[shard],
-                    count,
+                    each,
                 ],
             )
-            reader.cursors[shard], claimed = delivery.parse_claim(response)
+            for shard, stream in zip(reader.shards, reader.streams, strict=True)
+        ]
+        replies = await run_many(reader.client, calls)
+        more = False
+        for shard, stream, reply in zip(reader.shards, reader.streams, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            reader.cursors[shard], claimed = delivery.parse_claim(reply)
             if claimed:
                 logger.warning(
                     "claimed %d entries idle for more than %d ms (their worker died or is stuck; %s): "
@@ -376,8 +383,7 @@ class Run:
                 )
             for entry in claimed:
                 self._start_handler((shard, entry.entry_id), entry.fields, entry.delivered)
-            more = more or len(claimed) == count or reader.cursors[shard] != "0-0"
-            count -= len(claimed)
+            more = more or len(claimed) == each or reader.cursors[shard] != "0-0"
         return more
 
     def _start_handler(self, key: EntryKey, fields: Mapping[bytes, bytes] | None, delivered: int) -> None:
