@@ -148,6 +148,7 @@ _COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("rss_before_kib", "RSS0 KiB"),
         ("rss_after_kib", "RSS KiB"),
         ("kib_per_connection", "KiB/conn"),
+        ("redis_bytes_per_connection", "Redis B/conn"),
     ],
     "soak": [("messages_per_s", "msg/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("lost", "lost")],
 }

@@ -44,6 +44,7 @@ class Running:
     ws_url: str
     publisher_argv: list[str]
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid; "server" holds the sockets
+    redis_urls: list[str] = field(default_factory=list)  # wsq's Redis servers (a cluster's masters)
 
     @property
     def server_pid(self) -> int:
@@ -97,6 +98,7 @@ class Wsq(System):
             f"ws://127.0.0.1:{port}/ws",
             [sys.executable, "-m", "bench.publish", "wsq", broker.url, KEY_PREFIX],
             {"server": gateway.pid, "worker": worker.pid, "redis": _redis_pid(broker)},
+            [broker.url],
         )
         await _wait_echo(running.ws_url, [gateway, worker])
         return running

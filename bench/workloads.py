@@ -11,7 +11,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import redis
 
 from bench.children import Child, Clients, child, clients
 from bench.loadgen import GRACE_S
@@ -264,15 +266,31 @@ async def _fanout_rounds(
 # ---- idle -----------------------------------------------------------------------------------
 
 
+def redis_used_bytes(urls: list[str]) -> int:
+    """``used_memory`` summed over the Redis servers (``INFO memory``): what wsq's keys cost."""
+    total = 0
+    for url in urls:
+        with redis.Redis.from_url(url) as client:
+            total += int(cast("dict[str, Any]", client.info("memory"))["used_memory"])
+    return total
+
+
 async def idle(running: Running, options: Options) -> dict[str, Any]:
     sizes = options.sizes
     before = rss_kib(running.server_pid)
+    redis_before = redis_used_bytes(running.redis_urls)
     async with clients(
         running.ws_url, sizes.idle_connections, sizes.hold_processes, sizes.open_concurrency
     ) as group:
         connections = len(group.ids)
         await asyncio.sleep(sizes.settle_s)  # the server finishes its connect work (registry, events)
         after = rss_kib(running.server_pid)
+        redis_after = redis_used_bytes(running.redis_urls)
+    redis_measured = {
+        # Anonymous connections: the registry (hash, node set member); their connect events
+        # were handled and deleted by then. A user or a group adds an index entry each.
+        "redis_bytes_per_connection": round((redis_after - redis_before) / max(connections, 1), 1),
+    }
     return {
         "connections": connections,
         "failed_to_open": group.failed,
@@ -282,6 +300,7 @@ async def idle(running: Running, options: Options) -> dict[str, Any]:
         "rss_before_kib": before,
         "rss_after_kib": after,
         "kib_per_connection": round((after - before) / max(connections, 1), 2),
+        **(redis_measured if running.redis_urls else {}),
     }
 
 

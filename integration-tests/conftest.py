@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import redis
 from docker_mode import pytest_report_header, pytest_terminal_summary  # noqa: F401 - report hooks
-from system_harness import HERE, GatewayProcess, StartGateway, StartWorker, wait_for_consumers
+from system_harness import HERE, GatewayProcess, StartGateway, StartWorker, consumers, wait_for_consumers
 
 from wsq_devkit import ManagedProcess, free_port
 from wsq_devkit.redis_server import RedisServer
@@ -83,22 +83,15 @@ def start_worker(
 ) -> StartWorker:
     def start(target: str = "sample_app:worker", *args: str, cwd: Path = HERE, **env: str) -> ManagedProcess:
         """``python -m wsq_worker target args`` run in ``cwd``; returns once it reads the stream."""
-        before = _consumers(redis_client, f"{key_prefix}:inbound")
+        before = consumers(redis_client, key_prefix)
         process = ManagedProcess.python_module(
             f"worker-{next(_names)}", "wsq_worker", target, *args, env={**base_env, **env}, cwd=cwd
         )
         processes.append(process.start())
-        wait_for_consumers(redis_client, f"{key_prefix}:inbound", before + 1)
+        wait_for_consumers(redis_client, key_prefix, before + 1)
         return process
 
     return start
-
-
-def _consumers(client: redis.Redis, stream: str) -> int:
-    try:
-        return max((int(group["consumers"]) for group in client.xinfo_groups(stream)), default=0)
-    except redis.ResponseError:
-        return 0
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import orjson
 import redis
 
 from wsq_devkit import ManagedProcess, wait_until
+from wsq_protocol.keys import Keys
 
 HERE = Path(__file__).resolve().parent
 # The HS256 secret of gateways started with WSQ_JWT_SECRET=JWT_SECRET.
@@ -64,17 +65,46 @@ def token(user: str, **claims: object) -> str:
     return jwt.encode({"sub": user, **claims}, JWT_SECRET, algorithm="HS256")
 
 
-def wait_for_consumers(client: redis.Redis, stream: str, count: int) -> None:
-    """Until ``count`` workers read the inbound stream's consumer group."""
+def inbound_streams(prefix: str) -> list[str]:
+    """The inbound stream partitions of every shard (WSQ_SHARDS: the default here)."""
+    return Keys(prefix).inbound_streams()
 
-    def enough() -> bool:
+
+def consumers(client: redis.Redis, prefix: str) -> int:
+    """How many workers read every inbound partition (each worker reads them all)."""
+    counts = []
+    for stream in inbound_streams(prefix):
         try:
-            groups = client.xinfo_groups(stream)
-        except redis.ResponseError:
-            return False
-        return any(int(group["consumers"]) >= count for group in groups)
+            counts.append(max((int(group["consumers"]) for group in client.xinfo_groups(stream)), default=0))
+        except redis.ResponseError:  # no stream, no group yet
+            counts.append(0)
+    return min(counts)
 
-    wait_until(enough, timeout=START_TIMEOUT_S, message=f"{count} worker(s) consuming")
+
+def inbound_length(client: redis.Redis, prefix: str) -> int:
+    """Entries in all inbound partitions: not yet handled, or handled and not yet acknowledged."""
+    return sum(int(client.xlen(stream)) for stream in inbound_streams(prefix))
+
+
+def inbound_pending(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    """The pending entries of every partition (``XPENDING ... - + 100``), with their stream."""
+    pending: list[dict[str, Any]] = []
+    for stream in inbound_streams(prefix):
+        try:
+            entries: Any = client.xpending_range(stream, "workers", "-", "+", 100)
+        except redis.ResponseError:
+            continue
+        pending += [{**entry, "stream": stream} for entry in entries]
+    return pending
+
+
+def wait_for_consumers(client: redis.Redis, prefix: str, count: int) -> None:
+    """Until ``count`` workers read every inbound partition's consumer group."""
+    wait_until(
+        lambda: consumers(client, prefix) >= count,
+        timeout=START_TIMEOUT_S,
+        message=f"{count} worker(s) consuming",
+    )
 
 
 class Client:

@@ -7,7 +7,7 @@ from typing import cast
 
 import aiohttp
 import redis
-from system_harness import Client, StartGateway, StartWorker
+from system_harness import Client, StartGateway, StartWorker, inbound_length, inbound_pending
 
 from wsq_devkit import wait_until
 
@@ -26,7 +26,7 @@ async def test_a_worker_killed_mid_message_still_gets_the_message_answered(
     await client.send("slow_async", 2, id="survivor")
 
     def owner() -> str | None:
-        pending = redis_client.xpending_range(f"{key_prefix}:inbound", "workers", "-", "+", 10)
+        pending = inbound_pending(redis_client, key_prefix)
         return cast(str, pending[0]["consumer"]) if pending else None
 
     consumer = wait_until(owner, timeout=10, message="a worker took the message")
@@ -37,7 +37,7 @@ async def test_a_worker_killed_mid_message_still_gets_the_message_answered(
     assert reply == {"action": "slow_async", "data": "slept", "id": "survivor"}
     # answered exactly once: the next frame with an id is the one we ask for now
     assert (await client.request("echo", "next", id="next"))["data"] == "next"
-    assert redis_client.xlen(f"{key_prefix}:inbound") == 0
+    assert inbound_length(redis_client, key_prefix) == 0
     await client.close()
 
 

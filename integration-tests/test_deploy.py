@@ -46,6 +46,7 @@ from system_harness import Client, GatewayProcess, wait_for_consumers
 from wsq_devkit import ManagedProcess, free_port, wait_until
 from wsq_devkit.redis_server import RedisServer
 from wsq_gateway.settings import Settings, describe_settings
+from wsq_protocol.keys import Keys, shards_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -327,6 +328,23 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
                     key: {"type": "integer", "minimum": 0}
                     for key in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod")
                 },
+                "advanced": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "scalingModifiers": {
+                            "type": "object",
+                            "required": ["formula", "target"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "formula": {"type": "string"},
+                                "target": {"type": "string"},
+                                "activationTarget": {"type": "string"},
+                                "metricType": {"enum": ["AverageValue", "Value"]},
+                            },
+                        },
+                    },
+                },
                 "triggers": {
                     "type": "array",
                     "minItems": 1,
@@ -501,22 +519,31 @@ def test_config_names_real_settings_and_the_dev_secret_points_at_the_dev_redis(
     assert worker["terminationGracePeriodSeconds"] > 30
 
 
-def test_keda_scales_the_workers_on_the_inbound_stream(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_keda_scales_the_workers_on_every_inbound_partition(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     docs = rendered["overlays/dev-keda"]
     scaled = find(docs, "ScaledObject", "wsq-worker")
     hpas = [d["metadata"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
     assert "wsq-worker" not in hpas, "KEDA's own HPA replaces it"
-    (streams,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "redis-streams"]
-    prefix = find_config(docs)["WSQ_KEY_PREFIX"]
-    metadata = streams["metadata"]
-    assert metadata["stream"] == KEYS["keys"]["inbound_stream"].format(prefix=prefix)
-    assert metadata["consumerGroup"] == KEYS["consumer_group"]
+    config = find_config(docs)
+    triggers = scaled["spec"]["triggers"]
+    assert {t["type"] for t in triggers} == {"redis-streams"}, "one composite metric, nothing beside it"
+    # One trigger per partition of the configured shard count, each read by the workers' group.
+    keys = Keys(config["WSQ_KEY_PREFIX"], shards_from_env(config))
+    assert [t["metadata"]["stream"] for t in triggers] == keys.inbound_streams()
+    assert {t["metadata"]["consumerGroup"] for t in triggers} == {KEYS["consumer_group"]}
     # Exactly one way of counting: XLEN is the backlog because workers XDEL what they finished.
-    ways = [k for k in ("pendingEntriesCount", "streamLength", "lagCount") if k in metadata]
-    assert ways == ["streamLength"]
+    for trigger in triggers:
+        ways = [k for k in ("pendingEntriesCount", "streamLength", "lagCount") if k in trigger["metadata"]]
+        assert ways == ["streamLength"]
+    # The formula adds every partition's backlog, each exactly once.
+    formula = scaled["spec"]["advanced"]["scalingModifiers"]["formula"]
+    assert sorted(term.strip() for term in formula.split("+")) == sorted(t["name"] for t in triggers)
     service = find(docs, "Service", "redis")
     namespace = service["metadata"]["namespace"]
-    assert metadata["address"] == f"redis.{namespace}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
+    address = f"redis.{namespace}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
+    assert {t["metadata"]["address"] for t in triggers} == {address}
 
 
 # ---- docs/deploy.md ------------------------------------------------------------------------------
@@ -638,7 +665,7 @@ async def test_the_chat_worker_runs_as_its_image_runs_it(
     worker = start_as_container("worker-image", worker_dockerfile, env, cwd=ROOT)
     processes.append(worker)
     with redis.Redis.from_url(redis_server.url, decode_responses=True) as client:
-        wait_for_consumers(client, KEYS["keys"]["inbound_stream"].format(prefix=key_prefix), 1)
+        wait_for_consumers(client, key_prefix, 1)
 
     chat = load_chat_runner()
     page = chat.serve_static("127.0.0.1", free_port())

@@ -32,7 +32,15 @@ from typing import Any
 import pytest
 import redis
 from raw_client import NO_CLOSE_FRAME, HandshakeRefused, RawClient, text_frame
-from system_harness import JWT_SECRET, GatewayProcess, StartGateway, StartWorker, token
+from system_harness import (
+    JWT_SECRET,
+    GatewayProcess,
+    StartGateway,
+    StartWorker,
+    inbound_length,
+    inbound_pending,
+    token,
+)
 
 from wsq_devkit import ManagedProcess, RedisServer, wait_until_async
 from wsq_devkit.polling import DeadlineExceeded
@@ -107,8 +115,7 @@ class Registry:
 
     def quiet(self) -> bool:
         """The inbound stream is empty: every event appended so far was handled and acknowledged."""
-        length: Any = self.client.xlen(f"{self.prefix}:inbound")
-        return int(length) == 0
+        return inbound_length(self.client, self.prefix) == 0
 
     def presence(self) -> dict[str, set[str]]:
         """Each registry key about connections, and the connection ids it names."""
@@ -348,8 +355,7 @@ async def test_redis_sigterm_and_restart_from_its_append_only_file_loses_nothing
         sent.send(ann, "accepted-1", "accepted-2", "accepted-3", data=0.5)
 
         def running() -> bool:  # accepted, and taken by the worker
-            pending: Any = registry.client.xpending(f"{key_prefix}:inbound", "workers")
-            return int(pending["pending"]) == 3
+            return len(inbound_pending(registry.client, key_prefix)) == 3
 
         await wait_until_async(_async(running), timeout=10, message="the three frames are being handled")
         redis_server.stop()

@@ -12,7 +12,7 @@ from typing import cast
 import aiohttp
 import redis
 import trustme
-from system_harness import Client, StartGateway
+from system_harness import Client, StartGateway, inbound_length, inbound_streams
 
 from wsq_devkit import wait_until
 
@@ -109,16 +109,18 @@ async def test_a_handler_still_waiting_does_not_starve_the_drain(
     cancelled, and its disconnect event is still written and the gateway still leaves the set
     of live gateways, all within WSQ_DRAIN_S."""
     gateway = start_gateway(WSQ_CONNECT_HOOK="true", WSQ_CONNECT_TIMEOUT_S="60", WSQ_DRAIN_S="5")
-    inbound = f"{key_prefix}:inbound"
     ws = await session.ws_connect(gateway.ws_url)
-    wait_until(lambda: redis_client.xlen(inbound) == 1, timeout=10, message="the connect event")
+    wait_until(lambda: inbound_length(redis_client, key_prefix) == 1, timeout=10, message="the connect event")
 
     gateway.process.signal(signal.SIGTERM)
     closed = await ws.receive(timeout=10)
     assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1012)
     assert gateway.process.wait(timeout=15) == 0
 
-    entries = cast("list[tuple[str, dict[str, str]]]", redis_client.xrange(inbound))  # decode_responses=True
+    # One gateway: its connection's events are all in its node's partition, in order.
+    entries: list[tuple[str, dict[str, str]]] = []
+    for stream in inbound_streams(key_prefix):
+        entries += cast("list[tuple[str, dict[str, str]]]", redis_client.xrange(stream))  # decode_responses
     events = [fields for _id, fields in entries]
     assert [(e["type"], e.get("close_code")) for e in events] == [("connect", None), ("disconnect", "1012")]
     assert redis_client.zscore(f"{key_prefix}:nodes", gateway.node_id) is None

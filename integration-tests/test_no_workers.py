@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import redis
-from system_harness import Client, GatewayProcess, StartGateway, StartWorker
+from system_harness import Client, GatewayProcess, StartGateway, StartWorker, inbound_length
 
 from wsq_devkit import wait_until, wait_until_async
 
@@ -63,7 +63,7 @@ async def test_frames_get_no_workers_while_no_worker_reads_and_replies_once_one_
     await client.send("echo", "no id")  # a frame without an id gets the error too, without id
     error = await client.receive(timeout=5)
     assert (error["action"], error["data"]["code"], "id" in error) == ("$error", "no_workers", False)
-    assert redis_client.xlen(f"{key_prefix}:inbound") == 1, "only the connect event, which waits for workers"
+    assert inbound_length(redis_client, key_prefix) == 1, "only the connect event, which waits for workers"
     assert workers(gateway) == {
         "live": 0,
         "consumers": 0,

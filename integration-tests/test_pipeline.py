@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 import redis
-from system_harness import JWT_SECRET, Client, StartGateway, StartWorker, token
+from system_harness import JWT_SECRET, Client, StartGateway, StartWorker, inbound_pending, token
 
 from wsq_devkit import wait_until
 from wsq_devkit.contract import is_valid
@@ -286,7 +286,7 @@ async def test_worker_sigterm_finishes_in_flight_work(
     await client.send("slow_async", 1.5, id="inflight")
 
     def handler_started() -> bool:  # the worker took the message and has not acknowledged it yet
-        return int(redis_client.xpending(f"{key_prefix}:inbound", "workers")["pending"]) == 1
+        return len(inbound_pending(redis_client, key_prefix)) == 1
 
     wait_until(handler_started, timeout=5, message="the worker started the slow handler")
     worker.signal(signal.SIGTERM)

@@ -156,7 +156,7 @@ async def test_redis_stop_and_start_resumes_without_restarting_anything(
     own_redis: RedisServer, processes: list[ManagedProcess], session: aiohttp.ClientSession
 ) -> None:
     gateway = start_processes(own_redis.url, processes)
-    wait_for_consumers(redis.Redis.from_url(own_redis.url), "wsq:inbound", 1)
+    wait_for_consumers(redis.Redis.from_url(own_redis.url), "wsq", 1)
     client = await Client.connect(session, gateway.ws_url)
     await client.receive_until(lambda f: f["action"] == "welcome")
     assert (await client.request("echo", "before", id="b"))["data"] == "before"

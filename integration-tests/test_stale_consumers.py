@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import aiohttp
 import redis
-from system_harness import Client, GatewayProcess, StartGateway, StartWorker
+from system_harness import Client, GatewayProcess, StartGateway, StartWorker, inbound_length, inbound_pending
 
 from wsq_devkit import wait_until, wait_until_async
 
@@ -40,18 +40,17 @@ async def test_a_killed_workers_consumer_leaves_the_group_after_its_frame_is_ans
 ) -> None:
     claim_idle_ms = 1000
     stale_ms = 3 * max(claim_idle_ms, BLOCK_MS)  # the workers' stale_consumer_ms
-    inbound = f"{key_prefix}:inbound"
     gateway = start_gateway()
     victim, survivor = [start_worker(WSQ_CLAIM_IDLE_MS=str(claim_idle_ms)) for _ in range(2)]
     client = await Client.connect(session, gateway.ws_url)
     await client.receive_until(lambda f: f["action"] == "welcome")
     await client.send("slow_async", 1, id="held")
 
-    def owner() -> str | None:
-        pending = redis_client.xpending_range(inbound, "workers", "-", "+", 10)
-        return cast(str, pending[0]["consumer"]) if pending else None
+    def owner() -> tuple[str, str] | None:
+        pending = inbound_pending(redis_client, key_prefix)
+        return (cast(str, pending[0]["consumer"]), pending[0]["stream"]) if pending else None
 
-    held_by = wait_until(owner, timeout=10, message="a worker took the frame")
+    held_by, inbound = wait_until(owner, timeout=10, message="a worker took the frame")
     if f"-{survivor.pid}-" in held_by:
         victim, survivor = survivor, victim
     assert f"-{victim.pid}-" in held_by
@@ -74,7 +73,7 @@ async def test_a_killed_workers_consumer_leaves_the_group_after_its_frame_is_ans
     assert (report["live"], report["consumers"], report["pending"]) == (1, 1, 0)
     # answered exactly once: the next frame with an id is the one we ask for now
     assert (await client.request("echo", "next", id="next"))["data"] == "next"
-    assert redis_client.xlen(inbound) == 0
+    assert inbound_length(redis_client, key_prefix) == 0
     assert f"removed consumer {held_by} from the group" in survivor.output()
     await client.close()
 

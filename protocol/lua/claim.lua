@@ -1,7 +1,7 @@
 -- claim.lua: claims entries of the consumer group idle for at least a given time (XAUTOCLAIM),
 -- and reads how often each was delivered (XAUTOCLAIM counts this delivery too).
 --
--- KEYS[1]  {prefix}:inbound
+-- KEYS[1]  {prefix}:{shard}:inbound
 -- ARGV[1]  consumer group (workers)
 -- ARGV[2]  consumer
 -- ARGV[3]  min idle (ms)

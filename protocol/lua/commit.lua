@@ -8,8 +8,8 @@
 -- touches is declared in KEYS too (KEYS[2..]): a write to any other key is refused ("ERR key
 -- not declared in KEYS"), as Redis Cluster needs.
 --
--- KEYS[1]  {prefix}:inbound
--- KEYS[2..] every key the writes touch (node streams, {prefix}:dead, {prefix}:delayed), once each
+-- KEYS[1]  {prefix}:{shard}:inbound
+-- KEYS[2..] every key the writes touch (node streams, {prefix}:{shard}:dead, {prefix}:{shard}:delayed), once each
 -- ARGV[1]  consumer group (workers)
 -- ARGV[2]  '1' to check that each entry is still pending (a batch sent again), else '0'
 -- ARGV[3..] for each entry: its id, its number of writes, and each write: '*' and its number

@@ -4,7 +4,7 @@
 -- worker ever is, and holding no pending entry: XGROUP DELCONSUMER drops a consumer's pending
 -- entries, so one that holds any stays until they were claimed (then run again) by a live worker.
 --
--- KEYS[1]  {prefix}:inbound
+-- KEYS[1]  {prefix}:{shard}:inbound
 -- ARGV[1]  consumer group (workers)
 -- ARGV[2]  min idle (ms)
 -- ARGV[3]  the caller's consumer (never removed)

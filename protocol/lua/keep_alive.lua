@@ -1,7 +1,7 @@
 -- keep_alive.lua: resets the idle time of entries the consumer still owns, without counting a
 -- delivery (XCLAIM ... JUSTID), and leaves alone those another worker claimed meanwhile.
 --
--- KEYS[1]  {prefix}:inbound
+-- KEYS[1]  {prefix}:{shard}:inbound
 -- ARGV[1]  consumer group (workers)
 -- ARGV[2]  consumer
 -- ARGV[3..] entry ids

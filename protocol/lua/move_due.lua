@@ -3,8 +3,8 @@
 -- A member that is not {"fields": {name: string, ...}} is removed and returned, so it can't
 -- block the others.
 --
--- KEYS[1]  {prefix}:delayed
--- KEYS[2]  {prefix}:inbound
+-- KEYS[1]  {prefix}:{shard}:delayed
+-- KEYS[2]  {prefix}:{shard}:inbound
 -- ARGV[1]  the most members to move
 --
 -- Reply: {members moved, malformed members}.

@@ -3,8 +3,8 @@
 -- The event's fields, without those the dead letter added and without `attempt` (it starts
 -- again at 1).
 --
--- KEYS[1]  {prefix}:dead
--- KEYS[2]  {prefix}:inbound
+-- KEYS[1]  {prefix}:{shard}:dead
+-- KEYS[2]  {prefix}:{shard}:inbound
 -- ARGV[1]  the dead letter's entry id
 -- ARGV[2..] the names of the fields to drop (error, attempts, failed_at, worker, attempt)
 --

@@ -151,7 +151,7 @@ async def test_to_user_without_connections_reaches_nobody(
 async def test_to_user_goes_to_the_gateways_its_index_counts(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    """The gateways are those of the user's count per node ({{prefix}:user:<id>}:nodes), which
+    """The gateways are those of the user's count per node ({prefix:user:<id>}:nodes), which
     the gateways and publishers keep beside the user's set: whatever the set holds."""
     keys = keys_for(key_prefix)
     await live(redis_client, key_prefix, "gw-a_1", "gw-b")

@@ -64,14 +64,14 @@ example:
 _DEAD_DESCRIPTION = f"""\
 List or replay the dead letters: the events that used up their attempts (a handler that
 raised Retry every time, or workers that died running it), kept with their last error in
-the dead-letter stream of their shard, {{{{prefix}}:SHARD}}:dead. A dead letter is named
+the dead-letter stream of their shard, {{prefix:SHARD}}:dead. A dead letter is named
 SHARD:ID, its shard and its id in that stream (3:1764316800123-0).
 
   wsq-worker dead list [--count N] [--json]
   wsq-worker dead replay SHARD:ID [SHARD:ID ...]
   wsq-worker dead replay --all
 
-replay puts each event back into its shard's inbound partition, {{{{prefix}}:SHARD}}:inbound,
+replay puts each event back into its shard's inbound partition, {{prefix:SHARD}}:inbound,
 as a new event (attempt 1) and removes it from the dead letters, atomically: each one is
 replayed once, even when two replays run at the same time. Redis: --redis-url, --key-prefix
 and --shards, else {variable_of("redis_url")}, {variable_of("key_prefix")} and {variable_of("shards")}.

@@ -7,7 +7,7 @@ moves due retries into the inbound partitions, removes dead workers' consumers a
 periodic functions; each background task is supervised. On stop it finishes in-flight
 handlers, flushes their writes and closes its clients.
 
-The inbound stream is one partition per shard (``{{prefix}:S}:inbound``): a gateway appends
+The inbound stream is one partition per shard (``{prefix:k}:inbound``): a gateway appends
 every event of its connections to its shard's, in order. A worker reads every partition, with
 one reader per group of ``reader_groups()``: one ``XREADGROUP`` over all of them on a single
 Redis; on a Redis Cluster, where a command's keys must share a slot, a reader per partition.

@@ -7,7 +7,7 @@ decode every presence reply in ``wsq_worker.presence``; only the execution diffe
 
 Where a push goes (protocol/README.md, "Outbound commands"): a push to a connection is one
 ``XADD`` to the stream of the gateway named in its id; a push to a user or a group reads which
-gateways hold its members (``{{prefix}:user:<id>}:nodes``, kept by the gateways and
+gateways hold its members (``{prefix:user:<id>}:nodes``, kept by the gateways and
 publishers with the user's or group's set) and writes one ``XADD`` to each of those gateways'
 streams; a broadcast is one ``XADD`` to ``{prefix}:broadcast``, which every gateway reads.
 A ``join`` or ``leave`` runs its script in the connection's shard, then writes the group's set

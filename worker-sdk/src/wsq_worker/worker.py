@@ -45,7 +45,7 @@ _STALE_CONSUMER_FACTOR = 3
 
 class Worker:
     """Runs handlers for the events the gateways append to the inbound stream: every one of its
-    partitions, ``{{prefix}:S}:inbound`` for each shard ``S`` (protocol/README.md, "Slots and shards").
+    partitions, ``{prefix:k}:inbound`` for each shard ``k`` (protocol/README.md, "Slots and shards").
 
     ``actions`` maps an action name to its handler; ``default`` handles every other action
     (without it they get an ``unknown_action`` error). Handlers are ``async def`` (run on the
