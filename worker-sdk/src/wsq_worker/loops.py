@@ -391,9 +391,12 @@ class Run:
             return
         if delivered > 1 and any(queued == key for queued, _, _ in self.queued):  # the same: queued
             return
-        if len(self.in_flight) >= self.worker.concurrency:
+        if self.queued or len(self.in_flight) >= self.worker.concurrency:
             self.queued.append((key, fields, delivered))  # beyond the free slots: starts when one frees
             return
+        self._start_task(key, fields, delivered)
+
+    def _start_task(self, key: EntryKey, fields: Mapping[bytes, bytes] | None, delivered: int) -> None:
         shard, entry_id = key
         self.in_flight[key] = asyncio.create_task(
             self.dispatcher.handle_entry(shard, entry_id, fields, delivered)
@@ -405,8 +408,11 @@ class Run:
         key = (shard, entry_id)
         del self.in_flight[key]
         self.lost.discard(key)
-        if self.queued:
-            self._start_handler(*self.queued.popleft())
+        while self.queued:
+            queued_key, fields, delivered = self.queued.popleft()
+            if queued_key not in self.in_flight:
+                self._start_task(queued_key, fields, delivered)
+                break
         self.slot_freed.set()
 
     async def _create_groups(self, shards: Iterable[int]) -> None:
