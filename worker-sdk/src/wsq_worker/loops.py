@@ -394,7 +394,10 @@ class Run:
         if self.queued or len(self.in_flight) >= self.worker.concurrency:
             self.queued.append((key, fields, delivered))  # beyond the free slots: starts when one frees
             return
-        self._start_task(key, fields, delivered)
+        shard, entry_id = key  # as _start_task(), inline: once per event
+        self.in_flight[key] = asyncio.create_task(
+            self.dispatcher.handle_entry(shard, entry_id, fields, delivered)
+        )
 
     def _start_task(self, key: EntryKey, fields: Mapping[bytes, bytes] | None, delivered: int) -> None:
         shard, entry_id = key
