@@ -35,13 +35,15 @@ from wsq_worker.settings import WorkerSettings
 
 EVENT = Path(__file__).resolve().parents[1] / "protocol/examples/valid/event/message.json"
 PREFIX = WorkerSettings().key_prefix
+SHARDS = WorkerSettings().shards
 POLL_S = 0.2  # polling costs CPU too: rarely, so that it hardly counts
 TIMEOUT_S = 600.0
 
 
 def _fill(port: int, fields: dict[str, str], events: int) -> None:
-    """XADD ``events`` copies of the event ``fields``, in one write, and read the replies."""
-    stream = keys_for(PREFIX).inbound_stream
+    """XADD ``events`` copies of the event ``fields`` to its gateway's inbound partition, in one
+    write, and read the replies."""
+    stream = keys_for(PREFIX, SHARDS).inbound_stream_of(fields["node"])
     arguments: Any = ("XADD", stream, "*", *(item for pair in fields.items() for item in pair))
     command = hiredis.pack_command(arguments)  # its stubs type the tuple as one element long
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as conn:
@@ -56,10 +58,12 @@ def _fill(port: int, fields: dict[str, str], events: int) -> None:
 async def _drain(url: str, node: str, events: int, concurrency: int) -> tuple[float, float]:
     """Run a worker until ``events`` events from gateway ``node`` are handled: (CPU seconds,
     wall seconds)."""
-    inbound = keys_for(PREFIX).inbound_stream
-    replies = keys_for(PREFIX).node_stream(node)
+    keys = keys_for(PREFIX, SHARDS)
+    inbound, replies = keys.inbound_stream_of(node), keys.node_stream(node)
     client = aioredis.Redis.from_url(url)
-    worker = Worker(actions={"echo": echo}, redis_url=url, key_prefix=PREFIX, concurrency=concurrency)
+    worker = Worker(
+        actions={"echo": echo}, redis_url=url, key_prefix=PREFIX, shards=SHARDS, concurrency=concurrency
+    )
     try:
         # What the live gateway ``node`` keeps: its stream (replies are XADD ... NOMKSTREAM).
         await client.xadd(replies, {"created": "1"}, id="0-1")

@@ -17,12 +17,19 @@ import redis.asyncio
 from worker_harness import FakeGateway, ReplyCutter, Schemas, StartWorker
 
 from wsq_devkit import RedisServer
+from wsq_protocol.keys import Keys, keys_for
 from wsq_worker import Worker
 
 
 @pytest.fixture(scope="session")
 def schemas() -> Schemas:
     return Schemas()
+
+
+@pytest.fixture
+def keys(key_prefix: str) -> Keys:
+    """The test's keys, of the default number of shards (the workers' and publishers' too)."""
+    return keys_for(key_prefix)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from worker_harness import CREATE_NODE_STREAM, str_entries
 import wsq_worker
 from wsq_devkit import ManagedProcess, free_port, wait_until
 from wsq_devkit.redis_typing import XaddFields
+from wsq_protocol.keys import DEFAULT_SHARDS, keys_for
 
 APPS = Path(__file__).resolve().parent / "apps"
 NODE = "gw-cli"
@@ -39,7 +40,20 @@ def in_apps_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(APPS)
 
 
-def append_message(client: redis.Redis, key_prefix: str, action: str, data: Any, frame_id: str) -> None:
+def inbound_of(key_prefix: str, shards: int = DEFAULT_SHARDS) -> str:
+    """The inbound partition of the gateway NODE."""
+    return keys_for(key_prefix, shards).inbound_stream_of(NODE)
+
+
+def out_of(key_prefix: str, shards: int = DEFAULT_SHARDS) -> str:
+    """The stream of the gateway NODE."""
+    return keys_for(key_prefix, shards).node_stream(NODE)
+
+
+def append_message(
+    client: redis.Redis, key_prefix: str, action: str, data: Any, frame_id: str, shards: int = DEFAULT_SHARDS
+) -> None:
+    """A message of a connection of NODE, in its inbound partition (of ``shards`` shards)."""
     frame = json.dumps({"action": action, "data": data, "id": frame_id})
     fields: XaddFields = {
         "v": "1",
@@ -49,13 +63,15 @@ def append_message(client: redis.Redis, key_prefix: str, action: str, data: Any,
         "ts": "1",
         "frame": frame,
     }
-    client.eval(CREATE_NODE_STREAM, 1, f"{key_prefix}:node:{NODE}:out")  # as its live gateway keeps it
-    client.xadd(f"{key_prefix}:inbound", fields)
+    client.eval(CREATE_NODE_STREAM, 1, out_of(key_prefix, shards))  # as its live gateway keeps it
+    client.xadd(inbound_of(key_prefix, shards), fields)
 
 
-def wait_for_frames(client: redis.Redis, key_prefix: str, count: int) -> list[Any]:
+def wait_for_frames(
+    client: redis.Redis, key_prefix: str, count: int, shards: int = DEFAULT_SHARDS
+) -> list[Any]:
     def frames() -> list[Any] | None:
-        entries = str_entries(client.xrange(f"{key_prefix}:node:{NODE}:out"))
+        entries = str_entries(client.xrange(out_of(key_prefix, shards)))
         return [json.loads(fields["frame"]) for _, fields in entries] if len(entries) >= count else None
 
     return wait_until(frames, timeout=20, message=f"{count} frames")
@@ -81,7 +97,9 @@ def test_cli_runs_the_worker(redis_url: str, key_prefix: str, client: redis.Redi
             {"action": "echo", "data": {"hello": "world"}, "id": "r1"}
         ]
         assert process.stop() == 0
-        assert f"reading {key_prefix}:inbound" in process.output()
+        assert (
+            f"reading the 16 partitions of the inbound stream ({{{key_prefix}:0}}:inbound" in process.output()
+        )
 
 
 @pytest.mark.usefixtures("in_apps_directory")
@@ -95,7 +113,7 @@ def test_sigterm_exits_0_after_finishing_in_flight_handlers(
         process.signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0, process.output()
         assert wait_for_frames(client, key_prefix, 2)[1] == {"action": "slow", "data": "finished", "id": "r1"}
-        assert client.xlen(f"{key_prefix}:inbound") == 0, "acknowledged and deleted before exiting"
+        assert client.xlen(inbound_of(key_prefix)) == 0, "acknowledged and deleted before exiting"
         assert "SIGTERM" in process.output()
 
 
@@ -107,6 +125,7 @@ def test_cli_options_override_the_worker_and_the_environment(
     environment = {
         "WSQ_REDIS_URL": unreachable,
         "WSQ_KEY_PREFIX": "not-this-one",
+        "WSQ_SHARDS": "9",
         "WSQ_CLAIM_IDLE_MS": "1",
         "WSQ_MAX_ATTEMPTS": "1",
         "WSQ_MAX_DEAD_LETTERS": "1",
@@ -124,17 +143,20 @@ def test_cli_options_override_the_worker_and_the_environment(
         redis_url,
         "--key-prefix",
         key_prefix,
+        "--shards",
+        "4",
         "--log-level",
         "debug",
     ]
     with ManagedProcess.python_module(
         "worker", "wsq_worker", "echo_app:make_worker", *options, env=environment
     ):
-        append_message(client, key_prefix, "settings", None, "r1")
-        [frame] = wait_for_frames(client, key_prefix, 1)
+        append_message(client, key_prefix, "settings", None, "r1", shards=4)
+        [frame] = wait_for_frames(client, key_prefix, 1, shards=4)
         assert frame["data"] == {
             "concurrency": 7,
             "key_prefix": key_prefix,
+            "shards": 4,
             "claim_idle_ms": 4500,
             "max_attempts": 5,
             "max_dead_letters": 0,
@@ -165,12 +187,14 @@ def test_help_documents_everything() -> None:
         "--concurrency",
         "--redis-url",
         "--key-prefix",
+        "--shards",
         "--log-level",
         "--claim-idle-ms",
         "--max-attempts",
         "--max-dead-letters",
         "WSQ_REDIS_URL",
         "WSQ_KEY_PREFIX",
+        "WSQ_SHARDS",
         "WSQ_CLAIM_IDLE_MS",
         "WSQ_MAX_ATTEMPTS",
         "WSQ_MAX_DEAD_LETTERS",
@@ -233,7 +257,7 @@ def test_sigkill_mid_message_the_other_worker_answers(
         assert answer == {"action": "slow_once", "data": {"attempt": 2, "pid": survivor.pid}, "id": "r1"}
 
         def backlog_done() -> bool:
-            inbound = f"{key_prefix}:inbound"
+            inbound = inbound_of(key_prefix)
             return client.xlen(inbound) == 0 and client.xpending(inbound, "workers")["pending"] == 0
 
         wait_until(backlog_done, timeout=20, message="the entry acknowledged")
@@ -251,7 +275,7 @@ def test_a_sigkilled_workers_consumer_leaves_the_group_once_its_entry_was_answer
     claim_idle_ms / 2 of its death, after the survivor claimed and answered the entry, once."""
     claim_idle_ms, block_ms = 500, 200  # crash_app's block_ms
     stale_ms = 3 * max(claim_idle_ms, block_ms)  # Worker.stale_consumer_ms
-    inbound = f"{key_prefix}:inbound"
+    inbound = inbound_of(key_prefix)
     with a_worker_killable_mid_handler(redis_url, key_prefix, client, claim_idle_ms) as (victim, survivor):
         [victim_consumer] = [
             c for c in client.xinfo_consumers(inbound, "workers") if f"-{victim.pid}-" in c["name"]
@@ -265,7 +289,7 @@ def test_a_sigkilled_workers_consumer_leaves_the_group_once_its_entry_was_answer
 
         def victim_removed() -> bool:
             consumers = {c["name"]: c for c in client.xinfo_consumers(inbound, "workers")}
-            answers = len(str_entries(client.xrange(f"{key_prefix}:node:{NODE}:out"))) - 1  # after "started"
+            answers = len(str_entries(client.xrange(out_of(key_prefix)))) - 1  # after "started"
             seen.append((consumers.get(victim_consumer["name"]), answers))
             return victim_consumer["name"] not in consumers
 
@@ -289,3 +313,19 @@ def test_a_sigkilled_workers_consumer_leaves_the_group_once_its_entry_was_answer
         assert remaining["idle"] < stale_ms
         assert f"removed consumer {victim_consumer['name']} from the group" in survivor.output()
         assert survivor.running()
+
+
+@pytest.mark.usefixtures("in_apps_directory")
+def test_a_worker_with_another_number_of_shards_than_the_deployment_exits_1(
+    redis_url: str, key_prefix: str, client: redis.Redis
+) -> None:
+    """It would read other partitions than the gateways write: it refuses to start, in one line."""
+    client.set(keys_for(key_prefix).shards_key, "8")
+    environment = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix, "WSQ_SHARDS": "16"}
+    with ManagedProcess.python_module("worker", "wsq_worker", "echo_app:worker", env=environment) as process:
+        assert process.wait(timeout=20) == 1
+        output = process.output()
+    assert "WSQ_SHARDS=16, but this deployment" in output
+    assert "uses 8 shards" in output
+    assert "Traceback" not in output
+    assert not client.exists(inbound_of(key_prefix)), "no consumer group made"

@@ -186,7 +186,7 @@ async def test_without_the_hook_the_return_value_is_ignored(
 
 
 async def test_hook_whose_workers_died_is_refused_and_dead_lettered(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     calls: list[int] = []
 
@@ -201,7 +201,7 @@ async def test_hook_whose_workers_died_is_refused_and_dead_lettered(
     [command] = await gateway.wait_for_commands(1)
     assert command.fields == refuse(connection_id, 3011, "connect hook failed")
     await wait_until_async(gateway.backlog_done)
-    [(_, dead)] = str_entries(await redis_client.xrange(f"{key_prefix}:dead"))
+    [(_, dead)] = str_entries(await redis_client.xrange(gateway.dead))
     assert (dead["type"], dead["hook"], dead["attempts"]) == ("connect", "1", "1")
     assert calls == []
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
 
 import pytest
@@ -14,11 +15,12 @@ from worker_harness import FakeGateway, Schemas, StartWorker, str_entries, str_r
 
 from wsq_devkit import free_port, wait_until_async
 from wsq_devkit.redis_typing import xadd_fields
+from wsq_protocol.keys import keys_for
 from wsq_worker import Context, Retry
 
 DeadLetters = tuple[list[str], list[int], list[str]]
 """The ``three_dead_letters`` fixture: their connection ids, the numbers handled after a replay,
-the dead letters' ids."""
+the dead letters' names (``SHARD:ID``)."""
 
 
 async def wsq_worker(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,11 +42,11 @@ def redis_options(redis_url: str, key_prefix: str) -> list[str]:
 
 @pytest.fixture
 async def three_dead_letters(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> DeadLetters:
     """Three messages that went to the dead letters (their handler raised Retry, max_attempts 1)
     and are handled once replayed: (their connection ids, the numbers handled after a replay,
-    the dead letters' ids). The messages' $error handler_failed are the node stream's first three."""
+    the dead letters' names). The messages' $error handler_failed are the node stream's first three."""
     count = 3
     handled: list[int] = []
     state = {"broken": True}
@@ -61,8 +63,8 @@ async def three_dead_letters(
         await gateway.message(connection_id, "charge", number, id=f"c{number}")
 
     async def all_dead() -> list[str] | None:
-        entries = str_entries(await redis_client.xrange(f"{key_prefix}:dead"))
-        return [entry_id for entry_id, _ in entries] if len(entries) == count else None
+        entries = str_entries(await redis_client.xrange(gateway.dead))
+        return [f"{gateway.shard}:{entry_id}" for entry_id, _ in entries] if len(entries) == count else None
 
     dead_ids = await wait_until_async(all_dead)
     await gateway.wait_for_commands(count)  # their $error handler_failed
@@ -105,18 +107,19 @@ async def test_dead_replay_runs_the_messages_again(
     three_dead_letters: DeadLetters,
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     redis_options: list[str],
 ) -> None:
     _, handled, dead_ids = three_dead_letters
 
     result = await wsq_worker("dead", "replay", dead_ids[1], *redis_options)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"replayed 1 dead letter into {key_prefix}:inbound"
+    assert result.stdout.strip() == "replayed 1 dead letter into the inbound stream"
     frames = await gateway.wait_for_frames(4)
     assert frames[3] == {"action": "charge", "data": 1, "id": "c1"}, "attempt 1 again"
     assert handled == [1]
-    remaining = [entry_id for entry_id, _ in str_entries(await redis_client.xrange(f"{key_prefix}:dead"))]
+    remaining = [
+        f"{gateway.shard}:{entry_id}" for entry_id, _ in str_entries(await redis_client.xrange(gateway.dead))
+    ]
     assert remaining == [dead_ids[0], dead_ids[2]]
 
     result = await wsq_worker("dead", "replay", dead_ids[1], *redis_options)
@@ -125,27 +128,26 @@ async def test_dead_replay_runs_the_messages_again(
 
     result = await wsq_worker("dead", "replay", "--all", *redis_options)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"replayed 2 dead letters into {key_prefix}:inbound"
+    assert result.stdout.strip() == "replayed 2 dead letters into the inbound stream"
     await gateway.wait_for_frames(6)
     await wait_until_async(gateway.backlog_done)
     assert sorted(handled) == [0, 1, 2]
-    assert await redis_client.xlen(f"{key_prefix}:dead") == 0
+    assert await redis_client.xlen(gateway.dead) == 0
 
 
 async def test_replayed_event_is_the_original_one(
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     redis_options: list[str],
     schemas: Schemas,
 ) -> None:
     """The dead letter's own fields and ``attempt`` are dropped; the event's are kept."""
     event = gateway.message_event(gateway.new_connection_id(), "charge", "é", user_id="42", attempt=3)
     extra = {"error": "boom", "attempts": "3", "failed_at": "1795852800999", "worker": "w-1"}
-    entry_id = str_reply(await redis_client.xadd(f"{key_prefix}:dead", xadd_fields(event | extra)))
-    result = await wsq_worker("dead", "replay", entry_id, *redis_options)
+    entry_id = str_reply(await redis_client.xadd(gateway.dead, xadd_fields(event | extra)))
+    result = await wsq_worker("dead", "replay", f"{gateway.shard}:{entry_id}", *redis_options)
     assert result.returncode == 0, result.stderr
-    [(_, replayed)] = str_entries(await redis_client.xrange(f"{key_prefix}:inbound"))
+    [(_, replayed)] = str_entries(await redis_client.xrange(gateway.inbound))
     del event["attempt"]
     assert replayed == event
     assert list(replayed) == list(event), "in the same order"
@@ -153,26 +155,30 @@ async def test_replayed_event_is_the_original_one(
 
 
 async def test_concurrent_replays_move_each_dead_letter_once(
-    gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str]
+    gateway: FakeGateway, redis_client: redis.asyncio.Redis, redis_options: list[str]
 ) -> None:
     extra = {"error": "boom", "attempts": "3", "failed_at": "1", "worker": "w"}
     for number in range(50):
         fields = gateway.message_event(gateway.new_connection_id(), "a", number) | extra
-        await redis_client.xadd(f"{key_prefix}:dead", xadd_fields(fields))
+        await redis_client.xadd(gateway.dead, xadd_fields(fields))
     results = await asyncio.gather(*(wsq_worker("dead", "replay", "--all", *redis_options) for _ in range(3)))
     assert all(result.returncode == 0 for result in results), [result.stderr for result in results]
     replayed = [int(result.stdout.split()[1]) for result in results]
     assert sum(replayed) == 50
-    entries = str_entries(await redis_client.xrange(f"{key_prefix}:inbound"))
+    entries = str_entries(await redis_client.xrange(gateway.inbound))
     assert sorted(json.loads(fields["frame"])["data"] for _, fields in entries) == list(range(50))
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["replay"], "one of the arguments ID --all is required"),
+        (["replay"], "one of the arguments SHARD:ID --all is required"),
         (["replay", "--all", "1-0"], "not allowed with"),
-        (["replay", "nope"], "not a stream entry id"),
+        (["replay", "nope"], "not a dead letter's SHARD:ID"),
+        (["replay", "1764316800123-0"], "not a dead letter's SHARD:ID"),
+        (["replay", "16:1764316800123-0"], "SHARD below 16"),
+        (["replay", "--shards", "4", "4:1-0"], "SHARD below 4"),
+        (["list", "--shards", "0"], "must be 1 to 1024"),
         ([], "required: {list,replay}"),
         (["list", "--count", "0"], "must be at least 1"),
     ],
@@ -188,3 +194,55 @@ async def test_dead_when_redis_is_unreachable() -> None:
     assert result.returncode == 1
     assert "Redis failed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_dead_letters_of_every_shard_are_listed_together_and_replayed_to_their_own(
+    gateway_on: Callable[[str], FakeGateway], redis_client: redis.asyncio.Redis, redis_options: list[str]
+) -> None:
+    """Each shard keeps its dead letters; list shows them all, oldest first (by id: the Redis time
+    they failed at), named SHARD:ID; replay moves each back into its own shard's partition."""
+    first, second = gateway_on("gw-f"), gateway_on("gw-g")
+    assert first.shard != second.shard
+    extra = {"error": "boom", "attempts": "3", "failed_at": "1", "worker": "w"}
+    names = []
+    for number, (gateway, entry_id) in enumerate(
+        [(second, "1000-0"), (first, "2000-0"), (second, "3000-0"), (first, "3000-0")]
+    ):
+        fields = gateway.message_event(gateway.new_connection_id(), "a", number) | extra
+        await redis_client.xadd(gateway.dead, xadd_fields(fields), id=entry_id)
+        names.append(f"{gateway.shard}:{entry_id}")
+    result = await wsq_worker("dead", "list", *redis_options)
+    assert result.returncode == 0, result.stderr
+    shown = [line.split("  ")[0] for line in result.stdout.splitlines()]
+    by_time = sorted(names, key=lambda name: (int(name.split(":")[1].split("-")[0]), int(name.split(":")[0])))
+    assert shown == by_time
+    result = await wsq_worker("dead", "list", "--count", "1", "--json", *redis_options)
+    [oldest] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (oldest["id"], oldest["shard"]) == (f"{second.shard}:1000-0", second.shard)
+    assert "and 3 more" in result.stderr
+
+    result = await wsq_worker("dead", "replay", f"{first.shard}:2000-0", *redis_options)
+    assert (result.returncode, result.stdout.strip()) == (0, "replayed 1 dead letter into the inbound stream")
+    result = await wsq_worker("dead", "replay", f"{second.shard}:2000-0", *redis_options)
+    assert result.returncode == 1, "that id is in the other shard"
+    assert f"no dead letter {second.shard}:2000-0" in result.stderr
+    result = await wsq_worker("dead", "replay", "--all", *redis_options)
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        "replayed 3 dead letters into the inbound stream",
+    )
+    for gateway, numbers in ((first, [1, 3]), (second, [0, 2])):
+        assert await redis_client.xlen(gateway.dead) == 0
+        entries = str_entries(await redis_client.xrange(gateway.inbound))
+        assert sorted(json.loads(fields["frame"])["data"] for _, fields in entries) == numbers
+
+
+async def test_dead_refuses_another_number_of_shards_than_the_deployments(
+    redis_client: redis.asyncio.Redis, key_prefix: str, redis_options: list[str]
+) -> None:
+    await redis_client.set(keys_for(key_prefix).shards_key, "8")
+    result = await wsq_worker("dead", "list", *redis_options)
+    assert result.returncode == 1
+    assert "uses 8 shards: pass --shards 8" in result.stderr
+    result = await wsq_worker("dead", "list", "--shards", "8", *redis_options)
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr

@@ -45,13 +45,14 @@ async def delivered(client: redis.asyncio.Redis, inbound: str, entry_id: str) ->
     return cast(str, pending["consumer"]), cast(int, pending["times_delivered"])
 
 
-async def all_done(gateway: FakeGateway, client: redis.asyncio.Redis, key_prefix: str) -> bool:
-    """Nothing left anywhere: the inbound stream and its pending entries, and the delayed set."""
-    return await gateway.backlog_done() and not await client.exists(f"{key_prefix}:delayed")
+async def all_done(gateway: FakeGateway, client: redis.asyncio.Redis) -> bool:
+    """Nothing left anywhere: the gateway's inbound partition and its pending entries, and its
+    shard's delayed set."""
+    return await gateway.backlog_done() and not await client.exists(gateway.delayed)
 
 
-async def dead_letters(client: redis.asyncio.Redis, key_prefix: str) -> list[tuple[str, dict[str, str]]]:
-    entries: list[tuple[str, dict[str, str]]] = str_entries(await client.xrange(f"{key_prefix}:dead"))
+async def dead_letters(client: redis.asyncio.Redis, gateway: FakeGateway) -> list[tuple[str, dict[str, str]]]:
+    entries: list[tuple[str, dict[str, str]]] = str_entries(await client.xrange(gateway.dead))
     return entries
 
 
@@ -211,7 +212,6 @@ async def test_retry_runs_the_message_again_after_the_delay(
     start_worker: StartWorker,
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     kind: str,
 ) -> None:
     runs: list[tuple[int, float]] = []
@@ -228,7 +228,7 @@ async def test_retry_runs_the_message_again_after_the_delay(
     await start_worker({"charge": charge_async if kind == "async" else record})
     await gateway.message(gateway.new_connection_id(), "charge", {"amount": 5}, id="c1")
     assert await gateway.wait_for_frames(1) == [reply("charge", 2, "c1")]
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
+    await wait_until_async(lambda: all_done(gateway, redis_client))
     assert [attempt for attempt, _ in runs] == [1, 2]
     assert runs[1][1] - runs[0][1] >= 0.2
     assert len(await gateway.commands()) == 1, "no answer for the attempt that asked for a retry"
@@ -238,7 +238,6 @@ async def test_retry_waits_in_the_delayed_set_as_the_next_attempt(
     start_worker: StartWorker,
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     schemas: Schemas,
 ) -> None:
     async def later(ctx: Context, data: Any) -> None:
@@ -251,7 +250,7 @@ async def test_retry_waits_in_the_delayed_set_as_the_next_attempt(
     async def delayed() -> list[tuple[str, float]]:
         return cast(
             "list[tuple[str, float]]",
-            await redis_client.zrange(f"{key_prefix}:delayed", 0, -1, withscores=True),
+            await redis_client.zrange(gateway.delayed, 0, -1, withscores=True),
         )
 
     [(member, due_ms)] = await wait_until_async(delayed)
@@ -270,7 +269,7 @@ async def test_retry_waits_in_the_delayed_set_as_the_next_attempt(
 
 
 async def test_two_retries_of_equal_messages_do_not_collide(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     async def later(ctx: Context, data: Any) -> None:
         raise Retry(delay=3600)
@@ -280,7 +279,7 @@ async def test_two_retries_of_equal_messages_do_not_collide(
     for _ in range(2):
         await gateway.message(connection_id, "later", "same", id="same")
     await wait_until_async(gateway.backlog_done)
-    assert await redis_client.zcard(f"{key_prefix}:delayed") == 2
+    assert await redis_client.zcard(gateway.delayed) == 2
 
 
 @pytest.mark.parametrize("frame_id", ["c1", None])
@@ -288,7 +287,6 @@ async def test_retries_past_max_attempts_go_to_the_dead_letters(
     start_worker: StartWorker,
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     caplog: pytest.LogCaptureFixture,
     schemas: Schemas,
     frame_id: str | None,
@@ -313,9 +311,9 @@ async def test_retries_past_max_attempts_go_to_the_dead_letters(
     if frame_id is not None:
         expected["id"] = frame_id
     assert frame == expected
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
+    await wait_until_async(lambda: all_done(gateway, redis_client))
     assert attempts == [1, 2, 3]
-    [(_, dead)] = await dead_letters(redis_client, key_prefix)
+    [(_, dead)] = await dead_letters(redis_client, gateway)
     assert dead["error"] == "Retry raised at attempt 3 of 3, after ValueError: card declined"
     assert dead["attempts"] == "3"
     assert dead["worker"] == worker.consumer_name
@@ -336,7 +334,7 @@ async def test_retries_past_max_attempts_go_to_the_dead_letters(
 
 
 async def test_the_dead_letters_keep_the_newest_max_dead_letters(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     """A storm of failing messages cannot fill Redis: the dead letters are capped (about:
     Redis trims whole blocks of up to 100 entries), and the oldest are the ones dropped."""
@@ -348,16 +346,16 @@ async def test_the_dead_letters_keep_the_newest_max_dead_letters(
     connection_id = gateway.new_connection_id()
     for n in range(300):
         await gateway.message(connection_id, "charge", n)
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix), timeout=30)
+    await wait_until_async(lambda: all_done(gateway, redis_client), timeout=30)
     await gateway.wait_for_frames(300)  # every client was told (handler_failed)
-    kept = {json.loads(fields["frame"])["data"] for _, fields in await dead_letters(redis_client, key_prefix)}
+    kept = {json.loads(fields["frame"])["data"] for _, fields in await dead_letters(redis_client, gateway)}
     assert 10 <= len(kept) <= 10 + 100
     assert 299 in kept, "the newest is kept"
     assert 0 not in kept, "the oldest went first"
 
 
 async def test_claimed_entry_past_max_attempts_goes_to_the_dead_letters_unrun(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     runs: list[int] = []
 
@@ -375,14 +373,14 @@ async def test_claimed_entry_past_max_attempts_goes_to_the_dead_letters_unrun(
         }
     ]
     await wait_until_async(gateway.backlog_done)
-    [(_, dead)] = await dead_letters(redis_client, key_prefix)
+    [(_, dead)] = await dead_letters(redis_client, gateway)
     assert dead["error"] == "the worker running attempt 1 died or stopped before finishing it"
     assert dead["attempts"] == "1"
     assert runs == []
 
 
 async def test_plain_exception_is_answered_once_and_not_retried(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     runs: list[int] = []
 
@@ -394,16 +392,15 @@ async def test_plain_exception_is_answered_once_and_not_retried(
     await gateway.message(gateway.new_connection_id(), "broken", id="b1")
     [frame] = await gateway.wait_for_frames(1)
     assert frame["data"]["code"] == "handler_error"
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
+    await wait_until_async(lambda: all_done(gateway, redis_client))
     assert runs == [1]
-    assert await dead_letters(redis_client, key_prefix) == []
+    assert await dead_letters(redis_client, gateway) == []
 
 
 async def test_retry_from_on_disconnect_is_an_error_not_a_retry(
     start_worker: StartWorker,
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def on_disconnect(ctx: Context) -> None:
@@ -412,7 +409,7 @@ async def test_retry_from_on_disconnect_is_an_error_not_a_retry(
     await start_worker(on_disconnect=on_disconnect)
     connection_id = gateway.new_connection_id()
     await gateway.disconnect(connection_id)
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
+    await wait_until_async(lambda: all_done(gateway, redis_client))
     assert records(caplog, f"on_disconnect failed (connection {connection_id})")
 
 
@@ -423,7 +420,6 @@ async def test_due_retries_move_exactly_once_with_two_workers(
     start_worker: StartWorker,
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     handled: collections.Counter[int] = collections.Counter()
@@ -439,12 +435,12 @@ async def test_due_retries_move_exactly_once_with_two_workers(
         fields = gateway.message_event(connection_id, "job", number)
         members[delayed_member(f"1-{number}", fields, 2)] = 0  # due long ago
     members["not json"] = 0
-    await redis_client.zadd(f"{key_prefix}:delayed", members)
+    await redis_client.zadd(gateway.delayed, members)
     await start_worker({"job": job}, consumer_name="one", concurrency=20)
     await start_worker({"job": job}, consumer_name="two", concurrency=20)
 
     async def all_handled() -> bool:
-        return sum(handled.values()) >= 300 and await all_done(gateway, redis_client, key_prefix)
+        return sum(handled.values()) >= 300 and await all_done(gateway, redis_client)
 
     await wait_until_async(all_handled, timeout=30)
     assert set(handled) == set(range(300))
@@ -455,14 +451,14 @@ async def test_due_retries_move_exactly_once_with_two_workers(
 
 
 async def test_retries_not_yet_due_stay_in_the_delayed_set(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     connection_id = gateway.new_connection_id()
     seconds, _ = await redis_client.time()
     now = gateway.message_event(connection_id, "job", id="now")
     later = gateway.message_event(connection_id, "job", id="later")
     await redis_client.zadd(
-        f"{key_prefix}:delayed",
+        gateway.delayed,
         {delayed_member("1-0", now, 2): 0, delayed_member("1-1", later, 2): (seconds + 3600) * 1000},
     )
 
@@ -472,7 +468,7 @@ async def test_retries_not_yet_due_stay_in_the_delayed_set(
     await start_worker({"job": job})
     assert await gateway.wait_for_frames(1) == [reply("job", None, "now")]
     await wait_until_async(gateway.backlog_done)
-    [member] = cast("list[str]", await redis_client.zrange(f"{key_prefix}:delayed", 0, -1))
+    [member] = cast("list[str]", await redis_client.zrange(gateway.delayed, 0, -1))
     assert json.loads(member)["retry_of"] == "1-1"
 
 

@@ -10,14 +10,22 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 import redis.asyncio
-from worker_harness import CREATE_NODE_STREAM, FakeGateway, Schemas, create_node_stream, str_entries
+from worker_harness import (
+    CREATE_NODE_STREAM,
+    FakeGateway,
+    Schemas,
+    add_to_index,
+    create_node_stream,
+    str_entries,
+)
 
 from wsq_devkit import RedisServer, free_port
+from wsq_protocol.keys import keys_for
 from wsq_worker import (
     AsyncPublisher,
     ConnectionInfo,
@@ -28,7 +36,7 @@ from wsq_worker import (
     speedups,
 )
 from wsq_worker.constants import BROADCAST_STREAM_MAXLEN, NODE_STREAM_MAXLEN
-from wsq_worker.publisher import FanOutWrite, MembershipWrite, Route, StreamWrite
+from wsq_worker.publisher import GatewaysWrite, MembershipWrite, Route, StreamWrite
 
 CONNECTION_A1 = "gw-a_1.q2uE4nK0m5Zr8VtY1xWb7A"
 CONNECTION_A2 = "gw-a_1.AAAAAAAAAAAAAAAAAAAAAA"
@@ -60,11 +68,27 @@ async def live(client: redis.asyncio.Redis, key_prefix: str, *nodes: str) -> Non
 def live_sync(url: str, key_prefix: str, *nodes: str) -> None:
     with redis.Redis.from_url(url) as client:
         for node in nodes:
-            client.eval(CREATE_NODE_STREAM, 1, f"{key_prefix}:node:{node}:out")
+            client.eval(CREATE_NODE_STREAM, 1, node_stream(key_prefix, node))
 
 
 async def entries(client: redis.asyncio.Redis, stream: str) -> list[dict[str, str]]:
     return [fields for _, fields in str_entries(await client.xrange(stream))]
+
+
+def node_stream(key_prefix: str, node: str) -> str:
+    return keys_for(key_prefix).node_stream(node)
+
+
+async def written(client: redis.asyncio.Redis, key_prefix: str) -> list[str]:
+    """Every key of the test's prefix but the deployment's number of shards (which the first
+    publisher records), sorted."""
+    found = cast("list[str]", await client.keys(f"*{key_prefix}*"))
+    return sorted(key for key in found if key != keys_for(key_prefix).shards_key)
+
+
+async def node_streams(client: redis.asyncio.Redis, key_prefix: str) -> list[str]:
+    """The node streams of the test's prefix, whatever their shard, sorted."""
+    return sorted(cast("list[str]", await client.keys(f"{{{key_prefix}:*}}:node:*:out")))
 
 
 async def test_to_writes_one_command_to_the_node_stream(
@@ -72,7 +96,7 @@ async def test_to_writes_one_command_to_the_node_stream(
 ) -> None:
     await live(redis_client, key_prefix, "gw-a_1")
     assert await resolve(publisher.to(CONNECTION_A1).send("chat_text", {"text": "hi"})) == 1
-    commands = await entries(redis_client, f"{key_prefix}:node:gw-a_1:out")
+    commands = await entries(redis_client, node_stream(key_prefix, "gw-a_1"))
     assert commands == [
         {
             "v": "1",
@@ -83,7 +107,7 @@ async def test_to_writes_one_command_to_the_node_stream(
         }
     ]
     schemas.check("command", commands[0])
-    assert await redis_client.keys(f"{key_prefix}:*") == [f"{key_prefix}:node:gw-a_1:out"]
+    assert await written(redis_client, key_prefix) == [node_stream(key_prefix, "gw-a_1")]
 
 
 async def test_sends_to_one_connection_keep_their_order(
@@ -92,7 +116,7 @@ async def test_sends_to_one_connection_keep_their_order(
     await live(redis_client, key_prefix, "gw-b")
     for number in range(20):
         await resolve(publisher.to(CONNECTION_B).send("n", number))
-    commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
+    commands = await entries(redis_client, node_stream(key_prefix, "gw-b"))
     assert [json.loads(command["frame"])["data"] for command in commands] == list(range(20))
 
 
@@ -100,7 +124,7 @@ async def test_to_user_reaches_each_gateway_of_the_user_once(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas
 ) -> None:
     await live(redis_client, key_prefix, "gw-a_1", "gw-b")
-    await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_A2, CONNECTION_B)
+    await add_to_index(redis_client, key_prefix, "u", "42", CONNECTION_A1, CONNECTION_A2, CONNECTION_B)
     assert await resolve(publisher.to_user("42").send("notice", "you have mail")) == 2
     expected = {
         "v": "1",
@@ -109,47 +133,46 @@ async def test_to_user_reaches_each_gateway_of_the_user_once(
         "to": "42",
         "frame": '{"action":"notice","data":"you have mail"}',
     }
-    assert await entries(redis_client, f"{key_prefix}:node:gw-a_1:out") == [expected]
-    assert await entries(redis_client, f"{key_prefix}:node:gw-b:out") == [expected]
+    assert await entries(redis_client, node_stream(key_prefix, "gw-a_1")) == [expected]
+    assert await entries(redis_client, node_stream(key_prefix, "gw-b")) == [expected]
     schemas.check("command", expected)
-    assert sorted(await redis_client.keys(f"{key_prefix}:node:*")) == [
-        f"{key_prefix}:node:gw-a_1:out",
-        f"{key_prefix}:node:gw-b:out",
-    ]
+    assert await node_streams(redis_client, key_prefix) == sorted(
+        [node_stream(key_prefix, "gw-a_1"), node_stream(key_prefix, "gw-b")]
+    )
 
 
 async def test_to_user_without_connections_reaches_nobody(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     assert await resolve(publisher.to_user("nobody").send("notice", 1)) == 0
-    assert await redis_client.keys(f"{key_prefix}:*") == []
+    assert await written(redis_client, key_prefix) == []
 
 
-async def test_to_user_skips_malformed_connection_ids(
+async def test_to_user_goes_to_the_gateways_its_index_counts(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    await live(redis_client, key_prefix, "gw-b")
-    await redis_client.sadd(f"{key_prefix}:user:7:conns", "no-dot", ".x", CONNECTION_B)
+    """The gateways are those of the user's count per node ({prefix:user:<id>}:nodes), which
+    the gateways and publishers keep beside the user's set: whatever the set holds."""
+    keys = keys_for(key_prefix)
+    await live(redis_client, key_prefix, "gw-a_1", "gw-b")
+    await redis_client.sadd(keys.user_connections("7"), CONNECTION_A1, CONNECTION_B)
+    await redis_client.hset(keys.user_nodes("7"), "gw-b", "1")
     assert await resolve(publisher.to_user("7").send("notice", 1)) == 1
-    assert await redis_client.keys(f"{key_prefix}:node:*") == [f"{key_prefix}:node:gw-b:out"]
+    assert await redis_client.xlen(node_stream(key_prefix, "gw-b")) == 1
+    assert await redis_client.xlen(node_stream(key_prefix, "gw-a_1")) == 0
 
 
 async def test_to_user_with_many_connections_reaches_each_gateway_once(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    # Many members per gateway take the script's fast path; the odd ones, its pattern match:
-    # a suffix of another length still names its gateway, the malformed ids are skipped.
-    members = [f"gw-a_1.{n:022d}" for n in range(50)] + [f"gw-b.{n:022d}" for n in range(50)]
-    odd = ["gw-d." + "A" * 21, "gw-c!" + "A" * 22, "gw:e." + "A" * 22]
-    await live(redis_client, key_prefix, "gw-a_1", "gw-b", "gw-d")
-    await redis_client.sadd(f"{key_prefix}:user:7:conns", *members, *odd)
-    assert await resolve(publisher.to_user("7").send("notice", 1)) == 3
     nodes = ("gw-a_1", "gw-b", "gw-d")
-    assert sorted(await redis_client.keys(f"{key_prefix}:node:*")) == [
-        f"{key_prefix}:node:{n}:out" for n in nodes
-    ]
+    members = [f"{node}.{n:022d}" for node in nodes for n in range(50)]
+    await live(redis_client, key_prefix, *nodes)
+    await add_to_index(redis_client, key_prefix, "u", "7", *members)
+    assert await resolve(publisher.to_user("7").send("notice", 1)) == 3
+    assert await node_streams(redis_client, key_prefix) == sorted(node_stream(key_prefix, n) for n in nodes)
     for node in nodes:
-        assert await redis_client.xlen(f"{key_prefix}:node:{node}:out") == 1
+        assert await redis_client.xlen(node_stream(key_prefix, node)) == 1
 
 
 async def test_broadcast_writes_to_the_broadcast_stream(
@@ -183,21 +206,43 @@ async def test_broadcast_stream_is_capped(
 
 
 def test_routes_cap_the_streams() -> None:
-    disconnect = Route.connection("p", CONNECTION_B).disconnect()
+    keys = keys_for("p")
+    disconnect = Route.connection(keys, CONNECTION_B).disconnect()
     assert isinstance(disconnect, StreamWrite)
     assert disconnect.maxlen == NODE_STREAM_MAXLEN == 100_000
-    broadcast = Route.everyone("p").send("{}")
+    broadcast = Route.everyone(keys).send("{}")
     assert isinstance(broadcast, StreamWrite)
     assert broadcast.maxlen == BROADCAST_STREAM_MAXLEN == 1_000
+    for gateways in (Route.group(keys, "room").send("{}"), Route.user(keys, "42").disconnect()):
+        assert isinstance(gateways, GatewaysWrite)
+        [to_b] = gateways.streams([b"gw-b"])
+        assert (to_b.stream, to_b.maxlen, to_b.nomkstream) == (
+            keys.node_stream("gw-b"),
+            NODE_STREAM_MAXLEN,
+            True,
+        )
     # The scripts get the cap of the node streams as their third argument.
-    for write in (
-        Route.group("p", "room").send("{}"),
-        Route.user("p", "42").disconnect(),
-        MembershipWrite.join("p", CONNECTION_B, "room"),
-        MembershipWrite.leave("p", CONNECTION_B, "room"),
+    for membership_write in (
+        MembershipWrite.join(keys, CONNECTION_B, "room"),
+        MembershipWrite.leave(keys, CONNECTION_B, "room"),
     ):
-        assert isinstance(write, FanOutWrite | MembershipWrite)
-        assert write.args[2] == str(NODE_STREAM_MAXLEN)
+        assert membership_write.args("token")[2] == str(NODE_STREAM_MAXLEN)
+
+
+def test_each_route_writes_to_the_keys_of_its_target() -> None:
+    """A connection's push goes to its node's stream (in the node's shard); a user's and a
+    group's pushes read their count per node, in the slot of their own; a broadcast has one key."""
+    keys = keys_for("p", 16)
+    to = Route.connection(keys, CONNECTION_B).send("{}")
+    assert isinstance(to, StreamWrite)
+    assert to.stream == f"{{p:{keys.shard_of('gw-b')}}}:node:gw-b:out"
+    to_user, to_group = Route.user(keys, "42").send("{}"), Route.group(keys, "room").send("{}")
+    assert isinstance(to_user, GatewaysWrite)
+    assert isinstance(to_group, GatewaysWrite)
+    assert (to_user.nodes, to_group.nodes) == ("{p:user:42}:nodes", "{p:group:room}:nodes")
+    everyone = Route.everyone(keys).send("{}")
+    assert isinstance(everyone, StreamWrite)
+    assert everyone.stream == "p:broadcast"
 
 
 async def test_disconnect_writes_the_command(
@@ -206,7 +251,7 @@ async def test_disconnect_writes_the_command(
     await live(redis_client, key_prefix, "gw-b")
     await resolve(publisher.to(CONNECTION_B).disconnect(code=4000, reason="kicked"))
     await resolve(publisher.to(CONNECTION_B).disconnect())
-    commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
+    commands = await entries(redis_client, node_stream(key_prefix, "gw-b"))
     disconnect = {"v": "1", "type": "disconnect", "target": "connection", "to": CONNECTION_B}
     assert commands == [
         disconnect | {"code": "4000", "reason": "kicked"},
@@ -258,7 +303,7 @@ async def test_invalid_arguments_write_nothing(
         await resolve(publisher.connections(""))
     with pytest.raises(ValueError, match="user id"):
         await resolve(publisher.is_online(""))
-    assert await redis_client.keys(f"{key_prefix}:*") == []
+    assert await written(redis_client, key_prefix) == []
 
 
 # One call per way of reaching Redis (each takes ~0.7 s of retries): XADD, each script, a read,
@@ -315,7 +360,7 @@ async def test_publisher_reconnects_after_a_redis_restart(kind: str, key_prefix:
                 await async_publisher.to(CONNECTION_B).send("a", 3)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
-            commands = [fields for _, fields in str_entries(client.xrange(f"{key_prefix}:node:gw-b:out"))]
+            commands = [fields for _, fields in str_entries(client.xrange(node_stream(key_prefix, "gw-b")))]
         finally:
             client.close()
         assert [json.loads(command["frame"])["data"] for command in commands] == [3]
@@ -324,7 +369,7 @@ async def test_publisher_reconnects_after_a_redis_restart(kind: str, key_prefix:
 async def test_redis_refusing_a_command_raises_publish_error(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    await redis_client.set(f"{key_prefix}:node:gw-b:out", "not a stream")
+    await redis_client.set(node_stream(key_prefix, "gw-b"), "not a stream")
     with pytest.raises(PublishError, match="refused"):
         await resolve(publisher.to(CONNECTION_B).send("a", 1))
 
@@ -346,7 +391,7 @@ def test_sync_publisher_is_safe_to_share_between_threads(redis_url: str, key_pre
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        commands = [fields for _, fields in str_entries(client.xrange(f"{key_prefix}:node:gw-b:out"))]
+        commands = [fields for _, fields in str_entries(client.xrange(node_stream(key_prefix, "gw-b")))]
     finally:
         client.close()
     assert len(commands) == threads * per_thread
@@ -384,7 +429,7 @@ def test_publisher_with_a_client_of_its_own_leaves_it_open(redis_url: str, key_p
     try:
         with Publisher(client=client, key_prefix=key_prefix) as publisher:
             publisher.to(CONNECTION_B).send("a")
-        assert client.xlen(f"{key_prefix}:node:gw-b:out") == 1  # still usable
+        assert client.xlen(node_stream(key_prefix, "gw-b")) == 1  # still usable
     finally:
         client.close()
     with pytest.raises(ValueError, match="not both"):
@@ -400,7 +445,7 @@ async def test_async_publisher_with_a_client_of_its_own_leaves_it_open(
         async with AsyncPublisher(client=client, key_prefix=key_prefix) as publisher:
             await publisher.to_user("42").send("a")
             await publisher.to(CONNECTION_B).send("a")
-        assert await client.xlen(f"{key_prefix}:node:gw-b:out") == 1
+        assert await client.xlen(node_stream(key_prefix, "gw-b")) == 1
     finally:
         await client.aclose()
 
@@ -462,7 +507,7 @@ async def test_to_group_without_members_reaches_nobody(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     assert await resolve(publisher.to_group("empty").send("a", 1, exclude=CONNECTION_B)) == 0
-    assert await redis_client.keys(f"{key_prefix}:*") == []
+    assert await written(redis_client, key_prefix) == []
 
 
 async def test_join_of_an_unregistered_connection_does_nothing(
@@ -472,14 +517,14 @@ async def test_join_of_an_unregistered_connection_does_nothing(
     key_prefix: str,
 ) -> None:
     assert await resolve(publisher.join(CONNECTION_B, GROUP)) is False
-    assert await redis_client.keys(f"{key_prefix}:*") == []
+    assert await written(redis_client, key_prefix) == []
     gateway_b = gateway_on("gw-b")
     await gateway_b.register(CONNECTION_B)
-    await redis_client.delete(f"{key_prefix}:conn:{CONNECTION_B}")  # gone, as after its clean-up
+    await redis_client.delete(keys_for(key_prefix).connection(CONNECTION_B))  # gone, as after its clean-up
     assert await resolve(publisher.join(CONNECTION_B, GROUP)) is False
     assert await gateway_b.commands() == []
     assert not await redis_client.exists(
-        f"{key_prefix}:group:{GROUP}:conns", f"{key_prefix}:conn:{CONNECTION_B}:groups"
+        keys_for(key_prefix).group_connections(GROUP), keys_for(key_prefix).connection_groups(CONNECTION_B)
     )
 
 
@@ -494,14 +539,41 @@ async def test_join_updates_both_sets_and_comes_before_the_next_send(
     assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
     assert await resolve(publisher.join(CONNECTION_B, "other")) is True
     assert await resolve(publisher.to_group(GROUP).send("chat_text", "hi")) == 1
-    assert await redis_client.smembers(f"{key_prefix}:group:{GROUP}:conns") == {CONNECTION_B}
-    assert await redis_client.smembers(f"{key_prefix}:conn:{CONNECTION_B}:groups") == {GROUP, "other"}
+    assert await redis_client.smembers(keys_for(key_prefix).group_connections(GROUP)) == {CONNECTION_B}
+    assert await redis_client.smembers(keys_for(key_prefix).connection_groups(CONNECTION_B)) == {
+        GROUP,
+        "other",
+    }
     # examples/valid/command/join.json, then the send: in this order on the holding gateway's stream.
     assert [c.fields for c in await gateway_b.commands()] == [
         membership("join", CONNECTION_B),
         membership("join", CONNECTION_B, "other"),
         group_send('{"action":"chat_text","data":"hi"}'),
     ]
+
+
+async def test_join_and_leave_make_the_group_index_agree(
+    publisher: Any,
+    gateway_on: Callable[[str], FakeGateway],
+    redis_client: redis.asyncio.Redis,
+    key_prefix: str,
+) -> None:
+    """join.lua and leave.lua run in the connection's shard and record an intent; the publisher
+    then writes the group's set and its count per gateway (their own slot) and settles the
+    intent, before join() returns: a push to the group right after reaches the member."""
+    keys = keys_for(key_prefix)
+    await gateway_on("gw-b").register(CONNECTION_B)
+    await gateway_on("gw-a_1").register(CONNECTION_A1)
+    assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
+    assert await resolve(publisher.join(CONNECTION_A1, GROUP)) is True
+    assert await redis_client.smembers(keys.group_connections(GROUP)) == {CONNECTION_A1, CONNECTION_B}
+    assert await redis_client.hgetall(keys.group_nodes(GROUP)) == {"gw-b": "1", "gw-a_1": "1"}
+    for node in ("gw-b", "gw-a_1"):
+        assert await redis_client.zcard(keys.node_intents(node)) == 0, "settled"
+    assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
+    assert await redis_client.smembers(keys.group_connections(GROUP)) == {CONNECTION_A1}
+    assert await redis_client.hgetall(keys.group_nodes(GROUP)) == {"gw-a_1": "1"}
+    assert await redis_client.zcard(keys.node_intents("gw-b")) == 0
 
 
 async def test_join_twice_is_harmless(publisher: Any, gateway_on: Callable[[str], FakeGateway]) -> None:
@@ -518,13 +590,16 @@ async def test_leave_updates_both_sets_and_writes_the_command(
 ) -> None:
     assert await resolve(publisher.join(CONNECTION_B, "other")) is True
     assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
-    assert await redis_client.smembers(f"{key_prefix}:group:{GROUP}:conns") == {CONNECTION_A1, CONNECTION_A2}
-    assert await redis_client.smembers(f"{key_prefix}:conn:{CONNECTION_B}:groups") == {"other"}
+    assert await redis_client.smembers(keys_for(key_prefix).group_connections(GROUP)) == {
+        CONNECTION_A1,
+        CONNECTION_A2,
+    }
+    assert await redis_client.smembers(keys_for(key_prefix).connection_groups(CONNECTION_B)) == {"other"}
     # examples/valid/command/leave.json
     assert (await members["gw-b"].commands())[-1].fields == membership("leave", CONNECTION_B)
     assert await resolve(publisher.to_group(GROUP).send("a")) == 1, "only gw-a_1 has members left"
     assert await resolve(publisher.leave(CONNECTION_B, "other")) is True
-    assert not await redis_client.exists(f"{key_prefix}:conn:{CONNECTION_B}:groups")
+    assert not await redis_client.exists(keys_for(key_prefix).connection_groups(CONNECTION_B))
 
 
 async def test_leave_of_a_non_member_does_nothing(
@@ -537,7 +612,7 @@ async def test_leave_of_a_non_member_does_nothing(
     after = await members["gw-b"].commands()
     assert after[: len(before)] == before
     assert [c.fields for c in after[len(before) :]] == [membership("leave", CONNECTION_B)]
-    assert not await redis_client.exists(f"{key_prefix}:group:other:conns")
+    assert not await redis_client.exists(keys_for(key_prefix).group_connections("other"))
 
 
 async def test_disconnect_every_target(
@@ -547,7 +622,7 @@ async def test_disconnect_every_target(
     key_prefix: str,
     schemas: Schemas,
 ) -> None:
-    await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_B)
+    await add_to_index(redis_client, key_prefix, "u", "42", CONNECTION_A1, CONNECTION_B)
     assert await resolve(publisher.to_user("42").disconnect(4001, "logged out")) == 2
     assert await resolve(publisher.to_group(GROUP).disconnect(4002)) == 2
     assert await resolve(publisher.broadcast().disconnect(1000, "maintenance")) == 1
@@ -572,6 +647,57 @@ async def test_disconnect_every_target(
         "reason": "maintenance",
     }
     schemas.check("command", everyone)
+
+
+# Shards.
+
+
+async def test_the_first_publisher_records_its_number_of_shards(
+    publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    await resolve(publisher.broadcast().send("a"))
+    assert await redis_client.get(keys_for(key_prefix).shards_key) == "16"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_publisher_with_another_number_of_shards_refuses_to_write(
+    kind: str, redis_url: str, redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    """Its keys would not be the gateways': a push would reach nobody, a join change a set no one
+    reads. Nothing is written, reads included."""
+    await redis_client.set(keys_for(key_prefix).shards_key, "4")
+    await live(redis_client, key_prefix, "gw-b")
+    calls: list[Callable[[Any], Any]] = [
+        lambda pub: pub.to(CONNECTION_B).send("a", 1),
+        lambda pub: pub.broadcast().send("a", 1),
+        lambda pub: pub.join(CONNECTION_B, GROUP),
+    ]
+    sync_publisher, async_publisher = Publisher(redis_url, key_prefix), AsyncPublisher(redis_url, key_prefix)
+    pub = sync_publisher if kind == "sync" else async_publisher
+    try:
+        for call in calls:
+            with pytest.raises(PublishError, match=r"WSQ_SHARDS=16, but .* uses 4 shards.*nothing was sent"):
+                await resolve(call(pub))
+        with pytest.raises(PublishError, match="nothing was read"):
+            await resolve(pub.connections("42"))
+    finally:
+        sync_publisher.close()
+        await async_publisher.aclose()
+    assert await written(redis_client, key_prefix) == [node_stream(key_prefix, "gw-b")]
+    assert await redis_client.xlen(node_stream(key_prefix, "gw-b")) == 0
+
+
+async def test_a_publisher_of_the_deployments_shards_writes_to_their_keys(
+    redis_url: str, redis_client: redis.asyncio.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSQ_SHARDS", "4")
+    keys = keys_for(key_prefix, 4)
+    await redis_client.set(keys.shards_key, "4")
+    await redis_client.eval(CREATE_NODE_STREAM, 1, keys.node_stream("gw-b"))
+    async with AsyncPublisher(redis_url, key_prefix) as publisher:
+        assert publisher.shards == 4
+        assert await publisher.to(CONNECTION_B).send("a", 1) == 1
+    assert await redis_client.xlen(keys.node_stream("gw-b")) == 1
 
 
 # Presence.
@@ -625,10 +751,12 @@ async def test_connection_info_is_frozen(publisher: Any, gateway_on: Callable[[s
 async def test_connection_info_refuses_a_malformed_registry_entry(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    await redis_client.hset(f"{key_prefix}:conn:{CONNECTION_B}", mapping={"node": "gw-b", "since": "soon"})
+    await redis_client.hset(
+        keys_for(key_prefix).connection(CONNECTION_B), mapping={"node": "gw-b", "since": "soon"}
+    )
     with pytest.raises(ProtocolError, match="since"):
         await resolve(publisher.connection_info(CONNECTION_B))
-    await redis_client.hset(f"{key_prefix}:conn:{CONNECTION_A1}", mapping={"since": "1"})
+    await redis_client.hset(keys_for(key_prefix).connection(CONNECTION_A1), mapping={"since": "1"})
     with pytest.raises(ProtocolError, match="no node"):
         await resolve(publisher.connection_info(CONNECTION_A1))
 
@@ -659,8 +787,8 @@ async def test_presence_with_a_client_that_decodes_replies(
 async def test_presence_reads_refused_by_redis_raise_publish_error(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    await redis_client.set(f"{key_prefix}:user:42:conns", "not a set")
-    await redis_client.set(f"{key_prefix}:conn:{CONNECTION_B}", "not a hash")
+    await redis_client.set(keys_for(key_prefix).user_connections("42"), "not a set")
+    await redis_client.set(keys_for(key_prefix).connection(CONNECTION_B), "not a hash")
     with pytest.raises(PublishError, match="refused"):
         await resolve(publisher.connections("42"))
     with pytest.raises(PublishError, match="refused"):
@@ -676,7 +804,7 @@ async def test_join_refused_by_redis_raises_publish_error(
     key_prefix: str,
 ) -> None:
     await gateway_on("gw-b").register(CONNECTION_B)
-    await redis_client.set(f"{key_prefix}:node:gw-b:out", "not a stream")
+    await redis_client.set(node_stream(key_prefix, "gw-b"), "not a stream")
     with pytest.raises(PublishError, match="refused"):
         await resolve(publisher.join(CONNECTION_B, GROUP))
 
@@ -701,7 +829,7 @@ async def test_concurrent_async_pushes_share_round_trips(
     assert results == [1] * 200
     assert sum(round_trips) == 200
     assert len(round_trips) <= 3, f"200 pushes awaited together took {len(round_trips)} round trips"
-    commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
+    commands = await entries(redis_client, node_stream(key_prefix, "gw-b"))
     assert [json.loads(command["frame"])["data"] for command in commands] == list(range(200))
 
 
@@ -723,7 +851,7 @@ async def test_a_refused_async_push_fails_alone(
     redis_url: str, key_prefix: str, redis_client: redis.asyncio.Redis
 ) -> None:
     await live(redis_client, key_prefix, "gw-b")
-    await redis_client.set(f"{key_prefix}:node:gw-a_1:out", "not a stream")
+    await redis_client.set(node_stream(key_prefix, "gw-a_1"), "not a stream")
     async with AsyncPublisher(redis_url, key_prefix) as publisher:
         refused, sent = await asyncio.gather(
             publisher.to(CONNECTION_A1).send("a", 1),
@@ -733,7 +861,7 @@ async def test_a_refused_async_push_fails_alone(
     assert isinstance(refused, PublishError)
     assert isinstance(refused.__cause__, redis.ResponseError)
     assert sent == 1
-    assert await redis_client.xlen(f"{key_prefix}:node:gw-b:out") == 1
+    assert await redis_client.xlen(node_stream(key_prefix, "gw-b")) == 1
 
 
 async def test_an_async_write_redis_cant_carry_fails_alone(
@@ -744,7 +872,7 @@ async def test_an_async_write_redis_cant_carry_fails_alone(
     would fail them all)."""
     await live(redis_client, key_prefix, "gw-b")
     async with AsyncPublisher(redis_url, key_prefix) as publisher:
-        unencodable = ("XADD", f"{key_prefix}:node:gw-b:out", "*", "frame", "\ud800")
+        unencodable = ("XADD", node_stream(key_prefix, "gw-b"), "*", "frame", "\ud800")
         sent_before: int | BaseException
         refused: object  # what _batches.run() returns (Any), or what it raised
         sent_after: int | BaseException
@@ -756,7 +884,7 @@ async def test_an_async_write_redis_cant_carry_fails_alone(
         )
     assert isinstance(refused, UnicodeEncodeError)
     assert (sent_before, sent_after) == (1, 1)
-    commands = await entries(redis_client, f"{key_prefix}:node:gw-b:out")
+    commands = await entries(redis_client, node_stream(key_prefix, "gw-b"))
     assert [json.loads(command["frame"])["data"] for command in commands] == [1, 2]
 
 
@@ -768,42 +896,42 @@ async def test_a_push_to_a_connection_of_a_gone_gateway_writes_nothing(
 ) -> None:
     assert await resolve(publisher.to(CONNECTION_B).send("a", 1)) == 0
     assert await resolve(publisher.to(CONNECTION_B).disconnect(4000, "bye")) == 0
-    assert await redis_client.keys(f"{key_prefix}:*") == []
+    assert await written(redis_client, key_prefix) == []
 
 
 async def test_to_user_and_to_group_skip_the_gateways_that_are_gone(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     await live(redis_client, key_prefix, "gw-a_1")  # gw-b is gone; its members not forgotten yet
-    await redis_client.sadd(f"{key_prefix}:user:42:conns", CONNECTION_A1, CONNECTION_B)
-    await redis_client.sadd(f"{key_prefix}:group:{GROUP}:conns", CONNECTION_A1, CONNECTION_B)
+    await add_to_index(redis_client, key_prefix, "u", "42", CONNECTION_A1, CONNECTION_B)
+    await add_to_index(redis_client, key_prefix, "g", GROUP, CONNECTION_A1, CONNECTION_B)
     assert await resolve(publisher.to_user("42").send("a", 1)) == 1
     assert await resolve(publisher.to_group(GROUP).send("a", 2)) == 1
-    assert await redis_client.xlen(f"{key_prefix}:node:gw-a_1:out") == 2
-    assert not await redis_client.exists(f"{key_prefix}:node:gw-b:out")
+    assert await redis_client.xlen(node_stream(key_prefix, "gw-a_1")) == 2
+    assert not await redis_client.exists(node_stream(key_prefix, "gw-b"))
 
 
 async def test_join_and_leave_do_not_create_the_stream_of_a_gone_gateway(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     # Still registered (its gateway died, not reaped yet), its gateway's stream already gone.
-    await redis_client.hset(f"{key_prefix}:conn:{CONNECTION_B}", mapping={"node": "gw-b", "since": "1"})
+    await redis_client.hset(
+        keys_for(key_prefix).connection(CONNECTION_B), mapping={"node": "gw-b", "since": "1"}
+    )
     assert await resolve(publisher.join(CONNECTION_B, GROUP)) is True
     assert await resolve(publisher.leave(CONNECTION_B, GROUP)) is True
-    assert not await redis_client.exists(f"{key_prefix}:node:gw-b:out")
+    assert not await redis_client.exists(node_stream(key_prefix, "gw-b"))
 
 
-async def test_a_group_push_reaches_members_on_gateways_it_had_not_seen(
+async def test_a_group_push_reaches_members_on_gateways_it_had_not_reached(
     publisher: Any, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    # fan_out.lua gets the node streams in KEYS: the publisher passes the nodes it last found the
-    # group on; a member on another node makes the script write nothing and name the nodes, and
-    # the publisher sends it again with them. Each push is written once to each gateway.
+    """Each push reads the group's gateways afresh: a member joined on another gateway meanwhile
+    is reached by the next push. Each push is written once to each gateway."""
     await live(redis_client, key_prefix, "gw-a", "gw-b")
-    members = f"{key_prefix}:group:room:conns"
-    await redis_client.sadd(members, f"gw-a.{'a' * 22}")
+    await add_to_index(redis_client, key_prefix, "g", "room", f"gw-a.{'a' * 22}")
     assert await resolve(publisher.to_group("room").send("n", 1)) == 1
-    await redis_client.sadd(members, f"gw-b.{'b' * 22}")
+    await add_to_index(redis_client, key_prefix, "g", "room", f"gw-b.{'b' * 22}")
     assert await resolve(publisher.to_group("room").send("n", 2)) == 2
-    assert await redis_client.xlen(f"{key_prefix}:node:gw-a:out") == 2
-    assert await redis_client.xlen(f"{key_prefix}:node:gw-b:out") == 1
+    assert await redis_client.xlen(node_stream(key_prefix, "gw-a")) == 2
+    assert await redis_client.xlen(node_stream(key_prefix, "gw-b")) == 1

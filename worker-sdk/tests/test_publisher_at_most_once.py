@@ -19,6 +19,7 @@ import redis.asyncio
 from worker_harness import FakeGateway, ReplyCutter, create_node_stream
 
 from wsq_devkit import RedisServer, wait_until_async
+from wsq_protocol.keys import keys_for
 from wsq_worker import AsyncPublisher, Context, Publisher, PublishError, Worker
 
 MARKER = "unique-write-9d4c"
@@ -131,7 +132,8 @@ async def test_a_write_whose_answer_was_lost_is_not_sent_again(
 async def test_an_async_batch_whose_answer_was_lost_is_not_sent_again(
     reply_cutter: ReplyCutter, gateway: FakeGateway, key_prefix: str
 ) -> None:
-    """The writes AsyncPublisher sends in one round trip all fail, none is sent twice."""
+    """The writes AsyncPublisher sends in one round trip all fail, none is sent twice. (A push
+    to a user or a group reads its gateways first: its write goes in a later round trip.)"""
     connection_id = gateway.new_connection_id()
     await gateway.register(connection_id, user_id=USER)
     async with AsyncPublisher(await reply_cutter.start(), key_prefix) as publisher:
@@ -139,22 +141,21 @@ async def test_an_async_batch_whose_answer_was_lost_is_not_sent_again(
         assert await publisher.to_user(USER).send("note", "warm-up") == 1
         batch = asyncio.gather(
             *(publisher.to(connection_id).send("note", f"{MARKER}-{n}") for n in range(3)),
-            publisher.to_user(USER).send("note", f"{MARKER}-user"),
             publisher.join(connection_id, MARKER),
             return_exceptions=True,
         )
 
         async def all_written() -> bool:
-            return len(await marked(gateway)) == 5
+            return len(await marked(gateway)) == 4
 
         results = await lose_the_answer(reply_cutter, batch, all_written)
-        assert len(await marked(gateway)) == 5  # each once: not sent again
-        assert len(results) == 5
+        assert len(await marked(gateway)) == 4  # each once: not sent again
+        assert len(results) == 4
         for result in results:
             assert_maybe_written(result)
         assert await publisher.to(connection_id).send("note", "later") == 1
-    assert len(await marked(gateway)) == 5
-    assert len(await gateway.commands()) == 2 + 5 + 1
+    assert len(await marked(gateway)) == 4
+    assert len(await gateway.commands()) == 2 + 4 + 1
 
 
 async def test_a_push_of_ctx_publisher_whose_answer_was_lost_is_not_sent_again(
@@ -194,7 +195,7 @@ async def test_redis_restarted_while_idle_is_found_before_the_push_is_sent(
     """The connection Redis closed is replaced before sending: no needless PublishError."""
     with RedisServer() as server:
         client = redis.asyncio.Redis.from_url(server.url, decode_responses=True)
-        stream = f"{key_prefix}:node:gw-b:out"
+        stream = keys_for(key_prefix).node_stream("gw-b")
         publisher: AnyPublisher = (
             Publisher(server.url, key_prefix) if kind == "sync" else AsyncPublisher(server.url, key_prefix)
         )

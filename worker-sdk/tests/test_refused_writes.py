@@ -22,17 +22,18 @@ from wsq_worker import Context, PublishError, Worker
 CLAIM_IDLE_MS = 300
 
 
-async def all_done(gateway: FakeGateway, client: redis.asyncio.Redis, key_prefix: str) -> bool:
-    """Nothing left anywhere: the inbound stream and its pending entries, and the delayed set."""
-    return await gateway.backlog_done() and not await client.exists(f"{key_prefix}:delayed")
+async def all_done(gateway: FakeGateway, client: redis.asyncio.Redis) -> bool:
+    """Nothing left anywhere: the gateway's inbound partition and its pending entries, and its
+    shard's delayed set."""
+    return await gateway.backlog_done() and not await client.exists(gateway.delayed)
 
 
-async def dead_letters(client: redis.asyncio.Redis, key_prefix: str) -> list[dict[str, str]]:
-    return [fields for _, fields in str_entries(await client.xrange(f"{key_prefix}:dead"))]
+async def dead_letters(client: redis.asyncio.Redis, gateway: FakeGateway) -> list[dict[str, str]]:
+    return [fields for _, fields in str_entries(await client.xrange(gateway.dead))]
 
 
 async def test_a_refused_reply_runs_the_message_again_as_its_next_attempt(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     attempts: list[int] = []
     key_fixed = asyncio.Event()
@@ -55,7 +56,7 @@ async def test_a_refused_reply_runs_the_message_again_as_its_next_attempt(
     await redis_client.delete(gateway.out)
     await create_node_stream(redis_client, gateway.key_prefix, gateway.node)  # as the live gateway keeps it
     key_fixed.set()
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
+    await wait_until_async(lambda: all_done(gateway, redis_client))
     # One reply, after the repair; a later message's reply shows the worker's writes are done.
     await gateway.message(connection_id, "echo", "later", id="e2")
     frames = await gateway.wait_for_frames(2)
@@ -64,11 +65,11 @@ async def test_a_refused_reply_runs_the_message_again_as_its_next_attempt(
         {"action": "echo", "data": "later", "id": "e2"},
     ]
     assert attempts == [1, 2, 1]
-    assert await dead_letters(redis_client, key_prefix) == []
+    assert await dead_letters(redis_client, gateway) == []
 
 
 async def test_a_reply_refused_at_every_attempt_is_dead_lettered_with_the_error(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     attempts: list[int] = []
 
@@ -82,10 +83,10 @@ async def test_a_reply_refused_at_every_attempt_is_dead_lettered_with_the_error(
     await gateway.message(connection_id, "echo", "hi", id="e1")
 
     async def dead_lettered() -> list[dict[str, str]]:
-        return await dead_letters(redis_client, key_prefix)
+        return await dead_letters(redis_client, gateway)
 
     [dead] = await wait_until_async(dead_lettered, message="a dead letter")
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
+    await wait_until_async(lambda: all_done(gateway, redis_client))
     assert attempts == [1, 2]
     assert dead["error"].startswith("Redis refused a write of attempt 2 of 2: WRONGTYPE")
     assert (dead["attempts"], dead["attempt"], dead["worker"]) == ("2", "2", worker.consumer_name)
@@ -98,7 +99,7 @@ async def test_a_reply_refused_at_every_attempt_is_dead_lettered_with_the_error(
 
 
 async def test_a_publish_error_the_handler_lets_through_retries_the_message(
-    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
+    start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis
 ) -> None:
     """``await ctx.send()`` raising PublishError: a write of the event was not taken. Caught,
     the handler decides; let through, the message runs again (not ``handler_error``)."""
@@ -114,10 +115,10 @@ async def test_a_publish_error_the_handler_lets_through_retries_the_message(
     await gateway.message(gateway.new_connection_id(), "notify", id="n1")
 
     async def dead_lettered() -> list[dict[str, str]]:
-        return await dead_letters(redis_client, key_prefix)
+        return await dead_letters(redis_client, gateway)
 
     [dead] = await wait_until_async(dead_lettered, message="a dead letter")
-    await wait_until_async(lambda: all_done(gateway, redis_client, key_prefix))
+    await wait_until_async(lambda: all_done(gateway, redis_client))
     assert attempts == [1, 2]
     assert dead["error"].startswith(
         "a write of attempt 2 of 2 failed: PublishError: Redis refused the command"

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from wsq_worker.settings import WorkerSettings, connection_from_env, describe_settings, variable_of
+from wsq_worker.settings import (
+    ConnectionSettings,
+    WorkerSettings,
+    connection_from_env,
+    describe_settings,
+    variable_of,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -16,6 +22,7 @@ def test_defaults() -> None:
     assert WorkerSettings.from_env({}) == WorkerSettings(
         redis_url="redis://localhost:6379/0",
         key_prefix="wsq",
+        shards=16,
         claim_idle_ms=15_000,
         max_attempts=3,
         max_dead_letters=10_000,
@@ -26,6 +33,7 @@ def test_every_setting_comes_from_its_variable() -> None:
     environ = {
         "WSQ_REDIS_URL": "redis://redis:6380/1",
         "WSQ_KEY_PREFIX": "chat",
+        "WSQ_SHARDS": "4",
         "WSQ_CLAIM_IDLE_MS": "2500",
         "WSQ_MAX_ATTEMPTS": "5",
         "WSQ_MAX_DEAD_LETTERS": "0",
@@ -33,6 +41,7 @@ def test_every_setting_comes_from_its_variable() -> None:
     assert WorkerSettings.from_env(environ) == WorkerSettings(
         redis_url="redis://redis:6380/1",
         key_prefix="chat",
+        shards=4,
         claim_idle_ms=2500,
         max_attempts=5,
         max_dead_letters=0,
@@ -44,7 +53,9 @@ def test_an_empty_variable_means_the_default() -> None:
     assert WorkerSettings.from_env(environ) == WorkerSettings()
 
 
-@pytest.mark.parametrize("variable", ["WSQ_CLAIM_IDLE_MS", "WSQ_MAX_ATTEMPTS", "WSQ_MAX_DEAD_LETTERS"])
+@pytest.mark.parametrize(
+    "variable", ["WSQ_SHARDS", "WSQ_CLAIM_IDLE_MS", "WSQ_MAX_ATTEMPTS", "WSQ_MAX_DEAD_LETTERS"]
+)
 def test_a_number_that_is_not_a_whole_one_is_refused_naming_its_variable(variable: str) -> None:
     with pytest.raises(ValueError, match=f"^{variable} must be a whole number, not '2.5'$"):
         WorkerSettings.from_env({variable: "2.5"})
@@ -62,17 +73,35 @@ def test_settings_are_frozen() -> None:
         settings.max_attempts = 5  # type: ignore[misc]
 
 
-def test_a_publisher_reads_redis_and_the_prefix_only() -> None:
+def test_a_publisher_reads_redis_the_prefix_and_the_shards_only() -> None:
     """A malformed worker setting is no concern of a publisher's."""
-    environ = {"WSQ_REDIS_URL": "redis://redis:6379/0", "WSQ_MAX_ATTEMPTS": "three"}
-    assert connection_from_env(environ) == ("redis://redis:6379/0", "wsq")
+    environ = {"WSQ_REDIS_URL": "redis://redis:6379/0", "WSQ_MAX_ATTEMPTS": "three", "WSQ_SHARDS": "8"}
+    assert connection_from_env(environ) == ConnectionSettings("redis://redis:6379/0", "wsq", 8)
+    assert connection_from_env({}) == ("redis://localhost:6379/0", "wsq", 16)
+
+
+def test_a_publisher_is_given_values_over_the_environment() -> None:
+    environ = {"WSQ_KEY_PREFIX": "env", "WSQ_SHARDS": "not read"}
+    assert connection_from_env(environ, key_prefix="given", shards=2) == (
+        "redis://localhost:6379/0",
+        "given",
+        2,
+    )
+    with pytest.raises(ValueError, match="from 1 to 1024"):
+        connection_from_env({}, shards=0)
+
+
+@pytest.mark.parametrize("shards", ["0", "1025", "x"])
+def test_a_publisher_refuses_shards_out_of_range_naming_the_variable(shards: str) -> None:
+    with pytest.raises(ValueError, match=f"^WSQ_SHARDS must be a number from 1 to 1024, not '{shards}'$"):
+        connection_from_env({"WSQ_SHARDS": shards})
 
 
 def test_every_field_is_documented() -> None:
     rows = describe_settings()
     assert [variable for variable, _, _ in rows] == [
         variable_of(name)
-        for name in ("redis_url", "key_prefix", "claim_idle_ms", "max_attempts", "max_dead_letters")
+        for name in ("redis_url", "key_prefix", "shards", "claim_idle_ms", "max_attempts", "max_dead_letters")
     ]
     for variable, _, description in rows:
         assert variable.startswith("WSQ_")

@@ -36,8 +36,8 @@ def test_run_uses_uvloop_when_installed() -> None:
 @pytest.mark.parametrize("frame", ['{"action":"echo","data":"ü","id":"1"}', ""])
 def test_a_reply_is_packed_as_its_send_command(frame: str) -> None:
     connection_id = "gw-3f2a9c1d.q2uE4nK0m5Zr8VtY1xWb7A"
-    template = _reply_template("wsq", "gw-3f2a9c1d")
-    write = Route.connection("wsq", connection_id).send(frame)  # what a push to it writes
+    template = _reply_template(keys_for("wsq"), "gw-3f2a9c1d")
+    write = Route.connection(keys_for("wsq"), connection_id).send(frame)  # what a push to it writes
     assert isinstance(write, StreamWrite)
     assert template.stream == write.stream == keys_for("wsq").node_stream("gw-3f2a9c1d")
     packed = template.command.pack(connection_id.encode(), b"frame", frame.encode())

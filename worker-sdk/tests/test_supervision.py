@@ -23,12 +23,11 @@ async def test_a_delayed_member_that_is_not_utf8_is_dropped_and_retries_go_on_mo
     start_worker: StartWorker,
     gateway: FakeGateway,
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Not written by wsq (every member is JSON text), so dropped with an error; it used to end
     the task that moves due retries, silently: no retry ever ran again."""
-    delayed = f"{key_prefix}:delayed"
+    delayed = gateway.delayed
     connection_id = gateway.new_connection_id()
 
     async def job(ctx: Context, data: Any) -> Any:

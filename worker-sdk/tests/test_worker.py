@@ -15,10 +15,11 @@ import pytest
 import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
-from worker_harness import FakeGateway, StartWorker, str_reply
+from worker_harness import FakeGateway, StartWorker, add_to_index, str_reply
 
 from wsq_devkit import RedisServer, wait_until_async
 from wsq_devkit.redis_typing import xadd_fields
+from wsq_protocol.keys import keys_for
 from wsq_worker import AsyncPublisher, Context, LifecycleHandler, Worker
 
 NODE = "gw-test1"
@@ -63,7 +64,6 @@ async def test_a_reply_to_a_connection_of_a_gone_gateway_does_not_create_its_str
     start_worker: StartWorker,
     gateway_on: Callable[[str], FakeGateway],
     redis_client: redis.asyncio.Redis,
-    key_prefix: str,
 ) -> None:
     async def answer(ctx: Context, data: Any) -> str:
         await ctx.send("pushed", 1)
@@ -71,7 +71,7 @@ async def test_a_reply_to_a_connection_of_a_gone_gateway_does_not_create_its_str
 
     gone = gateway_on("gw-gone")  # it wrote this event, then died and was reaped: no stream
     event = gone.message_event(gone.new_connection_id(), "answer", id="r")
-    await redis_client.xadd(f"{key_prefix}:inbound", xadd_fields(event))
+    await redis_client.xadd(gone.inbound, xadd_fields(event))
     await start_worker({"answer": answer})
     await wait_until_async(gone.backlog_done, message="the event handled")
     assert not await redis_client.exists(gone.out)
@@ -366,7 +366,7 @@ async def test_handlers_join_and_leave_groups(
         answer(second, "enter_sync", True, "r2"),
     ]
     assert await ask(gone, "enter_sync", "r3") == [answer(gone, "enter_sync", False, "r3")]
-    assert await redis_client.smembers(f"{key_prefix}:group:room:conns") == {first, second}
+    assert await redis_client.smembers(keys_for(key_prefix).group_connections("room")) == {first, second}
     assert await ask(second, "leave_sync", "r4") == [
         membership("leave", second, "room"),
         answer(second, "leave_sync", True, "r4"),
@@ -376,7 +376,7 @@ async def test_handlers_join_and_leave_groups(
         membership("leave", first, "room"),
         answer(first, "leave", True, "r6"),
     ]
-    assert not await redis_client.exists(f"{key_prefix}:group:room:conns")
+    assert not await redis_client.exists(keys_for(key_prefix).group_connections("room"))
 
 
 async def test_join_sync_refuses_to_block_the_event_loop(
@@ -396,7 +396,7 @@ async def test_handler_can_push_to_a_user(
     start_worker: StartWorker, gateway: FakeGateway, redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
     other = gateway.new_connection_id()
-    await redis_client.sadd(f"{key_prefix}:user:7:conns", other)
+    await add_to_index(redis_client, key_prefix, "u", "7", other)
 
     async def notify(ctx: Context, data: Any) -> int:
         reached: int = await ctx.publisher.to_user("7").send("notice", data)

@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis.asyncio
 from redis.typing import StreamRangeResponse
@@ -21,7 +21,9 @@ from redis.typing import StreamRangeResponse
 from wsq_devkit import contract, wait_until_async
 from wsq_devkit.redis_typing import xadd_fields
 from wsq_protocol.ids import new_connection_id
-from wsq_protocol.scripts import script
+from wsq_protocol.keys import keys_for
+from wsq_protocol.membership import Intent, index_call
+from wsq_protocol.scripts import run, script
 from wsq_worker import Worker
 
 StrEntry = tuple[str, dict[str, str]]
@@ -63,7 +65,16 @@ CREATE_NODE_STREAM = script("ensure_stream").body
 async def create_node_stream(client: redis.asyncio.Redis, key_prefix: str, node: str) -> None:
     """What a live gateway ``node`` keeps: its stream, empty unless it exists. Workers and
     publishers append to node streams with NOMKSTREAM: without it, what they write is dropped."""
-    await client.eval(CREATE_NODE_STREAM, 1, f"{key_prefix}:node:{node}:out")
+    await client.eval(CREATE_NODE_STREAM, 1, keys_for(key_prefix).node_stream(node))
+
+
+async def add_to_index(
+    client: redis.asyncio.Redis, key_prefix: str, kind: Literal["u", "g"], name: str, *connection_ids: str
+) -> None:
+    """Add ``connection_ids`` to the set of user (``kind`` "u") or group ("g") ``name``, with their
+    count per node, as ``index.lua`` does once a membership's intent is made (gateways, publishers)."""
+    for connection_id in connection_ids:
+        await run(client, *index_call(keys_for(key_prefix), Intent(kind, connection_id, "t", name), True))
 
 
 @dataclass(frozen=True)
@@ -84,16 +95,21 @@ class Command:
 
 
 class FakeGateway:
-    """Plays one gateway's side of Redis: appends events exactly as the schema describes them and
-    reads the commands workers write for it (each one checked against the command schema)."""
+    """Plays one gateway's side of Redis: appends events exactly as the schema describes them (to
+    its shard's inbound partition) and reads the commands workers write for it (each one checked
+    against the command schema). Keys of the default number of shards, as the workers'."""
 
     def __init__(self, client: redis.asyncio.Redis, key_prefix: str, schemas: Schemas, node: str) -> None:
         self.client = client
         self.key_prefix = key_prefix
         self.schemas = schemas
         self.node = node
-        self.inbound = f"{key_prefix}:inbound"
-        self.out = f"{key_prefix}:node:{node}:out"
+        self.keys = keys_for(key_prefix)
+        self.shard = self.keys.shard_of(node)
+        self.inbound = self.keys.inbound_stream(self.shard)
+        self.dead = self.keys.dead_letters(self.shard)
+        self.delayed = self.keys.delayed(self.shard)
+        self.out = self.keys.node_stream(node)
 
     def new_connection_id(self) -> str:
         return new_connection_id(self.node)
@@ -112,15 +128,15 @@ class FakeGateway:
         since_ms: int = 1795852800123,
     ) -> None:
         """Register the connection in Redis as the gateway does on connect: its hash (``node``,
-        ``since``, ``addr``, ``user_id`` unless anonymous), its user's set and its node's set."""
+        ``since``, ``addr``, ``user_id`` unless anonymous), its user's set (and count per node)
+        and its node's set."""
         await self.create_stream()
-        prefix = self.key_prefix
         fields = {"node": self.node, "since": str(since_ms), "addr": addr}
         if user_id is not None:
             fields["user_id"] = user_id
-            await self.client.sadd(f"{prefix}:user:{user_id}:conns", connection_id)
-        await self.client.hset(f"{prefix}:conn:{connection_id}", mapping=xadd_fields(fields))
-        await self.client.sadd(f"{prefix}:node:{self.node}:conns", connection_id)
+            await add_to_index(self.client, self.key_prefix, "u", user_id, connection_id)
+        await self.client.hset(self.keys.connection(connection_id), mapping=xadd_fields(fields))
+        await self.client.sadd(self.keys.node_connections(self.node), connection_id)
 
     async def append(self, fields: dict[str, str]) -> str:
         self.schemas.check("event", fields)
@@ -210,7 +226,7 @@ class FakeGateway:
         return [command.frame for command in await self.wait_for_commands(count, timeout)]
 
     async def backlog_done(self) -> bool:
-        """Every event handled: the inbound stream is empty and nothing is pending."""
+        """Every event handled: this gateway's inbound partition is empty and nothing is pending."""
         if await self.client.xlen(self.inbound):
             return False
         pending = await self.client.xpending(self.inbound, "workers")

@@ -13,11 +13,11 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from wsq_protocol.keys import keys_for
+from wsq_protocol.keys import MAX_SHARDS, Keys, keys_for
 from wsq_worker import __version__
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
 from wsq_worker.exceptions import WorkerFailedError
@@ -63,17 +63,18 @@ example:
 
 _DEAD_DESCRIPTION = f"""\
 List or replay the dead letters: the events that used up their attempts (a handler that
-raised Retry every time, or workers that died running it), kept in the stream
-{{prefix}}:dead with their last error.
+raised Retry every time, or workers that died running it), kept with their last error in
+the dead-letter stream of their shard, {{prefix:SHARD}}:dead. A dead letter is named
+SHARD:ID, its shard and its id in that stream (3:1764316800123-0).
 
   wsq-worker dead list [--count N] [--json]
-  wsq-worker dead replay ID [ID ...]
+  wsq-worker dead replay SHARD:ID [SHARD:ID ...]
   wsq-worker dead replay --all
 
-replay puts each event back into {{prefix}}:inbound as a new event (attempt 1) and
-removes it from the dead letters, atomically: each one is replayed once, even when
-two replays run at the same time. Redis: --redis-url and --key-prefix, else
-{variable_of("redis_url")} and {variable_of("key_prefix")}.
+replay puts each event back into its shard's inbound partition, {{prefix:SHARD}}:inbound,
+as a new event (attempt 1) and removes it from the dead letters, atomically: each one is
+replayed once, even when two replays run at the same time. Redis: --redis-url, --key-prefix
+and --shards, else {variable_of("redis_url")}, {variable_of("key_prefix")} and {variable_of("shards")}.
 """
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {variable_of('key_prefix')})"
+    )
+    parser.add_argument(
+        "--shards",
+        type=_shards,
+        metavar="N",
+        help=f"number of shards, the gateways' (overrides {variable_of('shards')})",
     )
     parser.add_argument(
         "--claim-idle-ms",
@@ -134,6 +141,9 @@ def build_dead_parser() -> argparse.ArgumentParser:
     redis_options.add_argument(
         "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {variable_of('key_prefix')})"
     )
+    redis_options.add_argument(
+        "--shards", type=_shards, metavar="N", help=f"number of shards (overrides {variable_of('shards')})"
+    )
     parser = argparse.ArgumentParser(
         prog="wsq-worker dead",
         description=_DEAD_DESCRIPTION,
@@ -144,8 +154,8 @@ def build_dead_parser() -> argparse.ArgumentParser:
         "list",
         parents=[redis_options],
         help="print the dead letters, oldest first, one per line",
-        description="Print the dead letters, oldest first, one per line: id, action, connection id, "
-        "attempts, failed_at and error.",
+        description="Print the dead letters of every shard, oldest first, one per line: SHARD:ID, "
+        "action, connection id, attempts, failed_at and error.",
     )
     listing.add_argument(
         "--count", type=_positive_int, default=100, metavar="N", help="at most N entries (default 100)"
@@ -158,7 +168,13 @@ def build_dead_parser() -> argparse.ArgumentParser:
         description="Put dead letters back into the inbound stream, as new events (attempt 1).",
     )
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("ids", nargs="*", default=[], metavar="ID", help="the dead letters to replay")
+    which.add_argument(
+        "ids",
+        nargs="*",
+        default=[],
+        metavar="SHARD:ID",
+        help="the dead letters to replay (as dead list names them)",
+    )
     which.add_argument("--all", action="store_true", help="every dead letter there is now")
     return parser
 
@@ -211,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.redis_url = args.redis_url
     if args.key_prefix is not None:
         worker.key_prefix = args.key_prefix
+    if args.shards is not None:
+        worker.shards = args.shards
     if args.claim_idle_ms is not None:
         worker.claim_idle_ms = args.claim_idle_ms
     if args.max_attempts is not None:
@@ -226,20 +244,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dead_main(argv: Sequence[str]) -> int:
-    """``wsq-worker dead list|replay ...``; the exit status (1 when Redis failed or an ID was missing)."""
+    """``wsq-worker dead list|replay ...``; the exit status (1 when Redis failed, its number of
+    shards is another, or a dead letter was missing)."""
     parser = build_dead_parser()
     args = parser.parse_args(argv)
-    if args.command == "replay":
-        malformed = [entry_id for entry_id in args.ids if not _ENTRY_ID.fullmatch(entry_id)]
-        if malformed:
-            parser.error(f"not a stream entry id (like 1764316800123-0): {', '.join(malformed)}")
-    url_from_env, prefix_from_env = connection_from_env()
-    client = redis.Redis.from_url(args.redis_url or url_from_env, decode_responses=True)
-    prefix = args.key_prefix or prefix_from_env
     try:
+        settings = connection_from_env(
+            redis_url=args.redis_url, key_prefix=args.key_prefix, shards=args.shards
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    keys = keys_for(settings.key_prefix, settings.shards)
+    names: list[str] = args.ids if args.command == "replay" else []
+    parsed = [(name, _dead_letter_id(name, keys.shards)) for name in names]
+    ids = [entry for _, entry in parsed if entry is not None]
+    malformed = [name for name, entry in parsed if entry is None]
+    if malformed:
+        parser.error(
+            f"not a dead letter's SHARD:ID (like 3:1764316800123-0, SHARD below {keys.shards}): "
+            f"{', '.join(malformed)}"
+        )
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        recorded = cast("str | None", client.get(keys.shards_key))  # the deployment's, if recorded
+        if recorded is not None and recorded != str(keys.shards):
+            print(
+                f"wsq-worker dead: {variable_of('shards')}={keys.shards}, but this deployment "
+                f"(prefix {keys.prefix!r}) uses {recorded} shards: pass --shards {recorded}",
+                file=sys.stderr,
+            )
+            return 1
         if args.command == "list":
-            return _dead_list(client, prefix, args.count, as_json=args.json)
-        return _dead_replay(client, prefix, args.ids, replay_all=args.all)
+            return _dead_list(client, keys, args.count, as_json=args.json)
+        return _dead_replay(client, keys, ids, replay_all=args.all)
     except redis.RedisError as exc:
         print(f"wsq-worker dead: Redis failed: {exc}", file=sys.stderr)
         return 1
@@ -247,36 +284,61 @@ def dead_main(argv: Sequence[str]) -> int:
         client.close()
 
 
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_DEAD_LETTER_ID = re.compile(r"([0-9]{1,4}):([0-9]{1,20}-[0-9]{1,20})")
 _REPLAY_BATCH = 100
 
 
-def _dead_list(client: redis.Redis, prefix: str, count: int, *, as_json: bool) -> int:
-    key = keys_for(prefix).dead_letters
-    entries: list[tuple[str, dict[str, str]]] = client.xrange(key, count=count)  # type: ignore[assignment]
-    for entry_id, fields in entries:
-        print(json.dumps(_dead_json(entry_id, fields)) if as_json else _dead_line(entry_id, fields))
-    left = int(client.xlen(key)) - len(entries)
+def _dead_letter_id(name: str, shards: int) -> tuple[int, str] | None:
+    """(shard, entry id) of a dead letter's ``SHARD:ID``; None when malformed."""
+    match = _DEAD_LETTER_ID.fullmatch(name)
+    if match is None or int(match.group(1)) >= shards:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence)
+
+
+def _dead_list(client: redis.Redis, keys: Keys, count: int, *, as_json: bool) -> int:
+    """The oldest ``count`` dead letters of every shard (by their ids' time), as one list."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.xrange(keys.dead_letters(shard), count=count)
+        pipe.xlen(keys.dead_letters(shard))
+    replies = pipe.execute()
+    entries: list[tuple[int, str, dict[str, str]]] = [
+        (shard, entry_id, fields)
+        for shard, shard_entries in enumerate(replies[::2])
+        for entry_id, fields in shard_entries
+    ]
+    entries.sort(key=lambda entry: (_entry_order(entry[1]), entry[0]))
+    for shard, entry_id, fields in entries[:count]:
+        name = f"{shard}:{entry_id}"
+        print(json.dumps(_dead_json(name, shard, fields)) if as_json else _dead_line(name, fields))
+    left = sum(int(length) for length in replies[1::2]) - min(count, len(entries))
     if left > 0:
         print(f"... and {left} more (--count)", file=sys.stderr)
     return 0
 
 
-def _dead_line(entry_id: str, fields: dict[str, str]) -> str:
+def _dead_line(name: str, fields: dict[str, str]) -> str:
     error = fields.get("error", "").replace("\n", "\\n")
     failed_at = _failed_at(fields)
     return (
-        f"{entry_id}  {_action(fields)}  {fields.get('connection_id', '?')}  "
+        f"{name}  {_action(fields)}  {fields.get('connection_id', '?')}  "
         f"attempts={fields.get('attempts', '?')}  "
         f"failed_at={failed_at.isoformat(timespec='milliseconds') if failed_at else '?'}  error={error}"
     )
 
 
-def _dead_json(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+def _dead_json(name: str, shard: int, fields: dict[str, str]) -> dict[str, Any]:
     attempts = fields.get("attempts", "")
     failed_at = fields.get("failed_at", "")
     return {
-        "id": entry_id,
+        "id": name,
+        "shard": shard,
         "action": _action(fields),
         "connection_id": fields.get("connection_id"),
         "attempts": int(attempts) if attempts.isdigit() else None,
@@ -303,23 +365,32 @@ def _failed_at(fields: dict[str, str]) -> datetime | None:
     return datetime.fromtimestamp(int(text) / 1000, tz=UTC) if text.isdigit() else None
 
 
-def _dead_replay(client: redis.Redis, prefix: str, ids: list[str], *, replay_all: bool) -> int:
-    dead, inbound = keys_for(prefix).dead_letters, keys_for(prefix).inbound_stream
+def _dead_replay(client: redis.Redis, keys: Keys, ids: list[tuple[int, str]], *, replay_all: bool) -> int:
     script = client.register_script(REPLAY_SCRIPT)
+    if replay_all:
+        ids = [
+            (shard, entry_id)
+            for shard in range(keys.shards)
+            for entry_id in _every_dead_letter(client, keys, shard)
+        ]
     replayed, missing = 0, []
-    for entry_id in _every_dead_letter(client, dead) if replay_all else ids:
-        if script(keys=[dead, inbound], args=[entry_id, *REPLAY_DROPS]):
+    for shard, entry_id in ids:
+        if script(
+            keys=[keys.dead_letters(shard), keys.inbound_stream(shard)], args=[entry_id, *REPLAY_DROPS]
+        ):
             replayed += 1
         else:
-            missing.append(entry_id)
-    print(f"replayed {replayed} dead letter{'' if replayed == 1 else 's'} into {inbound}")
-    for entry_id in missing:
-        print(f"wsq-worker dead: no dead letter {entry_id} (already replayed?)", file=sys.stderr)
+            missing.append(f"{shard}:{entry_id}")
+    print(f"replayed {replayed} dead letter{'' if replayed == 1 else 's'} into the inbound stream")
+    for name in missing:
+        print(f"wsq-worker dead: no dead letter {name} (already replayed?)", file=sys.stderr)
     return 1 if missing and not replay_all else 0
 
 
-def _every_dead_letter(client: redis.Redis, dead: str) -> Iterator[str]:
-    """The ids of the dead letters there are now (not those a replayed event adds meanwhile)."""
+def _every_dead_letter(client: redis.Redis, keys: Keys, shard: int) -> Iterator[str]:
+    """The ids of the dead letters of ``shard`` there are now (not those a replayed event adds
+    meanwhile)."""
+    dead = keys.dead_letters(shard)
     last: list[tuple[str, Any]] = client.xrevrange(dead, count=1)  # type: ignore[assignment]
     if not last:
         return
@@ -350,4 +421,11 @@ def _positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _shards(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_SHARDS}, not {value}")
     return value

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis.asyncio
 
-from wsq_protocol.keys import keys_for
+from wsq_protocol.keys import Keys, keys_for
 from wsq_protocol.pipe import CommandTemplate
 from wsq_worker import constants, delivery, retries
 from wsq_worker.context import Context
@@ -58,8 +58,10 @@ _MAX_REPLY_TEMPLATES = 1024
 
 
 class Entry(NamedTuple):
-    """An inbound entry being handled: its id, fields (as read), event and attempt."""
+    """An inbound entry being handled: its shard (the partition it came from), id, fields (as
+    read), event and attempt."""
 
+    shard: int
     entry_id: str
     raw_fields: Mapping[bytes, bytes]
     event: Event
@@ -69,8 +71,10 @@ class Entry(NamedTuple):
 class Dispatcher:
     """Runs the worker's handlers for inbound entries, and queues their writes and acks.
 
-    ``on_entry_done(entry_id)`` is called once an entry's writes and ack are queued (or it
-    failed): its slot is free again.
+    ``on_entry_done(shard, entry_id)`` is called once an entry's writes and ack are queued (or
+    it failed): its slot is free again. An entry's writes go to its shard (its partition's
+    slot): its reply to its connection's gateway, its retry to that shard's delayed set, its
+    dead letter to that shard's dead letters.
     """
 
     def __init__(
@@ -78,28 +82,27 @@ class Dispatcher:
         worker: Worker,
         client: redis.asyncio.Redis,
         publisher: AsyncPublisher,
-        on_entry_done: Callable[[str], None],
+        on_entry_done: Callable[[int, str], None],
     ) -> None:
         self.worker = worker
         self.loop = asyncio.get_running_loop()
         self.publisher = publisher
         self.on_entry_done = on_entry_done
-        self.inbound = keys_for(worker.key_prefix).inbound_stream
-        self.delayed = keys_for(worker.key_prefix).delayed
+        self.keys = keys_for(worker.key_prefix, worker.shards)
         self.flusher: Flusher[Entry] = Flusher(
-            client, self.inbound, constants.CONSUMER_GROUP, on_refused=self.refused
+            client, self.keys, constants.CONSUMER_GROUP, on_refused=self.refused
         )
         self.executor = ThreadPoolExecutor(max_workers=worker.concurrency, thread_name_prefix="wsq-handler")
         self.reply_templates: dict[str, _ReplyTemplate] = {}
         """The packed head of a reply's ``XADD``, by gateway node."""
 
     async def handle_entry(
-        self, entry_id: str, raw_fields: Mapping[bytes, bytes] | None, delivered: int
+        self, shard: int, entry_id: str, raw_fields: Mapping[bytes, bytes] | None, delivered: int
     ) -> None:
         """Run the entry's handler (or dead-letter it), then acknowledge it with its writes,
         whatever happened: if Redis refuses one of them, ``refused()`` runs it again."""
         try:
-            entry = self._entry(entry_id, raw_fields, delivered)
+            entry = self._entry(shard, entry_id, raw_fields, delivered)
             writes: tuple[CommitWrite, ...] = ()
             try:
                 if entry is not None:
@@ -113,13 +116,13 @@ class Dispatcher:
             except Exception:
                 logger.exception("failed to handle inbound entry %s", entry_id)
             # The reply, dead letter or retry and the ack: one script, in the next pipeline.
-            self.flusher.ack(entry_id, writes, entry)
+            self.flusher.ack(shard, entry_id, writes, entry)
         finally:
             # Here rather than in a done callback: one loop callback less per event. (A task
             # cancelled before its first step never gets here: only a stopping worker does that.)
-            self.on_entry_done(entry_id)
+            self.on_entry_done(shard, entry_id)
 
-    def refused(self, entry_id: str, entry: Entry | None, error: str) -> None:
+    def refused(self, shard: int, entry_id: str, entry: Entry | None, error: str) -> None:
         """Redis refused a write of the entry (the flusher logged it), which is still pending:
         a message runs again as its next attempt, as after a crash; an event that can't carry
         an attempt (or whose retry or late dead letter was refused too) is left pending, and
@@ -132,7 +135,7 @@ class Dispatcher:
             )
             if not isinstance(decision, retries.LeavePending):
                 # Not this entry again if these writes are refused too (source None): left pending.
-                self.flusher.ack(entry_id, self._after_failed_write(entry, decision), None)
+                self.flusher.ack(shard, entry_id, self._after_failed_write(entry, decision), None)
                 return
         logger.error(
             "inbound entry %s stays pending: it is claimed and runs again once idle for %d ms, "
@@ -158,7 +161,9 @@ class Dispatcher:
     # Handling one event.
 
     @staticmethod
-    def _entry(entry_id: str, raw_fields: Mapping[bytes, bytes] | None, delivered: int) -> Entry | None:
+    def _entry(
+        shard: int, entry_id: str, raw_fields: Mapping[bytes, bytes] | None, delivered: int
+    ) -> Entry | None:
         """The entry to run; None for one deleted from the stream while pending, or malformed
         (logged). ``delivered`` is how often the consumer group handed the entry out (this time
         included)."""
@@ -169,7 +174,7 @@ class Dispatcher:
         except ProtocolError as exc:
             logger.error("dropped inbound entry %s: %s", entry_id, exc)
             return None
-        return Entry(entry_id, raw_fields, event, retries.attempt_number(event.attempt, delivered))
+        return Entry(shard, entry_id, raw_fields, event, retries.attempt_number(event.attempt, delivered))
 
     async def _dispatch_lifecycle(self, entry: Entry) -> tuple[CommitWrite, ...]:
         worker, event = self.worker, entry.event
@@ -291,13 +296,13 @@ class Dispatcher:
         return (self._delayed_write(entry, decision),)
 
     def _delayed_write(self, entry: Entry, run_again: retries.RunAgain) -> delivery.DelayedWrite:
-        """The message's next attempt, in the delayed set."""
+        """The message's next attempt, in the delayed set of its shard."""
         member = delivery.delayed_member(entry.entry_id, text_fields(entry.raw_fields), run_again.attempt)
-        return delivery.DelayedWrite(self.delayed, member, run_again.delay_ms)
+        return delivery.DelayedWrite(self.keys.delayed(entry.shard), member, run_again.delay_ms)
 
     def _give_up(self, entry: Entry, give_up: retries.GiveUp) -> tuple[CommitWrite, ...]:
-        """The entry's dead letter, then (if Redis takes it) what tells the client (its gateway,
-        for a hook)."""
+        """The entry's dead letter (in its shard's), then (if Redis takes it) what tells the client
+        (its gateway, for a hook)."""
         event, worker, attempts = entry.event, self.worker, give_up.attempts
         dead = delivery.dead_letter(
             text_fields(entry.raw_fields), error=give_up.error, attempts=attempts, worker=worker.consumer_name
@@ -305,7 +310,7 @@ class Dispatcher:
         # MAXLEN ~: at least the newest max_dead_letters are kept (a few more, as Redis trims
         # whole nodes of its listpacks).
         cap = worker.max_dead_letters or None
-        dead_letter = StreamWrite(keys_for(worker.key_prefix).dead_letters, dead, cap)
+        dead_letter = StreamWrite(self.keys.dead_letters(entry.shard), dead, cap)
         what = f'action "{event.action}"' if event.type == "message" else f"{event.type} event"
         logger.error(
             "%s (connection %s, entry %s) failed after %d attempts, moved to the dead letters: %s",
@@ -341,14 +346,14 @@ class Dispatcher:
         return self._connection_write(connection_id, frame.encode())
 
     def _connection_write(self, connection_id: str, frame: bytes) -> PackedWrite:
-        """``Route.connection(key_prefix, connection_id).send(frame)``, for an id already checked,
+        """``Route.connection(keys, connection_id).send(frame)``, for an id already checked,
         packed from its node's template (built from ``send_command()`` the first time)."""
         node = connection_id.rpartition(".")[0]
         template = self.reply_templates.get(node)
         if template is None:
             if len(self.reply_templates) >= _MAX_REPLY_TEMPLATES:  # gateways come and go
                 self.reply_templates.clear()
-            template = self.reply_templates[node] = _reply_template(self.worker.key_prefix, node)
+            template = self.reply_templates[node] = _reply_template(self.keys, node)
         command = template.command
         return PackedWrite(
             template.stream, command.pack(connection_id.encode(), b"frame", frame), command.arguments
@@ -356,7 +361,7 @@ class Dispatcher:
 
     def _command_write(self, connection_id: str, fields: dict[str, str]) -> StreamWrite:
         """A command for the gateway holding ``connection_id``."""
-        return StreamWrite.to_node(self.worker.key_prefix, node_of(connection_id), fields)
+        return StreamWrite.to_node(self.keys, node_of(connection_id), fields)
 
 
 def hook_answer(connection_id: str, result: object) -> dict[str, str]:
@@ -382,10 +387,10 @@ class _ReplyTemplate(NamedTuple):
     command: CommandTemplate
 
 
-def _reply_template(key_prefix: str, node: str) -> _ReplyTemplate:
+def _reply_template(keys: Keys, node: str) -> _ReplyTemplate:
     """The ``XADD`` of a ``send`` command to one connection of ``node``, packed up to its ``to``."""
     sample = f"{node}.{'x' * 22}"
-    write = StreamWrite.to_node(key_prefix, node, send_command("connection", sample, ""))
+    write = StreamWrite.to_node(keys, node, send_command("connection", sample, ""))
     stream, command = write.stream, write.command
     if command[-4:] != ("to", sample, "frame", ""):  # send_command's field order changed
         raise AssertionError(f"unexpected send command {command!r}")

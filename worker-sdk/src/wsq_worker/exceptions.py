@@ -43,8 +43,8 @@ errors of wsq_worker, so they derive from ``Exception``, not ``WsqError``:
 ``Retry(delay: float = 0)``
     Raised by a message handler: run this message again in ``delay`` seconds (at least), with
     ``ctx.attempt`` one higher. The entry is acknowledged and a copy waits in
-    ``{prefix}:delayed``; once the message used ``max_attempts`` attempts it goes to the
-    dead-letter stream ``{prefix}:dead`` instead and the client gets ``$error``
+    its shard's ``{prefix:k}:delayed``; once the message used ``max_attempts`` attempts it goes
+    to its shard's dead-letter stream ``{prefix:k}:dead`` instead and the client gets ``$error``
     ``handler_failed``. Raised from ``on_connect`` or ``on_disconnect`` it is an error like any
     other (only messages are retried this way).
 

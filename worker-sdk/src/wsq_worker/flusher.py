@@ -2,9 +2,10 @@
 
 Everything queued while the previous pipeline was in flight goes out in the next one, so a busy
 worker makes one round trip for many events. A pipeline holds the pushes handlers await
-(``send()``), then one ``EVALSHA`` of ``delivery.COMMIT_SCRIPT`` for every entry acknowledged
-since (``ack()``): it runs each entry's writes (replies, dead letters, retries) and acknowledges
-(one ``XACK`` and one ``XDEL`` for them all) only the entries whose writes Redis all took. An
+(``send()``), then one ``EVALSHA`` of ``delivery.COMMIT_SCRIPT`` per shard for the entries of
+that shard's inbound partition acknowledged since (``ack()``): it runs each entry's writes
+(replies, dead letters, retries: all in the shard's slot) and acknowledges (one ``XACK`` and one
+``XDEL`` for them all) only the entries whose writes Redis all took. An
 entry with a refused write stays pending, and its owner hears of it (``on_refused``) to run it
 again. A pipeline whose connection was lost after it was sent (Redis may have run it) is never
 sent again whole: its entries are sent again with a check that they are still pending, so a
@@ -24,6 +25,7 @@ import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from wsq_protocol.batching import TickBatcher
+from wsq_protocol.keys import Keys
 from wsq_worker.delivery import COMMIT_SCRIPT, DelayedWrite
 from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
@@ -57,15 +59,15 @@ class BestEffort(NamedTuple):
 
 CommitWrite = FlusherWrite | BestEffort
 
-Refused = Callable[[str, SourceT | None, str], None]
-"""``on_refused(entry_id, source, error)``: Redis refused a write of the entry (or the whole
-batch), which is left pending, unacknowledged; ``source`` is what ``ack()`` was given."""
+Refused = Callable[[int, str, SourceT | None, str], None]
+"""``on_refused(shard, entry_id, source, error)``: Redis refused a write of the entry (or the
+whole batch), which is left pending, unacknowledged; ``source`` is what ``ack()`` was given."""
 
 
-_Commit = tuple[str, list[bytes], int, tuple[CommitWrite, ...], SourceT | None, tuple[str, ...]]
+_Commit = tuple[str, list[bytes], int, tuple[CommitWrite, ...], SourceT | None, tuple[str, ...], int]
 """An entry to acknowledge with its writes: (entry id, its part of ``COMMIT_SCRIPT``'s arguments
-in RESP, how many arguments that is, the writes, the source, the keys the writes touch). A
-tuple: one per event, and a named tuple takes ten times as long to make."""
+in RESP, how many arguments that is, the writes, the source, the keys the writes touch, its
+shard). A tuple: one per event, and a named tuple takes ten times as long to make."""
 
 
 class Flusher(Generic[SourceT]):
@@ -79,12 +81,12 @@ class Flusher(Generic[SourceT]):
     def __init__(
         self,
         client: redis.asyncio.Redis,
-        inbound_stream: str,
+        keys: Keys,
         group: str,
         on_refused: Refused[SourceT] | None = None,
     ) -> None:
         self._pipe = RedisPipe(client, resend=False)  # a batch lost midway is sent again here
-        self._inbound_stream = inbound_stream
+        self._keys = keys
         self._group = group
         self._on_refused = on_refused
         self._sends: list[tuple[PackedWrite, asyncio.Future[None]]] = []
@@ -96,7 +98,6 @@ class Flusher(Generic[SourceT]):
         script = COMMIT_SCRIPT.encode()
         self._by_sha = _bulk(b"EVALSHA") + _bulk(hashlib.sha1(script).hexdigest().encode())
         self._by_body = _bulk(b"EVAL") + _bulk(script)
-        self._inbound_arg = _bulk(inbound_stream.encode())
         self._group_arg = _bulk(group.encode())
 
     def start(self) -> asyncio.Task[None]:
@@ -112,11 +113,14 @@ class Flusher(Generic[SourceT]):
         self._batcher.wake()
         await done
 
-    def ack(self, entry_id: str, writes: tuple[CommitWrite, ...] = (), source: SourceT | None = None) -> None:
-        """Write ``writes`` in order, then ``XACK`` and ``XDEL`` the inbound entry, in the next
-        batch; retried until Redis answers. If Redis refuses a write (not a ``BestEffort`` one),
-        the entry's later writes are not sent, it is not acknowledged, and ``on_refused`` is
-        called with ``source``. A write no Redis command can carry (a str that is not UTF-8)
+    def ack(
+        self, shard: int, entry_id: str, writes: tuple[CommitWrite, ...] = (), source: SourceT | None = None
+    ) -> None:
+        """Write ``writes`` in order, then ``XACK`` and ``XDEL`` the entry of the inbound
+        partition of ``shard``, in the next batch; retried until Redis answers. The writes must
+        be to keys of that shard (its slot), as the entry's are. If Redis refuses a write (not a
+        ``BestEffort`` one), the entry's later writes are not sent, it is not acknowledged, and
+        ``on_refused`` is called with ``source``. A write no Redis command can carry (a str that is not UTF-8)
         raises here, in the caller, not in the batch."""
         entry = entry_id.encode()
         write_count = len(writes)
@@ -140,7 +144,7 @@ class Flusher(Generic[SourceT]):
                 args.append(packed.command)
             count += 1 + packed.arguments
             keys.append(packed.key)
-        self._commits.append((entry_id, args, count, writes, source, tuple(keys)))
+        self._commits.append((entry_id, args, count, writes, source, tuple(keys), shard))
         self._batcher.wake()
 
     def _packed(self, write: FlusherWrite) -> PackedWrite:
@@ -159,9 +163,10 @@ class Flusher(Generic[SourceT]):
         return len(self._sends) + len(self._commits)
 
     @property
-    def pending_acks(self) -> list[str]:
-        """The entries acknowledged here but not yet in Redis (queued, or being written)."""
-        return [commit[0] for commit in (*self._writing, *self._commits)]
+    def pending_acks(self) -> list[tuple[int, str]]:
+        """The entries (shard, entry id) acknowledged here but not yet in Redis (queued, or being
+        written)."""
+        return [(commit[6], commit[0]) for commit in (*self._writing, *self._commits)]
 
     async def close(self, timeout: float) -> None:
         """Flush what is queued, for up to ``timeout`` seconds, then stop."""
@@ -216,8 +221,11 @@ class Flusher(Generic[SourceT]):
     ) -> None:
         commands: list[tuple[Any, ...] | bytes] = [write.command for write, _ in sends]
         again = self._again
-        if commits:
-            commands.append(self._commit_command(self._by_sha, commits, again))
+        by_shard: dict[int, list[_Commit[SourceT]]] = {}
+        for commit in commits:  # in order within each shard
+            by_shard.setdefault(commit[6], []).append(commit)
+        for shard, shard_commits in by_shard.items():
+            commands.append(self._commit_command(self._by_sha, shard, shard_commits, again))
         results = await self._pipe.execute(commands)
         for (write, done), result in zip(sends, results, strict=False):
             if isinstance(result, Exception):
@@ -231,16 +239,27 @@ class Flusher(Generic[SourceT]):
                 done.set_result(None)
         if not commits:
             return
-        result = results[-1]
-        if isinstance(result, NoScriptError):
+        commit_results = results[len(sends) :]
+        unknown = [n for n, result in enumerate(commit_results) if isinstance(result, NoScriptError)]
+        if unknown:
             # Redis restarted or flushed its scripts: nothing ran, send the script itself.
-            [result] = await self._pipe.execute([self._commit_command(self._by_body, commits, again)])
+            shards = list(by_shard)
+            bodies = [
+                self._commit_command(self._by_body, shards[n], by_shard[shards[n]], again) for n in unknown
+            ]
+            for n, result in zip(unknown, await self._pipe.execute(bodies), strict=True):
+                commit_results[n] = result
+        self._again = False  # the entries of a lost batch are written or found done by now
+        for shard_commits, result in zip(by_shard.values(), commit_results, strict=True):
+            self._committed(shard_commits, result)
+
+    def _committed(self, commits: list[_Commit[SourceT]], result: Any) -> None:
+        """Handle the reply of ``COMMIT_SCRIPT`` for ``commits`` (all of one shard)."""
         if isinstance(result, Exception):  # the script did not run: every entry is refused
             logger.error("Redis refused to acknowledge %d inbound entries: %s", len(commits), result)
             for commit in commits:
                 self._refused(commit, str(result))
             return
-        self._again = False  # the entries of a lost batch are written or found done by now
         refused, skipped, ack_error = result
         if skipped:
             logger.info(
@@ -271,14 +290,15 @@ class Flusher(Generic[SourceT]):
                 )
                 self._refused(commit, error)
 
-    def _commit_command(self, head: bytes, commits: list[_Commit[SourceT]], again: bool) -> bytes:
-        """``EVALSHA`` (or ``EVAL``) of ``COMMIT_SCRIPT`` for ``commits``, packed: KEYS are the
-        inbound stream and every key the writes touch, once each."""
+    def _commit_command(self, head: bytes, shard: int, commits: list[_Commit[SourceT]], again: bool) -> bytes:
+        """``EVALSHA`` (or ``EVAL``) of ``COMMIT_SCRIPT`` for ``commits``, all of ``shard``,
+        packed: KEYS are the shard's inbound partition and every key the writes touch, once each."""
+        inbound = self._keys.inbound_stream(shard)
         touched = dict.fromkeys(key for commit in commits for key in commit[5])
-        touched.pop(self._inbound_stream, None)
+        touched.pop(inbound, None)
         keys = [_bulk(key.encode()) for key in touched]
         count = 6 + len(keys)  # EVALSHA, sha, numkeys, inbound, the keys, group, again
-        parts = [b"", head, _bulk(b"%d" % (1 + len(keys))), self._inbound_arg, *keys, self._group_arg]
+        parts = [b"", head, _bulk(b"%d" % (1 + len(keys))), _bulk(inbound.encode()), *keys, self._group_arg]
         parts.append(_AGAIN if again else _FIRST_TIME)
         for commit in commits:
             count += commit[2]
@@ -287,7 +307,7 @@ class Flusher(Generic[SourceT]):
         return b"".join(parts)
 
     def _refused(self, commit: _Commit[SourceT], error: str) -> None:
-        entry_id, source = commit[0], commit[4]
+        entry_id, source, shard = commit[0], commit[4], commit[6]
         if self._on_refused is None:
             logger.error(
                 "inbound entry %s stays pending: it runs again once idle (claimed as when its worker dies)",
@@ -295,7 +315,7 @@ class Flusher(Generic[SourceT]):
             )
             return
         try:
-            self._on_refused(entry_id, source, error)
+            self._on_refused(shard, entry_id, source, error)
         except Exception:  # a bug there must not stop the flusher
             logger.exception("handling the refused writes of inbound entry %s failed", entry_id)
 

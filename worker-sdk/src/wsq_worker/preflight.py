@@ -1,7 +1,8 @@
 """Is this a Redis the worker can use? The checks are the protocol core's
 (``wsq_protocol.preflight``, shared with the gateway): permanent errors (a cluster node, a
-replica, a wrong password, a missing permission...: the worker stops with
-``RedisUnusableError``) are told from transient ones (retry with backoff). Here they name the
+replica, a wrong password, a missing permission, another number of shards than the
+deployment's...: the worker stops with ``RedisUnusableError``) are told from transient ones
+(retry with backoff). Here they name the
 worker's settings, and log on the worker's logger.
 """
 
@@ -13,6 +14,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from wsq_protocol import preflight
+from wsq_protocol.keys import Keys
 
 logger = logging.getLogger("wsq_worker.worker")
 
@@ -37,3 +39,9 @@ def permanent_problem(exc: BaseException) -> str | None:
     """Why ``exc`` (raised by a Redis command) will happen again however often it is retried;
     None when waiting may help."""
     return preflight.permanent_problem(exc, WORDING)
+
+
+async def shards_problem(client: redis.asyncio.Redis, keys: Keys) -> str | None:
+    """Why the worker's number of shards (``keys.shards``) is not the deployment's, or None: the
+    first process to start records its own in ``{prefix}:shards``."""
+    return await preflight.shards_problem(client, keys)

@@ -1,4 +1,7 @@
-"""Who is connected, read straight from the gateways' registry in Redis (protocol/README.md, Presence).
+"""Who is connected, read straight from the gateways' registry in Redis (protocol/README.md, Presence):
+a user's or a group's connections from its set (``{prefix:user:<id>}:conns``,
+``{prefix:group:<name>}:conns``, in slots of their own), a connection from its hash and its set
+of groups (in its node's shard).
 
 Only the decoding of the replies lives here; ``Publisher`` and ``AsyncPublisher`` run the reads.
 """
@@ -46,7 +49,8 @@ def decode_members(members: Iterable[bytes | str]) -> list[str]:
 def decode_connection_info(
     connection_id: str, fields: Mapping[bytes | str, bytes | str], groups: Iterable[bytes | str]
 ) -> ConnectionInfo | None:
-    """The connection from ``HGETALL {prefix}:conn:{id}`` and ``SMEMBERS {prefix}:conn:{id}:groups``;
+    """The connection from ``HGETALL {prefix:k}:conn:{id}`` and ``SMEMBERS {prefix:k}:conn:{id}:groups``
+    (``k`` the shard of the connection's node);
     None when the hash is gone (empty). ProtocolError when ``node`` or ``since`` is missing or malformed.
     """
     if not fields:

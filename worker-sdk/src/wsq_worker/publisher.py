@@ -5,22 +5,35 @@ publisher between the threads of a Django or Flask app); ``AsyncPublisher`` has 
 on ``redis.asyncio``. Both build every command here, with ``Route`` and ``MembershipWrite``, and
 decode every presence reply in ``wsq_worker.presence``; only the execution differs.
 
+Where a push goes (protocol/README.md, "Outbound commands"): a push to a connection is one
+``XADD`` to the stream of the gateway named in its id; a push to a user or a group reads which
+gateways hold its members (``{prefix:user:<id>}:nodes``, kept by the gateways and
+publishers with the user's or group's set) and writes one ``XADD`` to each of those gateways'
+streams; a broadcast is one ``XADD`` to ``{prefix}:broadcast``, which every gateway reads.
+A ``join`` or ``leave`` runs its script in the connection's shard, then writes the group's set
+(another slot) and settles the intent the script recorded (``wsq_protocol.membership``).
+
 Writes (pushes, joins, leaves) are sent at most once. redis-py sends a command again when its
 connection fails before the reply came (the client's ``retry``), but Redis may have run it:
 a push would arrive twice, a disconnect or a join run twice. So the publishers send writes
 themselves: connecting (with the client's retries) comes first, and a failure there means
 nothing was sent; once a write is on its way, a lost connection raises ``PublishError`` saying
-it may or may not have been written, and nothing is sent again. Presence reads, idempotent,
-keep redis-py's retries.
+it may or may not have been written, and nothing is sent again. Reads (presence, the gateways
+of a user or group) and the writes of users' and groups' sets, idempotent, keep redis-py's
+retries.
+
+Before its first command a publisher checks that its number of shards (``WSQ_SHARDS``) is the
+deployment's, recorded in ``{prefix}:shards`` (which it records itself when it is the first):
+with another one it would write to keys no gateway reads, so it raises ``PublishError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Literal, NamedTuple, Self, TypeVar, cast
+from typing import Any, Literal, NamedTuple, Self, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -31,9 +44,11 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, FieldT
 
 from wsq_protocol.batching import TickBatcher
-from wsq_protocol.keys import keys_for
+from wsq_protocol.keys import Keys, keys_for
+from wsq_protocol.membership import Intent, new_token, settle
 from wsq_protocol.pipe import RedisPipe, async_redis
-from wsq_protocol.scripts import script
+from wsq_protocol.preflight import shards_problem
+from wsq_protocol.scripts import Script, script
 from wsq_worker import constants
 from wsq_worker.exceptions import PublishError
 from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_members
@@ -51,12 +66,11 @@ from wsq_worker.protocol import (
 from wsq_worker.settings import connection_from_env
 
 __all__ = [
-    "FAN_OUT_SCRIPT",
     "JOIN_SCRIPT",
     "LEAVE_SCRIPT",
     "AsyncPublisher",
     "AsyncTarget",
-    "FanOutWrite",
+    "GatewaysWrite",
     "MembershipWrite",
     "Publisher",
     "Route",
@@ -66,25 +80,21 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-FAN_OUT_SCRIPT = script("fan_out").body
-"""``protocol/lua/fan_out.lua``: one command to every gateway holding a member of a user's or a
-group's set. KEYS: the set, then the node streams the caller believes the members are on; a
-member on another node makes it write nothing and answer the nodes it found (``FanOutWrite``)."""
-JOIN_SCRIPT = script("join").body
-"""``protocol/lua/join.lua``: adds a connection to a group, atomic with its gateway's clean-up."""
-LEAVE_SCRIPT = script("leave").body
-"""``protocol/lua/leave.lua``: removes a connection from a group."""
+_JOIN = script("join")
+_LEAVE = script("leave")
+JOIN_SCRIPT = _JOIN.body
+"""``protocol/lua/join.lua``: adds a connection to a group (in its shard), atomic with its
+gateway's clean-up, and records the intent to add it to the group's set."""
+LEAVE_SCRIPT = _LEAVE.body
+"""``protocol/lua/leave.lua``: removes a connection from a group (in its shard), and records the
+intent to remove it from the group's set."""
 
-_SCRIPTS = (FAN_OUT_SCRIPT, JOIN_SCRIPT, LEAVE_SCRIPT)
+_SCRIPTS = (JOIN_SCRIPT, LEAVE_SCRIPT)
 
 # Clients the publishers create fail fast: a few quick retries, then PublishError.
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 5.0
 _RETRIES = 3
-# A fan-out whose set has members on gateways it did not pass is sent again with those (nothing
-# was written); the nodes each set was last found on are remembered, for the next push to it.
-_FAN_OUT_ATTEMPTS = 8
-_KNOWN_SETS = 4096
 
 
 class StreamWrite(NamedTuple):
@@ -98,12 +108,10 @@ class StreamWrite(NamedTuple):
     nomkstream: bool = False
 
     @classmethod
-    def to_node(cls, key_prefix: str, node: str, fields: dict[str, str]) -> StreamWrite:
+    def to_node(cls, keys: Keys, node: str, fields: dict[str, str]) -> StreamWrite:
         """The write of a command to the gateway ``node``: capped, and never creating the stream
         (a live gateway's exists; a push to a connection of a dead one is dropped)."""
-        return cls(
-            keys_for(key_prefix).node_stream(node), fields, constants.NODE_STREAM_MAXLEN, nomkstream=True
-        )
+        return cls(keys.node_stream(node), fields, constants.NODE_STREAM_MAXLEN, nomkstream=True)
 
     @property
     def xadd_fields(self) -> dict[FieldT, EncodableT]:
@@ -123,105 +131,117 @@ def _flat(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @dataclass(frozen=True, slots=True)
-class FanOutWrite:
-    """One ``EVALSHA`` of ``FAN_OUT_SCRIPT``: the command goes to every gateway holding a member
-    of the set ``members`` (a user's or a group's connections). ``nodes``: the gateways whose
-    streams are passed in KEYS; when a member is on another one, the script writes nothing and
-    answers the nodes it found (``with_nodes()`` makes the write to send again)."""
+class GatewaysWrite:
+    """A command for every gateway holding a member of a user's or a group's set: the gateways
+    are read from ``nodes`` (the hash counting the set's members per gateway node), then the
+    command goes to each one's stream (``streams()``)."""
 
-    script: ClassVar[str] = FAN_OUT_SCRIPT
-
-    members: str
-    node_stream_head: str
-    node_stream_tail: str
+    keys: Keys
+    nodes: str
     fields: dict[str, str]
-    nodes: tuple[str, ...] = ()
 
-    def with_nodes(self, nodes: tuple[str, ...]) -> FanOutWrite:
-        return FanOutWrite(self.members, self.node_stream_head, self.node_stream_tail, self.fields, nodes)
-
-    @property
-    def keys(self) -> list[str]:
-        head, tail = self.node_stream_head, self.node_stream_tail
-        return [self.members, *(head + node + tail for node in self.nodes)]
-
-    @property
-    def args(self) -> list[str]:
-        nodes = [str(len(self.nodes)), " ".join(self.nodes), str(constants.NODE_STREAM_MAXLEN)]
-        return nodes + _flat(self.fields)
+    def streams(self, nodes: Iterable[bytes | str]) -> list[StreamWrite]:
+        """The writes to the streams of ``nodes`` (the reply of ``HKEYS nodes``)."""
+        return [StreamWrite.to_node(self.keys, node, self.fields) for node in sorted(map(_text, nodes))]
 
 
-def fan_out_nodes(reply: Any) -> tuple[str, ...] | None:
-    """The nodes a ``FAN_OUT_SCRIPT`` reply found when they were missing from its KEYS (nothing
-    was written); None when it ran (its reply is the number of gateways written to)."""
-    if not isinstance(reply, list):
-        return None
-    return tuple(node.decode() if isinstance(node, bytes) else str(node) for node in reply)
-
-
-class _KnownNodes:
-    """The nodes each user's or group's set was last found on (bounded: forgotten when full)."""
-
-    __slots__ = ("_nodes",)
-
-    def __init__(self) -> None:
-        self._nodes: dict[str, tuple[str, ...]] = {}
-
-    def get(self, members: str) -> tuple[str, ...]:
-        return self._nodes.get(members, ())
-
-    def found(self, members: str, nodes: tuple[str, ...]) -> None:
-        if len(self._nodes) >= _KNOWN_SETS:
-            self._nodes.clear()
-        self._nodes[members] = nodes
-
-
-def _members_moved(write: FanOutWrite) -> PublishError:
-    return PublishError(
-        f"the gateways holding the members of {write.members} kept changing: nothing was sent"
-    )
+def gateways_written(replies: Sequence[Any]) -> int:
+    """How many of the ``XADD ... NOMKSTREAM`` replies of a ``GatewaysWrite`` wrote a command
+    (None: that gateway's stream is gone). ``PublishError`` when one failed (Redis refused it,
+    or a connection was lost): with several gateways, the message says how many were written."""
+    failed = [reply for reply in replies if isinstance(reply, BaseException)]
+    if not failed:
+        return sum(1 for reply in replies if reply is not None)
+    first = failed[0]
+    if isinstance(first, PublishError):
+        error, cause = first, first.__cause__
+    elif isinstance(first, redis.RedisError):
+        error, cause = publish_error(first), first
+    else:  # cancelled, say
+        raise first
+    if len(replies) > 1:
+        written = sum(1 for reply in replies if reply is not None and not isinstance(reply, BaseException))
+        error = PublishError(
+            f"the command for {len(failed)} of {len(replies)} gateways failed ({written} written): {error}"
+        )
+    error.__cause__ = cause
+    raise error
 
 
 @dataclass(frozen=True, slots=True)
 class MembershipWrite:
-    """One ``EVALSHA`` of ``JOIN_SCRIPT`` or ``LEAVE_SCRIPT``: both registry sets, and the command
-    to the gateway holding the connection. Build it with ``join()`` or ``leave()``."""
+    """One ``EVALSHA`` of ``JOIN_SCRIPT`` or ``LEAVE_SCRIPT`` in the connection's shard: its set of
+    groups, the command to the gateway holding it and an intent, whose index (the group's set)
+    is written next. Build it with ``join()`` or ``leave()``."""
 
     type: Literal["join", "leave"]
-    key_prefix: str
+    keys: Keys
     connection_id: str
     group: str
     fields: dict[str, str]
 
     @classmethod
-    def join(cls, key_prefix: str, connection_id: str, group: str) -> MembershipWrite:
-        return cls("join", key_prefix, connection_id, group, join_command(connection_id, group))
+    def join(cls, keys: Keys, connection_id: str, group: str) -> MembershipWrite:
+        return cls("join", keys, connection_id, group, join_command(connection_id, group))
 
     @classmethod
-    def leave(cls, key_prefix: str, connection_id: str, group: str) -> MembershipWrite:
-        return cls("leave", key_prefix, connection_id, group, leave_command(connection_id, group))
+    def leave(cls, keys: Keys, connection_id: str, group: str) -> MembershipWrite:
+        return cls("leave", keys, connection_id, group, leave_command(connection_id, group))
 
     @property
-    def script(self) -> str:
-        return JOIN_SCRIPT if self.type == "join" else LEAVE_SCRIPT
+    def script(self) -> Script:
+        return _JOIN if self.type == "join" else _LEAVE
 
     @property
-    def keys(self) -> list[str]:
-        keys, connection_id = keys_for(self.key_prefix), self.connection_id
+    def script_keys(self) -> list[str]:
+        keys, connection_id = self.keys, self.connection_id
+        node = node_of(connection_id)
         return [
             keys.connection(connection_id),
-            keys.group_connections(self.group),
             keys.connection_groups(connection_id),
-            keys.node_stream(node_of(connection_id)),
+            keys.node_stream(node),
+            keys.node_intents(node),
         ]
 
+    def args(self, token: str) -> list[str]:
+        """ARGV, the intent recorded under ``token``."""
+        return [self.connection_id, self.group, str(constants.NODE_STREAM_MAXLEN), token, *_flat(self.fields)]
+
+    def command(self, token: str) -> tuple[Any, ...]:
+        """The ``EVALSHA``."""
+        return self.script.call(self.script_keys, *self.args(token))
+
     @property
-    def args(self) -> list[str]:
-        return [self.connection_id, self.group, str(constants.NODE_STREAM_MAXLEN), *_flat(self.fields)]
+    def holds(self) -> bool:
+        """What holds once the script ran: the membership, after a join (``settle()`` reads it
+        again, and writes the group's set again if the connection went away meanwhile)."""
+        return self.type == "join"
+
+    def outcome(self, reply: Any) -> tuple[bool, Intent | None]:
+        """(whether the script did it, the intent to settle) of its reply: ``{1, intent}``, 1 (a
+        join of a member: the command only) or 0 (nothing written)."""
+        if isinstance(reply, list):
+            return True, Intent.parse(reply[1])
+        return bool(reply), None
 
 
-Write = StreamWrite | FanOutWrite | MembershipWrite
+def membership_error(write: MembershipWrite, exc: BaseException) -> PublishError:
+    """The ``PublishError`` of a join or leave that ran, whose group's set could not be written."""
+    error = PublishError(
+        f"connection {write.connection_id} {'joined' if write.type == 'join' else 'left'} group "
+        f"{write.group!r}, but the group's set could not be written ({exc}): its gateway writes it "
+        f"within a minute, meanwhile pushes to the group may miss it"
+    )
+    error.__cause__ = exc
+    return error
+
+
+Write = StreamWrite | GatewaysWrite | MembershipWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,26 +249,26 @@ class Route:
     """Where a push goes (one connection, a user's or a group's connections, everyone) and how to
     get there."""
 
-    key_prefix: str
+    keys: Keys
     target: TargetKind
     to: str | None = None
 
     @classmethod
-    def connection(cls, key_prefix: str, connection_id: str) -> Route:
+    def connection(cls, keys: Keys, connection_id: str) -> Route:
         node_of(connection_id)  # ValueError now rather than a command no gateway will ever read
-        return cls(key_prefix, "connection", connection_id)
+        return cls(keys, "connection", connection_id)
 
     @classmethod
-    def user(cls, key_prefix: str, user_id: str) -> Route:
-        return cls(key_prefix, "user", check_user_id(user_id))
+    def user(cls, keys: Keys, user_id: str) -> Route:
+        return cls(keys, "user", check_user_id(user_id))
 
     @classmethod
-    def group(cls, key_prefix: str, group: str) -> Route:
-        return cls(key_prefix, "group", check_group(group))
+    def group(cls, keys: Keys, group: str) -> Route:
+        return cls(keys, "group", check_group(group))
 
     @classmethod
-    def everyone(cls, key_prefix: str) -> Route:
-        return cls(key_prefix, "all")
+    def everyone(cls, keys: Keys) -> Route:
+        return cls(keys, "all")
 
     def send(self, frame: str, exclude: str | None = None) -> Write:
         """The write delivering ``frame`` (server-frame JSON text) to this route's sockets, but
@@ -260,15 +280,14 @@ class Route:
         return self._write(disconnect_command(self.target, self.to, code, reason))
 
     def _write(self, fields: dict[str, str]) -> Write:
-        prefix, to, keys = self.key_prefix, self.to, keys_for(self.key_prefix)
+        keys, to = self.keys, self.to
         if self.target == "all":
             return StreamWrite(keys.broadcast_stream, fields, constants.BROADCAST_STREAM_MAXLEN)
         assert to is not None
         if self.target == "connection":
-            return StreamWrite.to_node(prefix, node_of(to), fields)
-        members = keys.user_connections(to) if self.target == "user" else keys.group_connections(to)
-        head, tail = keys.node_stream("\n").split("\n")
-        return FanOutWrite(members, head, tail, fields)
+            return StreamWrite.to_node(keys, node_of(to), fields)
+        nodes = keys.user_nodes(to) if self.target == "user" else keys.group_nodes(to)
+        return GatewaysWrite(keys, nodes, fields)
 
 
 def publish_error(exc: redis.RedisError, *, read: bool = False, sent: bool = False) -> PublishError:
@@ -284,6 +303,10 @@ def publish_error(exc: redis.RedisError, *, read: bool = False, sent: bool = Fal
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return PublishError(f"Redis is unavailable, {outcome}: {exc}")
     return PublishError(f"Redis refused the command, {outcome}: {exc}")
+
+
+def _shards_error(problem: str, *, read: bool) -> PublishError:
+    return PublishError(f"{problem}; {'nothing was read' if read else 'nothing was sent'}")
 
 
 class Target:
@@ -339,10 +362,11 @@ class Publisher:
     """Pushes frames to connections through Redis, from blocking code, manages groups, and
     answers presence questions.
 
-    ``Publisher()`` reads ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX`` (as ``from_env()`` does) unless
-    ``redis_url``/``key_prefix`` are given; ``client`` reuses an existing ``redis.Redis``, which
-    ``close()`` then leaves open. Redis failures raise ``PublishError``. A write is sent at most
-    once, whatever the client's ``retry`` says (see the module's docstring).
+    ``Publisher()`` reads ``WSQ_REDIS_URL``, ``WSQ_KEY_PREFIX`` and ``WSQ_SHARDS`` (as
+    ``from_env()`` does) unless ``redis_url``/``key_prefix``/``shards`` are given; ``client``
+    reuses an existing ``redis.Redis``, which ``close()`` then leaves open. Redis failures raise
+    ``PublishError``. A write is sent at most once, whatever the client's ``retry`` says (see the
+    module's docstring).
     """
 
     def __init__(
@@ -350,42 +374,45 @@ class Publisher:
         redis_url: str | None = None,
         key_prefix: str | None = None,
         *,
+        shards: int | None = None,
         client: redis.Redis | None = None,
     ) -> None:
         _check_client_arguments(redis_url, client)
-        url_from_env, prefix_from_env = connection_from_env()
-        self.key_prefix = key_prefix or prefix_from_env
+        settings = connection_from_env(redis_url=redis_url, key_prefix=key_prefix, shards=shards)
+        self.key_prefix = settings.key_prefix
+        self.shards = settings.shards
+        self.keys = keys_for(self.key_prefix, self.shards)
         self._owns_client = client is None
         self.client = client or redis.Redis.from_url(
-            redis_url or url_from_env,
+            settings.redis_url,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         )
-        self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
-        self._known_nodes = _KnownNodes()
+        self._shards_checked = False
 
     @classmethod
     def from_env(cls) -> Self:
-        return cls(*connection_from_env())
+        settings = connection_from_env()
+        return cls(settings.redis_url, settings.key_prefix, shards=settings.shards)
 
     # Pushes.
 
     def to(self, connection_id: str) -> Target:
         """One connection (ValueError for a malformed id)."""
-        return Target(self._execute, Route.connection(self.key_prefix, connection_id))
+        return Target(self._execute, Route.connection(self.keys, connection_id))
 
     def to_user(self, user_id: str) -> Target:
         """Every connection of ``user_id``, on every gateway."""
-        return Target(self._execute, Route.user(self.key_prefix, user_id))
+        return Target(self._execute, Route.user(self.keys, user_id))
 
     def to_group(self, group: str) -> Target:
         """Every member of ``group``, on every gateway (ValueError for a malformed group name)."""
-        return Target(self._execute, Route.group(self.key_prefix, group))
+        return Target(self._execute, Route.group(self.keys, group))
 
     def broadcast(self) -> Target:
         """Every connection of every gateway."""
-        return Target(self._execute, Route.everyone(self.key_prefix))
+        return Target(self._execute, Route.everyone(self.keys))
 
     # Groups.
 
@@ -394,27 +421,27 @@ class Publisher:
 
         Pushes sent to the group afterwards, by this process, reach it.
         """
-        return bool(self._execute(MembershipWrite.join(self.key_prefix, connection_id, group)))
+        return bool(self._execute(MembershipWrite.join(self.keys, connection_id, group)))
 
     def leave(self, connection_id: str, group: str) -> bool:
         """Remove the connection from ``group``; False (and nothing done) when it was not a member."""
-        return bool(self._execute(MembershipWrite.leave(self.key_prefix, connection_id, group)))
+        return bool(self._execute(MembershipWrite.leave(self.keys, connection_id, group)))
 
     # Presence.
 
     def connections(self, user_id: str) -> list[str]:
         """The ids of the user's connections on every gateway, sorted."""
-        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
+        key = self.keys.user_connections(check_user_id(user_id))
         return decode_members(self._read(lambda: self.client.smembers(key)))
 
     def is_online(self, user_id: str) -> bool:
         """Whether the user has at least one connection, on any gateway."""
-        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
+        key = self.keys.user_connections(check_user_id(user_id))
         return self._read(lambda: self.client.scard(key)) > 0
 
     def group_members(self, group: str) -> list[str]:
         """The ids of the group's connections on every gateway, sorted."""
-        key = keys_for(self.key_prefix).group_connections(check_group(group))
+        key = self.keys.group_connections(check_group(group))
         return decode_members(self._read(lambda: self.client.smembers(key)))
 
     def connection_info(self, connection_id: str) -> ConnectionInfo | None:
@@ -422,10 +449,9 @@ class Publisher:
         node_of(connection_id)
 
         def read() -> list[Any]:
-            keys = keys_for(self.key_prefix)
-            with self.client.pipeline() as pipe:
-                pipe.hgetall(keys.connection(connection_id))
-                pipe.smembers(keys.connection_groups(connection_id))
+            with self.client.pipeline() as pipe:  # one slot: the connection's shard
+                pipe.hgetall(self.keys.connection(connection_id))
+                pipe.smembers(self.keys.connection_groups(connection_id))
                 return pipe.execute()
 
         fields, groups = self._read(read)
@@ -434,37 +460,50 @@ class Publisher:
     # Running the commands.
 
     def _execute(self, write: Write) -> int:
+        self._check_shards(read=False)
         try:
             if isinstance(write, StreamWrite):
                 entry_id = self._write_once(write.command)
                 return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
             if isinstance(write, MembershipWrite):
-                return int(self._run_script(write))
-            for _ in range(_FAN_OUT_ATTEMPTS):  # a stale reply wrote nothing: sending again is safe
-                write = write.with_nodes(self._known_nodes.get(write.members))
-                reply = self._run_script(write)
-                nodes = fan_out_nodes(reply)
-                if nodes is None:
-                    return int(reply)
-                self._known_nodes.found(write.members, nodes)
-            raise _members_moved(write)
+                return int(self._membership(write))
+            nodes: Any = self.client.hkeys(write.nodes)  # a read: redis-py's retries are fine
         except redis.RedisError as exc:
             raise publish_error(exc) from exc
+        streams = write.streams(nodes)
+        return gateways_written(self._send_once([stream.command for stream in streams]) if streams else [])
 
-    def _run_script(self, write: FanOutWrite | MembershipWrite) -> Any:
-        keys = write.keys
-        command = ("EVALSHA", self._scripts[write.script].sha, len(keys), *keys, *write.args)
+    def _membership(self, write: MembershipWrite) -> bool:
+        command = write.command(new_token())
         try:
-            return self._write_once(command)
+            reply = self._write_once(command)
         except NoScriptError:  # Redis restarted or flushed its scripts: the write did not run
-            self.client.script_load(write.script)
-            return self._write_once(command)
+            self.client.script_load(write.script.body)
+            reply = self._write_once(command)
+        done, intent = write.outcome(reply)
+        if intent is not None:
+            try:
+                _run_at_once(
+                    settle(_AwaitableRedis(self.client), self.keys, intent.node, [intent], holds=write.holds)
+                )
+            except redis.RedisError as exc:
+                raise membership_error(write, exc) from exc
+        return done
 
     def _write_once(self, command: tuple[Any, ...]) -> Any:
-        """Send ``command`` on a connection of the client's pool and read its reply, never twice
-        (``client.execute_command()`` would send it again on a new connection, as its ``retry``
-        says). Redis's refusal raises its ``ResponseError``; a connection lost once the command
-        was on its way raises ``PublishError`` saying it may or may not have been written."""
+        """Send ``command`` and read its reply, never twice (see ``_send_once``). Redis's refusal
+        raises its ``ResponseError``."""
+        (reply,) = self._send_once([command])
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
+
+    def _send_once(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on a connection of the client's pool and read their
+        replies (a command Redis refused: its ``ResponseError`` in its place), never twice
+        (``client.execute_command()`` would send them again on a new connection, as its
+        ``retry`` says). A connection lost once they were on their way raises ``PublishError``
+        saying they may or may not have been written."""
         pool = self.client.connection_pool
         try:  # connects, or replaces a connection Redis closed: nothing is sent yet
             conn = pool.get_connection()
@@ -474,21 +513,39 @@ class Publisher:
             # A PING first if the client asks for one (health_check_interval), with its retries.
             conn.check_health()  # type: ignore[no-untyped-call]
             # What no command can carry (a str that is not UTF-8) raises here, unsent.
-            packed = conn.pack_command(*command)  # type: ignore[no-untyped-call]
+            packed = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
+            replies: list[Any] = []
             try:
                 conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
-                return conn.read_response()
-            except redis.ResponseError:  # Redis answered: the connection is in step
-                raise
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # Redis answered: the connection is in step
+                        replies.append(exc)
             except BaseException as exc:
                 conn.disconnect()  # type: ignore[no-untyped-call]  # out of step with its replies
                 if isinstance(exc, redis.RedisError):
                     raise publish_error(exc, sent=True) from exc
                 raise
+            return replies
         finally:
             pool.release(conn)
 
+    def _check_shards(self, *, read: bool) -> None:
+        """``PublishError`` before the first command when this publisher's number of shards is
+        not the deployment's (it records its own when none is yet)."""
+        if self._shards_checked:
+            return
+        try:
+            problem = _run_at_once(shards_problem(_AwaitableRedis(self.client), self.keys))
+        except redis.RedisError as exc:
+            raise publish_error(exc, read=read) from exc
+        if problem is not None:
+            raise _shards_error(problem, read=read)
+        self._shards_checked = True
+
     def _read(self, read: Callable[[], _T]) -> _T:
+        self._check_shards(read=True)
         try:
             return read()
         except redis.RedisError as exc:
@@ -508,6 +565,50 @@ class Publisher:
         self.close()
 
 
+class _AwaitableRedis:
+    """A blocking client as the protocol core's asyncio helpers (``membership.settle``,
+    ``preflight.shards_problem``) call it: each command runs at once, and what is awaited is
+    its reply. ``_run_at_once`` runs such a helper to its end without an event loop."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        command = getattr(self._client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return command(*args, **kwargs)
+
+        return call
+
+    def pipeline(self, transaction: bool = True) -> _AwaitablePipeline:
+        return _AwaitablePipeline(self._client.pipeline(transaction=transaction))
+
+
+class _AwaitablePipeline:
+    """A blocking pipeline for ``_AwaitableRedis``: commands queue as they do, ``execute`` is awaited."""
+
+    def __init__(self, pipe: redis.client.Pipeline) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        return self._pipe.execute(raise_on_error=raise_on_error)
+
+
+def _run_at_once(helper: Coroutine[Any, Any, _T]) -> _T:
+    """The result of ``helper``, a coroutine that only awaits an ``_AwaitableRedis`` (so it never
+    suspends): run without an event loop, from blocking code."""
+    try:
+        helper.send(None)
+    except StopIteration as done:
+        return cast(_T, done.value)
+    helper.close()
+    raise RuntimeError("a protocol helper waited for something other than Redis")
+
+
 class AsyncPublisher:
     """``Publisher`` for asyncio code: the same API, awaited (``await pub.aclose()``, ``async with``).
 
@@ -519,69 +620,73 @@ class AsyncPublisher:
         redis_url: str | None = None,
         key_prefix: str | None = None,
         *,
+        shards: int | None = None,
         client: redis.asyncio.Redis | None = None,
     ) -> None:
         _check_client_arguments(redis_url, client)
-        url_from_env, prefix_from_env = connection_from_env()
-        self.key_prefix = key_prefix or prefix_from_env
+        settings = connection_from_env(redis_url=redis_url, key_prefix=key_prefix, shards=shards)
+        self.key_prefix = settings.key_prefix
+        self.shards = settings.shards
+        self.keys = keys_for(self.key_prefix, self.shards)
         self._owns_client = client is None
         self.client = client or async_redis(
-            redis_url or url_from_env,
+            settings.redis_url,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         )
-        self._scripts = {source: self.client.register_script(source) for source in _SCRIPTS}
         self._batches = _Batches(self.client)
-        self._known_nodes = _KnownNodes()
+        self._shards_checked = False
+        self._shards_check: asyncio.Future[str | None] | None = None
 
     @classmethod
     def from_env(cls) -> Self:
-        return cls(*connection_from_env())
+        settings = connection_from_env()
+        return cls(settings.redis_url, settings.key_prefix, shards=settings.shards)
 
     # Pushes.
 
     def to(self, connection_id: str) -> AsyncTarget:
         """One connection (ValueError for a malformed id)."""
-        return AsyncTarget(self._execute, Route.connection(self.key_prefix, connection_id))
+        return AsyncTarget(self._execute, Route.connection(self.keys, connection_id))
 
     def to_user(self, user_id: str) -> AsyncTarget:
         """Every connection of ``user_id``, on every gateway."""
-        return AsyncTarget(self._execute, Route.user(self.key_prefix, user_id))
+        return AsyncTarget(self._execute, Route.user(self.keys, user_id))
 
     def to_group(self, group: str) -> AsyncTarget:
         """Every member of ``group``, on every gateway (ValueError for a malformed group name)."""
-        return AsyncTarget(self._execute, Route.group(self.key_prefix, group))
+        return AsyncTarget(self._execute, Route.group(self.keys, group))
 
     def broadcast(self) -> AsyncTarget:
         """Every connection of every gateway."""
-        return AsyncTarget(self._execute, Route.everyone(self.key_prefix))
+        return AsyncTarget(self._execute, Route.everyone(self.keys))
 
     # Groups.
 
     async def join(self, connection_id: str, group: str) -> bool:
         """See ``Publisher.join``."""
-        return bool(await self._execute(MembershipWrite.join(self.key_prefix, connection_id, group)))
+        return bool(await self._execute(MembershipWrite.join(self.keys, connection_id, group)))
 
     async def leave(self, connection_id: str, group: str) -> bool:
         """See ``Publisher.leave``."""
-        return bool(await self._execute(MembershipWrite.leave(self.key_prefix, connection_id, group)))
+        return bool(await self._execute(MembershipWrite.leave(self.keys, connection_id, group)))
 
     # Presence.
 
     async def connections(self, user_id: str) -> list[str]:
         """See ``Publisher.connections``."""
-        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
+        key = self.keys.user_connections(check_user_id(user_id))
         return decode_members(await self._read(lambda: self.client.smembers(key)))
 
     async def is_online(self, user_id: str) -> bool:
         """See ``Publisher.is_online``."""
-        key = keys_for(self.key_prefix).user_connections(check_user_id(user_id))
+        key = self.keys.user_connections(check_user_id(user_id))
         return await self._read(lambda: self.client.scard(key)) > 0
 
     async def group_members(self, group: str) -> list[str]:
         """See ``Publisher.group_members``."""
-        key = keys_for(self.key_prefix).group_connections(check_group(group))
+        key = self.keys.group_connections(check_group(group))
         return decode_members(await self._read(lambda: self.client.smembers(key)))
 
     async def connection_info(self, connection_id: str) -> ConnectionInfo | None:
@@ -589,10 +694,9 @@ class AsyncPublisher:
         node_of(connection_id)
 
         async def read() -> list[Any]:
-            keys = keys_for(self.key_prefix)
-            async with self.client.pipeline() as pipe:
-                pipe.hgetall(keys.connection(connection_id))
-                pipe.smembers(keys.connection_groups(connection_id))
+            async with self.client.pipeline() as pipe:  # one slot: the connection's shard
+                pipe.hgetall(self.keys.connection(connection_id))
+                pipe.smembers(self.keys.connection_groups(connection_id))
                 return await pipe.execute()
 
         fields, groups = await self._read(read)
@@ -601,26 +705,51 @@ class AsyncPublisher:
     # Running the commands.
 
     async def _execute(self, write: Write) -> int:
+        await self._check_shards(read=False)
         if isinstance(write, StreamWrite):
             entry_id = await self._batches.run(write.command)
             return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
         if isinstance(write, MembershipWrite):
-            return int(await self._run_script(write))
-        for _ in range(_FAN_OUT_ATTEMPTS):  # a stale reply wrote nothing: sending again is safe
-            write = write.with_nodes(self._known_nodes.get(write.members))
-            reply = await self._run_script(write)
-            nodes = fan_out_nodes(reply)
-            if nodes is None:
-                return int(reply)
-            self._known_nodes.found(write.members, nodes)
-        raise _members_moved(write)
+            return int(await self._membership(write))
+        try:
+            nodes: Any = await self.client.hkeys(write.nodes)  # a read: redis-py's retries are fine
+        except redis.RedisError as exc:
+            raise publish_error(exc) from exc
+        streams = write.streams(nodes)
+        replies = await asyncio.gather(
+            *(self._batches.run(stream.command) for stream in streams), return_exceptions=True
+        )
+        return gateways_written(replies)
 
-    async def _run_script(self, write: FanOutWrite | MembershipWrite) -> Any:
-        keys = write.keys
-        sha = self._scripts[write.script].sha
-        return await self._batches.run(("EVALSHA", sha, len(keys), *keys, *write.args))
+    async def _membership(self, write: MembershipWrite) -> bool:
+        done, intent = write.outcome(await self._batches.run(write.command(new_token())))
+        if intent is not None:
+            try:
+                await settle(self.client, self.keys, intent.node, [intent], holds=write.holds)
+            except redis.RedisError as exc:
+                raise membership_error(write, exc) from exc
+        return done
+
+    async def _check_shards(self, *, read: bool) -> None:
+        """See ``Publisher._check_shards``. The commands awaited meanwhile wait for one check,
+        and go on in their order (a connection's pushes keep theirs)."""
+        if self._shards_checked:
+            return
+        check = self._shards_check
+        if check is None or check.get_loop() is not asyncio.get_running_loop():
+            check = self._shards_check = asyncio.ensure_future(shards_problem(self.client, self.keys))
+        try:
+            problem = await asyncio.shield(check)  # a caller cancelled does not cancel the others'
+        except redis.RedisError as exc:
+            self._shards_check = None  # asked again by the next command
+            raise publish_error(exc, read=read) from exc
+        if problem is not None:
+            self._shards_check = None
+            raise _shards_error(problem, read=read)
+        self._shards_checked = True
 
     async def _read(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        await self._check_shards(read=True)
         try:
             return await read()
         except redis.RedisError as exc:

@@ -13,9 +13,11 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
-__all__ = ["WorkerSettings", "connection_from_env", "describe_settings", "variable_of"]
+from wsq_protocol.keys import DEFAULT_SHARDS, MAX_SHARDS, check_shards, shards_from_env
+
+__all__ = ["ConnectionSettings", "WorkerSettings", "connection_from_env", "describe_settings", "variable_of"]
 
 
 def _setting(variable: str, description: str) -> dict[str, str]:
@@ -35,6 +37,14 @@ class WorkerSettings:
     key_prefix: str = field(
         default="wsq",
         metadata=_setting("WSQ_KEY_PREFIX", "Namespace of every Redis key: the gateways' WSQ_KEY_PREFIX."),
+    )
+    shards: int = field(
+        default=DEFAULT_SHARDS,
+        metadata=_setting(
+            "WSQ_SHARDS",
+            f"Number of shards of the Redis keys (1-{MAX_SHARDS}): the gateways' WSQ_SHARDS, the same on "
+            "every gateway, worker and publisher of a deployment (checked at start).",
+        ),
     )
     claim_idle_ms: int = field(
         default=15_000,
@@ -68,6 +78,7 @@ class WorkerSettings:
         *,
         redis_url: str | None = None,
         key_prefix: str | None = None,
+        shards: int | None = None,
         claim_idle_ms: int | None = None,
         max_attempts: int | None = None,
         max_dead_letters: int | None = None,
@@ -77,6 +88,7 @@ class WorkerSettings:
         given: dict[str, object] = {
             "redis_url": redis_url,
             "key_prefix": key_prefix,
+            "shards": shards,
             "claim_idle_ms": claim_idle_ms,
             "max_attempts": max_attempts,
             "max_dead_letters": max_dead_letters,
@@ -88,10 +100,30 @@ class WorkerSettings:
         return cls(**values)
 
 
-def connection_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
-    """``(redis_url, key_prefix)`` as ``WorkerSettings.from_env()`` reads them, and no other
-    variable: all a publisher needs (a malformed worker setting is no concern of it)."""
-    return _read(environ, _FIELDS["redis_url"]), _read(environ, _FIELDS["key_prefix"])
+class ConnectionSettings(NamedTuple):
+    """What a publisher needs: where Redis is, and the deployment's key names."""
+
+    redis_url: str
+    key_prefix: str
+    shards: int
+
+
+def connection_from_env(
+    environ: Mapping[str, str] = os.environ,
+    *,
+    redis_url: str | None = None,
+    key_prefix: str | None = None,
+    shards: int | None = None,
+) -> ConnectionSettings:
+    """``(redis_url, key_prefix, shards)`` as ``WorkerSettings.from_env()`` reads them, and no
+    other variable: all a publisher needs (a malformed worker setting is no concern of it). A
+    value given here (not None, not empty) wins over its variable, which is then not read.
+    ValueError naming ``WSQ_SHARDS`` when it is not a number from 1 to 1024."""
+    return ConnectionSettings(
+        redis_url or _read(environ, _FIELDS["redis_url"]),
+        key_prefix or _read(environ, _FIELDS["key_prefix"]),
+        check_shards(shards) if shards is not None else shards_from_env(environ),
+    )
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
+from wsq_protocol.keys import MAX_SHARDS
 from wsq_worker import speedups
 from wsq_worker.context import Context
 from wsq_worker.loops import Run
@@ -43,7 +44,8 @@ _STALE_CONSUMER_FACTOR = 3
 
 
 class Worker:
-    """Runs handlers for the events the gateways append to ``{prefix}:inbound``.
+    """Runs handlers for the events the gateways append to the inbound stream: every one of its
+    partitions, ``{prefix:k}:inbound`` for each shard ``k`` (protocol/README.md, "Slots and shards").
 
     ``actions`` maps an action name to its handler; ``default`` handles every other action
     (without it they get an ``unknown_action`` error). Handlers are ``async def`` (run on the
@@ -73,7 +75,9 @@ class Worker:
     ``block_ms``, and refreshes its entries every ``claim_idle_ms / 3`` while all its slots are
     busy.
 
-    ``redis_url`` and ``key_prefix`` default to ``WSQ_REDIS_URL`` and ``WSQ_KEY_PREFIX``.
+    ``redis_url``, ``key_prefix`` and ``shards`` default to ``WSQ_REDIS_URL``, ``WSQ_KEY_PREFIX``
+    and ``WSQ_SHARDS`` (else 16): the gateways' own. A worker whose number of shards is not the
+    one the deployment recorded in Redis refuses to start (``RedisUnusableError``).
     ``shutdown_timeout`` bounds the wait for in-flight handlers when stopping; ``block_ms`` is
     how long one read waits for events (and so the longest ``stop()`` waits for the read).
     """
@@ -89,6 +93,7 @@ class Worker:
         concurrency: int = 100,
         redis_url: str | None = None,
         key_prefix: str | None = None,
+        shards: int | None = None,
         consumer_name: str | None = None,
         shutdown_timeout: float = 30.0,
         block_ms: int = 1000,
@@ -113,12 +118,14 @@ class Worker:
         settings = WorkerSettings.from_env(
             redis_url=redis_url or None,
             key_prefix=key_prefix or None,
+            shards=shards,
             claim_idle_ms=claim_idle_ms,
             max_attempts=max_attempts,
             max_dead_letters=max_dead_letters,
         )
         self.redis_url = settings.redis_url
         self.key_prefix = settings.key_prefix
+        self.shards = settings.shards
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.shutdown_timeout = shutdown_timeout
         self.block_ms = block_ms
@@ -188,6 +195,8 @@ class Worker:
             raise ValueError(f"claim_idle_ms must be at least 1, not {self.claim_idle_ms}")
         if not 1 <= self.max_attempts <= MAX_ATTEMPT:
             raise ValueError(f"max_attempts must be 1-{MAX_ATTEMPT}, not {self.max_attempts}")
+        if type(self.shards) is not int or not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be 1-{MAX_SHARDS}, not {self.shards!r}")
         if self.max_dead_letters < 0:
             raise ValueError(f"max_dead_letters must be 0 (no cap) or more, not {self.max_dead_letters}")
         self._running = Run(self)

@@ -24,6 +24,7 @@ async def settings(ctx: Context, data: Any) -> dict[str, Any]:
     return {
         "concurrency": made.concurrency,
         "key_prefix": made.key_prefix,
+        "shards": made.shards,
         "claim_idle_ms": made.claim_idle_ms,
         "max_attempts": made.max_attempts,
         "max_dead_letters": made.max_dead_letters,
