@@ -13,6 +13,7 @@ import redis
 from system_harness import JWT_SECRET, StartGateway, token
 
 from wsq_devkit import wait_until, wait_until_async
+from wsq_protocol.keys import Keys
 
 LIMIT = 20
 BURST = 40
@@ -115,10 +116,10 @@ async def test_a_burst_of_one_user_gets_429_past_the_limit_and_never_more_across
     outcomes = await burst(session, urls, bob)
     assert len(sockets(outcomes)) == LIMIT
     assert set(refusals(outcomes)) <= {("http", 429), ("close", 1008)}
-    assert redis_client.scard(f"{key_prefix}:user:bob:conns") == LIMIT
+    assert redis_client.scard(Keys(key_prefix).user_connections("bob")) == LIMIT
     await close_all(outcomes)
     wait_until(
-        lambda: redis_client.scard(f"{key_prefix}:user:bob:conns") == 0,
+        lambda: redis_client.scard(Keys(key_prefix).user_connections("bob")) == 0,
         timeout=10,
         message="bob's slots back",
     )

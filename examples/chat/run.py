@@ -34,6 +34,7 @@ import aiohttp
 import redis
 
 from wsq_devkit import ManagedProcess, RedisServer, wait_until
+from wsq_protocol.keys import Keys, shards_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = Path(__file__).resolve().parent / "static"
@@ -222,8 +223,9 @@ class Demo:
 
     def _group_exists(self) -> bool:
         with self._redis() as client:
+            # Workers create the group on every inbound partition at start: any one will do.
             try:
-                groups = client.xinfo_groups(f"{self.key_prefix}:inbound")
+                groups = client.xinfo_groups(Keys(self.key_prefix, shards_from_env()).inbound_stream(0))
             except redis.RedisError:  # no stream yet (or Redis is briefly unreachable)
                 return False
             return any(group["name"] == "workers" for group in groups)
