@@ -139,7 +139,8 @@ async def cluster_problem(
     says some of the 16384 slots are assigned to none. A master that says ``cluster_state``
     is not ``ok`` with every slot assigned (a master lost, its replica not promoted yet) raises
     ``ClusterDownError`` ("The cluster is down"): transient, for :func:`permanent_problem`."""
-    for node in client.get_primaries() or [client.get_default_node()]:
+    await client.initialize()  # the slot map: a client made a moment ago has none yet
+    for node in client.get_primaries():
         try:
             info: Any = await client.execute_command("CLUSTER INFO", target_nodes=node)
         except ResponseError as exc:
