@@ -45,6 +45,7 @@ from system_harness import (
 from wsq_devkit import ManagedProcess, RedisServer, wait_until_async
 from wsq_devkit.polling import DeadlineExceeded
 from wsq_gateway.settings import Settings
+from wsq_protocol.keys import Keys
 
 pytestmark = pytest.mark.faults
 
@@ -120,11 +121,17 @@ class Registry:
     def presence(self) -> dict[str, set[str]]:
         """Each registry key about connections, and the connection ids it names."""
         found: dict[str, set[str]] = {}
-        conn_prefix = f"{self.prefix}:conn:"
-        for key in self.client.scan_iter(match=f"{conn_prefix}*", count=1000):
-            found[key] = {key[len(conn_prefix) :].removesuffix(":groups")}
-        for kind in ("node", "user", "group"):
-            for key in self.client.scan_iter(match=f"{self.prefix}:{kind}:*:conns", count=1000):
+        # Keys v2: {prefix:k}:conn:<id>[:groups], {prefix:k}:node:<node>:conns, and the
+        # indexes {prefix:user:<u>}:conns, {prefix:group:<g>}:conns.
+        for key in self.client.scan_iter(match=f"{{{self.prefix}:*}}:conn:*", count=1000):
+            found[key] = {key.split("}:conn:", 1)[1].removesuffix(":groups")}
+        patterns = [
+            f"{{{self.prefix}:*}}:node:*:conns",
+            f"{{{self.prefix}:user:*}}:conns",
+            f"{{{self.prefix}:group:*}}:conns",
+        ]
+        for pattern in patterns:
+            for key in self.client.scan_iter(match=pattern, count=1000):
                 members: Any = self.client.smembers(key)
                 found[key] = set(members)
         return found
@@ -440,15 +447,19 @@ async def test_redis_sigkill_and_empty_restart_recovers_without_restarting_anyth
         node = gateway.node_id
         prefix = key_prefix
 
+        keys = Keys(prefix)
+
         def registered_again() -> bool:
             client = registry.client
             return bool(
-                client.exists(f"{prefix}:conn:{ann.connection_id}", f"{prefix}:conn:{bob.connection_id}") == 2
-                and client.smembers(f"{prefix}:node:{node}:conns") >= {ann.connection_id, bob.connection_id}
-                and client.sismember(f"{prefix}:user:ann:conns", ann.connection_id)
-                and client.sismember(f"{prefix}:user:bob:conns", bob.connection_id)
-                and client.sismember(f"{prefix}:group:lobby:conns", ann.connection_id)
-                and client.sismember(f"{prefix}:conn:{ann.connection_id}:groups", "lobby")
+                client.exists(keys.connection(ann.connection_id))
+                + client.exists(keys.connection(bob.connection_id))
+                == 2
+                and client.smembers(keys.node_connections(node)) >= {ann.connection_id, bob.connection_id}
+                and client.sismember(keys.user_connections("ann"), ann.connection_id)
+                and client.sismember(keys.user_connections("bob"), bob.connection_id)
+                and client.sismember(keys.group_connections("lobby"), ann.connection_id)
+                and client.sismember(keys.connection_groups(ann.connection_id), "lobby")
             )
 
         await findings.within(
@@ -514,7 +525,7 @@ async def test_gateway_sigkill_its_connections_are_reaped_by_a_survivor(
         nodes: Any = registry.client.zrange(f"{key_prefix}:nodes", 0, -1)
         findings.check(victim.node_id not in nodes, f"the dead gateway left {key_prefix}:nodes: {nodes}")
         findings.check(
-            not registry.client.exists(f"{key_prefix}:node:{victim.node_id}:out"),
+            not registry.client.exists(Keys(key_prefix).node_stream(victim.node_id)),
             "the dead gateway's stream is deleted",
         )
         reply = await request(stayer, "echo", "still here")

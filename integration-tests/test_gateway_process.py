@@ -15,6 +15,7 @@ import trustme
 from system_harness import Client, StartGateway, inbound_length, inbound_streams
 
 from wsq_devkit import wait_until
+from wsq_protocol.keys import Keys
 
 
 async def test_wss_with_a_certificate(
@@ -60,7 +61,7 @@ async def test_a_client_that_ignores_pings_is_closed(
     assert aiohttp.WSMsgType.PING in kinds
 
     def disconnected() -> bool:
-        return not redis_client.exists(f"{key_prefix}:conn:{hello['connection_id']}")
+        return not redis_client.exists(Keys(key_prefix).connection(hello["connection_id"]))
 
     wait_until(disconnected, timeout=10, message="the silent client was unregistered")
     # while a client that answers pings (aiohttp does by default) stays connected

@@ -15,6 +15,7 @@ from system_harness import JWT_SECRET, Client, StartGateway, StartWorker, inboun
 
 from wsq_devkit import wait_until
 from wsq_devkit.contract import is_valid
+from wsq_protocol.keys import Keys
 
 
 def is_welcome(frame: dict[str, object]) -> bool:
@@ -269,7 +270,7 @@ async def test_gateway_sigterm_closes_sockets_with_1012_and_emits_disconnects(
     gone = wait_until(disconnects, timeout=10, message="three on_disconnect calls")
     assert {g["connection_id"] for g in gone} == {c.connection_id for c in clients}
     assert {g["close_code"] for g in gone} == {1012}
-    assert redis_client.smembers(f"{key_prefix}:node:{gateway.node_id}:conns") == set()
+    assert redis_client.smembers(Keys(key_prefix).node_connections(gateway.node_id)) == set()
 
 
 async def test_worker_sigterm_finishes_in_flight_work(

@@ -15,6 +15,7 @@ import trustme
 from system_harness import HERE, Client, GatewayProcess, StartGateway, StartWorker, wait_for_consumers
 
 from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until, wait_until_async
+from wsq_protocol.keys import Keys
 from wsq_worker import Publisher, PublishError
 
 
@@ -181,7 +182,7 @@ async def test_redis_stop_and_start_resumes_without_restarting_anything(
 
     await wait_until_async(echo_works, timeout=30, interval=0.2, message="a worker answers again")
     wait_until(
-        lambda: redis.Redis.from_url(own_redis.url).exists(f"wsq:conn:{client.connection_id}"),
+        lambda: redis.Redis.from_url(own_redis.url).exists(Keys("wsq").connection(client.connection_id)),
         timeout=10,
         message="the gateway registered its socket again",
     )
