@@ -65,7 +65,7 @@ IMAGES = {
     "gateway": (GATEWAY_DOCKERFILE, ROOT),
     "chat-worker": (WORKER_DOCKERFILE, ROOT),
 }
-OVERLAYS = ["base", "overlays/dev", "overlays/dev-keda"]
+OVERLAYS = ["base", "overlays/dev", "overlays/dev-keda", "overlays/redis-cluster"]
 # Kubernetes versions the manifests must be valid for: an old supported one and the newest.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
 GATEWAY_SETTINGS = {name for name, _, _ in describe_settings()}
@@ -622,6 +622,79 @@ def test_keda_scales_the_workers_on_every_inbound_partition(
     namespace = service["metadata"]["namespace"]
     address = f"redis.{namespace}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
     assert {t["metadata"]["address"] for t in triggers} == {address}
+
+
+def test_the_redis_cluster_overlay_forms_a_cluster_and_points_everything_at_it(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """overlays/redis-cluster: dev's single Redis replaced by a six-pod cluster whose nodes
+    announce their stable DNS names, a Job that forms it from exactly those names, and
+    gateways and workers configured for a cluster through the client Service."""
+    docs = rendered["overlays/redis-cluster"]
+    assert not [d for d in docs if d["metadata"]["name"] == "redis"], "dev's single Redis is gone"
+    config = find_config(docs)
+    assert config["WSQ_REDIS_CLUSTER"] == "1"
+    assert shards_from_env(config) == int(config["WSQ_SHARDS"])
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    for name in ("wsq-gateway", "wsq-worker"):  # both take the ConfigMap and the Secret
+        (container,) = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        sources = {next(iter(source.values()))["name"] for source in container["envFrom"]}
+        assert sources == {find_config_name(docs), secret["metadata"]["name"]}, name
+    url = base64.b64decode(secret["data"]["WSQ_REDIS_URL"]).decode()
+    client_service = find(docs, "Service", "redis-cluster")
+    assert url == f"redis://redis-cluster:{client_service['spec']['ports'][0]['port']}/0"
+
+    statefulset = find(docs, "StatefulSet", "redis-cluster")
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 6
+    assert spec["podManagementPolicy"] == "Parallel", "no pod is ready before all six formed the cluster"
+    headless = find(docs, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    labels = spec["template"]["metadata"]["labels"]
+    for service in (headless, client_service):
+        assert service["spec"]["selector"].items() <= labels.items()
+    (redis_container,) = spec["template"]["spec"]["containers"]
+    command = redis_container["command"]
+
+    def option(name: str) -> str:
+        return str(command[command.index(name) + 1])
+
+    assert option("--cluster-enabled") == "yes"
+    assert option("--appendonly") == "yes"
+    assert option("--maxmemory-policy") == "noeviction"
+    assert option("--cluster-preferred-endpoint-type") == "hostname"
+    domain = f"{spec['serviceName']}.$(POD_NAMESPACE).svc.cluster.local"
+    assert option("--cluster-announce-hostname") == f"$(POD_NAME).{domain}"
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in redis_container["env"]}
+    assert fields == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    ports = {p["name"]: p["containerPort"] for p in redis_container["ports"]}
+    assert ports == {"redis": 6379, "cluster-bus": 16379}
+    assert {p["targetPort"] for p in headless["spec"]["ports"]} == set(ports)
+    assert "cluster_state:ok" in " ".join(redis_container["readinessProbe"]["exec"]["command"])
+
+    job = find(docs, "Job", "redis-cluster-create")["spec"]["template"]["spec"]
+    (create,) = job["containers"]
+    assert create["image"] == redis_container["image"]
+    env = {e["name"]: e.get("value") for e in create["env"]}
+    assert int(env["REPLICAS"]) == spec["replicas"]
+    script = create["command"][-1]
+    assert create["command"][:2] == ["sh", "-ec"]
+    # The names it joins are the pods' stable names: <statefulset>-<i>.<headless service>...
+    assert f'domain="{spec["serviceName"]}.$POD_NAMESPACE.svc.cluster.local"' in script
+    assert f'nodes="$nodes {statefulset["metadata"]["name"]}-$i.$domain:6379"' in script
+    create_line = re.search(r"redis-cli --cluster create \$nodes (.*)$", script, re.MULTILINE)
+    assert create_line is not None
+    assert create_line.group(1).split() == ["--cluster-replicas", "1", "--cluster-yes"]
+    assert "cluster_known_nodes" in script, "creates the cluster only when there is none"
+    syntax = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, check=False)
+    assert syntax.returncode == 0, syntax.stderr
+    assert job["restartPolicy"] == "OnFailure"
+
+
+def find_config_name(docs: list[dict[str, Any]]) -> str:
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("wsq-")]
+    return str(config["metadata"]["name"])
 
 
 # ---- docs/deploy.md ------------------------------------------------------------------------------
