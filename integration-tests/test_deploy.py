@@ -69,9 +69,7 @@ OVERLAYS = ["base", "overlays/dev", "overlays/dev-keda", "overlays/redis-cluster
 # Kubernetes versions the manifests must be valid for: an old supported one and the newest.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
 GATEWAY_SETTINGS = {name for name, _, _ in describe_settings()}
-# What wsq_worker reads. WSQ_REDIS_CLUSTER (the worker on a Redis Cluster) is named here as
-# well as long as some checkout's WorkerSettings lacks it: deployment files may set it.
-WORKER_SETTINGS = {name for name, _, _ in describe_worker_settings()} | {"WSQ_REDIS_CLUSTER"}
+WORKER_SETTINGS = {name for name, _, _ in describe_worker_settings()}
 KEYS = json.loads((ROOT / "protocol" / "keys.json").read_text())
 
 
