@@ -12,18 +12,20 @@ import os
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from wsq_protocol.cluster import AsyncClient, async_redis
 from wsq_worker import Context, Refuse, Worker
+from wsq_worker.settings import connection_from_env
 
 PREFIX = os.environ.get("WSQ_KEY_PREFIX", "wsq")
-_redis: aioredis.Redis | None = None
+_redis: AsyncClient | None = None
 
 
-def recorder() -> aioredis.Redis:
+def recorder() -> AsyncClient:
+    """The worker's Redis (a cluster client when WSQ_REDIS_CLUSTER says so)."""
     global _redis  # noqa: PLW0603 - one client per worker process
     if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ["WSQ_REDIS_URL"])
+        settings = connection_from_env()
+        _redis = async_redis(settings.redis_url, cluster=settings.redis_cluster)
     return _redis
 
 
