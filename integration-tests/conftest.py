@@ -1,10 +1,11 @@
 """Fixtures for end-to-end tests: a private Redis, gateway and worker processes.
 
 Every test that starts gateways or workers is parametrised by the Redis it runs on: a single
-redis-server (``[single]``) and, with ``WSQ_TEST_REDIS_MODES=single,cluster``, a local 3-master
-Redis Cluster (``[cluster]``, ``WSQ_REDIS_CLUSTER=true``). A test of a
-single server's own faults (stopped, paused, emptied) is marked ``single_redis`` and runs once;
-the cluster's faults (a master failing over) have tests of their own. Each test gets its own
+redis-server (``[single]``) and a local 3-master Redis Cluster with a replica each
+(``[cluster]``, ``WSQ_REDIS_CLUSTER=true``); ``WSQ_TEST_REDIS_MODES=single`` (or ``cluster``)
+runs one mode only. A test of a single server's own faults (stopped, paused, emptied) is marked
+``single_redis`` and runs once; one of the cluster's own (a master failing over),
+``cluster_redis``. Each test gets its own
 key prefix, so the processes of one test never see another's data.
 """
 
@@ -34,10 +35,8 @@ from wsq_protocol.cluster import SyncClient, sync_redis
 
 _names = itertools.count(1)
 
-# WSQ_TEST_REDIS_MODES=single,cluster adds the cluster mode. Not the default yet: the worker
-# SDK does not run on a cluster so far (its readers and commits cross slots), so only the
-# gateway's own cluster tests (gateway-service/tests/test_redis_cluster.py) run in CI.
-MODES = os.environ.get("WSQ_TEST_REDIS_MODES", "single").split(",")
+# Both by default (as in CI); WSQ_TEST_REDIS_MODES=single for a quicker run.
+MODES = os.environ.get("WSQ_TEST_REDIS_MODES", "single,cluster").split(",")
 
 
 @pytest.fixture(params=MODES)
