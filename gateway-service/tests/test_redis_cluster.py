@@ -14,6 +14,7 @@ from gateway_harness import GatewayFactory, RunningGateway, receive_json
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.redis_cluster import RedisCluster
+from wsq_gateway.broker import liveness
 from wsq_protocol.cluster import AsyncClient, async_redis
 from wsq_protocol.keys import Keys
 from wsq_protocol.routing import slot_of
@@ -112,3 +113,23 @@ async def test_the_gateway_rides_out_a_master_failing_over(
     finally:
         await ws.close()
         await asyncio.to_thread(redis_cluster.rejoin, master)
+
+
+async def test_new_gateways_spread_over_the_masters_not_only_the_shards(
+    cluster_client: AsyncClient, redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    """The shards' hash tags fall unevenly on the masters; node ids picked one after another
+    (each then live) still give every master the same number of gateways."""
+    keys = Keys(key_prefix, 16)
+    master_of_shard = [
+        redis_cluster.master_of_slot(slot_of(keys.inbound_stream(shard))).port for shard in range(keys.shards)
+    ]
+    per_master = {port: master_of_shard.count(port) for port in set(master_of_shard)}
+    assert len(per_master) == 3
+    gateways: dict[int, int] = dict.fromkeys(per_master, 0)
+    for _ in range(3 * 4):
+        node = await liveness.pick_node_id(cluster_client, keys, timeout_s=20)
+        gateways[master_of_shard[keys.shard_of(node)]] += 1
+        (now_s, _) = await cluster_client.time()
+        await cluster_client.zadd(keys.nodes, {node: now_s * 1000})
+    assert sorted(gateways.values()) == [4, 4, 4], (gateways, per_master)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
 from wsq_gateway.broker.registry import (
     DROP_NODE,
     HEARTBEAT,
@@ -36,6 +38,7 @@ from wsq_protocol.cluster import REDIS_FAILURES, AsyncClient
 from wsq_protocol.ids import new_node_id
 from wsq_protocol.keys import REAPED_TTL_S, Keys
 from wsq_protocol.membership import Intent, new_token, redis_time_ms, settle, sweep
+from wsq_protocol.routing import slot_of
 from wsq_protocol.scripts import run, run_many
 
 log = get_logger(BROKER)
@@ -48,17 +51,39 @@ PRESUMED_REAPED_AFTER_S = REAPED_TTL_S / 2
 
 async def pick_node_id(redis: AsyncClient, keys: Keys, timeout_s: float) -> str:
     """A new node id in the shard with the fewest live gateways (heartbeat within ``timeout_s``),
-    so that gateways spread over the shards, and so over a Redis Cluster's masters."""
+    so that gateways spread over the shards. On a Redis Cluster, first among the shards of the
+    master serving the fewest live gateways: the shards' hash tags fall unevenly on the masters
+    (16 shards on 3 masters: 8, 5 and 3 with redis-cli's slot ranges), and a gateway's traffic
+    goes to its shard's master, so it is the masters' share that must be even."""
     now = await redis_time_ms(redis)
     live: Any = await redis.zrangebyscore(keys.nodes, now - int(timeout_s * 1000), "+inf")
     load = [0] * keys.shards
     for member in live:
         load[keys.shard_of(member.decode(errors="replace"))] += 1
-    least = min(load)
-    targets = {shard for shard, count in enumerate(load) if count == least}
+    candidates = list(range(keys.shards))
+    masters = _masters_of_shards(redis, keys)
+    if masters is not None:
+        per_master = dict.fromkeys(masters, 0)
+        for shard, master in enumerate(masters):
+            per_master[master] += load[shard]
+        fewest = min(per_master.values())
+        candidates = [shard for shard in candidates if per_master[masters[shard]] == fewest]
+    least = min(load[shard] for shard in candidates)
+    targets = {shard for shard in candidates if load[shard] == least}
     while keys.shard_of(node := new_node_id()) not in targets:  # about shards / len(targets) tries
         pass
     return node
+
+
+def _masters_of_shards(redis: AsyncClient, keys: Keys) -> list[str] | None:
+    """The master serving each shard's slot (by name), as the client's slot map says; None on a
+    single Redis."""
+    if not isinstance(redis, AsyncRedisCluster):
+        return None
+    nodes = redis.nodes_manager
+    return [
+        nodes.get_node_from_slot(slot_of(keys.inbound_stream(shard))).name for shard in range(keys.shards)
+    ]
 
 
 class Liveness:
