@@ -2,6 +2,8 @@
 
 * ``wsq``: a private redis-server, ``python -m wsq_gateway`` and one ``python -m wsq_worker``
   process running ``bench.echo_worker``;
+* ``wsq-cluster1``, ``wsq-cluster3``: the same on a private Redis Cluster of 1 or 3 masters
+  (no replicas), the gateway and the worker with ``WSQ_REDIS_CLUSTER=1``;
 * ``bare``: ``bench.baseline_server``, the same transport work with no broker and no worker;
 * ``channels``: a private redis-server, daphne serving ``bench.peers.channels_app`` and one
   ``runworker`` process, with channels_redis between them, from bench/.venv-peers.
@@ -26,7 +28,7 @@ import orjson
 import redis
 
 from bench.children import ROOT
-from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until, wait_until_async
+from wsq_devkit import ManagedProcess, RedisCluster, RedisServer, free_port, wait_until, wait_until_async
 
 BENCH = ROOT / "bench"
 PEERS_VENV = BENCH / ".venv-peers"
@@ -66,42 +68,71 @@ class Wsq(System):
 
     async def start(self, stack: AsyncExitStack) -> Running:
         broker = stack.enter_context(RedisServer())
-        port = free_port()
-        env = {
-            "WSQ_HOST": "127.0.0.1",
-            "WSQ_PORT": str(port),
-            "WSQ_REDIS_URL": broker.url,
-            "WSQ_KEY_PREFIX": KEY_PREFIX,
-            "WSQ_NODE_ID": "bench",
-            "WSQ_LOG_LEVEL": "warning",
-            # Every client is on 127.0.0.1 and sends as fast as it can: lift the per-address
-            # connection cap and the per-connection rate limit (issue 4's defaults: 1000, 100/s).
-            "WSQ_MAX_CONNECTIONS_PER_ADDR": "0",
-            "WSQ_RATE_LIMIT": "0",
-        }
-        gateway = _start(stack, ManagedProcess.python_module("wsq-gateway", "wsq_gateway", env=env, cwd=ROOT))
-        _wait_http(f"http://127.0.0.1:{port}/readyz", gateway)
-        worker = _start(
-            stack,
-            ManagedProcess.python_module(
-                "wsq-worker",
-                "wsq_worker",
-                "bench.echo_worker:worker",
-                "--concurrency",
-                str(WORKER_CONCURRENCY),
-                env=env,
-                cwd=ROOT,
-            ),
-        )
-        running = Running(
-            self.name,
-            f"ws://127.0.0.1:{port}/ws",
-            [sys.executable, "-m", "bench.publish", "wsq", broker.url, KEY_PREFIX],
-            {"server": gateway.pid, "worker": worker.pid, "redis": _redis_pid(broker)},
-            [broker.url],
-        )
-        await _wait_echo(running.ws_url, [gateway, worker])
-        return running
+        return await _start_wsq(self.name, stack, broker.url, [broker.url], {"redis": _redis_pid(broker)}, {})
+
+
+class WsqCluster(System):
+    """wsq on a private Redis Cluster of ``masters`` masters without replicas
+    (``wsq_devkit.RedisCluster``), the gateway and the worker with ``WSQ_REDIS_CLUSTER=1``."""
+
+    def __init__(self, masters: int) -> None:
+        self.masters = masters
+        self.name = f"wsq-cluster{masters}"
+        self.label = f"wsq on a Redis Cluster of {masters} master{'s' if masters > 1 else ''}"
+
+    async def start(self, stack: AsyncExitStack) -> Running:
+        cluster = stack.enter_context(RedisCluster(masters=self.masters, replicas=0))
+        masters = cluster.masters()
+        pids = {f"redis{index}": _redis_pid(node) for index, node in enumerate(masters)}
+        urls = [node.url for node in masters]
+        return await _start_wsq(self.name, stack, cluster.url, urls, pids, {"WSQ_REDIS_CLUSTER": "1"})
+
+
+async def _start_wsq(
+    name: str,
+    stack: AsyncExitStack,
+    redis_url: str,
+    redis_urls: list[str],
+    redis_pids: dict[str, int],
+    extra_env: dict[str, str],
+) -> Running:
+    port = free_port()
+    env = {
+        "WSQ_HOST": "127.0.0.1",
+        "WSQ_PORT": str(port),
+        "WSQ_REDIS_URL": redis_url,
+        "WSQ_KEY_PREFIX": KEY_PREFIX,
+        "WSQ_NODE_ID": "bench",
+        "WSQ_LOG_LEVEL": "warning",
+        # Every client is on 127.0.0.1 and sends as fast as it can: lift the per-address
+        # connection cap and the per-connection rate limit (issue 4's defaults: 1000, 100/s).
+        "WSQ_MAX_CONNECTIONS_PER_ADDR": "0",
+        "WSQ_RATE_LIMIT": "0",
+        **extra_env,
+    }
+    gateway = _start(stack, ManagedProcess.python_module("wsq-gateway", "wsq_gateway", env=env, cwd=ROOT))
+    _wait_http(f"http://127.0.0.1:{port}/readyz", gateway)
+    worker = _start(
+        stack,
+        ManagedProcess.python_module(
+            "wsq-worker",
+            "wsq_worker",
+            "bench.echo_worker:worker",
+            "--concurrency",
+            str(WORKER_CONCURRENCY),
+            env=env,
+            cwd=ROOT,
+        ),
+    )
+    running = Running(
+        name,
+        f"ws://127.0.0.1:{port}/ws",
+        [sys.executable, "-m", "bench.publish", "wsq", redis_url, KEY_PREFIX],
+        {"server": gateway.pid, "worker": worker.pid, **redis_pids},
+        redis_urls,
+    )
+    await _wait_echo(running.ws_url, [gateway, worker])
+    return running
 
 
 class Bare(System):
@@ -157,7 +188,11 @@ class Channels(System):
         return running
 
 
-SYSTEMS: dict[str, System] = {system.name: system for system in (Wsq(), Bare(), Channels())}
+CLUSTER_MASTERS = (1, 3)  # the Redis Clusters the benchmark knows: wsq-cluster1, wsq-cluster3
+SYSTEMS: dict[str, System] = {
+    system.name: system
+    for system in (Wsq(), *(WsqCluster(masters) for masters in CLUSTER_MASTERS), Bare(), Channels())
+}
 
 
 def ensure_peers_venv() -> Path:
