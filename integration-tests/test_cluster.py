@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from conftest import RedisTarget
 from system_harness import JWT_SECRET, Client, GatewayProcess, StartGateway, StartWorker, token
 
 from wsq_devkit import RedisServer, TcpProxy, wait_until, wait_until_async
@@ -36,8 +37,10 @@ async def next_is(client: Client, publisher: AsyncPublisher, expected: Any) -> N
 
 
 @pytest.fixture
-async def publisher(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[AsyncPublisher]:
-    async with AsyncPublisher(redis_url=redis_server.url, key_prefix=key_prefix) as pub:
+async def publisher(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[AsyncPublisher]:
+    async with AsyncPublisher(
+        redis_url=redis_target.url, redis_cluster=redis_target.cluster, key_prefix=key_prefix
+    ) as pub:
         yield pub
 
 

@@ -1,7 +1,8 @@
 """The deployment files, checked without a Docker engine or a cluster.
 
 - The two images: how their Dockerfiles are built, and what their build contexts send.
-- docker-compose.yml: what `docker compose config` would catch, and the proxy's wiring.
+- docker-compose.yml and docker-compose.cluster.yml: what `docker compose config` would
+  catch, the proxy's wiring, and (the second) the Redis Cluster its init service forms.
 - k8s/: every manifest and every overlay, rendered through kustomize and validated against
   the Kubernetes schemas, plus the properties docs/deploy.md promises.
 - The images' entry points, run here: the gateway through exactly the command and
@@ -47,10 +48,14 @@ from wsq_devkit import ManagedProcess, free_port, wait_until
 from wsq_devkit.redis_server import RedisServer
 from wsq_gateway.settings import Settings, describe_settings
 from wsq_protocol.keys import Keys, shards_from_env
+from wsq_worker.settings import describe_settings as describe_worker_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# The same system on a six-node Redis Cluster (docs/deploy.md, "Redis Cluster").
+CLUSTER_COMPOSE_FILE = ROOT / "docker-compose.cluster.yml"
+COMPOSE_FILES = [COMPOSE_FILE, CLUSTER_COMPOSE_FILE]
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 GATEWAY_DOCKERFILE = ROOT / "gateway-service" / "Dockerfile"
 WORKER_DOCKERFILE = ROOT / "examples" / "chat" / "Dockerfile"
@@ -60,11 +65,11 @@ IMAGES = {
     "gateway": (GATEWAY_DOCKERFILE, ROOT),
     "chat-worker": (WORKER_DOCKERFILE, ROOT),
 }
-OVERLAYS = ["base", "overlays/dev", "overlays/dev-keda"]
+OVERLAYS = ["base", "overlays/dev", "overlays/dev-keda", "overlays/redis-cluster"]
 # Kubernetes versions the manifests must be valid for: an old supported one and the newest.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
 GATEWAY_SETTINGS = {name for name, _, _ in describe_settings()}
-WORKER_SETTINGS = {"WSQ_REDIS_URL", "WSQ_KEY_PREFIX"}  # what wsq_worker reads
+WORKER_SETTINGS = {name for name, _, _ in describe_worker_settings()}
 KEYS = json.loads((ROOT / "protocol" / "keys.json").read_text())
 
 
@@ -72,9 +77,10 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())  # resolves the `<<:` merge keys
+@pytest.fixture(scope="module", params=COMPOSE_FILES, ids=lambda p: p.name)
+def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
+    path: Path = request.param
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())  # resolves the `<<:` merge keys
     return doc
 
 
@@ -224,7 +230,8 @@ def test_every_compose_variable_has_a_default_and_is_documented(compose: dict[st
 
 def test_compose_services_build_from_what_exists_and_start_in_order(compose: dict[str, Any]) -> None:
     services = interpolate(compose, {})["services"]
-    assert {"redis", "gateway-1", "gateway-2", "worker", "proxy"} <= set(services)
+    assert {"gateway-1", "gateway-2", "worker", "proxy"} <= set(services)
+    assert "redis" in services or set(cluster_nodes(services)) == {f"redis-{n}" for n in range(1, 7)}
     for name, service in services.items():
         if "build" in service:
             context = ROOT / service["build"]["context"]
@@ -242,8 +249,14 @@ def test_compose_services_build_from_what_exists_and_start_in_order(compose: dic
             if source.startswith("."):
                 assert (ROOT / source).exists(), f"{name}: mounts {source}, which does not exist"
         for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on {dependency}, which is no service"
             if condition["condition"] == "service_healthy":
                 assert has_healthcheck(services[dependency]), f"{dependency} has no health check"
+            elif condition["condition"] == "service_completed_successfully":
+                # A one-shot: restarted, it would never have completed.
+                assert services[dependency].get("restart", "no") == "no", f"{dependency} restarts"
+            else:
+                assert condition["condition"] == "service_started", condition
     assert services["worker"]["deploy"]["replicas"] >= 2
 
 
@@ -299,6 +312,69 @@ def test_the_proxy_forwards_to_both_gateways_and_serves_the_page(compose: dict[s
         assert needed in ws.group(2)
     timeout = re.search(r"proxy_read_timeout (\d+)h;", ws.group(2))
     assert timeout is not None, "a read timeout far above the heartbeat"
+
+
+def cluster_nodes(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The compose services that are Redis Cluster nodes: those announcing a host name."""
+    return {name: s for name, s in services.items() if "--cluster-announce-hostname" in s.get("command", [])}
+
+
+def redis_config(text: str) -> dict[str, str]:
+    """A redis.conf's directives (the last of each wins, as in Redis)."""
+    lines = (line.split(None, 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return {words[0]: words[1].strip() if len(words) > 1 else "" for words in lines}
+
+
+def test_the_cluster_compose_file_forms_one_cluster_and_uses_it() -> None:
+    """docker-compose.cluster.yml: six cluster nodes, each announcing the name the others and
+    the clients reach it by; an init service that joins exactly them (3 masters + 3 replicas)
+    once they answer; gateways and workers on the cluster, started after it formed."""
+    compose = yaml.safe_load(CLUSTER_COMPOSE_FILE.read_text())
+    services = interpolate(compose, {})["services"]
+    nodes = cluster_nodes(services)
+    assert len(nodes) == 6
+    for name, node in nodes.items():
+        command = node["command"]
+        assert command[0] == "redis-server"
+        assert command[command.index("--cluster-announce-hostname") + 1] == name
+        (config_mount,) = [v for v in node["volumes"] if v.startswith("./")]
+        source, target, _mode = config_mount.split(":")
+        assert command[1] == target, f"{name} reads the mounted configuration"
+        config = redis_config((ROOT / source).read_text())
+        assert config["cluster-enabled"] == "yes"
+        assert config["cluster-preferred-endpoint-type"] == "hostname"
+        assert config["appendonly"] == "yes"
+        assert config["maxmemory-policy"] == "noeviction"
+        assert any(v.split(":")[1] == config["dir"] for v in node["volumes"] if not v.startswith("./"))
+        assert node["image"].startswith("redis:7.2.")
+    assert len({tuple(v for v in n["volumes"] if not v.startswith("./")) for n in nodes.values()}) == 6
+
+    init = services["redis-cluster-init"]
+    assert init["depends_on"] == {name: {"condition": "service_healthy"} for name in nodes}
+    assert init.get("restart") == "no"
+    script = init["command"][-1]
+    assert init["command"][:2] == ["sh", "-ec"]
+    listed = re.search(r'^nodes="([^"]*)"$', script, re.MULTILINE)
+    assert listed is not None
+    assert listed.group(1).split() == [f"{name}:6379" for name in sorted(nodes)]
+    create = re.search(r"redis-cli --cluster create \$nodes (.*)$", script, re.MULTILINE)
+    assert create is not None
+    assert create.group(1).split() == ["--cluster-replicas", "1", "--cluster-yes"]
+    assert "cluster_known_nodes" in script, "creates the cluster only when there is none"
+    syntax = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, check=False)
+    assert syntax.returncode == 0, syntax.stderr
+
+    users = {name: s for name, s in services.items() if name.startswith(("gateway", "worker"))}
+    assert set(users) == {"gateway-1", "gateway-2", "worker"}
+    for name, service in users.items():
+        env = service["environment"]
+        assert env["WSQ_REDIS_CLUSTER"] == "1", name
+        host = re.fullmatch(r"redis://([\w-]+):6379", env["WSQ_REDIS_URL"])
+        assert host is not None
+        assert host.group(1) in nodes, f"{name}: WSQ_REDIS_URL names a node"
+        after_init = {"redis-cluster-init": {"condition": "service_completed_successfully"}}
+        assert service["depends_on"] == after_init, f"{name} starts once the cluster formed"
+    assert len({s["environment"].get("WSQ_SHARDS") for s in users.values()}) == 1, "one WSQ_SHARDS for all"
 
 
 # ---- Kubernetes -------------------------------------------------------------------------------------
@@ -544,6 +620,79 @@ def test_keda_scales_the_workers_on_every_inbound_partition(
     namespace = service["metadata"]["namespace"]
     address = f"redis.{namespace}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
     assert {t["metadata"]["address"] for t in triggers} == {address}
+
+
+def test_the_redis_cluster_overlay_forms_a_cluster_and_points_everything_at_it(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """overlays/redis-cluster: dev's single Redis replaced by a six-pod cluster whose nodes
+    announce their stable DNS names, a Job that forms it from exactly those names, and
+    gateways and workers configured for a cluster through the client Service."""
+    docs = rendered["overlays/redis-cluster"]
+    assert not [d for d in docs if d["metadata"]["name"] == "redis"], "dev's single Redis is gone"
+    config = find_config(docs)
+    assert config["WSQ_REDIS_CLUSTER"] == "1"
+    assert shards_from_env(config) == int(config["WSQ_SHARDS"])
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    for name in ("wsq-gateway", "wsq-worker"):  # both take the ConfigMap and the Secret
+        (container,) = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        sources = {next(iter(source.values()))["name"] for source in container["envFrom"]}
+        assert sources == {find_config_name(docs), secret["metadata"]["name"]}, name
+    url = base64.b64decode(secret["data"]["WSQ_REDIS_URL"]).decode()
+    client_service = find(docs, "Service", "redis-cluster")
+    assert url == f"redis://redis-cluster:{client_service['spec']['ports'][0]['port']}/0"
+
+    statefulset = find(docs, "StatefulSet", "redis-cluster")
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 6
+    assert spec["podManagementPolicy"] == "Parallel", "no pod is ready before all six formed the cluster"
+    headless = find(docs, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    labels = spec["template"]["metadata"]["labels"]
+    for service in (headless, client_service):
+        assert service["spec"]["selector"].items() <= labels.items()
+    (redis_container,) = spec["template"]["spec"]["containers"]
+    command = redis_container["command"]
+
+    def option(name: str) -> str:
+        return str(command[command.index(name) + 1])
+
+    assert option("--cluster-enabled") == "yes"
+    assert option("--appendonly") == "yes"
+    assert option("--maxmemory-policy") == "noeviction"
+    assert option("--cluster-preferred-endpoint-type") == "hostname"
+    domain = f"{spec['serviceName']}.$(POD_NAMESPACE).svc.cluster.local"
+    assert option("--cluster-announce-hostname") == f"$(POD_NAME).{domain}"
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in redis_container["env"]}
+    assert fields == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    ports = {p["name"]: p["containerPort"] for p in redis_container["ports"]}
+    assert ports == {"redis": 6379, "cluster-bus": 16379}
+    assert {p["targetPort"] for p in headless["spec"]["ports"]} == set(ports)
+    assert "cluster_state:ok" in " ".join(redis_container["readinessProbe"]["exec"]["command"])
+
+    job = find(docs, "Job", "redis-cluster-create")["spec"]["template"]["spec"]
+    (create,) = job["containers"]
+    assert create["image"] == redis_container["image"]
+    env = {e["name"]: e.get("value") for e in create["env"]}
+    assert int(env["REPLICAS"]) == spec["replicas"]
+    script = create["command"][-1]
+    assert create["command"][:2] == ["sh", "-ec"]
+    # The names it joins are the pods' stable names: <statefulset>-<i>.<headless service>...
+    assert f'domain="{spec["serviceName"]}.$POD_NAMESPACE.svc.cluster.local"' in script
+    assert f'nodes="$nodes {statefulset["metadata"]["name"]}-$i.$domain:6379"' in script
+    create_line = re.search(r"redis-cli --cluster create \$nodes (.*)$", script, re.MULTILINE)
+    assert create_line is not None
+    assert create_line.group(1).split() == ["--cluster-replicas", "1", "--cluster-yes"]
+    assert "cluster_known_nodes" in script, "creates the cluster only when there is none"
+    syntax = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, check=False)
+    assert syntax.returncode == 0, syntax.stderr
+    assert job["restartPolicy"] == "OnFailure"
+
+
+def find_config_name(docs: list[dict[str, Any]]) -> str:
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("wsq-")]
+    return str(config["metadata"]["name"])
 
 
 # ---- docs/deploy.md ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import time
 import aiohttp
 import pytest
 import redis
+from conftest import RedisTarget
 from system_harness import JWT_SECRET, Client, StartGateway, StartWorker, inbound_pending, token
 
 from wsq_devkit import wait_until
@@ -110,10 +111,10 @@ async def test_default_handler_takes_unknown_actions(
     await client.close()
 
 
-def publish(redis_url: str, key_prefix: str, code: str) -> None:
+def publish(redis_target: RedisTarget, key_prefix: str, code: str) -> None:
     """Run publisher code in a separate Python process, as a web view or a cron job would."""
     script = "from wsq_worker import Publisher\npub = Publisher.from_env()\n" + code
-    env = {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix}
+    env = {**redis_target.env, "WSQ_KEY_PREFIX": key_prefix}
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=30)
 
 
@@ -121,7 +122,7 @@ async def test_push_to_a_connection_a_user_and_everyone_from_another_process(
     start_gateway: StartGateway,
     start_worker: StartWorker,
     session: aiohttp.ClientSession,
-    redis_client: redis.Redis,
+    redis_target: RedisTarget,
     key_prefix: str,
 ) -> None:
     gateway = start_gateway(WSQ_JWT_SECRET=JWT_SECRET)
@@ -131,24 +132,24 @@ async def test_push_to_a_connection_a_user_and_everyone_from_another_process(
     bob = await Client.connect(session, gateway.ws_url, params={"token": token("bob")})
     for client in (ann1, ann2, bob):
         await client.receive_until(is_welcome)
-    url = redis_client.connection_pool.connection_kwargs
-    redis_url = f"redis://{url['host']}:{url['port']}/0"
 
-    publish(redis_url, key_prefix, f"pub.to({bob.connection_id!r}).send('direct', {{'n': 1}})")
+    publish(redis_target, key_prefix, f"pub.to({bob.connection_id!r}).send('direct', {{'n': 1}})")
     assert await bob.receive() == {"action": "direct", "data": {"n": 1}}
 
-    publish(redis_url, key_prefix, "pub.to_user('ann').send('for_ann', 2)")
+    publish(redis_target, key_prefix, "pub.to_user('ann').send('for_ann', 2)")
     assert await ann1.receive() == {"action": "for_ann", "data": 2}
     assert await ann2.receive() == {"action": "for_ann", "data": 2}
 
-    publish(redis_url, key_prefix, "pub.broadcast().send('announcement', 'hi all')")
+    publish(redis_target, key_prefix, "pub.broadcast().send('announcement', 'hi all')")
     for client in (ann1, ann2, bob):
         assert await client.receive() == {"action": "announcement", "data": "hi all"}
     # bob received nothing meant for ann: his next frame is this one
-    publish(redis_url, key_prefix, f"pub.to({bob.connection_id!r}).send('last', 3)")
+    publish(redis_target, key_prefix, f"pub.to({bob.connection_id!r}).send('last', 3)")
     assert await bob.receive() == {"action": "last", "data": 3}
 
-    publish(redis_url, key_prefix, f"pub.to({ann2.connection_id!r}).disconnect(code=4000, reason='kicked')")
+    publish(
+        redis_target, key_prefix, f"pub.to({ann2.connection_id!r}).disconnect(code=4000, reason='kicked')"
+    )
     assert await ann2.close_code() == (4000, "kicked")
     for client in (ann1, bob):
         await client.close()

@@ -29,9 +29,9 @@ class CountingFlusher(Flusher[str]):
         self.batches: list[tuple[int, int]] = []
         self.refused: list[tuple[int, str, str | None, str]] = []
 
-    async def _write(self, sends: list[Any], commits: list[Any]) -> None:
+    async def _write(self, sends: list[Any], commits: list[Any]) -> bool:
         self.batches.append((len(sends), len(commits)))
-        await super()._write(sends, commits)
+        return await super()._write(sends, commits)
 
     def _record_refused(self, shard: int, entry_id: str, source: str | None, error: str) -> None:
         self.refused.append((shard, entry_id, source, error))

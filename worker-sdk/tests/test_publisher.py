@@ -878,7 +878,7 @@ async def test_an_async_write_redis_cant_carry_fails_alone(
         sent_after: int | BaseException
         sent_before, refused, sent_after = await asyncio.gather(
             publisher.to(CONNECTION_B).send("b", 1),
-            publisher._batches.run(unencodable),
+            publisher._batches.run(unencodable[1], unencodable),
             publisher.to(CONNECTION_B).send("b", 2),
             return_exceptions=True,
         )

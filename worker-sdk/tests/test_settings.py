@@ -77,15 +77,17 @@ def test_a_publisher_reads_redis_the_prefix_and_the_shards_only() -> None:
     """A malformed worker setting is no concern of a publisher's."""
     environ = {"WSQ_REDIS_URL": "redis://redis:6379/0", "WSQ_MAX_ATTEMPTS": "three", "WSQ_SHARDS": "8"}
     assert connection_from_env(environ) == ConnectionSettings("redis://redis:6379/0", "wsq", 8)
-    assert connection_from_env({}) == ("redis://localhost:6379/0", "wsq", 16)
+    assert connection_from_env({}) == ("redis://localhost:6379/0", "wsq", 16, False)
+    assert connection_from_env({"WSQ_REDIS_CLUSTER": "true"}).redis_cluster is True
 
 
 def test_a_publisher_is_given_values_over_the_environment() -> None:
     environ = {"WSQ_KEY_PREFIX": "env", "WSQ_SHARDS": "not read"}
-    assert connection_from_env(environ, key_prefix="given", shards=2) == (
+    assert connection_from_env(environ, key_prefix="given", shards=2, redis_cluster=True) == (
         "redis://localhost:6379/0",
         "given",
         2,
+        True,
     )
     with pytest.raises(ValueError, match="from 1 to 1024"):
         connection_from_env({}, shards=0)
@@ -97,11 +99,33 @@ def test_a_publisher_refuses_shards_out_of_range_naming_the_variable(shards: str
         connection_from_env({"WSQ_SHARDS": shards})
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("true", True), ("Yes", True), ("on", True), ("0", False), ("off", False)],
+)
+def test_redis_cluster_reads_yes_or_no_as_the_gateway_does(text: str, expected: bool) -> None:
+    assert WorkerSettings.from_env({"WSQ_REDIS_CLUSTER": text}).redis_cluster is expected
+    assert connection_from_env({"WSQ_REDIS_CLUSTER": text}).redis_cluster is expected
+
+
+def test_redis_cluster_refuses_anything_else_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"^WSQ_REDIS_CLUSTER must be 1, true, yes or on"):
+        WorkerSettings.from_env({"WSQ_REDIS_CLUSTER": "cluster"})
+
+
 def test_every_field_is_documented() -> None:
     rows = describe_settings()
     assert [variable for variable, _, _ in rows] == [
         variable_of(name)
-        for name in ("redis_url", "key_prefix", "shards", "claim_idle_ms", "max_attempts", "max_dead_letters")
+        for name in (
+            "redis_url",
+            "redis_cluster",
+            "key_prefix",
+            "shards",
+            "claim_idle_ms",
+            "max_attempts",
+            "max_dead_letters",
+        )
     ]
     for variable, _, description in rows:
         assert variable.startswith("WSQ_")

@@ -26,12 +26,13 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.cluster import RedisCluster as SyncRedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from wsq_protocol.pipe import CheckedConnection, CheckedSSLConnection
 from wsq_protocol.pipe import async_redis as async_single_redis
 
 __all__ = [
+    "REDIS_ERRORS",
     "AsyncClient",
     "SyncClient",
     "async_redis",
@@ -46,6 +47,11 @@ AsyncClient = redis.asyncio.Redis | AsyncRedisCluster
 """An asyncio client of a single Redis or of a Redis Cluster."""
 SyncClient = redis.Redis | SyncRedisCluster
 """A blocking client of a single Redis or of a Redis Cluster."""
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+"""What a client's command may raise from Redis: ``RedisError``, and on a cluster client
+``RedisClusterException`` too (no node reachable, slots not covered, a slot map being rebuilt),
+which is not one: ``except REDIS_ERRORS`` catches both."""
 
 # What a server without cluster support answers CLUSTER INFO (Redis and Valkey).
 _NO_CLUSTER = "cluster support disabled"

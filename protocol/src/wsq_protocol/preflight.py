@@ -59,12 +59,12 @@ SLOTS = 16384
 
 CLUSTER = (
     "it is a Redis Cluster node (cluster_enabled:1), and the client is not a cluster client: "
-    "connect with wsq_protocol.cluster (open_async_redis, or async_redis(url, cluster=True))"
+    "set WSQ_REDIS_CLUSTER=1 (or connect with wsq_protocol.cluster.async_redis(url, cluster=True))"
 )
 """A single-Redis client pointed at a cluster node (told by INFO, or by MOVED/ASK replies)."""
 NOT_A_CLUSTER = (
     "it is not a Redis Cluster (cluster mode is not enabled on this node), and the client is a "
-    "cluster client: connect with a single Redis client (wsq_protocol.cluster.open_async_redis)"
+    "cluster client: unset WSQ_REDIS_CLUSTER (or connect with a single Redis client)"
 )
 """A cluster client pointed at a single Redis."""
 SLOT_NOT_SERVED = (

@@ -15,8 +15,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import redis
-
+from wsq_protocol.cluster import REDIS_ERRORS, SyncClient, sync_redis
 from wsq_protocol.keys import MAX_SHARDS, Keys, keys_for
 from wsq_worker import __version__
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
@@ -53,8 +52,8 @@ _EPILOG = f"""\
 
 SIGINT or SIGTERM stops reading events, lets in-flight handlers finish (up to the
 Worker's shutdown_timeout), writes their replies and exits with status 0. A Redis the
-worker can never use (a cluster node, a replica, a wrong password...) or a background task
-that died stops it the same way, with one line on stderr and status 1.
+worker can never use (a replica, a wrong password, a cluster node without --redis-cluster...)
+or a background task that died stops it the same way, with one line on stderr and status 1.
 
 example:
   wsq-worker chat.app:worker --concurrency 50 --log-level debug
@@ -73,8 +72,9 @@ SHARD:ID, its shard and its id in that stream (3:1764316800123-0).
 
 replay puts each event back into its shard's inbound partition, {{prefix:SHARD}}:inbound,
 as a new event (attempt 1) and removes it from the dead letters, atomically: each one is
-replayed once, even when two replays run at the same time. Redis: --redis-url, --key-prefix
-and --shards, else {variable_of("redis_url")}, {variable_of("key_prefix")} and {variable_of("shards")}.
+replayed once, even when two replays run at the same time. Redis: --redis-url, --key-prefix,
+--shards and --redis-cluster, else {variable_of("redis_url")}, {variable_of("key_prefix")},
+{variable_of("shards")} and {variable_of("redis_cluster")}.
 """
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--redis-url", metavar="URL", help=f"Redis URL (overrides {variable_of('redis_url')})"
+    )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        help=f"the Redis URL names a node of a Redis Cluster (overrides {variable_of('redis_cluster')})",
     )
     parser.add_argument(
         "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {variable_of('key_prefix')})"
@@ -137,6 +143,12 @@ def build_dead_parser() -> argparse.ArgumentParser:
     redis_options = argparse.ArgumentParser(add_help=False)
     redis_options.add_argument(
         "--redis-url", metavar="URL", help=f"Redis URL (overrides {variable_of('redis_url')})"
+    )
+    redis_options.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        help=f"the Redis URL names a node of a Redis Cluster (overrides {variable_of('redis_cluster')})",
     )
     redis_options.add_argument(
         "--key-prefix", metavar="PREFIX", help=f"Redis key prefix (overrides {variable_of('key_prefix')})"
@@ -225,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.concurrency = args.concurrency
     if args.redis_url is not None:
         worker.redis_url = args.redis_url
+    if args.redis_cluster is not None:
+        worker.redis_cluster = args.redis_cluster
     if args.key_prefix is not None:
         worker.key_prefix = args.key_prefix
     if args.shards is not None:
@@ -250,7 +264,10 @@ def dead_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         settings = connection_from_env(
-            redis_url=args.redis_url, key_prefix=args.key_prefix, shards=args.shards
+            redis_url=args.redis_url,
+            key_prefix=args.key_prefix,
+            shards=args.shards,
+            redis_cluster=args.redis_cluster,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -264,7 +281,7 @@ def dead_main(argv: Sequence[str]) -> int:
             f"not a dead letter's SHARD:ID (like 3:1764316800123-0, SHARD below {keys.shards}): "
             f"{', '.join(malformed)}"
         )
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = sync_redis(settings.redis_url, cluster=settings.redis_cluster, decode_responses=True)
     try:
         recorded = cast("str | None", client.get(keys.shards_key))  # the deployment's, if recorded
         if recorded is not None and recorded != str(keys.shards):
@@ -277,7 +294,7 @@ def dead_main(argv: Sequence[str]) -> int:
         if args.command == "list":
             return _dead_list(client, keys, args.count, as_json=args.json)
         return _dead_replay(client, keys, ids, replay_all=args.all)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         print(f"wsq-worker dead: Redis failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -301,7 +318,7 @@ def _entry_order(entry_id: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence)
 
 
-def _dead_list(client: redis.Redis, keys: Keys, count: int, *, as_json: bool) -> int:
+def _dead_list(client: SyncClient, keys: Keys, count: int, *, as_json: bool) -> int:
     """The oldest ``count`` dead letters of every shard (by their ids' time), as one list."""
     pipe = client.pipeline(transaction=False)
     for shard in range(keys.shards):
@@ -365,7 +382,7 @@ def _failed_at(fields: dict[str, str]) -> datetime | None:
     return datetime.fromtimestamp(int(text) / 1000, tz=UTC) if text.isdigit() else None
 
 
-def _dead_replay(client: redis.Redis, keys: Keys, ids: list[tuple[int, str]], *, replay_all: bool) -> int:
+def _dead_replay(client: SyncClient, keys: Keys, ids: list[tuple[int, str]], *, replay_all: bool) -> int:
     script = client.register_script(REPLAY_SCRIPT)
     if replay_all:
         ids = [
@@ -387,7 +404,7 @@ def _dead_replay(client: redis.Redis, keys: Keys, ids: list[tuple[int, str]], *,
     return 1 if missing and not replay_all else 0
 
 
-def _every_dead_letter(client: redis.Redis, keys: Keys, shard: int) -> Iterator[str]:
+def _every_dead_letter(client: SyncClient, keys: Keys, shard: int) -> Iterator[str]:
     """The ids of the dead letters of ``shard`` there are now (not those a replayed event adds
     meanwhile)."""
     dead = keys.dead_letters(shard)

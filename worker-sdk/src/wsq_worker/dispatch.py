@@ -19,8 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import redis.asyncio
-
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.keys import Keys, keys_for
 from wsq_protocol.pipe import CommandTemplate
 from wsq_worker import constants, delivery, retries
@@ -80,7 +79,7 @@ class Dispatcher:
     def __init__(
         self,
         worker: Worker,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         publisher: AsyncPublisher,
         on_entry_done: Callable[[int, str], None],
     ) -> None:

@@ -10,6 +10,10 @@ entry with a refused write stays pending, and its owner hears of it (``on_refuse
 again. A pipeline whose connection was lost after it was sent (Redis may have run it) is never
 sent again whole: its entries are sent again with a check that they are still pending, so a
 reply is written once; its pushes fail with ``PublishError``, as they may have been written.
+
+On a Redis Cluster the batch is a ``RoutedPipe``'s: each push to the master of its stream's
+slot, each shard's commit to the master of its partition's, all at once; a master lost midway
+costs only its own commands (sent again, checked, as above), the others' are done.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsq_protocol.batching import TickBatcher
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.keys import Keys
+from wsq_protocol.routing import RoutedPipe
 from wsq_worker.delivery import COMMIT_SCRIPT, DelayedWrite
 from wsq_worker.exceptions import PublishError
 from wsq_worker.publisher import StreamWrite, publish_error
@@ -80,12 +88,15 @@ class Flusher(Generic[SourceT]):
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         keys: Keys,
         group: str,
         on_refused: Refused[SourceT] | None = None,
     ) -> None:
-        self._pipe = RedisPipe(client, resend=False)  # a batch lost midway is sent again here
+        # A batch lost midway is sent again here (never by the pipe).
+        self._pipe: RedisPipe | RoutedPipe
+        self._routed = not isinstance(client, redis.asyncio.Redis)  # a cluster: to each key's master
+        self._pipe = RoutedPipe(client, resend=False) if self._routed else RedisPipe(client, resend=False)
         self._keys = keys
         self._group = group
         self._on_refused = on_refused
@@ -196,9 +207,10 @@ class Flusher(Generic[SourceT]):
         self._writing = commits
         sent = False
         try:
-            await self._pipe.connect()  # failing here, nothing was sent
+            if isinstance(self._pipe, RedisPipe):
+                await self._pipe.connect()  # failing here, nothing was sent
             sent = True
-            await self._write(sends, commits)
+            return await self._write(sends, commits)
         except Exception as exc:  # Redis unreachable (or a bug): the flusher must go on
             if sent:  # Redis may have run it: the entries are sent again, checked
                 self._again = True
@@ -214,21 +226,39 @@ class Flusher(Generic[SourceT]):
             raise
         finally:
             self._writing = []
-        return True
+
+    async def _execute(self, commands: list[tuple[str, bytes]]) -> list[Any]:
+        """The replies to ``(key, command)``s: on a single Redis, raises when the connection is
+        lost; on a cluster, that error is in the place of each command of the lost master."""
+        if isinstance(self._pipe, RoutedPipe):
+            return await self._pipe.execute(commands)
+        return await self._pipe.execute([command for _, command in commands])
 
     async def _write(
         self, sends: list[tuple[PackedWrite, asyncio.Future[None]]], commits: list[_Commit[SourceT]]
-    ) -> None:
-        commands: list[tuple[Any, ...] | bytes] = [write.command for write, _ in sends]
+    ) -> bool:
+        """Write the batch; False when some of it (a cluster master's part) must be sent again."""
+        commands = [(write.key, write.command) for write, _ in sends]
         again = self._again
         by_shard: dict[int, list[_Commit[SourceT]]] = {}
         for commit in commits:  # in order within each shard
             by_shard.setdefault(commit[6], []).append(commit)
         for shard, shard_commits in by_shard.items():
-            commands.append(self._commit_command(self._by_sha, shard, shard_commits, again))
-        results = await self._pipe.execute(commands)
+            commands.append(
+                (
+                    self._keys.inbound_stream(shard),
+                    self._commit_command(self._by_sha, shard, shard_commits, again),
+                )
+            )
+        results = await self._execute(commands)
         for (write, done), result in zip(sends, results, strict=False):
-            if isinstance(result, Exception):
+            if isinstance(result, _LOST):  # a cluster master lost once it was sent: in doubt
+                logger.error("the connection to Redis was lost writing to %s: %s", write.key, result)
+                if not done.done():
+                    error = publish_error(result, sent=True)
+                    error.__cause__ = result
+                    done.set_exception(error)
+            elif isinstance(result, Exception):
                 # Redis refused this one command (wrong key type, out of memory...): not retried.
                 logger.error("Redis refused a write to %s: %s", write.key, result)
                 if not done.done():
@@ -238,20 +268,36 @@ class Flusher(Generic[SourceT]):
             elif not done.done():
                 done.set_result(None)
         if not commits:
-            return
+            return True
         commit_results = results[len(sends) :]
         unknown = [n for n, result in enumerate(commit_results) if isinstance(result, NoScriptError)]
+        shards = list(by_shard)
         if unknown:
             # Redis restarted or flushed its scripts: nothing ran, send the script itself.
-            shards = list(by_shard)
             bodies = [
-                self._commit_command(self._by_body, shards[n], by_shard[shards[n]], again) for n in unknown
+                (
+                    self._keys.inbound_stream(shards[n]),
+                    self._commit_command(self._by_body, shards[n], by_shard[shards[n]], again),
+                )
+                for n in unknown
             ]
-            for n, result in zip(unknown, await self._pipe.execute(bodies), strict=True):
+            for n, result in zip(unknown, await self._execute(bodies), strict=True):
                 commit_results[n] = result
-        self._again = False  # the entries of a lost batch are written or found done by now
+        # The entries of a lost batch are written or found done by now, but for those of a
+        # cluster master lost midway: sent again (first), checked.
+        lost = [n for n, result in enumerate(commit_results) if isinstance(result, _LOST)]
+        self._again = bool(lost)
+        if lost:
+            logger.error(
+                "Redis is unavailable (%s): retrying the acks of %d shards",
+                commit_results[lost[0]],
+                len(lost),
+            )
+            self._commits[:0] = [commit for n in lost for commit in by_shard[shards[n]]]
         for shard_commits, result in zip(by_shard.values(), commit_results, strict=True):
-            self._committed(shard_commits, result)
+            if not isinstance(result, _LOST):
+                self._committed(shard_commits, result)
+        return not lost
 
     def _committed(self, commits: list[_Commit[SourceT]], result: Any) -> None:
         """Handle the reply of ``COMMIT_SCRIPT`` for ``commits`` (all of one shard)."""
@@ -339,6 +385,11 @@ class Flusher(Generic[SourceT]):
             error.__cause__ = exc
             done.set_exception(error)
         self._commits[:0] = commits
+
+
+_LOST = (RedisConnectionError, RedisTimeoutError)
+"""A command's error in its place on a cluster: its master was lost (or did not answer) once it
+was sent, or could not be reached (``ClusterUnavailable``): it may or may not have run."""
 
 
 def _bulk(value: bytes) -> bytes:

@@ -30,8 +30,9 @@ import redis.asyncio.retry
 import redis.backoff
 
 from wsq_protocol.batching import Backoff
+from wsq_protocol.cluster import REDIS_ERRORS, AsyncClient, async_redis
 from wsq_protocol.keys import keys_for
-from wsq_protocol.pipe import RedisPipe, async_redis
+from wsq_protocol.pipe import RedisPipe
 from wsq_protocol.scripts import run_many, script
 from wsq_worker import constants, delivery, preflight
 from wsq_worker.dispatch import Dispatcher
@@ -74,30 +75,42 @@ def reader_groups(shards: int, cluster: bool) -> list[list[int]]:
     return [list(range(shards))]
 
 
+def _reader_client(worker: Worker) -> AsyncClient:
+    """A client whose commands may block for ``block_ms``: a reader's (on a single Redis, one
+    connection of its own), or on a cluster the readers' (each reads on a pipe of its own)."""
+    options: dict[str, Any] = {} if worker.redis_cluster else {"single_connection_client": True}
+    return async_redis(
+        worker.redis_url,
+        cluster=worker.redis_cluster,
+        socket_connect_timeout=_CONNECT_TIMEOUT_S,
+        socket_timeout=worker.block_ms / 1000 + _COMMAND_TIMEOUT_S,
+        retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),  # no retry but ours
+        **options,
+    )
+
+
 class _Reader:
     """Reads (and claims from) the inbound partitions of some shards, on a connection of its own:
-    its reads block for ``block_ms``."""
+    its reads block for ``block_ms``. On a cluster its pipe goes to the master of its one
+    shard's slot, and follows that slot when it moves or fails over; its ``client`` is the
+    readers' shared one (``owns_client`` False)."""
 
-    def __init__(self, run: Run, shards: list[int]) -> None:
-        worker = run.worker
+    def __init__(self, run: Run, shards: list[int], client: AsyncClient | None = None) -> None:
         self.shards = shards
         self.streams = [run.keys.inbound_stream(shard) for shard in shards]
         self.shard_of_stream = {
             stream.encode(): shard for stream, shard in zip(self.streams, shards, strict=True)
         }
-        self.client = async_redis(
-            worker.redis_url,
-            single_connection_client=True,
-            socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            socket_timeout=worker.block_ms / 1000 + _COMMAND_TIMEOUT_S,
-            retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),  # no retry but ours
-        )
-        self.pipe = RedisPipe(self.client)  # XREADGROUP, replies raw
+        self.owns_client = client is None
+        self.client = client or _reader_client(run.worker)
+        # XREADGROUP, replies raw; a read lost midway is not sent again (its entries stay
+        # pending, claimed back once idle), as on the single client (no retry).
+        self.pipe = RedisPipe(self.client, key=self.streams[0], resend=False)
         self.cursors = dict.fromkeys(shards, "0-0")
         """Each partition's ``XAUTOCLAIM`` cursor."""
         self.active = len(shards)
         """How many of its partitions the last read that got entries got them from."""
-        group, name = constants.CONSUMER_GROUP, worker.consumer_name
+        group, name = constants.CONSUMER_GROUP, run.worker.consumer_name
         self.touch = (
             *("XREADGROUP", "GROUP", group, name, "COUNT", "1", "STREAMS"),
             *self.streams,
@@ -116,7 +129,8 @@ class _Reader:
 
     async def aclose(self) -> None:
         await self.pipe.aclose()
-        await self.client.aclose()
+        if self.owns_client:
+            await self.client.aclose()
 
 
 class Run:
@@ -146,12 +160,17 @@ class Run:
         retry = redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), 3)
         self.client = async_redis(
             worker.redis_url,
+            cluster=worker.redis_cluster,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=retry,
         )
-        # A cluster would need a reader per shard (reader_groups); wsq refuses one for now.
-        self.readers = [_Reader(self, shards) for shards in reader_groups(worker.shards, cluster=False)]
+        self.read_client = _reader_client(worker) if worker.redis_cluster else None
+        """The readers' client on a cluster (on a single Redis each reader has its own)."""
+        self.readers = [
+            _Reader(self, shards, self.read_client)
+            for shards in reader_groups(worker.shards, cluster=worker.redis_cluster)
+        ]
         self.publisher = AsyncPublisher(
             client=self.client, key_prefix=worker.key_prefix, shards=worker.shards
         )
@@ -196,6 +215,8 @@ class Run:
                 await self._forget_consumer()
                 for reader in self.readers:
                     await reader.aclose()
+                if self.read_client is not None:
+                    await self.read_client.aclose()
                 await self.client.aclose()
             finally:
                 # Threads still running a plain def handler can't be stopped: they finish on their own.
@@ -488,7 +509,7 @@ class Run:
                 if not held:  # nothing pending (an error reply: no such group, nothing to remove)
                     pipe.xgroup_delconsumer(stream, group, name)
             await pipe.execute(raise_on_error=False)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             logger.debug("could not remove consumer %s: %s", name, exc)
 
     # At least once: keeping in-flight entries, moving due retries, forgetting dead consumers.
@@ -515,7 +536,7 @@ class Run:
                             args=[constants.CONSUMER_GROUP, worker.consumer_name, *ids],
                         )
                         refreshed.update((shard, entry_id.decode()) for entry_id in answer)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning(
                     "could not keep %d in-flight entries: %s", sum(map(len, by_shard.values())), exc
                 )
@@ -567,7 +588,7 @@ class Run:
                         if moved == _MOVE_DUE_BATCH:
                             more.append(shard)
                     todo = more
-            except redis.RedisError as exc:  # the read loop reports outages
+            except REDIS_ERRORS as exc:  # the read loop reports outages
                 logger.debug("could not move due retries: %s", exc)
 
     async def _forget_stale_consumers(self) -> None:
@@ -581,7 +602,7 @@ class Run:
         while not await self._sleep_unless_stopped(worker.claim_idle_ms / 2000):
             try:
                 replies = await run_many(self.client, calls)
-            except redis.RedisError as exc:  # Redis away: the read loop reports it
+            except REDIS_ERRORS as exc:  # Redis away: the read loop reports it
                 logger.debug("could not look for stale consumers: %s", exc)
                 continue
             removed: dict[str, int] = {}

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio
 from redis.exceptions import ResponseError
 
 from wsq_protocol import preflight
+from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.keys import Keys
 
 logger = logging.getLogger("wsq_worker.worker")
@@ -29,7 +29,7 @@ def _info_refused(exc: ResponseError) -> None:
     logger.info("could not check the Redis server's role (INFO refused: %s)", exc)
 
 
-async def server_problem(client: redis.asyncio.Redis) -> str | None:
+async def server_problem(client: AsyncClient) -> str | None:
     """Why this Redis can't serve wsq (a cluster node, a replica), or None. Redis errors
     (transient or not) go up as they are, for :func:`permanent_problem` to judge."""
     return await preflight.server_problem(client, WORDING, _info_refused)
@@ -41,7 +41,7 @@ def permanent_problem(exc: BaseException) -> str | None:
     return preflight.permanent_problem(exc, WORDING)
 
 
-async def shards_problem(client: redis.asyncio.Redis, keys: Keys) -> str | None:
+async def shards_problem(client: AsyncClient, keys: Keys) -> str | None:
     """Why the worker's number of shards (``keys.shards``) is not the deployment's, or None: the
     first process to start records its own in ``{prefix}:shards``."""
     return await preflight.shards_problem(client, keys)

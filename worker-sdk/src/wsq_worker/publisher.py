@@ -40,14 +40,19 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 import redis.retry
-from redis.exceptions import NoScriptError
+from redis.cluster import RedisCluster as SyncRedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, NoScriptError, RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from wsq_protocol.batching import TickBatcher
+from wsq_protocol.cluster import AsyncClient, SyncClient, async_redis, sync_redis
 from wsq_protocol.keys import Keys, keys_for
 from wsq_protocol.membership import Intent, new_token, settle
-from wsq_protocol.pipe import RedisPipe, async_redis
+from wsq_protocol.pipe import RedisPipe
 from wsq_protocol.preflight import shards_problem
+from wsq_protocol.routing import RoutedPipe, slot_of
 from wsq_protocol.scripts import Script, script
 from wsq_worker import constants
 from wsq_worker.exceptions import PublishError
@@ -89,7 +94,7 @@ LEAVE_SCRIPT = _LEAVE.body
 """``protocol/lua/leave.lua``: removes a connection from a group (in its shard), and records the
 intent to remove it from the group's set."""
 
-_SCRIPTS = (JOIN_SCRIPT, LEAVE_SCRIPT)
+_SCRIPT_OBJECTS = (_JOIN, _LEAVE)
 
 # Clients the publishers create fail fast: a few quick retries, then PublishError.
 _CONNECT_TIMEOUT_S = 5.0
@@ -290,7 +295,9 @@ class Route:
         return GatewaysWrite(keys, nodes, fields)
 
 
-def publish_error(exc: redis.RedisError, *, read: bool = False, sent: bool = False) -> PublishError:
+def publish_error(
+    exc: redis.RedisError | RedisClusterException, *, read: bool = False, sent: bool = False
+) -> PublishError:
     """The PublishError to raise (``from exc``) when Redis failed to take a command (or, with
     ``read``, to answer a presence read); with ``sent``, the connection failed once the write
     was on its way (Redis may have run it: it is not sent again)."""
@@ -362,9 +369,10 @@ class Publisher:
     """Pushes frames to connections through Redis, from blocking code, manages groups, and
     answers presence questions.
 
-    ``Publisher()`` reads ``WSQ_REDIS_URL``, ``WSQ_KEY_PREFIX`` and ``WSQ_SHARDS`` (as
-    ``from_env()`` does) unless ``redis_url``/``key_prefix``/``shards`` are given; ``client``
-    reuses an existing ``redis.Redis``, which ``close()`` then leaves open. Redis failures raise
+    ``Publisher()`` reads ``WSQ_REDIS_URL``, ``WSQ_KEY_PREFIX``, ``WSQ_SHARDS`` and
+    ``WSQ_REDIS_CLUSTER`` (as ``from_env()`` does) unless ``redis_url``/``key_prefix``/
+    ``shards``/``redis_cluster`` are given; ``client`` reuses an existing ``redis.Redis`` (or
+    ``redis.cluster.RedisCluster``), which ``close()`` then leaves open. Redis failures raise
     ``PublishError``. A write is sent at most once, whatever the client's ``retry`` says (see the
     module's docstring).
     """
@@ -375,16 +383,20 @@ class Publisher:
         key_prefix: str | None = None,
         *,
         shards: int | None = None,
-        client: redis.Redis | None = None,
+        redis_cluster: bool | None = None,
+        client: SyncClient | None = None,
     ) -> None:
         _check_client_arguments(redis_url, client)
-        settings = connection_from_env(redis_url=redis_url, key_prefix=key_prefix, shards=shards)
+        settings = connection_from_env(
+            redis_url=redis_url, key_prefix=key_prefix, shards=shards, redis_cluster=redis_cluster
+        )
         self.key_prefix = settings.key_prefix
         self.shards = settings.shards
         self.keys = keys_for(self.key_prefix, self.shards)
         self._owns_client = client is None
-        self.client = client or redis.Redis.from_url(
+        self.client: SyncClient = client or sync_redis(
             settings.redis_url,
+            cluster=settings.redis_cluster,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
@@ -394,7 +406,12 @@ class Publisher:
     @classmethod
     def from_env(cls) -> Self:
         settings = connection_from_env()
-        return cls(settings.redis_url, settings.key_prefix, shards=settings.shards)
+        return cls(
+            settings.redis_url,
+            settings.key_prefix,
+            shards=settings.shards,
+            redis_cluster=settings.redis_cluster,
+        )
 
     # Pushes.
 
@@ -449,7 +466,7 @@ class Publisher:
         node_of(connection_id)
 
         def read() -> list[Any]:
-            with self.client.pipeline() as pipe:  # one slot: the connection's shard
+            with self.client.pipeline(transaction=False) as pipe:  # one slot: the connection's shard
                 pipe.hgetall(self.keys.connection(connection_id))
                 pipe.smembers(self.keys.connection_groups(connection_id))
                 return pipe.execute()
@@ -463,7 +480,7 @@ class Publisher:
         self._check_shards(read=False)
         try:
             if isinstance(write, StreamWrite):
-                entry_id = self._write_once(write.command)
+                entry_id = self._write_once(write.stream, write.command)
                 return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
             if isinstance(write, MembershipWrite):
                 return int(self._membership(write))
@@ -471,15 +488,18 @@ class Publisher:
         except redis.RedisError as exc:
             raise publish_error(exc) from exc
         streams = write.streams(nodes)
-        return gateways_written(self._send_once([stream.command for stream in streams]) if streams else [])
+        return gateways_written(
+            self._send_once([(stream.stream, stream.command) for stream in streams]) if streams else []
+        )
 
     def _membership(self, write: MembershipWrite) -> bool:
         command = write.command(new_token())
+        key = write.script_keys[0]
         try:
-            reply = self._write_once(command)
+            reply = self._write_once(key, command)
         except NoScriptError:  # Redis restarted or flushed its scripts: the write did not run
             self.client.script_load(write.script.body)
-            reply = self._write_once(command)
+            reply = self._write_once(key, command)
         done, intent = write.outcome(reply)
         if intent is not None:
             try:
@@ -490,46 +510,48 @@ class Publisher:
                 raise membership_error(write, exc) from exc
         return done
 
-    def _write_once(self, command: tuple[Any, ...]) -> Any:
-        """Send ``command`` and read its reply, never twice (see ``_send_once``). Redis's refusal
-        raises its ``ResponseError``."""
-        (reply,) = self._send_once([command])
-        if isinstance(reply, redis.ResponseError):
+    def _write_once(self, key: str, command: tuple[Any, ...]) -> Any:
+        """Send ``command`` (in ``key``'s slot) and read its reply, never twice (see
+        ``_send_once``). Redis's refusal raises its ``ResponseError``."""
+        (reply,) = self._send_once([(key, command)])
+        if isinstance(reply, redis.ResponseError | PublishError):
             raise reply
         return reply
 
-    def _send_once(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` in one write on a connection of the client's pool and read their
-        replies (a command Redis refused: its ``ResponseError`` in its place), never twice
-        (``client.execute_command()`` would send them again on a new connection, as its
-        ``retry`` says). A connection lost once they were on their way raises ``PublishError``
-        saying they may or may not have been written."""
-        pool = self.client.connection_pool
-        try:  # connects, or replaces a connection Redis closed: nothing is sent yet
-            conn = pool.get_connection()
-        except TypeError:  # redis-py < 5.3 wants a command name, which it ignores
-            conn = pool.get_connection("_")
-        try:
-            # A PING first if the client asks for one (health_check_interval), with its retries.
-            conn.check_health()  # type: ignore[no-untyped-call]
-            # What no command can carry (a str that is not UTF-8) raises here, unsent.
-            packed = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
-            replies: list[Any] = []
-            try:
-                conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except redis.ResponseError as exc:  # Redis answered: the connection is in step
-                        replies.append(exc)
-            except BaseException as exc:
-                conn.disconnect()  # type: ignore[no-untyped-call]  # out of step with its replies
-                if isinstance(exc, redis.RedisError):
-                    raise publish_error(exc, sent=True) from exc
-                raise
-            return replies
-        finally:
-            pool.release(conn)
+    def _send_once(self, commands: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Send ``(key, command)``s and read their replies, never twice (see ``_send_on``). On a
+        Redis Cluster each goes to the master of its key's slot; a ``MOVED`` reply (it did not
+        run) sends it again to the new master once the slot map is read again; a master that
+        can't be reached, or lost once they were sent, puts a ``PublishError`` in the place of
+        each of its commands (the slot map read again for the next call)."""
+        client = self.client
+        if not isinstance(client, SyncRedisCluster):
+            return _send_on(client.connection_pool, [command for _, command in commands])
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in range(2):
+            by_node: dict[str, tuple[Any, list[int]]] = {}
+            for n in todo:
+                node = client.nodes_manager.get_node_from_slot(slot_of(commands[n][0]))
+                by_node.setdefault(node.name, (node, []))[1].append(n)
+            moved: list[int] = []
+            for node, indices in by_node.values():
+                pool = client.get_redis_connection(node).connection_pool
+                try:
+                    node_replies = _send_on(pool, [commands[n][1] for n in indices])
+                except (PublishError, redis.RedisError, RedisClusterException) as exc:
+                    client.nodes_manager.initialize()  # its master may be gone: where is the slot now?
+                    error = exc if isinstance(exc, PublishError) else publish_error(exc)
+                    node_replies = [error] * len(indices)
+                for n, reply in zip(indices, node_replies, strict=True):
+                    replies[n] = reply
+                    if isinstance(reply, MovedError):
+                        moved.append(n)
+            if not moved or attempt:
+                break
+            client.nodes_manager.initialize()
+            todo = moved
+        return replies
 
     def _check_shards(self, *, read: bool) -> None:
         """``PublishError`` before the first command when this publisher's number of shards is
@@ -570,7 +592,7 @@ class _AwaitableRedis:
     ``preflight.shards_problem``) call it: each command runs at once, and what is awaited is
     its reply. ``_run_at_once`` runs such a helper to its end without an event loop."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: SyncClient) -> None:
         self._client = client
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
@@ -598,6 +620,40 @@ class _AwaitablePipeline:
         return self._pipe.execute(raise_on_error=raise_on_error)
 
 
+def _send_on(pool: redis.ConnectionPool, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` in one write on a connection of ``pool`` and read their replies (a
+    command Redis refused: its ``ResponseError`` in its place), never twice
+    (``client.execute_command()`` would send them again on a new connection, as its ``retry``
+    says). A connection lost once they were on their way raises ``PublishError`` saying they
+    may or may not have been written; one that can't be made raises redis-py's error (nothing
+    was sent)."""
+    try:  # connects, or replaces a connection Redis closed: nothing is sent yet
+        conn = pool.get_connection()
+    except TypeError:  # redis-py < 5.3 wants a command name, which it ignores
+        conn = pool.get_connection("_")
+    try:
+        # A PING first if the client asks for one (health_check_interval), with its retries.
+        conn.check_health()  # type: ignore[no-untyped-call]
+        # What no command can carry (a str that is not UTF-8) raises here, unsent.
+        packed = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:  # Redis answered: the connection is in step
+                    replies.append(exc)
+        except BaseException as exc:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # out of step with its replies
+            if isinstance(exc, redis.RedisError):
+                raise publish_error(exc, sent=True) from exc
+            raise
+        return replies
+    finally:
+        pool.release(conn)
+
+
 def _run_at_once(helper: Coroutine[Any, Any, _T]) -> _T:
     """The result of ``helper``, a coroutine that only awaits an ``_AwaitableRedis`` (so it never
     suspends): run without an event loop, from blocking code."""
@@ -621,16 +677,20 @@ class AsyncPublisher:
         key_prefix: str | None = None,
         *,
         shards: int | None = None,
-        client: redis.asyncio.Redis | None = None,
+        redis_cluster: bool | None = None,
+        client: AsyncClient | None = None,
     ) -> None:
         _check_client_arguments(redis_url, client)
-        settings = connection_from_env(redis_url=redis_url, key_prefix=key_prefix, shards=shards)
+        settings = connection_from_env(
+            redis_url=redis_url, key_prefix=key_prefix, shards=shards, redis_cluster=redis_cluster
+        )
         self.key_prefix = settings.key_prefix
         self.shards = settings.shards
         self.keys = keys_for(self.key_prefix, self.shards)
         self._owns_client = client is None
-        self.client = client or async_redis(
+        self.client: AsyncClient = client or async_redis(
             settings.redis_url,
+            cluster=settings.redis_cluster,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_COMMAND_TIMEOUT_S,
             retry=redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
@@ -642,7 +702,12 @@ class AsyncPublisher:
     @classmethod
     def from_env(cls) -> Self:
         settings = connection_from_env()
-        return cls(settings.redis_url, settings.key_prefix, shards=settings.shards)
+        return cls(
+            settings.redis_url,
+            settings.key_prefix,
+            shards=settings.shards,
+            redis_cluster=settings.redis_cluster,
+        )
 
     # Pushes.
 
@@ -694,7 +759,7 @@ class AsyncPublisher:
         node_of(connection_id)
 
         async def read() -> list[Any]:
-            async with self.client.pipeline() as pipe:  # one slot: the connection's shard
+            async with self.client.pipeline(transaction=False) as pipe:  # one slot: the connection's shard
                 pipe.hgetall(self.keys.connection(connection_id))
                 pipe.smembers(self.keys.connection_groups(connection_id))
                 return await pipe.execute()
@@ -707,7 +772,7 @@ class AsyncPublisher:
     async def _execute(self, write: Write) -> int:
         await self._check_shards(read=False)
         if isinstance(write, StreamWrite):
-            entry_id = await self._batches.run(write.command)
+            entry_id = await self._batches.run(write.stream, write.command)
             return 0 if entry_id is None else 1  # None: NOMKSTREAM, and no such stream
         if isinstance(write, MembershipWrite):
             return int(await self._membership(write))
@@ -717,12 +782,13 @@ class AsyncPublisher:
             raise publish_error(exc) from exc
         streams = write.streams(nodes)
         replies = await asyncio.gather(
-            *(self._batches.run(stream.command) for stream in streams), return_exceptions=True
+            *(self._batches.run(stream.stream, stream.command) for stream in streams), return_exceptions=True
         )
         return gateways_written(replies)
 
     async def _membership(self, write: MembershipWrite) -> bool:
-        done, intent = write.outcome(await self._batches.run(write.command(new_token())))
+        reply = await self._batches.run(write.script_keys[0], write.command(new_token()))
+        done, intent = write.outcome(reply)
         if intent is not None:
             try:
                 await settle(self.client, self.keys, intent.node, [intent], holds=write.holds)
@@ -774,36 +840,43 @@ class _Batches:
     """``AsyncPublisher``'s writes awaited during one event-loop tick, in one round trip.
 
     A write waits for the batch after the one in flight, and one task (a ``TickBatcher``
-    whose flush policy this is) sends the batches on a ``RedisPipe``, so many concurrent
-    pushes cost one write and one read, not one each. Scripts go as ``EVALSHA``; when Redis
-    does not know them (it restarted, or ran ``SCRIPT FLUSH``), they are loaded and those
-    writes sent again, after the rest of their batch (an order only pushes awaited
-    concurrently could tell apart). A batch is never sent twice (``RedisPipe(resend=False)``):
-    a connection lost once it was sent fails its writes with ``PublishError`` (it may or may
-    not have been written); one that can't be made before (``connect()``, with the client's
-    retries) fails them as not sent. Nothing is retried: a flush always succeeds.
+    whose flush policy this is) sends the batches on a ``RedisPipe`` (on a Redis Cluster a
+    ``RoutedPipe``: each write to the master of its key's slot), so many concurrent pushes
+    cost one write and one read, not one each. Scripts go as ``EVALSHA``; when Redis does not
+    know them (it restarted, or ran ``SCRIPT FLUSH``), the pipe sends those writes again as
+    ``EVAL``, after the rest of their batch (an order only pushes awaited concurrently could
+    tell apart). A batch is never sent twice (``resend=False``): a connection lost once it was
+    sent fails its writes with ``PublishError`` (it may or may not have been written); one that
+    can't be made before (``connect()``, with the client's retries) fails them as not sent.
+    Nothing is retried: a flush always succeeds.
     """
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: AsyncClient) -> None:
         self._client = client
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pipe: RedisPipe | None = None
-        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._pipe: RedisPipe | RoutedPipe | None = None
+        self._queue: list[tuple[str, bytes, asyncio.Future[Any]]] = []
         self._batcher: TickBatcher | None = None
 
-    async def run(self, command: tuple[Any, ...]) -> Any:
-        """Write ``command`` in the next batch; its raw reply, or ``PublishError``. What no Redis
-        command can carry (a str that is not UTF-8) raises here, not in the batch."""
+    async def run(self, key: str, command: tuple[Any, ...]) -> Any:
+        """Write ``command`` (in ``key``'s slot) in the next batch; its raw reply, or
+        ``PublishError``. What no Redis command can carry (a str that is not UTF-8) raises
+        here, not in the batch."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or another event loop: connections are per loop
-            pipe = RedisPipe(self._client, resend=False)
+            client = self._client
+            pipe: RedisPipe | RoutedPipe
+            if isinstance(client, redis.asyncio.Redis):
+                pipe = RedisPipe(client, resend=False, scripts=_SCRIPT_OBJECTS)
+            else:
+                pipe = RoutedPipe(client, resend=False, scripts=_SCRIPT_OBJECTS)
             self._loop, self._pipe, self._queue = loop, pipe, []
             self._batcher = TickBatcher(self, name="wsq-publisher-batches", linger=False)
         assert self._pipe is not None
         assert self._batcher is not None
         packed = self._pipe.pack(command)
         done = loop.create_future()
-        self._queue.append((packed, done))
+        self._queue.append((key, packed, done))
         self._batcher.wake()
         return await done
 
@@ -821,55 +894,36 @@ class _Batches:
         try:
             await self._write(batch)
         except BaseException:  # cancelled with its loop, say: nobody may wait for ever
-            for _, done in [*batch, *self._queue]:
+            for _, _, done in [*batch, *self._queue]:
                 done.cancel()
             raise
         return True
 
-    async def _write(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+    async def _write(self, batch: list[tuple[str, bytes, asyncio.Future[Any]]]) -> None:
         """Send ``batch`` once and settle each write with its reply or ``PublishError``."""
-        assert self._pipe is not None
-        try:
-            await self._pipe.connect()
-        except redis.RedisError as exc:  # nothing of the batch was sent
-            _fail(batch, exc, sent=False)
-            return
-        replies = await self._run(batch)
-        if replies is None:
-            return
-        again = [pair for pair, reply in zip(batch, replies, strict=True) if isinstance(reply, NoScriptError)]
-        for (_, done), reply in zip(batch, replies, strict=True):
-            if not isinstance(reply, NoScriptError):
-                _settle(done, reply)
-        if not again:
-            return
-        # Redis did not know a script (it restarted, or ran SCRIPT FLUSH): those writes did not
-        # run. Load the scripts, then send them again, after the rest of their batch.
-        try:
-            await self._pipe.execute([("SCRIPT", "LOAD", source) for source in _SCRIPTS])
-        except redis.RedisError as exc:  # the writes themselves were not sent again
-            _fail(again, exc, sent=False)
-            return
-        replies = await self._run(again)
-        if replies is not None:
-            for (_, done), reply in zip(again, replies, strict=True):
-                _settle(done, reply)
-
-    async def _run(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> list[Any] | None:
-        """The replies to ``batch``, sent once; None, with its writes failed, when the connection
-        was lost after it was sent (Redis may have run it)."""
-        assert self._pipe is not None
-        try:
-            return await self._pipe.execute([command for command, _ in batch])
-        except redis.RedisError as exc:
-            _fail(batch, exc, sent=True)
-            return None
+        pipe = self._pipe
+        if isinstance(pipe, RoutedPipe):  # each command's failure comes in its place
+            replies = await pipe.execute([(key, command) for key, command, _ in batch])
+        else:
+            assert pipe is not None
+            try:
+                await pipe.connect()
+            except redis.RedisError as exc:  # nothing of the batch was sent
+                _fail(batch, exc, sent=False)
+                return
+            try:
+                replies = await pipe.execute([command for _, command, _ in batch])
+            except redis.RedisError as exc:  # lost once sent: Redis may have run it
+                _fail(batch, exc, sent=True)
+                return
+        for (_, _, done), reply in zip(batch, replies, strict=True):
+            _settle(done, reply)
 
 
-def _fail(batch: list[tuple[bytes, asyncio.Future[Any]]], exc: redis.RedisError, *, sent: bool) -> None:
+def _fail(batch: list[tuple[str, bytes, asyncio.Future[Any]]], exc: redis.RedisError, *, sent: bool) -> None:
     """Fail each waiting write of ``batch`` with its own ``PublishError``: nothing was sent, or
     (``sent``) it may or may not have been written."""
-    for _, done in batch:
+    for _, _, done in batch:
         if not done.done():  # else its caller was cancelled
             error = publish_error(exc, sent=sent)
             error.__cause__ = exc
@@ -881,7 +935,8 @@ def _settle(done: asyncio.Future[Any], reply: Any) -> None:
     if done.done():  # its caller was cancelled
         return
     if isinstance(reply, redis.RedisError):
-        error = publish_error(reply)
+        # A connection error in its place: a cluster master lost once the write was sent.
+        error = publish_error(reply, sent=isinstance(reply, RedisConnectionError | RedisTimeoutError))
         error.__cause__ = reply
         done.set_exception(error)
     else:

@@ -34,6 +34,15 @@ class WorkerSettings:
             "WSQ_REDIS_URL", "Redis to use (redis://, rediss:// for TLS, with user:password@ for AUTH)."
         ),
     )
+    redis_cluster: bool = field(
+        default=False,
+        metadata=_setting(
+            "WSQ_REDIS_CLUSTER",
+            "WSQ_REDIS_URL names a node of a Redis Cluster (or Valkey cluster): the worker finds the "
+            "other masters from it, reads each shard's partition from its master and follows slot "
+            "moves and failovers (1/true/yes/on; docs/deploy.md, 'Redis Cluster').",
+        ),
+    )
     key_prefix: str = field(
         default="wsq",
         metadata=_setting("WSQ_KEY_PREFIX", "Namespace of every Redis key: the gateways' WSQ_KEY_PREFIX."),
@@ -77,6 +86,7 @@ class WorkerSettings:
         environ: Mapping[str, str] = os.environ,
         *,
         redis_url: str | None = None,
+        redis_cluster: bool | None = None,
         key_prefix: str | None = None,
         shards: int | None = None,
         claim_idle_ms: int | None = None,
@@ -87,6 +97,7 @@ class WorkerSettings:
         which is then not read. ValueError naming the variable when a number is not a whole one."""
         given: dict[str, object] = {
             "redis_url": redis_url,
+            "redis_cluster": redis_cluster,
             "key_prefix": key_prefix,
             "shards": shards,
             "claim_idle_ms": claim_idle_ms,
@@ -101,11 +112,13 @@ class WorkerSettings:
 
 
 class ConnectionSettings(NamedTuple):
-    """What a publisher needs: where Redis is, and the deployment's key names."""
+    """What a publisher needs: where Redis is (and whether it is a cluster), and the
+    deployment's key names."""
 
     redis_url: str
     key_prefix: str
     shards: int
+    redis_cluster: bool = False
 
 
 def connection_from_env(
@@ -114,15 +127,18 @@ def connection_from_env(
     redis_url: str | None = None,
     key_prefix: str | None = None,
     shards: int | None = None,
+    redis_cluster: bool | None = None,
 ) -> ConnectionSettings:
-    """``(redis_url, key_prefix, shards)`` as ``WorkerSettings.from_env()`` reads them, and no
-    other variable: all a publisher needs (a malformed worker setting is no concern of it). A
-    value given here (not None, not empty) wins over its variable, which is then not read.
-    ValueError naming ``WSQ_SHARDS`` when it is not a number from 1 to 1024."""
+    """``(redis_url, key_prefix, shards, redis_cluster)`` as ``WorkerSettings.from_env()`` reads
+    them, and no other variable: all a publisher needs (a malformed worker setting is no concern
+    of it). A value given here (not None, not empty) wins over its variable, which is then not
+    read. ValueError naming ``WSQ_SHARDS`` when it is not a number from 1 to 1024, or
+    ``WSQ_REDIS_CLUSTER`` when it is not a yes or no."""
     return ConnectionSettings(
         redis_url or _read(environ, _FIELDS["redis_url"]),
         key_prefix or _read(environ, _FIELDS["key_prefix"]),
         check_shards(shards) if shards is not None else shards_from_env(environ),
+        redis_cluster if redis_cluster is not None else _read(environ, _FIELDS["redis_cluster"]),
     )
 
 
@@ -144,6 +160,11 @@ def _read(environ: Mapping[str, str], setting: dataclasses.Field[Any]) -> Any:
     text = environ.get(variable)
     if not text:
         return setting.default
+    if isinstance(setting.default, bool):  # as pydantic reads the gateway's
+        answer = _BOOLEANS.get(text.strip().lower())
+        if answer is None:
+            raise ValueError(f"{variable} must be 1, true, yes or on (or 0, false, no, off), not {text!r}")
+        return answer
     if not isinstance(setting.default, int):
         return text
     try:
@@ -152,4 +173,8 @@ def _read(environ: Mapping[str, str], setting: dataclasses.Field[Any]) -> Any:
         raise ValueError(f"{variable} must be a whole number, not {text!r}") from None
 
 
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "t", "yes", "y", "on"), True),
+    **dict.fromkeys(("0", "false", "f", "no", "n", "off"), False),
+}
 _FIELDS = {setting.name: setting for setting in dataclasses.fields(WorkerSettings)}

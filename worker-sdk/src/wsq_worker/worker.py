@@ -76,8 +76,11 @@ class Worker:
     busy.
 
     ``redis_url``, ``key_prefix`` and ``shards`` default to ``WSQ_REDIS_URL``, ``WSQ_KEY_PREFIX``
-    and ``WSQ_SHARDS`` (else 16): the gateways' own. A worker whose number of shards is not the
-    one the deployment recorded in Redis refuses to start (``RedisUnusableError``).
+    and ``WSQ_SHARDS`` (else 16): the gateways' own. ``redis_cluster`` (default
+    ``WSQ_REDIS_CLUSTER``, else False) says that ``redis_url`` names a node of a Redis Cluster:
+    the worker then reads each shard's partition from the master of its slot. A worker whose
+    number of shards is not the one the deployment recorded in Redis refuses to start
+    (``RedisUnusableError``).
     ``shutdown_timeout`` bounds the wait for in-flight handlers when stopping; ``block_ms`` is
     how long one read waits for events (and so the longest ``stop()`` waits for the read).
     """
@@ -92,6 +95,7 @@ class Worker:
         every: Mapping[float, Periodic] | None = None,
         concurrency: int = 100,
         redis_url: str | None = None,
+        redis_cluster: bool | None = None,
         key_prefix: str | None = None,
         shards: int | None = None,
         consumer_name: str | None = None,
@@ -117,6 +121,7 @@ class Worker:
         self.concurrency = concurrency
         settings = WorkerSettings.from_env(
             redis_url=redis_url or None,
+            redis_cluster=redis_cluster,
             key_prefix=key_prefix or None,
             shards=shards,
             claim_idle_ms=claim_idle_ms,
@@ -124,6 +129,7 @@ class Worker:
             max_dead_letters=max_dead_letters,
         )
         self.redis_url = settings.redis_url
+        self.redis_cluster = settings.redis_cluster
         self.key_prefix = settings.key_prefix
         self.shards = settings.shards
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
