@@ -85,6 +85,7 @@ SMOKE = Sizes(
 class Options:
     sizes: Sizes
     profile_dir: Path | None = None
+    gateways: int = 1  # wsq's gateway processes (the load generators spread over them)
 
 
 class Window:
@@ -291,14 +292,14 @@ def redis_used_bytes(urls: list[str]) -> int:
 
 async def idle(running: Running, options: Options) -> dict[str, Any]:
     sizes = options.sizes
-    before = rss_kib(running.server_pid)
+    before = sum(rss_kib(pid) for pid in running.server_pids)  # with several gateways: all of them
     redis_before = redis_used_bytes(running.redis_urls)
     async with clients(
         running.ws_url, sizes.idle_connections, sizes.hold_processes, sizes.open_concurrency
     ) as group:
         connections = len(group.ids)
         await asyncio.sleep(sizes.settle_s)  # the server finishes its connect work (registry, events)
-        after = rss_kib(running.server_pid)
+        after = sum(rss_kib(pid) for pid in running.server_pids)
         redis_after = redis_used_bytes(running.redis_urls)
     redis_measured = {
         # Anonymous connections: the registry (hash, node set member); their connect events
