@@ -1,10 +1,11 @@
 """Fixtures for end-to-end tests: a private Redis, gateway and worker processes.
 
 Every test that starts gateways or workers is parametrised by the Redis it runs on: a single
-redis-server (``[single]``) and, with ``WSQ_TEST_REDIS_MODES=single,cluster``, a local 3-master
-Redis Cluster (``[cluster]``, ``WSQ_REDIS_CLUSTER=true``). A test of a
-single server's own faults (stopped, paused, emptied) is marked ``single_redis`` and runs once;
-the cluster's faults (a master failing over) have tests of their own. Each test gets its own
+redis-server (``[single]``) and a local 3-master Redis Cluster with a replica each
+(``[cluster]``, ``WSQ_REDIS_CLUSTER=true``); ``WSQ_TEST_REDIS_MODES=single`` (or ``cluster``)
+runs one mode only. A test of a single server's own faults (stopped, paused, emptied) is marked
+``single_redis`` and runs once; one of the cluster's own (a master failing over),
+``cluster_redis``. Each test gets its own
 key prefix, so the processes of one test never see another's data.
 """
 
@@ -14,35 +15,28 @@ import itertools
 import os
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 from docker_mode import pytest_report_header, pytest_terminal_summary  # noqa: F401 - report hooks
-from system_harness import HERE, GatewayProcess, StartGateway, StartWorker, consumers, wait_for_consumers
+from system_harness import (
+    HERE,
+    GatewayProcess,
+    RedisTarget,
+    StartGateway,
+    StartWorker,
+    consumers,
+    wait_for_consumers,
+)
 
 from wsq_devkit import ManagedProcess, free_port
 from wsq_protocol.cluster import SyncClient, sync_redis
 
 _names = itertools.count(1)
 
-# WSQ_TEST_REDIS_MODES=single,cluster adds the cluster mode. Not the default yet: the worker
-# SDK does not run on a cluster so far (its readers and commits cross slots), so only the
-# gateway's own cluster tests (gateway-service/tests/test_redis_cluster.py) run in CI.
-MODES = os.environ.get("WSQ_TEST_REDIS_MODES", "single").split(",")
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """The Redis a test's processes use: a single server's URL, or a cluster node's."""
-
-    url: str
-    cluster: bool
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"WSQ_REDIS_URL": self.url, **({"WSQ_REDIS_CLUSTER": "true"} if self.cluster else {})}
+# Both by default (as in CI); WSQ_TEST_REDIS_MODES=single for a quicker run.
+MODES = os.environ.get("WSQ_TEST_REDIS_MODES", "single,cluster").split(",")
 
 
 @pytest.fixture(params=MODES)
@@ -53,8 +47,14 @@ def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A ``single_redis`` test runs in the single mode only (not collected as ``[cluster]``)."""
-    dropped = [item for item in items if _mode(item) == "cluster" and item.get_closest_marker("single_redis")]
+    """A ``single_redis`` test runs in the single mode only (not collected as ``[cluster]``), a
+    ``cluster_redis`` one (a cluster's own fault) in the cluster mode only."""
+    dropped = [
+        item
+        for item in items
+        if (_mode(item) == "cluster" and item.get_closest_marker("single_redis"))
+        or (_mode(item) == "single" and item.get_closest_marker("cluster_redis"))
+    ]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
@@ -110,12 +110,18 @@ def pytest_runtest_makereport(
 def start_gateway(base_env: dict[str, str], processes: list[ManagedProcess]) -> StartGateway:
     def start(scheme: str = "http", **env: str) -> GatewayProcess:
         port = free_port()
+        # WSQ_NODE_ID="" leaves it unset: the gateway picks one in the least used shard.
         node_id = env.pop("WSQ_NODE_ID", f"gw{next(_names)}")
         full_env = {**base_env, "WSQ_HOST": "127.0.0.1", "WSQ_PORT": str(port), "WSQ_NODE_ID": node_id, **env}
-        process = ManagedProcess.python_module(f"gateway-{node_id}", "wsq_gateway", env=full_env)
+        if not node_id:
+            del full_env["WSQ_NODE_ID"]
+        name = node_id or f"picked{next(_names)}"
+        process = ManagedProcess.python_module(f"gateway-{name}", "wsq_gateway", env=full_env)
         processes.append(process.start())
         gateway = GatewayProcess(process, port, node_id, full_env.get("WSQ_PATH", "/ws"), scheme)
         gateway.wait_ready()
+        if not node_id:
+            gateway.node_id = str(gateway.ready_report()["node"])
         return gateway
 
     return start

@@ -12,18 +12,20 @@ import os
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from wsq_worker import Context, Refuse, Worker
+from wsq_protocol.cluster import AsyncClient, async_redis
+from wsq_worker import Context, Refuse, Retry, Worker
+from wsq_worker.settings import connection_from_env
 
 PREFIX = os.environ.get("WSQ_KEY_PREFIX", "wsq")
-_redis: aioredis.Redis | None = None
+_redis: AsyncClient | None = None
 
 
-def recorder() -> aioredis.Redis:
+def recorder() -> AsyncClient:
+    """The worker's Redis (a cluster client when WSQ_REDIS_CLUSTER says so)."""
     global _redis  # noqa: PLW0603 - one client per worker process
     if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ["WSQ_REDIS_URL"])
+        settings = connection_from_env()
+        _redis = async_redis(settings.redis_url, cluster=settings.redis_cluster)
     return _redis
 
 
@@ -114,6 +116,14 @@ async def tracked(ctx: Context, data: Any) -> dict[str, Any]:
     return {"attempt": ctx.attempt, "pid": os.getpid()}
 
 
+async def until_fixed(ctx: Context, data: Any) -> dict[str, Any]:
+    """Retry (soon) until the key ``{prefix}:test:fixed`` exists: a bug fixed after its
+    messages went to the dead letters, for a replay to run them again."""
+    if not await recorder().exists(f"{PREFIX}:test:fixed"):
+        raise Retry(0.05)
+    return {"fixed": data, "attempt": ctx.attempt}
+
+
 async def on_connect(ctx: Context) -> None:
     await record("connects", ctx)
     await ctx.send("welcome", {"connection_id": ctx.connection_id})
@@ -138,6 +148,7 @@ worker = Worker(
         "poke": poke,
         "presence": presence,
         "tracked": tracked,
+        "until_fixed": until_fixed,
     },
     on_connect=on_connect,
     on_disconnect=on_disconnect,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.error
 import urllib.request
@@ -25,6 +26,18 @@ JWT_SECRET = "an-integration-test-secret-32-bytes!"
 START_TIMEOUT_S = 20.0
 
 
+@dataclass(frozen=True)
+class RedisTarget:
+    """The Redis a test's processes use: a single server's URL, or a cluster node's."""
+
+    url: str
+    cluster: bool
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"WSQ_REDIS_URL": self.url, **({"WSQ_REDIS_CLUSTER": "true"} if self.cluster else {})}
+
+
 @dataclass
 class GatewayProcess:
     process: ManagedProcess
@@ -39,6 +52,17 @@ class GatewayProcess:
 
     def http_url(self, path: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def ready_report(self) -> dict[str, Any]:
+        """What ``/readyz`` says (its JSON body), ready or not."""
+        context = ssl._create_unverified_context() if self.scheme == "https" else None
+        try:
+            with urllib.request.urlopen(self.http_url("/readyz"), timeout=2, context=context) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+        report: dict[str, Any] = json.loads(body)
+        return report
 
     def status(self, path: str) -> int:
         # Readiness is probed without checking the certificate: tests use throw-away ones.

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 import redis
-from conftest import RedisTarget
-from system_harness import JWT_SECRET, Client, GatewayProcess, StartGateway, StartWorker, token
+from system_harness import JWT_SECRET, Client, GatewayProcess, RedisTarget, StartGateway, StartWorker, token
 
 from wsq_devkit import RedisServer, TcpProxy, wait_until, wait_until_async
+from wsq_devkit.redis_cluster import RedisCluster
+from wsq_protocol.keys import Keys
+from wsq_protocol.routing import slot_of
 from wsq_worker import AsyncPublisher
 
 # Fast liveness so a dead gateway is noticed within seconds: 0.5 s heartbeats, 2 s timeout.
@@ -226,3 +230,79 @@ async def test_a_gateway_cut_off_from_redis_for_2s_loses_no_direct_push(
         assert received == list(range(sent)), "every push arrived, in order, after the cut"
         assert sent > 10
         await client.close()
+
+
+@pytest.mark.cluster_redis
+async def test_a_master_failing_over_while_clients_round_trip_answers_every_frame_once(
+    redis_target: RedisTarget,
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    session: aiohttp.ClientSession,
+    publisher: AsyncPublisher,
+    key_prefix: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The master serving a gateway's shard (its partition, its stream, its connections' keys)
+    stops and its replica takes over while clients of two gateways keep sending frames with ids:
+    no process restarts, every frame gets exactly one answer (its reply, or ``$error`` while the
+    slot had no master), and round trips work again on both gateways once the replica serves it."""
+    redis_cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    # The default liveness (20 s): FAST's 2 s is shorter than a failover, during which a gateway
+    # whose heartbeat's slot has no master would be presumed dead (docs/deploy.md).
+    gateways = [start_gateway(WSQ_JWT_SECRET=JWT_SECRET) for _ in range(2)]
+    start_worker()
+    start_worker()
+    keys = Keys(key_prefix)
+    victim = redis_cluster.master_of_slot(slot_of(keys.inbound_stream_of(gateways[0].node_id)))
+    clients = [await connect(session, gateways[n % 2], f"u{n}") for n in range(4)]
+    answers: list[Counter[str]] = [Counter() for _ in clients]
+    errors: list[list[dict[str, Any]]] = [[] for _ in clients]
+    after_failover: list[int] = [0 for _ in clients]
+    failed_over = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def round_trip(n: int) -> None:
+        client, number = clients[n], 0
+        while not stop.is_set():
+            frame_id = f"{n}-{number}"
+            await client.send("echo", number, id=frame_id)
+            answer = await client.receive_until(lambda frame: "id" in frame, timeout=30)
+            answers[n][answer["id"]] += 1
+            if answer["action"] == "$error":
+                errors[n].append(answer)
+            elif failed_over.is_set():
+                after_failover[n] += 1
+            assert answer["id"] == frame_id, "answers come in the order the frames were sent"
+            number += 1
+            await asyncio.sleep(0.02)  # pacing, below the gateway's rate limit (not a synchronisation)
+
+    async def round_trips_before() -> bool:
+        return all(sum(counts.values()) >= 20 for counts in answers)
+
+    async def round_trips_after() -> bool:
+        return all(count >= 20 for count in after_failover)
+
+    tasks = [asyncio.create_task(round_trip(n)) for n in range(len(clients))]
+    try:
+        await wait_until_async(round_trips_before, timeout=30, message="round trips before the failover")
+        promoted = await asyncio.to_thread(redis_cluster.fail_over, victim, kill=False)
+        failed_over.set()
+        assert redis_cluster.master_of_slot(slot_of(keys.inbound_stream_of(gateways[0].node_id))) == promoted
+        try:
+            await wait_until_async(round_trips_after, timeout=60, message="round trips after the failover")
+        finally:
+            print("answers after the failover", after_failover, "errors", [len(e) for e in errors])
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.to_thread(redis_cluster.rejoin, victim)
+    for n, client in enumerate(clients):
+        assert set(answers[n].values()) == {1}, f"client {n}: every frame answered once"
+        assert all(error["data"]["code"] == "unavailable" for error in errors[n]), errors[n]
+        await publisher.to(client.connection_id).send("marker", None)
+        assert await client.receive() == {"action": "marker", "data": None}, "no late second answer"
+    for gateway in gateways:
+        assert gateway.process.running(), "no restart"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from typing import cast
 
 import aiohttp
 import redis
-from system_harness import Client, StartGateway, StartWorker, inbound_length, inbound_pending
+from system_harness import Client, RedisTarget, StartGateway, StartWorker, inbound_length, inbound_pending
 
 from wsq_devkit import wait_until
 
@@ -76,3 +78,47 @@ async def test_the_connect_hook_refusal_reaches_the_client(
     ws = await session.ws_connect(gateway.ws_url)
     msg = await ws.receive(timeout=15)
     assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4403, "not welcome here")
+
+
+async def test_messages_past_their_attempts_are_dead_lettered_then_replayed_to_their_client(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    session: aiohttp.ClientSession,
+    redis_client: redis.Redis,
+    redis_target: RedisTarget,
+    key_prefix: str,
+) -> None:
+    """Messages whose handler retries past WSQ_MAX_ATTEMPTS: each client gets `handler_failed`,
+    `wsq-worker dead list` shows them; once the bug is fixed, `dead replay --all` runs each
+    again, and its answer reaches its client, on its own gateway, with the frame's id."""
+    gateways = [start_gateway(), start_gateway()]
+    start_worker(WSQ_MAX_ATTEMPTS="2")
+    clients = [await Client.connect(session, gateway.ws_url) for gateway in gateways]
+    for n, client in enumerate(clients):
+        await client.receive_until(lambda f: f["action"] == "welcome")
+        await client.send("until_fixed", n, id=f"job{n}")
+    for n, client in enumerate(clients):
+        failed = await client.receive_until(lambda f, n=n: f.get("id") == f"job{n}", timeout=30)
+        assert (failed["action"], failed["data"]["code"]) == ("$error", "handler_failed")
+
+    env = {**redis_target.env, "WSQ_KEY_PREFIX": key_prefix}
+
+    def wsq_worker(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "wsq_worker", *args]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    listed = wsq_worker("dead", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert (
+        sorted(line.split('"action": ')[1][:14] for line in listed.stdout.splitlines())
+        == ['"until_fixed",'] * 2
+    )
+
+    redis_client.set(f"{key_prefix}:test:fixed", "1")
+    replayed = wsq_worker("dead", "replay", "--all")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == "replayed 2 dead letters into the inbound stream"
+    for n, client in enumerate(clients):
+        answer = await client.receive_until(lambda f, n=n: f.get("id") == f"job{n}", timeout=30)
+        assert answer == {"action": "until_fixed", "data": {"fixed": n, "attempt": 1}, "id": f"job{n}"}
+    assert wsq_worker("dead", "list").stdout == ""

@@ -92,6 +92,25 @@ async def test_logs_are_json_lines_with_node_and_connection_ids(
         assert raw.startswith("{"), f"not a JSON log line: {raw!r}"
 
 
+async def test_a_gateway_without_a_node_id_logs_the_one_it_picked(
+    start_gateway: StartGateway, session: aiohttp.ClientSession, key_prefix: str
+) -> None:
+    """Without WSQ_NODE_ID a gateway draws one, then picks one in the least used shard: every
+    log line names the id it runs with (the one /readyz and its connections' ids say)."""
+    gateway = start_gateway(WSQ_NODE_ID="", WSQ_LOG_FORMAT="json", WSQ_LOG_LEVEL="debug")
+    client = await Client.connect(session, gateway.ws_url)
+    assert client.connection_id.startswith(f"{gateway.node_id}.")
+
+    def connected_line() -> list[dict[str, object]] | None:
+        lines = [json.loads(line) for line in gateway.process.output().splitlines() if line.startswith("{")]
+        return lines if any(line.get("connection_id") == client.connection_id for line in lines) else None
+
+    lines = wait_until(connected_line, timeout=10, message="the connection's log line")
+    await client.close()
+    assert {line["node"] for line in lines if "node" in line} == {gateway.node_id}
+    assert lines[-1]["node"] == gateway.node_id
+
+
 def test_health_endpoints(start_gateway: StartGateway) -> None:
     gateway = start_gateway()
     assert gateway.status("/healthz") == 200

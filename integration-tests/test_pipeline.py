@@ -11,8 +11,7 @@ import time
 import aiohttp
 import pytest
 import redis
-from conftest import RedisTarget
-from system_harness import JWT_SECRET, Client, StartGateway, StartWorker, inbound_pending, token
+from system_harness import JWT_SECRET, Client, RedisTarget, StartGateway, StartWorker, inbound_pending, token
 
 from wsq_devkit import wait_until
 from wsq_devkit.contract import is_valid

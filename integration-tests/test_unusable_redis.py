@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from system_harness import HERE
+from system_harness import HERE, RedisTarget
 
 from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until
 from wsq_devkit.redis_server import RedisServer as RedisServerType
@@ -18,15 +18,20 @@ PASSWORD = "the-right-password"
 
 
 @pytest.fixture
-def unusable(request: pytest.FixtureRequest, redis_server: RedisServerType) -> Iterator[tuple[str, str]]:
-    """(Redis URL, what the error line must say) for each kind of unusable Redis."""
+def unusable(
+    request: pytest.FixtureRequest, redis_server: RedisServerType, redis_target: RedisTarget
+) -> Iterator[tuple[str, str]]:
+    """(Redis URL, what the error line must say) for each kind of unusable Redis. The processes
+    use a cluster client in the cluster mode: a lone cluster node then serves no slot, and a
+    replica of a single Redis is not a cluster."""
     kind = request.param
     if kind == "cluster":
         server = RedisServer(cluster=True)
-        url, says = server.url, "Redis Cluster"
+        url = server.url
+        says = "does not serve every hash slot" if redis_target.cluster else "set WSQ_REDIS_CLUSTER=1"
     elif kind == "replica":
         server = RedisServer(replica_of=redis_server.port)
-        url, says = server.url, "replica"
+        url, says = server.url, "it is not a Redis Cluster" if redis_target.cluster else "replica"
     else:
         server = RedisServer(password=PASSWORD)
         auth = ":a-wrong-password@" if kind == "wrong-password" else ""

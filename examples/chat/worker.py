@@ -22,9 +22,9 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from wsq_protocol.cluster import AsyncClient, async_redis
 from wsq_worker import Context, Worker
+from wsq_worker.settings import connection_from_env
 
 MAX_NAME = 32
 MAX_TEXT = 500
@@ -33,16 +33,16 @@ MAX_TEXT = 500
 # processes, so state that must outlive one event lives outside the process (a database
 # or Redis), never in a module-level dict. This app uses the Redis wsq already needs.
 NAMES_KEY = f"{os.environ.get('WSQ_KEY_PREFIX', 'wsq')}:chat:names"
-_redis: aioredis.Redis | None = None
+_redis: AsyncClient | None = None
 
 
-def names() -> aioredis.Redis:
-    """The app's Redis client (created on first use, shared by all handlers)."""
+def names() -> AsyncClient:
+    """The app's Redis client (created on first use, shared by all handlers): wsq's own
+    settings (WSQ_REDIS_URL, and WSQ_REDIS_CLUSTER for a cluster client)."""
     global _redis  # noqa: PLW0603 - one client per worker process
     if _redis is None:
-        _redis = aioredis.Redis.from_url(
-            os.environ.get("WSQ_REDIS_URL", "redis://localhost:6379/0"), decode_responses=True
-        )
+        settings = connection_from_env()
+        _redis = async_redis(settings.redis_url, cluster=settings.redis_cluster, decode_responses=True)
     return _redis
 
 

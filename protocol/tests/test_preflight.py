@@ -129,6 +129,21 @@ async def test_a_cluster_client_on_a_single_redis_or_a_node_serving_nothing_is_a
             assert problem.startswith(expected)
 
 
+@pytest.mark.parametrize("password", ["a-wrong-password", None])
+async def test_a_cluster_client_refused_by_the_password_says_so(password: str | None) -> None:
+    """A cluster client that can't read the slot map says why only in its exception's cause:
+    a wrong or missing password is as permanent there as from a single Redis."""
+    with RedisServer(cluster=True, password="the-password") as node:
+        auth = f":{password}@" if password else ""
+        client = async_redis(f"redis://{auth}127.0.0.1:{node.port}/0", cluster=True)
+        try:
+            problem = await judge(client)
+        finally:
+            await client.aclose()
+    assert problem is not None
+    assert problem.startswith("authentication failed")
+
+
 async def test_a_slot_no_master_serves_is_a_problem(redis_cluster: RedisCluster) -> None:
     """A slot deleted from its master: the cluster is not ok, and waiting will not help."""
     slot = 1234

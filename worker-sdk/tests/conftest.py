@@ -8,17 +8,14 @@ Everything runs against the private redis-server of wsq_devkit (fixtures ``redis
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 import redis.asyncio
-from worker_harness import FakeGateway, ReplyCutter, Schemas, StartWorker
+from worker_harness import FakeGateway, ReplyCutter, Schemas, StartWorker, worker_starter
 
 from wsq_devkit import RedisServer
 from wsq_protocol.keys import Keys, keys_for
-from wsq_worker import Worker
 
 
 @pytest.fixture(scope="session")
@@ -67,19 +64,8 @@ def make_gateway(key_prefix: str, schemas: Schemas) -> Callable[[redis.asyncio.R
 async def start_worker(redis_url: str, key_prefix: str) -> AsyncIterator[StartWorker]:
     """``await start_worker(actions, **options)``: a Worker running ``run_async()`` in a task until
     the test ends (reads block 100 ms so that stopping is quick)."""
-    runs: list[tuple[Worker, asyncio.Task[None]]] = []
-
-    async def start(actions: dict[str, Any] | None = None, **options: Any) -> Worker:
-        options.setdefault("block_ms", 100)
-        worker = Worker(actions, redis_url=redis_url, key_prefix=key_prefix, **options)
-        runs.append((worker, asyncio.create_task(worker.run_async())))
-        return worker
-
-    yield start
-    for worker, _ in runs:
-        worker.stop()
-    for _, task in runs:
-        await asyncio.wait_for(task, timeout=40)
+    async with worker_starter(redis_url=redis_url, key_prefix=key_prefix) as start:
+        yield start
 
 
 @pytest.fixture

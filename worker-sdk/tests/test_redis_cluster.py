@@ -9,18 +9,18 @@ import asyncio
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from worker_harness import FakeGateway, Schemas, str_entries
+from worker_harness import FakeGateway, Schemas, StartWorker, str_entries, worker_starter
 
 from wsq_devkit import wait_until_async
 from wsq_devkit.redis_cluster import RedisCluster
 from wsq_protocol.cluster import AsyncClient, async_redis
 from wsq_protocol.keys import Keys, keys_for
 from wsq_protocol.routing import slot_of
-from wsq_worker import AsyncPublisher, Context, Publisher, Retry, Worker
+from wsq_worker import AsyncPublisher, Context, Publisher, Retry
 
 PER_MASTER = 2
 
@@ -59,24 +59,11 @@ def gateways(
 
 
 @pytest.fixture
-async def start_cluster_worker(
-    redis_cluster: RedisCluster, key_prefix: str
-) -> AsyncIterator[Callable[..., Any]]:
-    runs: list[tuple[Worker, asyncio.Task[None]]] = []
-
-    async def start(actions: dict[str, Any], **options: Any) -> Worker:
-        options.setdefault("block_ms", 100)
-        worker = Worker(
-            actions, redis_url=redis_cluster.url, redis_cluster=True, key_prefix=key_prefix, **options
-        )
-        runs.append((worker, asyncio.create_task(worker.run_async())))
-        return worker
-
-    yield start
-    for worker, _ in runs:
-        worker.stop()
-    for _, task in runs:
-        await asyncio.wait_for(task, timeout=40)
+async def start_cluster_worker(redis_cluster: RedisCluster, key_prefix: str) -> AsyncIterator[StartWorker]:
+    async with worker_starter(
+        redis_url=redis_cluster.url, redis_cluster=True, key_prefix=key_prefix
+    ) as start:
+        yield start
 
 
 async def all_done(gateways: list[FakeGateway]) -> bool:
@@ -84,7 +71,7 @@ async def all_done(gateways: list[FakeGateway]) -> bool:
 
 
 async def test_replies_and_pushes_across_every_master(
-    start_cluster_worker: Callable[..., Any], gateways: list[FakeGateway]
+    start_cluster_worker: StartWorker, gateways: list[FakeGateway]
 ) -> None:
     """Each message is answered on its gateway's stream (the commit, in its shard's slot), and its
     handler's push to a connection of the next gateway (another slot, often another master)
@@ -121,7 +108,7 @@ async def test_replies_and_pushes_across_every_master(
 
 
 async def test_retries_and_dead_letters_stay_in_their_shard_and_replay(
-    start_cluster_worker: Callable[..., Any],
+    start_cluster_worker: StartWorker,
     gateways: list[FakeGateway],
     cluster_client: AsyncClient,
     redis_cluster: RedisCluster,
@@ -181,7 +168,7 @@ async def test_retries_and_dead_letters_stay_in_their_shard_and_replay(
 
 
 async def test_publishers_reach_users_and_groups_on_every_master(
-    start_cluster_worker: Callable[..., Any],
+    start_cluster_worker: StartWorker,
     gateways: list[FakeGateway],
     redis_cluster: RedisCluster,
     key_prefix: str,
@@ -232,7 +219,7 @@ async def test_publishers_reach_users_and_groups_on_every_master(
 
 
 async def test_a_master_failing_over_mid_stream_answers_every_message_once(
-    start_cluster_worker: Callable[..., Any],
+    start_cluster_worker: StartWorker,
     gateways: list[FakeGateway],
     redis_cluster: RedisCluster,
     key_prefix: str,

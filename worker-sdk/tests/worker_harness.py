@@ -10,8 +10,9 @@ give a reply the one type it has there, with a cast where redis-py returns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -42,6 +43,28 @@ def str_entries(reply: StreamRangeResponse | None) -> list[StrEntry]:
 
 StartWorker = Callable[..., Awaitable[Worker]]
 """The ``start_worker`` fixture: ``await start_worker(actions, **options)`` starts a Worker."""
+
+
+@contextlib.asynccontextmanager
+async def worker_starter(**defaults: Any) -> AsyncIterator[StartWorker]:
+    """``start(actions, **options)``: a Worker (``defaults`` and ``options`` its arguments)
+    running ``run_async()`` in a task until the block ends, when each is stopped and awaited
+    (reads block 100 ms so that stopping is quick)."""
+    runs: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(actions: dict[str, Any] | None = None, **options: Any) -> Worker:
+        options = {"block_ms": 100, **defaults, **options}
+        worker = Worker(actions, **options)
+        runs.append((worker, asyncio.create_task(worker.run_async())))
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker, _ in runs:
+            worker.stop()
+        for _, task in runs:
+            await asyncio.wait_for(task, timeout=40)
 
 
 _MISSING = object()

@@ -26,7 +26,9 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return logger
 
 
-def configure_logging(level: str, fmt: str, node_id: str) -> None:
+def configure_logging(level: str, fmt: str, node_id: str | None = None) -> None:
+    """Every log line structured (JSON, or coloured for a console), naming ``node_id`` once it is
+    known (``bind_node``)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -63,6 +65,12 @@ def configure_logging(level: str, fmt: str, node_id: str) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    if node_id is not None:
+        bind_node(node_id)
+
+
+def bind_node(node_id: str) -> None:
+    """Name ``node_id`` in every log line from here on (in this context and the tasks it starts)."""
     structlog.contextvars.bind_contextvars(node=node_id)
 
 

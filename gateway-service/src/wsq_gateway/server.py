@@ -14,7 +14,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from wsq_gateway.app import create_app
 from wsq_gateway.broker.liveness import pick_node_id
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
-from wsq_gateway.logs import configure_logging, get_logger
+from wsq_gateway.logs import bind_node, configure_logging, get_logger
 from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY
 from wsq_protocol.cluster import async_redis
@@ -48,6 +48,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
     if "node_id" not in settings.model_fields_set:
         settings = await _with_balanced_node_id(settings)
+    bind_node(settings.node_id)  # from here on every line names the id it runs with
     app = create_app(settings)
     # After the sockets are closed, aiohttp waits up to this for their handlers, then cancels
     # them and waits up to this again; the flush and the goodbye have the rest of WSQ_DRAIN_S.
@@ -131,7 +132,9 @@ def _waiting_tasks() -> list[str]:
 def run(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT; the exit status: 0, or 1 when the gateway failed (a
     background task died, or Redis can't serve it: the log says why)."""
-    configure_logging(settings.log_level, settings.log_format, settings.node_id)
+    # A node id it was given is named at once; one it picks (serve()), once picked.
+    given = settings.node_id if "node_id" in settings.model_fields_set else None
+    configure_logging(settings.log_level, settings.log_format, given)
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
     except ImportError:

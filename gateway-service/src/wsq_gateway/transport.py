@@ -6,7 +6,6 @@ import asyncio
 import functools
 
 from aiohttp import WebSocketError, WSMessage, WSMsgType, web
-from redis.exceptions import RedisError
 
 from wsq_gateway import admission
 from wsq_gateway.admission import HOOK_TIMEOUT_CLOSE, Close, Refusal
@@ -15,6 +14,7 @@ from wsq_gateway.connection import CLOSE_TIMEOUT_S, Connection
 from wsq_gateway.errors import AuthenticationError, BrokerUnavailable
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.state import GATEWAY, Gateway
+from wsq_protocol.cluster import REDIS_FAILURES
 from wsq_protocol.codes import ErrorCode
 from wsq_protocol.errors import FrameError
 from wsq_protocol.events import request_text
@@ -54,7 +54,7 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "starting: waiting for redis"}, status=503)
     try:
         await asyncio.wait_for(gateway.redis.ping(), READY_PING_TIMEOUT_S)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (*REDIS_FAILURES, TimeoutError) as exc:
         return web.json_response({"status": "redis unavailable", "error": str(exc)}, status=503)
     return web.json_response(
         {
@@ -116,7 +116,7 @@ async def _check_user_limit(gateway: Gateway, user_id: str) -> None:
     held: int | None
     try:
         held = int(await gateway.redis.scard(gateway.keys.user_connections(user_id)))
-    except (RedisError, OSError):
+    except REDIS_FAILURES:
         held = None  # not known: admission.user_refusal lets it through
     refusal = admission.user_refusal(held, gateway.settings.max_connections_per_user)
     if refusal is not None:

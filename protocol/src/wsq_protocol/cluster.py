@@ -33,6 +33,7 @@ from wsq_protocol.pipe import async_redis as async_single_redis
 
 __all__ = [
     "REDIS_ERRORS",
+    "REDIS_FAILURES",
     "AsyncClient",
     "SyncClient",
     "async_redis",
@@ -48,10 +49,17 @@ AsyncClient = redis.asyncio.Redis | AsyncRedisCluster
 SyncClient = redis.Redis | SyncRedisCluster
 """A blocking client of a single Redis or of a Redis Cluster."""
 
-REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+REDIS_ERRORS: tuple[type[RedisError], type[RedisClusterException]] = (RedisError, RedisClusterException)
 """What a client's command may raise from Redis: ``RedisError``, and on a cluster client
 ``RedisClusterException`` too (no node reachable, slots not covered, a slot map being rebuilt),
 which is not one: ``except REDIS_ERRORS`` catches both."""
+REDIS_FAILURES: tuple[type[RedisError], type[RedisClusterException], type[OSError]] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+)
+"""``REDIS_ERRORS`` and ``OSError`` (a socket failing under the client): every way a command may
+fail that waiting may or may not cure, for loops that log and retry."""
 
 # What a server without cluster support answers CLUSTER INFO (Redis and Valkey).
 _NO_CLUSTER = "cluster support disabled"

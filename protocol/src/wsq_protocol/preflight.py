@@ -178,6 +178,12 @@ def permanent_problem(exc: BaseException, wording: Wording) -> str | None:
         return f"{CLUSTER} ({message})"
     if isinstance(exc, ClusterDownError):  # "Hash slot not served", or down while a replica is promoted
         return f"{SLOT_NOT_SERVED} ({message})" if "not served" in message.lower() else None
+    if isinstance(exc, RedisClusterException) and exc.__cause__ is not None:
+        # A cluster client that could not read the slot map says why in its cause (a wrong
+        # password, a missing permission...): judged as the same error from a single Redis.
+        problem = permanent_problem(exc.__cause__, wording)
+        if problem is not None:
+            return problem
     if isinstance(exc, RedisClusterException) and not isinstance(exc, RedisClusterUnreachableError):
         if "slots are not covered" in message:
             return f"{SLOT_NOT_SERVED} ({message})"

@@ -138,10 +138,11 @@ class _Router:
         *,
         resend: bool,
         writes: bool,
-        on_connect: bytes | None,
+        on_connect: tuple[Any, ...] | None,
         failover_s: float,
         scripts: Iterable[Script],
     ) -> None:
+        assert isinstance(client, AsyncRedisCluster)
         self.client = client
         self.writes = writes
         self.resend = resend and not writes
@@ -153,7 +154,7 @@ class _Router:
         self.options: dict[str, Any] = {"socket_timeout": None}
         if writes:
             self.options |= {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
-        self.on_connect = on_connect
+        self.on_connect = None if on_connect is None else pack_command(on_connect)
         self.links: dict[str, _Link] = {}
         self.ready = False
 
@@ -490,13 +491,12 @@ class SlotPipe(RedisPipe):
     ) -> None:
         if key is None:
             raise TypeError("RedisPipe on a Redis Cluster needs key=: the pipe is bound to that key's slot")
-        assert isinstance(client, AsyncRedisCluster)
         self.slot = slot_of(key)
         self._router = _Router(
             client,
             resend=resend,
             writes=writes,
-            on_connect=None if on_connect is None else pack_command(on_connect),
+            on_connect=on_connect,
             failover_s=failover_s,
             scripts=scripts,
         )
@@ -561,7 +561,7 @@ class RoutedPipe:
                 client,
                 resend=resend,
                 writes=False,
-                on_connect=None if on_connect is None else pack_command(on_connect),
+                on_connect=on_connect,
                 failover_s=failover_s,
                 scripts=scripts,
             )

@@ -332,10 +332,14 @@ class Run:
                 # Not interrupted by stop(): the entries it returns are ours to handle, or they
                 # would stay pending until claimed. So stopping takes up to block_ms.
                 block_ms = min(worker.block_ms, int((next_claim - self.loop.time()) * 1000))
-                # COUNT is per partition: shared by those that had entries last time, so that
-                # one busy partition is read in large batches, and a burst on all of them takes
-                # about the free slots (the rest waits in the queue).
-                count = max(1, min(free_slots // reader.active, _MAX_READ_COUNT))
+                # COUNT is per partition: the free slots are shared by the partitions each reader
+                # had entries from last time, so that on a single Redis one busy partition is
+                # read in large batches, and a burst on all of them takes about the free slots
+                # (the rest waits in the queue). A cluster's worker has a reader per partition,
+                # which all block at once: each asks for its share, so that together they never
+                # take more than the free slots, and workers share a burst.
+                sharers = sum(other.active for other in self.readers)
+                count = max(1, min(free_slots // sharers, _MAX_READ_COUNT))
                 read = reader.read(worker.consumer_name, count, max(block_ms, 1))  # 0 would block for ever
                 if fresh:
                     fresh = False

@@ -14,8 +14,9 @@ from Redis's own replies (see docs/guarantees.md, "Redis outages"):
   batch's other writes wait for Redis's verdict.
 * The connection fails once the batch was sent (:class:`WriteInDoubt`): Redis ran all of it
   or none. Each batch is a transaction (``MULTI`` ... ``EXEC``) that also records its
-  sequence number (``{prefix}:node:{node}:seq``), so once Redis answers again one ``GET``
-  tells which: the batch is done, or it is sent again. Nothing is written twice.
+  sequence number (``{prefix:k}:node:{node}:seq``, in the node's slot), so once Redis answers
+  again one ``GET`` tells which: the batch is done, or it is sent again. Nothing is written
+  twice.
 """
 
 from __future__ import annotations

@@ -18,9 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from wsq_protocol.cluster import AsyncClient
+from wsq_protocol.cluster import REDIS_FAILURES, AsyncClient
 from wsq_protocol.keys import CONSUMER_GROUP
 
 
@@ -98,7 +96,7 @@ class Consumers:
         async with self._one_at_a_time:
             if self._started == asked:  # no measure started since we asked: take one
                 # On failure keep the last state: a frame queued now would get `unavailable` anyway.
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*REDIS_FAILURES):
                     await self._measure()
         return self.none_live
 

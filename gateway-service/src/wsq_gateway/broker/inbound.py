@@ -30,7 +30,7 @@ from wsq_gateway.broker.registry import (
 from wsq_gateway.connection import Connection
 from wsq_gateway.errors import BrokerUnavailable
 from wsq_gateway.logs import BROKER, get_logger
-from wsq_protocol.cluster import AsyncClient
+from wsq_protocol.cluster import REDIS_FAILURES, AsyncClient
 from wsq_protocol.events import EventType, event_fields
 from wsq_protocol.keys import Keys
 from wsq_protocol.membership import Intent, new_token, reserve
@@ -136,7 +136,7 @@ class Inbound:
         await self._batcher.submit_and_wait(intend_command(self._keys, self._node, [intent]))
         try:
             reserved = await reserve(self._redis, self._keys, intent, self._max_per_user)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self.indexes.changed([intent])
             raise BrokerUnavailable(str(exc)) from exc
         if not reserved:

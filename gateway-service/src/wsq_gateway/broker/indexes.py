@@ -16,10 +16,9 @@ import contextlib
 from collections.abc import Iterable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from wsq_gateway.logs import BROKER, get_logger
 from wsq_protocol.batching import Backoff
+from wsq_protocol.cluster import REDIS_FAILURES
 from wsq_protocol.keys import Keys
 from wsq_protocol.membership import Intent, settle, sweep
 
@@ -77,7 +76,7 @@ class Indexes:
                     if settled:
                         log.info("settled index intents left behind", intents=settled)
                     next_sweep = loop.time() + SWEEP_EVERY_S
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 delay = backoff.next()
                 log.warning("could not update users' and groups' sets", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)

@@ -17,8 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from wsq_gateway.broker.registry import (
     DROP_NODE,
     HEARTBEAT,
@@ -34,7 +32,7 @@ from wsq_gateway.broker.registry import (
     reap_call,
 )
 from wsq_gateway.logs import BROKER, get_logger
-from wsq_protocol.cluster import AsyncClient
+from wsq_protocol.cluster import REDIS_FAILURES, AsyncClient
 from wsq_protocol.ids import new_node_id
 from wsq_protocol.keys import REAPED_TTL_S, Keys
 from wsq_protocol.membership import Intent, new_token, redis_time_ms, settle, sweep
@@ -97,7 +95,7 @@ class Liveness:
             await asyncio.sleep(self._heartbeat_s)
             try:
                 await self.tick()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("heartbeat failed", error=str(exc))
             except Exception:  # a bug, or data in Redis we can't read: the heartbeat must go on
                 log.exception("heartbeat failed")
