@@ -1,7 +1,8 @@
 """One load-generator process: it holds WebSocket connections and drives them as the runner says.
 
-``python -m bench.loadgen URL``; the runner starts several and sends each one JSON line at a time
-(``bench.lines``), every one answered by one line:
+``python -m bench.loadgen URL[,URL...]`` (several URLs: one per gateway, the connections spread
+over them); the runner starts several and sends each one JSON line at a time (``bench.lines``),
+every one answered by one line:
 
 * ``{"cmd": "open", "connections": N, "concurrency": C}`` opens N connections, at most C handshakes
   at a time, each complete when its ``$connected`` frame arrived. Answer: the connection ids, how
@@ -87,8 +88,11 @@ class Roundtrips:
 
 
 class LoadGenerator:
-    def __init__(self, url: str) -> None:
-        self.url = url
+    """Connections to ``urls``: with several (one per gateway), the i-th connection opened goes
+    to the (i mod n)-th."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.sockets: list[Socket] = []
         self.received = Received()
@@ -118,10 +122,11 @@ class LoadGenerator:
         ids: list[str] = []
         failures: list[str] = []
 
-        async def open_one() -> None:
+        async def open_one(index: int) -> None:
             async with gate:
                 try:
-                    ws = await self.session.ws_connect(self.url, autoping=True, decode_text=False)
+                    url = self.urls[index % len(self.urls)]
+                    ws = await self.session.ws_connect(url, autoping=True, decode_text=False)
                     hello = await ws.receive(timeout=CONNECT_TIMEOUT_S)
                     doc = orjson.loads(hello.data)
                     if doc["action"] != "$connected":
@@ -132,7 +137,7 @@ class LoadGenerator:
                 self.sockets.append(ws)
                 ids.append(doc["data"]["connection_id"])
 
-        await asyncio.gather(*(open_one() for _ in range(connections)))
+        await asyncio.gather(*(open_one(index) for index in range(connections)))
         return {
             "ev": "opened",
             "ids": ids,
@@ -210,8 +215,8 @@ class LoadGenerator:
         await self.session.close()
 
 
-async def main(url: str) -> None:
-    generator = LoadGenerator(url)
+async def main(urls: str) -> None:
+    generator = LoadGenerator(urls.split(","))
     try:
         await serve(generator.handle)
     finally:

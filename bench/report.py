@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bench.redis_stats import render_load
+
 Results = Mapping[str, Mapping[str, Any]]  # system name -> its results (or {"error": ...})
 
 
@@ -40,6 +42,13 @@ def summarize(workload: str, results: Results) -> dict[str, Any]:
             ratios[f"{load}: wsq/channels msg/s"] = _ratio(
                 wsq, _get(results, "channels", load, "messages_per_s")
             )
+            for other in results:  # wsq on a Redis Cluster (wsq-cluster1, wsq-cluster3)
+                if other.startswith("wsq-"):
+                    rate = _get(results, other, load, "messages_per_s")
+                    ratios[f"{load}: {other}/bare msg/s"] = _ratio(
+                        rate, _get(results, "bare", load, "messages_per_s")
+                    )
+                    ratios[f"{load}: {other}/wsq msg/s"] = _ratio(rate, wsq)
         targets += [
             _target(
                 "roundtrip msg/s at high load >= 0.40 x bare aiohttp echo",
@@ -189,6 +198,9 @@ def render(doc: Mapping[str, Any]) -> str:
                 f"roundtrip, {shape.get('clients')} clients x {shape.get('inflight')} in flight ({load} load)"
             )
             lines += _table(title, columns, rows)
+            for name, row in rows.items():
+                if "redis" in row:
+                    lines += render_load(name, row["redis"])
     elif workload == "fanout":
         for kind in ("broadcast", "group"):
             rows = {name: r.get(kind, r) for name, r in results.items()}

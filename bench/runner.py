@@ -99,7 +99,7 @@ async def run_workload(workload: str, systems: list[str], options: Options, sour
         print(f"bench: {workload} on {SYSTEMS[name].label}", flush=True)
         try:
             async with AsyncExitStack() as stack:
-                running = await SYSTEMS[name].start(stack)
+                running = await SYSTEMS[name].start(stack, options.gateways)
                 results[name] = await WORKLOADS[workload](running, options)
         except Exception as exc:  # one system failing must not lose the others' numbers
             print(f"bench: {workload} on {name} failed: {exc!r}", file=sys.stderr, flush=True)
@@ -110,6 +110,7 @@ async def run_workload(workload: str, systems: list[str], options: Options, sour
         "seconds": round(time.time() - started, 1),
         "machine": machine(sources),
         "sizes": dataclasses.asdict(options.sizes),
+        "gateways": options.gateways,
         "systems": results,
     }
     doc["summary"] = summarize(workload, results)
@@ -166,6 +167,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds of each measured window (roundtrip, push)")
     parser.add_argument("--connections", type=int, help="connections of fanout and idle (default 10000)")
     parser.add_argument("--rounds", type=int, help="fanout rounds")
+    parser.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="wsq's gateway processes, the load spread over them (on a cluster: on each master in turn)",
+    )
     parser.add_argument("--soak-seconds", type=float, help="length of the soak (default 300)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="record wsq's processes with py-spy")
     parser.add_argument(
@@ -194,7 +201,7 @@ def options_from(args: argparse.Namespace) -> Options:
         changes |= {"soak_s": args.soak_seconds, "soak_reference_s": min(60.0, args.soak_seconds / 5)}
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    return Options(dataclasses.replace(sizes, **changes), args.profile)
+    return Options(dataclasses.replace(sizes, **changes), args.profile, args.gateways)
 
 
 def main(argv: list[str] | None = None) -> int:

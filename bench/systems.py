@@ -2,6 +2,8 @@
 
 * ``wsq``: a private redis-server, ``python -m wsq_gateway`` and one ``python -m wsq_worker``
   process running ``bench.echo_worker``;
+* ``wsq-cluster1``, ``wsq-cluster3``: the same on a private Redis Cluster of 1 or 3 masters
+  (no replicas), the gateway and the worker with ``WSQ_REDIS_CLUSTER=1``;
 * ``bare``: ``bench.baseline_server``, the same transport work with no broker and no worker;
 * ``channels``: a private redis-server, daphne serving ``bench.peers.channels_app`` and one
   ``runworker`` process, with channels_redis between them, from bench/.venv-peers.
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import urllib.request
 import venv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,11 @@ from types import TracebackType
 import aiohttp
 import orjson
 import redis
+from redis.crc import key_slot
 
 from bench.children import ROOT
-from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until, wait_until_async
+from wsq_devkit import ManagedProcess, RedisCluster, RedisServer, free_port, wait_until, wait_until_async
+from wsq_protocol.keys import Keys
 
 BENCH = ROOT / "bench"
 PEERS_VENV = BENCH / ".venv-peers"
@@ -41,7 +45,7 @@ class Running:
     """A started system: where clients connect, which processes to watch, how to publish."""
 
     name: str
-    ws_url: str
+    ws_url: str  # one URL, or one per gateway separated by commas (the load spreads over them)
     publisher_argv: list[str]
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid; "server" holds the sockets
     redis_urls: list[str] = field(default_factory=list)  # wsq's Redis servers (a cluster's masters)
@@ -50,65 +54,143 @@ class Running:
     def server_pid(self) -> int:
         return self.pids["server"]
 
+    @property
+    def server_pids(self) -> list[int]:
+        """Every process holding sockets: "server", and "server1"... with several gateways."""
+        return [pid for role, pid in self.pids.items() if role.startswith("server")]
+
 
 class System(abc.ABC):
     name: str
     label: str
 
     @abc.abstractmethod
-    async def start(self, stack: AsyncExitStack) -> Running:
-        """Start the processes (``stack`` stops them); return once an echo goes through."""
+    async def start(self, stack: AsyncExitStack, gateways: int = 1) -> Running:
+        """Start the processes (``stack`` stops them); return once an echo goes through.
+        ``gateways``: how many gateway processes wsq runs (the others have one server)."""
 
 
 class Wsq(System):
     name = "wsq"
     label = "wsq (gateway + Redis + worker)"
 
-    async def start(self, stack: AsyncExitStack) -> Running:
+    async def start(self, stack: AsyncExitStack, gateways: int = 1) -> Running:
         broker = stack.enter_context(RedisServer())
+        pids = {"redis": _redis_pid(broker)}
+        return await _start_wsq(self.name, stack, broker.url, [broker.url], pids, {}, _node_ids(gateways))
+
+
+class WsqCluster(System):
+    """wsq on a private Redis Cluster of ``masters`` masters without replicas
+    (``wsq_devkit.RedisCluster``), the gateways and the worker with ``WSQ_REDIS_CLUSTER=1``.
+    Several gateways get node ids whose shards are on different masters, in turn."""
+
+    def __init__(self, masters: int) -> None:
+        self.masters = masters
+        self.name = f"wsq-cluster{masters}"
+        self.label = f"wsq on a Redis Cluster of {masters} master{'s' if masters > 1 else ''}"
+
+    async def start(self, stack: AsyncExitStack, gateways: int = 1) -> Running:
+        cluster = stack.enter_context(RedisCluster(masters=self.masters, replicas=0))
+        masters = cluster.masters()
+        pids = {f"redis{index}": _redis_pid(node) for index, node in enumerate(masters)}
+        urls = [node.url for node in masters]
+        index_of_port = {node.port: index for index, node in enumerate(masters)}
+        owner = {slot: index_of_port[v.port] for v in cluster.view() if v.is_master for slot in v.slots}
+        keys = Keys(KEY_PREFIX)
+
+        def master_of(node: str) -> int:
+            return owner[key_slot(keys.inbound_stream_of(node).encode())]
+
+        nodes = _node_ids(gateways, master_of, len(masters))
+        return await _start_wsq(self.name, stack, cluster.url, urls, pids, {"WSQ_REDIS_CLUSTER": "1"}, nodes)
+
+
+def _node_ids(count: int, master_of: Callable[[str], int] | None = None, masters: int = 1) -> list[str]:
+    """Node ids for ``count`` gateways: "bench" for one; for more, ids in distinct shards whose
+    master (``master_of``, an index) is each master in turn."""
+    if count == 1:
+        return ["bench"]
+    keys = Keys(KEY_PREFIX)
+    if count > keys.shards:
+        raise ValueError(f"{count} gateways: more than the {keys.shards} shards")
+    chosen: list[str] = []
+    shards: set[int] = set()
+    for number in range(100_000):
+        node = f"bench{number}"
+        shard = keys.shard_of(node)
+        if shard in shards or (master_of is not None and master_of(node) != len(chosen) % masters):
+            continue
+        chosen.append(node)
+        shards.add(shard)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"no node ids for {count} gateways over {masters} masters")
+
+
+async def _start_wsq(
+    name: str,
+    stack: AsyncExitStack,
+    redis_url: str,
+    redis_urls: list[str],
+    redis_pids: dict[str, int],
+    extra_env: dict[str, str],
+    node_ids: list[str],
+) -> Running:
+    env = {
+        "WSQ_HOST": "127.0.0.1",
+        "WSQ_REDIS_URL": redis_url,
+        "WSQ_KEY_PREFIX": KEY_PREFIX,
+        "WSQ_LOG_LEVEL": "warning",
+        # Every client is on 127.0.0.1 and sends as fast as it can: lift the per-address
+        # connection cap and the per-connection rate limit (issue 4's defaults: 1000, 100/s).
+        "WSQ_MAX_CONNECTIONS_PER_ADDR": "0",
+        "WSQ_RATE_LIMIT": "0",
+        **extra_env,
+    }
+    gateways: list[ManagedProcess] = []
+    urls: list[str] = []
+    for index, node in enumerate(node_ids):
         port = free_port()
-        env = {
-            "WSQ_HOST": "127.0.0.1",
-            "WSQ_PORT": str(port),
-            "WSQ_REDIS_URL": broker.url,
-            "WSQ_KEY_PREFIX": KEY_PREFIX,
-            "WSQ_NODE_ID": "bench",
-            "WSQ_LOG_LEVEL": "warning",
-            # Every client is on 127.0.0.1 and sends as fast as it can: lift the per-address
-            # connection cap and the per-connection rate limit (issue 4's defaults: 1000, 100/s).
-            "WSQ_MAX_CONNECTIONS_PER_ADDR": "0",
-            "WSQ_RATE_LIMIT": "0",
-        }
-        gateway = _start(stack, ManagedProcess.python_module("wsq-gateway", "wsq_gateway", env=env, cwd=ROOT))
-        _wait_http(f"http://127.0.0.1:{port}/readyz", gateway)
-        worker = _start(
-            stack,
-            ManagedProcess.python_module(
-                "wsq-worker",
-                "wsq_worker",
-                "bench.echo_worker:worker",
-                "--concurrency",
-                str(WORKER_CONCURRENCY),
-                env=env,
-                cwd=ROOT,
-            ),
+        process = ManagedProcess.python_module(
+            f"wsq-gateway{index or ''}",
+            "wsq_gateway",
+            env=env | {"WSQ_PORT": str(port), "WSQ_NODE_ID": node},
+            cwd=ROOT,
         )
-        running = Running(
-            self.name,
-            f"ws://127.0.0.1:{port}/ws",
-            [sys.executable, "-m", "bench.publish", "wsq", broker.url, KEY_PREFIX],
-            {"server": gateway.pid, "worker": worker.pid, "redis": _redis_pid(broker)},
-            [broker.url],
-        )
-        await _wait_echo(running.ws_url, [gateway, worker])
-        return running
+        gateways.append(_start(stack, process))
+        urls.append(f"ws://127.0.0.1:{port}/ws")
+        _wait_http(f"http://127.0.0.1:{port}/readyz", process)
+    worker = _start(
+        stack,
+        ManagedProcess.python_module(
+            "wsq-worker",
+            "wsq_worker",
+            "bench.echo_worker:worker",
+            "--concurrency",
+            str(WORKER_CONCURRENCY),
+            env=env,
+            cwd=ROOT,
+        ),
+    )
+    servers = {f"server{index or ''}": gateway.pid for index, gateway in enumerate(gateways)}
+    running = Running(
+        name,
+        ",".join(urls),
+        [sys.executable, "-m", "bench.publish", "wsq", redis_url, KEY_PREFIX],
+        {**servers, "worker": worker.pid, **redis_pids},
+        redis_urls,
+    )
+    for url in urls:
+        await _wait_echo(url, [*gateways, worker])
+    return running
 
 
 class Bare(System):
     name = "bare"
     label = "bare aiohttp (no broker)"
 
-    async def start(self, stack: AsyncExitStack) -> Running:
+    async def start(self, stack: AsyncExitStack, gateways: int = 1) -> Running:
         port = free_port()
         server = _start(
             stack,
@@ -129,7 +211,7 @@ class Channels(System):
     name = "channels"
     label = "Django Channels (daphne + channels_redis + runworker)"
 
-    async def start(self, stack: AsyncExitStack) -> Running:
+    async def start(self, stack: AsyncExitStack, gateways: int = 1) -> Running:
         python = str(ensure_peers_venv())
         broker = stack.enter_context(RedisServer())
         port = free_port()
@@ -157,7 +239,11 @@ class Channels(System):
         return running
 
 
-SYSTEMS: dict[str, System] = {system.name: system for system in (Wsq(), Bare(), Channels())}
+CLUSTER_MASTERS = (1, 3)  # the Redis Clusters the benchmark knows: wsq-cluster1, wsq-cluster3
+SYSTEMS: dict[str, System] = {
+    system.name: system
+    for system in (Wsq(), *(WsqCluster(masters) for masters in CLUSTER_MASTERS), Bare(), Channels())
+}
 
 
 def ensure_peers_venv() -> Path:

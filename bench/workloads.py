@@ -18,6 +18,7 @@ import redis
 from bench.children import Child, Clients, child, clients
 from bench.loadgen import GRACE_S
 from bench.profiling import profiling
+from bench.redis_stats import RedisSample, load_per_message, sample_all
 from bench.stats import Histogram, cpu_seconds, rss_kib
 from bench.systems import Running
 
@@ -84,6 +85,7 @@ SMOKE = Sizes(
 class Options:
     sizes: Sizes
     profile_dir: Path | None = None
+    gateways: int = 1  # wsq's gateway processes (the load generators spread over them)
 
 
 class Window:
@@ -98,9 +100,12 @@ class Window:
     ) -> None:
         self.pids = {role: [pid] for role, pid in running.pids.items()} | dict(extra or {})
         self.profiled = {role: running.pids[role] for role in PROFILED if role in running.pids}
-        self.profile_dir = options.profile_dir if running.name == "wsq" else None
+        self.profile_dir = options.profile_dir if running.name.startswith("wsq") else None
         self.label = label
         self.cpu: dict[str, float] = {}
+        self.redis_urls = running.redis_urls
+        self.redis_before: list[RedisSample] = []
+        self.redis_after: list[RedisSample] = []
 
     def _used(self) -> dict[str, float]:
         return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.pids.items()}
@@ -108,10 +113,12 @@ class Window:
     async def measure(self, from_ns: int, to_ns: int) -> None:
         await _sleep_until(from_ns)
         before = self._used()
+        self.redis_before = sample_all(self.redis_urls)
         async with profiling(self.profiled, self.profile_dir, self.label):
             await _sleep_until(to_ns)
         seconds = (to_ns - from_ns) / 1e9
         after = self._used()
+        self.redis_after = sample_all(self.redis_urls)
         self.cpu = {role: round(100 * (after[role] - before[role]) / seconds, 1) for role in after}
 
 
@@ -157,6 +164,12 @@ async def _roundtrips(running: Running, options: Options, load: Load, label: str
     hist = Histogram()
     for answer in answers:
         hist.merge(Histogram.from_json(answer["hist"]))
+    redis_load = (
+        # Each Redis server's CPU and commands per message (a cluster: each master's share).
+        {"redis": load_per_message(window.redis_before, window.redis_after, hist.total)}
+        if window.redis_urls
+        else {}
+    )
     return {
         "clients": load.clients,
         "inflight": load.inflight,
@@ -165,6 +178,7 @@ async def _roundtrips(running: Running, options: Options, load: Load, label: str
         **_sum(answers, "sent", "errors", "lost"),
         "first_error": next((a["first_error"] for a in answers if a["first_error"]), ""),
         "cpu_percent": window.cpu,
+        **redis_load,
     }
 
 
@@ -224,7 +238,8 @@ async def fanout(running: Running, options: Options) -> dict[str, Any]:
         await publisher.ask({"cmd": "ids", "ids": group.ids}, 60)
         result: dict[str, Any] = {"connections": connections, "failed_to_open": group.failed}
         profiled = {role: running.pids[role] for role in PROFILED if role in running.pids}
-        async with profiling(profiled, options.profile_dir if running.name == "wsq" else None, "fanout"):
+        profile_dir = options.profile_dir if running.name.startswith("wsq") else None
+        async with profiling(profiled, profile_dir, "fanout"):
             result["broadcast"] = await _fanout_rounds(group, publisher, {"cmd": "broadcast"}, sizes)
         joined = await publisher.ask({"cmd": "join", "group": GROUP, "concurrency": 64}, 600)
         if joined["ev"] == "unavailable":
@@ -277,14 +292,14 @@ def redis_used_bytes(urls: list[str]) -> int:
 
 async def idle(running: Running, options: Options) -> dict[str, Any]:
     sizes = options.sizes
-    before = rss_kib(running.server_pid)
+    before = sum(rss_kib(pid) for pid in running.server_pids)  # with several gateways: all of them
     redis_before = redis_used_bytes(running.redis_urls)
     async with clients(
         running.ws_url, sizes.idle_connections, sizes.hold_processes, sizes.open_concurrency
     ) as group:
         connections = len(group.ids)
         await asyncio.sleep(sizes.settle_s)  # the server finishes its connect work (registry, events)
-        after = rss_kib(running.server_pid)
+        after = sum(rss_kib(pid) for pid in running.server_pids)
         redis_after = redis_used_bytes(running.redis_urls)
     redis_measured = {
         # Anonymous connections: the registry (hash, node set member); their connect events

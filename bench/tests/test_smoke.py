@@ -14,14 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ("wsq", "bare")
 
 
-def run_smoke(workload: str, tmp_path: Path) -> dict[str, Any]:
+def run_smoke(workload: str, tmp_path: Path, *options: str) -> dict[str, Any]:
     out = tmp_path / f"{workload}.json"
     argv = [sys.executable, "-m", "bench", workload, "--smoke", "--results", str(tmp_path)]
-    argv += ["--json", str(out)]
+    argv += ["--json", str(out), *options]
     if workload == "soak":
         argv += ["--systems", "wsq"]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
@@ -45,6 +47,19 @@ def test_roundtrip(tmp_path: Path) -> None:
             assert result["cpu_percent"]["server"] > 0
     assert doc["summary"]["ratios"]["high: wsq/bare msg/s"] > 0
     assert {t["target"] for t in doc["summary"]["targets"]} >= {"roundtrip p50 at light load <= 2 ms"}
+
+
+def test_roundtrip_on_a_cluster_of_three_masters_with_three_gateways(tmp_path: Path) -> None:
+    doc = run_smoke("roundtrip", tmp_path, "--systems", "wsq-cluster3", "--gateways", "3")
+    result = doc["systems"]["wsq-cluster3"]["high"]
+    assert (result["errors"], result["lost"]) == (0, 0), result
+    masters = result["redis"]["masters"]
+    assert len(masters) == 3
+    # Each gateway's shard is on another master: every master takes part of the calls.
+    assert all(master["calls_share"] > 0 for master in masters), masters
+    assert sum(master["calls_share"] for master in masters) == pytest.approx(1.0, abs=0.01)
+    assert result["redis"]["calls_per_message"] >= 2  # the event's XADD and the reply's
+    assert {"server", "server1", "server2", "redis0", "redis1", "redis2"} <= set(result["cpu_percent"])
 
 
 def test_push(tmp_path: Path) -> None:

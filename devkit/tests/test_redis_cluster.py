@@ -145,3 +145,18 @@ def test_valkey_from_its_wheel_runs_standalone(monkeypatch: pytest.MonkeyPatch) 
     assert binary.endswith("valkey-server")
     with RedisServer() as server, redis.Redis(port=server.port, decode_responses=True) as client:
         assert client.info("server")["server_name"] == "valkey"
+
+
+def test_one_master_with_a_replica_is_a_cluster_serving_every_slot() -> None:
+    # redis-cli --cluster create wants 3 masters; 1 (the benchmark's "1 master") is made by hand.
+    with RedisCluster(masters=1, replicas=1) as cluster:
+        [master] = cluster.masters()
+        assert [v.slots for v in cluster.view() if v.is_master] == [frozenset(range(SLOTS))]
+        assert len(cluster.replicas_of(master)) == 1
+        client = ClusterClient.from_url(cluster.url)
+        try:
+            client.set("{a}x", "1")
+            client.set("{b}y", "2")
+            assert (client.get("{a}x"), client.get("{b}y")) == (b"1", b"2")
+        finally:
+            client.close()

@@ -4,6 +4,7 @@ a replica promoted, a slot moved to another master)."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ def parse_cluster_nodes(text: str) -> list[NodeView]:
 
 class RedisCluster:
     """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on free loopback
-    ports, without persistence, until ``stop()``.
+    ports, without persistence, until ``stop()``. From 3 masters ``redis-cli --cluster create``
+    joins them; 1 or 2 masters (which it refuses) are joined by hand: ``CLUSTER MEET``, the slots
+    split evenly with ``CLUSTER ADDSLOTS``, each replica told ``CLUSTER REPLICATE``.
 
     ``start()`` returns once every node says ``cluster_state:ok``, agrees on who serves each
     slot, and every replica is in sync. ``node_timeout_ms`` is small so that a lost master is
@@ -80,8 +83,8 @@ class RedisCluster:
         node_timeout_ms: int = 1000,
         args: Sequence[str] = (),
     ) -> None:
-        if masters < 3:
-            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        if masters < 1:
+            raise ValueError("a cluster needs a master")
         binary = binary or find_redis_server()
         # No delay before a replica's first sync (5 s by default, waiting for more replicas).
         options = ["--cluster-node-timeout", str(node_timeout_ms), "--repl-diskless-sync-delay", "0", *args]
@@ -132,17 +135,53 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         try:
-            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-            argv = [find_redis_cli(), "--cluster", "create", *addresses]
-            argv += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
-            created = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-            if created.returncode != 0:
-                raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
+            if self._expected_masters >= 3:
+                self._create_with_redis_cli()
+            else:
+                self._create_by_hand()
             self.wait_ok(replicas_per_master=self.replicas)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _create_with_redis_cli(self) -> None:
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        argv = [find_redis_cli(), "--cluster", "create", *addresses]
+        argv += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        created = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
+
+    def _create_by_hand(self) -> None:
+        count = self._expected_masters
+        masters, replicas = self.nodes[:count], self.nodes[count:]
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            with _client(node) as client:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", first.port, first.cluster_port)
+        for index, master in enumerate(masters):
+            slots = range(SLOTS * index // count, SLOTS * (index + 1) // count)
+            with _client(master) as client:
+                client.execute_command("CLUSTER", "ADDSLOTS", *slots)
+        ids = [self._node_id(master) for master in masters]
+        for index, replica in enumerate(replicas):
+            master_id = ids[index % count]
+            # A replica can follow a master once it knows it (CLUSTER MEET spreads by gossip).
+            wait_until(
+                functools.partial(self._knows, replica, master_id),
+                timeout=30.0,
+                message=f"node {replica.port} to learn of master {master_id}",
+            )
+            with _client(replica) as client:
+                client.execute_command("CLUSTER", "REPLICATE", master_id)
+
+    def _knows(self, node: RedisServer, node_id: str) -> bool:
+        return any(v.node_id == node_id for v in self.view(node))
+
+    def _node_id(self, node: RedisServer) -> str:
+        with _client(node) as client:
+            return str(client.execute_command("CLUSTER", "MYID"))
 
     def wait_ok(self, *, timeout: float = 30.0, replicas_per_master: int | None = None) -> None:
         """Wait until every running node says ``cluster_state:ok``, they all agree on who serves
