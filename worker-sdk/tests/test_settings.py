@@ -125,6 +125,7 @@ def test_every_field_is_documented() -> None:
             "claim_idle_ms",
             "max_attempts",
             "max_dead_letters",
+            "metrics_port",
         )
     ]
     for variable, _, description in rows:

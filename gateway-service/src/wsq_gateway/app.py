@@ -17,7 +17,7 @@ from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
 from wsq_gateway.logs import get_logger
 from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY, Gateway
-from wsq_gateway.transport import healthz, readyz, websocket
+from wsq_gateway.transport import healthz, metrics, readyz, websocket
 from wsq_protocol.batching import Backoff
 from wsq_protocol.cluster import AsyncClient, async_redis
 from wsq_protocol.codes import CloseCode
@@ -49,6 +49,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(settings.path, websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if settings.metrics:
+        app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_redis_pipeline)
     app.on_shutdown.append(_drain)
     return app

@@ -163,6 +163,19 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(
         5.0, gt=0, description="With CONNECT_HOOK: how long to wait for a worker's answer (then close 1013)."
     )
+    metrics: bool = Field(
+        True,
+        description="Serve Prometheus metrics at GET /metrics on this port (README, 'Metrics'). The "
+        "ingress and the nginx example route only the WebSocket path, so /metrics stays inside the "
+        "cluster. False: no /metrics and nothing counted.",
+    )
+    metrics_max_actions: int = Field(
+        100,
+        ge=1,
+        description="Distinct client actions labelled in wsq_gateway_frames_in; frames of actions "
+        'first seen beyond that many are counted under action="other" (clients choose actions: '
+        "the label set must stay bounded).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "console"] = Field(
         "json", description="json: one JSON object per line; console: coloured, for humans."

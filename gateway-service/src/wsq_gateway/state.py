@@ -15,6 +15,7 @@ from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
 from wsq_gateway.broker.registry import BATCHED_SCRIPTS, ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
+from wsq_gateway.metrics import GatewayMetrics
 from wsq_gateway.settings import Settings
 from wsq_gateway.supervisor import Supervisor
 from wsq_protocol.cluster import AsyncClient
@@ -33,6 +34,11 @@ class Gateway:
         self.blocking_redis = blocking_redis
         self.keys = Keys(settings.key_prefix, settings.shards)
         self.connections = ConnectionIndex()
+        self.metrics = (
+            GatewayMetrics(self.connections, max_actions=settings.metrics_max_actions)
+            if settings.metrics
+            else None
+        )
         # Whatever this gateway writes on a new Redis connection (an empty one after a restart,
         # say), its stream exists first: replies to its events are appended with NOMKSTREAM.
         self.batcher = RedisBatcher(
@@ -60,6 +66,7 @@ class Gateway:
             self.connections,
             settings.max_pending_bytes,
             split_reads=settings.redis_cluster,  # the node stream and the broadcast: two slots
+            metrics=self.metrics,
         )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.authenticator = Authenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
@@ -82,6 +89,19 @@ class Gateway:
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
         self._drain_deadline: float | None = None  # loop time by which the drain must be over
+        if self.metrics is not None:
+            self._measure(self.metrics)
+
+    def _measure(self, metrics: GatewayMetrics) -> None:
+        self.batcher.on_batch = metrics.batch
+        consumers = self.inbound.consumers
+        metrics.gauges(
+            redis_pending_writes=lambda: self.batcher.pending,
+            redis_stalled=lambda: float(self.batcher.stalled),
+            inbound_backlog=lambda: self.inbound.backlog,
+            live_workers=lambda: consumers.state.live_workers if consumers.measured else -1,
+            draining=lambda: float(self.draining),
+        )
 
     def start_draining(self) -> None:
         """Refuse new sockets (/readyz says 503) and start the WSQ_DRAIN_S clock (once)."""
@@ -98,15 +118,22 @@ class Gateway:
     def add_connection(self, conn: Connection) -> None:
         """A socket was accepted: index it (its address's slot was taken before the upgrade)."""
         self.connections.add(conn)
+        if self.metrics is not None:
+            self.metrics.opened.inc()
 
-    def drop_connection(self, conn: Connection) -> bool:
-        """Drop it from the local indexes; False when already dropped."""
-        return self.connections.remove(conn)
+    def drop_connection(self, conn: Connection, close_code: int) -> bool:
+        """Drop it from the local indexes (counted as closed with ``close_code``); False when
+        already dropped."""
+        if not self.connections.remove(conn):
+            return False
+        if self.metrics is not None:
+            self.metrics.closed.get(close_code).inc()
+        return True
 
     def forget_connection(self, conn: Connection, close_code: int) -> None:
         """The socket is gone: drop it and emit its disconnect event. Once per connection: a
         second call does nothing."""
-        if self.drop_connection(conn):
+        if self.drop_connection(conn, close_code):
             self.inbound.disconnected(conn, close_code)
 
     async def reregister_all(self) -> None:

@@ -1,4 +1,5 @@
-"""HTTP and WebSocket endpoints: ``/ws`` (path from WSQ_PATH), ``/healthz``, ``/readyz``."""
+"""HTTP and WebSocket endpoints: ``/ws`` (path from WSQ_PATH), ``/healthz``, ``/readyz``,
+``/metrics`` (unless WSQ_METRICS is false)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from wsq_gateway.broker.inbound import now_ms
 from wsq_gateway.connection import CLOSE_TIMEOUT_S, Connection
 from wsq_gateway.errors import AuthenticationError, BrokerUnavailable
 from wsq_gateway.logs import CONNECTIONS, get_logger
+from wsq_gateway.metrics import CONTENT_TYPE
 from wsq_gateway.state import GATEWAY, Gateway
 from wsq_protocol.cluster import REDIS_FAILURES
 from wsq_protocol.codes import ErrorCode
@@ -64,6 +66,13 @@ async def readyz(request: web.Request) -> web.Response:
             "workers": _workers_report(gateway),
         }
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of this gateway's metrics (README, "Metrics")."""
+    gateway_metrics = request.app[GATEWAY].metrics
+    assert gateway_metrics is not None  # the route exists only with metrics on
+    return web.Response(body=gateway_metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def _workers_report(gateway: Gateway) -> dict[str, object]:
@@ -176,7 +185,7 @@ async def _websocket(
             return ws
     refused = admission.registration_close(registered)
     if refused is not None:  # another gateway registered one of the user's connections since our check
-        gateway.drop_connection(conn)  # nothing was written to Redis: nothing to forget there
+        gateway.drop_connection(conn, refused.code)  # nothing was written to Redis: nothing to forget there
         log.info("refused a connection: its user holds too many", user_id=conn.user_id)
         await ws.close(code=refused.code, message=refused.reason.encode())
         return ws
@@ -280,31 +289,59 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
     consumers = gateway.inbound.consumers
     clock = asyncio.get_running_loop().time
 
+    metrics = gateway.metrics
+    if metrics is None:
+        accepted, refused, ping, unavailable = None, None, None, None
+    else:
+        accepted, refused, ping, unavailable = (
+            metrics.accepted,
+            metrics.refused,
+            metrics.ping,
+            metrics.unavailable,
+        )
+
     def rejected_by_redis(exc: BrokerUnavailable, frame_id: str | None) -> None:
         message = "the gateway cannot reach Redis; the frame was not queued, send it again later"
+        if unavailable is not None:
+            unavailable.inc()
         conn.deliver(encode_error_frame(ErrorCode.UNAVAILABLE, message, frame_id), max_pending)
 
     while True:
         msg = await ws.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.allow(clock(), rate, burst):
             frame_id = _readable_id(msg.data) if msg.type is WSMsgType.TEXT else None
+            if refused is not None:
+                refused(ErrorCode.RATE_LIMITED)
             conn.deliver(encode_error_frame(ErrorCode.RATE_LIMITED, RATE_LIMITED, frame_id), max_pending)
         elif msg.type is WSMsgType.TEXT:
             try:
                 frame = decode_client_frame(msg.data)
             except FrameError as exc:
+                if refused is not None:
+                    refused(exc.code)
                 conn.deliver(encode_error_frame(exc.code, exc.message, exc.frame_id), max_pending)
                 continue
             frame_id = frame.id
             if frame.action == PING:
+                if ping is not None:
+                    ping.inc()
                 conn.deliver(pong_frame(frame.data, frame_id), max_pending)
             elif consumers.none_live and await consumers.confirm_none_live():
+                if refused is not None:
+                    refused(ErrorCode.NO_WORKERS)
                 conn.deliver(encode_error_frame(ErrorCode.NO_WORKERS, NO_WORKERS, frame_id), max_pending)
-            elif not gateway.inbound.message(
+            elif gateway.inbound.message(
                 conn, msg.data, functools.partial(rejected_by_redis, frame_id=frame_id)
             ):
+                if accepted is not None:
+                    accepted.get(frame.action).inc()
+            else:
+                if refused is not None:
+                    refused(ErrorCode.OVERLOADED)
                 conn.deliver(encode_error_frame(ErrorCode.OVERLOADED, OVERLOADED, frame_id), max_pending)
         elif msg.type is WSMsgType.BINARY:
+            if refused is not None:
+                refused(ErrorCode.INVALID_FRAME)
             conn.deliver(BINARY_FRAME, max_pending)
         else:  # CLOSE, CLOSING, CLOSED or ERROR (e.g. a frame over max_msg_size: aiohttp closed with 1009)
             return _close_code_of(msg)

@@ -20,6 +20,7 @@ from wsq_protocol.keys import MAX_SHARDS, Keys, keys_for
 from wsq_worker import __version__
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
 from wsq_worker.exceptions import WorkerFailedError
+from wsq_worker.preflight import check_metrics_available
 from wsq_worker.settings import connection_from_env, describe_settings, variable_of
 from wsq_worker.worker import Worker
 
@@ -130,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         metavar="N",
         help=f"dead letters kept, the newest (0: all; overrides {variable_of('max_dead_letters')})",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_non_negative_int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (0: none; needs wsq-worker[metrics]; "
+        f"overrides {variable_of('metrics_port')})",
     )
     parser.add_argument(
         "--log-level", choices=_LOG_LEVELS, default="info", help="logging level (default: info)"
@@ -249,6 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.max_attempts = args.max_attempts
     if args.max_dead_letters is not None:
         worker.max_dead_letters = args.max_dead_letters
+    if args.metrics_port is not None:
+        worker.metrics_port = args.metrics_port
+    if worker.metrics_port:
+        try:
+            check_metrics_available()
+        except RuntimeError as exc:
+            print(f"wsq-worker: {exc}", file=sys.stderr)
+            return 2
     try:
         worker.run()
     except WorkerFailedError as exc:  # a Redis it can't use, or a background task died (logged)

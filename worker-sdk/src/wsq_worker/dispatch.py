@@ -14,6 +14,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from wsq_worker.protocol import (
 from wsq_worker.publisher import AsyncPublisher, StreamWrite
 
 if TYPE_CHECKING:
+    from wsq_worker.metrics import WorkerMetrics
     from wsq_worker.worker import LifecycleHandler, Worker
 
 # The worker's logger, as before the worker was split into modules (logging set-ups name it).
@@ -54,6 +56,18 @@ logger = logging.getLogger("wsq_worker.worker")
 REFUSED = (4003, "refused")
 HOOK_FAILED = (3011, "connect hook failed")
 _MAX_REPLY_TEMPLATES = 1024
+# An event's outcome, for the metrics (wsq_worker.metrics.OUTCOMES).
+OK, ERROR, RETRY, DEAD_LETTERED, REFUSED_OUTCOME = "ok", "error", "retry", "dead_lettered", "refused"
+
+
+def _label(event: Event) -> str:
+    """An event's action label: its action, or $connect / $disconnect."""
+    return event.action if event.action is not None else f"${event.type}"
+
+
+def _run_again(writes: tuple[CommitWrite, ...]) -> tuple[tuple[CommitWrite, ...], str]:
+    """The outcome of a message that runs again later, or was moved to the dead letters."""
+    return writes, RETRY if writes and isinstance(writes[0], delivery.DelayedWrite) else DEAD_LETTERED
 
 
 class Entry(NamedTuple):
@@ -82,8 +96,10 @@ class Dispatcher:
         client: AsyncClient,
         publisher: AsyncPublisher,
         on_entry_done: Callable[[int, str], None],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.worker = worker
+        self.metrics = metrics
         self.loop = asyncio.get_running_loop()
         self.publisher = publisher
         self.on_entry_done = on_entry_done
@@ -100,20 +116,27 @@ class Dispatcher:
     ) -> None:
         """Run the entry's handler (or dead-letter it), then acknowledge it with its writes,
         whatever happened: if Redis refuses one of them, ``refused()`` runs it again."""
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             entry = self._entry(shard, entry_id, raw_fields, delivered)
             writes: tuple[CommitWrite, ...] = ()
+            outcome = OK
             try:
                 if entry is not None:
                     past_attempts = retries.before_running(entry.attempt, self.worker.max_attempts, delivered)
                     if past_attempts is not None:
-                        writes = self._give_up(entry, past_attempts)
+                        writes, outcome = self._give_up(entry, past_attempts), DEAD_LETTERED
                     elif entry.event.type == "message":
-                        writes = await self._handle_message(entry)
+                        writes, outcome = await self._handle_message(entry)
                     else:
                         writes = await self._dispatch_lifecycle(entry)
             except Exception:
+                outcome = ERROR
                 logger.exception("failed to handle inbound entry %s", entry_id)
+            if metrics is not None and entry is not None:
+                seconds = time.perf_counter() - started if outcome != DEAD_LETTERED else None
+                metrics.event(_label(entry.event), outcome, seconds)
             # The reply, dead letter or retry and the ack: one script, in the next pipeline.
             self.flusher.ack(shard, entry_id, writes, entry)
         finally:
@@ -127,6 +150,8 @@ class Dispatcher:
         an attempt (or whose retry or late dead letter was refused too) is left pending, and
         claimed once idle."""
         worker = self.worker
+        if entry is not None and self.metrics is not None:
+            self.metrics.event(_label(entry.event), REFUSED_OUTCOME, None)
         if entry is not None:
             is_message = entry.event.type == "message"
             decision = retries.after_refused_write(
@@ -186,23 +211,26 @@ class Dispatcher:
             await self._run_hook(worker.on_disconnect, ctx, "on_disconnect")
         return ()
 
-    async def _handle_message(self, entry: Entry) -> tuple[CommitWrite, ...]:
-        """The message's writes: its reply (or error), or its retry or dead letter."""
+    async def _handle_message(self, entry: Entry) -> tuple[tuple[CommitWrite, ...], str]:
+        """The message's writes: its reply (or error), or its retry or dead letter; and the
+        outcome (metrics)."""
         event, worker = entry.event, self.worker
         assert event.action is not None
         handler = worker.actions.get(event.action, worker.default)
         if handler is None:
             message = f'no handler for action "{event.action}"'
-            return (self._frame_write(event.connection_id, error_frame(UNKNOWN_ACTION, message, event.id)),)
+            return (
+                self._frame_write(event.connection_id, error_frame(UNKNOWN_ACTION, message, event.id)),
+            ), ERROR
         try:
             result = await self.call(handler, self._context(event, entry.attempt), event.data)
         except Retry as retry:
-            return self._after_retry(entry, retry)
+            return _run_again(self._after_retry(entry, retry))
         except PublishError as exc:  # a write of the event was not taken: as a refused reply
             decision = retries.after_publish_error(
                 entry.attempt, worker.max_attempts, worker.claim_idle_ms, exc
             )
-            return self._after_failed_write(entry, decision)
+            return _run_again(self._after_failed_write(entry, decision))
         except Exception:
             logger.exception(
                 'handler of action "%s" failed (connection %s)', event.action, event.connection_id
@@ -211,9 +239,9 @@ class Dispatcher:
                 self._frame_write(
                     event.connection_id, error_frame(HANDLER_ERROR, "the handler failed", event.id)
                 ),
-            )
+            ), ERROR
         if event.id is None:
-            return ()
+            return (), OK
         try:
             frame = checked_reply_frame(event.action, result, event.id)
         except (TypeError, ValueError):
@@ -223,7 +251,8 @@ class Dispatcher:
                 event.connection_id,
             )
             frame = error_frame(HANDLER_ERROR, "the handler failed", event.id).encode()
-        return (self._connection_write(event.connection_id, frame),)
+            return (self._connection_write(event.connection_id, frame),), ERROR
+        return (self._connection_write(event.connection_id, frame),), OK
 
     async def _run_hook(self, hook: LifecycleHandler | None, ctx: Context, name: str) -> None:
         if hook is None:
@@ -296,6 +325,8 @@ class Dispatcher:
 
     def _delayed_write(self, entry: Entry, run_again: retries.RunAgain) -> delivery.DelayedWrite:
         """The message's next attempt, in the delayed set of its shard."""
+        if self.metrics is not None:
+            self.metrics.retries.inc()
         member = delivery.delayed_member(entry.entry_id, text_fields(entry.raw_fields), run_again.attempt)
         return delivery.DelayedWrite(self.keys.delayed(entry.shard), member, run_again.delay_ms)
 
@@ -303,6 +334,8 @@ class Dispatcher:
         """The entry's dead letter (in its shard's), then (if Redis takes it) what tells the client
         (its gateway, for a hook)."""
         event, worker, attempts = entry.event, self.worker, give_up.attempts
+        if self.metrics is not None:
+            self.metrics.dead_letters.inc()
         dead = delivery.dead_letter(
             text_fields(entry.raw_fields), error=give_up.error, attempts=attempts, worker=worker.consumer_name
         )

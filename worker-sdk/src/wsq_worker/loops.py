@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from wsq_worker.exceptions import RedisUnusableError, WorkerFailedError
 from wsq_worker.publisher import AsyncPublisher
 
 if TYPE_CHECKING:
+    from wsq_worker.metrics import WorkerMetrics
     from wsq_worker.worker import Periodic, Worker
 
 __all__ = ["Run", "reader_groups"]
@@ -174,7 +176,12 @@ class Run:
         self.publisher = AsyncPublisher(
             client=self.client, key_prefix=worker.key_prefix, shards=worker.shards
         )
-        self.dispatcher = Dispatcher(worker, self.client, self.publisher, on_entry_done=self._entry_done)
+        self.metrics: WorkerMetrics | None = None
+        if worker.metrics_port:  # prometheus-client is optional: imported only when asked for
+            self.metrics = importlib.import_module("wsq_worker.metrics").WorkerMetrics(self)
+        self.dispatcher = Dispatcher(
+            worker, self.client, self.publisher, on_entry_done=self._entry_done, metrics=self.metrics
+        )
         self.flusher = self.dispatcher.flusher
         self.keep_alive_script = self.client.register_script(delivery.KEEP_ALIVE_SCRIPT)
 
@@ -185,6 +192,12 @@ class Run:
     async def main(self) -> None:
         worker = self.worker
         try:
+            if self.metrics is not None:
+                port = max(worker.metrics_port, 0)  # -1: any free port
+                worker.metrics_bound_port = self.metrics.serve(port)
+                logger.info("metrics on port %d", worker.metrics_bound_port)
+                lag = self.metrics.watch_lag(self._sleep_unless_stopped)
+                self.periodic.add(self._watch(asyncio.create_task(lag, name="wsq-metrics-lag")))
             self._watch(self.flusher.start())
             for interval, periodic in worker.every.items():
                 name = f"wsq-every-{interval:g}s-{getattr(periodic, '__qualname__', 'fn')}"
@@ -221,6 +234,9 @@ class Run:
             finally:
                 # Threads still running a plain def handler can't be stopped: they finish on their own.
                 self.dispatcher.executor.shutdown(wait=False, cancel_futures=True)
+                if self.metrics is not None:
+                    self.metrics.close()
+                    worker.metrics_bound_port = None
                 worker._finished()
                 logger.info("worker %s stopped", worker.consumer_name)
 

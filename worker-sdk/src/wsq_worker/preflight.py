@@ -8,6 +8,7 @@ worker's settings, and log on the worker's logger.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from redis.exceptions import ResponseError
@@ -45,3 +46,13 @@ async def shards_problem(client: AsyncClient, keys: Keys) -> str | None:
     """Why the worker's number of shards (``keys.shards``) is not the deployment's, or None: the
     first process to start records its own in ``{prefix}:shards``."""
     return await preflight.shards_problem(client, keys)
+
+
+METRICS_HINT = "the worker's metrics need prometheus-client: pip install 'wsq-worker[metrics]'"
+
+
+def check_metrics_available() -> None:
+    """RuntimeError with the install command when prometheus-client (the metrics extra) is
+    not installed."""
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise RuntimeError(METRICS_HINT)

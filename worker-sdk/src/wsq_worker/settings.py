@@ -79,6 +79,14 @@ class WorkerSettings:
             "Dead letters kept, the newest (a few more, as Redis trims in blocks); 0: keep all.",
         ),
     )
+    metrics_port: int = field(
+        default=0,
+        metadata=_setting(
+            "WSQ_METRICS_PORT",
+            "Serve Prometheus metrics on this TCP port, at any path (0: none). Needs the metrics "
+            "extra: pip install 'wsq-worker[metrics]'.",
+        ),
+    )
 
     @classmethod
     def from_env(
@@ -92,6 +100,7 @@ class WorkerSettings:
         claim_idle_ms: int | None = None,
         max_attempts: int | None = None,
         max_dead_letters: int | None = None,
+        metrics_port: int | None = None,
     ) -> Self:
         """The settings ``environ`` gives; a value given here (not None) wins over its variable,
         which is then not read. ValueError naming the variable when a number is not a whole one."""
@@ -103,6 +112,7 @@ class WorkerSettings:
             "claim_idle_ms": claim_idle_ms,
             "max_attempts": max_attempts,
             "max_dead_letters": max_dead_letters,
+            "metrics_port": metrics_port,
         }
         values: dict[str, Any] = {
             name: _read(environ, setting) if given[name] is None else given[name]

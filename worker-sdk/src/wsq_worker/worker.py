@@ -17,6 +17,7 @@ from wsq_protocol.keys import MAX_SHARDS
 from wsq_worker import speedups
 from wsq_worker.context import Context
 from wsq_worker.loops import Run
+from wsq_worker.preflight import check_metrics_available
 from wsq_worker.protocol import MAX_ATTEMPT, is_action_name
 from wsq_worker.publisher import AsyncPublisher
 from wsq_worker.settings import WorkerSettings
@@ -81,6 +82,9 @@ class Worker:
     the worker then reads each shard's partition from the master of its slot. A worker whose
     number of shards is not the one the deployment recorded in Redis refuses to start
     (``RedisUnusableError``).
+    ``metrics_port`` (default ``WSQ_METRICS_PORT``, else 0: none) serves Prometheus metrics on
+    that port while the worker runs (-1: a free port, then in ``metrics_bound_port``); it needs
+    ``pip install 'wsq-worker[metrics]'`` (RuntimeError saying so at start without it).
     ``shutdown_timeout`` bounds the wait for in-flight handlers when stopping; ``block_ms`` is
     how long one read waits for events (and so the longest ``stop()`` waits for the read).
     """
@@ -104,6 +108,7 @@ class Worker:
         claim_idle_ms: int | None = None,
         max_attempts: int | None = None,
         max_dead_letters: int | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.actions = dict(actions or {})
         for name, handler in self.actions.items():
@@ -127,6 +132,7 @@ class Worker:
             claim_idle_ms=claim_idle_ms,
             max_attempts=max_attempts,
             max_dead_letters=max_dead_letters,
+            metrics_port=metrics_port,
         )
         self.redis_url = settings.redis_url
         self.redis_cluster = settings.redis_cluster
@@ -138,6 +144,10 @@ class Worker:
         self.claim_idle_ms = settings.claim_idle_ms
         self.max_attempts = settings.max_attempts
         self.max_dead_letters = settings.max_dead_letters
+        self.metrics_port = settings.metrics_port
+        self.metrics_bound_port: int | None = None
+        """The port the metrics are served on while the worker runs (``metrics_port``, or the
+        one the system picked for ``metrics_port=-1``)."""
         self._running: Run | None = None
         self._stop_requested = False
 
@@ -205,6 +215,12 @@ class Worker:
             raise ValueError(f"shards must be 1-{MAX_SHARDS}, not {self.shards!r}")
         if self.max_dead_letters < 0:
             raise ValueError(f"max_dead_letters must be 0 (no cap) or more, not {self.max_dead_letters}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(
+                f"metrics_port must be 0 (none), -1 (any free port) or a port, not {self.metrics_port}"
+            )
+        if self.metrics_port:
+            check_metrics_available()
         self._running = Run(self)
         if self._stop_requested:
             self._running.request_stop()

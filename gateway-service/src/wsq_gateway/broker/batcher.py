@@ -96,6 +96,8 @@ class RedisBatcher:
         self._in_flight = 0
         self._watched: tuple[list[Write], float] | None = None  # the batch in flight, and when it stalls
         self._watchdog: asyncio.TimerHandle | None = None
+        self.on_batch: Callable[[float, int], None] | None = None
+        """Called with the seconds each batch took and its number of writes (metrics)."""
         self.stalled = False
         """Redis did not answer a batch within ``stall_s``, or a batch is being sent again:
         writes that are not durable fail at once instead of queueing."""
@@ -163,8 +165,11 @@ class RedisBatcher:
         commands: list[bytes] = [command for write in batch for command in write.commands]  # type: ignore[misc]
         self._in_flight = len(batch)
         self._watch(batch)
+        started = time.perf_counter()
         try:
             retry = await self._flush(batch, commands)
+            if self.on_batch is not None:
+                self.on_batch(time.perf_counter() - started, len(batch))
         except Exception as exc:  # a bug, or a reply we can't read: this batch fails, not the batcher
             log.exception("flushing a batch of writes failed", writes=len(batch))
             with contextlib.suppress(Exception):  # replies may be left unread: the next batch reconnects

@@ -19,6 +19,7 @@ from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.registry import ensure_stream_command
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.logs import BROKER, get_logger
+from wsq_gateway.metrics import GatewayMetrics
 from wsq_gateway.wire import wire_text_frame
 from wsq_protocol.batching import Backoff
 from wsq_protocol.cluster import AsyncClient
@@ -45,7 +46,9 @@ class Outbound:
         max_pending_bytes: int,
         *,
         split_reads: bool = False,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._redis = redis
         self._batcher = batcher
         self._connections = connections
@@ -113,14 +116,18 @@ class Outbound:
             # A map in RESP3 (redis-py 8's default), a list of [stream, entries] in RESP2.
             for raw_stream, entries in response.items() if isinstance(response, dict) else response:
                 stream = raw_stream.decode()
+                sends = 0
                 for _entry_id, flat_fields in entries:
                     send = connection_send(flat_fields)
                     if send is not None:  # the usual case, a reply: no field map to build
+                        sends += 1
                         self._cork(*send)
                         continue
                     pairs = iter(flat_fields)
                     self._handle(dict(zip(pairs, pairs, strict=True)))
                 self._uncork()
+                if sends and self._metrics is not None:
+                    self._metrics.sends.inc(sends)
                 self._positions[stream] = entries[-1][0].decode()
                 if stream == self._node_stream and self._trim_due is None:
                     self._trim_due = loop.time() + TRIM_INTERVAL_S
@@ -136,7 +143,11 @@ class Outbound:
             command = decode_command(fields)
         except CommandError as exc:
             log.warning("skipped a malformed command", error=str(exc))
+            if self._metrics is not None:
+                self._metrics.commands["malformed"].inc()
             return
+        if self._metrics is not None:
+            self._metrics.commands[command.type].inc()
         if command.type == "send" and command.target == "connection":
             assert command.to is not None
             assert command.frame is not None
@@ -146,8 +157,11 @@ class Outbound:
         if command.type == "send":
             assert command.frame is not None
             wire = wire_text_frame(command.frame)  # encoded once, whatever the number of recipients
-            for conn in self._targets(command):
+            targets = self._targets(command)
+            for conn in targets:
                 conn.deliver(command.frame, self._max_pending, wire)
+            if self._metrics is not None:
+                self._metrics.frames_out.inc(len(targets))
         elif command.type == "disconnect":
             for conn in self._targets(command):
                 task = asyncio.create_task(conn.close(command.code, command.reason))
@@ -179,9 +193,13 @@ class Outbound:
     def _uncork(self) -> None:
         """Write the frames held for single connections, one write per connection."""
         if self._corked:
+            count = 0
             for conn, frames in self._corked.items():
                 conn.deliver_all(frames, self._max_pending)
+                count += len(frames)
             self._corked.clear()
+            if self._metrics is not None:
+                self._metrics.frames_out.inc(count)
 
     def _targets(self, command: Command) -> list[Connection]:
         if command.target == "connection":
