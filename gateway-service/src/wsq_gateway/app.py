@@ -18,7 +18,7 @@ from wsq_gateway.logs import get_logger
 from wsq_gateway.settings import Settings
 from wsq_gateway.state import GATEWAY, Gateway
 from wsq_gateway.transport import healthz, metrics, readyz, websocket
-from wsq_protocol.batching import Backoff
+from wsq_protocol.batching import Backoff, cancel_and_wait
 from wsq_protocol.cluster import AsyncClient, async_redis
 from wsq_protocol.codes import CloseCode
 from wsq_protocol.preflight import shards_problem
@@ -80,9 +80,7 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
     run(start(), "wsq-start", finishes=True)
     yield
     supervisor.stopping()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(tasks)
     # A handler aiohttp had to cancel may not have ended yet: its disconnect event goes now.
     for conn in gateway.connections.all():
         gateway.forget_connection(conn, conn.close_code or CloseCode.SERVICE_RESTART)

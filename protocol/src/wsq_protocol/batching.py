@@ -11,17 +11,19 @@ What a failure means differs, and is the policy's (:class:`FlushPolicy`): the ga
 durable writes and settles a batch in doubt from its recorded number, the worker sends its
 acks again with a check that they are still pending, a publisher fails its callers at once
 (pushes are at most once). A policy owns its queue and its pipe; the batcher owns the task.
+
+:func:`cancel_and_wait` ends the other background loops at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from redis.backoff import ExponentialBackoff
 
-__all__ = ["Backoff", "FlushPolicy", "TickBatcher"]
+__all__ = ["Backoff", "FlushPolicy", "TickBatcher", "cancel_and_wait"]
 
 
 class Backoff:
@@ -130,3 +132,15 @@ class TickBatcher:
                 self._backoff.reset()
             else:
                 await asyncio.sleep(self._backoff.next())  # a retry delay: Redis is unavailable
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]], *, again_every_s: float = 0.1) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again, every
+    ``again_every_s``, any that goes on: one whose cancellation was swallowed below it (a
+    client library that catches ``CancelledError`` mid-command and retries) would otherwise
+    run its loop on, and a shutdown that waits for it would wait for ever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_every_s)

@@ -30,7 +30,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 
-from wsq_protocol.batching import Backoff
+from wsq_protocol.batching import Backoff, cancel_and_wait
 from wsq_protocol.cluster import REDIS_ERRORS, AsyncClient, async_redis
 from wsq_protocol.keys import keys_for
 from wsq_protocol.pipe import RedisPipe
@@ -223,8 +223,7 @@ class Run:
                     task.cancel()
                 await self.flusher.close(max(worker.shutdown_timeout, 1.0))
                 if self.keep_alive is not None:
-                    self.keep_alive.cancel()
-                    await asyncio.wait({self.keep_alive})
+                    await cancel_and_wait([self.keep_alive])
                 await self._forget_consumer()
                 for reader in self.readers:
                     await reader.aclose()
@@ -278,9 +277,7 @@ class Run:
         try:
             await asyncio.gather(*readers)
         finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.wait(readers)
+            await cancel_and_wait(readers)
 
     async def _prepare(self) -> bool:
         """Check that Redis can serve the worker (``RedisUnusableError`` when it never will: a
@@ -511,9 +508,7 @@ class Run:
             len(self.queued),
         )
         self.queued.clear()
-        for task in running:
-            task.cancel()
-        await asyncio.wait(running)
+        await cancel_and_wait(running)
 
     async def _forget_consumer(self) -> None:
         """Remove this consumer from the group of each partition where no entry is pending for it."""
