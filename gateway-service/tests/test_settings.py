@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +76,70 @@ def test_cli_reports_bad_settings_with_exit_2(
     err = capsys.readouterr().err
     assert "WSQ_PORT: Input should be a valid integer" in err
     assert "'not-a-port'" in err
+
+
+def run_gateway(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``python -m wsq_gateway`` as a real process, with only the given WSQ_* variables."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
+    return subprocess.run(
+        [sys.executable, "-m", "wsq_gateway", *args],
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        (
+            {"WSQ_PORT": "http"},
+            "wsq-gateway: invalid setting WSQ_PORT: Input should be a valid integer, unable to parse "
+            "string as an integer (got 'http')",
+        ),
+        (
+            {"WSQ_LOG_FORMAT": "xml"},
+            "wsq-gateway: invalid setting WSQ_LOG_FORMAT: Input should be 'json' or 'console' (got 'xml')",
+        ),
+        (
+            {"WSQ_REDIS_URL": "http://user:hunter2@redis.example:6379/0"},
+            "wsq-gateway: invalid setting WSQ_REDIS_URL: must be a redis://, rediss:// (TLS) or "
+            "unix:// URL, not http://",
+        ),
+        (
+            {"WSQ_REDIS_URL": "localhost:6379"},
+            "wsq-gateway: invalid setting WSQ_REDIS_URL: must be a redis://, rediss:// (TLS) or unix:// URL",
+        ),
+        (
+            {"WSQ_REDIS_URL": "redis://user:hunter2@redis.example:port/0"},
+            "wsq-gateway: invalid setting WSQ_REDIS_URL: is not a usable Redis URL: Port could not be "
+            "cast to integer value as 'port'",
+        ),
+        (
+            {"WSQ_NODE_HEARTBEAT_S": "10"},
+            "wsq-gateway: invalid settings: WSQ_NODE_TIMEOUT_S must be more than twice WSQ_NODE_HEARTBEAT_S",
+        ),
+    ],
+)
+def test_a_bad_setting_stops_the_process_with_one_line_and_status_2(
+    variables: dict[str, str], line: str
+) -> None:
+    result = run_gateway(**variables)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [line]
+    assert result.stdout == ""
+    assert "hunter2" not in result.stderr, "a Redis URL's password is never printed"
+
+
+def test_each_bad_setting_gets_its_line() -> None:
+    result = run_gateway(WSQ_PORT="http", WSQ_REDIS_URL="http://x")
+    assert result.returncode == 2
+    assert [line.split(":")[1] for line in result.stderr.splitlines()] == [
+        " invalid setting WSQ_PORT",
+        " invalid setting WSQ_REDIS_URL",
+    ]
 
 
 def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:

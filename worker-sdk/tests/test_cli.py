@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -177,6 +178,57 @@ def test_bad_target_exits_2_with_a_clear_message(target: str, message: str) -> N
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def run_cli_with(variables: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``run_cli()`` with only the given WSQ_* variables."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
+    return subprocess.run(
+        [sys.executable, "-m", "wsq_worker", *args],
+        cwd=APPS,
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "options", "line"),
+    [
+        ({"WSQ_SHARDS": "many"}, [], "WSQ_SHARDS must be a whole number, not 'many'"),
+        (
+            {"WSQ_REDIS_CLUSTER": "maybe"},
+            [],
+            "WSQ_REDIS_CLUSTER must be 1, true, yes or on (or 0, false, no, off), not 'maybe'",
+        ),
+        ({"WSQ_MAX_ATTEMPTS": "0"}, [], "max_attempts must be 1-9999, not 0 (WSQ_MAX_ATTEMPTS)"),
+        ({"WSQ_SHARDS": "5000"}, [], "shards must be 1-1024, not 5000 (WSQ_SHARDS)"),
+        (
+            {"WSQ_REDIS_URL": "http://user:hunter2@redis.example:6379/0"},
+            [],
+            "WSQ_REDIS_URL must be a redis://, rediss:// (TLS) or unix:// URL, not http://",
+        ),
+        (
+            {"WSQ_REDIS_URL": "redis://user:hunter2@redis.example:port/0"},
+            [],
+            "WSQ_REDIS_URL is not a usable Redis URL: Port could not be cast to integer value as 'port'",
+        ),
+        (
+            {},
+            ["--redis-url", "localhost:6379"],
+            "redis_url must be a redis://, rediss:// (TLS) or unix:// URL",
+        ),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line(
+    variables: dict[str, str], options: list[str], line: str
+) -> None:
+    result = run_cli_with(variables, "echo_app:worker", *options)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"wsq-worker: invalid setting: {line}"]
+    assert "hunter2" not in result.stderr, "a Redis URL's password is never printed"
 
 
 def test_help_documents_everything() -> None:

@@ -21,6 +21,25 @@ def _help_epilog() -> str:
     return "\n".join(lines)
 
 
+# Settings whose value an error line must not repeat: a URL may hold a password.
+_SECRET_SETTINGS = frozenset({"redis_url", "jwt_secret"})
+
+
+def settings_errors(exc: ValidationError) -> list[str]:
+    """One line per bad setting: its variable, what is wrong, and the value given (unless it may
+    hold a secret)."""
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check of several settings: the message names them
+            lines.append(f"invalid settings: {message}")
+            continue
+        field = str(error["loc"][0])
+        given = "" if field in _SECRET_SETTINGS else f" (got {error['input']!r})"
+        lines.append(f"invalid setting WSQ_{field.upper()}: {message}{given}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="wsq-gateway",
@@ -34,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print("wsq-gateway: invalid settings", file=sys.stderr)
-        for error in exc.errors():
-            name = f"WSQ_{str(error['loc'][0]).upper()}: " if error["loc"] else ""
-            given = f" (got {error['input']!r})" if error["loc"] else ""
-            print(f"  {name}{error['msg']}{given}", file=sys.stderr)
+        for line in settings_errors(exc):
+            print(f"wsq-gateway: {line}", file=sys.stderr)
         return 2
     return run(settings)

@@ -22,6 +22,7 @@ from wsq_worker.exceptions import (
     RedisUnusableError,
     Refuse,
     Retry,
+    SettingsError,
     WorkerFailedError,
     WsqError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Refuse",
     "Request",
     "Retry",
+    "SettingsError",
     "Target",
     "Worker",
     "WorkerFailedError",

@@ -16,10 +16,11 @@ from typing import Any, Self, TypeAlias, TypeVar
 from wsq_protocol.keys import MAX_SHARDS
 from wsq_worker import speedups
 from wsq_worker.context import Context
+from wsq_worker.exceptions import SettingsError
 from wsq_worker.loops import Run
 from wsq_worker.protocol import MAX_ATTEMPT, is_action_name
 from wsq_worker.publisher import AsyncPublisher
-from wsq_worker.settings import WorkerSettings
+from wsq_worker.settings import WorkerSettings, checked_redis_url, variable_of
 
 __all__ = ["Handler", "LifecycleHandler", "Periodic", "Worker"]
 
@@ -193,18 +194,29 @@ class Worker:
     def _start(self) -> Run:
         if self._running is not None:
             raise RuntimeError("this worker is already running")
+        checked_redis_url(self.redis_url)  # SettingsError, as the ranges below
         if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+            raise SettingsError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.block_ms < 1:
-            raise ValueError(f"block_ms must be at least 1, not {self.block_ms}")
+            raise SettingsError(f"block_ms must be at least 1, not {self.block_ms}")
         if self.claim_idle_ms < 1:
-            raise ValueError(f"claim_idle_ms must be at least 1, not {self.claim_idle_ms}")
+            raise SettingsError(
+                f"claim_idle_ms must be at least 1, not {self.claim_idle_ms} ({variable_of('claim_idle_ms')})"
+            )
         if not 1 <= self.max_attempts <= MAX_ATTEMPT:
-            raise ValueError(f"max_attempts must be 1-{MAX_ATTEMPT}, not {self.max_attempts}")
+            raise SettingsError(
+                f"max_attempts must be 1-{MAX_ATTEMPT}, not {self.max_attempts} "
+                f"({variable_of('max_attempts')})"
+            )
         if type(self.shards) is not int or not 1 <= self.shards <= MAX_SHARDS:
-            raise ValueError(f"shards must be 1-{MAX_SHARDS}, not {self.shards!r}")
+            raise SettingsError(
+                f"shards must be 1-{MAX_SHARDS}, not {self.shards!r} ({variable_of('shards')})"
+            )
         if self.max_dead_letters < 0:
-            raise ValueError(f"max_dead_letters must be 0 (no cap) or more, not {self.max_dead_letters}")
+            raise SettingsError(
+                f"max_dead_letters must be 0 (no cap) or more, not {self.max_dead_letters} "
+                f"({variable_of('max_dead_letters')})"
+            )
         self._running = Run(self)
         if self._stop_requested:
             self._running.request_stop()
