@@ -6,11 +6,14 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from wsq_devkit import ManagedProcess, free_port, wait_until
 from wsq_gateway.cli import main
 from wsq_gateway.settings import Settings, describe_settings
 
@@ -161,3 +164,43 @@ def test_readme_settings_table_matches_the_code() -> None:
     documented = {name: (default.strip("`"), meaning) for name, default, meaning in rows}
     expected = {name: (default, meaning) for name, default, meaning in describe_settings()}
     assert documented == expected
+
+
+def test_help_run_as_a_process_lists_every_setting_and_the_options() -> None:
+    result = run_gateway("--help")
+    assert result.returncode == 0
+    out = " ".join(result.stdout.split())  # descriptions are wrapped
+    for option in ("--host ADDRESS", "--port PORT", "--version"):
+        assert option in out
+    for name, default, description in describe_settings():
+        assert f"{name} (default: {default})" in out
+        assert " ".join(description.split()) in out
+
+
+def _healthz(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_host_and_port_options_override_the_variables(redis_url: str, key_prefix: str) -> None:
+    port, unused = free_port(), free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
+    env |= {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix, "WSQ_PORT": str(unused)}
+    env |= {"WSQ_HOST": "192.0.2.1"}  # not an address of this host: the option must win
+    with ManagedProcess.python_module(
+        "gateway", "wsq_gateway", "--host", "127.0.0.1", "--port", str(port), env=env
+    ) as gateway:
+        wait_until(lambda: _healthz(port), timeout=20, message="the gateway on --port")
+        assert f"ws://127.0.0.1:{port}/ws" in gateway.output()
+        assert not _healthz(unused)
+
+
+@pytest.mark.parametrize("value", ["http", "70000", "-1"])
+def test_a_bad_port_option_exits_2(value: str) -> None:
+    result = run_gateway("--port", value)
+    assert result.returncode == 2
+    assert "argument --port" in result.stderr
+    assert "Traceback" not in result.stderr
