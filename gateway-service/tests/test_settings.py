@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import pty
 import re
+import select
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -15,6 +20,7 @@ from pydantic import ValidationError
 
 from wsq_devkit import ManagedProcess, free_port, wait_until
 from wsq_gateway.cli import main
+from wsq_gateway.logs import resolve_format
 from wsq_gateway.settings import Settings, describe_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -29,7 +35,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.key_prefix == "wsq"
     assert settings.max_message_bytes == 64 * 1024
     assert settings.jwt_secret is None
-    assert settings.log_format == "json"
+    assert settings.log_format == "auto"
     assert re.fullmatch(r"gw-[0-9a-f]{12}", settings.node_id)
     assert Settings().node_id != settings.node_id, "a generated node id is unique per process start"
 
@@ -104,7 +110,8 @@ def run_gateway(*args: str, **variables: str) -> subprocess.CompletedProcess[str
         ),
         (
             {"WSQ_LOG_FORMAT": "xml"},
-            "wsq-gateway: invalid setting WSQ_LOG_FORMAT: Input should be 'json' or 'console' (got 'xml')",
+            "wsq-gateway: invalid setting WSQ_LOG_FORMAT: Input should be 'json', 'console' or 'auto' "
+            "(got 'xml')",
         ),
         (
             {"WSQ_REDIS_URL": "http://user:hunter2@redis.example:6379/0"},
@@ -204,3 +211,68 @@ def test_a_bad_port_option_exits_2(value: str) -> None:
     assert result.returncode == 2
     assert "argument --port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _gateway_log(redis_url: str, key_prefix: str, *, terminal: bool, log_format: str | None) -> list[str]:
+    """The gateway's log lines up to "listening", its stderr a terminal (a pseudo-terminal) or a pipe."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
+    env |= {"WSQ_REDIS_URL": redis_url, "WSQ_KEY_PREFIX": key_prefix, "WSQ_PORT": str(port)}
+    if log_format is not None:
+        env["WSQ_LOG_FORMAT"] = log_format
+    reader, writer = pty.openpty() if terminal else os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsq_gateway"], env=env, stdin=subprocess.DEVNULL, stdout=writer, stderr=writer
+    )
+    os.close(writer)
+    output = b""
+    try:
+        while b"listening" not in output:
+            ready, _, _ = select.select([reader], [], [], 20)
+            assert ready, f"no listening line: {output!r}"
+            chunk = os.read(reader, 65536)
+            assert chunk, f"the gateway exited: {output!r}"
+            output += chunk
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        os.close(reader)
+    return [line for line in output.decode().replace("\r", "").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("terminal", "log_format", "as_json"),
+    [
+        (True, None, False),  # auto, a person reading
+        (False, None, True),  # auto, a pipe: a collector
+        (True, "json", True),
+        (False, "console", False),
+    ],
+)
+def test_log_format_auto_is_human_readable_on_a_terminal_and_json_elsewhere(
+    redis_url: str, key_prefix: str, terminal: bool, log_format: str | None, as_json: bool
+) -> None:
+    lines = _gateway_log(redis_url, key_prefix, terminal=terminal, log_format=log_format)
+    [listening] = [line for line in lines if "listening" in line]
+    if as_json:
+        assert json.loads(listening)["event"] == "listening"
+    else:
+        assert not listening.lstrip().startswith("{")
+        assert re.match(r"\S*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", listening), listening
+        assert "info" in listening
+        assert "listening" in listening
+
+
+def test_resolve_format() -> None:
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    assert resolve_format("auto", Stream(tty=True)) == "console"
+    assert resolve_format("auto", Stream(tty=False)) == "json"
+    assert resolve_format("json", Stream(tty=True)) == "json"
+    assert resolve_format("console", Stream(tty=False)) == "console"

@@ -166,8 +166,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="With CONNECT_HOOK: how long to wait for a worker's answer (then close 1013)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    log_format: Literal["json", "console"] = Field(
-        "json", description="json: one JSON object per line; console: coloured, for humans."
+    log_format: Literal["json", "console", "auto"] = Field(
+        "auto",
+        description="json: one JSON object per line; console: human-readable (coloured on a "
+        "terminal); auto: console when stderr is a terminal, else json.",
     )
 
     @field_validator("log_level", "log_format", mode="before")

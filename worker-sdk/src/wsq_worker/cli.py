@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ from wsq_protocol.keys import MAX_SHARDS, Keys, keys_for
 from wsq_worker import __version__
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
 from wsq_worker.exceptions import SettingsError, WorkerFailedError
+from wsq_worker.logs import configure_logging
 from wsq_worker.settings import connection_from_env, describe_settings, variable_of
 from wsq_worker.worker import Worker
 
@@ -228,9 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dead_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level.upper())
     try:
         worker = load_worker(args.target)
     except TargetError as exc:

@@ -17,6 +17,7 @@ from wsq_protocol.keys import MAX_SHARDS
 from wsq_worker import speedups
 from wsq_worker.context import Context
 from wsq_worker.exceptions import SettingsError
+from wsq_worker.logs import configure_logging
 from wsq_worker.loops import Run
 from wsq_worker.protocol import MAX_ATTEMPT, is_action_name
 from wsq_worker.publisher import AsyncPublisher
@@ -152,7 +153,12 @@ class Worker:
 
     def run(self) -> None:
         """Run until SIGINT or SIGTERM, then finish in-flight handlers and return (on uvloop
-        when the ``fast`` extra is installed)."""
+        when the ``fast`` extra is installed).
+
+        When the process configured no logging (the root logger has no handler), it logs to
+        stderr at INFO as ``wsq-worker`` does (``logs.LOG_FORMAT``); an application's own
+        logging set-up is left alone. ``run_async()`` never configures logging."""
+        configure_logging()
         speedups.run(self._run_until_signalled())
 
     async def run_async(self) -> None:
