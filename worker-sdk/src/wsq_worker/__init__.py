@@ -3,8 +3,8 @@
     from wsq_worker import Worker
 
     async def chat_text(ctx, data):
-        await ctx.publisher.broadcast().send("chat_text", data)
-        return {"stored": True}
+        await ctx.publisher.broadcast().send("chat_message", data)  # a push: an action of its own
+        return {"stored": True}  # the reply: action chat_text, with the frame's id
 
     worker = Worker({"chat_text": chat_text})   # run it: wsq-worker app:worker
 
