@@ -35,6 +35,7 @@ TYPED_TREES = [
     "worker-sdk/src",
     "devkit/src",
     "examples/chat",
+    "examples/jwt",
     "bench",
     "gateway-service/tests",
     "worker-sdk/tests",

@@ -14,6 +14,12 @@ Both reply ``{"ok": true, ...}``, or ``{"ok": false, "error": "..."}`` when the 
 not acceptable, so the page can show the reason. Pushes from the worker to the pages:
 ``welcome`` (to a new connection), ``joined``, ``renamed``, ``message`` and ``left``
 (to everyone).
+
+A reply carries the action of the frame it answers and its id (``say``, ``r7``); a push has
+an action of its own and no id. No push is named like a request (``say`` is answered, the
+text it posts is pushed as ``message``), so the page dispatches pushes by action and answers
+by id, and never shows its own reply as a chat message (PUSHES below; test_chat_workers.py
+checks it).
 """
 
 from __future__ import annotations
@@ -105,6 +111,9 @@ async def on_disconnect(ctx: Context) -> None:
     if name is not None:
         await ctx.publisher.broadcast().send("left", {"name": name, "at": _now()})
 
+
+# The actions of the pushes above: none is a request's (the keys of `actions` below).
+PUSHES = frozenset({"welcome", "joined", "renamed", "message", "left"})
 
 # `python -m wsq_worker examples.chat.worker:worker` imports this object and runs it.
 # A frame whose action is not listed here is answered with an `unknown_action` $error.

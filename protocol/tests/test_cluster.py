@@ -26,6 +26,7 @@ from wsq_devkit import RedisCluster, RedisServer, wait_until_async
 from wsq_devkit.redis_typing import execute_command
 from wsq_protocol.cluster import (
     async_redis,
+    check_redis_url,
     is_cluster,
     is_cluster_sync,
     open_async_redis,
@@ -626,3 +627,26 @@ async def test_a_stalled_master_times_out_its_commands_only(
     await asyncio.to_thread(redis_cluster.wait_ok, replicas_per_master=1)
     assert await routed.execute(batch) == [b"OK"] * len(keys)  # connected again, in step
     assert await slot_pipe.execute([("GET", stalled_key)]) == [b"1"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://localhost:6379/0", "rediss://user:pw@redis.example/1", "unix:///run/redis.sock", "REDIS://h"],
+)
+def test_check_redis_url_takes_what_redis_py_connects_with(url: str) -> None:
+    assert check_redis_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://user:hunter2@h:6379/0", "must be a redis://, rediss:// (TLS) or unix:// URL, not http://"),
+        ("user:hunter2@h:6379", "must be a redis://, rediss:// (TLS) or unix:// URL"),
+        ("redis://user:hunter2@h:port/0", "is not a usable Redis URL: Port could not be cast"),
+    ],
+)
+def test_check_redis_url_says_what_is_wrong_without_the_url(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match="URL") as raised:
+        check_redis_url(url)
+    assert str(raised.value).startswith(message)
+    assert "hunter2" not in str(raised.value)

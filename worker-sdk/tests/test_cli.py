@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import redis
 from worker_harness import CREATE_NODE_STREAM, str_entries
 
 import wsq_worker
-from wsq_devkit import ManagedProcess, free_port, wait_until
+from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until
 from wsq_devkit.redis_typing import XaddFields
 from wsq_protocol.keys import DEFAULT_SHARDS, keys_for
 
@@ -179,6 +181,57 @@ def test_bad_target_exits_2_with_a_clear_message(target: str, message: str) -> N
     assert "Traceback" not in result.stderr
 
 
+def run_cli_with(variables: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``run_cli()`` with only the given WSQ_* variables."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
+    return subprocess.run(
+        [sys.executable, "-m", "wsq_worker", *args],
+        cwd=APPS,
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "options", "line"),
+    [
+        ({"WSQ_SHARDS": "many"}, [], "WSQ_SHARDS must be a whole number, not 'many'"),
+        (
+            {"WSQ_REDIS_CLUSTER": "maybe"},
+            [],
+            "WSQ_REDIS_CLUSTER must be 1, true, yes or on (or 0, false, no, off), not 'maybe'",
+        ),
+        ({"WSQ_MAX_ATTEMPTS": "0"}, [], "max_attempts must be 1-9999, not 0 (WSQ_MAX_ATTEMPTS)"),
+        ({"WSQ_SHARDS": "5000"}, [], "shards must be 1-1024, not 5000 (WSQ_SHARDS)"),
+        (
+            {"WSQ_REDIS_URL": "http://user:hunter2@redis.example:6379/0"},
+            [],
+            "WSQ_REDIS_URL must be a redis://, rediss:// (TLS) or unix:// URL, not http://",
+        ),
+        (
+            {"WSQ_REDIS_URL": "redis://user:hunter2@redis.example:port/0"},
+            [],
+            "WSQ_REDIS_URL is not a usable Redis URL: Port could not be cast to integer value as 'port'",
+        ),
+        (
+            {},
+            ["--redis-url", "localhost:6379"],
+            "redis_url must be a redis://, rediss:// (TLS) or unix:// URL",
+        ),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line(
+    variables: dict[str, str], options: list[str], line: str
+) -> None:
+    result = run_cli_with(variables, "echo_app:worker", *options)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"wsq-worker: invalid setting: {line}"]
+    assert "hunter2" not in result.stderr, "a Redis URL's password is never printed"
+
+
 def test_help_documents_everything() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -329,3 +382,56 @@ def test_a_worker_with_another_number_of_shards_than_the_deployment_exits_1(
     assert "uses 8 shards" in output
     assert "Traceback" not in output
     assert not client.exists(inbound_of(key_prefix)), "no consumer group made"
+
+
+STARTUP_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    wsq_worker\.worker: worker \S+ reading the 16 "
+    r"partitions of the inbound stream \(\{(?P<prefix>[^}]+):0\}:inbound\.\.\.\) on "
+    r"(?P<url>\S+); concurrency 7; actions: echo, shout$",
+    re.MULTILINE,
+)
+
+
+@pytest.mark.parametrize("how", ["script", "cli"])
+def test_a_script_calling_run_logs_as_the_cli_does(how: str, key_prefix: str) -> None:
+    """``python app.py`` with ``worker.run()`` logs what ``wsq-worker app:worker`` does: one
+    start-up line with a timestamp and level, naming the Redis URL without its password, the
+    concurrency and the actions."""
+    password = "s3cret-pw"
+    with RedisServer(password=password) as server:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        environment = {"WSQ_REDIS_URL": url, "WSQ_KEY_PREFIX": key_prefix}
+        if how == "script":
+            process = ManagedProcess("worker", [sys.executable, "script_app.py"], env=environment, cwd=APPS)
+        else:
+            process = ManagedProcess.python_module(
+                "worker", "wsq_worker", "script_app:worker", env=environment, cwd=APPS
+            )
+        with process:
+            match = wait_until(
+                lambda: STARTUP_LINE.search(process.output()), timeout=20, message="the start-up line"
+            )
+            assert process.stop() == 0
+            output = process.output()  # empty once the process is closed
+        assert match["prefix"] == key_prefix
+        assert match["url"] == f"redis://***@127.0.0.1:{server.port}/0"
+        assert password not in output
+        assert re.search(r"INFO    wsq_worker\.worker: SIGTERM: stopping", output)
+
+
+def test_run_leaves_an_application_s_logging_alone() -> None:
+    """A script that configured logging keeps its own format: ``run()`` adds no handler."""
+    script = (
+        "import logging\n"
+        "logging.basicConfig(level=logging.INFO, format='APP %(levelname)s %(message)s')\n"
+        "from wsq_worker import Worker\n"
+        "worker = Worker({}, redis_url='redis://127.0.0.1:1/0')\n"
+        "worker.stop()  # the run stops at once\n"
+        "worker.run()\n"
+        "print(len(logging.getLogger().handlers))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["1"]
+    assert re.fullmatch(r"APP INFO worker \S+ stopped", result.stderr.strip()), result.stderr

@@ -310,6 +310,34 @@ async def test_send_sync_refuses_to_block_the_event_loop(
     assert await gateway.wait_for_frames(1) == [error("handler_error", "the handler failed", "r")]
 
 
+async def test_async_ctx_calls_from_a_plain_def_handler_raise_at_once(
+    start_worker: StartWorker, gateway: FakeGateway
+) -> None:
+    """``ctx.send()``/``join()``/``leave()`` in a thread-pool handler raise RuntimeError naming the
+    ``*_sync`` method, rather than return a coroutine nobody awaits (a push silently lost)."""
+
+    def plain(ctx: Context, data: Any) -> list[str]:
+        messages = []
+        for call in (lambda: ctx.send("a", 1), lambda: ctx.join("room"), lambda: ctx.leave("room")):
+            try:
+                call()
+            except RuntimeError as exc:
+                messages.append(str(exc))
+        return messages
+
+    await start_worker({"plain": plain})
+    await gateway.message(gateway.new_connection_id(), "plain", id="r")
+    [frame] = await gateway.wait_for_frames(1)
+    assert frame["id"] == "r"
+    assert [message.split(" called off")[0] for message in frame["data"]] == [
+        "ctx.send()",
+        "ctx.join()",
+        "ctx.leave()",
+    ]
+    for name, message in zip(("send", "join", "leave"), frame["data"], strict=True):
+        assert f"use ctx.{name}_sync()" in message
+
+
 def membership(kind: str, connection_id: str, group: str) -> dict[str, str]:
     return {"v": "1", "type": kind, "target": "connection", "to": connection_id, "group": group}
 

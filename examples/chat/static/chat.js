@@ -96,9 +96,14 @@
     }
     const { action, data, id } = frame;
 
-    // An answer to one of our requests.
-    if (id !== undefined && pending.has(id)) {
+    // A frame with an id is an answer, never a push (pushes have no id, and actions other than
+    // the requests'): to one of our pending requests, or to one that timed out meanwhile.
+    if (id !== undefined && id !== null) {
       const req = pending.get(id);
+      if (req === undefined) {
+        console.debug("answer to no pending request (timed out?)", frame);
+        return;
+      }
       pending.delete(id);
       clearTimeout(req.timer);
       if (action === "$error") req.reject(new WsqError(data.code, data.message));

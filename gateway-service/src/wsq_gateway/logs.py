@@ -1,6 +1,7 @@
 """Logging: every logger the gateway uses is named here, and configured in one function.
 
-Logs are structured (structlog): one JSON object per line by default, with the node id
+Logs are structured (structlog): one JSON object per line by default (human-readable when
+stderr is a terminal, with ``WSQ_LOG_FORMAT=auto``, the default), with the node id
 bound to every line and the connection id on connection-scoped lines. Nothing is logged
 per message at info level.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import TextIO
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
@@ -26,12 +28,21 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return logger
 
 
+def resolve_format(fmt: str, stream: TextIO) -> str:
+    """``json`` or ``console``: ``fmt``, or for ``auto`` console when ``stream`` is a terminal
+    (someone reads it) and json otherwise (a file, a pipe, a container's log collector)."""
+    if fmt != "auto":
+        return fmt
+    isatty = getattr(stream, "isatty", None)
+    return "console" if isatty is not None and isatty() else "json"
+
+
 def configure_logging(level: str, fmt: str, node_id: str | None = None) -> None:
-    """Every log line structured (JSON, or coloured for a console), naming ``node_id`` once it is
-    known (``bind_node``)."""
+    """Every log line structured (JSON, or human-readable for a console; ``auto``: console when
+    stderr is a terminal), naming ``node_id`` once it is known (``bind_node``)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
-        if fmt == "json"
+        if resolve_format(fmt, sys.stderr) == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared: list[structlog.typing.Processor] = [

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wsq_protocol.cluster import check_redis_url
 from wsq_protocol.ids import new_node_id, valid_node_id
 from wsq_protocol.keys import DEFAULT_SHARDS, MAX_SHARDS
 
@@ -27,7 +28,8 @@ class Settings(BaseSettings):
     path: str = Field("/ws", description="URL path of the WebSocket endpoint.")
     redis_url: str = Field(
         "redis://localhost:6379/0",
-        description="Redis to use (redis://, rediss:// for TLS, with user:password@ for AUTH).",
+        description="Redis to use (redis://, rediss:// for TLS, unix:// for a socket, with "
+        "user:password@ for AUTH).",
     )
     redis_timeout_s: float = Field(
         5.0,
@@ -177,14 +179,21 @@ class Settings(BaseSettings):
         "the label set must stay bounded).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    log_format: Literal["json", "console"] = Field(
-        "json", description="json: one JSON object per line; console: coloured, for humans."
+    log_format: Literal["json", "console", "auto"] = Field(
+        "auto",
+        description="json: one JSON object per line; console: human-readable (coloured on a "
+        "terminal); auto: console when stderr is a terminal, else json.",
     )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
 
     @field_validator("path")
     @classmethod

@@ -37,12 +37,31 @@ __all__ = [
     "AsyncClient",
     "SyncClient",
     "async_redis",
+    "check_redis_url",
     "is_cluster",
     "is_cluster_sync",
     "open_async_redis",
     "open_sync_redis",
     "sync_redis",
 ]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def check_redis_url(url: str) -> str:
+    """``url``, when redis-py can connect with it: a ``redis://``, ``rediss://`` (TLS) or
+    ``unix://`` URL, its port a number. Otherwise ValueError, whose message completes "WSQ_REDIS_URL
+    ..." and never holds the URL (it may hold a password)."""
+    if not url.lower().startswith(_REDIS_SCHEMES):
+        scheme, sep, _ = url.partition("://")
+        given = f", not {scheme}://" if sep and scheme.isascii() and scheme.isalnum() else ""
+        raise ValueError(f"must be a redis://, rediss:// (TLS) or unix:// URL{given}")
+    try:
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # a port that is not a number, a bad query argument
+        raise ValueError(f"is not a usable Redis URL: {exc}") from None
+    return url
+
 
 AsyncClient = redis.asyncio.Redis | AsyncRedisCluster
 """An asyncio client of a single Redis or of a Redis Cluster."""

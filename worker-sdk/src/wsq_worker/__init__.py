@@ -3,8 +3,8 @@
     from wsq_worker import Worker
 
     async def chat_text(ctx, data):
-        await ctx.publisher.broadcast().send("chat_text", data)
-        return {"stored": True}
+        await ctx.publisher.broadcast().send("chat_message", data)  # a push: an action of its own
+        return {"stored": True}  # the reply: action chat_text, with the frame's id
 
     worker = Worker({"chat_text": chat_text})   # run it: wsq-worker app:worker
 
@@ -22,6 +22,7 @@ from wsq_worker.exceptions import (
     RedisUnusableError,
     Refuse,
     Retry,
+    SettingsError,
     WorkerFailedError,
     WsqError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Refuse",
     "Request",
     "Retry",
+    "SettingsError",
     "Target",
     "Worker",
     "WorkerFailedError",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import re
 import sys
@@ -19,7 +18,8 @@ from wsq_protocol.cluster import REDIS_ERRORS, SyncClient, sync_redis
 from wsq_protocol.keys import MAX_SHARDS, Keys, keys_for
 from wsq_worker import __version__
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
-from wsq_worker.exceptions import WorkerFailedError
+from wsq_worker.exceptions import SettingsError, WorkerFailedError
+from wsq_worker.logs import configure_logging
 from wsq_worker.preflight import check_metrics_available
 from wsq_worker.settings import connection_from_env, describe_settings, variable_of
 from wsq_worker.worker import Worker
@@ -55,6 +55,8 @@ SIGINT or SIGTERM stops reading events, lets in-flight handlers finish (up to th
 Worker's shutdown_timeout), writes their replies and exits with status 0. A Redis the
 worker can never use (a replica, a wrong password, a cluster node without --redis-cluster...)
 or a background task that died stops it the same way, with one line on stderr and status 1.
+A malformed or out-of-range setting (a WSQ_* variable that is not a number, a WSQ_REDIS_URL
+that is not a redis://, rediss:// or unix:// URL) stops it at start with one line and status 2.
 
 example:
   wsq-worker chat.app:worker --concurrency 50 --log-level debug
@@ -234,13 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dead_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level.upper())
     try:
         worker = load_worker(args.target)
     except TargetError as exc:
         parser.error(str(exc))  # exits with status 2
+    except SettingsError as exc:  # Worker(...) made at import, from malformed WSQ_* variables
+        return _bad_setting(exc)
     if args.concurrency is not None:
         worker.concurrency = args.concurrency
     if args.redis_url is not None:
@@ -267,10 +269,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         worker.run()
+    except SettingsError as exc:  # out of range, checked at start (after the options above)
+        return _bad_setting(exc)
     except WorkerFailedError as exc:  # a Redis it can't use, or a background task died (logged)
         print(f"wsq-worker: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _bad_setting(exc: SettingsError) -> int:
+    print(f"wsq-worker: invalid setting: {exc}", file=sys.stderr)
+    return 2
 
 
 def dead_main(argv: Sequence[str]) -> int:

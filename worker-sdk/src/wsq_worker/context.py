@@ -156,31 +156,38 @@ class Context:
         ctx.publisher, ctx._send_frame, ctx._loop = publisher, send_frame, loop
         return ctx
 
-    async def send(self, action: str, data: Any = None) -> None:
-        """Push ``{"action": action, "data": data}`` to this connection.
+    def send(self, action: str, data: Any = None) -> Awaitable[None]:
+        """Push ``{"action": action, "data": data}`` to this connection: ``await ctx.send(...)``.
 
         Returns once the command is in Redis (it is batched with the worker's other writes);
         pushes arrive in the order they were awaited, before the handler's reply.
         Raises ``PublishError`` when Redis can't take it; let through a message handler, that
-        runs the message again as its next attempt.
+        runs the message again as its next attempt. Called off the worker's event loop (from a
+        plain ``def`` handler) it raises RuntimeError at once: use ``send_sync()`` there.
         """
-        await self._send_frame(push_frame(action, data))
+        self._check_loop("send")
+        return self._send_frame(push_frame(action, data))
 
     def send_sync(self, action: str, data: Any = None) -> None:
         """``send()`` for plain ``def`` handlers: blocks until sent."""
         frame = push_frame(action, data)
         self._run_sync("send", lambda: self._send_frame(frame))
 
-    async def join(self, group: str) -> bool:
-        """Add this connection to ``group`` (``publisher.join()``); False when it is already gone.
+    def join(self, group: str) -> Awaitable[bool]:
+        """Add this connection to ``group`` (``publisher.join()``); False when it is already gone:
+        ``await ctx.join(group)``.
 
-        Pushes to the group awaited afterwards reach this connection.
+        Pushes to the group awaited afterwards reach this connection. Off the worker's event
+        loop (a plain ``def`` handler) it raises RuntimeError at once: use ``join_sync()``.
         """
-        return await self.publisher.join(self.connection_id, group)
+        self._check_loop("join")
+        return self.publisher.join(self.connection_id, group)
 
-    async def leave(self, group: str) -> bool:
-        """Remove this connection from ``group``; False when it was not a member."""
-        return await self.publisher.leave(self.connection_id, group)
+    def leave(self, group: str) -> Awaitable[bool]:
+        """Remove this connection from ``group``; False when it was not a member:
+        ``await ctx.leave(group)``. Off the worker's event loop: ``leave_sync()``."""
+        self._check_loop("leave")
+        return self.publisher.leave(self.connection_id, group)
 
     def join_sync(self, group: str) -> bool:
         """``join()`` for plain ``def`` handlers: blocks until done."""
@@ -191,6 +198,19 @@ class Context:
         """``leave()`` for plain ``def`` handlers: blocks until done."""
         check_group(group)
         return self._run_sync("leave", lambda: self.leave(group))
+
+    def _check_loop(self, name: str) -> None:
+        """Raise at once when ``ctx.<name>()`` is called off the worker's event loop: from a plain
+        ``def`` handler its coroutine would never be awaited (and the push silently lost)."""
+        try:
+            running_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running_loop = None
+        if running_loop is not self._loop:
+            raise RuntimeError(
+                f"ctx.{name}() called off the worker's event loop (a plain `def` handler runs in a "
+                f"thread): use ctx.{name}_sync() there, or make the handler `async def`"
+            )
 
     def _run_sync(self, name: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """Await ``call()`` on the worker's event loop from a handler thread, and wait for it."""

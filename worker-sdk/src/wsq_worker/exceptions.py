@@ -37,6 +37,14 @@
     errors — connection refused, timeouts, ``LOADING`` — are retried with backoff instead); the
     message says which, in one line.
 
+``SettingsError(WsqError, ValueError)``
+    A setting is malformed or out of range: a ``WSQ_*`` variable that is not a number (or a
+    yes or no), a ``WSQ_REDIS_URL`` (or ``redis_url``) that is not a ``redis://``,
+    ``rediss://`` or ``unix://`` URL, a ``max_attempts`` outside 1-9999... Raised by
+    ``Worker(...)``, by ``run()``/``run_async()`` at start (for values set after it was made)
+    and by ``connection_from_env()``; the message names the setting, in one line, and never
+    holds the URL. ``wsq-worker`` prints it and exits with status 2.
+
 Two exceptions are for the application to raise, and the worker to catch. They are not
 errors of wsq_worker, so they derive from ``Exception``, not ``WsqError``:
 
@@ -74,6 +82,7 @@ __all__ = [
     "RedisUnusableError",
     "Refuse",
     "Retry",
+    "SettingsError",
     "WorkerFailedError",
     "WsqError",
 ]
@@ -89,6 +98,11 @@ class WorkerFailedError(WsqError):
 
 class RedisUnusableError(WorkerFailedError):
     """The Redis the worker was given can never serve it: the message says why."""
+
+
+class SettingsError(WsqError, ValueError):
+    """A setting (a ``WSQ_*`` variable, or the ``Worker`` argument over it) is malformed or out of
+    range: the message names it."""
 
 
 class Retry(Exception):

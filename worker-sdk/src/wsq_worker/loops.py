@@ -299,19 +299,25 @@ class Run:
                 if problem is not None:
                     raise RedisUnusableError(f"{_safe_url(worker.redis_url)}: {problem}") from exc
                 delay = backoff.next()
-                logger.error("Redis is unavailable (%s): retrying in %.1fs", exc, delay)
+                logger.error(
+                    "Redis at %s is unavailable (%s): retrying in %.1fs",
+                    _safe_url(worker.redis_url),
+                    exc,
+                    delay,
+                )
                 await self._sleep_unless_stopped(delay)
                 continue
             self.ready.set()
             logger.info(
-                "worker %s reading the %d partitions of the inbound stream (%s...; concurrency %d, "
-                "%d actions%s)",
+                "worker %s reading the %d partitions of the inbound stream (%s...) on %s%s; "
+                "concurrency %d; actions: %s",
                 worker.consumer_name,
                 worker.shards,
                 self.keys.inbound_stream(0),
+                _safe_url(worker.redis_url),
+                " (a Redis Cluster)" if worker.redis_cluster else "",
                 worker.concurrency,
-                len(worker.actions),
-                " and a default handler" if worker.default else "",
+                _actions_summary(worker),
             )
             return True
         return False
@@ -662,6 +668,18 @@ def _stream_entries(response: Any) -> Iterator[tuple[bytes, str, Mapping[bytes, 
             else:
                 pairs = iter(flat_fields)
                 yield stream, entry_id.decode(), dict(zip(pairs, pairs, strict=True))
+
+
+_LISTED_ACTIONS = 20
+
+
+def _actions_summary(worker: Worker) -> str:
+    """The worker's action names (the first few of many), and its default handler if any."""
+    names = sorted(worker.actions)
+    listed = ", ".join(names[:_LISTED_ACTIONS]) or "none"
+    if len(names) > _LISTED_ACTIONS:
+        listed += f"... ({len(names)} in all)"
+    return listed + (", and a default handler" if worker.default else "")
 
 
 def _safe_url(url: str) -> str:

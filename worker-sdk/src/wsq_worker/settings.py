@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
 
+from wsq_protocol.cluster import check_redis_url
 from wsq_protocol.keys import DEFAULT_SHARDS, MAX_SHARDS, check_shards, shards_from_env
+from wsq_worker.exceptions import SettingsError
 
 __all__ = ["ConnectionSettings", "WorkerSettings", "connection_from_env", "describe_settings", "variable_of"]
 
@@ -31,7 +33,8 @@ class WorkerSettings:
     redis_url: str = field(
         default="redis://localhost:6379/0",
         metadata=_setting(
-            "WSQ_REDIS_URL", "Redis to use (redis://, rediss:// for TLS, with user:password@ for AUTH)."
+            "WSQ_REDIS_URL",
+            "Redis to use (redis://, rediss:// for TLS, unix:// for a socket, with user:password@ for AUTH).",
         ),
     )
     redis_cluster: bool = field(
@@ -103,7 +106,9 @@ class WorkerSettings:
         metrics_port: int | None = None,
     ) -> Self:
         """The settings ``environ`` gives; a value given here (not None) wins over its variable,
-        which is then not read. ValueError naming the variable when a number is not a whole one."""
+        which is then not read. ``SettingsError`` (a ValueError) naming the variable when a number
+        is not a whole one, a boolean not a yes or no, or the Redis URL not a redis://, rediss://
+        or unix:// one."""
         given: dict[str, object] = {
             "redis_url": redis_url,
             "redis_cluster": redis_cluster,
@@ -118,6 +123,7 @@ class WorkerSettings:
             name: _read(environ, setting) if given[name] is None else given[name]
             for name, setting in _FIELDS.items()
         }
+        values["redis_url"] = checked_redis_url(values["redis_url"], given=redis_url is not None)
         return cls(**values)
 
 
@@ -143,9 +149,10 @@ def connection_from_env(
     them, and no other variable: all a publisher needs (a malformed worker setting is no concern
     of it). A value given here (not None, not empty) wins over its variable, which is then not
     read. ValueError naming ``WSQ_SHARDS`` when it is not a number from 1 to 1024, or
-    ``WSQ_REDIS_CLUSTER`` when it is not a yes or no."""
+    ``WSQ_REDIS_CLUSTER`` when it is not a yes or no, or the Redis URL when it is not a
+    redis://, rediss:// or unix:// one (``SettingsError``)."""
     return ConnectionSettings(
-        redis_url or _read(environ, _FIELDS["redis_url"]),
+        checked_redis_url(redis_url or _read(environ, _FIELDS["redis_url"]), given=bool(redis_url)),
         key_prefix or _read(environ, _FIELDS["key_prefix"]),
         check_shards(shards) if shards is not None else shards_from_env(environ),
         redis_cluster if redis_cluster is not None else _read(environ, _FIELDS["redis_cluster"]),
@@ -158,6 +165,15 @@ def describe_settings() -> list[tuple[str, str, str]]:
         (setting.metadata["variable"], str(setting.default), setting.metadata["description"])
         for setting in _FIELDS.values()
     ]
+
+
+def checked_redis_url(url: str, *, given: bool = True) -> str:
+    """``url``, or ``SettingsError`` naming ``redis_url`` (``given``: an argument or an option)
+    or ``WSQ_REDIS_URL`` (read from the environment) when redis-py can't use it."""
+    try:
+        return check_redis_url(url)
+    except ValueError as exc:
+        raise SettingsError(f"{'redis_url' if given else variable_of('redis_url')} {exc}") from None
 
 
 def variable_of(name: str) -> str:
@@ -173,14 +189,14 @@ def _read(environ: Mapping[str, str], setting: dataclasses.Field[Any]) -> Any:
     if isinstance(setting.default, bool):  # as pydantic reads the gateway's
         answer = _BOOLEANS.get(text.strip().lower())
         if answer is None:
-            raise ValueError(f"{variable} must be 1, true, yes or on (or 0, false, no, off), not {text!r}")
+            raise SettingsError(f"{variable} must be 1, true, yes or on (or 0, false, no, off), not {text!r}")
         return answer
     if not isinstance(setting.default, int):
         return text
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{variable} must be a whole number, not {text!r}") from None
+        raise SettingsError(f"{variable} must be a whole number, not {text!r}") from None
 
 
 _BOOLEANS = {

@@ -16,11 +16,13 @@ from typing import Any, Self, TypeAlias, TypeVar
 from wsq_protocol.keys import MAX_SHARDS
 from wsq_worker import speedups
 from wsq_worker.context import Context
+from wsq_worker.exceptions import SettingsError
+from wsq_worker.logs import configure_logging
 from wsq_worker.loops import Run
 from wsq_worker.preflight import check_metrics_available
 from wsq_worker.protocol import MAX_ATTEMPT, is_action_name
 from wsq_worker.publisher import AsyncPublisher
-from wsq_worker.settings import WorkerSettings
+from wsq_worker.settings import WorkerSettings, checked_redis_url, variable_of
 
 __all__ = ["Handler", "LifecycleHandler", "Periodic", "Worker"]
 
@@ -161,7 +163,12 @@ class Worker:
 
     def run(self) -> None:
         """Run until SIGINT or SIGTERM, then finish in-flight handlers and return (on uvloop
-        when the ``fast`` extra is installed)."""
+        when the ``fast`` extra is installed).
+
+        When the process configured no logging (the root logger has no handler), it logs to
+        stderr at INFO as ``wsq-worker`` does (``logs.LOG_FORMAT``); an application's own
+        logging set-up is left alone. ``run_async()`` never configures logging."""
+        configure_logging()
         speedups.run(self._run_until_signalled())
 
     async def run_async(self) -> None:
@@ -203,21 +210,33 @@ class Worker:
     def _start(self) -> Run:
         if self._running is not None:
             raise RuntimeError("this worker is already running")
+        checked_redis_url(self.redis_url)  # SettingsError, as the ranges below
         if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+            raise SettingsError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.block_ms < 1:
-            raise ValueError(f"block_ms must be at least 1, not {self.block_ms}")
+            raise SettingsError(f"block_ms must be at least 1, not {self.block_ms}")
         if self.claim_idle_ms < 1:
-            raise ValueError(f"claim_idle_ms must be at least 1, not {self.claim_idle_ms}")
+            raise SettingsError(
+                f"claim_idle_ms must be at least 1, not {self.claim_idle_ms} ({variable_of('claim_idle_ms')})"
+            )
         if not 1 <= self.max_attempts <= MAX_ATTEMPT:
-            raise ValueError(f"max_attempts must be 1-{MAX_ATTEMPT}, not {self.max_attempts}")
+            raise SettingsError(
+                f"max_attempts must be 1-{MAX_ATTEMPT}, not {self.max_attempts} "
+                f"({variable_of('max_attempts')})"
+            )
         if type(self.shards) is not int or not 1 <= self.shards <= MAX_SHARDS:
-            raise ValueError(f"shards must be 1-{MAX_SHARDS}, not {self.shards!r}")
+            raise SettingsError(
+                f"shards must be 1-{MAX_SHARDS}, not {self.shards!r} ({variable_of('shards')})"
+            )
         if self.max_dead_letters < 0:
-            raise ValueError(f"max_dead_letters must be 0 (no cap) or more, not {self.max_dead_letters}")
+            raise SettingsError(
+                f"max_dead_letters must be 0 (no cap) or more, not {self.max_dead_letters} "
+                f"({variable_of('max_dead_letters')})"
+            )
         if not -1 <= self.metrics_port <= 65535:
-            raise ValueError(
-                f"metrics_port must be 0 (none), -1 (any free port) or a port, not {self.metrics_port}"
+            raise SettingsError(
+                f"metrics_port must be 0 (none), -1 (any free port) or a port, not {self.metrics_port} "
+                f"({variable_of('metrics_port')})"
             )
         if self.metrics_port:
             check_metrics_available()
