@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from wsq_devkit import ManagedProcess, free_port, wait_until
+from wsq_devkit import ManagedProcess, free_port, run_module, wait_until
 from wsq_gateway.cli import main
 from wsq_gateway.logs import resolve_format
 from wsq_gateway.settings import Settings, describe_settings
@@ -89,15 +89,7 @@ def test_cli_reports_bad_settings_with_exit_2(
 
 def run_gateway(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
     """``python -m wsq_gateway`` as a real process, with only the given WSQ_* variables."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
-    return subprocess.run(
-        [sys.executable, "-m", "wsq_gateway", *args],
-        env={**env, **variables},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("wsq_gateway", *args, variables=variables)
 
 
 @pytest.mark.parametrize(

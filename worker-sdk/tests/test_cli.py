@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import redis
 from worker_harness import CREATE_NODE_STREAM, str_entries
 
 import wsq_worker
-from wsq_devkit import ManagedProcess, RedisServer, free_port, wait_until
+from wsq_devkit import ManagedProcess, RedisServer, free_port, run_module, wait_until
 from wsq_devkit.redis_typing import XaddFields
 from wsq_protocol.keys import DEFAULT_SHARDS, keys_for
 
@@ -80,14 +79,7 @@ def wait_for_frames(
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsq_worker", *args],
-        cwd=APPS,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("wsq_worker", *args, cwd=APPS)
 
 
 @pytest.mark.usefixtures("in_apps_directory")
@@ -183,16 +175,7 @@ def test_bad_target_exits_2_with_a_clear_message(target: str, message: str) -> N
 
 def run_cli_with(variables: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``run_cli()`` with only the given WSQ_* variables."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
-    return subprocess.run(
-        [sys.executable, "-m", "wsq_worker", *args],
-        cwd=APPS,
-        env={**env, **variables},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("wsq_worker", *args, cwd=APPS, variables=variables)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ processes with captured logs, and polling with a deadline (never sleep to synchr
 
 from wsq_devkit.polling import wait_until, wait_until_async
 from wsq_devkit.ports import free_port
-from wsq_devkit.processes import ManagedProcess
+from wsq_devkit.processes import ManagedProcess, run_module
 from wsq_devkit.proxy import TcpProxy
 from wsq_devkit.redis_cluster import RedisCluster
 from wsq_devkit.redis_server import RedisServer, find_redis_cli, find_redis_server
@@ -20,6 +20,7 @@ __all__ = [
     "find_redis_cli",
     "find_redis_server",
     "free_port",
+    "run_module",
     "wait_until",
     "wait_until_async",
 ]

@@ -101,3 +101,27 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_module(
+    module: str,
+    *args: str,
+    cwd: str | Path | None = None,
+    variables: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` to its end, its output captured as text. With ``variables``,
+    the environment has only those ``WSQ_*`` variables (none inherited from the test's)."""
+    env = None
+    if variables is not None:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("WSQ_")}
+        env |= variables
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
