@@ -157,6 +157,18 @@ async def test_status_shows_events_no_worker_has_read_as_lag(
     assert shown["inbound"] == {"length": 3, "pending": 0, "lag": 3}
 
 
+async def test_status_before_any_worker_counts_every_event_as_lag(
+    gateway: FakeGateway, redis_options: list[str]
+) -> None:
+    await gateway.message(gateway.new_connection_id(), "echo", 1)
+    result = await wsq_worker("status", *redis_options)
+    assert result.returncode == 0, result.stderr
+    assert "workers: no worker has read the inbound stream yet" in result.stdout
+    assert "inbound: 1 in the stream, 0 pending, lag 1" in result.stdout
+    [row] = (await status(*redis_options))["per_shard"]
+    assert (row["shard"], row["group"], row["length"], row["lag"]) == (gateway.shard, False, 1, 1)
+
+
 async def _group_exists(client: redis.asyncio.Redis, gateway: FakeGateway) -> bool:
     return bool(await client.exists(gateway.inbound)) and bool(await client.xinfo_groups(gateway.inbound))
 

@@ -90,7 +90,7 @@ def read_status(client: SyncClient, keys: Keys, *, node_timeout_ms: int = NODE_T
         for consumer in consumers:
             name, idle = _text(_field(consumer, "name")), int(_field(consumer, "idle"))
             workers[name] = min(idle, workers.get(name, idle))
-        lag = _field(group, "lag") if group is not None else 0
+        lag = _field(group, "lag") if group is not None else length  # no group: none read
         statuses.append(
             {
                 "shard": shard,
