@@ -121,4 +121,4 @@ async def test_messages_past_their_attempts_are_dead_lettered_then_replayed_to_t
     for n, client in enumerate(clients):
         answer = await client.receive_until(lambda f, n=n: f.get("id") == f"job{n}", timeout=30)
         assert answer == {"action": "until_fixed", "data": {"fixed": n, "attempt": 1}, "id": f"job{n}"}
-    assert wsq_worker("dead", "list").stdout == ""
+    assert wsq_worker("dead", "list").stdout == "no dead letters\n"

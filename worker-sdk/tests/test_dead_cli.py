@@ -1,4 +1,5 @@
-"""``python -m wsq_worker dead list|replay`` as a real process, on dead letters a real Worker made."""
+"""``python -m wsq_worker dead list|replay`` as a real process, on dead letters a real Worker made
+(``dead show|purge``: test_ops_cli.py)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,9 @@ async def test_dead_list(three_dead_letters: DeadLetters, redis_options: list[st
 
 async def test_dead_list_of_nothing(redis_options: list[str]) -> None:
     result = await wsq_worker("dead", "list", *redis_options)
-    assert (result.returncode, result.stdout) == (0, "")
+    assert (result.returncode, result.stdout) == (0, "no dead letters\n")
+    result = await wsq_worker("dead", "list", "--json", *redis_options)
+    assert (result.returncode, result.stdout) == (0, ""), "no object, for scripts"
 
 
 async def test_dead_replay_runs_the_messages_again(
@@ -179,7 +182,7 @@ async def test_concurrent_replays_move_each_dead_letter_once(
         (["replay", "16:1764316800123-0"], "SHARD below 16"),
         (["replay", "--shards", "4", "4:1-0"], "SHARD below 4"),
         (["list", "--shards", "0"], "must be 1 to 1024"),
-        ([], "required: {list,replay}"),
+        ([], "required: {list,show,replay,purge}"),
         (["list", "--count", "0"], "must be at least 1"),
     ],
 )
@@ -245,4 +248,4 @@ async def test_dead_refuses_another_number_of_shards_than_the_deployments(
     assert result.returncode == 1
     assert "uses 8 shards: pass --shards 8" in result.stderr
     result = await wsq_worker("dead", "list", "--shards", "8", *redis_options)
-    assert (result.returncode, result.stdout) == (0, ""), result.stderr
+    assert (result.returncode, result.stdout) == (0, "no dead letters\n"), result.stderr

@@ -1,5 +1,6 @@
-"""The ``wsq-worker`` command (also ``python -m wsq_worker``): run a worker, or list and replay
-dead letters (``wsq-worker dead list|replay``)."""
+"""The ``wsq-worker`` command (also ``python -m wsq_worker``): run a worker, manage dead letters
+(``wsq-worker dead list|show|replay|purge``), show a deployment's state (``wsq-worker status``)
+or push a frame from the shell (``wsq-worker send``)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,26 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from wsq_protocol.cluster import REDIS_ERRORS, SyncClient, sync_redis
-from wsq_protocol.keys import MAX_SHARDS, Keys, keys_for
+from wsq_protocol.keys import CONSUMER_GROUP, MAX_SHARDS, Keys, keys_for
 from wsq_worker import __version__
 from wsq_worker.delivery import DEAD_LETTER_FIELDS, REPLAY_DROPS, REPLAY_SCRIPT
-from wsq_worker.exceptions import SettingsError, WorkerFailedError
+from wsq_worker.exceptions import PublishError, SettingsError, WorkerFailedError
 from wsq_worker.logs import configure_logging
 from wsq_worker.preflight import check_metrics_available
+from wsq_worker.protocol import push_frame
+from wsq_worker.publisher import Publisher
 from wsq_worker.settings import connection_from_env, describe_settings, variable_of
+from wsq_worker.status import CONSUMER_LIVE_MS, NODE_TIMEOUT_MS, format_status, read_status
 from wsq_worker.worker import Worker
 
-__all__ = ["build_dead_parser", "build_parser", "load_worker", "main"]
+__all__ = [
+    "build_dead_parser",
+    "build_parser",
+    "build_send_parser",
+    "build_status_parser",
+    "load_worker",
+    "main",
+]
 
 _DESCRIPTION = """\
 Run a wsq worker: handle the events the wsq gateways append to Redis.
@@ -33,7 +44,9 @@ TARGET is MODULE:ATTRIBUTE, like uvicorn's: the module is imported (the current 
 comes first on sys.path) and ATTRIBUTE is a wsq_worker.Worker, or a function taking no
 arguments that returns one. The options below override the Worker's own settings.
 
-`wsq-worker dead list|replay` lists and replays dead letters (see `wsq-worker dead --help`).
+`wsq-worker dead list|show|replay|purge` manages the dead letters (see `wsq-worker dead --help`),
+`wsq-worker status` shows the gateways, workers and backlog, `wsq-worker send` pushes a frame
+(see their --help).
 """
 
 
@@ -64,18 +77,22 @@ example:
 
 
 _DEAD_DESCRIPTION = f"""\
-List or replay the dead letters: the events that used up their attempts (a handler that
+List, show, replay or purge the dead letters: the events that used up their attempts (a handler that
 raised Retry every time, or workers that died running it), kept with their last error in
 the dead-letter stream of their shard, {{prefix:SHARD}}:dead. A dead letter is named
 SHARD:ID, its shard and its id in that stream (3:1764316800123-0).
 
   wsq-worker dead list [--count N] [--json]
+  wsq-worker dead show SHARD:ID
   wsq-worker dead replay SHARD:ID [SHARD:ID ...]
   wsq-worker dead replay --all
+  wsq-worker dead purge SHARD:ID [SHARD:ID ...]
+  wsq-worker dead purge --all --yes
 
 replay puts each event back into its shard's inbound partition, {{prefix:SHARD}}:inbound,
 as a new event (attempt 1) and removes it from the dead letters, atomically: each one is
-replayed once, even when two replays run at the same time. Redis: --redis-url, --key-prefix,
+replayed once, even when two replays run at the same time. purge deletes them for good.
+Redis: --redis-url, --key-prefix,
 --shards and --redis-cluster, else {variable_of("redis_url")}, {variable_of("key_prefix")},
 {variable_of("shards")} and {variable_of("redis_cluster")}.
 """
@@ -148,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_dead_parser() -> argparse.ArgumentParser:
-    """The parser of ``wsq-worker dead ...`` (what follows ``dead``)."""
+def _redis_options() -> argparse.ArgumentParser:
+    """The Redis options of ``dead``, ``status`` and ``send`` (a parent parser)."""
     redis_options = argparse.ArgumentParser(add_help=False)
     redis_options.add_argument(
         "--redis-url", metavar="URL", help=f"Redis URL (overrides {variable_of('redis_url')})"
@@ -166,12 +183,18 @@ def build_dead_parser() -> argparse.ArgumentParser:
     redis_options.add_argument(
         "--shards", type=_shards, metavar="N", help=f"number of shards (overrides {variable_of('shards')})"
     )
+    return redis_options
+
+
+def build_dead_parser() -> argparse.ArgumentParser:
+    """The parser of ``wsq-worker dead ...`` (what follows ``dead``)."""
+    redis_options = _redis_options()
     parser = argparse.ArgumentParser(
         prog="wsq-worker dead",
         description=_DEAD_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,replay}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,show,replay,purge}")
     listing = commands.add_parser(
         "list",
         parents=[redis_options],
@@ -198,6 +221,95 @@ def build_dead_parser() -> argparse.ArgumentParser:
         help="the dead letters to replay (as dead list names them)",
     )
     which.add_argument("--all", action="store_true", help="every dead letter there is now")
+    show = commands.add_parser(
+        "show",
+        parents=[redis_options],
+        help="print one dead letter in full, as JSON",
+        description="Print one dead letter in full, as an indented JSON object: the fields of "
+        'dead list --json (the event\'s own fields under "event").',
+    )
+    show.add_argument("id", metavar="SHARD:ID", help="the dead letter (as dead list names it)")
+    purge = commands.add_parser(
+        "purge",
+        parents=[redis_options],
+        help="delete dead letters for good",
+        description="Delete dead letters for good (replay puts them back instead). --all deletes "
+        "every dead letter there is now, and only with --yes.",
+    )
+    which = purge.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", default=[], metavar="SHARD:ID", help="the dead letters to delete")
+    which.add_argument("--all", action="store_true", help="every dead letter there is now (needs --yes)")
+    purge.add_argument("--yes", action="store_true", help="confirm --all")
+    return parser
+
+
+_STATUS_DESCRIPTION = f"""\
+Show what a wsq deployment is doing, as Redis knows it:
+
+  gateways      the live ones (a heartbeat within --node-timeout, default
+                {NODE_TIMEOUT_MS // 1000} s, the gateways' WSQ_NODE_TIMEOUT_S default) with their
+                connections; the others, not yet reaped, as stale
+  workers       the consumers of the group {CONSUMER_GROUP!r} on the inbound partitions: live
+                when one read within {CONSUMER_LIVE_MS // 1000} s
+  inbound       events in the stream, pending (read, not yet done) and lag (not yet read)
+  dead letters  and delayed retries (messages waiting for their next attempt)
+
+then a row per shard with anything in it. --json prints the same as one JSON object.
+Redis: --redis-url, --key-prefix, --shards and --redis-cluster, else {variable_of("redis_url")},
+{variable_of("key_prefix")}, {variable_of("shards")} and {variable_of("redis_cluster")}.
+"""
+
+_SEND_DESCRIPTION = f"""\
+Push {{"action": ACTION, "data": DATA}} to WebSocket connections, with the SDK's Publisher.
+
+  TARGET   connection:ID   one connection (its id, as the gateway gave it)
+           user:ID         every connection of a user, on every gateway
+           group:NAME      every member of a group
+           all             every connection of every gateway
+  DATA     JSON (default null)
+
+Prints how many commands were written: one per gateway holding a connection of the target
+(0 when none does). Redis: as `wsq-worker dead`: --redis-url, --key-prefix, --shards and
+--redis-cluster, else {variable_of("redis_url")} and the others.
+
+example:
+  wsq-worker send group:lobby chat_message '{{"text": "maintenance at 18:00"}}'
+"""
+
+
+def build_status_parser() -> argparse.ArgumentParser:
+    """The parser of ``wsq-worker status ...`` (what follows ``status``)."""
+    parser = argparse.ArgumentParser(
+        prog="wsq-worker status",
+        description=_STATUS_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_redis_options()],
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object, with every count")
+    parser.add_argument(
+        "--node-timeout",
+        type=_positive_int,
+        default=NODE_TIMEOUT_MS // 1000,
+        metavar="S",
+        help=f"a gateway is live when its heartbeat is this recent (default {NODE_TIMEOUT_MS // 1000})",
+    )
+    return parser
+
+
+def build_send_parser() -> argparse.ArgumentParser:
+    """The parser of ``wsq-worker send ...`` (what follows ``send``)."""
+    parser = argparse.ArgumentParser(
+        prog="wsq-worker send",
+        description=_SEND_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_redis_options()],
+    )
+    parser.add_argument("target", metavar="TARGET", help="connection:ID, user:ID, group:NAME or all")
+    parser.add_argument("action", metavar="ACTION", help="the frame's action")
+    parser.add_argument("data", metavar="DATA", nargs="?", default="null", help="JSON (default null)")
+    parser.add_argument(
+        "--exclude", metavar="CONNECTION_ID", help="a connection not to push to (group:NAME only)"
+    )
     return parser
 
 
@@ -232,8 +344,13 @@ def load_worker(target: str) -> Worker:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["dead"]:  # else a TARGET, even a module named dead
+    # Else a TARGET, even a module named dead, status or send.
+    if arguments[:1] == ["dead"]:
         return dead_main(arguments[1:])
+    if arguments[:1] == ["status"]:
+        return status_main(arguments[1:])
+    if arguments[:1] == ["send"]:
+        return send_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
     configure_logging(args.log_level.upper())
@@ -297,7 +414,9 @@ def dead_main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     keys = keys_for(settings.key_prefix, settings.shards)
-    names: list[str] = args.ids if args.command == "replay" else []
+    if args.command == "purge" and args.all and not args.yes:
+        parser.error("purge --all deletes every dead letter for good: add --yes to confirm")
+    names: list[str] = [args.id] if args.command == "show" else getattr(args, "ids", [])
     parsed = [(name, _dead_letter_id(name, keys.shards)) for name in names]
     ids = [entry for _, entry in parsed if entry is not None]
     malformed = [name for name, entry in parsed if entry is None]
@@ -306,24 +425,121 @@ def dead_main(argv: Sequence[str]) -> int:
             f"not a dead letter's SHARD:ID (like 3:1764316800123-0, SHARD below {keys.shards}): "
             f"{', '.join(malformed)}"
         )
-    client = sync_redis(settings.redis_url, cluster=settings.redis_cluster, decode_responses=True)
+    client: SyncClient | None = None
     try:
-        recorded = cast("str | None", client.get(keys.shards_key))  # the deployment's, if recorded
-        if recorded is not None and recorded != str(keys.shards):
-            print(
-                f"wsq-worker dead: {variable_of('shards')}={keys.shards}, but this deployment "
-                f"(prefix {keys.prefix!r}) uses {recorded} shards: pass --shards {recorded}",
-                file=sys.stderr,
-            )
+        client = sync_redis(settings.redis_url, cluster=settings.redis_cluster, decode_responses=True)
+        if not _same_shards(client, keys, "dead"):
             return 1
         if args.command == "list":
             return _dead_list(client, keys, args.count, as_json=args.json)
+        if args.command == "show":
+            return _dead_show(client, keys, ids[0])
+        if args.command == "purge":
+            return _dead_purge(client, keys, ids, purge_all=args.all)
         return _dead_replay(client, keys, ids, replay_all=args.all)
     except REDIS_ERRORS as exc:
         print(f"wsq-worker dead: Redis failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        client.close()
+        if client is not None:
+            client.close()
+
+
+def _same_shards(client: SyncClient, keys: Keys, command: str) -> bool:
+    """Whether ``keys.shards`` is the deployment's number of shards (or none is recorded); when
+    not, says so on stderr."""
+    recorded = cast("str | None", client.get(keys.shards_key))  # the deployment's, if recorded
+    if recorded is None or recorded == str(keys.shards):
+        return True
+    print(
+        f"wsq-worker {command}: {variable_of('shards')}={keys.shards}, but this deployment "
+        f"(prefix {keys.prefix!r}) uses {recorded} shards: pass --shards {recorded}",
+        file=sys.stderr,
+    )
+    return False
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """``wsq-worker status [--json]``; the exit status (1 when Redis failed or its number of
+    shards is another)."""
+    parser = build_status_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = connection_from_env(
+            redis_url=args.redis_url,
+            key_prefix=args.key_prefix,
+            shards=args.shards,
+            redis_cluster=args.redis_cluster,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    keys = keys_for(settings.key_prefix, settings.shards)
+    client: SyncClient | None = None
+    try:
+        client = sync_redis(settings.redis_url, cluster=settings.redis_cluster, decode_responses=True)
+        if not _same_shards(client, keys, "status"):
+            return 1
+        status = read_status(client, keys, node_timeout_ms=args.node_timeout * 1000)
+    except REDIS_ERRORS as exc:
+        print(f"wsq-worker status: Redis failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if client is not None:
+            client.close()
+    print(json.dumps(status) if args.json else format_status(status))
+    return 0
+
+
+def send_main(argv: Sequence[str]) -> int:
+    """``wsq-worker send TARGET ACTION [DATA]``; the exit status (2 for a malformed target,
+    action or DATA, 1 when the Publisher failed)."""
+    parser = build_send_parser()
+    args = parser.parse_args(argv)
+    kind, _, name = args.target.partition(":")
+    if (kind, name) != ("all", "") and (kind not in ("connection", "user", "group") or not name):
+        parser.error(f"TARGET must be connection:ID, user:ID, group:NAME or all, not {args.target!r}")
+    if args.exclude is not None and kind != "group":
+        parser.error("--exclude goes with a group:NAME target only")
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        parser.error(f"DATA is not JSON ({exc}): {args.data!r}")
+    try:
+        push_frame(args.action, data)  # a malformed action: before connecting
+        settings = connection_from_env(
+            redis_url=args.redis_url,
+            key_prefix=args.key_prefix,
+            shards=args.shards,
+            redis_cluster=args.redis_cluster,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        with Publisher(
+            settings.redis_url,
+            settings.key_prefix,
+            shards=settings.shards,
+            redis_cluster=settings.redis_cluster,
+        ) as publisher:
+            if kind == "connection":
+                target = publisher.to(name)
+            elif kind == "user":
+                target = publisher.to_user(name)
+            elif kind == "group":
+                target = publisher.to_group(name)
+            else:
+                target = publisher.broadcast()
+            written = target.send(args.action, data, exclude=args.exclude)
+    except ValueError as exc:  # a malformed connection id, user id or group name
+        parser.error(str(exc))
+    except PublishError as exc:
+        print(f"wsq-worker send: {exc}", file=sys.stderr)
+        return 1
+    except REDIS_ERRORS as exc:  # connecting to a cluster, before the Publisher's first command
+        print(f"wsq-worker send: Redis failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {written} command{'' if written == 1 else 's'}")
+    return 0
 
 
 _DEAD_LETTER_ID = re.compile(r"([0-9]{1,4}):([0-9]{1,20}-[0-9]{1,20})")
@@ -362,7 +578,42 @@ def _dead_list(client: SyncClient, keys: Keys, count: int, *, as_json: bool) -> 
     left = sum(int(length) for length in replies[1::2]) - min(count, len(entries))
     if left > 0:
         print(f"... and {left} more (--count)", file=sys.stderr)
+    if not entries and not as_json:
+        print("no dead letters")
     return 0
+
+
+def _dead_show(client: SyncClient, keys: Keys, dead_letter: tuple[int, str]) -> int:
+    shard, entry_id = dead_letter
+    found: list[tuple[str, dict[str, str]]] = client.xrange(  # type: ignore[assignment]
+        keys.dead_letters(shard), min=entry_id, max=entry_id
+    )
+    if not found:
+        print(f"wsq-worker dead: no dead letter {shard}:{entry_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(_dead_json(f"{shard}:{entry_id}", shard, found[0][1]), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _dead_purge(client: SyncClient, keys: Keys, ids: list[tuple[int, str]], *, purge_all: bool) -> int:
+    if purge_all:
+        ids = [
+            (shard, entry_id)
+            for shard in range(keys.shards)
+            for entry_id in _every_dead_letter(client, keys, shard)
+        ]
+    pipe = client.pipeline(transaction=False)
+    for shard, entry_id in ids:
+        pipe.xdel(keys.dead_letters(shard), entry_id)
+    deleted = pipe.execute() if ids else []
+    missing = [
+        f"{shard}:{entry_id}" for (shard, entry_id), count in zip(ids, deleted, strict=True) if not count
+    ]
+    purged = len(ids) - len(missing)
+    print(f"deleted {purged} dead letter{'' if purged == 1 else 's'}")
+    for name in missing:
+        print(f"wsq-worker dead: no dead letter {name} (already deleted?)", file=sys.stderr)
+    return 1 if missing and not purge_all else 0
 
 
 def _dead_line(name: str, fields: dict[str, str]) -> str:

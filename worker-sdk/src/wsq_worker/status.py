@@ -1,0 +1,199 @@
+"""What ``wsq-worker status`` reads from Redis and prints: the gateways, their connections, the
+workers' consumer group on each inbound partition, the dead letters and the delayed retries.
+
+``read_status()`` reads it all in four round trips (pipelines, which on a Redis Cluster client
+span slots) and returns a JSON-able dict; ``format_status()`` makes the human table of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from wsq_protocol.cluster import SyncClient
+from wsq_protocol.keys import CONSUMER_GROUP, Keys
+
+__all__ = ["CONSUMER_LIVE_MS", "NODE_TIMEOUT_MS", "format_status", "read_status"]
+
+NODE_TIMEOUT_MS = 20_000
+"""A gateway whose last heartbeat is older is stale (the gateways' default WSQ_NODE_TIMEOUT_S)."""
+CONSUMER_LIVE_MS = 45_000
+"""A consumer of the group idle this long or more is taken for a worker that is gone."""
+
+
+class ShardStatus(TypedDict):
+    shard: int
+    length: int
+    group: bool
+    consumers: int
+    live_consumers: int
+    pending: int
+    lag: int | None
+    dead_letters: int
+    delayed: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field(info: Any, name: str) -> Any:
+    """A field of an XINFO reply (redis-py gives dicts, keyed by str or bytes)."""
+    if isinstance(info, dict):
+        return info.get(name, info.get(name.encode()))
+    return None
+
+
+def read_status(client: SyncClient, keys: Keys, *, node_timeout_ms: int = NODE_TIMEOUT_MS) -> dict[str, Any]:
+    """Everything ``wsq-worker status`` shows, as a JSON-able dict (see worker-sdk/README.md)."""
+    seconds, micros = client.time()  # the heartbeats' clock: Redis's
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    shards = range(keys.shards)
+
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(keys.nodes, 0, -1, withscores=True)
+    for shard in shards:
+        pipe.exists(keys.inbound_stream(shard))
+        pipe.xlen(keys.inbound_stream(shard))
+        pipe.xlen(keys.dead_letters(shard))
+        pipe.zcard(keys.delayed(shard))
+    first = pipe.execute()
+    nodes = [(_text(node), int(score)) for node, score in first[0]]
+    per_shard = [first[1 + 4 * shard : 5 + 4 * shard] for shard in shards]
+
+    live = [(node, beat) for node, beat in nodes if now_ms - beat <= node_timeout_ms]
+    stale = [(node, beat) for node, beat in nodes if now_ms - beat > node_timeout_ms]
+    existing = [shard for shard in shards if per_shard[shard][0]]
+    pipe = client.pipeline(transaction=False)
+    for node, _ in live:
+        pipe.scard(keys.node_connections(node))
+    for shard in existing:
+        pipe.xinfo_groups(keys.inbound_stream(shard))
+    second = pipe.execute()
+    connections = [int(count) for count in second[: len(live)]]
+    groups: dict[int, Any] = {}
+    for shard, infos in zip(existing, second[len(live) :], strict=True):
+        for info in infos:
+            if _text(_field(info, "name")) == CONSUMER_GROUP:
+                groups[shard] = info
+
+    pipe = client.pipeline(transaction=False)
+    for shard in groups:
+        pipe.xinfo_consumers(keys.inbound_stream(shard), CONSUMER_GROUP)
+    consumers_of = dict(zip(groups, pipe.execute() if groups else [], strict=True))
+
+    workers: dict[str, int] = {}  # consumer name -> its least idle time on any partition
+    statuses: list[ShardStatus] = []
+    for shard in shards:
+        _, length, dead, delayed = (int(value) for value in per_shard[shard])
+        group = groups.get(shard)
+        consumers = consumers_of.get(shard, [])
+        for consumer in consumers:
+            name, idle = _text(_field(consumer, "name")), int(_field(consumer, "idle"))
+            workers[name] = min(idle, workers.get(name, idle))
+        lag = _field(group, "lag") if group is not None else length  # no group: none read
+        statuses.append(
+            {
+                "shard": shard,
+                "length": length,
+                "group": group is not None,
+                "consumers": len(consumers),
+                "live_consumers": sum(int(_field(c, "idle")) < CONSUMER_LIVE_MS for c in consumers),
+                "pending": int(_field(group, "pending")) if group is not None else 0,
+                "lag": None if lag is None else int(lag),
+                "dead_letters": dead,
+                "delayed": delayed,
+            }
+        )
+    lags = [status["lag"] for status in statuses]
+    return {
+        "prefix": keys.prefix,
+        "shards": keys.shards,
+        "time_ms": now_ms,
+        "gateways": [
+            {"node": node, "heartbeat_ms": beat, "age_ms": now_ms - beat, "connections": count}
+            for (node, beat), count in zip(live, connections, strict=True)
+        ],
+        "stale_gateways": [
+            {"node": node, "heartbeat_ms": beat, "age_ms": now_ms - beat} for node, beat in stale
+        ],
+        "workers": {
+            "group": any(status["group"] for status in statuses),
+            "live": sorted(name for name, idle in workers.items() if idle < CONSUMER_LIVE_MS),
+            "stale": sorted(name for name, idle in workers.items() if idle >= CONSUMER_LIVE_MS),
+        },
+        "inbound": {
+            "length": sum(status["length"] for status in statuses),
+            "pending": sum(status["pending"] for status in statuses),
+            "lag": None if None in lags else sum(lag or 0 for lag in lags),
+        },
+        "dead_letters": sum(status["dead_letters"] for status in statuses),
+        "delayed": sum(status["delayed"] for status in statuses),
+        "per_shard": [status for status in statuses if _busy(status)],
+    }
+
+
+def _busy(status: ShardStatus) -> bool:
+    """A shard with something to show: events waiting, pending or lagging, dead or delayed."""
+    counts = (status["length"], status["pending"], status["dead_letters"], status["delayed"])
+    return any(counts) or status["lag"] != 0
+
+
+def _seconds(milliseconds: int) -> str:
+    return f"{milliseconds / 1000:.1f} s"
+
+
+def _lag(lag: int | None) -> str:
+    return "?" if lag is None else str(lag)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human form of ``read_status()``: a few lines and a table of the busy shards."""
+    lines = [f"prefix {status['prefix']!r}, {status['shards']} shards"]
+    gateways, stale = status["gateways"], status["stale_gateways"]
+    if gateways:
+        total = sum(gateway["connections"] for gateway in gateways)
+        lines.append(f"gateways: {len(gateways)} alive, {total} connection{'' if total == 1 else 's'}")
+        width = max(len(gateway["node"]) for gateway in gateways)
+        for gateway in gateways:
+            lines.append(
+                f"  {gateway['node']:<{width}}  {gateway['connections']:>7} connections  "
+                f"heartbeat {_seconds(gateway['age_ms'])} ago"
+            )
+    else:
+        lines.append("gateways: no gateway alive")
+    for gateway in stale:
+        lines.append(f"  stale: {gateway['node']} (last heartbeat {_seconds(gateway['age_ms'])} ago)")
+    workers, inbound = status["workers"], status["inbound"]
+    if workers["group"]:
+        line = f"workers: {len(workers['live'])} live"
+        if workers["stale"]:
+            line += f", {len(workers['stale'])} idle for {CONSUMER_LIVE_MS // 1000} s or more"
+        lines.append(line)
+    else:
+        lines.append("workers: no worker has read the inbound stream yet")
+    lines.append(
+        f"inbound: {inbound['length']} in the stream, {inbound['pending']} pending, "
+        f"lag {_lag(inbound['lag'])}"
+    )
+    lines.append(f"dead letters: {status['dead_letters']}, delayed retries: {status['delayed']}")
+    if status["per_shard"]:
+        header = ("shard", "length", "pending", "lag", "consumers", "dead", "delayed")
+        rows = [
+            (
+                str(row["shard"]),
+                str(row["length"]),
+                str(row["pending"]),
+                _lag(row["lag"]),
+                f"{row['live_consumers']}/{row['consumers']}" if row["group"] else "-",
+                str(row["dead_letters"]),
+                str(row["delayed"]),
+            )
+            for row in status["per_shard"]
+        ]
+        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+        lines.append("")
+        for row in (header, *rows):
+            lines.append(
+                "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            )
+    return "\n".join(lines)
