@@ -5,13 +5,16 @@
     python3 dev.py test     # the whole test suite (extra arguments go to pytest)
     python3 dev.py check    # ruff, mypy --strict and the deployment linters, as CI runs them
 
-The first run creates .venv and installs the packages (editable) and the dev tools;
-later runs reinstall only when requirements-dev.txt or a pyproject.toml changed.
+The first run creates .venv and installs what the command needs: `demo` only the packages
+(editable, requirements-demo.txt), `test` and `check` the packages and the dev tools as well
+(requirements-dev.txt). Later runs install again only when a command needs more than is
+installed, or when a requirements file or a pyproject.toml changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +25,12 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = VENV / ".wsq-installed"
+# The install sets, smallest first; each contains the ones before it (requirements-dev.txt
+# includes requirements-demo.txt). The stamp records which set is installed, and the digest
+# of every file the install read.
+INSTALL_SETS = {"demo": "requirements-demo.txt", "dev": "requirements-dev.txt"}
 INSTALL_INPUTS = [
+    "requirements-demo.txt",
     "requirements-dev.txt",
     "protocol/pyproject.toml",
     "gateway-service/pyproject.toml",
@@ -30,6 +38,7 @@ INSTALL_INPUTS = [
     "devkit/pyproject.toml",
 ]
 TYPED_TREES = [
+    "dev.py",
     "protocol/src",
     "gateway-service/src",
     "worker-sdk/src",
@@ -64,20 +73,48 @@ def _inputs_digest() -> str:
     return digest.hexdigest()
 
 
-def ensure_venv() -> None:
+def install_plan(stamp: str | None, needed: str, digest: str) -> str | None:
+    """The set to install for a command that needs the set ``needed``, or None when the venv
+    already holds it (or a larger set) from the same inputs. ``stamp`` is the stamp file's text.
+
+    A stale install is redone at least at its own size, so a venv that had the dev tools keeps
+    them up to date even when the demo is what runs next.
+    """
+    order = list(INSTALL_SETS)
+    installed: str | None = None
+    try:
+        recorded = json.loads(stamp) if stamp else None
+    except ValueError:  # not JSON: an older dev.py's stamp, a bare digest of everything it installed
+        recorded = None
+    if isinstance(recorded, dict):
+        if recorded.get("set") in INSTALL_SETS:
+            installed = recorded["set"]
+            if recorded.get("digest") == digest and order.index(installed) >= order.index(needed):
+                return None
+    elif stamp:
+        installed = "dev"  # before install sets existed, every venv had everything
+    if installed is not None and order.index(installed) > order.index(needed):
+        return installed
+    return needed
+
+
+def ensure_venv(needed: str) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
         sys.exit(f"wsq needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     if not PYTHON.exists():
         print("dev.py: creating .venv", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    wanted = _inputs_digest()
-    if STAMP.exists() and STAMP.read_text() == wanted:
+    digest = _inputs_digest()
+    install = install_plan(STAMP.read_text() if STAMP.exists() else None, needed, digest)
+    if install is None:
         return
-    print("dev.py: installing wsq and its development tools into .venv", flush=True)
+    what = "wsq's packages" if install == "demo" else "wsq's packages and its development tools"
+    print(f"dev.py: installing {what} into .venv ({INSTALL_SETS[install]})", flush=True)
+    STAMP.unlink(missing_ok=True)  # an interrupted install must not look complete
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True, cwd=ROOT)
-    subprocess.run([*pip, "install", "-r", "requirements-dev.txt"], check=True, cwd=ROOT)
-    STAMP.write_text(wanted)
+    subprocess.run([*pip, "install", "-r", INSTALL_SETS[install]], check=True, cwd=ROOT)
+    STAMP.write_text(json.dumps({"set": install, "digest": digest}))
 
 
 def run(argv: list[str]) -> int:
@@ -119,13 +156,14 @@ def cmd_demo(args: list[str]) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "test": cmd_test, "check": cmd_check}
+NEEDS = {"demo": "demo", "test": "dev", "check": "dev"}  # the install set each command needs
 
 
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(__doc__)
         return 2
-    ensure_venv()
+    ensure_venv(NEEDS[sys.argv[1]])
     return COMMANDS[sys.argv[1]](sys.argv[2:])
 
 

@@ -8,6 +8,7 @@ import functools
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -244,6 +245,15 @@ def test_page_reconnects_after_gateway_restart(
 # ---- the one-command demo ----------------------------------------------------------------------
 
 
+# What no clean stop may print: a traceback, or an error (structlog's console lines say
+# "[error" or "[critical", its JSON lines "level": "error"; run.py says "run.py: error").
+ERROR_LINE = re.compile(
+    r'Traceback|\bERROR\b|\bCRITICAL\b|\[(error|critical)\b|"level": ?"(error|critical)"|run\.py: error'
+)
+
+WARNING_LINE = re.compile(r'\bWARNING\b|\[warning\b|"level": ?"warning"')
+
+
 def _demo_env() -> dict[str, str]:
     """Our environment without WSQ_*: run.py starts its own embedded Redis."""
     return {k: v for k, v in os.environ.items() if not k.startswith("WSQ_")}
@@ -318,7 +328,26 @@ def test_demo_stops_cleanly(tmp_path: Path, ctrl_c: bool) -> None:
         code = proc.wait(timeout=30)
         text = output.read_text(errors="replace")
         assert code == 0, text
-        # the gateway, the worker and the embedded redis-server are gone as well
-        wait_until(lambda: _group_gone(proc.pid), timeout=10, message="every child of run.py gone")
+        # A clean stop says so, and nothing else: no traceback, no error or warning from anyone.
+        # Each child has a process group of its own (Ctrl-C reaches run.py alone), so each
+        # gets one SIGTERM, in order: the gateway drains, the worker stops, then Redis, which
+        # neither of them loses midway.
+        assert "run.py: stopping" in text, text
+        bad = [line for line in text.splitlines() if ERROR_LINE.search(line) or WARNING_LINE.search(line)]
+        assert not bad, text
+        gateway_stopped = re.search(r"gateway \|.*\bstopped\b", text)
+        worker_stopped = re.search(r"worker \|.*\bstopped\b", text)
+        assert gateway_stopped, text
+        assert worker_stopped, text
+        assert gateway_stopped.start() < worker_stopped.start(), text
+        # nothing of it is left: run.py's group, the gateway's port, the embedded Redis's port
+        wait_until(lambda: _group_gone(proc.pid), timeout=10, message="every process of run.py gone")
+        redis_port = re.search(r"redis\s+redis://127\.0\.0\.1:(\d+)/0 \(embedded\)", text)
+        gateway_port = re.search(r"gateway\s+ws://127\.0\.0\.1:(\d+)/", text)
+        assert redis_port, text
+        assert gateway_port, text
+        for port in (redis_port.group(1), gateway_port.group(1)):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", int(port)), timeout=2).close()
     finally:
         _kill_group(proc)

