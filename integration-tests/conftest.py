@@ -3,7 +3,8 @@
 Every test that starts gateways or workers is parametrised by the Redis it runs on: a single
 redis-server (``[single]``) and a local 3-master Redis Cluster with a replica each
 (``[cluster]``, ``WSQ_REDIS_CLUSTER=true``); ``WSQ_TEST_REDIS_MODES=single`` (or ``cluster``)
-runs one mode only. A test of a single server's own faults (stopped, paused, emptied) is marked
+runs one mode only. A test of a single server's own faults (stopped, paused, emptied), or of
+what does not depend on Redis's topology (TLS, pings, logs, the browser page), is marked
 ``single_redis`` and runs once; one of the cluster's own (a master failing over),
 ``cluster_redis``. Each test gets its own
 key prefix, so the processes of one test never see another's data.

@@ -25,6 +25,9 @@ from system_harness import GatewayProcess, StartWorker  # integration-tests/, ne
 
 from wsq_devkit import ManagedProcess, free_port, wait_until
 
+# the page and the JS client, not Redis: once is enough (the chat on a cluster: test_chat_workers.py)
+pytestmark = pytest.mark.single_redis
+
 try:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 

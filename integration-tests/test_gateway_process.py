@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import cast
 
 import aiohttp
+import pytest
 import redis
 import trustme
 from system_harness import Client, StartGateway, inbound_length, inbound_streams
 
 from wsq_devkit import wait_until
 from wsq_protocol.keys import Keys
+
+# the gateway process itself (TLS, pings, logs, health, drain, malformed requests): not Redis's topology
+pytestmark = pytest.mark.single_redis
 
 
 async def test_wss_with_a_certificate(

@@ -14,6 +14,9 @@ import aiohttp
 import pytest
 from system_harness import JWT_SECRET, Client, StartGateway
 
+# tokens checked at the upgrade: not Redis's topology
+pytestmark = pytest.mark.single_redis
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "jwt" / "issue_token.py"
 AUDIENCE = "wsq-chat"
