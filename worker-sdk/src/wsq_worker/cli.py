@@ -24,7 +24,7 @@ from wsq_worker.logs import configure_logging
 from wsq_worker.preflight import check_metrics_available
 from wsq_worker.protocol import push_frame
 from wsq_worker.publisher import Publisher
-from wsq_worker.settings import connection_from_env, describe_settings, variable_of
+from wsq_worker.settings import ConnectionSettings, connection_from_env, describe_settings, variable_of
 from wsq_worker.status import CONSUMER_LIVE_MS, NODE_TIMEOUT_MS, format_status, read_status
 from wsq_worker.worker import Worker
 
@@ -404,15 +404,7 @@ def dead_main(argv: Sequence[str]) -> int:
     shards is another, or a dead letter was missing)."""
     parser = build_dead_parser()
     args = parser.parse_args(argv)
-    try:
-        settings = connection_from_env(
-            redis_url=args.redis_url,
-            key_prefix=args.key_prefix,
-            shards=args.shards,
-            redis_cluster=args.redis_cluster,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = _redis_settings(parser, args)
     keys = keys_for(settings.key_prefix, settings.shards)
     if args.command == "purge" and args.all and not args.yes:
         parser.error("purge --all deletes every dead letter for good: add --yes to confirm")
@@ -445,6 +437,20 @@ def dead_main(argv: Sequence[str]) -> int:
             client.close()
 
 
+def _redis_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ConnectionSettings:
+    """The Redis options of an ops command (``--redis-url``, ``--key-prefix``, ``--shards``,
+    ``--redis-cluster``) over the environment; a malformed one is a usage error (exit 2)."""
+    try:
+        return connection_from_env(
+            redis_url=args.redis_url,
+            key_prefix=args.key_prefix,
+            shards=args.shards,
+            redis_cluster=args.redis_cluster,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def _same_shards(client: SyncClient, keys: Keys, command: str) -> bool:
     """Whether ``keys.shards`` is the deployment's number of shards (or none is recorded); when
     not, says so on stderr."""
@@ -464,15 +470,7 @@ def status_main(argv: Sequence[str]) -> int:
     shards is another)."""
     parser = build_status_parser()
     args = parser.parse_args(argv)
-    try:
-        settings = connection_from_env(
-            redis_url=args.redis_url,
-            key_prefix=args.key_prefix,
-            shards=args.shards,
-            redis_cluster=args.redis_cluster,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = _redis_settings(parser, args)
     keys = keys_for(settings.key_prefix, settings.shards)
     client: SyncClient | None = None
     try:
