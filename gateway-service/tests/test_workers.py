@@ -82,6 +82,14 @@ async def test_live_workers_that_read_nothing_while_entries_wait_are_stalled(
     assert (consumers.state.lag, unread_age(consumers)) == (0, None)
     assert not is_stalled(Consumers(redis, stream, timeout_s=60)), "0: never stalled"
 
+    # Without the liveness check (WSQ_WORKER_TIMEOUT_S=0) every consumer counts as a worker.
+    unchecked = Consumers(redis, stream, timeout_s=0, stall_after_s=5, clock=lambda: now[0])
+    await redis.xadd(stream, {"n": 4}, id="5-0")
+    await unchecked.measure()
+    now[0] += 5
+    await unchecked.measure()
+    assert is_stalled(unchecked)
+
 
 def is_stalled(consumers: Consumers) -> bool:  # calls: mypy would narrow the attributes
     return consumers.stalled

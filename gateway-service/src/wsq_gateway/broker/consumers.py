@@ -172,9 +172,11 @@ class Consumers:
         previous = self.state if self.measured else None
         if previous is None or state.lag == 0 or state.last_delivered != previous.last_delivered:
             self._progress_at = now
+        # WSQ_WORKER_TIMEOUT_S=0 counts no consumer as live: then any consumer stands for a worker.
+        workers = state.live_workers if self.enabled else state.consumers
         self.stalled = (
             self._stall_after_s > 0
-            and state.live_workers > 0
+            and workers > 0
             and state.lag > 0
             and now - self._progress_at >= self._stall_after_s
         )
