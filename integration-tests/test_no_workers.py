@@ -64,13 +64,16 @@ async def test_frames_get_no_workers_while_no_worker_reads_and_replies_once_one_
     error = await client.receive(timeout=5)
     assert (error["action"], error["data"]["code"], "id" in error) == ("$error", "no_workers", False)
     assert inbound_length(redis_client, key_prefix) == 1, "only the connect event, which waits for workers"
-    assert workers(gateway) == {
+    report = workers(gateway)
+    assert report.pop("oldest_unread_age_s") >= 0, "the connect event waits unread"
+    assert report == {
         "live": 0,
         "consumers": 0,
         "accepting_frames": False,
         "lag": 1,
         "pending": 0,
         "backlog": 1,
+        "stalled": False,
     }
 
     # A worker reads: the very next frame is queued and answered (the gateway looks again before

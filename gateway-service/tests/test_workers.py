@@ -26,7 +26,7 @@ async def test_live_workers_are_the_consumers_that_read_within_the_timeout(
     await redis.xgroup_createconsumer(stream, CONSUMER_GROUP, "worker-1")
     await redis.xreadgroup(CONSUMER_GROUP, "worker-1", {stream: ">"}, count=1)
     assert await consumers.measure() == ConsumerState(
-        backlog=3, lag=2, pending=1, live_workers=1, consumers=1
+        backlog=3, lag=2, pending=1, live_workers=1, consumers=1, last_delivered="1-0"
     )
     assert not refuses(consumers)
 
@@ -39,6 +39,64 @@ async def test_live_workers_are_the_consumers_that_read_within_the_timeout(
     await wait_until_async(given_up, timeout=5, message="worker-1 idle for longer than the timeout")
     assert consumers.state.consumers == 1
     assert refuses(consumers)
+
+
+async def test_live_workers_that_read_nothing_while_entries_wait_are_stalled(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """Stalled: live workers, unread entries, and no read (last-delivered-id unmoved) for
+    stall_after_s. A read, or nothing left unread, clears it."""
+    stream = Keys(key_prefix).inbound_stream_of("gw")
+    now = [100.0]
+    consumers = Consumers(redis, stream, timeout_s=60, stall_after_s=5, clock=lambda: now[0])
+
+    async def stalled_after(seconds: float) -> bool:
+        now[0] += seconds
+        await consumers.measure()
+        return is_stalled(consumers)
+
+    for n in range(3):
+        await redis.xadd(stream, {"n": n}, id=f"{n + 1}-0")
+    assert not await stalled_after(0)
+    assert not await stalled_after(10), "no worker at all: no_workers, not stalled"
+    await redis.xgroup_create(stream, CONSUMER_GROUP, id="0")
+    await redis.xgroup_createconsumer(stream, CONSUMER_GROUP, "worker-1")
+    assert not await stalled_after(0), "a new group: its last-delivered-id is new"
+    assert not await stalled_after(4.9)
+    assert await stalled_after(0.1), "3 unread, none read for 5 s"
+    assert consumers.state.lag == 3
+    age = unread_age(consumers)
+    assert age is not None
+    assert age > 1e6, "entry 1-0: added 1 ms into 1970"
+
+    await redis.xreadgroup(CONSUMER_GROUP, "worker-1", {stream: ">"}, count=1)
+    assert not await stalled_after(0), "a read is progress"
+    assert not await stalled_after(4.9)
+    assert await stalled_after(0.1)
+    await redis.xadd(stream, {"n": 3}, id="4-0")  # more waiting is not progress
+    assert await stalled_after(1)
+
+    await redis.xreadgroup(CONSUMER_GROUP, "worker-1", {stream: ">"}, count=10)
+    assert not await stalled_after(0)
+    assert not await stalled_after(60), "nothing unread: idle, not stalled"
+    assert (consumers.state.lag, unread_age(consumers)) == (0, None)
+    assert not is_stalled(Consumers(redis, stream, timeout_s=60)), "0: never stalled"
+
+    # Without the liveness check (WSQ_WORKER_TIMEOUT_S=0) every consumer counts as a worker.
+    unchecked = Consumers(redis, stream, timeout_s=0, stall_after_s=5, clock=lambda: now[0])
+    await redis.xadd(stream, {"n": 4}, id="5-0")
+    await unchecked.measure()
+    now[0] += 5
+    await unchecked.measure()
+    assert is_stalled(unchecked)
+
+
+def is_stalled(consumers: Consumers) -> bool:  # calls: mypy would narrow the attributes
+    return consumers.stalled
+
+
+def unread_age(consumers: Consumers) -> float | None:
+    return consumers.oldest_unread_age_s
 
 
 def refuses(consumers: Consumers) -> bool:
@@ -80,12 +138,15 @@ async def test_without_a_worker_frames_get_no_workers_and_are_not_queued(
     assert [fields[b"type"] for _, fields in entries] == [b"connect"]
     async with gateway.session.get(gateway.url("/readyz")) as resp:
         assert resp.status == 200, "ready for connections: workers are reported, not required"
-        assert (await resp.json())["workers"] == {
+        report = (await resp.json())["workers"]
+        assert report.pop("oldest_unread_age_s") >= 0, "the connect event waits unread"
+        assert report == {
             "live": 0,
             "consumers": 0,
             "accepting_frames": False,
             "lag": 1,
             "pending": 0,
             "backlog": 1,
+            "stalled": False,
         }
     await ws.close()

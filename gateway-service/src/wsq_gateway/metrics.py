@@ -175,5 +175,10 @@ _GAUGE_HELP = {
     "redis_stalled": "1 while Redis does not answer a batch in time (new writes fail at once).",
     "inbound_backlog": "Events waiting for workers in the inbound stream, as last measured (all gateways).",
     "live_workers": "Workers reading the inbound stream, as last measured (-1: not measured yet).",
+    "inbound_lag": "Events in this gateway's inbound partition no worker has read yet, as last measured.",
+    "inbound_oldest_unread_seconds": "Age of the oldest event no worker has read yet (0: none), as last "
+    "measured.",
+    "workers_stalled": "1 while workers are live but none has read an event for WSQ_STALL_AFTER_S with "
+    "events waiting unread.",
     "draining": "1 once the gateway drains (SIGTERM).",
 }

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
         "both). While no worker is live, client frames are answered at once with $error no_workers "
         "instead of being queued (0: never; frames wait in the stream for workers, however long).",
     )
+    stall_after_s: float = Field(
+        30.0,
+        ge=0,
+        description="Workers are live but stalled when events have waited unread in this gateway's "
+        "inbound partition and no worker has read one for this long (every slot busy with slow or stuck "
+        "handlers): reported in /readyz (workers.stalled) and by wsq_gateway_workers_stalled; frames are "
+        "still accepted (0: never reported).",
+    )
     rate_limit: float = Field(
         100.0,
         ge=0,

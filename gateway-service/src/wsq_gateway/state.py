@@ -57,6 +57,7 @@ class Gateway:
             max_backlog=settings.max_inbound_backlog,
             max_per_user=settings.max_connections_per_user,
             worker_timeout_s=settings.worker_timeout_s,
+            stall_after_s=settings.stall_after_s,
         )
         self.outbound = Outbound(
             blocking_redis,
@@ -100,6 +101,9 @@ class Gateway:
             redis_stalled=lambda: float(self.batcher.stalled),
             inbound_backlog=lambda: self.inbound.backlog,
             live_workers=lambda: consumers.state.live_workers if consumers.measured else -1,
+            inbound_lag=lambda: consumers.state.lag,
+            inbound_oldest_unread_seconds=lambda: consumers.oldest_unread_age_s or 0.0,
+            workers_stalled=lambda: float(consumers.stalled),
             draining=lambda: float(self.draining),
         )
 

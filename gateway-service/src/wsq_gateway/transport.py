@@ -44,7 +44,9 @@ async def readyz(request: web.Request) -> web.Response:
 
     Whether workers consume is reported (``workers``) but does not make the gateway unready:
     gateways start before workers in a rollout, and all of them share the same workers, so
-    taking them out of the load balancer would only add refused connections to refused frames."""
+    taking them out of the load balancer would only add refused connections to refused frames.
+    Stalled workers (``workers.stalled``: live, yet taking nothing) do not either, for the same
+    reasons: another gateway would hand its frames to the same busy workers."""
     gateway = request.app[GATEWAY]
     failed = gateway.supervisor.failed_task
     if failed is not None:  # the gateway stops: see supervisor.py
@@ -86,7 +88,13 @@ def _workers_report(gateway: Gateway) -> dict[str, object]:
         "lag": state.lag,
         "pending": state.pending,
         "backlog": state.backlog,
+        "stalled": consumers.stalled,  # live, yet none read an event for WSQ_STALL_AFTER_S
+        "oldest_unread_age_s": _rounded(consumers.oldest_unread_age_s),
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 _HTTP_ERRORS: dict[int, type[web.HTTPError]] = {

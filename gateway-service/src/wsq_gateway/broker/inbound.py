@@ -58,6 +58,7 @@ class Inbound:
         max_backlog: int,
         max_per_user: int = 0,
         worker_timeout_s: float = 0.0,
+        stall_after_s: float = 0.0,
     ) -> None:
         self._batcher = batcher
         self._redis = redis
@@ -69,7 +70,9 @@ class Inbound:
         self._max_backlog = max_backlog
         self._max_per_user = max_per_user
         self.backlog = 0  # events in the inbound stream, as last measured
-        self.consumers = Consumers(redis, self._inbound_stream, timeout_s=worker_timeout_s)
+        self.consumers = Consumers(
+            redis, self._inbound_stream, timeout_s=worker_timeout_s, stall_after_s=stall_after_s
+        )
 
     async def watch_backlog(self) -> None:
         """Measure the inbound stream's length (it bounds message()) and its consumers (live
