@@ -286,6 +286,16 @@ async def test_pushes_to_one_connection_keep_their_order(
         {b"type": b"accept", b"user_id": b"\xfe", b"frame": None},
         {b"target": b"group", b"to": b"g", b"exclude": b"\xff"},
         {b"v": b"9"},  # an unknown version
+        # A send whose frame is not a server frame: dropped, on the fast path and the other.
+        {b"frame": b"not json"},
+        {b"frame": b"\xff"},  # not UTF-8
+        {b"frame": b'{"action":"bad"}'},  # no data
+        {b"frame": b'[{"action":"bad","data":null}]'},
+        {b"frame": b'{"action":"bad","data":null,"extra":1}'},
+        {b"frame": b'{"action":"bad space","data":null}'},
+        {b"frame": b'{"action":"$error","data":{"code":"nope","message":"m"}}'},
+        {b"target": b"all", b"to": None, b"frame": b"<html>"},
+        {b"target": b"user", b"frame": b'{"data":1}'},
     ],
 )
 async def test_a_malformed_command_is_skipped_and_the_next_one_delivered(

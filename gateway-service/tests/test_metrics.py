@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
 from gateway_harness import GatewayFactory, RunningGateway, receive_json
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsq_devkit import wait_until_async
+from wsq_devkit.redis_typing import xadd_fields
+from wsq_gateway.broker.outbound import DropLog
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -90,3 +93,37 @@ async def test_two_gateways_in_one_process_have_their_own_counts(start_gateway: 
 
     await wait_until_async(closed, timeout=10, message="the close counted")
     assert value(await scrape(second), "wsq_gateway_connections_opened_total") == 0
+
+
+async def test_dropped_commands_are_counted_by_reason(
+    start_gateway: GatewayFactory, redis: aioredis.Redis
+) -> None:
+    gateway = await start_gateway()
+    ws, hello = await gateway.connect()
+    stream = gateway.keys.node_stream(gateway.node_id)
+    head = {"v": "1", "type": "send", "target": "connection", "to": str(hello["connection_id"])}
+    for frame in ("garbage", "{}", '{"action":"a"}'):  # the SDK's field order: the fast path
+        await redis.xadd(stream, xadd_fields({**head, "frame": frame}))
+    await redis.xadd(
+        stream, xadd_fields({"v": "1", "type": "send", "target": "all", "frame": "[]"})
+    )  # fan-out
+    await redis.xadd(stream, xadd_fields({"v": "1", "type": "warp", "target": "all"}))
+    await redis.xadd(stream, xadd_fields({**head, "frame": '{"action":"ok","data":1}'}))
+    assert await receive_json(ws) == {"action": "ok", "data": 1}  # read after the bad ones
+    samples = await scrape(gateway)
+    dropped = "wsq_gateway_commands_dropped_total"
+    assert value(samples, dropped, reason="frame_not_json") == 1
+    assert value(samples, dropped, reason="frame_invalid") == 3
+    assert value(samples, dropped, reason="malformed") == 1
+    assert value(samples, "wsq_gateway_commands_total", type="malformed") == 5
+    assert value(samples, "wsq_gateway_commands_total", type="send") == 1
+    await ws.close()
+
+
+def test_dropped_commands_are_logged_once_per_reason_and_interval() -> None:
+    drops = DropLog(interval_s=3600.0)
+    assert drops.drop("frame_invalid", "no data")  # the first of a reason: logged
+    assert not any(drops.drop("frame_invalid", "no data") for _ in range(1000))  # a flood: not
+    assert drops.drop("malformed", "unknown type")  # another reason has its own interval
+    every = DropLog(interval_s=0.0)
+    assert all(every.drop("frame_invalid", "x") for _ in range(3))

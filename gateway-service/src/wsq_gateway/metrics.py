@@ -28,16 +28,20 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from wsq_protocol.codes import ErrorCode
+from wsq_protocol.frames import FRAME_INVALID, FRAME_NOT_JSON
 
 if TYPE_CHECKING:
     from wsq_gateway.connection import ConnectionIndex
 
-__all__ = ["CONTENT_TYPE", "OTHER", "GatewayMetrics", "LabelCache"]
+__all__ = ["CONTENT_TYPE", "DROP_REASONS", "OTHER", "GatewayMetrics", "LabelCache"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OTHER = "other"
 MAX_CLOSE_CODES = 50  # distinct close codes labelled (clients may close with any of 3000-4999)
 COMMAND_TYPES = ("send", "disconnect", "accept", "refuse", "join", "leave", "malformed")
+# Why a command was dropped: not a command the gateway can run (decode_command refused it), or a
+# send whose frame is not JSON, or JSON that is not a server frame (frames.server_frame_problem).
+DROP_REASONS = ("malformed", FRAME_NOT_JSON, FRAME_INVALID)
 # Seconds: a batch's round trip to Redis is well under a millisecond on a LAN, seconds in an outage.
 BATCH_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -130,6 +134,15 @@ class GatewayMetrics:
         )
         self.commands = {kind: commands.labels(type=kind) for kind in COMMAND_TYPES}
         self.sends = self.commands["send"]
+        dropped = Counter(
+            "wsq_gateway_commands_dropped",
+            "Commands read from Redis and dropped, by reason: malformed (not a command the gateway "
+            "can run), frame_not_json or frame_invalid (a send whose frame is not a server frame). "
+            "Each is counted as type malformed in wsq_gateway_commands too.",
+            ["reason"],
+            registry=registry,
+        )
+        self.commands_dropped = {reason: dropped.labels(reason=reason) for reason in DROP_REASONS}
         self.frames_out = Counter(
             "wsq_gateway_frames_out",
             "Frames of commands written (or queued) to sockets: one per recipient.",

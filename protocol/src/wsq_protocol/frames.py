@@ -15,9 +15,19 @@ from typing import Any, NamedTuple
 from wsq_protocol import codec
 from wsq_protocol.codes import ERROR_CODES, MAX_ID_LENGTH, ErrorCode
 from wsq_protocol.errors import FrameError
-from wsq_protocol.ids import ACTION_RE, PING, RESERVED_RE, check_action, check_frame_id
+from wsq_protocol.ids import (
+    ACTION_RE,
+    CONNECTION_ID_RE,
+    PING,
+    RESERVED_RE,
+    check_action,
+    check_frame_id,
+    user_id_problem,
+)
 
 __all__ = [
+    "FRAME_INVALID",
+    "FRAME_NOT_JSON",
     "ClientFrame",
     "checked_reply_frame",
     "connected_frame",
@@ -26,9 +36,18 @@ __all__ = [
     "pong_frame",
     "push_frame",
     "reply_frame",
+    "server_frame_problem",
 ]
 
 _FRAME_FIELDS = frozenset(("action", "data", "id"))
+_GATEWAY_ACTIONS = frozenset(("$connected", "$error", "$pong"))
+_ERROR_FIELDS = frozenset(("code", "message"))
+_CONNECTED_FIELDS = frozenset(("connection_id", "user_id"))
+
+FRAME_NOT_JSON = "frame_not_json"
+"""``server_frame_problem``'s reason for a frame that is not JSON text (nor UTF-8)."""
+FRAME_INVALID = "frame_invalid"
+"""``server_frame_problem``'s reason for JSON that is not a server frame."""
 
 
 class ClientFrame(NamedTuple):
@@ -116,3 +135,53 @@ def checked_reply_frame(action: str, data: Any, id: str) -> bytes:
     event's): the worker's hot path. Raises TypeError or ValueError when ``data`` can't be
     encoded, a str that is not UTF-8 included."""
     return codec.dumps_utf8({"action": action, "data": data, "id": id})
+
+
+def server_frame_problem(frame: bytes | str) -> tuple[str, str] | None:
+    """None when ``frame`` is a server frame (``schemas/server-frame.schema.json``), else
+    ``(reason, message)``: reason :data:`FRAME_NOT_JSON` or :data:`FRAME_INVALID`.
+
+    What gateways check of a ``send`` command's frame before writing it to sockets: one JSON
+    parse and a few type checks (the ``data`` of a push is not looked into).
+    """
+    try:
+        doc = codec.loads(frame)
+    except ValueError:  # UnicodeDecodeError too: bytes that are not UTF-8
+        return FRAME_NOT_JSON, "frame is not valid JSON"
+    if type(doc) is not dict:
+        return FRAME_INVALID, "frame is not a JSON object"
+    if "data" not in doc or not _FRAME_FIELDS.issuperset(doc):
+        return FRAME_INVALID, 'frame needs "action" and "data", and may have "id", nothing else'
+    action = doc.get("action")
+    if type(action) is not str:
+        return FRAME_INVALID, "action is missing or not a string"
+    if "id" in doc:
+        frame_id = doc["id"]
+        if type(frame_id) is not str or not 0 < len(frame_id) <= MAX_ID_LENGTH:
+            return FRAME_INVALID, f"id is not a string of 1 to {MAX_ID_LENGTH} characters"
+    if ACTION_RE.fullmatch(action) is not None:
+        return None
+    if action not in _GATEWAY_ACTIONS:
+        return (
+            FRAME_INVALID,
+            "action is not 1 to 64 letters, digits or _ . : - (nor $connected, $error, $pong)",
+        )
+    data = doc["data"]
+    if action == "$error":
+        if (
+            type(data) is not dict
+            or data.keys() != _ERROR_FIELDS
+            or data["code"] not in ERROR_CODES
+            or type(data["message"]) is not str
+        ):
+            return FRAME_INVALID, "an $error's data is not {code, message} with a known code"
+    elif action == "$connected" and (
+        "id" in doc
+        or type(data) is not dict
+        or data.keys() != _CONNECTED_FIELDS
+        or type(data["connection_id"]) is not str
+        or CONNECTION_ID_RE.fullmatch(data["connection_id"]) is None
+        or (data["user_id"] is not None and user_id_problem(data["user_id"]) is not None)
+    ):
+        return FRAME_INVALID, "a $connected's data is not {connection_id, user_id}"
+    return None

@@ -6,11 +6,18 @@ two streams live in different slots. It remembers the last entry it read in each
 Redis connection drops it resumes where it stopped and loses nothing; entries it has handled
 are trimmed from the node stream, at most every ``TRIM_INTERVAL_S`` (one ``XTRIM`` per read
 would double the gateway's Redis round trips at light load).
+
+Publishers in any language write these commands, so none is trusted: a command the gateway
+can't run, or a ``send`` whose frame is not a server frame (checked once per command, however
+many recipients it has: one JSON parse), is dropped, counted in
+``wsq_gateway_commands_dropped_total{reason}`` and logged at most once per reason every
+``DROP_LOG_INTERVAL_S`` (a flood of bad commands is not a flood of log lines).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -25,6 +32,7 @@ from wsq_protocol.batching import Backoff
 from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.commands import Command, connection_send, decode_command
 from wsq_protocol.errors import CommandError
+from wsq_protocol.frames import server_frame_problem
 from wsq_protocol.keys import Keys
 from wsq_protocol.pipe import RedisPipe
 
@@ -33,6 +41,36 @@ log = get_logger(BROKER)
 READ_COUNT = 1000
 BLOCK_MS = 5000
 TRIM_INTERVAL_S = 0.25
+DROP_LOG_INTERVAL_S = 10.0
+
+
+class DropLog:
+    """Logs dropped commands: the first of a reason at once, then at most one line per reason
+    every ``interval_s``, carrying how many were dropped for it since the last line."""
+
+    __slots__ = ("_interval", "_last", "_unlogged")
+
+    def __init__(self, interval_s: float = DROP_LOG_INTERVAL_S) -> None:
+        self._interval = interval_s
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def drop(self, reason: str, error: str) -> bool:
+        """Note one dropped command; True when it was logged."""
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._interval:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            return False
+        self._last[reason] = now
+        log.warning(
+            "dropped a command",
+            reason=reason,
+            error=error,
+            dropped_since_last_log=self._unlogged.pop(reason, 0) + 1,
+            next_log_in_s=self._interval,
+        )
+        return True
 
 
 class Outbound:
@@ -59,6 +97,7 @@ class Outbound:
         self._trim_due: float | None = None  # when the node stream's handled entries go
         self._closing: set[asyncio.Task[None]] = set()
         self._corked: dict[Connection, list[bytes]] = {}  # frames for one connection, in order
+        self._drop_log = DropLog()
         # Each XREAD BLOCK on a connection of its own. The node stream's, reconnecting first after
         # a Redis restart, makes this gateway's stream again if Redis lost it (writers never
         # create it).
@@ -120,8 +159,12 @@ class Outbound:
                 for _entry_id, flat_fields in entries:
                     send = connection_send(flat_fields)
                     if send is not None:  # the usual case, a reply: no field map to build
-                        sends += 1
-                        self._cork(*send)
+                        problem = server_frame_problem(send[1])
+                        if problem is None:
+                            sends += 1
+                            self._cork(*send)
+                        else:
+                            self._drop(*problem)
                         continue
                     pairs = iter(flat_fields)
                     self._handle(dict(zip(pairs, pairs, strict=True)))
@@ -142,10 +185,14 @@ class Outbound:
         try:
             command = decode_command(fields)
         except CommandError as exc:
-            log.warning("skipped a malformed command", error=str(exc))
-            if self._metrics is not None:
-                self._metrics.commands["malformed"].inc()
+            self._drop("malformed", str(exc))
             return
+        if command.type == "send":  # checked once, whatever the number of recipients
+            assert command.frame is not None
+            problem = server_frame_problem(command.frame)
+            if problem is not None:
+                self._drop(*problem)
+                return
         if self._metrics is not None:
             self._metrics.commands[command.type].inc()
         if command.type == "send" and command.target == "connection":
@@ -182,6 +229,13 @@ class Outbound:
                 self._connections.join(member, command.group)
             else:
                 self._connections.leave(member, command.group)
+
+    def _drop(self, reason: str, error: str) -> None:
+        """A command not run: counted, and logged unless its reason was logged just now."""
+        if self._metrics is not None:
+            self._metrics.commands["malformed"].inc()
+            self._metrics.commands_dropped[reason].inc()
+        self._drop_log.drop(reason, error)
 
     def _cork(self, to: str, frame: bytes) -> None:
         """Replies and pushes to one connection wait until the end of the read (or the next
