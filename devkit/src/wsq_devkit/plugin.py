@@ -20,12 +20,18 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    """A Redis Cluster of 3 masters with a replica each, for the whole session. A test that
-    fails a master over (``fail_over()``) ``rejoin()``s it before it ends, so the next one finds
-    3 masters with a replica each again."""
+def _shared_redis_cluster() -> Iterator[RedisCluster]:
     with RedisCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def redis_cluster(_shared_redis_cluster: RedisCluster) -> RedisCluster:
+    """A Redis Cluster of 3 masters with a replica each, shared by the whole session. A test that
+    fails a master over (``fail_over()``) ``rejoin()``s it before it ends; and each test gets
+    it whole (``ensure_ok()``, which repairs it if a fault of an earlier test left it broken)."""
+    _shared_redis_cluster.ensure_ok()
+    return _shared_redis_cluster
 
 
 @pytest.fixture
