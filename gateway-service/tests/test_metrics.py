@@ -48,10 +48,12 @@ async def test_frames_connections_and_errors_are_counted(start_gateway: GatewayF
 
     async def counted() -> Samples | None:
         samples = await scrape(gateway)
-        done = value(samples, "wsq_gateway_connections_closed_total", code="4321") == 1
-        return samples if done else None
+        closed = value(samples, "wsq_gateway_connections_closed_total", code="4321") == 1
+        # The disconnect event is counted once its batch was written, a moment after the close.
+        written = value(samples, "wsq_gateway_redis_batch_writes_sum") >= 2 + 6 + 1
+        return samples if closed and written else None
 
-    samples = await wait_until_async(counted, timeout=10, message="the close counted")
+    samples = await wait_until_async(counted, timeout=10, message="the close counted, its event written")
     frames = "wsq_gateway_frames_in_total"
     assert value(samples, frames, outcome="accepted", action="echo") == 3
     assert value(samples, frames, outcome="accepted", action="chat.say") == 1
