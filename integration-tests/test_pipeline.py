@@ -233,11 +233,13 @@ async def test_many_workers_share_the_stream(
     start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
 ) -> None:
     gateway = start_gateway()
-    workers = [start_worker(), start_worker()]
+    # One handler at a time each, 50 ms per message: one worker can't take a burst of 40
+    # alone before the other reads (a worker may read ahead of its free slots only so far).
+    workers = [start_worker("sample_app:worker", "--concurrency", "1") for _ in range(2)]
     client = await Client.connect(session, gateway.ws_url)
     await client.receive_until(is_welcome)
     for n in range(40):
-        await client.send("whoami", None, id=f"w{n}")
+        await client.send("tracked", 0.05, id=f"w{n}")
     replies = [await client.receive_until(lambda f: str(f.get("id", "")).startswith("w")) for _ in range(40)]
     assert sorted(r["id"] for r in replies) == sorted(f"w{n}" for n in range(40)), (
         "each answered exactly once"
