@@ -95,8 +95,10 @@ class Flusher(Generic[SourceT]):
     ) -> None:
         # A batch lost midway is sent again here (never by the pipe).
         self._pipe: RedisPipe | RoutedPipe
-        self._routed = not isinstance(client, redis.asyncio.Redis)  # a cluster: to each key's master
-        self._pipe = RoutedPipe(client, resend=False) if self._routed else RedisPipe(client, resend=False)
+        if isinstance(client, redis.asyncio.Redis):
+            self._pipe = RedisPipe(client, resend=False)
+        else:  # a cluster: each command to its key's master
+            self._pipe = RoutedPipe(client, resend=False)
         self._keys = keys
         self._group = group
         self._on_refused = on_refused
