@@ -3,11 +3,15 @@ the tests play the workers' part with the same commands), and `$error no_workers
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.asyncio as aioredis
 from gateway_harness import GatewayFactory, receive_json, stream_entries
 
 from wsq_devkit import wait_until_async
 from wsq_gateway.broker.consumers import Consumers, ConsumerState
+from wsq_gateway.broker.untaken import Untaken
+from wsq_gateway.connection import Connection
 from wsq_protocol.keys import CONSUMER_GROUP, Keys
 
 
@@ -150,3 +154,39 @@ async def test_without_a_worker_frames_get_no_workers_and_are_not_queued(
             "stalled": False,
         }
     await ws.close()
+
+
+async def test_untaken_forgets_what_was_read_and_withdraws_only_what_is_due_and_unread(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """WSQ_TAKE_TIMEOUT_S: the frames read (up to last-delivered-id) are forgotten at every look,
+    due or not; the due ones still unread are withdrawn and answered, the others wait."""
+    stream = Keys(key_prefix).inbound_stream_of("gw")
+    now = [100.0]
+    answered: list[str] = []
+    untaken = Untaken(
+        redis, stream, 2.0, lambda _conn, frame_id: answered.append(frame_id), clock=lambda: now[0]
+    )
+    conn = cast(Connection, object())
+    await redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    for n in range(4):  # f0 and f1 at 100 s, f2 and f3 at 101 s: due at 102 and 103
+        if n == 2:
+            now[0] += 1
+        untaken.queued(conn, f"f{n}")([await redis.xadd(stream, {"n": n})])
+    await redis.xreadgroup(CONSUMER_GROUP, "worker-1", {stream: ">"}, count=1)  # f0 is read
+    (group,) = await redis.xinfo_groups(stream)
+    last_delivered = group["last-delivered-id"].decode()
+
+    assert await untaken.look(last_delivered) == 0, "nothing due"
+    assert len(untaken) == 3, "f0 (read) forgotten"
+    now[0] += 1.5  # 102.5: f1 is due
+    assert await untaken.look(last_delivered) == 1
+    assert answered == ["f1"]
+    assert len(untaken) == 2
+    assert await redis.xlen(stream) == 3, "f1 deleted, f0 (read) and f2, f3 (not due) stay"
+    await redis.xreadgroup(CONSUMER_GROUP, "worker-1", {stream: ">"}, count=1)  # f2 is read
+    now[0] += 1  # 103.5: f2 and f3 due, but f2 was read meanwhile (the look's own id is older)
+    assert await untaken.look(last_delivered) == 1
+    assert answered == ["f1", "f3"]
+    assert len(untaken) == 0
+    assert await redis.xreadgroup(CONSUMER_GROUP, "worker-1", {stream: ">"}) == []

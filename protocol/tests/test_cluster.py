@@ -185,6 +185,7 @@ def script_keys(keys: Keys) -> dict[str, list[list[str]]]:
         "replay": [[keys.dead_letters(shard), inbound]],
         "set_user": [[connection, intents]],
         "settle": [[intents, connection, groups]],
+        "withdraw": [[inbound]],
     }
 
 
@@ -218,6 +219,7 @@ def script_args(name: str) -> list[Any]:
         "replay": ["0-1"],
         "set_user": [CID, "ann", "", "t"],
         "settle": [intent, "?"],
+        "withdraw": ["workers", "1-0"],
     }
     return args[name]
 

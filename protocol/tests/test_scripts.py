@@ -40,7 +40,7 @@ def test_every_script_is_listed() -> None:
     assert NAMES == [
         "claim", "commit", "drop_node", "drop_stale_consumers", "ensure_stream", "forget",
         "heartbeat", "index", "intend", "join", "keep_alive", "leave", "move_due", "reap",
-        "register", "replay", "set_user", "settle",
+        "register", "replay", "set_user", "settle", "withdraw",
     ]  # fmt: skip
 
 
@@ -308,3 +308,27 @@ async def test_commit_refuses_a_write_to_a_key_not_in_keys(redis: aioredis.Redis
     assert await redis.xlen(node_stream) == 2  # the declared write ran
     assert await redis.exists(other) == 0
     assert (await redis.xpending(inbound, "workers"))["pending"] == 1  # not acknowledged
+
+
+async def test_withdraw_deletes_and_names_only_entries_no_worker_read(redis: aioredis.Redis) -> None:
+    """withdraw.lua (WSQ_TAKE_TIMEOUT_S): entries at or below the group's last-delivered-id were
+    read and stay; those above are deleted and named, again by a second call (a lost reply), and
+    all of them when the stream is gone (Redis lost it: not taken either)."""
+    inbound = Keys("t-withdraw").inbound_stream_of(NODE)
+    await redis.xgroup_create(inbound, "workers", id="0", mkstream=True)
+    ids = [_text(await redis.xadd(inbound, {"n": str(n)})) for n in range(4)]
+    await redis.xreadgroup("workers", "w1", {inbound: ">"}, count=2)  # the first two are read
+    assert await call(redis, "withdraw", [inbound], "workers", *ids) == [i.encode() for i in ids[2:]]
+    entries: Any = await redis.xrange(inbound)
+    assert [_text(entry_id) for entry_id, _ in entries] == ids[:2]
+    assert await call(redis, "withdraw", [inbound], "workers", *ids) == [i.encode() for i in ids[2:]]
+    assert await redis.xreadgroup("workers", "w1", {inbound: ">"}) == []  # no worker ever sees them
+    other = Keys("t-withdraw-none").inbound_stream_of(NODE)  # no group: nothing was read
+    unread = _text(await redis.xadd(other, {"n": "0"}))
+    assert await call(redis, "withdraw", [other], "workers", unread) == [unread.encode()]
+    await redis.delete(inbound)
+    assert await call(redis, "withdraw", [inbound], "workers", *ids) == [i.encode() for i in ids]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -74,6 +74,9 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
         run(gateway.liveness.run(), "wsq-liveness")
         run(gateway.inbound.watch_backlog(), "wsq-backlog")
         run(gateway.inbound.indexes.run(), "wsq-indexes")
+        if gateway.untaken.enabled:
+            consumers = gateway.inbound.consumers
+            run(gateway.untaken.run(lambda: consumers.state.last_delivered), "wsq-untaken")
         gateway.started = True
         log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
 

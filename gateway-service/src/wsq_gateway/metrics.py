@@ -125,6 +125,7 @@ class GatewayMetrics:
         )
         self._errors = {code: errors.labels(code=code.value) for code in ErrorCode}
         self.unavailable = self._errors[ErrorCode.UNAVAILABLE]  # a frame queued that Redis then refused
+        self.not_taken = self._errors[ErrorCode.NOT_TAKEN]  # a frame queued that no worker read in time
 
         commands = Counter(
             "wsq_gateway_commands",

@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         "handlers): reported in /readyz (workers.stalled) and by wsq_gateway_workers_stalled; frames are "
         "still accepted (0: never reported).",
     )
+    take_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="A client frame with an id that no worker has read this many seconds after it "
+        "was queued is withdrawn from the inbound stream and answered with $error not_taken: no worker "
+        "will ever run it (match it to your clients' request timeouts, e.g. 30). 0: frames wait for "
+        "workers however long.",
+    )
     rate_limit: float = Field(
         100.0,
         ge=0,

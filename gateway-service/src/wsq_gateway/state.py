@@ -14,13 +14,17 @@ from wsq_gateway.broker.inbound import Inbound
 from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
 from wsq_gateway.broker.registry import BATCHED_SCRIPTS, ensure_stream_command
+from wsq_gateway.broker.untaken import Untaken
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.metrics import GatewayMetrics
 from wsq_gateway.settings import Settings
 from wsq_gateway.supervisor import Supervisor
 from wsq_protocol.cluster import AsyncClient
-from wsq_protocol.codes import CloseCode
+from wsq_protocol.codes import CloseCode, ErrorCode
+from wsq_protocol.frames import encode_error_frame
 from wsq_protocol.keys import Keys
+
+NOT_TAKEN = "no worker took the frame in time: it was withdrawn and will not run; send it again later"
 
 
 class Gateway:
@@ -58,6 +62,9 @@ class Gateway:
             max_per_user=settings.max_connections_per_user,
             worker_timeout_s=settings.worker_timeout_s,
             stall_after_s=settings.stall_after_s,
+        )
+        self.untaken = Untaken(
+            redis, self.keys.inbound_stream_of(self.node_id), settings.take_timeout_s, self._not_taken
         )
         self.outbound = Outbound(
             blocking_redis,
@@ -106,6 +113,15 @@ class Gateway:
             workers_stalled=lambda: float(consumers.stalled),
             draining=lambda: float(self.draining),
         )
+
+    def _not_taken(self, conn: Connection, frame_id: str) -> None:
+        """A frame of ``conn`` was withdrawn, unread (``untaken``): answer it, if it is still here."""
+        if self.metrics is not None:
+            self.metrics.not_taken.inc()
+        if self.connections.get(conn.id) is conn:
+            conn.deliver(
+                encode_error_frame(ErrorCode.NOT_TAKEN, NOT_TAKEN, frame_id), self.settings.max_pending_bytes
+            )
 
     def start_draining(self) -> None:
         """Refuse new sockets (/readyz says 503) and start the WSQ_DRAIN_S clock (once)."""

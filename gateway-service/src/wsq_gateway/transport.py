@@ -294,7 +294,7 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
     """Read the client's frames until the socket closes; how it closed (``_close_code_of``)."""
     ws, settings = conn.ws, gateway.settings
     max_pending, rate, burst = settings.max_pending_bytes, settings.rate_limit, settings.rate_burst
-    consumers = gateway.inbound.consumers
+    consumers, untaken = gateway.inbound.consumers, gateway.untaken
     clock = asyncio.get_running_loop().time
 
     metrics = gateway.metrics
@@ -339,7 +339,10 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
                     refused(ErrorCode.NO_WORKERS)
                 conn.deliver(encode_error_frame(ErrorCode.NO_WORKERS, NO_WORKERS, frame_id), max_pending)
             elif gateway.inbound.message(
-                conn, msg.data, functools.partial(rejected_by_redis, frame_id=frame_id)
+                conn,
+                msg.data,
+                functools.partial(rejected_by_redis, frame_id=frame_id),
+                untaken.queued(conn, frame_id) if untaken.enabled and frame_id is not None else None,
             ):
                 if accepted is not None:
                     accepted.get(frame.action).inc()

@@ -26,6 +26,7 @@ class ErrorCode(enum.StrEnum):
     OVERLOADED = "overloaded"
     RATE_LIMITED = "rate_limited"
     NO_WORKERS = "no_workers"
+    NOT_TAKEN = "not_taken"
     # Sent by workers.
     UNKNOWN_ACTION = "unknown_action"
     HANDLER_ERROR = "handler_error"

@@ -38,6 +38,7 @@ __all__ = [
     "INVALID_JSON",
     "MAX_ATTEMPT",
     "MAX_USER_ID_BYTES",
+    "NOT_TAKEN",
     "NO_WORKERS",
     "OVERLOADED",
     "PROTOCOL_VERSION",
@@ -69,7 +70,7 @@ __all__ = [
     "text_fields",
 ]
 
-# Error codes of $error frames, as plain str. The gateway sends these seven...
+# Error codes of $error frames, as plain str. The gateway sends these eight...
 INVALID_JSON = ErrorCode.INVALID_JSON.value
 INVALID_FRAME = ErrorCode.INVALID_FRAME.value
 RESERVED_ACTION = ErrorCode.RESERVED_ACTION.value
@@ -77,6 +78,7 @@ UNAVAILABLE = ErrorCode.UNAVAILABLE.value
 OVERLOADED = ErrorCode.OVERLOADED.value
 RATE_LIMITED = ErrorCode.RATE_LIMITED.value
 NO_WORKERS = ErrorCode.NO_WORKERS.value
+NOT_TAKEN = ErrorCode.NOT_TAKEN.value
 # ...and workers these three.
 UNKNOWN_ACTION = ErrorCode.UNKNOWN_ACTION.value
 HANDLER_ERROR = ErrorCode.HANDLER_ERROR.value

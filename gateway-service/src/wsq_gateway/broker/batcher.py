@@ -58,6 +58,9 @@ class Write:
     found its keys stale answers so, and its caller queues a new write: the batch goes on). A
     write with ``on_reply`` must be safe to run twice: when a batch in doubt turns out to have
     run, its replies are lost, so such a write is sent again to get them.
+
+    ``on_ran``, when set, is called with the replies when Redis ran the write and they are
+    known; never when a batch in doubt turned out to have run (the write is not sent again).
     """
 
     commands: Sequence[tuple[Any, ...] | bytes]  # bytes: packed already (CommandTemplate)
@@ -65,6 +68,7 @@ class Write:
     durable: bool = False
     done: asyncio.Future[list[Any]] | None = field(default=None)
     on_reply: Callable[[list[Any]], None] | None = None
+    on_ran: Callable[[list[Any]], None] | None = None
 
 
 class RedisBatcher:
@@ -219,7 +223,9 @@ class RedisBatcher:
                 if write.done is not None and not write.done.done():
                     write.done.set_result(replies)
                 if write.on_reply is not None:
-                    _reply(write, replies)
+                    _reply(write.on_reply, replies)
+                if write.on_ran is not None:
+                    _reply(write.on_ran, replies)
         if scripts_lost:
             try:
                 await self.load_scripts()
@@ -305,11 +311,10 @@ class RedisBatcher:
         return retry
 
 
-def _reply(write: Write, replies: list[Any]) -> None:
-    """Hand Redis's replies to ``write.on_reply``."""
-    assert write.on_reply is not None
+def _reply(callback: Callable[[list[Any]], None], replies: list[Any]) -> None:
+    """Hand Redis's replies to a write's ``on_reply`` or ``on_ran``."""
     try:
-        write.on_reply(replies)
+        callback(replies)
     except Exception:  # one caller's bug must not stop the writes of all the others
         log.exception("a write's reply callback failed")
 

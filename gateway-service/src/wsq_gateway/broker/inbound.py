@@ -182,8 +182,15 @@ class Inbound:
         command = forget_command(self._keys, conn.id, close_code, new_token())
         self._batcher.submit(Write((command,), durable=True, on_reply=on_reply))
 
-    def message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
-        """Queue a validated client frame; False when too many are already waiting."""
+    def message(
+        self,
+        conn: Connection,
+        frame: bytes,
+        on_rejected: OnRejected,
+        on_ran: Callable[[list[Any]], None] | None = None,
+    ) -> bool:
+        """Queue a validated client frame; False when too many are already waiting. ``on_ran``
+        gets the reply of its ``XADD`` (its entry id) once Redis ran it."""
         if self._batcher.queued >= self._max_queued or self.backlog >= self._max_backlog:
             return False
         head = conn.message_head
@@ -193,7 +200,7 @@ class Inbound:
             xadd = ("XADD", self._inbound_stream, "*", *_flatten(fields))
             head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
         command = head.pack(b"%d" % now_ms(), b"frame", frame)
-        self._batcher.submit(Write((command,), on_error=on_rejected))
+        self._batcher.submit(Write((command,), on_error=on_rejected, on_ran=on_ran))
         return True
 
     def _event(
