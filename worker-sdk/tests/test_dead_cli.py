@@ -117,6 +117,7 @@ async def test_dead_replay_runs_the_messages_again(
     result = await wsq_worker("dead", "replay", dead_ids[1], *redis_options)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "replayed 1 dead letter into the inbound stream"
+    assert result.stderr == "", "no progress bar when stderr is not a terminal"
     frames = await gateway.wait_for_frames(4)
     assert frames[3] == {"action": "charge", "data": 1, "id": "c1"}, "attempt 1 again"
     assert handled == [1]
@@ -129,9 +130,13 @@ async def test_dead_replay_runs_the_messages_again(
     assert result.returncode == 1
     assert f"no dead letter {dead_ids[1]}" in result.stderr
 
-    result = await wsq_worker("dead", "replay", "--all", *redis_options)
+    result = await wsq_worker("dead", "replay", "--all", "--progress", *redis_options)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "replayed 2 dead letters into the inbound stream"
+    # The bar is redrawn in place after each \r (which text mode reads as a line end).
+    drawn = [line for line in result.stderr.splitlines() if line]
+    assert drawn[-1] == f"replaying 2/2 [{'#' * 30}] 100%", result.stderr
+    assert all(line.startswith("replaying ") for line in drawn), result.stderr
     await gateway.wait_for_frames(6)
     await wait_until_async(gateway.backlog_done)
     assert sorted(handled) == [0, 1, 2]

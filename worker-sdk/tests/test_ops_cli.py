@@ -16,6 +16,7 @@ from worker_harness import FakeGateway, StartWorker, add_to_index, str_entries
 from wsq_devkit import free_port, wait_until_async
 from wsq_protocol.keys import keys_for
 from wsq_worker import Context, Retry, Worker
+from wsq_worker.top import format_rates
 
 __all__ = ["three_dead_letters"]  # the fixture, imported from test_dead_cli
 
@@ -51,7 +52,7 @@ async def test_status_of_an_empty_deployment(redis_options: list[str]) -> None:
     shown = await status(*redis_options)
     assert shown["gateways"] == shown["stale_gateways"] == shown["per_shard"] == []
     assert shown["workers"] == {"group": False, "live": [], "stale": []}
-    assert shown["inbound"] == {"length": 0, "pending": 0, "lag": 0}
+    assert shown["inbound"] == {"length": 0, "pending": 0, "lag": 0, "read": 0}
     assert (shown["dead_letters"], shown["delayed"], shown["shards"]) == (0, 0, 16)
 
 
@@ -129,7 +130,70 @@ async def test_status_shows_gateways_workers_backlog_dead_letters_and_retries(
     # the held message done: nothing pending, nothing in the stream (acknowledged and deleted)
     await wait_until_async(gateway.backlog_done)
     shown = await status(*redis_options)
-    assert shown["inbound"] == {"length": 0, "pending": 0, "lag": 0}
+    assert shown["inbound"] == {"length": 0, "pending": 0, "lag": 0, "read": shown["inbound"]["read"]}
+    assert shown["inbound"]["read"] >= 3, "later, broken (twice) and hold were read"
+
+
+# top
+
+
+async def test_top_redraws_the_status_with_rates(
+    gateway: FakeGateway, redis_client: redis.asyncio.Redis, redis_options: list[str]
+) -> None:
+    now = await redis_now_ms(redis_client)
+    await redis_client.zadd(gateway.keys.nodes, {gateway.node: now})
+    await gateway.register(gateway.new_connection_id())
+    result = await wsq_worker("top", "--iterations", "2", "--interval", "0.2", *redis_options)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.split("\n\nwsq-worker top, ")  # piped: one after the other
+    assert first.startswith("wsq-worker top, ")
+    assert "every 0.2 s (Ctrl-C to quit)" in first
+    assert "rates: from the next refresh on" in first
+    assert "gateways: 1 alive, 1 connection" in first
+    rates = second.splitlines()[1]
+    assert rates.startswith("rates over ")
+    assert rates.endswith("events read/s, connections +0, dead letters +0"), rates
+    assert "gateways: 1 alive, 1 connection" in second
+
+
+def test_top_rates_between_two_reads() -> None:
+    def status(time_ms: int, read: int | None, connections: int, dead: int) -> dict[str, Any]:
+        return {
+            "time_ms": time_ms,
+            "inbound": {"read": read},
+            "gateways": [{"connections": connections}],
+            "dead_letters": dead,
+        }
+
+    assert format_rates(status(0, 5, 1, 0), None) == "rates: from the next refresh on"
+    assert format_rates(status(2000, 105, 4, 1), status(0, 5, 1, 0)) == (
+        "rates over 2.0 s: 50.0 events read/s, connections +3, dead letters +1"
+    )
+    assert format_rates(status(1000, 0, 1, 0), status(0, 50, 2, 1)).startswith(
+        "rates over 1.0 s: ? events read/s, connections -1, dead letters -1"
+    ), "a group made again (Redis emptied): no rate"
+    assert format_rates(status(1000, None, 1, 0), status(0, 5, 1, 0)).startswith("rates over 1.0 s: ?")
+
+
+async def test_top_when_redis_is_unreachable() -> None:
+    result = await wsq_worker("top", "--iterations", "1", "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert result.returncode == 1
+    assert "Redis failed:" in result.stdout
+    assert "(trying again)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval", "0"], "must be above 0"),
+        (["--interval", "nan"], "must be above 0"),
+        (["--iterations", "-1"], "must be 0 or more"),
+    ],
+)
+async def test_top_usage_errors(args: list[str], message: str) -> None:
+    result = await wsq_worker("top", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
 
 
 async def _counts(client: redis.asyncio.Redis, gateway: FakeGateway) -> bool:
@@ -154,7 +218,7 @@ async def test_status_shows_events_no_worker_has_read_as_lag(
     shown = await status(*redis_options)
     [row] = shown["per_shard"]
     assert (row["shard"], row["length"], row["pending"], row["lag"]) == (gateway.shard, 3, 0, 3)
-    assert shown["inbound"] == {"length": 3, "pending": 0, "lag": 3}
+    assert shown["inbound"] == {"length": 3, "pending": 0, "lag": 3, "read": 0}
 
 
 async def test_status_before_any_worker_counts_every_event_as_lag(

@@ -1,12 +1,13 @@
 """The ``wsq-worker`` command (also ``python -m wsq_worker``): run a worker, manage dead letters
-(``wsq-worker dead list|show|replay|purge``), show a deployment's state (``wsq-worker status``)
-or push a frame from the shell (``wsq-worker send``)."""
+(``wsq-worker dead list|show|replay|purge``), show a deployment's state (``wsq-worker status``,
+live: ``wsq-worker top``) or push a frame from the shell (``wsq-worker send``)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import math
 import os
 import re
 import sys
@@ -26,6 +27,8 @@ from wsq_worker.protocol import push_frame
 from wsq_worker.publisher import Publisher
 from wsq_worker.settings import ConnectionSettings, connection_from_env, describe_settings, variable_of
 from wsq_worker.status import CONSUMER_LIVE_MS, NODE_TIMEOUT_MS, format_status, read_status
+from wsq_worker.terminal import Progress, Screen
+from wsq_worker.top import watch
 from wsq_worker.worker import Worker
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "build_parser",
     "build_send_parser",
     "build_status_parser",
+    "build_top_parser",
     "load_worker",
     "main",
 ]
@@ -45,8 +49,8 @@ comes first on sys.path) and ATTRIBUTE is a wsq_worker.Worker, or a function tak
 arguments that returns one. The options below override the Worker's own settings.
 
 `wsq-worker dead list|show|replay|purge` manages the dead letters (see `wsq-worker dead --help`),
-`wsq-worker status` shows the gateways, workers and backlog, `wsq-worker send` pushes a frame
-(see their --help).
+`wsq-worker status` shows the gateways, workers and backlog (`wsq-worker top`: live, with rates),
+`wsq-worker send` pushes a frame (see their --help).
 """
 
 
@@ -221,6 +225,12 @@ def build_dead_parser() -> argparse.ArgumentParser:
         help="the dead letters to replay (as dead list names them)",
     )
     which.add_argument("--all", action="store_true", help="every dead letter there is now")
+    replay.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw a progress bar on stderr (default: when stderr is a terminal)",
+    )
     show = commands.add_parser(
         "show",
         parents=[redis_options],
@@ -296,6 +306,41 @@ def build_status_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_top_parser() -> argparse.ArgumentParser:
+    """The parser of ``wsq-worker top ...`` (what follows ``top``)."""
+    parser = argparse.ArgumentParser(
+        prog="wsq-worker top",
+        description="What wsq-worker status shows, redrawn every --interval seconds, under a line of "
+        "rates since the last refresh: events the workers read per second (their consumer groups' "
+        "entries-read), connections opened or closed, dead letters added. On a terminal each "
+        "refresh replaces the last; piped, they follow each other. A Redis failure is shown, and "
+        "the next refresh tries again. Ctrl-C quits.",
+        parents=[_redis_options()],
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="seconds between refreshes (default 2)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="stop after N refreshes (default 0: until Ctrl-C); the exit status is 1 if the last failed",
+    )
+    parser.add_argument(
+        "--node-timeout",
+        type=_positive_int,
+        default=NODE_TIMEOUT_MS // 1000,
+        metavar="S",
+        help=f"a gateway is live when its heartbeat is this recent (default {NODE_TIMEOUT_MS // 1000})",
+    )
+    return parser
+
+
 def build_send_parser() -> argparse.ArgumentParser:
     """The parser of ``wsq-worker send ...`` (what follows ``send``)."""
     parser = argparse.ArgumentParser(
@@ -349,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dead_main(arguments[1:])
     if arguments[:1] == ["status"]:
         return status_main(arguments[1:])
+    if arguments[:1] == ["top"]:
+        return top_main(arguments[1:])
     if arguments[:1] == ["send"]:
         return send_main(arguments[1:])
     parser = build_parser()
@@ -428,7 +475,8 @@ def dead_main(argv: Sequence[str]) -> int:
             return _dead_show(client, keys, ids[0])
         if args.command == "purge":
             return _dead_purge(client, keys, ids, purge_all=args.all)
-        return _dead_replay(client, keys, ids, replay_all=args.all)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        return _dead_replay(client, keys, ids, replay_all=args.all, progress=progress)
     except REDIS_ERRORS as exc:
         print(f"wsq-worker dead: Redis failed: {exc}", file=sys.stderr)
         return 1
@@ -486,6 +534,44 @@ def status_main(argv: Sequence[str]) -> int:
             client.close()
     print(json.dumps(status) if args.json else format_status(status))
     return 0
+
+
+def top_main(argv: Sequence[str]) -> int:
+    """``wsq-worker top``; the exit status (0 on Ctrl-C; with --iterations, 1 when the last
+    refresh failed or the number of shards is another)."""
+    parser = build_top_parser()
+    args = parser.parse_args(argv)
+    settings = _redis_settings(parser, args)
+    keys = keys_for(settings.key_prefix, settings.shards)
+    client = sync_redis(settings.redis_url, cluster=settings.redis_cluster, decode_responses=True)
+    last_failed = [False]
+
+    def read() -> dict[str, Any]:
+        last_failed[0] = True
+        if not _same_shards(client, keys, "top"):
+            raise _WrongShards(f"not {keys.shards} shards: see above")
+        status = read_status(client, keys, node_timeout_ms=args.node_timeout * 1000)
+        last_failed[0] = False
+        return status
+
+    screen = Screen(sys.stdout, in_place=sys.stdout.isatty())
+    try:
+        watch(
+            read,
+            screen,
+            interval=args.interval,
+            iterations=args.iterations,
+            failures=(*REDIS_ERRORS, _WrongShards),
+        )
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
+    return 1 if last_failed[0] else 0
+
+
+class _WrongShards(Exception):
+    """The deployment records another number of shards (``_same_shards`` said which)."""
 
 
 def send_main(argv: Sequence[str]) -> int:
@@ -656,7 +742,9 @@ def _failed_at(fields: dict[str, str]) -> datetime | None:
     return datetime.fromtimestamp(int(text) / 1000, tz=UTC) if text.isdigit() else None
 
 
-def _dead_replay(client: SyncClient, keys: Keys, ids: list[tuple[int, str]], *, replay_all: bool) -> int:
+def _dead_replay(
+    client: SyncClient, keys: Keys, ids: list[tuple[int, str]], *, replay_all: bool, progress: bool
+) -> int:
     script = client.register_script(REPLAY_SCRIPT)
     if replay_all:
         ids = [
@@ -665,6 +753,7 @@ def _dead_replay(client: SyncClient, keys: Keys, ids: list[tuple[int, str]], *, 
             for entry_id in _every_dead_letter(client, keys, shard)
         ]
     replayed, missing = 0, []
+    bar = Progress("replaying", len(ids), sys.stderr, enabled=progress)
     for shard, entry_id in ids:
         if script(
             keys=[keys.dead_letters(shard), keys.inbound_stream(shard)], args=[entry_id, *REPLAY_DROPS]
@@ -672,6 +761,8 @@ def _dead_replay(client: SyncClient, keys: Keys, ids: list[tuple[int, str]], *, 
             replayed += 1
         else:
             missing.append(f"{shard}:{entry_id}")
+        bar.advance()
+    bar.close()
     print(f"replayed {replayed} dead letter{'' if replayed == 1 else 's'} into the inbound stream")
     for name in missing:
         print(f"wsq-worker dead: no dead letter {name} (already replayed?)", file=sys.stderr)
@@ -712,6 +803,16 @@ def _positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
 
 

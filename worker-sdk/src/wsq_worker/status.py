@@ -28,6 +28,7 @@ class ShardStatus(TypedDict):
     live_consumers: int
     pending: int
     lag: int | None
+    read: int | None  # entries the group has read since the stream began (Redis's entries-read)
     dead_letters: int
     delayed: int
 
@@ -100,11 +101,13 @@ def read_status(client: SyncClient, keys: Keys, *, node_timeout_ms: int = NODE_T
                 "live_consumers": sum(int(_field(c, "idle")) < CONSUMER_LIVE_MS for c in consumers),
                 "pending": int(_field(group, "pending")) if group is not None else 0,
                 "lag": None if lag is None else int(lag),
+                "read": _read(group),
                 "dead_letters": dead,
                 "delayed": delayed,
             }
         )
     lags = [status["lag"] for status in statuses]
+    reads = [status["read"] for status in statuses if status["group"]]
     return {
         "prefix": keys.prefix,
         "shards": keys.shards,
@@ -125,11 +128,23 @@ def read_status(client: SyncClient, keys: Keys, *, node_timeout_ms: int = NODE_T
             "length": sum(status["length"] for status in statuses),
             "pending": sum(status["pending"] for status in statuses),
             "lag": None if None in lags else sum(lag or 0 for lag in lags),
+            "read": None if None in reads else sum(read or 0 for read in reads),
         },
         "dead_letters": sum(status["dead_letters"] for status in statuses),
         "delayed": sum(status["delayed"] for status in statuses),
         "per_shard": [status for status in statuses if _busy(status)],
     }
+
+
+def _read(group: Any) -> int | None:
+    """The group's ``entries-read`` (Redis 7+): 0 with no group, or none read yet (Redis says
+    nil then), None when Redis can't tell."""
+    if group is None:
+        return 0
+    value = _field(group, "entries-read")
+    if value is None:
+        return 0 if _text(_field(group, "last-delivered-id")) == "0-0" else None
+    return int(value)
 
 
 def _busy(status: ShardStatus) -> bool:
