@@ -36,6 +36,7 @@ INSTALL_INPUTS = [
     "gateway-service/pyproject.toml",
     "worker-sdk/pyproject.toml",
     "devkit/pyproject.toml",
+    "clients/python/pyproject.toml",
 ]
 TYPED_TREES = [
     "dev.py",
@@ -43,6 +44,8 @@ TYPED_TREES = [
     "gateway-service/src",
     "worker-sdk/src",
     "devkit/src",
+    "clients/python/src",
+    "clients/python/tests",
     "examples/chat",
     "examples/jwt",
     "bench",

@@ -1,0 +1,25 @@
+"""wsq's Python client: connect to a wsq gateway, send requests and get their replies, listen
+to pushes, and reconnect with backoff when the connection drops.
+
+    async with wsq_client.connect("wss://gateway.example/ws", token=jwt) as client:
+        print(await client.request("echo", {"text": "hi"}))
+        client.on("chat_message", print)
+"""
+
+from wsq_client.client import Client, Push, StateChange, connect
+from wsq_client.exceptions import ClientClosed, ConnectionLost, RequestTimeout, ServerError, WsqClientError
+from wsq_client.policy import RECONNECT_CLOSE_CODES, Backoff
+
+__all__ = [
+    "RECONNECT_CLOSE_CODES",
+    "Backoff",
+    "Client",
+    "ClientClosed",
+    "ConnectionLost",
+    "Push",
+    "RequestTimeout",
+    "ServerError",
+    "StateChange",
+    "WsqClientError",
+    "connect",
+]
