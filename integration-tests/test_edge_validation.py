@@ -1,18 +1,22 @@
 """Edge validation end to end, with real processes: a worker declares a schema for an action;
 the gateway (started first) picks it up from Redis, lets a matching frame through to the
 handler, answers one that does not match with `$error invalid_data` naming the path (and never
-queues it), lets an action without a schema pass, and enforces a newer worker's schema."""
+queues it), lets an action without a schema pass, enforces a newer worker's schema, and keeps
+it while Redis lost the hash, which the running worker writes back."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from typing import Any
 
 import aiohttp
 import redis
+import schema_app
 from system_harness import Client, GatewayProcess, StartGateway, StartWorker
 
 from wsq_devkit import wait_until, wait_until_async
+from wsq_protocol.keys import Keys
 
 
 def schemas_report(gateway: GatewayProcess) -> dict[str, Any]:
@@ -49,7 +53,7 @@ async def test_frames_are_validated_against_the_schema_a_worker_published(
 ) -> None:
     gateway = start_gateway(WSQ_SCHEMAS_REFRESH_S="0.2")
     assert schemas_report(gateway) == {"version": None, "validated": [], "failed": {}}
-    start_worker("schema_app:worker_v1")
+    first = start_worker("schema_app:worker_v1")
     wait_until(lambda: schemas_report(gateway)["validated"] == ["chat.send"], message="schema loaded")
     client = await Client.connect(session, gateway.ws_url)
 
@@ -97,4 +101,13 @@ async def test_frames_are_validated_against_the_schema_a_worker_published(
         "data.text must be shorter than or equal to 3 characters",
     }
     assert (await client.request("chat.send", {"text": "ok"}, id="v2-ok"))["data"] == {"text": "ok"}
+
+    # Redis loses the hash: the gateway keeps enforcing what it has, the running worker writes
+    # its schemas back (the v1 worker is gone: its own would have been as welcome).
+    first.stop()
+    key = Keys(key_prefix).schemas
+    redis_client.delete(key)
+    assert (await client.request("chat.send", {"text": "four"}, id="lost"))["action"] == "$error"
+    restored = wait_until(lambda: redis_client.hget(key, "chat.send"), message="the schema restored")
+    assert json.loads(restored) == schema_app.chat_send(3)
     await client.close()
