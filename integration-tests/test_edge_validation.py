@@ -1,8 +1,9 @@
 """Edge validation end to end, with real processes: a worker declares a schema for an action;
 the gateway (started first) picks it up from Redis, lets a matching frame through to the
 handler, answers one that does not match with `$error invalid_data` naming the path (and never
-queues it), lets an action without a schema pass, enforces a newer worker's schema, and keeps
-it while Redis lost the hash, which the running worker writes back."""
+queues it), lets an action without a schema pass, enforces a newer worker's schema, leaves
+unenforced (and reports) a schema it can't compile, and keeps its schemas while Redis lost the
+hash, which the running worker writes back."""
 
 from __future__ import annotations
 
@@ -102,10 +103,17 @@ async def test_frames_are_validated_against_the_schema_a_worker_published(
     }
     assert (await client.request("chat.send", {"text": "ok"}, id="v2-ok"))["data"] == {"text": "ok"}
 
+    # A schema the gateway can't compile (written by hand: the SDK refuses it): not enforced, shown.
+    key = Keys(key_prefix).schemas
+    redis_client.hset(key, "free", '{"type":"strnig"}')
+    redis_client.hincrby(key, "$version", 1)
+    wait_until(lambda: "free" in schemas_report(gateway)["failed"], message="the bad schema reported")
+    assert (await client.request("free", 1, id="free-2"))["data"] == 1
+    assert schemas_report(gateway)["validated"] == ["chat.send"]
+
     # Redis loses the hash: the gateway keeps enforcing what it has, the running worker writes
     # its schemas back (the v1 worker is gone: its own would have been as welcome).
     first.stop()
-    key = Keys(key_prefix).schemas
     redis_client.delete(key)
     assert (await client.request("chat.send", {"text": "four"}, id="lost"))["action"] == "$error"
     restored = wait_until(lambda: redis_client.hget(key, "chat.send"), message="the schema restored")
