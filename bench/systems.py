@@ -2,6 +2,8 @@
 
 * ``wsq``: a private redis-server, ``python -m wsq_gateway`` and one ``python -m wsq_worker``
   process running ``bench.echo_worker``;
+* ``wsq-schema``: ``wsq`` whose worker declares a JSON Schema for the echo action, so that the
+  gateway validates every frame (``bench.echo_worker.worker_with_schema``);
 * ``wsq-cluster1``, ``wsq-cluster3``: the same on a private Redis Cluster of 1 or 3 masters
   (no replicas), the gateway and the worker with ``WSQ_REDIS_CLUSTER=1``;
 * ``bare``: ``bench.baseline_server``, the same transport work with no broker and no worker;
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import subprocess
 import sys
 import urllib.request
@@ -73,11 +76,22 @@ class System(abc.ABC):
 class Wsq(System):
     name = "wsq"
     label = "wsq (gateway + Redis + worker)"
+    worker = "bench.echo_worker:worker"
 
     async def start(self, stack: AsyncExitStack, gateways: int = 1) -> Running:
         broker = stack.enter_context(RedisServer())
         pids = {"redis": _redis_pid(broker)}
-        return await _start_wsq(self.name, stack, broker.url, [broker.url], pids, {}, _node_ids(gateways))
+        return await _start_wsq(
+            self.name, stack, broker.url, [broker.url], pids, {}, _node_ids(gateways), self.worker
+        )
+
+
+class WsqSchema(Wsq):
+    """wsq, the worker declaring a schema for the echo action: the gateway validates each frame."""
+
+    name = "wsq-schema"
+    label = "wsq, frames validated (a schema declared)"
+    worker = "bench.echo_worker:worker_with_schema"
 
 
 class WsqCluster(System):
@@ -136,6 +150,7 @@ async def _start_wsq(
     redis_pids: dict[str, int],
     extra_env: dict[str, str],
     node_ids: list[str],
+    worker_target: str = "bench.echo_worker:worker",
 ) -> Running:
     env = {
         "WSQ_HOST": "127.0.0.1",
@@ -166,7 +181,7 @@ async def _start_wsq(
         ManagedProcess.python_module(
             "wsq-worker",
             "wsq_worker",
-            "bench.echo_worker:worker",
+            worker_target,
             "--concurrency",
             str(WORKER_CONCURRENCY),
             env=env,
@@ -183,6 +198,8 @@ async def _start_wsq(
     )
     for url in urls:
         await _wait_echo(url, [*gateways, worker])
+        if worker_target != "bench.echo_worker:worker":  # measure only once every frame is validated
+            _wait_schemas(url.replace("ws://", "http://").replace("/ws", "/readyz"), worker)
     return running
 
 
@@ -242,7 +259,13 @@ class Channels(System):
 CLUSTER_MASTERS = (1, 3)  # the Redis Clusters the benchmark knows: wsq-cluster1, wsq-cluster3
 SYSTEMS: dict[str, System] = {
     system.name: system
-    for system in (Wsq(), *(WsqCluster(masters) for masters in CLUSTER_MASTERS), Bare(), Channels())
+    for system in (
+        Wsq(),
+        WsqSchema(),
+        *(WsqCluster(masters) for masters in CLUSTER_MASTERS),
+        Bare(),
+        Channels(),
+    )
 }
 
 
@@ -310,6 +333,17 @@ def _wait_http(url: str, process: ManagedProcess) -> None:
     wait_until(ready, timeout=START_TIMEOUT_S, message=f"{process.name} answering {url}")
 
 
+def _wait_schemas(url: str, process: ManagedProcess) -> None:
+    """Until the gateway at ``url`` (/readyz) validates some action's frames."""
+
+    def loaded() -> bool:
+        _check_running([process])
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(json.load(response)["schemas"]["validated"])
+
+    wait_until(loaded, timeout=START_TIMEOUT_S, message=f"the schemas loaded by {url}")
+
+
 async def _wait_echo(url: str, processes: Sequence[ManagedProcess]) -> None:
     """Until one echo request goes all the way through the system and back."""
 
@@ -318,11 +352,11 @@ async def _wait_echo(url: str, processes: Sequence[ManagedProcess]) -> None:
         try:
             async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
                 await ws.receive(timeout=5)  # $connected
-                await ws.send_str('{"action":"echo","data":"probe","id":"probe"}')
+                await ws.send_str('{"action":"echo","data":{"text":"probe"},"id":"probe"}')
                 while True:
                     doc = orjson.loads((await ws.receive(timeout=5)).data)
                     if doc.get("id") == "probe":
-                        return bool(doc.get("data") == "probe")
+                        return bool(doc.get("data") == {"text": "probe"})
         except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError, TypeError):
             return False
 

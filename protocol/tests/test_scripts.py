@@ -14,6 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from wsq_devkit import RedisCluster
+from wsq_protocol import action_schemas
+from wsq_protocol.action_schemas import RESTORE, START, publish_args
 from wsq_protocol.cluster import async_redis
 from wsq_protocol.codes import PROTOCOL_VERSION
 from wsq_protocol.keys import REAPED_TTL_S, Keys
@@ -39,8 +41,8 @@ def code_of(source: str) -> str:
 def test_every_script_is_listed() -> None:
     assert NAMES == [
         "claim", "commit", "drop_node", "drop_stale_consumers", "ensure_stream", "forget",
-        "heartbeat", "index", "intend", "join", "keep_alive", "leave", "move_due", "reap",
-        "register", "replay", "set_user", "settle", "withdraw",
+        "heartbeat", "index", "intend", "join", "keep_alive", "leave", "move_due",
+        "publish_schemas", "reap", "register", "replay", "set_user", "settle", "withdraw",
     ]  # fmt: skip
 
 
@@ -332,3 +334,24 @@ async def test_withdraw_deletes_and_names_only_entries_no_worker_read(redis: aio
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def test_publish_schemas_bumps_the_version_on_change_and_restores_only_a_lost_hash(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    key = Keys(key_prefix).schemas
+    a, b = '{"type":"object"}', '{"type":"string"}'
+
+    async def publish(mode: str, schemas: dict[str, str], removed: tuple[str, ...] = ()) -> int:
+        return int(await call(redis, "publish_schemas", [key], *publish_args(mode, schemas, removed)))
+
+    assert await publish(START, {"x": a, "y": b}) == 1
+    assert await publish(START, {"x": a, "y": b}) == 0  # the same again: gateways reload nothing
+    assert await publish(START, {"x": b}, removed=("y", "z")) == 2  # last to start wins
+    assert await publish(RESTORE, {"x": a, "y": a}) == 0  # the hash is there: an older worker's are not
+    assert action_schemas.published(await redis.hgetall(key)) == ("2", {"x": b})
+    assert await publish(START, {}, removed=("x",)) == 3
+    assert action_schemas.published(await redis.hgetall(key)) == ("3", {})  # $version stays
+    await redis.delete(key)  # Redis lost its data
+    assert await publish(RESTORE, {"x": a}) == 1
+    assert action_schemas.published(await redis.hgetall(key)) == ("1", {"x": a})

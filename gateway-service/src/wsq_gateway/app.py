@@ -77,6 +77,7 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
         if gateway.untaken.enabled:
             consumers = gateway.inbound.consumers
             run(gateway.untaken.run(lambda: consumers.state.last_delivered), "wsq-untaken")
+        run(gateway.validators.run(), "wsq-schemas")
         gateway.started = True
         log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
 
@@ -109,6 +110,7 @@ async def _retry_until_reachable(gateway: Gateway) -> None:
             await gateway.outbound.start_positions()
             await gateway.batcher.load_scripts()
             await gateway.liveness.start()
+            await gateway.validators.refresh()  # the schemas workers published, before any frame
             return
         except (OSError, aioredis.RedisError, RedisClusterException) as exc:
             problem = permanent_problem(exc)

@@ -195,4 +195,6 @@ _GAUGE_HELP = {
     "workers_stalled": "1 while workers are live but none has read an event for WSQ_STALL_AFTER_S with "
     "events waiting unread.",
     "draining": "1 once the gateway drains (SIGTERM).",
+    "schemas": "Actions whose frames' data this gateway validates against the schema workers published.",
+    "schemas_failed": "Actions whose published schema does not compile here: their frames pass unvalidated.",
 }

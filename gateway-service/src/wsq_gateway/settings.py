@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         "will ever run it (match it to your clients' request timeouts, e.g. 30). 0: frames wait for "
         "workers however long.",
     )
+    schemas_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the gateway checks whether workers published new action schemas "
+        "(one HGET of their version; the schemas are read again only when it moved). A worker's new "
+        "schema is enforced within this long (protocol/README.md, 'Action schemas').",
+    )
     rate_limit: float = Field(
         100.0,
         ge=0,

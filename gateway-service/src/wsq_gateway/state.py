@@ -19,6 +19,7 @@ from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.metrics import GatewayMetrics
 from wsq_gateway.settings import Settings
 from wsq_gateway.supervisor import Supervisor
+from wsq_gateway.validation import Validators
 from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.codes import CloseCode, ErrorCode
 from wsq_protocol.frames import encode_error_frame
@@ -93,6 +94,8 @@ class Gateway:
         self._proxies = settings.proxies
         self.origins = settings.origins  # parsed once, checked at every upgrade
         self.forwarded_headers = settings.forwarded_headers  # parsed once, copied at every upgrade
+        # The action schemas workers published: frames' data is checked against them.
+        self.validators = Validators(redis, self.keys.schemas, settings.schemas_refresh_s)
         self.supervisor = Supervisor()  # watches the background tasks (app.py starts them)
         self.started = False  # Redis reached, command reader running: ready for sockets
         self.draining = False
@@ -112,6 +115,8 @@ class Gateway:
             inbound_oldest_unread_seconds=lambda: consumers.oldest_unread_age_s or 0.0,
             workers_stalled=lambda: float(consumers.stalled),
             draining=lambda: float(self.draining),
+            schemas=lambda: len(self.validators.by_action),
+            schemas_failed=lambda: len(self.validators.failed),
         )
 
     def _not_taken(self, conn: Connection, frame_id: str) -> None:

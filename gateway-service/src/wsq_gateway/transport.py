@@ -66,6 +66,7 @@ async def readyz(request: web.Request) -> web.Response:
             "node": gateway.node_id,
             "connections": len(gateway.connections),
             "workers": _workers_report(gateway),
+            "schemas": gateway.validators.report(),
         }
     )
 
@@ -295,6 +296,7 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
     ws, settings = conn.ws, gateway.settings
     max_pending, rate, burst = settings.max_pending_bytes, settings.rate_limit, settings.rate_burst
     consumers, untaken = gateway.inbound.consumers, gateway.untaken
+    validators = gateway.validators
     clock = asyncio.get_running_loop().time
 
     metrics = gateway.metrics
@@ -334,6 +336,10 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
                 if ping is not None:
                     ping.inc()
                 conn.deliver(pong_frame(frame.data, frame_id), max_pending)
+            elif (problem := validators.problem(frame.action, frame.data)) is not None:
+                if refused is not None:
+                    refused(ErrorCode.INVALID_DATA)
+                conn.deliver(encode_error_frame(ErrorCode.INVALID_DATA, problem, frame_id), max_pending)
             elif consumers.none_live and await consumers.confirm_none_live():
                 if refused is not None:
                     refused(ErrorCode.NO_WORKERS)

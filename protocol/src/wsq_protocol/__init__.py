@@ -13,6 +13,7 @@ the language-neutral files beside it in ``protocol/`` (schemas, golden examples,
 ``events``         inbound events: encode (gateways), decode (workers)
 ``commands``       outbound commands: encode (workers, publishers), decode (gateways)
 ``keys``           ``Keys(prefix)``: every Redis key name, from ``keys.json``
+``action_schemas`` per-action JSON Schemas as workers publish them and gateways read them
 ``scripts``        the Lua scripts of ``lua/``, called by ``EVALSHA``
 ``pipe``           the Redis pipe, command templates, batch deadlines, checked packing
 ``cluster``        single Redis or Redis Cluster: telling them apart, the client each needs

@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     NO_WORKERS = "no_workers"
     NOT_TAKEN = "not_taken"
+    INVALID_DATA = "invalid_data"
     # Sent by workers.
     UNKNOWN_ACTION = "unknown_action"
     HANDLER_ERROR = "handler_error"

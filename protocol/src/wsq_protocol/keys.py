@@ -112,6 +112,7 @@ class Keys:
         "broadcast_stream",
         "nodes",
         "prefix",
+        "schemas",
         "shards",
         "shards_key",
     )
@@ -127,6 +128,9 @@ class Keys:
         """Sorted set of the live gateways, scored by their last heartbeat (ms since the epoch)."""
         self.shards_key = templates["shards"].fill()
         """The deployment's number of shards, written by the first process to start."""
+        self.schemas = templates["schemas"].fill()
+        """Hash: action -> the JSON Schema its ``data`` must match (workers write, gateways read),
+        and ``$version``, bumped by every change (``wsq_protocol.action_schemas``)."""
 
     def __repr__(self) -> str:
         return f"Keys({self.prefix!r}, {self.shards})"

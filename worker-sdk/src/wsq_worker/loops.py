@@ -30,11 +30,12 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 
+from wsq_protocol import action_schemas
 from wsq_protocol.batching import Backoff, cancel_and_wait
 from wsq_protocol.cluster import REDIS_ERRORS, AsyncClient, async_redis
 from wsq_protocol.keys import keys_for
 from wsq_protocol.pipe import RedisPipe
-from wsq_protocol.scripts import run_many, script
+from wsq_protocol.scripts import run, run_many, script
 from wsq_worker import constants, delivery, preflight
 from wsq_worker.dispatch import Dispatcher
 from wsq_worker.exceptions import RedisUnusableError, WorkerFailedError
@@ -54,6 +55,7 @@ _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
 _MOVE_DUE_EVERY_S = 0.25
 _MOVE_DUE_BATCH = 100
+_RESTORE_SCHEMAS_EVERY_S = 5.0
 _KEEP_ALIVE_BATCH = 1000
 # A history read of the largest id but one: it returns nothing (no entry can be pending after
 # it), and resets the consumer's idle time. On Redis 7.0 a blocking read that gets no entry does
@@ -62,6 +64,7 @@ _TOUCH_ID = "18446744073709551615-18446744073709551614"
 _CLAIM = script("claim")
 _MOVE_DUE = script("move_due")
 _DROP_STALE_CONSUMERS = script("drop_stale_consumers")
+_PUBLISH_SCHEMAS = script("publish_schemas")
 
 EntryKey = tuple[int, str]
 """An inbound entry: its shard (the partition it is in) and its id there (ids repeat across
@@ -208,6 +211,10 @@ class Run:
             self.periodic.add(
                 self._watch(asyncio.create_task(self._forget_stale_consumers(), name="wsq-stale-consumers"))
             )
+            if worker.schemas:
+                self.periodic.add(
+                    self._watch(asyncio.create_task(self._restore_schemas(), name="wsq-schemas"))
+                )
             # Until the last ack is written, not only until stop(): in-flight entries stay ours.
             self.keep_alive = self._watch(asyncio.create_task(self._keep_alive(), name="wsq-keep-alive"))
             await self._read_until_stopped()
@@ -292,6 +299,7 @@ class Run:
                 if problem is not None:
                     raise RedisUnusableError(f"{_safe_url(worker.redis_url)}: {problem}")
                 await self._create_groups(range(worker.shards))
+                await self._publish_schemas(action_schemas.START)
             except RedisUnusableError:
                 raise
             except Exception as exc:  # Redis unreachable, or anything else: never crash the worker
@@ -641,6 +649,37 @@ class Run:
                     idle_ms,
                 )
 
+    # Action schemas.
+
+    async def _publish_schemas(self, mode: str) -> None:
+        """Write the worker's schemas (``mode`` START: the last worker to start wins; RESTORE:
+        only into a Redis that lost the hash), and remove those of the actions it handles
+        without one. One script call; nothing when there is nothing to say."""
+        worker = self.worker
+        removed = [action for action in worker.actions if action not in worker.schemas]
+        if mode == action_schemas.RESTORE:
+            removed = []  # a running worker only puts back what a Redis lost
+        if not worker.schemas and not removed:
+            return
+        args = action_schemas.publish_args(mode, worker.schemas, removed)
+        version = await run(self.client, _PUBLISH_SCHEMAS, [self.keys.schemas], args)
+        if version:
+            logger.info(
+                "published the schemas of %s (%s, version %s)",
+                ", ".join(sorted(worker.schemas)) or "no action",
+                "restored" if mode == action_schemas.RESTORE else "at start",
+                version,
+            )
+
+    async def _restore_schemas(self) -> None:
+        """Every 5 s, write the worker's schemas back if the hash is gone (Redis restarted
+        empty, or failed over to a replica that never had it)."""
+        while not await self._sleep_unless_stopped(_RESTORE_SCHEMAS_EVERY_S):
+            try:
+                await self._publish_schemas(action_schemas.RESTORE)
+            except REDIS_ERRORS as exc:  # Redis away: the read loop reports it
+                logger.debug("could not check the published schemas: %s", exc)
+
     # Periodic functions.
 
     async def _run_periodic(self, interval: float, fn: Periodic) -> None:
@@ -679,7 +718,10 @@ def _actions_summary(worker: Worker) -> str:
     listed = ", ".join(names[:_LISTED_ACTIONS]) or "none"
     if len(names) > _LISTED_ACTIONS:
         listed += f"... ({len(names)} in all)"
-    return listed + (", and a default handler" if worker.default else "")
+    listed += ", and a default handler" if worker.default else ""
+    if worker.schemas:
+        listed += f"; schemas: {', '.join(sorted(worker.schemas))}"
+    return listed
 
 
 def _safe_url(url: str) -> str:

@@ -22,6 +22,7 @@ from wsq_worker.loops import Run
 from wsq_worker.preflight import check_metrics_available
 from wsq_worker.protocol import MAX_ATTEMPT, is_action_name
 from wsq_worker.publisher import AsyncPublisher
+from wsq_worker.schemas import declared_schemas
 from wsq_worker.settings import WorkerSettings, checked_redis_url, variable_of
 
 __all__ = ["Handler", "LifecycleHandler", "Periodic", "Worker"]
@@ -87,6 +88,11 @@ class Worker:
     ``metrics_port`` (default ``WSQ_METRICS_PORT``, else 0: none) serves Prometheus metrics on
     that port while the worker runs (-1: a free port, then in ``metrics_bound_port``); it needs
     ``pip install 'wsq-worker[metrics]'`` (RuntimeError saying so at start without it).
+    ``schemas={"chat.send": {...}}`` declares, per action, the JSON Schema (draft-07; or a
+    pydantic model class) its frames' ``data`` must match: the worker publishes them to Redis
+    as it starts, and the gateways answer a frame that does not match with ``$error``
+    ``invalid_data`` instead of queuing it (protocol/README.md, "Action schemas"). A schema
+    that can't be published raises ``SettingsError`` here.
     ``shutdown_timeout`` bounds the wait for in-flight handlers when stopping; ``block_ms`` is
     how long one read waits for events (and so the longest ``stop()`` waits for the read).
     """
@@ -95,6 +101,7 @@ class Worker:
         self,
         actions: Mapping[str, Handler] | None = None,
         *,
+        schemas: Mapping[str, object] | None = None,
         default: Handler | None = None,
         on_connect: LifecycleHandler | None = None,
         on_disconnect: LifecycleHandler | None = None,
@@ -118,6 +125,8 @@ class Worker:
                 raise ValueError(f"action must be 1-64 letters, digits or _ . : -, not {name!r}")
             _check_callable(handler, f"handler of {name!r}")
         self.default = _check_callable(default, "default")
+        self.schemas = declared_schemas(schemas or {}, self.actions, default is not None)
+        """action -> its declared schema, as the canonical JSON text published to Redis."""
         self.on_connect = _check_callable(on_connect, "on_connect")
         self.on_disconnect = _check_callable(on_disconnect, "on_disconnect")
         self.every = dict(every or {})
