@@ -176,7 +176,7 @@ async def _batch(api: Api, params: Params) -> list[dict[str, Any]]:
             or "method" not in command
         ):
             raise ApiError("invalid_params", f'commands[{n}] must be {{"method", "params"}}')
-        if command["method"] not in METHODS:
+        if not isinstance(command["method"], str) or command["method"] not in METHODS:
             raise ApiError("invalid_params", f"commands[{n}]: unknown method {command['method']!r}")
         if not isinstance(command.get("params", {}), dict):
             raise ApiError("invalid_params", f"commands[{n}].params must be an object")
