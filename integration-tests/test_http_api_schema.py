@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -67,7 +68,7 @@ def api_url(redis_server: RedisServer) -> Iterator[str]:
         HealthCheck.function_scoped_fixture,
     ],
 )
-def test_api_conforms_to_its_document(case: schemathesis.Case, api_url: str) -> None:
+def test_api_conforms_to_its_document(case: schemathesis.Case[Any], api_url: str) -> None:
     case.call_and_validate(
         base_url=api_url,
         headers={"Authorization": f"Bearer {KEY}"},
