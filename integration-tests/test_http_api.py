@@ -158,7 +158,7 @@ async def test_batch_runs_each_command_with_its_own_result(
 async def test_keys(start_gateway: StartGateway, session: aiohttp.ClientSession) -> None:
     """No key or a wrong one: 401 (the document needs none); either key of the list works, as a
     bearer token or X-API-Key."""
-    _, api = start_api_gateway(start_gateway)
+    gateway, api = start_api_gateway(start_gateway)
     for key in (None, "wrong-key-0123456789", KEY[:-1], KEY + "x"):
         status, body = await call(session, api, "stats", key=key)
         assert (status, body["error"]["code"], body["error"]["retryable"]) == (401, "unauthorized", False)
@@ -168,6 +168,9 @@ async def test_keys(start_gateway: StartGateway, session: aiohttp.ClientSession)
     async with session.get(f"{api}/openapi.json") as resp:
         assert resp.status == 200
         assert (await resp.json())["openapi"].startswith("3.1")
+    output = gateway.process.output()  # debug logs, every request above
+    assert "http api listening" in output
+    assert all(key not in output for key in (KEY, SECOND_KEY, KEY[:-1])), "a key was logged"
 
 
 @pytest.mark.single_redis
