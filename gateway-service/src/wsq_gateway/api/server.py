@@ -10,6 +10,7 @@ which documents them all, without a key. Every other request needs one of WSQ_AP
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 from typing import Any
 
@@ -115,13 +116,10 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.Response(text=_openapi_text(), content_type=_JSON)
 
 
-_OPENAPI: list[str] = []
-
-
+@functools.cache
 def _openapi_text() -> str:
-    if not _OPENAPI:
-        _OPENAPI.append(read_text("openapi.json"))
-    return _OPENAPI[0]
+    """protocol/openapi.json (read once)."""
+    return read_text("openapi.json")
 
 
 def _handler(name: str) -> Any:
