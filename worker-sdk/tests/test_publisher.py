@@ -329,6 +329,7 @@ async def test_unreachable_redis_raises_publish_error(kind: str) -> None:
             with pytest.raises(PublishError, match="Redis is unavailable") as raised:
                 await resolve(call(pub))
             assert isinstance(raised.value, WsqError)
+            assert raised.value.code == "unavailable", name  # the only code worth retrying as is
             assert isinstance(raised.value.__cause__, redis.ConnectionError), name
             assert time.monotonic() - started < 5, f"{name}: publishers should fail fast"
     finally:

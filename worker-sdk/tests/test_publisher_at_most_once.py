@@ -84,6 +84,7 @@ def assert_maybe_written(outcome: Any) -> None:
     """``outcome`` is the PublishError saying the write may or may not have been written."""
     assert isinstance(outcome, PublishError), f"expected PublishError, got {outcome!r}"
     assert MAYBE in str(outcome)
+    assert outcome.code == "maybe_written"  # what the gateway's HTTP API answers with
     assert isinstance(outcome.__cause__, redis.ConnectionError)
 
 

@@ -34,7 +34,7 @@ def _port(text: str) -> int:
 
 
 # Settings whose value an error line must not repeat: a URL may hold a password.
-_SECRET_SETTINGS = frozenset({"redis_url", "jwt_secret"})
+_SECRET_SETTINGS = frozenset({"redis_url", "jwt_secret", "api_keys"})
 
 
 def settings_errors(exc: ValidationError) -> list[str]:

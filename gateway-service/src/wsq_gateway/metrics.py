@@ -161,6 +161,13 @@ class GatewayMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=registry,
         )
+        # Methods are the API's routes (or "unknown"), statuses the few it answers: bounded.
+        self._api_requests = Counter(
+            "wsq_gateway_api_requests",
+            "HTTP server API requests answered, by method (unknown: no such route) and HTTP status.",
+            ["method", "status"],
+            registry=registry,
+        )
 
     def refused(self, code: ErrorCode) -> None:
         """A client frame was answered with ``$error`` ``code``."""
@@ -170,6 +177,9 @@ class GatewayMetrics:
     def batch(self, seconds: float, writes: int) -> None:
         self.batch_seconds.observe(seconds)
         self.batch_writes.observe(writes)
+
+    def api_request(self, method: str, status: int) -> None:
+        self._api_requests.labels(method=method, status=str(status)).inc()
 
     def gauges(self, **values: Callable[[], float]) -> None:
         """More gauges read when scraped (``name=reader``), from pieces built after this object."""

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisClusterException, RedisError
 
+from wsq_gateway.api import create_api_app
 from wsq_gateway.app import create_app
 from wsq_gateway.broker.liveness import pick_node_id
 from wsq_gateway.logs import GATEWAY as GATEWAY_LOGGER
@@ -24,6 +25,7 @@ log = get_logger(GATEWAY_LOGGER)
 
 HANDLERS_SHARE = 0.25
 CANCEL_WAIT_S = 1.0  # after an overlong drain, for its cancellation to unwind
+API_SHUTDOWN_S = 1.0  # API requests in progress at shutdown: each is one round trip to Redis
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -55,15 +57,20 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     handlers_timeout = settings.drain_s * HANDLERS_SHARE
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=handlers_timeout)
     supervisor = app[GATEWAY].supervisor
+    api_runner: web.AppRunner | None = None
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context(settings))
         await site.start()
         scheme = "wss" if settings.ssl_certfile else "ws"
         log.info("listening", url=f"{scheme}://{settings.host}:{settings.port}{settings.path}")
+        if settings.api_keys is not None:
+            api_runner = await _start_api(app, settings)
         await _first(stop.wait(), supervisor.failed.wait())
         log.info("shutting down", failed_task=supervisor.failed_task)
     finally:
+        if api_runner is not None:  # first: it writes with the gateway's Redis client, closed below
+            await api_runner.cleanup()
         # Stops accepting, closes the sockets (1012), waits for their handlers, flushes the
         # Redis writes and leaves the set of live gateways: all within WSQ_DRAIN_S.
         gateway = app[GATEWAY]
@@ -83,6 +90,19 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if supervisor.failed_task is not None:
         raise GatewayFailed(f"{supervisor.failed_task}: {supervisor.reason}")
     log.info("stopped")
+
+
+async def _start_api(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The HTTP server API on its own listener (README, "HTTP server API")."""
+    runner = web.AppRunner(
+        create_api_app(app[GATEWAY]), handle_signals=False, access_log=None, shutdown_timeout=API_SHUTDOWN_S
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.api_host, settings.api_port, ssl_context=ssl_context(settings))
+    await site.start()
+    scheme = "https" if settings.ssl_certfile else "http"
+    log.info("http api listening", url=f"{scheme}://{settings.api_host}:{settings.api_port}/api/")
+    return runner
 
 
 async def _with_balanced_node_id(settings: Settings) -> Settings:

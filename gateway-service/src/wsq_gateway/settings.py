@@ -201,6 +201,26 @@ class Settings(BaseSettings):
         'first seen beyond that many are counted under action="other" (clients choose actions: '
         "the label set must stay bounded).",
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated keys of the HTTP server API (README, 'HTTP server API'); each at "
+        "least 16 characters, none holding a comma or whitespace. Unset: the API is off (its port is not "
+        "opened). Several keys: any of them is accepted, to rotate them without downtime. Never logged.",
+    )
+    api_host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP API listens on (with API_KEYS). The default serves only this "
+        "machine or pod; set 0.0.0.0 for backends elsewhere in a private network, never the public one.",
+    )
+    api_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="TCP port of the HTTP API (with API_KEYS): never the WebSocket PORT.",
+    )
+    api_max_body_bytes: int = Field(
+        1048576, ge=1024, description="Largest HTTP API request body; a larger one is answered 413."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "console", "auto"] = Field(
         "auto",
@@ -262,12 +282,34 @@ class Settings(BaseSettings):
         values = frozenset(origin.rstrip("/") for origin in _items(self.allowed_origins))
         return None if not values or "*" in values else values
 
+    @property
+    def api_key_list(self) -> tuple[bytes, ...]:
+        """The API keys (UTF-8), empty when the API is off."""
+        if self.api_keys is None:
+            return ()
+        return tuple(key.encode() for key in _items(self.api_keys.get_secret_value()))
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        keys = _items(value.get_secret_value())
+        if not keys:
+            return None  # WSQ_API_KEYS="": off
+        for n, key in enumerate(keys, 1):  # the message never shows a key
+            if len(key) < 16 or any(char.isspace() for char in key):
+                raise ValueError(f"key {n} must be at least 16 characters without whitespace")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.node_timeout_s <= 2 * self.node_heartbeat_s:
             raise ValueError("WSQ_NODE_TIMEOUT_S must be more than twice WSQ_NODE_HEARTBEAT_S")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("WSQ_SSL_CERTFILE and WSQ_SSL_KEYFILE must be set together")
+        if self.api_keys is not None and self.api_port == self.port and self.port != 0:
+            raise ValueError("WSQ_API_PORT must differ from WSQ_PORT: the API is never on the WebSocket port")
         return self
 
 

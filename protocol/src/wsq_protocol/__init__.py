@@ -21,10 +21,14 @@ the language-neutral files beside it in ``protocol/`` (schemas, golden examples,
                    (``RoutedPipe``), redirects and fail-overs followed
 ``batching``       one tick batcher with a pluggable failure policy; the shared backoff
 ``preflight``      is this Redis usable at all? (start-up checks of both packages)
+``publishing``     pushes, disconnects, joins and leaves (routes, writes, the asyncio core
+                   running them at most once), shared by the SDK's publishers and the
+                   gateway's HTTP API; ``presence`` decodes its reads, ``status`` reads a
+                   deployment's state
 =================  =========================================================================
 
-No module here does I/O at import time; only ``pipe``, ``routing``, ``cluster``, ``batching``
-and ``preflight`` talk to Redis, through redis-py.
+No module here does I/O at import time; only ``pipe``, ``routing``, ``cluster``, ``batching``,
+``preflight``, ``publishing`` and ``status`` talk to Redis, through redis-py.
 """
 
 from wsq_protocol.codes import PROTOCOL_VERSION, CloseCode, ErrorCode

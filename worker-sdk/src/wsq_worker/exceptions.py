@@ -1,8 +1,8 @@
 """Every exception wsq_worker raises on purpose, in one tree.
 
 ``WsqError``
-    Base class: ``except WsqError`` catches everything below. It and ``ProtocolError`` are the
-    protocol core's (``wsq_protocol.errors``), shared with the gateway.
+    Base class: ``except WsqError`` catches everything below. It, ``ProtocolError`` and
+    ``PublishError`` are the protocol core's (``wsq_protocol.errors``), shared with the gateway.
 
 ``ProtocolError(WsqError)``
     Something read from Redis does not follow the wsq protocol (protocol/README.md): an
@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import math
 
-from wsq_protocol.errors import ProtocolError, WsqError
+from wsq_protocol.errors import ProtocolError, PublishError, WsqError
 from wsq_protocol.ids import check_close
 
 __all__ = [
@@ -86,10 +86,6 @@ __all__ = [
     "WorkerFailedError",
     "WsqError",
 ]
-
-
-class PublishError(WsqError):
-    """Redis could not take a command: nothing was sent (or, its message says, maybe)."""
 
 
 class WorkerFailedError(WsqError):
