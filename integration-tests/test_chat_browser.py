@@ -131,6 +131,9 @@ def test_two_pages_chat(chat: Chat, open_chat: Callable[[str], Page]) -> None:
     ada.press("#text", "Enter")
     for page in (grace, ada):  # a broadcast reaches the sender too
         expect(messages(page, "Ada", "Hello, <b>Grace</b>!")).to_have_count(1)
+    # the sender's page marks it as its own (its connection id came with it), the others don't
+    expect(messages(ada, "Ada", "Hello, <b>Grace</b>!")).to_have_class("message own")
+    expect(messages(grace, "Ada", "Hello, <b>Grace</b>!")).to_have_class("message")
     expect(ada.locator("#text")).to_have_value("")  # cleared once the worker said ok
     expect(ada.locator("#notice")).to_be_hidden()
 
@@ -182,6 +185,7 @@ def test_page_reconnects_after_gateway_restart(
     output = chat.gateway.process.output()
     assert "the drain took longer than WSQ_DRAIN_S" not in output, output  # it names what it waited for
     expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+    expect(page.locator("#status")).to_contain_text("Reconnecting…")
     expect(page.locator("#send")).to_be_disabled()
     start_again(chat.gateway, processes)
 
@@ -194,6 +198,8 @@ def test_page_reconnects_after_gateway_restart(
     page.fill("#text", "back again")
     page.press("#text", "Enter")
     expect(messages(page, "Ada", "back again")).to_have_count(1)
+    expect(messages(page, "Ada", "back again")).to_have_class("message own")  # from its new connection
+    expect(status).to_have_text("Connected")
 
 
 # ---- the one-command demo ----------------------------------------------------------------------
