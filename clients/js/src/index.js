@@ -85,6 +85,21 @@ function idGenerator() {
   return () => `${prefix}-${(++counter).toString(36)}`; // at most 12 + 1 + 11 characters
 }
 
+/**
+ * The gateway's URL as a ws:// or wss:// string: in a browser it may be relative to the page
+ * ("/ws"), and http(s):// becomes ws(s)://. A malformed one throws a TypeError here, at once.
+ */
+function resolveUrl(url) {
+  const base = globalThis.location?.href;
+  const resolved = base === undefined ? new URL(url) : new URL(url, base);
+  if (resolved.protocol === "http:") resolved.protocol = "ws:";
+  else if (resolved.protocol === "https:") resolved.protocol = "wss:";
+  if (resolved.protocol !== "ws:" && resolved.protocol !== "wss:") {
+    throw new TypeError(`not a WebSocket URL: ${resolved}`);
+  }
+  return resolved.toString();
+}
+
 function reportListenerError(err) {
   if (typeof globalThis.reportError === "function") globalThis.reportError(err);
   else console.error("wsq-client: a listener threw", err);
@@ -135,7 +150,7 @@ export class WsqClient {
    * @param {import("./index.js").WsqClientOptions} [options]
    */
   constructor(url, options = {}) {
-    this.#url = String(url);
+    this.#url = resolveUrl(url);
     const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
     if (typeof WebSocketClass !== "function") {
       throw new TypeError(
@@ -361,9 +376,10 @@ export class WsqClient {
   // ---- the socket's life ---------------------------------------------------------------
 
   async #openSocket() {
+    const generation = ++this.#generation;
     this.#state = "connecting";
     this.#emit("$connecting", { attempt: this.#attempt });
-    const generation = ++this.#generation;
+    if (generation !== this.#generation || this.#state !== "connecting") return; // a listener closed it
     let url = this.#url;
     if (this.#getToken !== null) {
       let token;
@@ -372,6 +388,7 @@ export class WsqClient {
       } catch (err) {
         if (generation !== this.#generation || this.#state !== "connecting") return; // closed meanwhile
         this.#emit("$error", new WsqError("token", `getToken failed: ${err}`, { cause: err }));
+        if (generation !== this.#generation || this.#state !== "connecting") return;
         this.#onSocketClosed(1006, "getToken failed", false);
         return;
       }
@@ -390,7 +407,8 @@ export class WsqClient {
       socket = new this.#WebSocket(url);
     } catch (err) {
       this.#emit("$error", new WsqError("socket", `cannot open ${this.#url}: ${err}`, { cause: err }));
-      this.#closing = true; // a malformed URL will not get better
+      if (generation !== this.#generation || this.#state !== "connecting") return;
+      this.#closing = true; // a URL the WebSocket refuses will not get better
       this.#onSocketClosed(1006, "bad URL", false);
       return;
     }

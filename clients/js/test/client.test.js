@@ -460,6 +460,40 @@ describe("close and connect", () => {
     (await made).close();
   });
 
+  it("takes http(s) URLs as ws(s), and refuses what is no WebSocket URL at once", () => {
+    const WebSocket = fakeWebSocketClass();
+    assert.equal(new WsqClient("http://gw.test/ws", { WebSocket, autoConnect: false }).url, "ws://gw.test/ws");
+    assert.equal(new WsqClient("https://gw.test/ws", { WebSocket, autoConnect: false }).url, "wss://gw.test/ws");
+    assert.throws(() => new WsqClient("/ws", { WebSocket }), TypeError); // no page to be relative to
+    assert.throws(() => new WsqClient("ftp://gw.test/", { WebSocket }), TypeError);
+  });
+
+  it("lets requests made in an $open listener go before the queued ones", async () => {
+    const { client, WebSocket } = setup();
+    client.on("$open", () => client.request("restore_state").catch(() => {}));
+    client.request("queued").catch(() => {});
+    await flush();
+    WebSocket.last.accept();
+    assert.deepEqual(
+      WebSocket.last.sent.map((f) => f.action),
+      ["restore_state", "queued"],
+    );
+  });
+
+  it("stops cleanly when a listener closes the client mid-way", async () => {
+    for (const name of ["$connecting", "$closed", "$reconnecting"]) {
+      const { client, WebSocket, clock, events } = await opened();
+      client.on(name, () => client.close());
+      WebSocket.last.drop(1006);
+      await clock.advance(60_000);
+      assert.equal(client.state, "closed", name);
+      assert.ok(WebSocket.instances.length <= 2, name);
+      const closed = events.filter(([n]) => n === "$closed");
+      assert.equal(closed.at(-1)[1].willReconnect, false, name);
+      assert.ok(closed.length <= 2, `${name}: ${JSON.stringify(events)}`);
+    }
+  });
+
   it("needs a WebSocket class", () => {
     const saved = globalThis.WebSocket;
     try {
