@@ -1,8 +1,9 @@
 """The JavaScript client (clients/js, imported as an ES module by a tiny page) in Debian's
 Chromium against real processes: Redis, a gateway and the sample worker. Requests, pushes,
-$error codes and timeouts; a gateway restarted mid-session (1012, then a new process on the
-same port); and a network cut (a TCP proxy that resets both sides). No session resume yet:
-pushes sent while disconnected are lost, so none is expected."""
+$error codes, timeouts and an application's close code; a gateway restarted mid-session
+(1012, then a new process on the same port); a network cut (a TCP proxy that resets both
+sides) and a silent one (the proxy drops what the gateway sends: the heartbeat notices).
+No session resume yet: pushes sent while disconnected are lost, so none is expected."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from typing import Any
 
 import pytest
 from browser_harness import HAVE_PLAYWRIGHT, launch_chromium, start_again
-from system_harness import GatewayProcess, StartGateway, StartWorker
+from system_harness import GatewayProcess, RedisTarget, StartGateway, StartWorker
 
 from wsq_devkit import ManagedProcess, TcpProxy
 from wsq_devkit.static import CLIENT_JS, CLIENT_JS_PREFIX, serve_static
+from wsq_worker import Publisher
 
 if HAVE_PLAYWRIGHT:
     from playwright.sync_api import Browser, Page
@@ -56,18 +58,18 @@ def stack(start_gateway: StartGateway, start_worker: StartWorker, page_base: str
 
 
 @pytest.fixture
-def open_page(browser: Browser, stack: Stack) -> Iterator[Callable[[str], Page]]:
+def open_page(browser: Browser, stack: Stack) -> Iterator[Callable[..., Page]]:
     """Opens the test page, its client connecting to ``ws_url``, in a browser context of its
     own; returns once the client is open. No uncaught JavaScript error may happen."""
     contexts = []
     errors: list[str] = []
 
-    def open_(ws_url: str) -> Page:
+    def open_(ws_url: str, query: str = "") -> Page:
         context = browser.new_context()
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{stack.page_base}?gateway={ws_url}")
+        page.goto(f"{stack.page_base}?gateway={ws_url}{query}")
         wait_open(page)
         return page
 
@@ -124,7 +126,9 @@ def assert_reconnected(events: list[list[Any]], code: int) -> None:
 # ---- tests --------------------------------------------------------------------------------------
 
 
-def test_requests_pushes_errors_and_timeouts(stack: Stack, open_page: Callable[[str], Page]) -> None:
+def test_requests_pushes_errors_and_timeouts(
+    stack: Stack, open_page: Callable[..., Page], redis_target: RedisTarget, key_prefix: str
+) -> None:
     page = open_page(stack.gateway.ws_url)
     connection_id = js(page, "wsq.client.connectionId")
     assert connection_id.startswith(f"{stack.gateway.node_id}.")
@@ -158,10 +162,23 @@ def test_requests_pushes_errors_and_timeouts(stack: Stack, open_page: Callable[[
     assert js(page, "wsq.client.state") == "open", "a timeout leaves the connection as it is"
     # the slow reply comes later and is ignored; the next request is answered as usual
     assert settle(page, "request('echo', 'after')") == {"ok": True, "value": "after"}
+    # a send() gets no reply, but its failure comes as a $error event
+    assert js(page, "wsq.client.send('no_such_action', 1)") is True
+    page.wait_for_function("wsq.events.some(([n, e]) => n === '$error' && e.code === 'unknown_action')")
+
+    # The application closes the connection (4000-4999 are its own): the client stays closed.
+    with Publisher(redis_target.url, key_prefix, redis_cluster=redis_target.cluster) as publisher:
+        publisher.to(connection_id).disconnect(code=4000, reason="kicked")
+    page.wait_for_function("wsq.client.state === 'closed'", timeout=WAIT_MS)
+    assert events_since_open(page)[-1] == [
+        "$closed",
+        {"code": 4000, "reason": "kicked", "willReconnect": False},
+    ]
+    assert settle(page, "request('echo', 1)")["code"] == "closed"
 
 
 def test_gateway_restart_mid_session(
-    stack: Stack, open_page: Callable[[str], Page], processes: list[ManagedProcess]
+    stack: Stack, open_page: Callable[..., Page], processes: list[ManagedProcess]
 ) -> None:
     page = open_page(stack.gateway.ws_url)
     first = js(page, "wsq.client.connectionId")
@@ -187,9 +204,9 @@ def test_gateway_restart_mid_session(
     assert_reconnected(events_since_open(page), 1012)
 
 
-def test_network_cut(stack: Stack, open_page: Callable[[str], Page]) -> None:
+def test_network_cut(stack: Stack, open_page: Callable[..., Page]) -> None:
     with TcpProxy(stack.gateway.port) as proxy:
-        page = open_page(f"ws://127.0.0.1:{proxy.port}{stack.gateway.path}")
+        page = open_page(f"ws://127.0.0.1:{proxy.port}{stack.gateway.path}", "&heartbeat=1500")
         first = js(page, "wsq.client.connectionId")
         js(page, "void (wsq.inFlight.slow = wsq.settle(wsq.client.request('slow_async', 2)))")
 
@@ -204,3 +221,16 @@ def test_network_cut(stack: Stack, open_page: Callable[[str], Page]) -> None:
         }
         assert settle(page, "request('whoami')")["value"]["connection_id"] == second
         assert_reconnected(events_since_open(page), 1006)
+
+        # A silent network: no reset, nothing arrives any more. Only the client's heartbeat
+        # (a $ping after 1.5 s of silence, no $pong within 1.5 s) can tell; it drops the socket.
+        js(page, "void (wsq.events.length = 0)")
+        proxy.drop_replies()
+        page.wait_for_function("wsq.client.state !== 'open'", timeout=WAIT_MS)
+        assert js(page, "wsq.events[0]") == [
+            "$closed",
+            {"code": 1006, "reason": "heartbeat timeout", "willReconnect": True},
+        ]
+        proxy.cut(0)  # the network is back (the proxy forwards answers again)
+        third = wait_open(page, other_than=second)
+        assert settle(page, "request('whoami')")["value"]["connection_id"] == third
