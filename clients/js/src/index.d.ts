@@ -63,6 +63,8 @@ export interface WsqClientOptions {
   WebSocket?: WebSocketConstructor;
   /** Default timeout of request() in ms, from the call (waiting for a connection included); default 10000. */
   requestTimeoutMs?: number;
+  /** Frames over this many UTF-8 bytes are refused before sending (`too_large`): the gateway would close the socket with 1009 (default 65536, its WSQ_MAX_MESSAGE_BYTES default). */
+  maxFrameBytes?: number;
   /** false: never reconnect. */
   reconnect?: ReconnectOptions | false;
   queue?: QueueOptions;
@@ -87,6 +89,7 @@ export type ClientErrorCode =
   | "queue_full"
   | "not_connected"
   | "aborted"
+  | "too_large"
   | "token"
   | "socket"
   | "invalid_server_frame";
@@ -127,7 +130,7 @@ export interface ClientEvents {
   $closed: { code: number; reason: string; willReconnect: boolean };
   $reconnecting: { attempt: number; delayMs: number; code: number; reason: string };
   $error: WsqError;
-  $dropped: { action: string; data: unknown; reason: "closed" | "queue_full" };
+  $dropped: { action: string; data: unknown; reason: "closed" | "queue_full" | "too_large" };
 }
 
 export interface RequestOptions {

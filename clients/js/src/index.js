@@ -13,10 +13,11 @@ const ACTION = /^[A-Za-z0-9_.:-]{1,64}$/;
 const NOT_RUN_CODES = new Set(["unavailable", "overloaded", "rate_limited", "no_workers", "not_taken"]);
 
 /** Close codes after which the client reconnects by default (docs: clients/js/README.md, "Close codes"). */
-export const RECONNECT_CODES = Object.freeze([1001, 1005, 1006, 1011, 1012, 1013, 1014, 1015, 3008, 3011]);
+export const RECONNECT_CODES = Object.freeze([1001, 1005, 1006, 1009, 1011, 1012, 1013, 1014, 1015, 3008, 3011]);
 
 const DEFAULTS = {
   requestTimeoutMs: 10_000,
+  maxFrameBytes: 65_536, // the gateway's WSQ_MAX_MESSAGE_BYTES default: a larger frame closes the socket (1009)
   reconnect: { baseMs: 500, maxMs: 30_000, maxAttempts: Infinity, stableMs: 5_000 },
   queue: { maxRequests: 100, maxSends: 100 },
   heartbeat: { intervalMs: 30_000, timeoutMs: 10_000 },
@@ -53,13 +54,22 @@ export class WsqError extends Error {
   }
 }
 
-const CLIENT_CODES = new Set(["timeout", "connection_lost", "closed", "queue_full", "not_connected", "aborted"]);
+const CLIENT_CODES = new Set([
+  "timeout",
+  "connection_lost",
+  "closed",
+  "queue_full",
+  "not_connected",
+  "aborted",
+  "too_large",
+]);
 
 /**
  * Whether a socket closed with `code` is opened again, by default. 1000 (a normal close, e.g.
  * a publisher's `disconnect()`), 1008 (the user's connection limit), protocol errors (1002,
- * 1003, 1007, 1009, 1010) and application codes 3000-4999 other than wsq's 3008 and 3011
- * stop the client: reconnecting would be refused again, or undo what the server decided.
+ * 1003, 1007, 1010) and application codes 3000-4999 other than wsq's 3008 and 3011 stop the
+ * client: reconnecting would be refused again, or undo what the server decided. (1009, a frame
+ * too large, reconnects: that frame is never sent again, so it cannot close the next socket.)
  * @param {{code: number, reason: string, opened: boolean}} info
  */
 export function defaultShouldReconnect(info) {
@@ -117,6 +127,7 @@ export class WsqClient {
   #getToken;
   #WebSocket;
   #requestTimeoutMs;
+  #maxFrameBytes;
   #reconnect;
   #queue;
   #heartbeat;
@@ -164,6 +175,7 @@ export class WsqClient {
     const token = options.token;
     this.#getToken = options.getToken ?? (token === undefined ? null : () => token);
     this.#requestTimeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+    this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULTS.maxFrameBytes;
     this.#reconnect = options.reconnect === false ? null : { ...DEFAULTS.reconnect, ...options.reconnect };
     this.#queue = { ...DEFAULTS.queue, ...options.queue };
     this.#heartbeat = options.heartbeat === false ? null : { ...DEFAULTS.heartbeat, ...options.heartbeat };
@@ -260,7 +272,12 @@ export class WsqClient {
       return Promise.reject(new WsqError("closed", `${action}: the client is closed`, { action }));
     }
     const id = this.#nextId();
-    const frame = JSON.stringify({ action, data: data === undefined ? null : data, id });
+    let frame;
+    try {
+      frame = this.#encode({ action, data: data === undefined ? null : data, id });
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise((resolve, reject) => {
       const req = { id, action, frame, sent: false, timer: null, signal, onAbort: null, resolve, reject };
       req.settle = (err, value) => {
@@ -307,7 +324,14 @@ export class WsqClient {
    */
   send(action, data = null) {
     if (!ACTION.test(action)) throw new TypeError(`not a client action: ${JSON.stringify(action)}`);
-    const frame = JSON.stringify({ action, data: data === undefined ? null : data });
+    let frame;
+    try {
+      frame = this.#encode({ action, data: data === undefined ? null : data });
+    } catch (err) {
+      if (!(err instanceof WsqError)) throw err; // not JSON: a bug, thrown at once
+      this.#emit("$dropped", { action, data, reason: "too_large" });
+      return false;
+    }
     if (this.#state === "open") {
       this.#socket.send(frame);
       return true;
@@ -320,6 +344,18 @@ export class WsqClient {
     }
     this.#outbox.push({ kind: "send", action, data, frame });
     return true;
+  }
+
+  /** The frame's JSON; a WsqError too_large when it has more UTF-8 bytes than maxFrameBytes. */
+  #encode(frame) {
+    const text = JSON.stringify(frame);
+    // A string has at most 3 UTF-8 bytes per UTF-16 unit: count only when it may be too long.
+    if (text.length * 3 > this.#maxFrameBytes && new TextEncoder().encode(text).length > this.#maxFrameBytes) {
+      throw new WsqError("too_large", `${frame.action}: the frame is over ${this.#maxFrameBytes} bytes`, {
+        action: frame.action,
+      });
+    }
+    return text;
   }
 
   /**

@@ -65,6 +65,20 @@ describe("requests", () => {
     assert.throws(() => client.send("$ping"), TypeError);
   });
 
+  it("refuse frames over maxFrameBytes before sending them, counting UTF-8 bytes", async () => {
+    const { client, WebSocket, events } = await opened({ maxFrameBytes: 100 });
+    const err = await client.request("echo", "é".repeat(40)).catch((e) => e); // 80 bytes of text, + the frame
+    assert.equal(err.code, "too_large");
+    assert.equal(err.sent, false);
+    assert.equal(err.retryable, true);
+    client.request("echo", "e".repeat(40)).catch(() => {}); // 40 bytes: fits
+    assert.equal(client.send("echo", "é".repeat(40)), false);
+    assert.deepEqual(events.at(-1), ["$dropped", { action: "echo", data: "é".repeat(40), reason: "too_large" }]);
+    assert.equal(WebSocket.last.sent.length, 1);
+    assert.throws(() => client.send("echo", 10n), TypeError, "not JSON: thrown");
+    await assert.rejects(client.request("echo", 10n), TypeError);
+  });
+
   it("map $error answers to WsqError with the server's code", async () => {
     const { client, WebSocket } = await opened();
     const p = client.request("nope", null);
@@ -327,10 +341,10 @@ describe("reconnect", () => {
   });
 
   it("follows the close-code policy", async () => {
-    for (const code of [1001, 1006, 1011, 1012, 1013, 3008, 3011]) {
+    for (const code of [1001, 1006, 1009, 1011, 1012, 1013, 3008, 3011]) {
       assert.equal(defaultShouldReconnect({ code, reason: "", opened: true }), true, code);
     }
-    for (const code of [1000, 1002, 1003, 1007, 1008, 1009, 3000, 4000, 4003, 4999]) {
+    for (const code of [1000, 1002, 1003, 1007, 1008, 3000, 4000, 4003, 4999]) {
       assert.equal(defaultShouldReconnect({ code, reason: "", opened: true }), false, code);
       const { WebSocket, client, events, clock } = await opened();
       WebSocket.last.drop(code, "bye");
