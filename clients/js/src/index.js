@@ -552,15 +552,14 @@ export class WsqClient {
       !byClient &&
       this.#reconnect !== null &&
       this.#attempt < this.#reconnect.maxAttempts &&
-      this.#shouldReconnect(info) === true;
+      Boolean(this.#shouldReconnect(info));
     if (retry) {
       this.#attempt += 1;
       const attempt = this.#attempt;
       const delayMs = backoffDelay(attempt, this.#reconnect.baseMs, this.#reconnect.maxMs, this.#random);
       this.#state = "reconnecting";
       this.#emit("$closed", { code, reason, willReconnect: true });
-      // A $closed listener may have called close() (the client is closed: no retry) or
-      // connect() (it is connecting already).
+      // A listener may have called close(): then the client is closed, and no retry is due.
       if (this.#state !== "reconnecting") return;
       this.#emit("$reconnecting", { attempt, delayMs, code, reason });
       if (this.#state !== "reconnecting") return;
