@@ -4,51 +4,34 @@ one-command demo (``examples/chat/run.py``) as a subprocess."""
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-from system_harness import GatewayProcess, StartWorker  # integration-tests/, next to conftest.py
+from browser_harness import HAVE_PLAYWRIGHT, launch_chromium, start_again  # integration-tests/
+from system_harness import GatewayProcess, StartWorker
 
 from wsq_devkit import ManagedProcess, free_port, wait_until
+from wsq_devkit.static import CLIENT_JS, CLIENT_JS_PREFIX, serve_static
 
 # the page and the JS client, not Redis: once is enough (the chat on a cluster: test_chat_workers.py)
 pytestmark = pytest.mark.single_redis
 
-try:
-    from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
-
-    HAVE_PLAYWRIGHT = True
-except ImportError:  # the browser tests skip themselves; the demo tests don't need it
-    HAVE_PLAYWRIGHT = False
+if HAVE_PLAYWRIGHT:
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = ROOT / "examples" / "chat"
-CHROMIUM = Path("/usr/bin/chromium")
 DRAIN_S = 4.0
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CONNECTION_ID = re.compile(r"^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_-]{22}$")
 SCREENSHOT = Path("/tmp/wsq-chat.png")
 
@@ -67,19 +50,12 @@ def chat_worker(start_worker: StartWorker) -> ManagedProcess:
     return start_worker("examples.chat.worker:worker", cwd=ROOT)
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def page_server() -> Iterator[str]:
-    """examples/chat/static over HTTP on a free port; its base URL."""
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(CHAT / "static"))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    """examples/chat/static, and the JavaScript client at /wsq-client/, over HTTP on a free port
+    (as run.py serves them); the base URL."""
+    server = serve_static({"/": CHAT / "static", CLIENT_JS_PREFIX: CLIENT_JS})
+    yield f"http://127.0.0.1:{server.server_port}/"
     server.shutdown()
     server.server_close()
 
@@ -92,34 +68,9 @@ def chat(start_gateway: Callable[..., GatewayProcess], chat_worker: ManagedProce
     return Chat(gateway, f"{page_server}?gateway={gateway.ws_url}")
 
 
-def start_again(gateway: GatewayProcess, processes: list[ManagedProcess]) -> GatewayProcess:
-    """Start a stopped gateway again, on the same port with the same settings."""
-    old = gateway.process
-    new = ManagedProcess(f"{old.name}-restarted", old.argv, old.env)
-    processes.append(new.start())
-    restarted = GatewayProcess(new, gateway.port, gateway.node_id, gateway.path)
-    restarted.wait_ready()
-    return restarted
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    missing = None
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing (apt-get install chromium); no browser is ever downloaded"
-    elif not HAVE_PLAYWRIGHT:
-        missing = "the playwright package is not installed"
-    if missing is not None:
-        if os.environ.get("CI"):  # .ci/run installs both: in CI a missing browser is a failure
-            pytest.fail(missing)
-        pytest.skip(missing)
-    expect.set_options(timeout=15_000)  # a loaded 2-core CI machine is slow to start pages
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture
@@ -180,6 +131,9 @@ def test_two_pages_chat(chat: Chat, open_chat: Callable[[str], Page]) -> None:
     ada.press("#text", "Enter")
     for page in (grace, ada):  # a broadcast reaches the sender too
         expect(messages(page, "Ada", "Hello, <b>Grace</b>!")).to_have_count(1)
+    # the sender's page marks it as its own (its connection id came with it), the others don't
+    expect(messages(ada, "Ada", "Hello, <b>Grace</b>!")).to_have_class("message own")
+    expect(messages(grace, "Ada", "Hello, <b>Grace</b>!")).to_have_class("message")
     expect(ada.locator("#text")).to_have_value("")  # cleared once the worker said ok
     expect(ada.locator("#notice")).to_be_hidden()
 
@@ -231,6 +185,7 @@ def test_page_reconnects_after_gateway_restart(
     output = chat.gateway.process.output()
     assert "the drain took longer than WSQ_DRAIN_S" not in output, output  # it names what it waited for
     expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+    expect(page.locator("#status")).to_contain_text("Reconnecting…")
     expect(page.locator("#send")).to_be_disabled()
     start_again(chat.gateway, processes)
 
@@ -243,6 +198,8 @@ def test_page_reconnects_after_gateway_restart(
     page.fill("#text", "back again")
     page.press("#text", "Enter")
     expect(messages(page, "Ada", "back again")).to_have_count(1)
+    expect(messages(page, "Ada", "back again")).to_have_class("message own")  # from its new connection
+    expect(status).to_have_text("Connected")
 
 
 # ---- the one-command demo ----------------------------------------------------------------------

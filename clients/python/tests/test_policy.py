@@ -3,6 +3,9 @@ HTTP statuses it reconnects after (checked against the protocol's own codes)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from wsq_client import RECONNECT_CLOSE_CODES, Backoff
@@ -22,13 +25,13 @@ def test_full_jitter_draws_below_a_doubling_ceiling_up_to_the_cap() -> None:
 
 def test_it_reconnects_after_restarts_and_outages_but_not_after_decisions() -> None:
     again = {CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER, CloseCode.INTERNAL_ERROR,
-             CloseCode.ABNORMAL_CLOSURE, CloseCode.SLOW_CONSUMER}  # fmt: skip
-    decided = {CloseCode.NORMAL, CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG,
-               CloseCode.INVALID_TEXT, CloseCode.HOOK_FAILED}  # fmt: skip
+             CloseCode.ABNORMAL_CLOSURE, CloseCode.SLOW_CONSUMER, CloseCode.MESSAGE_TOO_BIG,
+             CloseCode.HOOK_FAILED}  # fmt: skip
+    decided = {CloseCode.NORMAL, CloseCode.POLICY_VIOLATION, CloseCode.INVALID_TEXT}
     assert again | decided == set(CloseCode), "every code of the protocol is decided on"
     assert all(reconnects_after_close(code) for code in again)
     assert not any(reconnects_after_close(code) for code in decided)
-    assert {*again, 1001} == RECONNECT_CLOSE_CODES
+    assert {*again, 1001, 1005, 1014, 1015} == RECONNECT_CLOSE_CODES
     assert not reconnects_after_close(4001), "the application's own codes are its decisions"
 
 
@@ -37,3 +40,9 @@ def test_it_reconnects_after_restarts_and_outages_but_not_after_decisions() -> N
 )
 def test_refused_handshakes_are_retried_only_when_the_refusal_is_temporary(status: int, again: bool) -> None:
     assert reconnects_after_status(status) is again
+
+
+def test_the_python_and_javascript_clients_reconnect_after_the_same_codes() -> None:
+    source = (Path(__file__).resolve().parents[2] / "js" / "src" / "index.js").read_text()
+    (listed,) = re.findall(r"RECONNECT_CODES = Object\.freeze\(\[([0-9, ]+)\]\)", source)
+    assert {int(code) for code in listed.split(",")} == RECONNECT_CLOSE_CODES

@@ -1,13 +1,15 @@
 """When the client reconnects, and how long it waits: pure functions, no I/O.
 
-Close codes (protocol/README.md, "Close codes"): the gateway restarting or draining (1012),
-asking to try again later (1013), an internal error (1011), the network or the client vanishing
-(1006: no close frame), a going-away peer (1001) and a slow-consumer cut (3008: the client
-fell behind; a fresh connection starts empty) are worth a reconnect. The rest are decisions:
-a normal close by the server (1000: a publisher's ``disconnect``), a policy refusal (1008: too
-many connections for the user), a frame too big (1009) or not UTF-8 (1007), a connect hook's
-refusal (3011) and the application's own codes (3000-4999): reconnecting would only be
-refused again, or undo what the application wanted.
+Close codes (protocol/README.md, "Close codes"), the same set as the JavaScript client's
+(clients/js): the gateway restarting or draining (1012), asking to try again later (1013), an
+internal error (1011), the network or the client vanishing (1006: no close frame; 1005: no
+status), a going-away peer (1001), a TLS or gateway failure (1014, 1015), a frame over the
+limit (1009: the next connection is fresh), a slow-consumer cut (3008: the client fell behind)
+and a connect hook that failed (3011: a worker's exception, maybe passing) are worth a
+reconnect. The rest are decisions: a normal close by the server (1000: a publisher's
+``disconnect``), a policy refusal (1008: too many connections for the user), a text frame
+that is not UTF-8 (1007) and the application's own codes (3000-4999): reconnecting would only
+be refused again, or undo what the application wanted.
 
 At the handshake, an HTTP 429 (too many connections from one address or user) or 5xx (the
 gateway not ready) is retried; any other status (401: no or a bad token, 403: origin) is not.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 __all__ = ["RECONNECT_CLOSE_CODES", "Backoff", "reconnects_after_close", "reconnects_after_status"]
 
-RECONNECT_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 3008})
+RECONNECT_CLOSE_CODES = frozenset({1001, 1005, 1006, 1009, 1011, 1012, 1013, 1014, 1015, 3008, 3011})
 """Close codes after which the client reconnects."""
 
 
