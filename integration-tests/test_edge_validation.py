@@ -89,7 +89,7 @@ async def test_frames_are_validated_against_the_schema_a_worker_published(
 
     async def refused_by_the_new_schema() -> bool:
         frame = await client.request("chat.send", {"text": "four"}, id=f"v2-{next(attempts)}")
-        return frame["action"] == "$error"
+        return bool(frame["action"] == "$error")
 
     await wait_until_async(refused_by_the_new_schema, timeout=15, message="the new schema enforced")
     report = schemas_report(gateway)
@@ -116,6 +116,6 @@ async def test_frames_are_validated_against_the_schema_a_worker_published(
     first.stop()
     redis_client.delete(key)
     assert (await client.request("chat.send", {"text": "four"}, id="lost"))["action"] == "$error"
-    restored = wait_until(lambda: redis_client.hget(key, "chat.send"), message="the schema restored")
+    restored: Any = wait_until(lambda: redis_client.hget(key, "chat.send"), message="the schema restored")
     assert json.loads(restored) == schema_app.chat_send(3)
     await client.close()
