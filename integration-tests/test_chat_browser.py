@@ -229,6 +229,8 @@ def _demo(*args: str, output: Path) -> subprocess.Popen[bytes]:
                 str(free_port()),
                 "--gateway-port",
                 str(free_port()),
+                "--api-port",
+                str(free_port()),
                 *args,
             ],
             cwd=ROOT,
@@ -264,6 +266,36 @@ def test_demo_check(tmp_path: Path) -> None:
         assert re.search(r"^OK: ", text, re.MULTILINE), text
         wait_until(lambda: _group_gone(proc.pid), timeout=10, message="every process of run.py --check gone")
     finally:
+        _kill_group(proc)
+
+
+@pytest.mark.browser
+def test_demo_page_shows_live_stats_from_the_http_api(
+    tmp_path: Path, open_chat: Callable[[str], Page]
+) -> None:
+    """The one-command demo: its page shows the gateway's stats (HTTP server API, asked by
+    run.py with a key the browser never sees), this page's connection among them."""
+    output = tmp_path / "run.log"
+    proc = _demo(output=output)
+    try:
+
+        def printed_url() -> str | None:
+            assert proc.poll() is None, output.read_text(errors="replace")
+            found = re.search(r"Open (http://\S+)", output.read_text(errors="replace"))
+            return found.group(1) if found else None
+
+        url = wait_until(printed_url, timeout=60, message="run.py printing the address of the page")
+        page = open_chat(url)
+        expect(page.locator("#stats")).to_be_visible()
+        expect(page.locator("#stats-gateways")).to_have_text("1")
+        expect(page.locator("#stats-connections")).to_have_text("1")
+        expect(page.locator("#stats-workers")).to_have_text("1")
+        expect(page.locator("#stats-dead")).to_have_text("0")
+        open_chat(url)
+        expect(page.locator("#stats-connections")).to_have_text("2", timeout=10_000)  # refreshed
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
         _kill_group(proc)
 
 

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -62,11 +63,13 @@ class CheckError(Exception):
 # ---- the chat page -------------------------------------------------------------------------
 
 
-def serve_static(host: str, port: int) -> ThreadingHTTPServer:
-    """Serve examples/chat/static on host:port, and the JavaScript client (clients/js/src) at
-    /wsq-client/ where the page imports it from, from a background thread."""
+def serve_static(host: str, port: int, stats: devkit_static.Route | None) -> ThreadingHTTPServer:
+    """Serve examples/chat/static on host:port, the JavaScript client (clients/js/src) at
+    /wsq-client/ where the page imports it from, and ``stats`` at /stats.json (the page's live
+    stats), from a background thread."""
+    routes = {"/stats.json": stats} if stats is not None else {}
     try:
-        return devkit_static.serve_static({"/": STATIC, CLIENT_JS_PREFIX: CLIENT_JS}, host, port)
+        return devkit_static.serve_static({"/": STATIC, CLIENT_JS_PREFIX: CLIENT_JS}, host, port, routes)
     except OSError as exc:
         raise StartupError(f"cannot serve the page on {host}:{port}: {exc} (choose another --port)") from exc
 
@@ -129,6 +132,9 @@ class Demo:
         self.redis: RedisServer | None = None
         self.redis_url = os.environ.get("WSQ_REDIS_URL", "")
         self.page: ThreadingHTTPServer | None = None
+        # The gateway's HTTP server API, on this machine only: the page's live stats come from
+        # it through /stats.json, so its key stays here and never reaches the browser.
+        self.api_key = os.environ.get("WSQ_API_KEYS", "").split(",")[0] or secrets.token_urlsafe(24)
         self.children: list[ManagedProcess] = []
         self.echoes: list[LogEcho] = []
 
@@ -145,11 +151,13 @@ class Demo:
 
     def start(self) -> None:
         args = self.args
-        self.page = serve_static(args.host, args.port)
+        self.page = serve_static(args.host, args.port, None if args.page_only else self.stats)
         if args.page_only:
             return
         if port_in_use(args.host, args.gateway_port):
             raise StartupError(f"port {args.gateway_port} is in use (choose another --gateway-port)")
+        if port_in_use("127.0.0.1", args.api_port):
+            raise StartupError(f"port {args.api_port} is in use (choose another --api-port)")
         if not self.redis_url:
             try:
                 # Each child has a process group of its own: a terminal's Ctrl-C reaches run.py
@@ -165,6 +173,9 @@ class Demo:
             "WSQ_KEY_PREFIX": self.key_prefix,
             "WSQ_HOST": args.host,
             "WSQ_PORT": str(args.gateway_port),
+            "WSQ_API_KEYS": self.api_key,
+            "WSQ_API_HOST": "127.0.0.1",
+            "WSQ_API_PORT": str(args.api_port),
             "WSQ_LOG_FORMAT": os.environ.get("WSQ_LOG_FORMAT", "console"),
             "PYTHONUNBUFFERED": "1",
         }
@@ -213,6 +224,20 @@ class Demo:
                 return bool(resp.status == 200)
         except (OSError, urllib.error.URLError):
             return False
+
+    def stats(self) -> tuple[int, bytes]:
+        """/stats.json: the gateway API's ``stats`` (gateways, connections, workers, backlog,
+        dead letters), asked with the demo's key; 503 with the reason when it does not answer."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.args.api_port}/api/stats",
+            data=b"{}",
+            headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                return 200, json.dumps(json.loads(resp.read())["result"]).encode()
+        except (OSError, ValueError, KeyError) as exc:
+            return 503, json.dumps({"error": str(exc)}).encode()
 
     def _redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, socket_timeout=2, decode_responses=True)
@@ -341,9 +366,18 @@ async def round_trip(page_url: str, ws_url: str) -> str:
             )
             reply = await frames.request("$ping", "hello", "check-5")
             _require(reply == {"action": "$pong", "data": "hello", "id": "check-5"}, "$ping", reply)
+            async with session.get(urllib.parse.urljoin(page_url, "stats.json")) as resp:
+                stats = await resp.json()
+                gateways = stats.get("gateways", []) if resp.status == 200 else []
+                live_workers = stats["workers"]["live"] if gateways else []
+                _require(
+                    len(gateways) == 1 and gateways[0]["connections"] >= 1 and len(live_workers) == 1,
+                    "the live stats (the gateway's HTTP API)",
+                    stats,
+                )
     return (
         "page, client package, $connected, welcome, set_name, say + broadcast, validation error, $error, "
-        f"$pong ({cid})"
+        f"$pong, live stats ({cid})"
     )
 
 
@@ -356,6 +390,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=8080, help="port of the chat page (default 8080)")
     parser.add_argument("--gateway-port", type=int, default=8000, help="port of the gateway (default 8000)")
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        default=8001,
+        help="port of the gateway's HTTP server API, on 127.0.0.1, for the page's live stats (default 8001)",
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",

@@ -189,3 +189,32 @@ window.wsqChat = {
 };
 
 ui.gateway.textContent = GATEWAY_URL;
+
+// ---- live stats (the gateway's HTTP server API, through run.py's /stats.json) ----------
+
+const STATS_EVERY_MS = 2000;
+
+async function refreshStats() {
+  let stats;
+  try {
+    const resp = await fetch("stats.json", { cache: "no-store" });
+    if (resp.status === 404) return; // no stats where the page is served (nginx, --page-only)
+    stats = resp.ok ? await resp.json() : null;
+  } catch {
+    stats = null;
+  }
+  el("stats").hidden = false;
+  if (stats === null) {
+    el("stats-gateways").textContent = "unavailable";
+  } else {
+    const connections = stats.gateways.reduce((sum, gateway) => sum + gateway.connections, 0);
+    el("stats-gateways").textContent = String(stats.gateways.length);
+    el("stats-connections").textContent = String(connections);
+    el("stats-workers").textContent = String(stats.workers.live.length);
+    el("stats-backlog").textContent = `${stats.inbound.length} (${stats.inbound.pending} in progress)`;
+    el("stats-dead").textContent = String(stats.dead_letters);
+  }
+  setTimeout(refreshStats, STATS_EVERY_MS);
+}
+
+refreshStats();
