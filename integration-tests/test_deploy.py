@@ -826,7 +826,9 @@ async def test_the_chat_worker_runs_as_its_image_runs_it(
     chat = load_chat_runner()
     page = chat.serve_static("127.0.0.1", free_port())
     try:
-        summary = await chat.round_trip(f"http://127.0.0.1:{page.server_port}/", gateway.ws_url)
+        summary = await chat.round_trip(
+            f"http://127.0.0.1:{page.server_port}/", gateway.ws_url, live_stats=False
+        )
     finally:
         page.shutdown()
         page.server_close()

@@ -74,7 +74,7 @@ def test_demo_set_is_the_packages_only() -> None:
     demo = _requirements("requirements-demo.txt")
     assert all(line.startswith("-e ./") for line in demo), demo
     folders = {re.sub(r"\[.*\]$", "", line.removeprefix("-e ./")) for line in demo}
-    assert folders == {"protocol", "gateway-service", "worker-sdk", "devkit"}
+    assert folders == {"protocol", "gateway-service", "worker-sdk", "devkit", "clients/python"}
     assert "-e ./devkit[embedded]" in demo  # the embedded redis-server
     assert any(line.startswith("-e ./worker-sdk[") and "fast" in line for line in demo)
 
