@@ -18,12 +18,19 @@ from hypothesis import strategies as st
 from wsq_devkit.contract import PROTOCOL_DIR, example_ids, examples, is_valid
 from wsq_gateway.wire import wire_text_frame
 from wsq_protocol.codes import ErrorCode
-from wsq_protocol.commands import connection_send, decode_command
+from wsq_protocol.commands import (
+    connection_send,
+    decode_command,
+    detach_command,
+    relay_command,
+    resume_command,
+    resumed_command,
+)
 from wsq_protocol.errors import CommandError, FrameError
 from wsq_protocol.events import event_fields, request_text
-from wsq_protocol.frames import connected_frame, decode_client_frame, pong_frame
+from wsq_protocol.frames import connected_frame, decode_client_frame, pong_frame, with_seq
 from wsq_protocol.frames import encode_error_frame as error_frame
-from wsq_protocol.ids import new_connection_id, new_node_id, node_of
+from wsq_protocol.ids import new_connection_id, new_node_id, new_resume_token, node_of, parse_resume_token
 
 VALID_CLIENT = examples("valid", "client-frame")
 INVALID_CLIENT = examples("invalid", "client-frame")
@@ -106,6 +113,22 @@ def test_decoder_agrees_with_the_schema(doc: dict[str, object]) -> None:
     [
         connected_frame("gw-1.q2uE4nK0m5Zr8VtY1xWb7A", None),
         connected_frame("gw-1.q2uE4nK0m5Zr8VtY1xWb7A", "42"),
+        connected_frame(
+            "gw-1.q2uE4nK0m5Zr8VtY1xWb7A",
+            "42",
+            resume_token=new_resume_token("gw-1.q2uE4nK0m5Zr8VtY1xWb7A"),
+            resume_window_s=120.0,
+        ),
+        connected_frame(
+            "gw-1.q2uE4nK0m5Zr8VtY1xWb7A",
+            None,
+            resume_token=new_resume_token("gw-1.q2uE4nK0m5Zr8VtY1xWb7A"),
+            resume_window_s=0.5,
+            resumed=True,
+            recovered=False,
+        ),
+        with_seq(pong_frame(None, "p1"), 1),
+        with_seq(b'{"action":"a","data":{"x":[1]},"id":"r"}  \n', 12345678901),
         pong_frame(None, "p1"),
         pong_frame({"t": 1}, None),
         *(error_frame(code, "message", "id-1") for code in ErrorCode),
@@ -168,6 +191,69 @@ def test_valid_commands_decode(path: Path) -> None:
     if command.type == "disconnect":
         assert command.code == int(golden["code"])
         assert command.reason == golden.get("reason", "")
+    if command.type == "relay":
+        assert command.frame == golden["frame"].encode()
+    if command.type == "resume":
+        assert (command.token, command.after, command.node, command.user_id) == (
+            golden["token"],
+            int(golden["after"]),
+            golden["node"],
+            golden.get("user_id"),
+        )
+    if command.type == "resumed":
+        assert (command.epoch, command.recovered, command.frame) == (
+            int(golden["epoch"]),
+            golden["recovered"] == "1",
+            golden["frames"].encode(),
+        )
+    if command.type == "detach":
+        assert (command.epoch, command.code) == (int(golden["epoch"]), int(golden["code"]))
+
+
+def test_session_commands_round_trip_and_follow_the_schema() -> None:
+    cid = "gw-1.q2uE4nK0m5Zr8VtY1xWb7A"
+    built = [
+        resume_command(cid, "Zt3mW9xQ1vB7nK5pL2rY8A", 7, "gw-2", "ann"),
+        resume_command(cid, "Zt3mW9xQ1vB7nK5pL2rY8A", 0, "gw-2", None),
+        resumed_command(cid, 3, "ann", True, b'[{"action":"a","data":null,"seq":8}]'),
+        resumed_command(cid, 0),
+        relay_command(cid, b'{"action":"a","data":null,"seq":9}'),
+        detach_command(cid, 3, 1006),
+    ]
+    for fields in built:
+        text = {key: value.decode() if isinstance(value, bytes) else value for key, value in fields.items()}
+        assert is_valid("command", text), text
+        command = decode_command(_as_stream_entry(text))
+        assert command.type == fields["type"]
+        assert command.to == cid
+    assert decode_command(_as_stream_entry(detach_command(cid, 3, 1006))).code == 1006
+    refused = {
+        key: value.decode() if isinstance(value, bytes) else value
+        for key, value in resumed_command(cid, 0).items()
+    }
+    assert not decode_command(_as_stream_entry(refused)).recovered
+
+
+def test_resume_tokens_name_their_connection() -> None:
+    cid = "gw-1.q2uE4nK0m5Zr8VtY1xWb7A"
+    token = new_resume_token(cid)
+    parsed = parse_resume_token(token)
+    assert parsed is not None
+    assert parsed[0] == cid
+    assert token == f"{cid}.{parsed[1]}"
+    assert new_resume_token(cid) != token  # 128 random bits each
+    for bad in (cid, f"{cid}.short", f"x.{token}", "", None, 7, f"{token}."):
+        assert parse_resume_token(bad) is None
+
+
+def test_with_seq_numbers_a_frame_as_its_last_field() -> None:
+    assert with_seq(b'{"action":"a","data":null}', 3) == b'{"action":"a","data":null,"seq":3}'
+    assert orjson.loads(with_seq(b'{"action":"a","data":{"b":"}"},"id":"x"}\n', 41)) == {
+        "action": "a",
+        "data": {"b": "}"},
+        "id": "x",
+        "seq": 41,
+    }
 
 
 # The gateway writes a command's frame verbatim without decoding it (publishers encode

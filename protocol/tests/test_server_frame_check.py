@@ -17,8 +17,23 @@ def _paths(kind: str, schema: str) -> list[Path]:
     return sorted((EXAMPLES / kind / schema).glob("*.json"))
 
 
+def _written_by_gateways(path: Path) -> bool:
+    """A numbered frame, or a $connected with resume fields: only gateways write those."""
+    doc = json.loads(path.read_text())
+    return "seq" in doc or (
+        doc["action"] == "$connected" and doc["data"].keys() != {"connection_id", "user_id"}
+    )
+
+
 @pytest.mark.parametrize("path", _paths("valid", "server-frame"), ids=lambda p: p.name)
 def test_valid_server_frames_pass(path: Path) -> None:
+    if _written_by_gateways(path):
+        problem = server_frame_problem(path.read_bytes())  # a publisher may not send it
+        assert problem is not None
+        assert problem[0] == FRAME_INVALID
+        if "seq" in json.loads(path.read_text()):  # but a session's home relays it
+            assert server_frame_problem(path.read_bytes(), stamped=True) is None
+        return
     assert server_frame_problem(path.read_bytes()) is None
     assert server_frame_problem(path.read_text()) is None
 
@@ -32,9 +47,10 @@ def test_invalid_server_frames_fail(path: Path) -> None:
 
 @pytest.mark.parametrize("path", _paths("valid", "command"), ids=lambda p: p.name)
 def test_frames_of_valid_commands_pass(path: Path) -> None:
-    frame = json.loads(path.read_text()).get("frame")
+    command = json.loads(path.read_text())
+    frame = command.get("frame")
     if frame is not None:
-        assert server_frame_problem(frame.encode()) is None
+        assert server_frame_problem(frame.encode(), stamped=command["type"] == "relay") is None
 
 
 def test_the_invalid_command_example_frame_fails() -> None:
@@ -69,6 +85,22 @@ def test_what_is_not_a_server_frame(frame: bytes, reason: str) -> None:
     problem = server_frame_problem(frame)
     assert problem is not None
     assert problem[0] == reason
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"action":"a","data":null}',  # no seq
+        b'{"action":"a","data":null,"seq":0}',
+        b'{"action":"a","data":null,"seq":"1"}',
+        b'{"action":"a","data":null,"seq":1.5}',
+        b'{"action":"a","data":null,"seq":1,"x":1}',
+    ],
+)
+def test_what_is_not_a_relayed_frame(frame: bytes) -> None:
+    problem = server_frame_problem(frame, stamped=True)
+    assert problem is not None
+    assert problem[0] == FRAME_INVALID
 
 
 def test_pushes_of_any_data_pass() -> None:

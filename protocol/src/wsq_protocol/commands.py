@@ -23,15 +23,21 @@ __all__ = [
     "accept_command",
     "connection_send",
     "decode_command",
+    "detach_command",
     "disconnect_command",
     "join_command",
     "leave_command",
     "refuse_command",
+    "relay_command",
+    "resume_command",
+    "resumed_command",
     "send_command",
 ]
 
 TargetKind: TypeAlias = Literal["connection", "user", "group", "all"]
-CommandType: TypeAlias = Literal["send", "disconnect", "join", "leave", "accept", "refuse"]
+CommandType: TypeAlias = Literal[
+    "send", "disconnect", "join", "leave", "accept", "refuse", "resume", "resumed", "relay", "detach"
+]
 _TARGET_NAMES: frozenset[str] = frozenset({"connection", "user", "group", "all"})
 
 
@@ -121,6 +127,63 @@ def _membership_command(kind: Literal["join", "leave"], connection_id: str, grou
     }
 
 
+# Between gateways: session resume (protocol/README.md, "Session resume"). A session lives on
+# its home gateway (the node of its connection id); a client that comes back on another one
+# (the guest) is served through it: the guest asks (resume), the home answers (resumed),
+# then writes each of the session's frames, numbered, to the guest (relay), until the guest
+# says the socket is gone (detach).
+
+
+def resume_command(
+    connection_id: str, secret: str, after: int, node: str, user_id: str | None
+) -> dict[str, str]:
+    """``resume``, to the session's home: the guest gateway ``node`` holds a socket that asks
+    for the session with ``secret``, having seen its frames up to ``after``; ``user_id`` is
+    the user the socket authenticated as, if any (it must be the session's)."""
+    fields = _session_head("resume", connection_id)
+    fields |= {"token": secret, "after": str(int(after)), "node": node}
+    if user_id is not None:
+        fields["user_id"] = user_id
+    return fields
+
+
+def resumed_command(
+    connection_id: str,
+    epoch: int,
+    user_id: str | None = None,
+    recovered: bool = False,
+    frames: bytes = b"[]",
+) -> dict[str, str | bytes]:
+    """``resumed``, the home's answer to ``resume``: ``epoch`` 0 when refused (no such session,
+    a wrong secret or user), else the socket's number, which its ``detach`` quotes; with the
+    session's user, whether the frames after ``after`` could all be replayed (``recovered``)
+    and those frames (a JSON array of numbered server frames)."""
+    fields: dict[str, str | bytes] = dict(_session_head("resumed", connection_id))
+    fields["epoch"] = str(int(epoch))
+    if user_id is not None:
+        fields["user_id"] = user_id
+    fields["recovered"] = "1" if recovered else "0"
+    fields["frames"] = frames
+    return fields
+
+
+def relay_command(connection_id: str, frame: bytes) -> dict[str, str | bytes]:
+    """``relay``, home to guest: one of the session's frames, numbered (``seq``), for its socket."""
+    fields: dict[str, str | bytes] = dict(_session_head("relay", connection_id))
+    fields["frame"] = frame
+    return fields
+
+
+def detach_command(connection_id: str, epoch: int, code: int) -> dict[str, str]:
+    """``detach``, guest to home: socket ``epoch`` of the session closed with ``code``."""
+    return _session_head("detach", connection_id) | {"epoch": str(int(epoch)), "code": str(int(code))}
+
+
+def _session_head(kind: str, connection_id: str) -> dict[str, str]:
+    node_of(connection_id)
+    return {"v": PROTOCOL_VERSION, "type": kind, "target": "connection", "to": connection_id}
+
+
 def _check_target(target: str, to: str | None) -> str:
     if target not in _TARGET_NAMES:
         raise ValueError(f"unknown target {target!r} (expected one of {', '.join(sorted(_TARGET_NAMES))})")
@@ -143,12 +206,17 @@ class Command(NamedTuple):
     type: CommandType
     target: TargetKind
     to: str | None
-    frame: bytes | None = None  # send
+    frame: bytes | None = None  # send, relay; resumed: a JSON array of frames
     exclude: str | None = None  # send to a group: skip this connection
     code: int = 0  # disconnect
     reason: str = ""  # disconnect
     group: str | None = None  # join, leave
-    user_id: str | None = None  # accept
+    user_id: str | None = None  # accept, resume, resumed
+    token: str | None = None  # resume: the session's secret
+    after: int = 0  # resume: the last seq the client saw
+    node: str | None = None  # resume: the guest gateway
+    epoch: int = 0  # resumed, detach: the socket's number (0: refused)
+    recovered: bool = False  # resumed
 
 
 _TARGETS: dict[bytes, TargetKind] = {
@@ -167,6 +235,10 @@ _FIELDS = {
     b"leave": _COMMON | {b"group"},
     b"accept": _COMMON | {b"user_id"},
     b"refuse": _COMMON | {b"code", b"reason"},
+    b"resume": _COMMON | {b"token", b"after", b"node", b"user_id"},
+    b"resumed": _COMMON | {b"epoch", b"user_id", b"recovered", b"frames"},
+    b"relay": _COMMON | {b"frame"},
+    b"detach": _COMMON | {b"epoch", b"code"},
 }
 
 
@@ -239,7 +311,52 @@ def decode_command(fields: Mapping[bytes, bytes]) -> Command:
         if group is None or target != "connection":
             raise CommandError("join and leave need target=connection and a group")
         return Command("join" if kind == b"join" else "leave", target, to, group=_text(group, "group"))
+    if kind in (b"resume", b"resumed", b"relay", b"detach"):
+        if target != "connection":
+            raise CommandError(f"{kind!r} needs target=connection")
+        return _decode_session_command(kind, to, fields)
     raise CommandError(f"unknown type {kind!r}")
+
+
+def _decode_session_command(kind: bytes, to: str | None, fields: Mapping[bytes, bytes]) -> Command:
+    raw_user = fields.get(b"user_id")
+    user_id = _text(raw_user, "user_id") if raw_user is not None else None
+    if kind == b"resume":
+        token, node = fields.get(b"token"), fields.get(b"node")
+        if token is None or node is None:
+            raise CommandError("resume needs a token and a node")
+        return Command(
+            "resume",
+            "connection",
+            to,
+            user_id=user_id,
+            token=_text(token, "token"),
+            after=_number(fields, b"after"),
+            node=_text(node, "node"),
+        )
+    if kind == b"resumed":
+        frames = fields.get(b"frames", b"[]")
+        recovered = fields.get(b"recovered") == b"1"
+        epoch = _number(fields, b"epoch")
+        return Command(
+            "resumed", "connection", to, frame=frames, user_id=user_id, epoch=epoch, recovered=recovered
+        )
+    if kind == b"relay":
+        frame = fields.get(b"frame")
+        if frame is None:
+            raise CommandError("relay without frame")
+        return Command("relay", "connection", to, frame=frame)
+    return Command("detach", "connection", to, epoch=_number(fields, b"epoch"), code=_number(fields, b"code"))
+
+
+def _number(fields: Mapping[bytes, bytes], name: bytes) -> int:
+    try:
+        value = int(fields.get(name, b""))
+    except ValueError:
+        raise CommandError(f"{name.decode()!r} is not a number") from None
+    if value < 0:
+        raise CommandError(f"{name.decode()!r} is negative")
+    return value
 
 
 def _text(raw: bytes, name: str) -> str:

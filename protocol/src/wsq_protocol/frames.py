@@ -37,11 +37,13 @@ __all__ = [
     "push_frame",
     "reply_frame",
     "server_frame_problem",
+    "with_seq",
 ]
 
 _FRAME_FIELDS = frozenset(("action", "data", "id"))
 _GATEWAY_ACTIONS = frozenset(("$connected", "$error", "$pong"))
 _ERROR_FIELDS = frozenset(("code", "message"))
+_STAMPED_FIELDS = frozenset(("action", "data", "id", "seq"))
 _CONNECTED_FIELDS = frozenset(("connection_id", "user_id"))
 
 FRAME_NOT_JSON = "frame_not_json"
@@ -96,9 +98,36 @@ def _encode(action: str, data: Any, frame_id: str | None) -> bytes:
     return codec.dumps_utf8({"action": action, "data": data, "id": frame_id})
 
 
-def connected_frame(connection_id: str, user_id: str | None) -> bytes:
-    """``$connected``: the first frame of every connection."""
-    return _encode("$connected", {"connection_id": connection_id, "user_id": user_id}, None)
+def connected_frame(
+    connection_id: str,
+    user_id: str | None,
+    *,
+    resume_token: str | None = None,
+    resume_window_s: float | None = None,
+    resumed: bool | None = None,
+    recovered: bool | None = None,
+) -> bytes:
+    """``$connected``: the first frame of every connection (of every socket of a resumed one).
+
+    With resume on (``WSQ_RESUME_WINDOW_S``), ``resume_token`` and ``resume_window_s`` say how
+    to come back; after a resume request, ``resumed`` says whether the session was found
+    (same connection id, user and groups) and ``recovered`` whether every frame sent since
+    the client's ``after`` follows, in order (protocol/README.md, "Session resume")."""
+    data: dict[str, Any] = {"connection_id": connection_id, "user_id": user_id}
+    if resume_token is not None:
+        data["resume_token"] = resume_token
+        data["resume_window_s"] = resume_window_s
+    if resumed is not None:
+        data["resumed"] = resumed
+        data["recovered"] = bool(recovered)
+    return _encode("$connected", data, None)
+
+
+def with_seq(frame: bytes, seq: int) -> bytes:
+    """``frame`` (a server frame's JSON object text) with ``"seq": seq`` as its last field: the
+    per-connection sequence number a resumable connection's frames carry."""
+    body = frame.rstrip()
+    return b'%s,"seq":%d}' % (body[:-1], seq)
 
 
 def pong_frame(data: Any, frame_id: str | None) -> bytes:
@@ -137,9 +166,11 @@ def checked_reply_frame(action: str, data: Any, id: str) -> bytes:
     return codec.dumps_utf8({"action": action, "data": data, "id": id})
 
 
-def server_frame_problem(frame: bytes | str) -> tuple[str, str] | None:
+def server_frame_problem(frame: bytes | str, *, stamped: bool = False) -> tuple[str, str] | None:
     """None when ``frame`` is a server frame (``schemas/server-frame.schema.json``), else
-    ``(reason, message)``: reason :data:`FRAME_NOT_JSON` or :data:`FRAME_INVALID`.
+    ``(reason, message)``: reason :data:`FRAME_NOT_JSON` or :data:`FRAME_INVALID`. Its ``seq``
+    is the gateway's own: allowed only when ``stamped`` (a frame relayed by a session's home
+    gateway), and then required.
 
     What gateways check of a ``send`` command's frame before writing it to sockets: one JSON
     parse and a few type checks (the ``data`` of a push is not looked into).
@@ -150,6 +181,11 @@ def server_frame_problem(frame: bytes | str) -> tuple[str, str] | None:
         return FRAME_NOT_JSON, "frame is not valid JSON"
     if type(doc) is not dict:
         return FRAME_INVALID, "frame is not a JSON object"
+    if stamped:
+        seq = doc.get("seq")
+        if type(seq) is not int or seq < 1 or "data" not in doc or not _STAMPED_FIELDS.issuperset(doc):
+            return FRAME_INVALID, 'a relayed frame needs "action", "data" and "seq", and may have "id"'
+        doc = {key: value for key, value in doc.items() if key != "seq"}
     if "data" not in doc or not _FRAME_FIELDS.issuperset(doc):
         return FRAME_INVALID, 'frame needs "action" and "data", and may have "id", nothing else'
     action = doc.get("action")

@@ -1,7 +1,9 @@
 """Names and ids: node ids, connection ids, actions, groups, user ids, frame ids.
 
 A connection id is ``<node id>.<22 base64url characters>``: the node id tells every process
-which gateway holds the socket, the suffix is 128 random bits so ids can't be guessed. Every
+which gateway holds the socket (its home: a resumed session keeps it, docs/resume.md), the
+suffix is 128 random bits so ids can't be guessed. A resume token is the connection id, a dot
+and 128 more random bits. Every
 pattern here is the one of ``protocol/schemas/`` and is used with ``fullmatch()``; ``[0-9]``
 is ASCII only.
 """
@@ -30,7 +32,9 @@ __all__ = [
     "is_group_name",
     "new_connection_id",
     "new_node_id",
+    "new_resume_token",
     "node_of",
+    "parse_resume_token",
     "user_id_problem",
     "valid_node_id",
 ]
@@ -39,6 +43,7 @@ NODE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CONNECTION_ID_RE = re.compile(r"([A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{22}")
 ACTION_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 RESERVED_RE = re.compile(r"\$[A-Za-z0-9_.:-]{1,63}")
+RESUME_TOKEN_RE = re.compile(r"((?:[A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{22})")
 GROUP_RE = re.compile(r"[A-Za-z0-9_.:@/-]{1,128}")
 PING = "$ping"
 """The one reserved action a client may send: the gateway answers it with ``$pong``."""
@@ -57,6 +62,18 @@ def valid_node_id(node_id: str) -> bool:
 
 def new_connection_id(node_id: str) -> str:
     return f"{node_id}.{secrets.token_urlsafe(16)}"  # 16 bytes -> 22 characters
+
+
+def new_resume_token(connection_id: str) -> str:
+    """``<connection id>.<22 base64url characters>``: what a client gives back to resume its
+    session (``$connected``'s ``resume_token``); the suffix is 128 random bits, the secret."""
+    return f"{connection_id}.{secrets.token_urlsafe(16)}"
+
+
+def parse_resume_token(token: object) -> tuple[str, str] | None:
+    """``(connection id, secret)`` of a resume token, or None when ``token`` is not one."""
+    match = RESUME_TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
+    return None if match is None else (match.group(1), match.group(2))
 
 
 def node_of(connection_id: str) -> str:
