@@ -48,6 +48,7 @@ class RawClient:
         self._writing = True  # False once this side ended its stream
         self.connection_id = ""
         self.user_id: str | None = None
+        self.hello: dict[str, Any] = {}  # $connected's data
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -71,6 +72,7 @@ class RawClient:
         hello = orjson.loads(payload)
         assert opcode == TEXT, (opcode, payload)
         assert hello["action"] == "$connected", hello
+        client.hello = hello["data"]
         client.connection_id = hello["data"]["connection_id"]
         client.user_id = hello["data"]["user_id"]
         client._task = asyncio.create_task(client._read_all(), name=f"raw-client-{client.connection_id}")

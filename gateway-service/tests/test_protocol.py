@@ -212,7 +212,7 @@ def test_valid_commands_decode(path: Path) -> None:
 
 def test_session_commands_round_trip_and_follow_the_schema() -> None:
     cid = "gw-1.q2uE4nK0m5Zr8VtY1xWb7A"
-    built = [
+    built: list[dict[str, str] | dict[str, str | bytes]] = [
         resume_command(cid, "Zt3mW9xQ1vB7nK5pL2rY8A", 7, "gw-2", "ann"),
         resume_command(cid, "Zt3mW9xQ1vB7nK5pL2rY8A", 0, "gw-2", None),
         resumed_command(cid, 3, "ann", True, b'[{"action":"a","data":null,"seq":8}]'),

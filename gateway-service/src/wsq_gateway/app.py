@@ -78,6 +78,8 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
             consumers = gateway.inbound.consumers
             run(gateway.untaken.run(lambda: consumers.state.last_delivered), "wsq-untaken")
         run(gateway.validators.run(), "wsq-schemas")
+        if gateway.sessions.enabled:
+            run(gateway.peers.run(), "wsq-peers")
         gateway.started = True
         log.info("gateway started", redis=_safe_url(gateway.settings.redis_url))
 
@@ -86,6 +88,7 @@ async def _redis_pipeline(app: web.Application) -> AsyncIterator[None]:
     supervisor.stopping()
     await cancel_and_wait(tasks)
     # A handler aiohttp had to cancel may not have ended yet: its disconnect event goes now.
+    # A parked session's, with the code of the socket it lost.
     for conn in gateway.connections.all():
         gateway.forget_connection(conn, conn.close_code or CloseCode.SERVICE_RESTART)
     # The queued writes (disconnect events among them) get most of what is left of the drain's

@@ -12,7 +12,9 @@ What to do with each frame (write, queue, drain, close, drop) is decided without
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -22,7 +24,18 @@ from wsq_gateway.wire import wire_text_frame
 from wsq_protocol.commands import Command
 
 if TYPE_CHECKING:
+    from wsq_gateway.replay import ReplayBuffer
     from wsq_protocol.pipe import CommandTemplate
+
+
+class Relay(Protocol):
+    """Where a session's frames go while its socket is on another gateway (``sessions.py``)."""
+
+    node: str  # that gateway
+    epoch: int  # the number of the socket it holds
+
+    def frame(self, numbered: bytes) -> None: ...
+
 
 log = get_logger(CONNECTIONS)
 
@@ -37,9 +50,15 @@ class Connection(Session):
         "_drainer",
         "addr",
         "answer",
+        "epoch",
+        "expiry",
         "groups",
+        "home",
         "id",
         "message_head",
+        "relay",
+        "replay",
+        "secret",
         "since_ms",
         "transport",
         "user_id",
@@ -73,13 +92,36 @@ class Connection(Session):
         self._drainer: asyncio.Task[None] | None = None
         self.message_head: CommandTemplate | None = None  # cached by Inbound.message()
         self.groups: set[str] | None = None  # created on the first join: most connections never join
+        # Session resume (sessions.py). At its home gateway: the numbered frames kept for a
+        # replay and the token's secret (None: resume is off); the number of the socket serving
+        # it (one more at each resume); the relay to the gateway holding its socket, if another
+        # one does; and, while no socket serves it, the timer ending its window. At a guest
+        # gateway (holding the socket of a session homed elsewhere): the home's node.
+        self.replay: ReplayBuffer | None = None
+        self.secret: str | None = None
+        self.epoch = 1
+        self.relay: Relay | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.home: str | None = None
 
     def deliver(self, frame: bytes, max_pending_bytes: int, wire: bytes | None = None) -> None:
         """Write one text frame, in order, without ever waiting on this client.
 
         ``wire`` is the frame already encoded for the socket (``wire_text_frame``), which a
-        fan-out computes once for all its recipients.
+        fan-out computes once for all its recipients. A resumable session numbers the frame
+        and keeps it first (sent while no socket serves it, it waits there for a resume), and
+        relays it when its socket is on another gateway.
         """
+        replay = self.replay
+        if replay is not None:
+            frame = replay.stamp(frame, time.monotonic())
+            if self.relay is not None:
+                self.relay.frame(frame)
+                return
+            wire = None
+        self._deliver(frame, max_pending_bytes, wire)
+
+    def _deliver(self, frame: bytes, max_pending_bytes: int, wire: bytes | None = None) -> None:
         if self.closing or self.ws.closed:
             return
         if self.outbox is None and self._write_now(wire_text_frame(frame) if wire is None else wire):
@@ -96,6 +138,14 @@ class Connection(Session):
 
     def deliver_all(self, frames: list[bytes], max_pending_bytes: int) -> None:
         """``deliver()`` each of ``frames``, in order, in one write to the socket when it has room."""
+        replay = self.replay
+        if replay is not None:
+            now = time.monotonic()
+            frames = [replay.stamp(frame, now) for frame in frames]
+            if self.relay is not None:
+                for frame in frames:
+                    self.relay.frame(frame)
+                return
         if (
             len(frames) > 1
             and not (self.closing or self.ws.closed)
@@ -103,7 +153,7 @@ class Connection(Session):
         ):
             return
         for frame in frames:
-            self.deliver(frame, max_pending_bytes)
+            self._deliver(frame, max_pending_bytes)
 
     def _write_now(self, wire: bytes) -> bool:
         """Write ``wire`` to the socket now if nothing waits in the outbox and the transport has
@@ -119,13 +169,25 @@ class Connection(Session):
             transport.write(wire)
         return True
 
-    def release(self, first_frame: bytes) -> bool:
-        """Start delivering: ``first_frame``, then what was pushed while held; False when
-        closing already (nothing is written)."""
-        if not super().release(first_frame):
+    def release(self, first_frame: bytes, replayed: list[bytes] | None = None) -> bool:
+        """Start delivering: ``first_frame``, the ``replayed`` frames of a resumed session, then
+        what was pushed while held; False when closing already (nothing is written)."""
+        if not super().release(first_frame, replayed):
             return False
         self._drainer = asyncio.create_task(self._drain())
         return True
+
+    def attach(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        """A resumed session's new socket (on this gateway): held again, its outbox empty (its
+        frames are in the replay buffer); the old socket is closed by the caller."""
+        if self._drainer is not None:
+            self._drainer.cancel()
+            self._drainer = None
+        self.ws, self.transport = ws, transport
+        self.write_limit = transport.get_write_buffer_limits()[1]
+        self.held, self.closing, self.close_code = True, False, None
+        self.outbox, self.pending_bytes = deque(), 0
+        self.epoch += 1
 
     async def _drain(self) -> None:
         send_frame = self.ws.send_frame
@@ -177,17 +239,28 @@ class ConnectionIndex:
         self.by_id: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self.by_group: dict[str, set[Connection]] = {}
+        # Sockets of sessions homed on other gateways (sessions.py): reached by id only, for
+        # what their home relays; never by user, group or broadcast (their home sends those).
+        self.guests: dict[str, Connection] = {}
 
     def __len__(self) -> int:
-        return len(self.by_id)
+        return len(self.by_id) + len(self.guests)
 
     def add(self, conn: Connection) -> None:
+        if conn.home is not None:  # a guest: its home routes its user's and groups' frames
+            self.guests[conn.id] = conn
+            return
         self.by_id[conn.id] = conn
         if conn.user_id is not None:
             self.by_user.setdefault(conn.user_id, set()).add(conn)
 
     def remove(self, conn: Connection) -> bool:
         """Drop ``conn``; False when it was not here (already removed)."""
+        if conn.home is not None:
+            if self.guests.get(conn.id) is not conn:
+                return False
+            del self.guests[conn.id]
+            return True
         if self.by_id.pop(conn.id, None) is None:
             return False
         if conn.user_id is not None:
@@ -216,7 +289,8 @@ class ConnectionIndex:
         _discard(self.by_group, group, conn)
 
     def get(self, connection_id: str) -> Connection | None:
-        return self.by_id.get(connection_id)
+        conn = self.by_id.get(connection_id)
+        return conn if conn is not None else self.guests.get(connection_id)
 
     def of_user(self, user_id: str) -> list[Connection]:
         return list(self.by_user.get(user_id, ()))
@@ -225,6 +299,7 @@ class ConnectionIndex:
         return [conn for conn in self.by_group.get(group, ()) if conn.id != exclude]
 
     def all(self) -> list[Connection]:
+        """The sessions homed here (broadcast's recipients), without the guests."""
         return list(self.by_id.values())
 
 

@@ -38,7 +38,12 @@ __all__ = ["CONTENT_TYPE", "DROP_REASONS", "OTHER", "GatewayMetrics", "LabelCach
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OTHER = "other"
 MAX_CLOSE_CODES = 50  # distinct close codes labelled (clients may close with any of 3000-4999)
-COMMAND_TYPES = ("send", "disconnect", "accept", "refuse", "join", "leave", "malformed")
+COMMAND_TYPES = (
+    *("send", "disconnect", "accept", "refuse", "join", "leave"),
+    *("resume", "resumed", "relay", "detach"),  # between gateways (session resume)
+    "malformed",
+)
+RESUME_OUTCOMES = ("recovered", "unrecovered", "refused")
 # Why a command was dropped: not a command the gateway can run (decode_command refused it), or a
 # send whose frame is not JSON, or JSON that is not a server frame (frames.server_frame_problem).
 DROP_REASONS = ("malformed", FRAME_NOT_JSON, FRAME_INVALID)
@@ -161,6 +166,15 @@ class GatewayMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=registry,
         )
+        resumes = Counter(
+            "wsq_gateway_resumes",
+            "Session resumes, by outcome: recovered (every missed frame replayed), unrecovered (the "
+            "same session, some frames no longer kept), refused (a new connection instead). Counted by "
+            "the session's home, and by a guest whose home did not answer.",
+            ["outcome"],
+            registry=registry,
+        )
+        self._resumes = {outcome: resumes.labels(outcome=outcome) for outcome in RESUME_OUTCOMES}
         # Methods are the API's routes (or "unknown"), statuses the few it answers: bounded.
         self._api_requests = Counter(
             "wsq_gateway_api_requests",
@@ -168,6 +182,10 @@ class GatewayMetrics:
             ["method", "status"],
             registry=registry,
         )
+
+    def resumed(self, outcome: str) -> None:
+        """A session resume answered: ``recovered``, ``unrecovered`` or ``refused``."""
+        self._resumes[outcome].inc()
 
     def refused(self, code: ErrorCode) -> None:
         """A client frame was answered with ``$error`` ``code``."""
@@ -207,4 +225,8 @@ _GAUGE_HELP = {
     "draining": "1 once the gateway drains (SIGTERM).",
     "schemas": "Actions whose frames' data this gateway validates against the schema workers published.",
     "schemas_failed": "Actions whose published schema does not compile here: their frames pass unvalidated.",
+    "sessions_parked": "Resumable connections homed here whose socket was lost, waiting for a resume "
+    "(WSQ_RESUME_WINDOW_S).",
+    "guest_sockets": "Sockets held here for sessions homed on other gateways (resumed here).",
+    "peer_commands_pending": "Commands to other gateways (session resume) queued, not written yet.",
 }

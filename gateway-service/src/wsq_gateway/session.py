@@ -99,9 +99,10 @@ class Session:
             return SLOW_CONSUMER
         return DRAIN if started and not self.held else QUEUED
 
-    def release(self, first_frame: bytes) -> bool:
-        """held → released, ``first_frame`` ahead of what was queued while held; True when a
-        drain must start (False: the connection is closing, nothing will be written).
+    def release(self, first_frame: bytes, replayed: list[bytes] | None = None) -> bool:
+        """held → released, ``first_frame`` and the ``replayed`` frames (of a resumed session)
+        ahead of what was queued while held; True when a drain must start (False: the
+        connection is closing, nothing will be written).
 
         A second release is a bug: RuntimeError."""
         if self.closing:
@@ -112,6 +113,9 @@ class Session:
         outbox = self.outbox
         if outbox is None:  # not while held; kept for safety
             outbox = self.outbox = deque()
+        if replayed:
+            outbox.extendleft(reversed(replayed))
+            self.pending_bytes += sum(len(frame) for frame in replayed)
         outbox.appendleft(first_frame)
         self.pending_bytes += len(first_frame)
         return True

@@ -109,6 +109,27 @@ class Settings(BaseSettings):
         "will ever run it (match it to your clients' request timeouts, e.g. 30). 0: frames wait for "
         "workers however long.",
     )
+    resume_window_s: float = Field(
+        0.0,
+        ge=0,
+        description="Session resume (protocol/README.md, 'Session resume'): a client that loses its "
+        "socket (no close frame, or 1011, 1012, 1014, 3008) may come back on any gateway within this "
+        "many seconds with its resume token and get the same connection id, user and groups, and "
+        "every frame sent meanwhile, numbered, once, in order. Its disconnect event waits for the "
+        "window to end without a resume. 0: off, every socket's end is its connection's end (no "
+        "tokens, no seq).",
+    )
+    resume_buffer_frames: int = Field(
+        1000,
+        ge=1,
+        description="With resume on: the most frames kept per connection for a replay (a resume "
+        "that needs an older one gets recovered: false).",
+    )
+    resume_buffer_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="With resume on: the most bytes of frames kept per connection for a replay.",
+    )
     schemas_refresh_s: float = Field(
         2.0,
         gt=0,

@@ -13,10 +13,12 @@ from wsq_gateway.broker.batcher import RedisBatcher
 from wsq_gateway.broker.inbound import Inbound
 from wsq_gateway.broker.liveness import Liveness
 from wsq_gateway.broker.outbound import Outbound
+from wsq_gateway.broker.peers import Peers
 from wsq_gateway.broker.registry import BATCHED_SCRIPTS, ensure_stream_command
 from wsq_gateway.broker.untaken import Untaken
 from wsq_gateway.connection import Connection, ConnectionIndex
 from wsq_gateway.metrics import GatewayMetrics
+from wsq_gateway.sessions import Sessions
 from wsq_gateway.settings import Settings
 from wsq_gateway.supervisor import Supervisor
 from wsq_gateway.validation import Validators
@@ -67,6 +69,18 @@ class Gateway:
         self.untaken = Untaken(
             redis, self.keys.inbound_stream_of(self.node_id), settings.take_timeout_s, self._not_taken
         )
+        # Session resume: other gateways are written to (peers) for sessions that move.
+        self.peers = self.inbound.peers = Peers(redis, self.keys)
+        self.sessions = Sessions(
+            node_id=self.node_id,
+            connections=self.connections,
+            peers=self.peers,
+            window_s=settings.resume_window_s,
+            buffer_frames=settings.resume_buffer_frames,
+            buffer_bytes=settings.resume_buffer_bytes,
+            forget=self.forget_connection,
+            draining=lambda: self.draining,
+        )
         self.outbound = Outbound(
             blocking_redis,
             self.batcher,
@@ -76,6 +90,8 @@ class Gateway:
             settings.max_pending_bytes,
             split_reads=settings.redis_cluster,  # the node stream and the broadcast: two slots
             metrics=self.metrics,
+            sessions=self.sessions,
+            close=self.close_connection,
         )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.authenticator = Authenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
@@ -117,7 +133,11 @@ class Gateway:
             draining=lambda: float(self.draining),
             schemas=lambda: len(self.validators.by_action),
             schemas_failed=lambda: len(self.validators.failed),
+            sessions_parked=lambda: self.sessions.parked,
+            guest_sockets=lambda: len(self.connections.guests),
+            peer_commands_pending=lambda: self.peers.pending,
         )
+        self.sessions.count_resume = metrics.resumed
 
     def _not_taken(self, conn: Connection, frame_id: str) -> None:
         """A frame of ``conn`` was withdrawn, unread (``untaken``): answer it, if it is still here."""
@@ -156,20 +176,38 @@ class Gateway:
         return True
 
     def forget_connection(self, conn: Connection, close_code: int) -> None:
-        """The socket is gone: drop it and emit its disconnect event. Once per connection: a
+        """The connection ended: drop it and emit its disconnect event. Once per connection: a
         second call does nothing."""
+        self.sessions.forgotten(conn)
         if self.drop_connection(conn, close_code):
             self.inbound.disconnected(conn, close_code)
+
+    def socket_ended(self, conn: Connection, epoch: int, close_code: int) -> None:
+        """The socket ``epoch`` of ``conn`` ended with ``close_code``: the connection ends, or
+        waits for a resume (sessions.py)."""
+        if self.sessions.enabled:
+            self.sessions.ended(conn, epoch, close_code)
+        else:
+            self.forget_connection(conn, close_code)
+
+    async def close_connection(self, conn: Connection, code: int, reason: str) -> None:
+        """Close ``conn`` (a publisher's disconnect...), wherever its socket is, if anywhere."""
+        if not self.sessions.close(conn, code):
+            await conn.close(code, reason)
 
     async def reregister_all(self) -> None:
         """Redis restarted empty: record the live connections (and their groups) again."""
         self.inbound.reregister(self.connections.all())
 
     async def close_all(self) -> None:
-        """Close every socket with 1012: clients reconnect (elsewhere, when this one drains)."""
-        conns = self.connections.all()
+        """Close every socket with 1012, and end the sessions homed here: clients reconnect
+        (elsewhere, when this one drains), and resume the sessions of other gateways."""
+        conns = [*self.connections.all(), *self.connections.guests.values()]
         await asyncio.gather(
-            *(conn.close(CloseCode.SERVICE_RESTART, "service restart, reconnect") for conn in conns),
+            *(
+                self.close_connection(conn, CloseCode.SERVICE_RESTART, "service restart, reconnect")
+                for conn in conns
+            ),
             return_exceptions=True,
         )
 

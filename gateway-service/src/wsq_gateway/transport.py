@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 
 from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 
@@ -15,13 +16,14 @@ from wsq_gateway.connection import CLOSE_TIMEOUT_S, Connection
 from wsq_gateway.errors import AuthenticationError, BrokerUnavailable
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.metrics import CONTENT_TYPE
+from wsq_gateway.sessions import ResumeRequest, parse_resume_request
 from wsq_gateway.state import GATEWAY, Gateway
 from wsq_protocol.cluster import REDIS_FAILURES
 from wsq_protocol.codes import ErrorCode
 from wsq_protocol.errors import FrameError
 from wsq_protocol.events import request_text
-from wsq_protocol.frames import connected_frame, decode_client_frame, encode_error_frame, pong_frame
-from wsq_protocol.ids import PING, new_connection_id
+from wsq_protocol.frames import decode_client_frame, encode_error_frame, pong_frame
+from wsq_protocol.ids import PING, new_connection_id, node_of
 
 log = get_logger(CONNECTIONS)
 
@@ -109,8 +111,9 @@ def _refuse(refusal: Refusal) -> web.HTTPError:
     return _HTTP_ERRORS[refusal.status](text=refusal.text)
 
 
-def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
-    """Checks before the upgrade: the connection's user id and client address, or an HTTP error."""
+def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str, ResumeRequest | None]:
+    """Checks before the upgrade: the connection's user id, client address and resume request
+    (``?resume=``), or an HTTP error."""
     refusal = admission.gate(
         draining=gateway.draining,
         failed=gateway.supervisor.failed_task is not None,
@@ -126,37 +129,55 @@ def _admit(gateway: Gateway, request: web.Request) -> tuple[str | None, str]:
         raise web.HTTPUnauthorized(
             text=str(exc), headers={"WWW-Authenticate": 'Bearer realm="wsq"'}
         ) from None
-    return user_id, gateway.client_addr(request)
+    try:
+        resume = parse_resume_request(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return user_id, gateway.client_addr(request), resume
 
 
-async def _check_user_limit(gateway: Gateway, user_id: str) -> None:
-    """HTTP 429 when the user holds WSQ_MAX_CONNECTIONS_PER_USER connections (on any gateway)."""
+async def _user_refusal(gateway: Gateway, user_id: str) -> Refusal | None:
+    """Why the user may not open one more connection: it holds WSQ_MAX_CONNECTIONS_PER_USER
+    (on any gateway); None when it may."""
     held: int | None
     try:
         held = int(await gateway.redis.scard(gateway.keys.user_connections(user_id)))
     except REDIS_FAILURES:
         held = None  # not known: admission.user_refusal lets it through
-    refusal = admission.user_refusal(held, gateway.settings.max_connections_per_user)
+    return admission.user_refusal(held, gateway.settings.max_connections_per_user)
+
+
+async def _check_user_limit(gateway: Gateway, user_id: str) -> None:
+    """HTTP 429 when the user holds WSQ_MAX_CONNECTIONS_PER_USER connections."""
+    refusal = await _user_refusal(gateway, user_id)
     if refusal is not None:
         raise _refuse(refusal)
 
 
+async def _close_socket(ws: web.WebSocketResponse, close: Close) -> None:
+    await ws.close(code=close.code, message=close.reason.encode())
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    user_id, client_addr = _admit(gateway, request)
+    user_id, client_addr, resume = _admit(gateway, request)
     # Taken at the check, with no await in between, so a burst cannot pass the limit; given
     # back when this handler ends, whichever way it ends.
     slot = gateway.addr_slots.reserve(client_addr)
     if slot is None:
         raise _refuse(admission.ADDR_FULL)
     try:
-        return await _websocket(gateway, request, user_id, client_addr)
+        return await _websocket(gateway, request, user_id, client_addr, resume)
     finally:
         slot.release()
 
 
 async def _websocket(
-    gateway: Gateway, request: web.Request, user_id: str | None, client_addr: str
+    gateway: Gateway,
+    request: web.Request,
+    user_id: str | None,
+    client_addr: str,
+    resume: ResumeRequest | None,
 ) -> web.StreamResponse:
     settings = gateway.settings
     ws = web.WebSocketResponse(
@@ -168,18 +189,36 @@ async def _websocket(
         decode_text=False,  # orjson checks UTF-8 itself: bad text gets $error, not a closed socket
         timeout=CLOSE_TIMEOUT_S,
     )
+    sessions = gateway.sessions
+    if resume is not None and sessions.enabled:
+        # The session, if it is found, is already counted against its user's limit.
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return ws
+        session = await _resume(gateway, resume, user_id, client_addr, ws, transport)
+        if session is not None:
+            await _serve(gateway, session, ws)
+            return ws
     upgrade_request = _request_text(request, gateway.forwarded_headers)
     hook = settings.connect_hook
     limited_user = admission.limited_user(user_id, settings.max_connections_per_user)
     # The user's check and registration in one turn: its next upgrade here sees this one counted.
     async with gateway.user_turns.turn(limited_user):
         if limited_user is not None:
-            await _check_user_limit(gateway, limited_user)
-        await ws.prepare(request)
+            if ws.prepared:  # after a refused resume: past the upgrade, the limit closes with 1008
+                if await _user_refusal(gateway, limited_user) is not None:
+                    await _close_socket(ws, admission.USER_FULL_CLOSE)
+                    return ws
+            else:
+                await _check_user_limit(gateway, limited_user)
+        if not ws.prepared:
+            await ws.prepare(request)
         transport = request.transport
         if transport is None:  # the client went away during the handshake
             return ws
         conn = Connection(new_connection_id(gateway.node_id), user_id, client_addr, now_ms(), ws, transport)
+        sessions.open(conn)
         gateway.add_connection(conn)
         if hook:
             conn.answer = asyncio.get_running_loop().create_future()
@@ -199,18 +238,59 @@ async def _websocket(
         await ws.close(code=refused.code, message=refused.reason.encode())
         return ws
 
+    asked = False if resume is not None else None  # asked to resume: tell it this is a new one
+    await _serve(gateway, conn, ws, welcome=lambda: sessions.connected(conn, resumed=asked), hook=bool(hook))
+    return ws
+
+
+async def _resume(
+    gateway: Gateway,
+    resume: ResumeRequest,
+    user_id: str | None,
+    client_addr: str,
+    ws: web.WebSocketResponse,
+    transport: asyncio.Transport,
+) -> Connection | None:
+    """The session the client resumes, released on ``ws`` with its ``$connected`` and replay;
+    None when it can't be (a new connection follows)."""
+    sessions = gateway.sessions
+    home = node_of(resume.connection_id)
+    if home == gateway.node_id:
+        return sessions.resume_here(resume, user_id, ws, transport)
+    guest = Connection(resume.connection_id, user_id, client_addr, now_ms(), ws, transport)
+    guest.home = home
+    guest.epoch = 0  # the home numbers the socket in its answer
+    if await sessions.resume_elsewhere(resume, guest, user_id):
+        return guest
+    return None
+
+
+async def _serve(
+    gateway: Gateway,
+    conn: Connection,
+    ws: web.WebSocketResponse,
+    *,
+    welcome: Callable[[], bytes] | None = None,
+    hook: bool = False,
+) -> None:
+    """Serve ``conn`` on its socket ``ws`` until the socket ends, then end or park the session.
+    A new connection is released first with its ``welcome`` frame (``$connected``), once the
+    connect ``hook``, if any, approved it; a resumed one comes released."""
+    epoch = conn.epoch
     peer_code: int | None = None
     try:
-        if not hook or await _approved(gateway, conn):
+        if welcome is not None:
+            if hook and not await _approved(gateway, conn):
+                return
             log.debug("connected", connection_id=conn.id, user_id=conn.user_id, addr=conn.addr)
-            conn.release(connected_frame(conn.id, conn.user_id))
-            peer_code = await _read_frames(gateway, conn)
+            conn.release(welcome())
+        peer_code = await _read_frames(gateway, conn)
     finally:
-        # Our own code when the gateway closed it, else how the socket ended (_close_code_of).
-        close_code = conn.close_code or peer_code or NO_CLOSE_FRAME
-        gateway.forget_connection(conn, close_code)
-        log.debug("disconnected", connection_id=conn.id, close_code=close_code)
-    return ws
+        if conn.ws is ws:
+            # Our own code when the gateway closed it, else how the socket ended (_close_code_of).
+            close_code = conn.close_code or peer_code or NO_CLOSE_FRAME
+            gateway.socket_ended(conn, epoch, close_code)
+            log.debug("disconnected", connection_id=conn.id, close_code=close_code)
 
 
 async def _approved(gateway: Gateway, conn: Connection) -> bool:

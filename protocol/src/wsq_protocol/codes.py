@@ -51,6 +51,13 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013  # the connection could not be registered in Redis
     SLOW_CONSUMER = 3008  # the outgoing buffer passed WSQ_MAX_PENDING_BYTES
     HOOK_FAILED = 3011  # sent through a worker's refuse: its on_connect failed
+    SESSION_RESUMED = 3012  # (resume on) another socket resumed the session: this one closes
+
+
+PARKABLE_CLOSE_CODES: Final = frozenset({1006, 1011, 1012, 1014, 3008})
+"""With session resume on: the ends of a socket that park its connection for the window (the
+client lost it without closing, or a gateway holding a resumed socket drains: protocol/README.md,
+"Session resume"); any other ends it."""
 
 
 MAX_ACTION_LENGTH: Final = 64

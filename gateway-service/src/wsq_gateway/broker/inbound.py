@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from wsq_gateway.broker.batcher import RedisBatcher, Write
 from wsq_gateway.broker.consumers import Consumers
 from wsq_gateway.broker.indexes import Indexes
+from wsq_gateway.broker.peers import Peers
 from wsq_gateway.broker.registry import (
     CONNECTION_GONE,
     REGISTERED,
@@ -66,6 +67,7 @@ class Inbound:
         self._node = node_id
         self._inbound_stream = keys.inbound_stream_of(node_id)
         self.indexes = Indexes(redis, keys, node_id)
+        self.peers: Peers | None = None  # writes in other gateways' slots (session resume)
         self._max_queued = max_queued
         self._max_backlog = max_backlog
         self._max_per_user = max_per_user
@@ -193,6 +195,8 @@ class Inbound:
         gets the reply of its ``XADD`` (its entry id) once Redis ran it."""
         if self._batcher.queued >= self._max_queued or self.backlog >= self._max_backlog:
             return False
+        if conn.home is not None:
+            return self._guest_message(conn, frame, on_rejected)
         head = conn.message_head
         if head is None:  # the fields every message of this connection shares, packed once
             fields = self._event("message", conn, 0)
@@ -201,6 +205,28 @@ class Inbound:
             head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
         command = head.pack(b"%d" % now_ms(), b"frame", frame)
         self._batcher.submit(Write((command,), on_error=on_rejected, on_ran=on_ran))
+        return True
+
+    def _guest_message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
+        """A frame of a socket held here for a session homed on ``conn.home`` (sessions.py):
+        appended to the home's inbound partition, so the worker's reply (to the home's node
+        stream) and its acknowledgement are in one slot."""
+        peers = self.peers
+        if peers is None or peers.pending >= self._max_queued:
+            return False
+        assert conn.home is not None
+        head = conn.message_head
+        if head is None:
+            fields = self._event("message", conn, 0)
+            del fields["ts"]
+            xadd = ("XADD", self._keys.inbound_stream_of(conn.home), "*", *_flatten(fields))
+            head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
+        command = head.pack(b"%d" % now_ms(), b"frame", frame)
+        peers.write(
+            self._keys.inbound_stream_of(conn.home),
+            command,
+            lambda: on_rejected(BrokerUnavailable("redis did not take the frame")),
+        )
         return True
 
     def _event(

@@ -17,8 +17,10 @@ many recipients it has: one JSON parse), is dropped, counted in
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -36,7 +38,12 @@ from wsq_protocol.frames import server_frame_problem
 from wsq_protocol.keys import Keys
 from wsq_protocol.pipe import RedisPipe
 
+if TYPE_CHECKING:
+    from wsq_gateway.sessions import Sessions
+
 log = get_logger(BROKER)
+
+Close = Callable[[Connection, int, str], Coroutine[Any, Any, None]]
 
 READ_COUNT = 1000
 BLOCK_MS = 5000
@@ -85,8 +92,12 @@ class Outbound:
         *,
         split_reads: bool = False,
         metrics: GatewayMetrics | None = None,
+        sessions: Sessions | None = None,
+        close: Close | None = None,
     ) -> None:
         self._metrics = metrics
+        self._sessions = sessions
+        self._close = close
         self._redis = redis
         self._batcher = batcher
         self._connections = connections
@@ -187,15 +198,15 @@ class Outbound:
         except CommandError as exc:
             self._drop("malformed", str(exc))
             return
-        if command.type == "send":  # checked once, whatever the number of recipients
+        if command.type in ("send", "relay"):  # checked once, whatever the number of recipients
             assert command.frame is not None
-            problem = server_frame_problem(command.frame)
+            problem = server_frame_problem(command.frame, stamped=command.type == "relay")
             if problem is not None:
                 self._drop(*problem)
                 return
         if self._metrics is not None:
             self._metrics.commands[command.type].inc()
-        if command.type == "send" and command.target == "connection":
+        if command.type == "relay" or (command.type == "send" and command.target == "connection"):
             assert command.to is not None
             assert command.frame is not None
             self._cork(command.to, command.frame)
@@ -211,7 +222,8 @@ class Outbound:
                 self._metrics.frames_out.inc(len(targets))
         elif command.type == "disconnect":
             for conn in self._targets(command):
-                task = asyncio.create_task(conn.close(command.code, command.reason))
+                closing = conn.close if self._close is None else functools.partial(self._close, conn)
+                task = asyncio.create_task(closing(command.code, command.reason))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
         elif command.type in ("accept", "refuse"):
@@ -219,6 +231,15 @@ class Outbound:
             waiting = self._connections.get(command.to)
             if waiting is not None and waiting.answer is not None and not waiting.answer.done():
                 waiting.answer.set_result(command)
+        elif command.type in ("resume", "resumed", "detach"):  # between gateways: sessions.py
+            if self._sessions is None or not self._sessions.enabled:
+                self._drop("malformed", f"{command.type}: session resume is off on this gateway")
+            elif command.type == "resume":
+                self._sessions.on_resume(command)
+            elif command.type == "resumed":
+                self._sessions.on_resumed(command)
+            else:
+                self._sessions.on_detach(command)
         else:  # join / leave: the registry in Redis is already updated by the sender
             assert command.to is not None
             assert command.group is not None
