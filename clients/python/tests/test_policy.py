@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wsq_client import RECONNECT_CLOSE_CODES, Backoff
+from wsq_client import RECONNECT_CLOSE_CODES, SESSION_RESUMED, Backoff
 from wsq_client.policy import reconnects_after_close, reconnects_after_status
 from wsq_protocol.codes import CloseCode
 
@@ -27,12 +27,19 @@ def test_it_reconnects_after_restarts_and_outages_but_not_after_decisions() -> N
     again = {CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER, CloseCode.INTERNAL_ERROR,
              CloseCode.ABNORMAL_CLOSURE, CloseCode.SLOW_CONSUMER, CloseCode.MESSAGE_TOO_BIG,
              CloseCode.HOOK_FAILED}  # fmt: skip
-    decided = {CloseCode.NORMAL, CloseCode.POLICY_VIOLATION, CloseCode.INVALID_TEXT}
+    # 3012: the session was resumed on another socket: someone else holds it now.
+    decided = {
+        CloseCode.NORMAL,
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.INVALID_TEXT,
+        CloseCode.SESSION_RESUMED,
+    }
     assert again | decided == set(CloseCode), "every code of the protocol is decided on"
     assert all(reconnects_after_close(code) for code in again)
     assert not any(reconnects_after_close(code) for code in decided)
     assert {*again, 1001, 1005, 1014, 1015} == RECONNECT_CLOSE_CODES
     assert not reconnects_after_close(4001), "the application's own codes are its decisions"
+    assert SESSION_RESUMED == CloseCode.SESSION_RESUMED
 
 
 @pytest.mark.parametrize(

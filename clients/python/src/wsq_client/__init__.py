@@ -1,5 +1,6 @@
 """wsq's Python client: connect to a wsq gateway, send requests and get their replies, listen
-to pushes, and reconnect with backoff when the connection drops.
+to pushes, reconnect with backoff when the connection drops, and resume the connection's
+session (same connection id, the frames sent meanwhile) when the gateway offers it.
 
     async with wsq_client.connect("wss://gateway.example/ws", token=jwt) as client:
         print(await client.request("echo", {"text": "hi"}))
@@ -7,11 +8,19 @@ to pushes, and reconnect with backoff when the connection drops.
 """
 
 from wsq_client.client import Client, Push, StateChange, connect
-from wsq_client.exceptions import ClientClosed, ConnectionLost, RequestTimeout, ServerError, WsqClientError
-from wsq_client.policy import RECONNECT_CLOSE_CODES, Backoff
+from wsq_client.exceptions import (
+    ClientClosed,
+    ConnectionLost,
+    RequestTimeout,
+    ServerError,
+    SessionLost,
+    WsqClientError,
+)
+from wsq_client.policy import RECONNECT_CLOSE_CODES, SESSION_RESUMED, Backoff
 
 __all__ = [
     "RECONNECT_CLOSE_CODES",
+    "SESSION_RESUMED",
     "Backoff",
     "Client",
     "ClientClosed",
@@ -19,6 +28,7 @@ __all__ = [
     "Push",
     "RequestTimeout",
     "ServerError",
+    "SessionLost",
     "StateChange",
     "WsqClientError",
     "connect",

@@ -6,6 +6,15 @@ drop and the next), ``request()`` and ``send()`` wait for the connection, up to 
 timeout; nothing is queued inside the client beyond those waiting calls, and nothing already
 sent is ever sent again: a request in flight when the socket drops fails with
 ``ConnectionLost`` (it may or may not have run).
+
+Session resume (protocol/README.md, "Session resume"): when the gateway's ``$connected`` carries
+a ``resume_token`` (and ``resume`` is on), every later frame carries ``seq`` (1, 2, 3... per
+connection). The client handles each number once and in order: a number it has seen is a
+duplicate, dropped; a number that skips one means a frame was lost, so the client abandons the
+socket (without a close frame, which would end the session) and resumes. After a lost socket
+it reconnects with ``?resume=<token>&after=<last seq>``: requests in flight stay pending while
+it does, and get their reply from the replay when the gateway says ``recovered``; otherwise they
+fail with ``SessionLost`` (a ``ConnectionLost``).
 """
 
 from __future__ import annotations
@@ -21,13 +30,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from wsq_client.exceptions import ClientClosed, ConnectionLost, RequestTimeout, ServerError
-from wsq_client.policy import Backoff, reconnects_after_close, reconnects_after_status
+from wsq_client.exceptions import ClientClosed, ConnectionLost, RequestTimeout, ServerError, SessionLost
+from wsq_client.policy import SESSION_RESUMED, Backoff, reconnects_after_close, reconnects_after_status
 
 __all__ = ["Client", "Push", "StateChange", "connect"]
 
@@ -35,6 +45,7 @@ log = logging.getLogger("wsq_client")
 
 State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
 NO_CLOSE_FRAME = 1006
+BAD_REQUEST = 400  # the gateway refused a resume token or an ``after`` that is not one
 
 
 @dataclass(frozen=True)
@@ -57,15 +68,23 @@ class StateChange:
     delay: float = 0.0  # reconnecting: seconds before it
     code: int | None = None  # reconnecting or closed: the close code (or None: no socket yet)
     reason: str = ""  # the close reason, or the error that stopped the connection
+    # open, after the client asked to resume a session (None otherwise): whether the gateway
+    # still had it (same connection id, user and groups), and whether every frame sent to it
+    # meanwhile follows (False: some were lost, the application reloads its state).
+    resumed: bool | None = None
+    recovered: bool | None = None
 
 
 class _Refused(Exception):
     """The handshake or the socket ended in a way the policy does not retry."""
 
-    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+    def __init__(
+        self, message: str, code: int | None = None, reason: str = "", status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
+        self.status = status
 
 
 Handler = Callable[[Any], Any]
@@ -78,7 +97,10 @@ class Client:
     ``token`` (or ``get_token``, called before every connection: tokens expire) is sent as
     ``Authorization: Bearer``. ``request_timeout`` bounds each request, including the time it
     waits for a connection. ``reconnect`` (default on) reconnects per ``policy`` with
-    ``backoff``, for ever or ``max_attempts`` times in a row.
+    ``backoff``, for ever or ``max_attempts`` times in a row. ``resume`` (default on) resumes the
+    connection's session after a lost socket when the gateway offers it (a ``resume_token`` in
+    ``$connected``); off, or with a gateway that offers none, every reconnection is a new
+    connection.
     """
 
     def __init__(
@@ -96,6 +118,7 @@ class Client:
         ping_interval: float | None = 20.0,
         max_size: int | None = 2**20,
         ssl: Any = None,
+        resume: bool = True,
     ) -> None:
         if token is not None and get_token is not None:
             raise ValueError("pass token or get_token, not both")
@@ -111,6 +134,7 @@ class Client:
         self._ping_interval = ping_interval
         self._max_size = max_size
         self._ssl = ssl
+        self.resume = resume
         self.state: State = "idle"
         self.connection_id: str | None = None
         self.user_id: str | None = None
@@ -126,6 +150,29 @@ class Client:
         self._state_handlers: list[StateHandler] = []
         self._push_queues: list[asyncio.Queue[Push]] = []
         self._closing = False
+        # Session resume: the token of the session to resume (None: nothing to resume), the last
+        # seq handled, whether the next seq starts a new count (after a resume without recovery),
+        # the close of the socket whose requests wait for the resume, and the sockets abandoned
+        # after a gap (read until the gateway closes them with 3012, or dropped without a close
+        # frame once the resume is answered: a close frame would end the session).
+        self._resume_token: str | None = None
+        self._last_seq = 0
+        self._rebase = False
+        self._lost: tuple[int, str] | None = None
+        self._abandoned: dict[ClientConnection, asyncio.Task[None]] = {}
+        self._resume_refused = False  # the last resume was refused (HTTP 400): the next open says so
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the last frame handled on this connection (0: none yet, or the gateway
+        numbers no frames: session resume off)."""
+        return self._last_seq
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a lost socket would be resumed: the gateway gave a resume token, and ``resume``
+        and ``reconnect`` are on."""
+        return self._resume_token is not None
 
     # Lifecycle.
 
@@ -144,9 +191,10 @@ class Client:
         requests fail (``ClientClosed`` or ``ConnectionLost``)."""
         self._closing = True
         ws = self._ws
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close(code, reason)
+        for socket in [ws, *self._abandoned]:  # a close frame ends the session on the gateway
+            if socket is not None:
+                with contextlib.suppress(Exception):
+                    await socket.close(code, reason)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,9 +302,17 @@ class Client:
         reason = ""
         while True:
             self._set_state(StateChange("connecting" if attempt == 0 else "reconnecting", code=code))
+            resuming = self._resume_token is not None
             try:
-                ws, hello = await self._open()
+                ws, hello = await self._open(self._resume_url() if resuming else self.url)
             except _Refused as exc:
+                if resuming and exc.status == BAD_REQUEST:  # the token is not (or no longer) one
+                    self._end_session(resumed=False)
+                    self._resume_refused = True
+                    attempt += 1
+                    if not await self._wait_to_retry(attempt, code, str(exc)):
+                        return
+                    continue
                 self._finish(ClientClosed(str(exc), exc.code, exc.reason))
                 return
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
@@ -266,24 +322,90 @@ class Client:
                     return
                 continue
             attempt = 0
+            resumed, recovered = self._start_session(hello, resuming)
             self._ws = ws
-            self.connection_id = hello.get("connection_id")
-            self.user_id = hello.get("user_id")
-            self._set_state(StateChange("open", connection_id=self.connection_id, user_id=self.user_id))
+            self._set_state(
+                StateChange(
+                    "open",
+                    connection_id=self.connection_id,
+                    user_id=self.user_id,
+                    resumed=resumed,
+                    recovered=recovered,
+                )
+            )
             assert self._opened is not None
             self._opened.set()
-            code, reason = await self._read(ws)
+            closed = await self._read(ws)
             self._opened.clear()
             self._ws = None
-            self._fail_pending(ConnectionLost(code, reason))
-            if self._closing:
-                return
-            if not self.reconnect or not reconnects_after_close(code):
-                self._finish(ClientClosed(f"the server closed the connection with {code}", code, reason))
-                return
+            if closed is None:  # a frame is missing: the socket is abandoned, the session resumed
+                code, reason = None, f"a frame was missing after seq {self._last_seq}: resuming"
+                self._lost = (NO_CLOSE_FRAME, reason)
+            else:
+                code, reason = closed
+                reconnecting = self.reconnect and reconnects_after_close(code) and not self._closing
+                if reconnecting and self._resume_token is not None:
+                    self._lost = (code, reason)  # the requests in flight wait for the resume
+                else:
+                    self._resume_token = None
+                    self._fail_pending(ConnectionLost(code, reason))
+                if self._closing:
+                    return
+                if not reconnecting:
+                    self._finish(ClientClosed(_closed_message(code), code, reason))
+                    return
             attempt = 1
             if not await self._wait_to_retry(attempt, code, reason):
                 return
+
+    def _start_session(self, hello: dict[str, Any], resuming: bool) -> tuple[bool | None, bool | None]:
+        """Take in a ``$connected``: the connection, its token, where its numbering stands, and the
+        requests a lost socket left in flight (kept when the session was recovered, failed
+        otherwise). Returns ``resumed`` and ``recovered`` (None when no resume was asked)."""
+        resumed: bool | None = False if self._resume_refused else None
+        recovered: bool | None = resumed
+        self._resume_refused = False
+        if resuming:
+            resumed = hello.get("resumed") is True
+            recovered = resumed and hello.get("recovered") is True
+            if not recovered:
+                self._end_session(resumed=resumed)
+        self._lost = None
+        if not resumed:
+            self._last_seq = 0
+        self._rebase = bool(resumed and not recovered)  # numbering goes on past the lost frames
+        token = hello.get("resume_token")
+        if not (self.resume and self.reconnect):  # resuming is reconnecting
+            self._resume_token = None
+        elif isinstance(token, str) and token:
+            self._resume_token = token
+        elif not resumed:
+            self._resume_token = None
+        self.connection_id = hello.get("connection_id")
+        self.user_id = hello.get("user_id")
+        for ws in list(self._abandoned):  # the gateway answered the resume: done with them
+            ws.transport.abort()
+        return resumed, recovered
+
+    def _end_session(self, *, resumed: bool) -> None:
+        """The frames of the lost socket's session are gone: fail the requests that waited."""
+        code, reason = self._lost or (NO_CLOSE_FRAME, "")
+        self._fail_pending(SessionLost(code, reason, resumed=resumed))
+        self._lost = None
+        if not resumed:
+            self._resume_token = None
+
+    def _resume_url(self) -> str:
+        """The URL with ``resume`` and ``after`` added to its query (its other parameters kept)."""
+        assert self._resume_token is not None
+        parts = urlsplit(self.url)
+        kept = [
+            field
+            for field in parts.query.split("&")
+            if field and field.split("=")[0] not in {"resume", "after"}
+        ]
+        kept.append(urlencode({"resume": self._resume_token, "after": self._last_seq}))
+        return urlunsplit(parts._replace(query="&".join(kept)))
 
     async def _wait_to_retry(self, attempt: int, code: int | None, reason: str) -> bool:
         if not self.reconnect or (self.max_attempts is not None and attempt > self.max_attempts):
@@ -294,7 +416,7 @@ class Client:
         await asyncio.sleep(delay)
         return True
 
-    async def _open(self) -> tuple[ClientConnection, dict[str, Any]]:
+    async def _open(self, url: str) -> tuple[ClientConnection, dict[str, Any]]:
         headers = dict(self._headers)
         token = self._token
         if self._get_token is not None:
@@ -304,7 +426,7 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         try:
             ws = await ws_connect(
-                self.url,
+                url,
                 additional_headers=headers,
                 open_timeout=self._open_timeout,
                 ping_interval=self._ping_interval,
@@ -316,7 +438,8 @@ class Client:
         except InvalidStatus as exc:
             status = exc.response.status_code
             if not reconnects_after_status(status):
-                raise _Refused(f"the gateway refused the connection: HTTP {status}", None, str(exc)) from None
+                message = f"the gateway refused the connection: HTTP {status}"
+                raise _Refused(message, None, str(exc), status) from None
             raise
         try:
             async with asyncio.timeout(self._open_timeout):
@@ -330,8 +453,9 @@ class Client:
         data = hello.get("data")
         return ws, data if isinstance(data, dict) else {}
 
-    async def _read(self, ws: ClientConnection) -> tuple[int, str]:
-        """Hand every frame to its request or listeners until the socket closes: its close code."""
+    async def _read(self, ws: ClientConnection) -> tuple[int, str] | None:
+        """Hand every frame to its request or listeners until the socket closes: its close code
+        and reason; None when a frame is missing (the socket is abandoned to resume)."""
         try:
             async for message in ws:
                 try:
@@ -339,11 +463,44 @@ class Client:
                 except ValueError:
                     log.warning("dropped a frame that is not JSON")
                     continue
-                if isinstance(frame, dict):
+                if not isinstance(frame, dict):
+                    continue
+                verdict = self._sequence(frame.get("seq"))
+                if verdict == "gap":
+                    log.info("seq %s after %s: a frame is missing, resuming", frame["seq"], self._last_seq)
+                    self._abandon(ws)
+                    return None
+                if verdict == "handle":
                     self._dispatch(frame)
         except ConnectionClosed:
             pass
         return _code_of(ws), _reason_of(ws)
+
+    def _sequence(self, seq: Any) -> Literal["handle", "drop", "gap"]:
+        """What to do with a frame numbered ``seq``: handle it (the next one), drop it (seen
+        already) or resume (one is missing before it)."""
+        if self._resume_token is None or not isinstance(seq, int) or isinstance(seq, bool):
+            return "handle"  # resume is off: frames are handled as they come
+        if seq <= self._last_seq:
+            return "drop"
+        if seq != self._last_seq + 1 and not self._rebase:
+            return "gap"
+        self._last_seq = seq
+        self._rebase = False
+        return "handle"
+
+    def _abandon(self, ws: ClientConnection) -> None:
+        """Stop handling ``ws``'s frames, without a close frame (one would end the session): read
+        and drop them until the gateway closes it (3012, once the new socket took over) or the
+        resume is answered (then the client drops it)."""
+
+        async def drain() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for _ in ws:
+                    pass
+            self._abandoned.pop(ws, None)
+
+        self._abandoned[ws] = asyncio.create_task(drain(), name="wsq-client-abandoned")
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         action, data, frame_id = frame.get("action"), frame.get("data"), frame.get("id")
@@ -416,7 +573,14 @@ class Client:
         self._closed_error = exc
         if self._closed is not None:
             self._closed.set()
+        if self._lost is not None:  # in flight on a lost socket, and no resume will come
+            self._fail_pending(ConnectionLost(*self._lost))
         self._fail_pending(exc)
+        self._resume_token = None
+        for ws, task in list(self._abandoned.items()):
+            ws.transport.abort()
+            task.cancel()
+        self._abandoned.clear()
         self._set_state(StateChange("closed", code=exc.code, reason=exc.reason or str(exc)))
 
 
@@ -424,6 +588,12 @@ def connect(url: str, **options: Any) -> Client:
     """``async with connect(url, token=...) as client:`` — a :class:`Client`, connected on entry
     and closed on exit."""
     return Client(url, **options)
+
+
+def _closed_message(code: int) -> str:
+    if code == SESSION_RESUMED:
+        return "the session was resumed on another socket (3012): someone else holds its resume token now"
+    return f"the server closed the connection with {code}"
 
 
 def _encode(action: str, data: Any, frame_id: str | None) -> str:

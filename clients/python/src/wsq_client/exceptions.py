@@ -9,6 +9,11 @@ with one of these.
     it (a reply that comes later is dropped).
   * :class:`ConnectionLost` — the socket closed while the request was in flight: it may or may
     not have run (outcome unknown). Never sent again by the client: the application decides.
+
+    * :class:`SessionLost` — (session resume) the socket was lost with the request in flight,
+      and the client came back without the frames it missed (``resumed`` false: a new
+      connection; true: the same connection, but the gateway no longer kept them): the reply
+      may have been lost.
   * :class:`ClientClosed` — the client is closed (by ``close()``, or for good: a close code or an
     HTTP status it does not reconnect after, or its attempts ran out); ``code`` and ``reason``
     say why.
@@ -16,7 +21,7 @@ with one of these.
 
 from __future__ import annotations
 
-__all__ = ["ClientClosed", "ConnectionLost", "RequestTimeout", "ServerError", "WsqClientError"]
+__all__ = ["ClientClosed", "ConnectionLost", "RequestTimeout", "ServerError", "SessionLost", "WsqClientError"]
 
 
 class WsqClientError(Exception):
@@ -43,6 +48,23 @@ class ConnectionLost(WsqClientError):
         super().__init__(f"connection lost (close code {code}) before the answer: the outcome is unknown")
         self.code = code
         self.reason = reason
+
+
+class SessionLost(ConnectionLost):
+    """(Session resume) The request was in flight when its socket was lost, and the resume did
+    not recover the frames sent meanwhile: its reply may have been lost, whether it ran is
+    unknown. ``resumed``: whether the gateway still had the connection (same id, user and
+    groups; False: the client is on a new connection). ``code``: the close code of the lost
+    socket (1006 when the client abandoned it because a frame was missing)."""
+
+    def __init__(self, code: int, reason: str = "", *, resumed: bool) -> None:
+        super().__init__(code, reason)
+        self.resumed = resumed
+        what = "the same connection without the frames it missed" if resumed else "a new connection"
+        self.args = (
+            f"connection lost (close code {code}) before the answer, and the client resumed on {what}: "
+            "the reply may have been lost, the outcome is unknown",
+        )
 
 
 class ClientClosed(WsqClientError):

@@ -8,8 +8,10 @@ limit (1009: the next connection is fresh), a slow-consumer cut (3008: the clien
 and a connect hook that failed (3011: a worker's exception, maybe passing) are worth a
 reconnect. The rest are decisions: a normal close by the server (1000: a publisher's
 ``disconnect``), a policy refusal (1008: too many connections for the user), a text frame
-that is not UTF-8 (1007) and the application's own codes (3000-4999): reconnecting would only
-be refused again, or undo what the application wanted.
+that is not UTF-8 (1007), the application's own codes (3000-4999) and 3012 (session resume: the
+connection's session was taken over by another socket with its resume token, so this client
+is no longer the session's): reconnecting would only be refused again, or undo what the
+application wanted.
 
 At the handshake, an HTTP 429 (too many connections from one address or user) or 5xx (the
 gateway not ready) is retried; any other status (401: no or a bad token, 403: origin) is not.
@@ -21,10 +23,21 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["RECONNECT_CLOSE_CODES", "Backoff", "reconnects_after_close", "reconnects_after_status"]
+__all__ = [
+    "RECONNECT_CLOSE_CODES",
+    "SESSION_RESUMED",
+    "Backoff",
+    "reconnects_after_close",
+    "reconnects_after_status",
+]
 
 RECONNECT_CLOSE_CODES = frozenset({1001, 1005, 1006, 1009, 1011, 1012, 1013, 1014, 1015, 3008, 3011})
 """Close codes after which the client reconnects."""
+
+SESSION_RESUMED = 3012
+"""The gateway closed this socket because another socket resumed its session (protocol/README.md,
+"Session resume"). On a socket the client abandoned to resume, it is expected and ignored; on
+the client's current socket, someone else holds the session now: the client closes."""
 
 
 def reconnects_after_close(code: int) -> bool:
