@@ -3,7 +3,8 @@ Chromium against real processes: Redis, a gateway and the sample worker. Request
 $error codes, timeouts and an application's close code; a gateway restarted mid-session
 (1012, then a new process on the same port); a network cut (a TCP proxy that resets both
 sides) and a silent one (the proxy drops what the gateway sends: the heartbeat notices).
-No session resume yet: pushes sent while disconnected are lost, so none is expected."""
+Session resume is off here (the gateway's default): pushes sent while disconnected are lost,
+so none is expected (test_js_client_node.py resumes a session, with WSQ_RESUME_WINDOW_S)."""
 
 from __future__ import annotations
 

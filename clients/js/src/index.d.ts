@@ -72,6 +72,13 @@ export interface WsqClientOptions {
   heartbeat?: HeartbeatOptions | false;
   /** Whether to reconnect after a close (default: defaultShouldReconnect). */
   shouldReconnect?: (info: CloseInfo) => boolean;
+  /**
+   * Session resume (default true; used only when the gateway's `$connected` carries a
+   * `resume_token`, and never with `reconnect: false`): a lost socket is reconnected with
+   * `?resume=<token>&after=<last seq>`, keeping the connection id and the frames sent meanwhile.
+   * false: every reconnect is a new connection, as with a gateway without resume.
+   */
+  resume?: boolean;
   /** Connect at once (default true); else connect() opens. */
   autoConnect?: boolean;
   /** For tests: timers and time. */
@@ -126,9 +133,24 @@ export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | 
 
 export interface ClientEvents {
   $connecting: { attempt: number };
-  $open: { connectionId: string | null; userId: string | null; data: Record<string, unknown> };
+  $open: {
+    connectionId: string | null;
+    userId: string | null;
+    data: Record<string, unknown>;
+    /** The session of the lost socket was resumed: same connection id, user and groups. */
+    resumed: boolean;
+    /** Resumed, and every frame sent meanwhile follows (in-flight requests stay pending). false: reload the state. */
+    recovered: boolean;
+  };
   $closed: { code: number; reason: string; willReconnect: boolean };
-  $reconnecting: { attempt: number; delayMs: number; code: number; reason: string };
+  $reconnecting: {
+    attempt: number;
+    delayMs: number;
+    code: number;
+    reason: string;
+    /** The next attempt asks to resume the session (with its token and the last seq seen). */
+    resuming: boolean;
+  };
   $error: WsqError;
   $dropped: { action: string; data: unknown; reason: "closed" | "queue_full" | "too_large" };
 }

@@ -1,8 +1,9 @@
 // wsq-client: the browser and Node client of a wsq gateway (protocol/README.md, "WebSocket frames").
 // Plain ES module, no dependencies, no build step; the types are in index.d.ts.
 //
-// One socket at a time. Its whole life goes through #openSocket() and #onSocketClosed(): the
-// one place a later session resume (a token sent on reconnect) will plug into.
+// One socket at a time. Its whole life goes through #openSocket() and #onSocketClosed(); a
+// session resume (protocol/README.md, "Session resume") is a reconnect whose URL carries the
+// resume token and the last `seq` seen, and whose `$connected` says what was kept.
 
 export const VERSION = "0.1.0";
 
@@ -14,6 +15,12 @@ const NOT_RUN_CODES = new Set(["unavailable", "overloaded", "rate_limited", "no_
 
 /** Close codes after which the client reconnects by default (docs: clients/js/README.md, "Close codes"). */
 export const RECONNECT_CODES = Object.freeze([1001, 1005, 1006, 1009, 1011, 1012, 1013, 1014, 1015, 3008, 3011]);
+
+/** The ends of an open socket after which the gateway keeps (parks) the session for a resume. */
+const PARKED_CODES = new Set([1006, 1011, 1012, 1014, 3008]);
+
+/** The gateway's close code for a socket whose session another socket resumed (took over). */
+const TAKEN_OVER = 3012;
 
 const DEFAULTS = {
   requestTimeoutMs: 10_000,
@@ -132,6 +139,7 @@ export class WsqClient {
   #queue;
   #heartbeat;
   #shouldReconnect;
+  #resume;
   #clock;
   #random;
   #nextId;
@@ -149,9 +157,16 @@ export class WsqClient {
   #stableTimer = null;
   #heartbeatTimer = null;
   #lastReceived = 0;
+  // ---- session resume (only with a resume_token from $connected, and options.resume)
+  #resumeToken = null; // the session's key; null: no session to resume
+  #lastSeq = 0; // the last `seq` handled
+  #seqUnknown = false; // after a resume that was not recovered: the next seq is taken as it comes
+  #resuming = false; // the socket being opened asks for a resume (?resume=&after=)
+  /** sockets given up without a close frame (a close would end the session), still open */
+  #abandoned = new Set();
   /** frames waiting for a connection, in call order: {kind: "request"|"send", frame, req?} */
   #outbox = [];
-  /** requests written to the current socket, by id */
+  /** requests written to a socket and not answered yet, by id (the lost socket's too, while resuming) */
   #pending = new Map();
   #listeners = new Map();
   #waiters = []; // connect() promises
@@ -180,6 +195,7 @@ export class WsqClient {
     this.#queue = { ...DEFAULTS.queue, ...options.queue };
     this.#heartbeat = options.heartbeat === false ? null : { ...DEFAULTS.heartbeat, ...options.heartbeat };
     this.#shouldReconnect = options.shouldReconnect ?? defaultShouldReconnect;
+    this.#resume = options.resume !== false;
     this.#clock = { ...realClock, ...options.clock };
     this.#random = options.random ?? Math.random;
     this.#nextId = options.idGenerator ?? idGenerator();
@@ -236,6 +252,7 @@ export class WsqClient {
   close(code = 1000, reason = "") {
     if (this.#state === "closed") return;
     this.#closing = true;
+    this.#closeAbandoned(code, reason); // the session ends with them: it will not be resumed
     if (this.#state === "idle") {
       this.#onSocketClosed(code, reason, true); // settles what was queued
       return;
@@ -416,9 +433,8 @@ export class WsqClient {
     this.#state = "connecting";
     this.#emit("$connecting", { attempt: this.#attempt });
     if (generation !== this.#generation || this.#state !== "connecting") return; // a listener closed it
-    let url = this.#url;
+    let token = null;
     if (this.#getToken !== null) {
-      let token;
       try {
         token = await this.#getToken(); // per attempt: a JWT expires, the next one is fresh
       } catch (err) {
@@ -434,9 +450,18 @@ export class WsqClient {
         this.#onSocketClosed(1000, "no token", false);
         return;
       }
-      const withToken = new URL(url);
-      withToken.searchParams.set("token", token);
-      url = withToken.toString();
+    }
+    // A session to resume (a socket lost, a frame missed): its token and the last seq seen.
+    this.#resuming = this.#resumeToken !== null;
+    let url = this.#url;
+    if (token !== null || this.#resuming) {
+      const withParams = new URL(url);
+      if (token !== null) withParams.searchParams.set("token", token);
+      if (this.#resuming) {
+        withParams.searchParams.set("resume", this.#resumeToken);
+        withParams.searchParams.set("after", String(this.#lastSeq));
+      }
+      url = withParams.toString();
     }
     let socket;
     try {
@@ -463,7 +488,65 @@ export class WsqClient {
     if (this.#socket === socket) this.#socket = null;
   }
 
+  /**
+   * Gives a socket up without closing it: a close frame would end the session the next socket
+   * resumes. The gateway closes it (3012) once that one takes over; until then it is kept, to
+   * be closed if the session is not resumed after all.
+   */
+  #abandon(socket) {
+    this.#detach(socket);
+    this.#abandoned.add(socket);
+    socket.onclose = () => {
+      socket.onclose = null;
+      this.#abandoned.delete(socket);
+    };
+  }
+
+  #closeAbandoned(code, reason) {
+    for (const socket of this.#abandoned) {
+      socket.onclose = null;
+      try {
+        socket.close(code, reason);
+      } catch {
+        // already closing
+      }
+    }
+    this.#abandoned.clear();
+  }
+
   #onOpen(data) {
+    const asked = this.#resuming;
+    this.#resuming = false;
+    const resumed = asked && data?.resumed === true;
+    const recovered = resumed && data?.recovered === true;
+    const token =
+      this.#resume && this.#reconnect !== null && typeof data?.resume_token === "string" ? data.resume_token : null;
+    if (resumed) {
+      // Same connection; its numbering goes on. Not recovered: frames were lost, and the next
+      // seq is above the last one seen by more than one.
+      if (token !== null) this.#resumeToken = token;
+      if (!recovered) this.#seqUnknown = true;
+    } else {
+      // A new connection (or a gateway without resume: no token, no seq): numbering from 1.
+      this.#resumeToken = token;
+      this.#lastSeq = 0;
+      this.#seqUnknown = false;
+      this.#closeAbandoned(1000, "");
+    }
+    if (!recovered) {
+      // Requests sent on the lost socket: their answers are not coming.
+      for (const req of [...this.#pending.values()]) {
+        req.settle(
+          new WsqError(
+            "connection_lost",
+            `${req.action}: the connection was lost before the answer came, and ${
+              resumed ? "frames sent meanwhile were not kept" : "its session was not resumed"
+            }: it may or may not have run`,
+            { sent: true, action: req.action },
+          ),
+        );
+      }
+    }
     this.#state = "open";
     this.#connectionId = typeof data?.connection_id === "string" ? data.connection_id : null;
     this.#userId = typeof data?.user_id === "string" ? data.user_id : null;
@@ -476,7 +559,7 @@ export class WsqClient {
     }
     this.#scheduleHeartbeat(this.#heartbeat?.intervalMs);
     // Unknown fields of $connected are ignored (a later protocol may add some).
-    this.#emit("$open", { connectionId: this.#connectionId, userId: this.#userId, data });
+    this.#emit("$open", { connectionId: this.#connectionId, userId: this.#userId, data, resumed, recovered });
     for (const waiter of this.#waiters.splice(0)) waiter.resolve();
     // Flush in call order; a listener of $open may have closed the socket already.
     while (this.#outbox.length > 0 && this.#state === "open") {
@@ -510,6 +593,9 @@ export class WsqClient {
       this.#onOpen(data);
       return;
     }
+    if (frame.seq !== undefined && this.#resumeToken !== null && this.#state === "open" && !this.#inSequence(frame.seq)) {
+      return;
+    }
     if (typeof id === "string") {
       const req = this.#pending.get(id);
       if (req === undefined) return; // the answer to a request that timed out or was aborted
@@ -531,37 +617,65 @@ export class WsqClient {
     this.#emit("*", data, action);
   }
 
-  #onSocketClosed(code, reason, byClient) {
+  /**
+   * Whether a frame numbered `seq` is handled: the next one is; a duplicate (a frame seen
+   * before, replayed) is dropped; after a gap (a frame lost on the way) the socket is given up
+   * and the session resumed at once, from the last frame seen.
+   */
+  #inSequence(seq) {
+    if (!Number.isSafeInteger(seq) || seq < 1) return true; // not a number this client knows
+    if (seq <= this.#lastSeq) return false;
+    if (seq === this.#lastSeq + 1 || this.#seqUnknown) {
+      this.#seqUnknown = false;
+      this.#lastSeq = seq;
+      return true;
+    }
+    this.#abandon(this.#socket);
+    this.#onSocketClosed(1006, "missed frames", false, true);
+    return false;
+  }
+
+  #onSocketClosed(code, reason, byClient, gap = false) {
     const opened = this.#state === "open";
     this.#clearTimers();
     this.#connectionId = null;
     this.#userId = null;
-    // Written to the socket, unanswered: the server may have run them. Never sent again.
-    for (const req of [...this.#pending.values()]) {
-      req.settle(
-        new WsqError(
-          "connection_lost",
-          `${req.action}: the connection was lost before the answer came (code ${code}): it may or may not have run`,
-          { sent: true, action: req.action },
-        ),
-      );
-    }
+    this.#resuming = false;
     const info = { code, reason, opened };
+    // Another socket resumed this session (with its token): reconnecting would take it back.
+    const takenOver = opened && code === TAKEN_OVER && this.#resumeToken !== null;
     const retry =
       !this.#closing &&
       !byClient &&
+      !takenOver &&
       this.#reconnect !== null &&
       this.#attempt < this.#reconnect.maxAttempts &&
-      Boolean(this.#shouldReconnect(info));
+      (gap || Boolean(this.#shouldReconnect(info)));
+    // The gateway keeps the session after a lost socket (no close frame, 1011, 1012, 1014, 3008) and
+    // while attempts fail; any other close of an open socket ended it.
+    if (!retry || (opened && !gap && !PARKED_CODES.has(code))) this.#resumeToken = null;
+    if (this.#resumeToken === null) {
+      // Written to the socket, unanswered: the server may have run them. Never sent again.
+      for (const req of [...this.#pending.values()]) {
+        req.settle(
+          new WsqError(
+            "connection_lost",
+            `${req.action}: the connection was lost before the answer came (code ${code}): it may or may not have run`,
+            { sent: true, action: req.action },
+          ),
+        );
+      }
+    }
     if (retry) {
       this.#attempt += 1;
       const attempt = this.#attempt;
-      const delayMs = backoffDelay(attempt, this.#reconnect.baseMs, this.#reconnect.maxMs, this.#random);
+      const delayMs = gap ? 0 : backoffDelay(attempt, this.#reconnect.baseMs, this.#reconnect.maxMs, this.#random);
+      const resuming = this.#resumeToken !== null;
       this.#state = "reconnecting";
       this.#emit("$closed", { code, reason, willReconnect: true });
       // A listener may have called close(): then the client is closed, and no retry is due.
       if (this.#state !== "reconnecting") return;
-      this.#emit("$reconnecting", { attempt, delayMs, code, reason });
+      this.#emit("$reconnecting", { attempt, delayMs, code, reason, resuming });
       if (this.#state !== "reconnecting") return;
       this.#retryTimer = this.#clock.setTimeout(() => {
         this.#retryTimer = null;
@@ -570,6 +684,7 @@ export class WsqClient {
       return;
     }
     this.#state = "closed";
+    this.#closeAbandoned(1000, "");
     const closed = new WsqError("closed", `the client closed (code ${code}${reason ? `: ${reason}` : ""})`);
     const outbox = this.#outbox.splice(0);
     for (const item of outbox) {
@@ -609,14 +724,21 @@ export class WsqClient {
     }
     const socket = this.#socket;
     this.request("$ping", null, { timeout: this.#heartbeat.timeoutMs }).then(
-      () => this.#scheduleHeartbeat(this.#heartbeat.intervalMs),
+      () => {
+        // A $pong replayed after a resume: the new socket's $open scheduled the next beat.
+        if (this.#socket === socket && this.#state === "open") this.#scheduleHeartbeat(this.#heartbeat.intervalMs);
+      },
       (err) => {
         if (err.code !== "timeout" || this.#socket !== socket || socket === null) return;
-        this.#detach(socket);
-        try {
-          socket.close(4000, "heartbeat timeout");
-        } catch {
-          // nothing to close
+        if (this.#resumeToken !== null) {
+          this.#abandon(socket); // a close frame that got through would end the session
+        } else {
+          this.#detach(socket);
+          try {
+            socket.close(4000, "heartbeat timeout");
+          } catch {
+            // nothing to close
+          }
         }
         this.#onSocketClosed(1006, "heartbeat timeout", false);
       },

@@ -542,3 +542,242 @@ describe("heartbeat", () => {
     });
   });
 });
+
+describe("session resume", () => {
+  const TOKEN = `gw-1.${"A".repeat(22)}.${"B".repeat(22)}`;
+  const ID = "gw-1.abcdefghijklmnopqrstuv";
+
+  /** An open client whose gateway has resume on; `push(seq, n)` sends a numbered push. */
+  async function resumable(options) {
+    const t = setup(options);
+    await flush();
+    t.WebSocket.last.accept(ID, "ada", { resume_token: TOKEN, resume_window_s: 30 });
+    const got = [];
+    t.client.on("*", (data, action) => got.push(data));
+    const push = (seq, n = seq, socket = t.WebSocket.last) => socket.receive({ action: "news", data: n, seq });
+    const resumeUrl = (socket) => {
+      const query = new globalThis.URL(socket.url).searchParams;
+      return { resume: query.get("resume"), after: query.get("after") };
+    };
+    return { ...t, got, push, resumeUrl };
+  }
+
+  it("handles each seq once and in order: duplicates are dropped silently", async () => {
+    const { client, WebSocket, got, push, events } = await resumable();
+    const reply = client.request("echo", "x");
+    const { id } = WebSocket.last.sent[0];
+    push(1);
+    push(2);
+    push(1);
+    push(2);
+    WebSocket.last.receive({ action: "echo", data: "old", id, seq: 2 }); // a duplicate: not a reply
+    WebSocket.last.receive({ action: "echo", data: "x", id, seq: 3 });
+    push(4);
+    assert.deepEqual(got, [1, 2, 4]);
+    assert.equal(await reply, "x");
+    assert.equal(client.state, "open");
+    assert.equal(WebSocket.instances.length, 1);
+    assert.ok(!events.some(([n]) => n === "$error"));
+  });
+
+  it("a gap abandons the socket without a close and resumes at once after the last seq seen", async () => {
+    const { client, WebSocket, got, push, resumeUrl, events, clock } = await resumable();
+    push(1);
+    push(2);
+    const first = WebSocket.last;
+    push(4); // 3 was lost
+    push(5, 5, first); // the abandoned socket is not listened to any more
+    assert.deepEqual(got, [1, 2]);
+    assert.equal(first.closedWith, null, "no close frame: it would end the session");
+    assert.equal(client.state, "reconnecting");
+    assert.deepEqual(events.slice(-2), [
+      ["$closed", { code: 1006, reason: "missed frames", willReconnect: true }],
+      ["$reconnecting", { attempt: 1, delayMs: 0, code: 1006, reason: "missed frames", resuming: true }],
+    ]);
+    await clock.advance(0);
+    assert.equal(WebSocket.instances.length, 2);
+    assert.deepEqual(resumeUrl(WebSocket.last), { resume: TOKEN, after: "2" });
+    WebSocket.last.accept(ID, "ada", { resume_token: TOKEN, resume_window_s: 30, resumed: true, recovered: true });
+    first.drop(3012, "session resumed"); // the gateway closes the old socket: nothing happens
+    push(3);
+    push(4);
+    push(5);
+    assert.deepEqual(got, [1, 2, 3, 4, 5]);
+    assert.equal(client.state, "open");
+    assert.equal(client.connectionId, ID);
+    assert.deepEqual(events.at(-1)[1].resumed, true);
+  });
+
+  it("reconnects a lost socket with ?resume=&after=, keeping the other query parameters", async () => {
+    const { WebSocket, clock, push, events } = await resumable({ url: "ws://gw.test/ws?x=1", token: "jwt" });
+    push(1);
+    push(2);
+    push(3);
+    WebSocket.last.drop(1006);
+    assert.equal(events.at(-1)[1].resuming, true);
+    await clock.advance(60_000);
+    assert.equal(WebSocket.last.url, `ws://gw.test/ws?x=1&token=jwt&resume=${TOKEN}&after=3`);
+    WebSocket.last.drop(1006); // the network is still down: the next attempt resumes too
+    await clock.advance(60_000);
+    assert.equal(WebSocket.last.url, `ws://gw.test/ws?x=1&token=jwt&resume=${TOKEN}&after=3`);
+  });
+
+  it("resumed and recovered: in-flight requests stay pending, their replies come in the replay", async () => {
+    const { client, WebSocket, clock, push, got, events } = await resumable();
+    push(1);
+    const inFlight = client.request("charge", { cents: 100 });
+    const { id } = WebSocket.last.sent[0];
+    WebSocket.last.drop(1006);
+    const queued = client.request("later");
+    await clock.advance(1000);
+    const second = WebSocket.last;
+    second.accept(ID, "ada", { resume_token: TOKEN, resume_window_s: 30, resumed: true, recovered: true });
+    const open = events.findLast(([n]) => n === "$open")[1];
+    assert.deepEqual([open.connectionId, open.resumed, open.recovered], [ID, true, true]);
+    assert.equal(second.sent[0].action, "later", "queued requests are sent as before");
+    push(2);
+    second.receive({ action: "charge", data: "charged", id, seq: 3 });
+    assert.equal(await inFlight, "charged");
+    second.receive({ action: "later", data: "done", id: second.sent[0].id, seq: 4 });
+    assert.equal(await queued, "done");
+    assert.deepEqual(got, [1, 2]);
+  });
+
+  it("recovered false: in-flight requests reject, queued ones are sent, numbering goes on", async () => {
+    const { client, WebSocket, clock, push, got, events } = await resumable();
+    push(1);
+    const inFlight = client.request("charge").catch((e) => e);
+    WebSocket.last.drop(1006);
+    const queued = client.request("later");
+    await clock.advance(1000);
+    WebSocket.last.accept(ID, "ada", { resume_token: TOKEN, resume_window_s: 30, resumed: true, recovered: false });
+    const err = await inFlight;
+    assert.equal(err.code, "connection_lost");
+    assert.equal(err.outcomeUnknown, true);
+    assert.match(err.message, /not kept: it may or may not have run/);
+    const open = events.findLast(([n]) => n === "$open")[1];
+    assert.deepEqual([open.resumed, open.recovered], [true, false]);
+    push(9); // frames 2-8 are gone: the numbering goes on from here, no new resume
+    push(10);
+    assert.deepEqual(got, [1, 9, 10]);
+    assert.equal(WebSocket.instances.length, 2);
+    WebSocket.last.reply("done");
+    assert.equal(await queued, "done");
+  });
+
+  it("resumed false: a new connection, numbered from 1; in-flight requests reject", async () => {
+    const { client, WebSocket, clock, push, got, events } = await resumable();
+    push(1);
+    push(2);
+    const inFlight = client.request("charge").catch((e) => e);
+    WebSocket.last.drop(1011);
+    await clock.advance(1000);
+    const other = `gw-2.${"C".repeat(22)}.${"D".repeat(22)}`;
+    WebSocket.last.accept("gw-2.zyxwvutsrqponmlkjihgfe", "ada", {
+      resume_token: other,
+      resume_window_s: 30,
+      resumed: false,
+      recovered: false,
+    });
+    const err = await inFlight;
+    assert.equal(err.code, "connection_lost");
+    assert.match(err.message, /not resumed/);
+    assert.equal(client.connectionId, "gw-2.zyxwvutsrqponmlkjihgfe");
+    const open = events.findLast(([n]) => n === "$open")[1];
+    assert.deepEqual([open.resumed, open.recovered], [false, false]);
+    push(1, "new 1");
+    assert.deepEqual(got, [1, 2, "new 1"]);
+    WebSocket.last.drop(1006);
+    await clock.advance(60_000);
+    assert.match(WebSocket.last.url, new RegExp(`resume=${other}&after=1$`));
+  });
+
+  it("a close that ends the session (1000, 4000...) is no resume: a new connection, as before", async () => {
+    const { client, WebSocket, clock, push, events } = await resumable({ shouldReconnect: () => true });
+    push(1);
+    const inFlight = client.request("charge").catch((e) => e);
+    WebSocket.last.drop(4000, "bye");
+    assert.equal((await inFlight).code, "connection_lost");
+    assert.equal(events.at(-1)[1].resuming, false);
+    await clock.advance(60_000);
+    assert.equal(new globalThis.URL(WebSocket.last.url).search, "");
+    assert.equal(client.state, "connecting");
+  });
+
+  it("3012 on the current socket (another client took the session over): closed, no reconnect", async () => {
+    const { client, WebSocket, clock, events } = await resumable({ shouldReconnect: () => true });
+    const inFlight = client.request("charge").catch((e) => e);
+    WebSocket.last.drop(3012, "session resumed");
+    assert.equal(client.state, "closed");
+    assert.equal((await inFlight).code, "connection_lost");
+    assert.deepEqual(events.at(-1), ["$closed", { code: 3012, reason: "session resumed", willReconnect: false }]);
+    await clock.advance(60_000);
+    assert.equal(WebSocket.instances.length, 1);
+  });
+
+  it("the heartbeat gives a silent socket up without a close frame, and resumes", async () => {
+    const { WebSocket, clock, push, resumeUrl } = await resumable({ heartbeat: { intervalMs: 1000, timeoutMs: 500 } });
+    push(1);
+    const first = WebSocket.last;
+    await clock.advance(1500); // a $ping, no $pong
+    assert.equal(first.closedWith, null);
+    await clock.advance(60_000);
+    assert.deepEqual(resumeUrl(WebSocket.last), { resume: TOKEN, after: "1" });
+    WebSocket.last.accept(ID, "ada", { resume_token: TOKEN, resume_window_s: 30, resumed: false, recovered: false });
+    assert.deepEqual(first.closedWith, { code: 1000, reason: "" }, "not resumed: the old socket is closed");
+  });
+
+  it("a $ping answered in the replay of a recovered session keeps one heartbeat going", async () => {
+    const { WebSocket, clock, push } = await resumable({
+      heartbeat: { intervalMs: 1000, timeoutMs: 5000 },
+      requestTimeoutMs: 60_000,
+    });
+    push(1);
+    await clock.advance(1000); // idle: a $ping
+    const ping = WebSocket.last.sent.at(-1);
+    assert.equal(ping.action, "$ping");
+    WebSocket.last.drop(1006);
+    await clock.advance(1000);
+    WebSocket.last.accept(ID, "ada", { resume_token: TOKEN, resume_window_s: 30, resumed: true, recovered: true });
+    WebSocket.last.receive({ action: "$pong", data: null, id: ping.id, seq: 2 });
+    await clock.advance(0);
+    assert.equal(clock.pending().length, 2, "the heartbeat's timer and the stable timer");
+  });
+
+  it("close() while resuming rejects what waited, and closes an abandoned socket", async () => {
+    const { client, WebSocket, push } = await resumable();
+    push(1);
+    const first = WebSocket.last;
+    const inFlight = client.request("charge").catch((e) => e);
+    push(3); // a gap
+    client.close(4000, "bye");
+    assert.equal((await inFlight).code, "connection_lost");
+    assert.deepEqual(first.closedWith, { code: 4000, reason: "bye" });
+    assert.equal(client.state, "closed");
+  });
+
+  it("resume: false, or a gateway without resume_token: seq is ignored, reconnects are new connections", async () => {
+    for (const [options, extra] of [
+      [{ resume: false }, { resume_token: TOKEN, resume_window_s: 30 }],
+      [{}, {}],
+    ]) {
+      const t = setup(options);
+      await flush();
+      t.WebSocket.last.accept(ID, null, extra);
+      const got = [];
+      t.client.on("news", (n) => got.push(n));
+      const inFlight = t.client.request("charge").catch((e) => e);
+      for (const seq of [1, 1, 3]) t.WebSocket.last.receive({ action: "news", data: seq, seq });
+      assert.deepEqual(got, [1, 1, 3]);
+      assert.equal(t.client.state, "open");
+      t.WebSocket.last.drop(1006);
+      assert.equal((await inFlight).code, "connection_lost", "rejected at once");
+      assert.equal(t.events.at(-1)[1].resuming, false);
+      await t.clock.advance(60_000);
+      assert.equal(new globalThis.URL(t.WebSocket.last.url).search, "");
+      t.WebSocket.last.accept();
+      const open = t.events.at(-1)[1];
+      assert.deepEqual([open.resumed, open.recovered], [false, false]);
+    }
+  });
+});

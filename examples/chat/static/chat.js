@@ -27,7 +27,8 @@ const ui = {
   send: el("send"),
 };
 
-let myName = null; // sent again after a reconnect: a new connection is a new chat member
+let myName = null; // sent again after a reconnect into a new connection: a new chat member
+let wasOpen = false; // an $open after this one is a reconnect
 const myConnections = new Set(); // this page's connection ids: its own messages carry one
 
 const client = new WsqClient(GATEWAY_URL, { requestTimeoutMs: 10_000, reconnect: { baseMs: 500, maxMs: 15_000 } });
@@ -48,11 +49,16 @@ client.on("$connecting", ({ attempt }) => {
   if (attempt === 0) setStatus("connecting", `Connecting to ${GATEWAY_URL}…`);
 });
 
-client.on("$open", ({ connectionId }) => {
+// With session resume on at the gateway (WSQ_RESUME_WINDOW_S), a reconnect goes on with the
+// same connection (resumed) and, when recovered, every message sent meanwhile follows.
+client.on("$open", ({ connectionId, resumed, recovered }) => {
   myConnections.add(connectionId);
   ui.connectionId.textContent = connectionId;
-  setStatus("connected", "Connected");
-  if (myName !== null) setName(myName);
+  if (!wasOpen) setStatus("connected", "Connected");
+  else if (recovered) setStatus("connected", "Recovered: no message missed");
+  else setStatus("connected", "Reconnected (some messages may be missing)");
+  wasOpen = true;
+  if (myName !== null && !resumed) setName(myName); // a resumed connection keeps its name
 });
 
 client.on("$closed", ({ code, reason, willReconnect }) => {
