@@ -71,6 +71,10 @@ def base_env(redis_target: RedisTarget, key_prefix: str) -> dict[str, str]:
     return {
         **redis_target.env,
         "WSQ_KEY_PREFIX": key_prefix,
+        # Session resume off (the default is 120 s): a vanished client's disconnect event comes
+        # at once, as these tests of faults expect; test_resume.py and the clients' tests turn
+        # it on.
+        "WSQ_RESUME_WINDOW_S": "0",
         "WSQ_LOG_LEVEL": "debug",
         "WSQ_LOG_FORMAT": "console",
         "PYTHONUNBUFFERED": "1",

@@ -15,6 +15,7 @@ import aiohttp
 import jwt
 import orjson
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from wsq_devkit import ManagedProcess, wait_until
 from wsq_protocol.cluster import SyncClient
@@ -63,6 +64,18 @@ class GatewayProcess:
             body = exc.read()
         report: dict[str, Any] = json.loads(body)
         return report
+
+    def frames_accepted(self, action: str) -> float:
+        """How many client frames of ``action`` this gateway queued for the workers (/metrics)."""
+        with urllib.request.urlopen(self.http_url("/metrics"), timeout=2) as resp:
+            text = resp.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "wsq_gateway_frames_in"
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels == {"outcome": "accepted", "action": action}
+        )
 
     def status(self, path: str) -> int:
         # Readiness is probed without checking the certificate: tests use throw-away ones.

@@ -3,8 +3,9 @@ Chromium against real processes: Redis, a gateway and the sample worker. Request
 $error codes, timeouts and an application's close code; a gateway restarted mid-session
 (1012, then a new process on the same port); a network cut (a TCP proxy that resets both
 sides) and a silent one (the proxy drops what the gateway sends: the heartbeat notices).
-Session resume is off here (the gateway's default): pushes sent while disconnected are lost,
-so none is expected (test_js_client_node.py resumes a session, with WSQ_RESUME_WINDOW_S)."""
+Session resume is off in these tests (WSQ_RESUME_WINDOW_S=0): pushes sent while disconnected are
+lost, so none is expected; but in the last one, where a session is resumed after a network cut and
+what was pushed meanwhile arrives once, in order."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from browser_harness import HAVE_PLAYWRIGHT, launch_chromium, start_again
 from system_harness import GatewayProcess, RedisTarget, StartGateway, StartWorker
 
-from wsq_devkit import ManagedProcess, TcpProxy
+from wsq_devkit import ManagedProcess, TcpProxy, wait_until
 from wsq_devkit.static import CLIENT_JS, CLIENT_JS_PREFIX, serve_static
 from wsq_worker import Publisher
 
@@ -235,3 +236,50 @@ def test_network_cut(stack: Stack, open_page: Callable[..., Page]) -> None:
         proxy.cut(0)  # the network is back (the proxy forwards answers again)
         third = wait_open(page, other_than=second)
         assert settle(page, "request('whoami')")["value"]["connection_id"] == third
+
+
+def test_network_cut_with_session_resume(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    browser: Browser,
+    page_base: str,
+    redis_target: RedisTarget,
+    key_prefix: str,
+) -> None:
+    gateway = start_gateway(WSQ_RESUME_WINDOW_S="30")
+    start_worker()
+    context = browser.new_context()
+    errors: list[str] = []
+    with (
+        TcpProxy(gateway.port) as proxy,
+        Publisher(redis_target.url, key_prefix, redis_cluster=redis_target.cluster) as publisher,
+    ):
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{page_base}?gateway=ws://127.0.0.1:{proxy.port}{gateway.path}")
+        first = wait_open(page)
+        assert js(page, "wsq.events.at(-1)")[1]["resumed"] is False
+        assert settle(page, "request('join_room', 'deck')") == {"ok": True, "value": True}
+        publisher.to(first).send("n", 0)
+        page.wait_for_function("wsq.pushes.some(([action]) => action === 'n')", timeout=WAIT_MS)
+        js(page, "void (wsq.inFlight.slow = wsq.settle(wsq.client.request('slow_async', 1)))")
+        wait_until(lambda: gateway.frames_accepted("slow_async") >= 1, message="the request queued")
+
+        proxy.cut(1.0)  # both TCP connections reset, new ones refused for a second: no close frame
+        page.wait_for_function("wsq.client.state !== 'open'", timeout=WAIT_MS)
+        for number in range(1, 7):  # while the page is away: to its connection, to its group
+            (publisher.to(first) if number % 2 else publisher.to_group("deck")).send("n", number)
+
+        page.wait_for_function(
+            "wsq.events.some(([name, payload]) => name === '$open' && payload.resumed)", timeout=WAIT_MS
+        )
+        opened = [payload for name, payload in js(page, "wsq.events") if name == "$open"]
+        assert (opened[-1]["resumed"], opened[-1]["recovered"]) == (True, True), opened
+        assert js(page, "wsq.client.connectionId") == first
+        assert js(page, "await wsq.inFlight.slow") == {"ok": True, "value": "slept"}
+        publisher.to_group("deck").send("n", 7)  # the group kept its member
+        page.wait_for_function("wsq.pushes.filter(([action]) => action === 'n').length >= 8", timeout=WAIT_MS)
+        assert [data for action, data in js(page, "wsq.pushes") if action == "n"] == list(range(8))
+        assert settle(page, "request('whoami')")["value"]["connection_id"] == first
+    context.close()
+    assert errors == [], "JavaScript errors in the page"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from system_harness import JWT_SECRET, RedisTarget, StartGateway, StartWorker, token
 
-from wsq_devkit import TcpProxy
+from wsq_devkit import TcpProxy, wait_until
 from wsq_worker import Publisher
 
 # the client's code, not Redis: nothing to run in the cluster mode
@@ -199,7 +199,7 @@ def test_node_resumes_its_session_across_a_network_cut(
         client.expect(pushed)
 
         client.request("slow", "slow_async", 1.0)  # its reply comes while the network is cut
-        time.sleep(0.3)  # the request is on its way to the worker
+        wait_until(lambda: gateway.frames_accepted("slow_async") >= 1, message="the request queued")
         proxy.cut(1.5)  # both TCP connections reset, new ones refused for 1.5 s: no close frame
         closed = client.expect(lambda line: line["event"] == "$closed")
         assert (closed["code"], closed["willReconnect"]) == (1006, True), closed

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         "workers however long.",
     )
     resume_window_s: float = Field(
-        0.0,
+        120.0,
         ge=0,
         description="Session resume (protocol/README.md, 'Session resume'): a client that loses its "
         "socket (no close frame, or 1011, 1012, 1014, 3008) may come back on any gateway within this "
