@@ -4,6 +4,9 @@
   process running ``bench.echo_worker``;
 * ``wsq-schema``: ``wsq`` whose worker declares a JSON Schema for the echo action, so that the
   gateway validates every frame (``bench.echo_worker.worker_with_schema``);
+* ``wsq-noresume``: ``wsq`` with session resume off (``WSQ_RESUME_WINDOW_S=0``; ``wsq`` runs
+  the default, 120 s: every frame numbered and kept in its connection's replay buffer), to
+  measure what resume costs;
 * ``wsq-cluster1``, ``wsq-cluster3``: the same on a private Redis Cluster of 1 or 3 masters
   (no replicas), the gateway and the worker with ``WSQ_REDIS_CLUSTER=1``;
 * ``bare``: ``bench.baseline_server``, the same transport work with no broker and no worker;
@@ -78,11 +81,13 @@ class Wsq(System):
     label = "wsq (gateway + Redis + worker)"
     worker = "bench.echo_worker:worker"
 
+    env: dict[str, str] = {}  # noqa: RUF012 - read only
+
     async def start(self, stack: AsyncExitStack, gateways: int = 1) -> Running:
         broker = stack.enter_context(RedisServer())
         pids = {"redis": _redis_pid(broker)}
         return await _start_wsq(
-            self.name, stack, broker.url, [broker.url], pids, {}, _node_ids(gateways), self.worker
+            self.name, stack, broker.url, [broker.url], pids, self.env, _node_ids(gateways), self.worker
         )
 
 
@@ -92,6 +97,14 @@ class WsqSchema(Wsq):
     name = "wsq-schema"
     label = "wsq, frames validated (a schema declared)"
     worker = "bench.echo_worker:worker_with_schema"
+
+
+class WsqNoResume(Wsq):
+    """wsq with session resume off: frames are neither numbered nor kept (what resume costs)."""
+
+    name = "wsq-noresume"
+    label = "wsq, session resume off (WSQ_RESUME_WINDOW_S=0)"
+    env = {"WSQ_RESUME_WINDOW_S": "0"}  # noqa: RUF012 - read only
 
 
 class WsqCluster(System):
@@ -262,6 +275,7 @@ SYSTEMS: dict[str, System] = {
     for system in (
         Wsq(),
         WsqSchema(),
+        WsqNoResume(),
         *(WsqCluster(masters) for masters in CLUSTER_MASTERS),
         Bare(),
         Channels(),

@@ -30,15 +30,18 @@ class ReplayBuffer:
         self.max_age_s = max_age_s
         self.seq = 0  # the last number given
         self.bytes = 0  # the kept frames' bytes
-        self._frames: deque[tuple[int, float, bytes]] = deque()  # (seq, when, numbered frame)
+        # (seq, when, numbered frame); made at the first frame: an idle connection keeps no deque.
+        self._frames: deque[tuple[int, float, bytes]] | None = None
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._frames) if self._frames is not None else 0
 
     def stamp(self, frame: bytes, now: float) -> bytes:
         """Number ``frame`` (the next ``seq``) and keep it; the numbered frame, to send."""
         self.seq += 1
         numbered = with_seq(frame, self.seq)
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append((self.seq, now, numbered))
         self.bytes += len(numbered)
         self._trim(now)
@@ -50,15 +53,20 @@ class ReplayBuffer:
         self._trim(now)
         if seq < 0 or seq > self.seq:
             return None
-        first = self._frames[0][0] if self._frames else self.seq + 1
+        frames = self._frames or ()
+        first = frames[0][0] if frames else self.seq + 1
         if first > seq + 1:  # seq + 1 .. first - 1 were trimmed
             return None
-        return [frame for number, _when, frame in self._frames if number > seq]
+        return [frame for number, _when, frame in frames if number > seq]
 
     def _trim(self, now: float) -> None:
         frames = self._frames
+        if frames is None:
+            return
         oldest = now - self.max_age_s
         while frames and (
             len(frames) > self.max_frames or self.bytes > self.max_bytes or frames[0][1] < oldest
         ):
             self.bytes -= len(frames.popleft()[2])
+        if not frames:  # a connection gone quiet for the window keeps no deque either
+            self._frames = None
