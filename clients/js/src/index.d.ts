@@ -63,6 +63,8 @@ export interface WsqClientOptions {
   WebSocket?: WebSocketConstructor;
   /** Default timeout of request() in ms, from the call (waiting for a connection included); default 10000. */
   requestTimeoutMs?: number;
+  /** An attempt with no `$connected` within this many ms fails (a `$closed` with 1006, "connect timeout") and is retried per `reconnect`; default 15000. */
+  connectTimeoutMs?: number;
   /** Frames over this many UTF-8 bytes are refused before sending (`too_large`): the gateway would close the socket with 1009 (default 65536, its WSQ_MAX_MESSAGE_BYTES default). */
   maxFrameBytes?: number;
   /** false: never reconnect. */

@@ -28,6 +28,7 @@ const DEFAULTS = {
   reconnect: { baseMs: 500, maxMs: 30_000, maxAttempts: Infinity, stableMs: 5_000 },
   queue: { maxRequests: 100, maxSends: 100 },
   heartbeat: { intervalMs: 30_000, timeoutMs: 10_000 },
+  connectTimeoutMs: 15_000,
 };
 
 /**
@@ -156,6 +157,8 @@ export class WsqClient {
   #retryTimer = null;
   #stableTimer = null;
   #heartbeatTimer = null;
+  #connectTimer = null;
+  #connectTimeoutMs;
   #lastReceived = 0;
   // ---- session resume (only with a resume_token from $connected, and options.resume)
   #resumeToken = null; // the session's key; null: no session to resume
@@ -190,6 +193,7 @@ export class WsqClient {
     const token = options.token;
     this.#getToken = options.getToken ?? (token === undefined ? null : () => token);
     this.#requestTimeoutMs = options.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULTS.maxFrameBytes;
     this.#reconnect = options.reconnect === false ? null : { ...DEFAULTS.reconnect, ...options.reconnect };
     this.#queue = { ...DEFAULTS.queue, ...options.queue };
@@ -481,6 +485,19 @@ export class WsqClient {
       this.#onSocketClosed(event.code, event.reason ?? "", false);
     };
     socket.onerror = () => {}; // a close event follows, with what is known
+    // No $connected in time: the attempt failed. Some WebSockets (Node 20's) never report a
+    // TCP connection closed during the handshake; without this the client would wait for ever.
+    this.#connectTimer = this.#clock.setTimeout(() => {
+      this.#connectTimer = null;
+      if (this.#socket !== socket || this.#state !== "connecting") return;
+      this.#detach(socket);
+      try {
+        socket.close();
+      } catch {
+        // already closing
+      }
+      this.#onSocketClosed(1006, "connect timeout", false);
+    }, this.#connectTimeoutMs);
   }
 
   #detach(socket) {
@@ -515,6 +532,10 @@ export class WsqClient {
   }
 
   #onOpen(data) {
+    if (this.#connectTimer !== null) {
+      this.#clock.clearTimeout(this.#connectTimer);
+      this.#connectTimer = null;
+    }
     const asked = this.#resuming;
     this.#resuming = false;
     const resumed = asked && data?.resumed === true;
@@ -701,10 +722,10 @@ export class WsqClient {
   }
 
   #clearTimers() {
-    for (const timer of [this.#retryTimer, this.#stableTimer, this.#heartbeatTimer]) {
+    for (const timer of [this.#retryTimer, this.#stableTimer, this.#heartbeatTimer, this.#connectTimer]) {
       if (timer !== null) this.#clock.clearTimeout(timer);
     }
-    this.#retryTimer = this.#stableTimer = this.#heartbeatTimer = null;
+    this.#retryTimer = this.#stableTimer = this.#heartbeatTimer = this.#connectTimer = null;
   }
 
   // Idle detection: when nothing came for intervalMs, a `$ping` must be answered within

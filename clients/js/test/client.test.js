@@ -10,7 +10,14 @@ const URL = "ws://gateway.test/ws";
 function setup(options = {}) {
   const clock = new FakeClock();
   const WebSocket = fakeWebSocketClass();
-  const client = new WsqClient(options.url ?? URL, { WebSocket, clock, random: () => 0.5, ...options });
+  // Fake sockets stay connecting until a test accepts them: no connect timeout unless a test sets one.
+  const client = new WsqClient(options.url ?? URL, {
+    WebSocket,
+    clock,
+    random: () => 0.5,
+    connectTimeoutMs: 3_600_000,
+    ...options,
+  });
   const events = [];
   for (const name of ["$connecting", "$open", "$closed", "$reconnecting", "$error", "$dropped"]) {
     client.on(name, (payload) => events.push([name, payload]));
@@ -516,6 +523,28 @@ describe("close and connect", () => {
     } finally {
       globalThis.WebSocket = saved;
     }
+  });
+});
+
+describe("connect timeout", () => {
+  it("an attempt with no $connected in time fails, is closed, and is retried", async () => {
+    const { WebSocket, clock, events } = setup({ connectTimeoutMs: 1000, reconnect: { baseMs: 100, maxMs: 100 } });
+    await flush();
+    const silent = WebSocket.last;
+    await clock.advance(999);
+    assert.equal(WebSocket.instances.length, 1); // not yet
+    await clock.advance(1);
+    assert.notEqual(silent.closedWith, null);
+    assert.deepEqual(events.find(([name]) => name === "$closed"), [
+      "$closed",
+      { code: 1006, reason: "connect timeout", willReconnect: true },
+    ]);
+    await clock.advance(100);
+    assert.equal(WebSocket.instances.length, 2);
+    WebSocket.last.accept();
+    await clock.advance(5000); // an open connection has no connect timer left
+    assert.equal(WebSocket.instances.length, 2);
+    assert.equal(events.at(-1)[0], "$open");
   });
 });
 
