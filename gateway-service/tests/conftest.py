@@ -34,7 +34,12 @@ async def start_gateway(redis_url: str, key_prefix: str) -> AsyncIterator[Gatewa
         # No worker runs here: frames are queued for none (0), unless a test sets a timeout.
         # Session resume off: each socket's end is its connection's end, at once (the tests of
         # resume turn it on).
-        defaults = {"redis_url": redis_url, "key_prefix": key_prefix, "worker_timeout_s": 0, "resume_window_s": 0}
+        defaults = {
+            "redis_url": redis_url,
+            "key_prefix": key_prefix,
+            "worker_timeout_s": 0,
+            "resume_window_s": 0,
+        }
         options: dict[str, Any] = {**defaults, **overrides}
         settings = Settings(**options)
         server = TestServer(create_app(settings), host="127.0.0.1")
