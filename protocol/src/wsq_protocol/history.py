@@ -195,6 +195,11 @@ class HistoryAppend(NamedTuple):
     def command(self) -> tuple[Any, ...]:
         return APPEND_SCRIPT.call([self.stream], *self.args)
 
+    @property
+    def body(self) -> str:
+        """The script's source, to load it again (``SCRIPT LOAD``) when Redis lost it."""
+        return APPEND_SCRIPT.body
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
