@@ -11,6 +11,8 @@ import aiohttp
 import pytest
 from system_harness import Client, GatewayProcess, RedisTarget, StartGateway
 
+from wsq_client import Client as WsqClient
+from wsq_client import ServerError
 from wsq_devkit import wait_until_async
 from wsq_worker import Publisher
 
@@ -93,3 +95,30 @@ async def test_the_history_keeps_at_most_size_entries_for_at_most_ttl(
 
     await wait_until_async(expired, timeout=10, message="the history expired")
     await client.close()
+
+
+async def test_the_python_client_reads_the_history(start_gateway: StartGateway, publisher: Publisher) -> None:
+    gateway = start_gateway()
+    for n in range(3):
+        publisher.to_group(GROUP).send("chat", n, history=True)
+    async with WsqClient(gateway.ws_url, request_timeout=5) as client:
+        with pytest.raises(ServerError) as raised:
+            await client.history(GROUP)
+        assert raised.value.code == "not_member"
+        assert client.connection_id is not None
+        assert publisher.join(client.connection_id, GROUP)
+
+        async def member() -> bool:
+            try:
+                await client.history(GROUP, limit=1)
+            except ServerError as exc:
+                if exc.code != "not_member":
+                    raise
+                return False
+            return True
+
+        await wait_until_async(member, timeout=10, message="the gateway knows the membership")
+        page = await client.history(GROUP)
+        assert [m["data"] for m in page["messages"]] == [0, 1, 2]
+        after = await client.history(GROUP, since=page["messages"][0]["offset"], limit=1)
+        assert ([m["data"] for m in after["messages"]], after["complete"]) == ([1], False)
