@@ -154,6 +154,37 @@ async def test_batch_runs_each_command_with_its_own_result(
     assert (status, body["error"]["code"]) == (422, "invalid_params")
 
 
+async def test_history_over_the_api(start_gateway: StartGateway, session: aiohttp.ClientSession) -> None:
+    """send with "history": true keeps the push in the group's history (its offset in the
+    result); the method history reads it back, as a member's $history does."""
+    gateway, api = start_api_gateway(start_gateway)
+    client = await connect(session, gateway, "ann")
+    await ok(session, api, "join", {"connection_id": client.connection_id, "group": "room:1"})
+    offsets = []
+    for n in range(3):
+        params = {"target": "group", "to": "room:1", "action": "said", "data": n, "history": True}
+        result = await ok(session, api, "send", params)
+        assert result["written"] == 1
+        offsets.append(result["offset"])
+        assert await client.receive() == {"action": "said", "data": n}
+    page = await ok(session, api, "history", {"group": "room:1"})
+    assert [(m["offset"], m["data"]) for m in page["messages"]] == list(zip(offsets, range(3), strict=True))
+    assert (page["complete"], page["gap"]) == (True, False)
+    after = await ok(session, api, "history", {"group": "room:1", "since": offsets[0], "limit": 1})
+    assert ([m["data"] for m in after["messages"]], after["complete"]) == ([1], False)
+    sized = {
+        "target": "group",
+        "to": "room:1",
+        "action": "said",
+        "data": 3,
+        "history": True,
+        "history_size": 2,
+    }
+    await ok(session, api, "send", sized)
+    assert [m["data"] for m in (await ok(session, api, "history", {"group": "room:1"}))["messages"]] == [2, 3]
+    assert (await client.request("$history", {"group": "room:1"}, "h"))["data"]["messages"][-1]["data"] == 3
+
+
 @pytest.mark.single_redis
 async def test_keys(start_gateway: StartGateway, session: aiohttp.ClientSession) -> None:
     """No key or a wrong one: 401 (the document needs none); either key of the list works, as a
@@ -207,6 +238,19 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("disconnect", {"target": "all", "reason": "x" * 124}, 422, "invalid_close"),
     ("join", {"connection_id": "gw.AAAAAAAAAAAAAAAAAAAAAA"}, 422, "invalid_params"),
     ("stats", {"verbose": True}, 422, "invalid_params"),
+    ("send", {"target": "user", "to": "ann", "action": "a", "history": True}, 422, "invalid_params"),
+    ("send", {"target": "group", "to": "g", "action": "a", "history": 1}, 422, "invalid_params"),
+    (
+        "send",
+        {"target": "group", "to": "g", "action": "a", "history": True, "history_size": 0},
+        422,
+        "invalid_params",
+    ),
+    ("send", {"target": "group", "to": "g", "action": "a", "history_ttl_s": 5}, 422, "invalid_params"),
+    ("history", {"group": "bad group"}, 422, "invalid_group"),
+    ("history", {"group": "g", "since": "yesterday"}, 422, "invalid_params"),
+    ("history", {"group": "g", "limit": 1001}, 422, "invalid_params"),
+    ("history", {}, 422, "invalid_params"),
     ("nothing", {}, 404, "not_found"),
     ("send", {"target": "all", "action": "a", "data": "x" * 5000}, 413, "body_too_large"),
 ]

@@ -171,6 +171,8 @@ def script_keys(keys: Keys) -> dict[str, list[list[str]]]:
         "ensure_stream": [[node_stream]],
         "forget": [connection_keys(keys, CID)],
         "heartbeat": [[node_stream, keys.node_heartbeat(NODE), keys.node_reaped(NODE)]],
+        "history_append": [[keys.group_history("g")]],
+        "history_read": [[keys.group_history("g")]],
         "index": [
             [keys.user_connections("ann"), keys.user_nodes("ann")],
             [keys.group_connections("g"), keys.group_nodes("g")],
@@ -209,6 +211,8 @@ def script_args(name: str) -> list[Any]:
         "ensure_stream": [],
         "forget": [4000, CID, "t"],
         "heartbeat": [],
+        "history_append": [100, 300000, "chat", '{"text":"hi"}'],
+        "history_read": ["", 10],
         "index": ["+", CID, NODE, 0],
         "intend": [intent],
         "join": [CID, "g", 100000, "t", "type", "join"],

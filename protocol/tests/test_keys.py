@@ -95,6 +95,7 @@ def test_what_one_node_owns_shares_one_slot_and_each_index_its_own() -> None:
     assert len({key_slot(key.encode()) for key in owned}) == 1, owned
     assert key_slot(keys.user_connections("a}b").encode()) == key_slot(keys.user_nodes("a}b").encode())
     assert key_slot(keys.group_connections("g").encode()) == key_slot(keys.group_nodes("g").encode())
+    assert key_slot(keys.group_history("g").encode()) == key_slot(keys.group_nodes("g").encode())
     assert len({key_slot(keys.inbound_stream(shard).encode()) for shard in range(16)}) == 16
 
 

@@ -41,7 +41,8 @@ def code_of(source: str) -> str:
 def test_every_script_is_listed() -> None:
     assert NAMES == [
         "claim", "commit", "drop_node", "drop_stale_consumers", "ensure_stream", "forget",
-        "heartbeat", "index", "intend", "join", "keep_alive", "leave", "move_due",
+        "heartbeat", "history_append", "history_read", "index", "intend", "join", "keep_alive", "leave",
+        "move_due",
         "publish_schemas", "reap", "register", "replay", "set_user", "settle", "withdraw",
     ]  # fmt: skip
 

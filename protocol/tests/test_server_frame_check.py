@@ -79,6 +79,10 @@ def test_the_invalid_command_example_frame_fails() -> None:
         (b'{"action":"a","data":null,"x":1}', FRAME_INVALID),
         (b'{"action":"$error","data":{"code":"invalid_json"}}', FRAME_INVALID),
         (b'{"action":"$connected","data":{"connection_id":"x","user_id":null}}', FRAME_INVALID),
+        (b'{"action":"$history","data":null}', FRAME_INVALID),
+        (b'{"action":"$history","data":{"messages":{},"complete":true,"gap":false}}', FRAME_INVALID),
+        (b'{"action":"$history","data":{"messages":[],"complete":1,"gap":false}}', FRAME_INVALID),
+        (b'{"action":"$history","data":{"messages":[],"complete":true,"gap":false,"x":1}}', FRAME_INVALID),
     ],
 )
 def test_what_is_not_a_server_frame(frame: bytes, reason: str) -> None:

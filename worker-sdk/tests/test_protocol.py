@@ -383,7 +383,8 @@ VALID_SERVER_FRAMES = examples("valid", "server-frame")
 WORKER_SERVER_FRAMES = [
     path
     for path in VALID_SERVER_FRAMES
-    if load(path)["action"] not in ("$connected", "$pong") and "seq" not in load(path)  # seq: gateways'
+    # The gateway's own frames, and numbered ones (seq: gateways')
+    if load(path)["action"] not in ("$connected", "$pong", "$history") and "seq" not in load(path)
 ]
 
 

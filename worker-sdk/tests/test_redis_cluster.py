@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 from worker_harness import FakeGateway, Schemas, StartWorker, str_entries, worker_starter
 
 from wsq_devkit import wait_until_async
@@ -217,6 +218,24 @@ async def test_publishers_reach_users_and_groups_on_every_master(
         sends = await wait_until_async(pushed, timeout=10, message=f"the group's push on {gateway.node}")
         assert sends.count("hello") == sends.count("room") == 1
         assert sends.count("direct") == (1 if n == 0 else 0)
+
+
+async def test_the_blocking_publisher_joins_and_keeps_history_on_masters_without_the_scripts(
+    gateways: list[FakeGateway], redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    """After SCRIPT FLUSH on every master (a restart), a blocking Publisher's join (its intent
+    settled by run_many, EVAL again) and history (append and read, in the group's slot) work."""
+    connection_id = gateways[0].new_connection_id()
+    await gateways[0].register(connection_id)
+    for master in redis_cluster.masters():
+        with redis.Redis(port=master.port) as direct:
+            direct.script_flush()
+    with Publisher(redis_url=redis_cluster.url, redis_cluster=True, key_prefix=key_prefix) as pub:
+        assert pub.join(connection_id, "lobby") is True
+        assert pub.group_members("lobby") == [connection_id]
+        for n in range(3):
+            assert pub.to_group("lobby").send("said", n, history=True, history_size=2) == 1
+        assert [entry.data for entry in pub.history("lobby").messages] == [1, 2]
 
 
 async def test_a_master_failing_over_mid_stream_answers_every_message_once(

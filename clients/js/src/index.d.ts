@@ -174,9 +174,35 @@ export declare class WsqClient {
   request<T = any>(action: string, data?: unknown, options?: RequestOptions): Promise<T>;
   send(action: string, data?: unknown): boolean;
   ping(options?: RequestOptions): Promise<number>;
+  history(group: string, options?: HistoryOptions): Promise<HistoryPage>;
   on<K extends keyof ClientEvents>(name: K, fn: (payload: ClientEvents[K]) => void): () => void;
   on<T = any>(action: string, fn: (data: T, action: string) => void): () => void;
   off(name: string, fn: (...args: any[]) => void): void;
+}
+
+export interface HistoryOptions extends RequestOptions {
+  /** The offset of the last message the client has: the messages after it. Null: the newest. */
+  since?: string | null;
+  /** The most messages to return, 1-1000 (the gateway's default: 100). */
+  limit?: number;
+}
+
+export interface HistoryMessage<T = any> {
+  /** The message's offset in the group's history (`<ms>-<n>`): give it as `since`. */
+  offset: string;
+  action: string;
+  data: T;
+  /** When it was appended: Redis's clock, ms since the epoch. */
+  ts: number;
+}
+
+export interface HistoryPage<T = any> {
+  /** Oldest first. */
+  messages: HistoryMessage<T>[];
+  /** Every message asked for is in the page (nothing older left out; with since, nothing newer). */
+  complete: boolean;
+  /** With since: messages after it were trimmed from the history. */
+  gap: boolean;
 }
 
 export declare function connect(url: string | URL, options?: WsqClientOptions): Promise<WsqClient>;

@@ -7,7 +7,7 @@
 
 export const VERSION = "0.1.0";
 
-/** Client actions: 1-64 characters of letters, digits and `_ . : -`, or the system's `$ping`. */
+/** Client actions: 1-64 characters of letters, digits and `_ . : -`, or the system's `$ping` and `$history`. */
 const ACTION = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 /** Server `$error` codes whose frame was certainly not run: sending it again is safe. */
@@ -282,7 +282,7 @@ export class WsqClient {
    * @returns {Promise<any>}
    */
   request(action, data = null, options = {}) {
-    if (!ACTION.test(action) && action !== "$ping") {
+    if (!ACTION.test(action) && action !== "$ping" && action !== "$history") {
       return Promise.reject(new TypeError(`not a client action: ${JSON.stringify(action)}`));
     }
     const { timeout = this.#requestTimeoutMs, signal } = options;
@@ -387,6 +387,21 @@ export class WsqClient {
     const start = this.#clock.now();
     await this.request("$ping", null, options);
     return this.#clock.now() - start;
+  }
+
+  /**
+   * Reads a page of a group's history (pushes sent with `history=True`), answered by the
+   * gateway itself, to members of the group only (else a WsqError `not_member`). Without
+   * `since`, the newest `limit` messages; with `since` (a message's `offset`), those after it;
+   * oldest first either way. Resolves with `{messages: [{offset, action, data, ts}], complete, gap}`.
+   * @param {string} group
+   * @param {{since?: string | null, limit?: number, timeout?: number, signal?: AbortSignal}} [options]
+   */
+  history(group, options = {}) {
+    const { since = null, limit, ...requestOptions } = options;
+    const data = { group, since };
+    if (limit !== undefined) data.limit = limit;
+    return this.request("$history", data, requestOptions);
   }
 
   /**

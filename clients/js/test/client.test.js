@@ -133,6 +133,21 @@ describe("requests", () => {
     await assert.rejects(client.request("x", null, { signal: controller.signal }), { code: "aborted", sent: false });
   });
 
+  it("history() sends $history with the group, since and limit, and resolves with the page", async () => {
+    const { client, WebSocket } = await opened();
+    const p = client.history("room:1", { since: "1700000000000-0", limit: 20 });
+    const sent = WebSocket.last.sent[0];
+    assert.equal(sent.action, "$history");
+    assert.deepEqual(sent.data, { group: "room:1", since: "1700000000000-0", limit: 20 });
+    const page = { messages: [{ offset: "1700000000001-0", action: "said", data: "hi", ts: 1 }], complete: true, gap: false };
+    WebSocket.last.reply(page, "$history");
+    assert.deepEqual(await p, page);
+    const newest = client.history("room:1");
+    assert.deepEqual(WebSocket.last.sent[1].data, { group: "room:1", since: null });
+    WebSocket.last.receive({ action: "$error", data: { code: "not_member", message: "no" }, id: WebSocket.last.sent[1].id });
+    await assert.rejects(newest, { code: "not_member" });
+  });
+
   it("ping() measures the round trip of $ping", async () => {
     const { client, WebSocket, clock } = await opened();
     const p = client.ping();

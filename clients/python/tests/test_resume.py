@@ -451,3 +451,18 @@ async def test_requests_waiting_for_the_connection_are_sent_after_the_resume(
     ]
     assert socket.received == [], "nothing was written to the lost socket"
     assert client.connection_id == socket.session.connection_id
+
+
+async def test_history_sends_a_history_request_and_returns_the_reply(
+    gateway: FakeGateway, clients: list[Client]
+) -> None:
+    """``history()`` is a ``$history`` request (the fake gateway echoes each request's data)."""
+    client, _, _ = await connected(clients, gateway.url)
+    assert await client.history("room:1", since="1700000000000-0", limit=5) == {
+        "group": "room:1",
+        "since": "1700000000000-0",
+        "limit": 5,
+    }
+    assert await client.history("room:1") == {"group": "room:1", "since": None}
+    sent = [frame for frame in gateway.sockets[-1].received if frame["action"] == "$history"]
+    assert len(sent) == 2

@@ -12,7 +12,7 @@ import jsonschema
 from referencing import Registry, Resource
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[3] / "protocol"
-SCHEMAS = ("client-frame", "server-frame", "event", "command")
+SCHEMAS = ("client-frame", "server-frame", "event", "command", "history-request")
 
 
 @cache

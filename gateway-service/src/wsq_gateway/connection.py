@@ -53,6 +53,7 @@ class Connection(Session):
         "epoch",
         "expiry",
         "groups",
+        "history_reads",
         "home",
         "id",
         "message_head",
@@ -92,6 +93,7 @@ class Connection(Session):
         self._drainer: asyncio.Task[None] | None = None
         self.message_head: CommandTemplate | None = None  # cached by Inbound.message()
         self.groups: set[str] | None = None  # created on the first join: most connections never join
+        self.history_reads = 0  # $history reads running (wsq_gateway.history)
         # Session resume (sessions.py). At its home gateway: the numbered frames kept for a
         # replay and the token's secret (None: resume is off); the number of the socket serving
         # it (one more at each resume); the relay to the gateway holding its socket, if another

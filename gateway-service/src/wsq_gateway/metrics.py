@@ -113,7 +113,8 @@ class GatewayMetrics:
         frames_in = Counter(
             "wsq_gateway_frames_in",
             "Client frames received, by outcome: accepted (queued for the workers, labelled by its "
-            "action), ping (answered with $pong), or the $error code it was answered with.",
+            "action), ping (answered with $pong), history (a $history read started), or the $error code "
+            "it was answered with.",
             ["outcome", "action"],
             registry=registry,
         )
@@ -121,6 +122,7 @@ class GatewayMetrics:
             lambda action: frames_in.labels(outcome="accepted", action=action), max_actions
         )
         self.ping = frames_in.labels(outcome="ping", action="")
+        self.history = frames_in.labels(outcome="history", action="")
         self._refused = {code: frames_in.labels(outcome=code.value, action="") for code in ErrorCode}
         errors = Counter(
             "wsq_gateway_errors",

@@ -14,6 +14,7 @@ from wsq_gateway.admission import HOOK_TIMEOUT_CLOSE, Close, Refusal
 from wsq_gateway.broker.inbound import now_ms
 from wsq_gateway.connection import CLOSE_TIMEOUT_S, Connection
 from wsq_gateway.errors import AuthenticationError, BrokerUnavailable
+from wsq_gateway.history import read_history
 from wsq_gateway.logs import CONNECTIONS, get_logger
 from wsq_gateway.metrics import CONTENT_TYPE
 from wsq_gateway.sessions import ResumeRequest, parse_resume_request
@@ -23,7 +24,7 @@ from wsq_protocol.codes import ErrorCode
 from wsq_protocol.errors import FrameError
 from wsq_protocol.events import request_text
 from wsq_protocol.frames import decode_client_frame, encode_error_frame, pong_frame
-from wsq_protocol.ids import PING, new_connection_id, node_of
+from wsq_protocol.ids import HISTORY, PING, new_connection_id, node_of
 
 log = get_logger(CONNECTIONS)
 
@@ -381,12 +382,13 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
 
     metrics = gateway.metrics
     if metrics is None:
-        accepted, refused, ping, unavailable = None, None, None, None
+        accepted, refused, ping, history, unavailable = None, None, None, None, None
     else:
-        accepted, refused, ping, unavailable = (
+        accepted, refused, ping, history, unavailable = (
             metrics.accepted,
             metrics.refused,
             metrics.ping,
+            metrics.history,
             metrics.unavailable,
         )
 
@@ -416,6 +418,13 @@ async def _read_frames(gateway: Gateway, conn: Connection) -> int:
                 if ping is not None:
                     ping.inc()
                 conn.deliver(pong_frame(frame.data, frame_id), max_pending)
+            elif frame.action == HISTORY:  # answered by the gateway: wsq_gateway.history
+                code = read_history(gateway, conn, frame)
+                if code is None:
+                    if history is not None:
+                        history.inc()
+                elif refused is not None:
+                    refused(code)
             elif (problem := validators.problem(frame.action, frame.data)) is not None:
                 if refused is not None:
                     refused(ErrorCode.INVALID_DATA)

@@ -28,6 +28,7 @@ class ErrorCode(enum.StrEnum):
     NO_WORKERS = "no_workers"
     NOT_TAKEN = "not_taken"
     INVALID_DATA = "invalid_data"
+    NOT_MEMBER = "not_member"
     # Sent by workers.
     UNKNOWN_ACTION = "unknown_action"
     HANDLER_ERROR = "handler_error"

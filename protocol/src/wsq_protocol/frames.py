@@ -15,9 +15,11 @@ from typing import Any, NamedTuple
 from wsq_protocol import codec
 from wsq_protocol.codes import ERROR_CODES, MAX_ID_LENGTH, ErrorCode
 from wsq_protocol.errors import FrameError
+from wsq_protocol.history import parse_request
 from wsq_protocol.ids import (
     ACTION_RE,
     CONNECTION_ID_RE,
+    HISTORY,
     PING,
     RESERVED_RE,
     check_action,
@@ -33,6 +35,7 @@ __all__ = [
     "connected_frame",
     "decode_client_frame",
     "encode_error_frame",
+    "history_frame",
     "pong_frame",
     "push_frame",
     "reply_frame",
@@ -41,7 +44,8 @@ __all__ = [
 ]
 
 _FRAME_FIELDS = frozenset(("action", "data", "id"))
-_GATEWAY_ACTIONS = frozenset(("$connected", "$error", "$pong"))
+_GATEWAY_ACTIONS = frozenset(("$connected", "$error", "$pong", HISTORY))
+_PAGE_FIELDS = frozenset(("messages", "complete", "gap"))
 _ERROR_FIELDS = frozenset(("code", "message"))
 _STAMPED_FIELDS = frozenset(("action", "data", "id", "seq"))
 _CONNECTED_FIELDS = frozenset(("connection_id", "user_id"))
@@ -59,7 +63,8 @@ class ClientFrame(NamedTuple):
 
 
 def decode_client_frame(text: str | bytes) -> ClientFrame:
-    """Parse and validate one client frame; raise :class:`FrameError` when it is rejected."""
+    """Parse and validate one client frame; raise :class:`FrameError` when it is rejected (a
+    ``$history`` frame's data too: ``invalid_data``, see ``wsq_protocol.history.parse_request``)."""
     try:
         doc = codec.loads(text)
     except ValueError:  # UnicodeDecodeError too: bytes that are not UTF-8
@@ -81,6 +86,12 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
         raise FrameError(ErrorCode.INVALID_FRAME, "action must be a string", frame_id)
     if ACTION_RE.fullmatch(action) is None:
         if action == PING:
+            return ClientFrame(action, doc.get("data"), frame_id)
+        if action == HISTORY:  # answered by the gateway: its data is checked here
+            try:
+                parse_request(doc.get("data"))
+            except ValueError as exc:
+                raise FrameError(ErrorCode.INVALID_DATA, str(exc), frame_id) from None
             return ClientFrame(action, doc.get("data"), frame_id)
         if RESERVED_RE.fullmatch(action) is not None:
             raise FrameError(ErrorCode.RESERVED_ACTION, f"action {action} is reserved", frame_id)
@@ -134,6 +145,12 @@ def with_seq(frame: bytes, seq: int) -> bytes:
 def pong_frame(data: Any, frame_id: str | None) -> bytes:
     """``$pong``: the gateway's answer to ``$ping``, with the ping's data and id."""
     return _encode("$pong", data, frame_id)
+
+
+def history_frame(page: dict[str, Any], frame_id: str | None) -> bytes:
+    """``$history``: the gateway's answer to ``$history``, one page of a group's history
+    (``wsq_protocol.history.HistoryPage.as_json()``), with the request's id."""
+    return _encode(HISTORY, page, frame_id)
 
 
 def encode_error_frame(code: str, message: str, frame_id: str | None = None) -> bytes:
@@ -201,7 +218,7 @@ def server_frame_problem(frame: bytes | str, *, stamped: bool = False) -> tuple[
     if action not in _GATEWAY_ACTIONS:
         return (
             FRAME_INVALID,
-            "action is not 1 to 64 letters, digits or _ . : - (nor $connected, $error, $pong)",
+            "action is not 1 to 64 letters, digits or _ . : - (nor $connected, $error, $pong, $history)",
         )
     data = doc["data"]
     if action == "$error":
@@ -221,4 +238,12 @@ def server_frame_problem(frame: bytes | str, *, stamped: bool = False) -> tuple[
         or (data["user_id"] is not None and user_id_problem(data["user_id"]) is not None)
     ):
         return FRAME_INVALID, "a $connected's data is not {connection_id, user_id}"
+    elif action == HISTORY and (
+        type(data) is not dict
+        or data.keys() != _PAGE_FIELDS
+        or type(data["messages"]) is not list
+        or type(data["complete"]) is not bool
+        or type(data["gap"]) is not bool
+    ):
+        return FRAME_INVALID, "a $history's data is not {messages, complete, gap}"
     return None

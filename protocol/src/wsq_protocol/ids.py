@@ -19,6 +19,7 @@ __all__ = [
     "ACTION_RE",
     "CONNECTION_ID_RE",
     "GROUP_RE",
+    "HISTORY",
     "NODE_ID_RE",
     "PING",
     "RESERVED_RE",
@@ -46,6 +47,8 @@ RESERVED_RE = re.compile(r"\$[A-Za-z0-9_.:-]{1,63}")
 RESUME_TOKEN_RE = re.compile(r"((?:[A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{22})")
 GROUP_RE = re.compile(r"[A-Za-z0-9_.:@/-]{1,128}")
 PING = "$ping"
+HISTORY = "$history"
+"""The client action reading a group's history, answered by the gateway (``wsq_protocol.history``)."""
 """The one reserved action a client may send: the gateway answers it with ``$pong``."""
 # C0 and C1 control characters and DEL: they have no place in an id that logs and keys show.
 _CONTROL_CHARACTER_RE = re.compile("[\x00-\x1f\x7f-\x9f]")

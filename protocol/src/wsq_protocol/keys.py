@@ -230,6 +230,11 @@ class Keys:
         """Hash: node -> how many of the group's members it holds (whom ``to_group`` writes to)."""
         return self._templates["group_nodes"].fill(group)
 
+    def group_history(self, group: str) -> str:
+        """Stream of the group's last pushes sent with ``history=True`` (``wsq_protocol.history``):
+        at most ``WSQ_HISTORY_SIZE`` entries, gone ``WSQ_HISTORY_TTL_S`` after the last one."""
+        return self._templates["group_history"].fill(group)
+
     # Every shard.
 
     def inbound_streams(self) -> list[str]:

@@ -38,6 +38,14 @@ from wsq_protocol.cluster import AsyncClient
 from wsq_protocol.codes import BROADCAST_STREAM_MAXLEN, NODE_STREAM_MAXLEN
 from wsq_protocol.commands import TargetKind, disconnect_command, join_command, leave_command, send_command
 from wsq_protocol.errors import PublishError
+from wsq_protocol.history import (
+    APPEND_SCRIPT,
+    READ_SCRIPT,
+    HistoryAppend,
+    HistoryPage,
+    HistoryRead,
+    HistorySettings,
+)
 from wsq_protocol.ids import check_group, check_user_id, node_of
 from wsq_protocol.keys import Keys
 from wsq_protocol.membership import Intent, new_token, settle
@@ -45,7 +53,7 @@ from wsq_protocol.pipe import RedisPipe
 from wsq_protocol.preflight import shards_problem
 from wsq_protocol.presence import ConnectionInfo, decode_connection_info, decode_members
 from wsq_protocol.routing import RoutedPipe
-from wsq_protocol.scripts import Script, script
+from wsq_protocol.scripts import Script, run, script
 
 __all__ = [
     "JOIN_SCRIPT",
@@ -58,6 +66,7 @@ __all__ = [
     "StreamWrite",
     "Write",
     "gateways_written",
+    "history_push_error",
     "membership_error",
     "publish_error",
     "shards_error",
@@ -74,7 +83,7 @@ LEAVE_SCRIPT = _LEAVE.body
 """``protocol/lua/leave.lua``: removes a connection from a group (in its shard), and records the
 intent to remove it from the group's set."""
 
-SCRIPTS = (_JOIN, _LEAVE)
+SCRIPTS = (_JOIN, _LEAVE, APPEND_SCRIPT)
 """The scripts a publisher's writes call."""
 
 
@@ -227,6 +236,20 @@ def membership_error(write: MembershipWrite, exc: BaseException) -> PublishError
 Write = StreamWrite | GatewaysWrite | MembershipWrite
 
 
+_TARGET_NAMES = {"connection": "a connection (to)", "user": "a user (to_user)", "all": "everyone (broadcast)"}
+
+
+def history_push_error(offset: str, exc: PublishError) -> PublishError:
+    """The ``PublishError`` of a push sent with history whose history entry (``offset``) was
+    written, but whose push failed: the two are separate writes (``wsq_protocol.history``)."""
+    error = PublishError(
+        f"the message was appended to the group's history (offset {offset}), but the push failed: {exc}",
+        code=exc.code,
+    )
+    error.__cause__ = exc
+    return error
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """Where a push goes (one connection, a user's or a group's connections, everyone) and how to
@@ -257,6 +280,16 @@ class Route:
         """The write delivering ``frame`` (server-frame JSON text) to this route's sockets, but
         not to the connection ``exclude`` (groups only)."""
         return self._write(send_command(self.target, self.to, frame, exclude))
+
+    def history_append(self, action: str, data_json: str, settings: HistorySettings) -> HistoryAppend:
+        """The append of a push (``action``, its data as JSON text ``data_json``) to this route's
+        group's history (``wsq_protocol.history``); ValueError for a route not to a group."""
+        if self.target != "group":
+            raise ValueError(
+                f"history=True is for pushes to a group (to_group), not to {_TARGET_NAMES[self.target]}"
+            )
+        assert self.to is not None
+        return HistoryAppend.of(self.keys, self.to, action, data_json, settings)
 
     def disconnect(self, code: int = 1000, reason: str = "") -> Write:
         """The write closing this route's sockets."""
@@ -332,6 +365,19 @@ class AsyncPublishing:
             *(self.batches.run(stream.stream, stream.command) for stream in streams), return_exceptions=True
         )
         return gateways_written(replies)
+
+    async def append_history(self, append: HistoryAppend) -> str:
+        """Append one entry to a group's history (at most once, in a batch); its offset."""
+        await self.check_shards(read=False)
+        return _text(await self.batches.run(append.stream, append.command))
+
+    async def history(self, group: str, since: str | None = None, limit: int = 100) -> HistoryPage:
+        """One page of ``group``'s history (``wsq_protocol.history``): the newest ``limit``
+        entries, or with ``since`` those after it; oldest first. ValueError for a bad group,
+        ``since`` or ``limit``."""
+        read = HistoryRead.of(self.keys, group, since, limit)
+        reply = await self.read(lambda: run(self.client, READ_SCRIPT, read.keys, read.args))
+        return read.page(reply)
 
     async def _membership(self, write: MembershipWrite) -> bool:
         reply = await self.batches.run(write.script_keys[0], write.command(new_token()))

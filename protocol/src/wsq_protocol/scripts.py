@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from wsq_protocol.ids import node_of
 from wsq_protocol.keys import Keys
@@ -84,8 +84,9 @@ async def run(client: Any, script: Script, keys: Sequence[Any], args: Sequence[A
 
 async def run_many(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
     """Run many scripts in one pipeline (per Redis Cluster node, in parallel), each its own
-    ``EVALSHA``, and ``EVAL`` again the ones the server did not know. A reply is the script's,
-    or the ``ResponseError`` Redis answered."""
+    ``EVALSHA``, and ``EVAL`` again, one by one, the ones the server did not know (a blocking
+    Redis Cluster pipeline takes no ``EVAL``: rare, after a restart or ``SCRIPT FLUSH``). A
+    reply is the script's, or the ``ResponseError`` Redis answered."""
     if not calls:
         return []
     pipe = client.pipeline(transaction=False)
@@ -93,11 +94,10 @@ async def run_many(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Seq
         pipe.evalsha(item.sha, len(keys), *keys, *args)
     replies: list[Any] = await pipe.execute(raise_on_error=False)
     missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-    if missing:
-        pipe = client.pipeline(transaction=False)
-        for n in missing:
-            item, keys, args = calls[n]
-            pipe.eval(item.body, len(keys), *keys, *args)
-        for n, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-            replies[n] = reply
+    for n in missing:
+        item, keys, args = calls[n]
+        try:
+            replies[n] = await client.eval(item.body, len(keys), *keys, *args)
+        except ResponseError as exc:
+            replies[n] = exc
     return replies

@@ -43,7 +43,17 @@ import redis.retry
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import MovedError, NoScriptError, RedisClusterException
 
+from wsq_protocol import codec
 from wsq_protocol.cluster import AsyncClient, SyncClient, async_redis, sync_redis
+from wsq_protocol.history import (
+    DEFAULT_LIMIT,
+    READ_SCRIPT,
+    HistoryAppend,
+    HistoryPage,
+    HistoryRead,
+    HistorySettings,
+    history_settings_from_env,
+)
 from wsq_protocol.keys import keys_for
 from wsq_protocol.membership import new_token, settle
 from wsq_protocol.preflight import shards_problem
@@ -57,11 +67,13 @@ from wsq_protocol.publishing import (
     StreamWrite,
     Write,
     gateways_written,
+    history_push_error,
     membership_error,
     publish_error,
     shards_error,
 )
 from wsq_protocol.routing import slot_of
+from wsq_protocol.scripts import run
 from wsq_worker.exceptions import PublishError
 from wsq_worker.presence import ConnectionInfo, decode_connection_info, decode_members
 from wsq_worker.protocol import check_group, check_user_id, node_of, push_frame
@@ -89,25 +101,78 @@ _COMMAND_TIMEOUT_S = 5.0
 _RETRIES = 3
 
 
+_DEFAULT_HISTORY = HistorySettings()
+
+
+def _history_settings(
+    defaults: HistorySettings, history: bool, size: int | None, ttl_s: float | None
+) -> HistorySettings | None:
+    """The settings of a push's history append (None: no history), ValueError for
+    ``history_size``/``history_ttl_s`` without ``history=True``."""
+    if not history:
+        if size is not None or ttl_s is not None:
+            raise ValueError("history_size and history_ttl_s go with history=True")
+        return None
+    return HistorySettings(
+        defaults.size if size is None else size, defaults.ttl_s if ttl_s is None else ttl_s
+    )
+
+
 class Target:
     """Pushes to one route, returned by ``Publisher.to()``, ``.to_user()``, ``.to_group()`` and
     ``.broadcast()``."""
 
-    __slots__ = ("_execute", "route")
+    __slots__ = ("_append", "_execute", "_history", "route")
 
-    def __init__(self, execute: Callable[[Write], int], route: Route) -> None:
+    def __init__(
+        self,
+        execute: Callable[[Write], int],
+        route: Route,
+        append: Callable[[HistoryAppend], str] | None = None,
+        history: HistorySettings = _DEFAULT_HISTORY,
+    ) -> None:
         self._execute = execute
         self.route = route
+        self._append = append
+        self._history = history
 
-    def send(self, action: str, data: Any = None, *, exclude: str | None = None) -> int:
+    def send(
+        self,
+        action: str,
+        data: Any = None,
+        *,
+        exclude: str | None = None,
+        history: bool = False,
+        history_size: int | None = None,
+        history_ttl_s: float | None = None,
+    ) -> int:
         """Push ``{"action": action, "data": data}``; returns the number of commands written: 1
         (for ``to()``: 0 when the connection's gateway is gone, whose stream is not created
         again), or for ``to_user()``/``to_group()`` the number of gateways holding a member.
 
         ``exclude`` (``to_group()`` only, ValueError elsewhere) is a connection that must not
         receive the push, typically the sender.
+
+        ``history=True`` (``to_group()`` only, ValueError elsewhere) also appends the push to
+        the group's history (``Publisher.history()``, a client's ``$history``), which keeps the
+        last ``history_size`` entries (``WSQ_HISTORY_SIZE``, default 100) of the last
+        ``history_ttl_s`` seconds (``WSQ_HISTORY_TTL_S``, default 300). The append and the push
+        are separate writes, not atomic: the append comes first, and when it fails nothing is
+        sent; when the push fails after it, the ``PublishError`` says the message is in the
+        history (clients reading it will see it) but was not delivered live.
         """
-        return self._execute(self.route.send(push_frame(action, data), exclude))
+        frame = push_frame(action, data)
+        write = self.route.send(frame, exclude)
+        settings = _history_settings(self._history, history, history_size, history_ttl_s)
+        if settings is None:
+            return self._execute(write)
+        append = self.route.history_append(action, codec.dumps(data), settings)
+        assert self._append is not None
+        offset = self._append(append)
+        try:
+            return self._execute(write)
+        except PublishError as exc:
+            raise history_push_error(offset, exc) from exc
 
     def disconnect(self, code: int = 1000, reason: str = "") -> int:
         """Close the route's connections: ``code`` is 1000 or 3000-4999, ``reason`` <= 123 bytes.
@@ -118,15 +183,43 @@ class Target:
 class AsyncTarget:
     """``Target`` for ``AsyncPublisher``: the same methods, to be awaited."""
 
-    __slots__ = ("_execute", "route")
+    __slots__ = ("_append", "_execute", "_history", "route")
 
-    def __init__(self, execute: Callable[[Write], Awaitable[int]], route: Route) -> None:
+    def __init__(
+        self,
+        execute: Callable[[Write], Awaitable[int]],
+        route: Route,
+        append: Callable[[HistoryAppend], Awaitable[str]] | None = None,
+        history: HistorySettings = _DEFAULT_HISTORY,
+    ) -> None:
         self._execute = execute
         self.route = route
+        self._append = append
+        self._history = history
 
-    async def send(self, action: str, data: Any = None, *, exclude: str | None = None) -> int:
+    async def send(
+        self,
+        action: str,
+        data: Any = None,
+        *,
+        exclude: str | None = None,
+        history: bool = False,
+        history_size: int | None = None,
+        history_ttl_s: float | None = None,
+    ) -> int:
         """See ``Target.send``."""
-        return await self._execute(self.route.send(push_frame(action, data), exclude))
+        frame = push_frame(action, data)
+        write = self.route.send(frame, exclude)
+        settings = _history_settings(self._history, history, history_size, history_ttl_s)
+        if settings is None:
+            return await self._execute(write)
+        append = self.route.history_append(action, codec.dumps(data), settings)
+        assert self._append is not None
+        offset = await self._append(append)
+        try:
+            return await self._execute(write)
+        except PublishError as exc:
+            raise history_push_error(offset, exc) from exc
 
     async def disconnect(self, code: int = 1000, reason: str = "") -> int:
         """See ``Target.disconnect``."""
@@ -175,6 +268,8 @@ class Publisher:
             retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         )
         self._shards_checked = False
+        self.history_settings = history_settings_from_env()
+        """``WSQ_HISTORY_SIZE`` and ``WSQ_HISTORY_TTL_S``: what ``send(..., history=True)`` keeps."""
 
     @classmethod
     def from_env(cls) -> Self:
@@ -197,12 +292,41 @@ class Publisher:
         return Target(self._execute, Route.user(self.keys, user_id))
 
     def to_group(self, group: str) -> Target:
-        """Every member of ``group``, on every gateway (ValueError for a malformed group name)."""
-        return Target(self._execute, Route.group(self.keys, group))
+        """Every member of ``group``, on every gateway (ValueError for a malformed group name);
+        ``send(..., history=True)`` keeps the push in the group's history too."""
+        return Target(
+            self._execute, Route.group(self.keys, group), self._append_history, self.history_settings
+        )
 
     def broadcast(self) -> Target:
         """Every connection of every gateway."""
         return Target(self._execute, Route.everyone(self.keys))
+
+    # History.
+
+    def history(self, group: str, since: str | None = None, limit: int = DEFAULT_LIMIT) -> HistoryPage:
+        """One page of the group's history (pushes sent with ``history=True``): without
+        ``since`` the newest ``limit`` entries (1-1000), with ``since`` (an entry's ``offset``)
+        the entries after it; oldest first either way. ``complete`` says nothing asked for was
+        left out, ``gap`` that entries after ``since`` were trimmed. ValueError for a bad
+        group, ``since`` or ``limit``; ``PublishError`` when Redis fails."""
+        read = HistoryRead.of(self.keys, group, since, limit)
+        reply = self._read(
+            lambda: _run_at_once(run(_AwaitableRedis(self.client), READ_SCRIPT, read.keys, read.args))
+        )
+        return read.page(reply)
+
+    def _append_history(self, append: HistoryAppend) -> str:
+        self._check_shards(read=False)
+        try:
+            try:
+                reply = self._write_once(append.stream, append.command)
+            except NoScriptError:  # Redis restarted or flushed its scripts: the write did not run
+                self.client.script_load(append.body)
+                reply = self._write_once(append.stream, append.command)
+        except redis.RedisError as exc:
+            raise publish_error(exc) from exc
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     # Groups.
 
@@ -472,6 +596,8 @@ class AsyncPublisher:
         self.publishing = AsyncPublishing(self.client, self.keys)
         self._execute = self.publishing.execute
         self._batches = self.publishing.batches
+        self.history_settings = history_settings_from_env()
+        """``WSQ_HISTORY_SIZE`` and ``WSQ_HISTORY_TTL_S``: what ``send(..., history=True)`` keeps."""
 
     @classmethod
     def from_env(cls) -> Self:
@@ -494,12 +620,24 @@ class AsyncPublisher:
         return AsyncTarget(self._execute, Route.user(self.keys, user_id))
 
     def to_group(self, group: str) -> AsyncTarget:
-        """Every member of ``group``, on every gateway (ValueError for a malformed group name)."""
-        return AsyncTarget(self._execute, Route.group(self.keys, group))
+        """Every member of ``group``, on every gateway (ValueError for a malformed group name);
+        ``send(..., history=True)`` keeps the push in the group's history too."""
+        return AsyncTarget(
+            self._execute,
+            Route.group(self.keys, group),
+            self.publishing.append_history,
+            self.history_settings,
+        )
 
     def broadcast(self) -> AsyncTarget:
         """Every connection of every gateway."""
         return AsyncTarget(self._execute, Route.everyone(self.keys))
+
+    # History.
+
+    async def history(self, group: str, since: str | None = None, limit: int = DEFAULT_LIMIT) -> HistoryPage:
+        """See ``Publisher.history``."""
+        return await self.publishing.history(group, since, limit)
 
     # Groups.
 

@@ -234,6 +234,20 @@ class Client:
         finally:
             self._pending.pop(frame_id, None)
 
+    async def history(
+        self, group: str, *, since: str | None = None, limit: int | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """A page of ``group``'s history (the pushes sent with ``history=True``), read by the
+        gateway itself for a member of the group (else ``ServerError`` ``not_member``):
+        ``{"messages": [{"offset", "action", "data", "ts"}], "complete", "gap"}``, oldest
+        first. Without ``since`` the newest ``limit`` (1-1000, default 100); with ``since`` (a
+        message's ``offset``) the messages after it. Raises as ``request()``."""
+        data: dict[str, Any] = {"group": group, "since": since}
+        if limit is not None:
+            data["limit"] = limit
+        page: dict[str, Any] = await self.request("$history", data, timeout=timeout)
+        return page
+
     async def send(self, action: str, data: Any = None, *, timeout: float | None = None) -> None:
         """Send ``{"action", "data"}`` without an id: no reply comes (errors arrive as ``$error``
         pushes). Waits for a connection up to ``timeout`` (default: ``request_timeout``); raises

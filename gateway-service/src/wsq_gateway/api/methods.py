@@ -15,11 +15,28 @@ from typing import Any
 from redis.exceptions import RedisClusterException, RedisError
 
 from wsq_gateway.api.errors import ApiError, publish_failure
+from wsq_protocol import codec
 from wsq_protocol.cluster import AsyncClient
+from wsq_protocol.errors import PublishError
 from wsq_protocol.frames import push_frame
+from wsq_protocol.history import (
+    DEFAULT_LIMIT,
+    HistorySettings,
+    check_limit,
+    check_since,
+    check_size,
+    check_ttl_s,
+    history_settings_from_env,
+)
 from wsq_protocol.ids import check_close, check_group, check_user_id, is_action_name, node_of
 from wsq_protocol.keys import Keys
-from wsq_protocol.publishing import AsyncPublishing, MembershipWrite, Route, publish_error
+from wsq_protocol.publishing import (
+    AsyncPublishing,
+    MembershipWrite,
+    Route,
+    history_push_error,
+    publish_error,
+)
 from wsq_protocol.status import read_status
 
 __all__ = ["MAX_BATCH", "METHODS", "Api"]
@@ -37,6 +54,8 @@ class Api:
         self.keys = keys
         self.publishing = AsyncPublishing(client, keys)
         self.node_timeout_s = node_timeout_s
+        # What send's history keeps unless the call says (WSQ_HISTORY_SIZE, WSQ_HISTORY_TTL_S).
+        self.history = history_settings_from_env()
 
 
 Params = Mapping[str, Any]
@@ -106,8 +125,31 @@ def _route(api: Api, params: Params) -> Route:
 # The methods.
 
 
+def _history(api: Api, params: Params, route: Route) -> HistorySettings | None:
+    """The settings of send's history append, None without ``"history": true``."""
+    history = params.get("history", False)
+    if not isinstance(history, bool):
+        raise ApiError("invalid_params", "history must be true or false")
+    size, ttl_s = params.get("history_size"), params.get("history_ttl_s")
+    if not history:
+        if size is not None or ttl_s is not None:
+            raise ApiError("invalid_params", 'history_size and history_ttl_s go with "history": true')
+        return None
+    if route.target != "group":
+        raise ApiError("invalid_params", 'history is for target "group" only')
+    try:
+        return HistorySettings(
+            api.history.size if size is None else check_size(size),
+            api.history.ttl_s if ttl_s is None else check_ttl_s(ttl_s),
+        )
+    except ValueError as exc:
+        raise ApiError("invalid_params", str(exc)) from None
+
+
 async def send(api: Api, params: Params) -> dict[str, Any]:
-    _fields(params, ("target", "action"), ("to", "data", "exclude"))
+    _fields(
+        params, ("target", "action"), ("to", "data", "exclude", "history", "history_size", "history_ttl_s")
+    )
     route = _route(api, params)
     action = _string(params, "action")
     if not is_action_name(action):
@@ -117,11 +159,22 @@ async def send(api: Api, params: Params) -> dict[str, Any]:
         if route.target != "group":
             raise ApiError("invalid_params", 'exclude is for target "group" only')
         exclude = _connection_id(params, "exclude")
+    history = _history(api, params, route)
     try:
         frame = push_frame(action, params.get("data"))
     except (TypeError, ValueError) as exc:
         raise ApiError("invalid_data", f"data: {exc}") from None
-    return {"written": await api.publishing.execute(route.send(frame, exclude))}
+    write = route.send(frame, exclude)
+    if history is None:
+        return {"written": await api.publishing.execute(write)}
+    # The history entry first, then the push: separate writes (wsq_protocol.history).
+    append = route.history_append(action, codec.dumps(params.get("data")), history)
+    offset = await api.publishing.append_history(append)
+    try:
+        written = await api.publishing.execute(write)
+    except PublishError as exc:
+        raise history_push_error(offset, exc) from exc
+    return {"written": written, "offset": offset}
 
 
 async def disconnect(api: Api, params: Params) -> dict[str, Any]:
@@ -180,6 +233,18 @@ async def connection_info(api: Api, params: Params) -> dict[str, Any]:
     }
 
 
+async def history(api: Api, params: Params) -> dict[str, Any]:
+    _fields(params, ("group",), ("since", "limit"))
+    group = _group(params, "group")
+    try:
+        since = check_since(params.get("since"))
+        limit = check_limit(params.get("limit", DEFAULT_LIMIT))
+    except ValueError as exc:
+        raise ApiError("invalid_params", str(exc)) from None
+    page = await api.publishing.history(group, since, limit)
+    return page.as_json()
+
+
 async def stats(api: Api, params: Params) -> dict[str, Any]:
     _fields(params, ())
     try:
@@ -197,6 +262,7 @@ METHODS: dict[str, Method] = {
     "is_online": is_online,
     "group_members": group_members,
     "connection_info": connection_info,
+    "history": history,
     "stats": stats,
 }
 """Every method but ``batch`` (server.py), which runs these."""
