@@ -17,16 +17,19 @@ import os
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from docker_mode import pytest_report_header, pytest_terminal_summary  # noqa: F401 - report hooks
 from system_harness import (
     HERE,
+    ConnectClient,
     GatewayProcess,
     RedisTarget,
     StartGateway,
     StartWorker,
+    WsqClient,
     consumers,
     wait_for_consumers,
 )
@@ -153,3 +156,21 @@ def start_worker(
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as client_session:
         yield client_session
+
+
+@pytest.fixture
+async def connect_client() -> AsyncIterator[ConnectClient]:
+    """``await connect_client(url, **options)``: a connected ``WsqClient`` (a ``wsq_client.Client``
+    recording its pushes), closed after the test. Without ``reconnect`` unless asked: a test
+    that loses its connection fails loudly (``ClientClosed``) instead of going on with a new one."""
+    clients: list[WsqClient] = []
+
+    async def connect(url: str, **options: Any) -> WsqClient:
+        client = WsqClient(url, **{"reconnect": False, **options})
+        clients.append(client)
+        await client.connect()
+        return client
+
+    yield connect
+    for client in clients:
+        await client.close()

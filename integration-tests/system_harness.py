@@ -1,15 +1,21 @@
-"""Helpers for end-to-end tests: real gateway and worker processes, real WebSocket clients."""
+"""Helpers for end-to-end tests: real gateway and worker processes, real WebSocket clients.
+
+Tests of what the application does (replies, pushes, error codes) talk to the gateway through the
+Python client, ``wsq_client`` (``WsqClient`` below, connected by conftest's ``connect_client``);
+``Client`` here, a thin aiohttp wrapper, stays for tests of the wire itself: exact frames, close
+codes, frames answered more than once (raw_client.py goes lower still, for faults)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jwt
@@ -17,6 +23,7 @@ import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+import wsq_client
 from wsq_devkit import ManagedProcess, wait_until
 from wsq_protocol.cluster import SyncClient
 from wsq_protocol.keys import Keys
@@ -198,5 +205,45 @@ class Client:
         await self.ws.close()
 
 
+class WsqClient(wsq_client.Client):
+    """A ``wsq_client.Client`` that records every push from before its first connection on
+    (``received``), so that a test can wait for one that may have come already (a welcome push
+    sent as it connected): ``Client.next_push`` only sees those after it starts listening."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.received: list[wsq_client.Push] = []
+        self._taken: set[int] = set()
+        self._arrived = asyncio.Event()
+        self.on("*", self._record)
+
+    def _record(self, push: wsq_client.Push) -> None:
+        self.received.append(push)
+        self._arrived.set()
+
+    async def pushed(self, action: str, timeout: float = 10.0) -> Any:
+        """The ``data`` of the oldest push of ``action`` not taken yet, waiting for one up to
+        ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for index, push in enumerate(self.received):
+                    if index not in self._taken and push.action == action:
+                        self._taken.add(index)
+                        return push.data
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+T = TypeVar("T")
+
+
+def in_order(*calls: Awaitable[T]) -> list[asyncio.Future[T]]:
+    """Start ``request()``/``send()`` calls of an open client, their frames sent in this order
+    once the caller next awaits: tasks run in the order created, and each writes its frame
+    before it first suspends."""
+    return [asyncio.ensure_future(call) for call in calls]
+
+
+ConnectClient = Callable[..., Awaitable[WsqClient]]
 StartGateway = Callable[..., GatewayProcess]
 StartWorker = Callable[..., ManagedProcess]
