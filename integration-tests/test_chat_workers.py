@@ -11,26 +11,21 @@ from typing import Any
 
 import aiohttp
 import pytest
-from system_harness import Client, StartGateway, StartWorker
+from system_harness import Client, ConnectClient, StartGateway, StartWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def test_the_chat_works_with_several_workers(
-    start_gateway: StartGateway, start_worker: StartWorker
+    start_gateway: StartGateway, start_worker: StartWorker, connect_client: ConnectClient
 ) -> None:
     """Every event may go to any worker: a name set through one is known to the others."""
     gateway = start_gateway()
     workers = [start_worker("examples.chat.worker:worker", cwd=ROOT) for _ in range(2)]
-    async with aiohttp.ClientSession() as session:
-        client = await Client.connect(session, gateway.ws_url)
-        assert (await client.request("set_name", {"name": "Ada"}, id="n"))["data"] == {
-            "ok": True,
-            "name": "Ada",
-        }
-        for n in range(10):
-            reply = await client.request("say", {"text": f"hello {n}"}, id=f"s{n}")
-            assert reply["data"] == {"ok": True}, reply
+    client = await connect_client(gateway.ws_url)
+    assert await client.request("set_name", {"name": "Ada"}) == {"ok": True, "name": "Ada"}
+    for n in range(10):
+        assert await client.request("say", {"text": f"hello {n}"}) == {"ok": True}, n
     assert all(worker.running() for worker in workers)
 
 
@@ -39,7 +34,8 @@ async def test_replies_and_pushes_have_distinct_actions(
 ) -> None:
     """A reply carries its request's action and id; a push has no id and an action no request
     has (``say`` is answered as ``say``, the text it posts pushed as ``message``), so the page
-    (static/chat.js) never takes its own reply for a chat message."""
+    (static/chat.js) never takes its own reply for a chat message. On the raw helper: the
+    frames themselves (actions and ids) are the subject."""
     gateway = start_gateway()
     start_worker("examples.chat.worker:worker", cwd=ROOT)
     monkeypatch.syspath_prepend(str(ROOT))
