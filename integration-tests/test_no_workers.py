@@ -10,10 +10,10 @@ import signal
 import urllib.request
 from typing import Any
 
-import aiohttp
 import redis
-from system_harness import Client, GatewayProcess, StartGateway, StartWorker, inbound_length
+from system_harness import ConnectClient, GatewayProcess, StartGateway, StartWorker, WsqClient, inbound_length
 
+from wsq_client import RequestTimeout, ServerError
 from wsq_devkit import wait_until, wait_until_async
 
 WORKER_TIMEOUT_S = 3.0
@@ -27,42 +27,38 @@ def workers(gateway: GatewayProcess) -> dict[str, Any]:
         return report
 
 
-async def answer_within(client: Client, frame_id: str, seconds: float) -> dict[str, Any] | None:
-    """Send an echo with ``frame_id``; its answer, or None when none came in ``seconds``."""
-    await client.send("echo", frame_id, id=frame_id)
+async def answer_within(client: WsqClient, data: str, seconds: float) -> Any:
+    """Request an echo of ``data``: its reply's data, the ``ServerError`` it got, or None when
+    nothing came in ``seconds``."""
     try:
-        return await client.receive_until(lambda frame: frame.get("id") == frame_id, timeout=seconds)
-    except TimeoutError:
+        return await client.request("echo", data, timeout=seconds)
+    except ServerError as error:
+        return error
+    except RequestTimeout:
         return None
 
 
-def is_no_workers(answer: dict[str, Any] | None, frame_id: str) -> bool:
-    return (
-        answer is not None
-        and answer["action"] == "$error"
-        and answer["data"]["code"] == "no_workers"
-        and answer["id"] == frame_id
-    )
+def is_no_workers(answer: Any) -> bool:
+    return isinstance(answer, ServerError) and answer.code == "no_workers"
 
 
 async def test_frames_get_no_workers_while_no_worker_reads_and_replies_once_one_does(
     start_gateway: StartGateway,
     start_worker: StartWorker,
-    session: aiohttp.ClientSession,
+    connect_client: ConnectClient,
     redis_client: redis.Redis,
     key_prefix: str,
 ) -> None:
     gateway = start_gateway(WSQ_WORKER_TIMEOUT_S=str(WORKER_TIMEOUT_S))
-    client = await Client.connect(session, gateway.ws_url)
+    client = await connect_client(gateway.ws_url)
 
     # No worker ever started: answered at once, and nothing is queued for nobody.
     loop = asyncio.get_running_loop()
     sent_at = loop.time()
-    assert is_no_workers(await answer_within(client, "n1", 5), "n1")
+    assert is_no_workers(await answer_within(client, "n1", 5))
     assert loop.time() - sent_at < 1.0, "answered at once, not after a timeout"
-    await client.send("echo", "no id")  # a frame without an id gets the error too, without id
-    error = await client.receive(timeout=5)
-    assert (error["action"], error["data"]["code"], "id" in error) == ("$error", "no_workers", False)
+    await client.send("echo", "no id")  # a frame without an id gets the error too: a push, no id
+    assert (await client.pushed("$error", timeout=5))["code"] == "no_workers"
     assert inbound_length(redis_client, key_prefix) == 1, "only the connect event, which waits for workers"
     report = workers(gateway)
     assert report.pop("oldest_unread_age_s") >= 0, "the connect event waits unread"
@@ -79,7 +75,7 @@ async def test_frames_get_no_workers_while_no_worker_reads_and_replies_once_one_
     # A worker reads: the very next frame is queued and answered (the gateway looks again before
     # refusing one, so it never refuses for a worker it has not seen yet).
     worker = start_worker()
-    assert await answer_within(client, "w1", 10) == {"action": "echo", "data": "w1", "id": "w1"}
+    assert await answer_within(client, "w1", 10) == "w1"
     wait_until(lambda: workers(gateway)["live"] == 1, timeout=5, message="/readyz counts the worker")
     assert workers(gateway)["accepting_frames"] is True
 
@@ -91,11 +87,9 @@ async def test_frames_get_no_workers_while_no_worker_reads_and_replies_once_one_
     attempts = iter(range(1000))
 
     async def refused_again() -> bool:
-        frame_id = f"k{next(attempts)}"
-        return is_no_workers(await answer_within(client, frame_id, 0.5), frame_id)
+        return is_no_workers(await answer_within(client, f"k{next(attempts)}", 0.5))
 
     await wait_until_async(refused_again, timeout=WORKER_TIMEOUT_S + 5, message="no_workers again")
     report = workers(gateway)
     assert (report["live"], report["consumers"], report["accepting_frames"]) == (0, 1, False)
     assert report["lag"] >= 1, "the frames accepted before the timeout wait for the next worker"
-    await client.close()
