@@ -9,9 +9,11 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from system_harness import Client, StartGateway, StartWorker
+from system_harness import ConnectClient, StartGateway, StartWorker, in_order
 
+from wsq_client import ServerError
 from wsq_protocol.cluster import SyncClient
 
 TAKE_TIMEOUT_S = 1.0
@@ -32,41 +34,35 @@ async def test_a_frame_no_worker_reads_in_time_is_withdrawn_and_answered_not_tak
     start_gateway: StartGateway,
     start_worker: StartWorker,
     session: aiohttp.ClientSession,
+    connect_client: ConnectClient,
     redis_client: SyncClient,
     key_prefix: str,
 ) -> None:
     gateway = start_gateway(WSQ_TAKE_TIMEOUT_S=str(TAKE_TIMEOUT_S))
     start_worker("sample_app:worker", "--concurrency", "1")
-    client = await Client.connect(session, gateway.ws_url)
-    assert (await client.request("echo", "up", id="up"))["data"] == "up"
+    client = await connect_client(gateway.ws_url, request_timeout=3 * SLOW_S)
+    assert await client.request("echo", "up") == "up"
 
-    await client.send("tracked", SLOW_S, id="slow")  # read at once: the deadline no longer applies
-    await client.send("tracked", 0, id="late")  # waits unread behind it, past the deadline
-    await client.send("tracked", 0)  # no id: never withdrawn, it waits for the worker
-
-    answers: dict[str, list[dict[str, Any]]] = {}
-
-    async def receive_until_answered(frame_id: str) -> None:
-        while frame_id not in answers:
-            frame = await client.receive(timeout=3 * SLOW_S)
-            answers.setdefault(frame.get("id") or "", []).append(frame)
-
-    await receive_until_answered("late")
-    assert answers["late"][0]["data"]["code"] == "not_taken", answers["late"]
-    assert "slow" not in answers, "withdrawn while the slow frame ran: within the deadline"
-    await receive_until_answered("slow")
+    slow, late, no_id = in_order(
+        client.request("tracked", SLOW_S),  # read at once: the deadline no longer applies
+        client.request("tracked", 0),  # waits unread behind it, past the deadline
+        client.send("tracked", 0),  # no id: never withdrawn, it waits for the worker
+    )
+    with pytest.raises(ServerError) as refused:
+        await late
+    assert refused.value.code == "not_taken"
+    assert not slow.done(), "withdrawn while the slow frame ran: within the deadline"
+    assert (await slow)["attempt"] == 1, "read in time: its reply"
+    await no_id
     # A frame sent now is read at once. Had "late" stayed in the stream, the worker (one slot,
-    # reading in order) would have answered it before this one.
-    await client.send("tracked", 0, id="after")
-    await receive_until_answered("after")
-    assert [f["action"] for f in answers["late"]] == ["$error"], "one answer: not_taken"
-    assert [f["action"] for f in answers["slow"]] == ["tracked"], "read in time: its reply"
-    assert [f["action"] for f in answers["after"]] == ["tracked"]
+    # reading in order) would have run it before this one.
+    assert (await client.request("tracked", 0))["attempt"] == 1
+    assert "$error" not in [push.action for push in client.received], "nor one for the frame without id"
 
-    def processed() -> list[str | None]:
-        raw: Any = redis_client.lrange(f"{key_prefix}:test:processed", 0, -1)
-        return [json.loads(item)["id"] for item in raw]
-
-    assert processed() == ["slow", None, "after"], "the withdrawn frame never ran; the one without id did"
+    raw: Any = redis_client.lrange(f"{key_prefix}:test:processed", 0, -1)
+    processed = [json.loads(item)["id"] for item in raw]
+    # the withdrawn frame never ran; the one without id did
+    assert [frame_id is not None for frame_id in processed] == [True, False, True], processed
+    assert processed[0] != processed[2], "the slow frame, then the one without id, then the last"
+    # one answer to the withdrawn frame, not_taken, and no other (it never ran: no worker's reply)
     assert await errors_sent(session, gateway.http_url("/metrics"), "not_taken") == 1
-    await client.close()
