@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from system_harness import Client, GatewayProcess, StartGateway, StartWorker
+from system_harness import ConnectClient, GatewayProcess, StartGateway, StartWorker, in_order
 
 from wsq_devkit import wait_until_async
 
@@ -37,21 +37,22 @@ async def gauge(session: aiohttp.ClientSession, gateway: GatewayProcess, name: s
 
 
 async def test_a_worker_whose_slots_are_all_busy_is_reported_stalled_until_the_backlog_drains(
-    start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    session: aiohttp.ClientSession,
+    connect_client: ConnectClient,
 ) -> None:
     gateway = start_gateway(WSQ_STALL_AFTER_S=str(STALL_AFTER_S))
     start_worker("sample_app:worker", "--concurrency", "1")
-    client = await Client.connect(session, gateway.ws_url)
-    await client.send("echo", "up", id="up")  # the worker reads: nothing waits, not stalled
-    assert (await client.receive_until(lambda frame: frame.get("id") == "up"))["data"] == "up"
+    client = await connect_client(gateway.ws_url, request_timeout=3 * SLOW_S)
+    assert await client.request("echo", "up") == "up"  # the worker reads: nothing waits, not stalled
     report = await readiness(session, gateway)
     assert (report["live"], report["stalled"]) == (1, False)
     assert await gauge(session, gateway, "wsq_gateway_workers_stalled") == 0
 
     # s1 takes the only slot for SLOW_S; s2 waits unread meanwhile: after STALL_AFTER_S without a
     # read, the workers are stalled (the window lasts SLOW_S - STALL_AFTER_S).
-    await client.send("slow_async", SLOW_S, id="s1")
-    await client.send("slow_async", SLOW_S, id="s2")
+    s1, s2 = in_order(client.request("slow_async", SLOW_S), client.request("slow_async", SLOW_S))
 
     async def stalled() -> dict[str, Any] | None:
         report = await readiness(session, gateway)
@@ -66,11 +67,7 @@ async def test_a_worker_whose_slots_are_all_busy_is_reported_stalled_until_the_b
     assert report["oldest_unread_age_s"] >= STALL_AFTER_S / 2, "s2 has waited about as long"
 
     # s1 done, s2 read and done: nothing waits unread any more, the report clears.
-    for frame_id in ("s1", "s2"):
-        answer = await client.receive_until(
-            lambda frame, i=frame_id: frame.get("id") == i, timeout=3 * SLOW_S
-        )
-        assert answer["data"] == "slept"
+    assert (await s1, await s2) == ("slept", "slept")
 
     async def cleared() -> bool:
         report = await readiness(session, gateway)
@@ -83,4 +80,3 @@ async def test_a_worker_whose_slots_are_all_busy_is_reported_stalled_until_the_b
         )
 
     await wait_until_async(cleared, timeout=5, message="stalled clears once the backlog drains")
-    await client.close()
