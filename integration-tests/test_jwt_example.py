@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from system_harness import JWT_SECRET, Client, StartGateway
+from system_harness import JWT_SECRET, ConnectClient, StartGateway
 
 # tokens checked at the upgrade: not Redis's topology
 pytestmark = pytest.mark.single_redis
@@ -37,7 +37,7 @@ def issue(user_id: str, **variables: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_a_token_the_example_issues_is_accepted_by_the_gateway(
-    start_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch
+    start_gateway: StartGateway, connect_client: ConnectClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway = start_gateway(WSQ_JWT_SECRET=JWT_SECRET, WSQ_JWT_AUDIENCE=AUDIENCE, WSQ_JWT_ISSUER=ISSUER)
     variables = {"WSQ_JWT_SECRET": JWT_SECRET, "WSQ_JWT_AUDIENCE": AUDIENCE, "WSQ_JWT_ISSUER": ISSUER}
@@ -46,16 +46,13 @@ async def test_a_token_the_example_issues_is_accepted_by_the_gateway(
     token = issued.stdout.strip()
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     example = importlib.import_module("issue_token")
-    async with aiohttp.ClientSession() as session:
-        in_query = await Client.connect(session, f"{gateway.ws_url}?token={token}")
-        assert in_query.user_id == "ada"
-        as_bearer = await Client.connect(
-            session, gateway.ws_url, headers={"Authorization": f"Bearer {token}"}
-        )
-        assert as_bearer.user_id == "ada"
-        grace = example.issue_token("grace", JWT_SECRET, audience=AUDIENCE, issuer=ISSUER)
-        assert (await Client.connect(session, f"{gateway.ws_url}?token={grace}")).user_id == "grace"
+    assert (await connect_client(f"{gateway.ws_url}?token={token}")).user_id == "ada"
+    assert (await connect_client(gateway.ws_url, token=token)).user_id == "ada"  # Authorization: Bearer
+    grace = example.issue_token("grace", JWT_SECRET, audience=AUDIENCE, issuer=ISSUER)
+    assert (await connect_client(f"{gateway.ws_url}?token={grace}")).user_id == "grace"
 
+    # The handshake's status (401) is asserted on a bare socket.
+    async with aiohttp.ClientSession() as session:
         refused = {
             "another secret": example.issue_token("ada", "x" * 32, audience=AUDIENCE, issuer=ISSUER),
             "no audience": issue("ada", WSQ_JWT_SECRET=JWT_SECRET, WSQ_JWT_ISSUER=ISSUER).stdout.strip(),
