@@ -9,10 +9,10 @@ import os
 import shutil
 from pathlib import Path
 
-import aiohttp
 import pytest
-from system_harness import Client, StartGateway
+from system_harness import ConnectClient, StartGateway
 
+from wsq_client import Push
 from wsq_devkit import free_port
 
 pytestmark = [
@@ -36,21 +36,23 @@ async def node(*args: str, env: dict[str, str]) -> tuple[int, str]:
     return await proc.wait(), output.decode()
 
 
-async def test_the_node_example_pushes_with_fetch(start_gateway: StartGateway) -> None:
+async def test_the_node_example_pushes_with_fetch(
+    start_gateway: StartGateway, connect_client: ConnectClient
+) -> None:
     api_port = free_port()
     gateway = start_gateway(WSQ_API_KEYS=KEY, WSQ_API_PORT=str(api_port))
     env = {"WSQ_API_URL": f"http://127.0.0.1:{api_port}", "WSQ_API_KEY": KEY}
-    async with aiohttp.ClientSession() as session:
-        client = await Client.connect(session, gateway.ws_url)
-        code, output = await node("connection", client.connection_id, "notice", '{"text": "hi"}', env=env)
-        assert (code, output.strip()) == (0, "written to 1 gateway(s)")
-        assert await client.receive() == {"action": "notice", "data": {"text": "hi"}}
-        code, output = await node("all", "tick", "1", env=env)
-        assert code == 0, output
-        assert await client.receive() == {"action": "tick", "data": 1}
-        code, output = await node(
-            "connection", client.connection_id, "notice", env={**env, "WSQ_API_KEY": "wrong"}
-        )
-        assert code != 0
-        assert "unauthorized" in output
-        await client.close()
+    client = await connect_client(gateway.ws_url)
+    assert client.connection_id is not None
+    code, output = await node("connection", client.connection_id, "notice", '{"text": "hi"}', env=env)
+    assert (code, output.strip()) == (0, "written to 1 gateway(s)")
+    assert await client.pushed("notice") == {"text": "hi"}
+    code, output = await node("all", "tick", "1", env=env)
+    assert code == 0, output
+    assert await client.pushed("tick") == 1
+    assert client.received == [Push("notice", {"text": "hi"}), Push("tick", 1)], "nothing else"
+    code, output = await node(
+        "connection", client.connection_id, "notice", env={**env, "WSQ_API_KEY": "wrong"}
+    )
+    assert code != 0
+    assert "unauthorized" in output
