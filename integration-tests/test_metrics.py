@@ -8,10 +8,12 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from system_harness import Client, StartGateway, StartWorker
+from system_harness import ConnectClient, StartGateway, StartWorker
 
+from wsq_client import ServerError
 from wsq_devkit import free_port, wait_until_async
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "wsq.json"
@@ -39,6 +41,7 @@ async def test_gateway_and_worker_metrics_after_real_traffic(
     start_gateway: StartGateway,
     start_worker: StartWorker,
     session: aiohttp.ClientSession,
+    connect_client: ConnectClient,
     redis_client: redis.Redis,
     key_prefix: str,
 ) -> None:
@@ -46,15 +49,15 @@ async def test_gateway_and_worker_metrics_after_real_traffic(
     metrics_port = free_port()
     start_worker("sample_app:worker", "--metrics-port", str(metrics_port), WSQ_MAX_ATTEMPTS="2")
     worker_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    client = await Client.connect(session, gateway.ws_url)
+    client = await connect_client(gateway.ws_url)
     for n in range(3):
-        await client.send("echo", n, id=f"e{n}")
-        assert (await client.receive_until(lambda doc, n=n: doc.get("id") == f"e{n}"))["data"] == n
-    await client.send("fail", None, id="f")
-    assert (await client.receive_until(lambda doc: doc.get("id") == "f"))["data"]["code"] == "handler_error"
-    await client.send("until_fixed", 1, id="u")  # retried, then dead-lettered after 2 attempts
-    failed = await client.receive_until(lambda doc: doc.get("id") == "u")
-    assert failed["data"]["code"] == "handler_failed"
+        assert await client.request("echo", n) == n
+    with pytest.raises(ServerError) as failed:
+        await client.request("fail")
+    assert failed.value.code == "handler_error"
+    with pytest.raises(ServerError) as failed:
+        await client.request("until_fixed", 1)  # retried, then dead-lettered after 2 attempts
+    assert failed.value.code == "handler_failed"
     await client.close()
 
     async def gateway_counted() -> tuple[Samples, set[str]] | None:
