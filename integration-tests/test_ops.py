@@ -8,8 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-import aiohttp
-from system_harness import Client, RedisTarget, StartGateway, StartWorker
+from system_harness import ConnectClient, RedisTarget, StartGateway, StartWorker
 
 
 def run_wsq_worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -27,7 +26,7 @@ def status(env: dict[str, str]) -> dict[str, Any]:
 async def test_status_shows_the_gateways_their_connections_and_the_workers_and_send_reaches_a_client(
     start_gateway: StartGateway,
     start_worker: StartWorker,
-    session: aiohttp.ClientSession,
+    connect_client: ConnectClient,
     redis_target: RedisTarget,
     key_prefix: str,
 ) -> None:
@@ -39,10 +38,10 @@ async def test_status_shows_the_gateways_their_connections_and_the_workers_and_s
 
     gateways = [start_gateway(), start_gateway()]
     worker = start_worker()
-    clients = [await Client.connect(session, gateways[0].ws_url) for _ in range(2)]
-    clients.append(await Client.connect(session, gateways[1].ws_url))
-    for client in clients:
-        await client.receive_until(lambda f: f["action"] == "welcome")
+    clients = [await connect_client(gateways[0].ws_url) for _ in range(2)]
+    clients.append(await connect_client(gateways[1].ws_url))
+    for client in clients:  # the worker handled their connect events
+        assert await client.pushed("welcome") == {"connection_id": client.connection_id}
 
     shown = status(env)
     assert sorted((g["node"], g["connections"]) for g in shown["gateways"]) == sorted(
@@ -62,13 +61,8 @@ async def test_status_shows_the_gateways_their_connections_and_the_workers_and_s
     target = clients[2]
     sent = run_wsq_worker(env, "send", f"connection:{target.connection_id}", "notice", '{"text": "hi"}')
     assert (sent.returncode, sent.stdout) == (0, "wrote 1 command\n"), sent.stderr
-    assert await target.receive_until(lambda f: f["action"] == "notice") == {
-        "action": "notice",
-        "data": {"text": "hi"},
-    }
+    assert await target.pushed("notice") == {"text": "hi"}
     sent = run_wsq_worker(env, "send", "all", "maintenance", "300")
     assert (sent.returncode, sent.stdout) == (0, "wrote 1 command\n"), sent.stderr
     for client in clients:
-        frame = await client.receive_until(lambda f: f["action"] == "maintenance")
-        assert frame == {"action": "maintenance", "data": 300}
-        await client.close()
+        assert await client.pushed("maintenance") == 300
