@@ -9,11 +9,20 @@ from typing import cast
 
 import aiohttp
 import redis
-from system_harness import Client, RedisTarget, StartGateway, StartWorker, inbound_length, inbound_pending
+from system_harness import (
+    Client,
+    ConnectClient,
+    RedisTarget,
+    StartGateway,
+    StartWorker,
+    inbound_length,
+    inbound_pending,
+)
 
 from wsq_devkit import wait_until
 
 
+# On the raw helper: "answered exactly once" is about the frames (a client drops a second answer).
 async def test_a_worker_killed_mid_message_still_gets_the_message_answered(
     start_gateway: StartGateway,
     start_worker: StartWorker,
@@ -44,30 +53,32 @@ async def test_a_worker_killed_mid_message_still_gets_the_message_answered(
 
 
 async def test_the_connect_hook_names_and_refuses_connections(
-    start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
+    start_gateway: StartGateway, start_worker: StartWorker, connect_client: ConnectClient
 ) -> None:
     gateway = start_gateway(WSQ_CONNECT_HOOK="true")
     start_worker("sample_app:worker_with_hook")
-    client = await Client.connect(session, gateway.ws_url)
+    client = await connect_client(gateway.ws_url)
+    assert client.connection_id is not None
     assert client.user_id == f"guest-{client.connection_id[-6:]}"
-    assert (await client.request("whoami", None, id="w"))["data"]["user_id"] == client.user_id
-    await client.close()
+    assert (await client.request("whoami"))["user_id"] == client.user_id
 
 
 async def test_the_connect_hook_reads_the_session_cookie_and_the_query(
-    start_gateway: StartGateway, start_worker: StartWorker, session: aiohttp.ClientSession
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    connect_client: ConnectClient,
+    session: aiohttp.ClientSession,
 ) -> None:
     gateway = start_gateway(WSQ_CONNECT_HOOK="true")
     start_worker("sample_app:worker_with_hook")
-    ada = await Client.connect(session, gateway.ws_url, headers={"Cookie": "theme=dark; session=8f3c2a"})
+    ada = await connect_client(gateway.ws_url, headers={"Cookie": "theme=dark; session=8f3c2a"})
     assert ada.user_id == "ada"
-    guest = await Client.connect(session, gateway.ws_url + "?guest=Bob%20Smith")
+    guest = await connect_client(gateway.ws_url + "?guest=Bob%20Smith")
     assert guest.user_id == "guest-Bob Smith"
+    # The refusal's close frame (code and reason), on a bare socket.
     ws = await session.ws_connect(gateway.ws_url, headers={"Cookie": "session=forged"})
     msg = await ws.receive(timeout=15)
     assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4401, "unknown session")
-    await ada.close()
-    await guest.close()
 
 
 async def test_the_connect_hook_refusal_reaches_the_client(
@@ -90,7 +101,8 @@ async def test_messages_past_their_attempts_are_dead_lettered_then_replayed_to_t
 ) -> None:
     """Messages whose handler retries past WSQ_MAX_ATTEMPTS: each client gets `handler_failed`,
     `wsq-worker dead list` shows them; once the bug is fixed, `dead replay --all` runs each
-    again, and its answer reaches its client, on its own gateway, with the frame's id."""
+    again, and its answer reaches its client, on its own gateway, with the frame's id. On the
+    raw helper: that second answer to an id is what a client would drop."""
     gateways = [start_gateway(), start_gateway()]
     start_worker(WSQ_MAX_ATTEMPTS="2")
     clients = [await Client.connect(session, gateway.ws_url) for gateway in gateways]
