@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import jwt
 import pytest
-from system_harness import JWT_SECRET, Client, StartGateway, StartWorker, token
+from system_harness import JWT_SECRET, ConnectClient, StartGateway, StartWorker, token
 
 
 @pytest.mark.parametrize("per_user_cap", ["0", "3"])
@@ -14,6 +14,7 @@ async def test_a_signed_token_whose_sub_is_a_lone_surrogate_gets_401_and_the_gat
     start_gateway: StartGateway,
     start_worker: StartWorker,
     session: aiohttp.ClientSession,
+    connect_client: ConnectClient,
     per_user_cap: str,
 ) -> None:
     """A lone surrogate has no UTF-8: it can be no Redis key. Without the cap it used to reach the
@@ -21,8 +22,8 @@ async def test_a_signed_token_whose_sub_is_a_lone_surrogate_gets_401_and_the_gat
     SCARD before the upgrade answered 500."""
     gateway = start_gateway(WSQ_JWT_SECRET=JWT_SECRET, WSQ_MAX_CONNECTIONS_PER_USER=per_user_cap)
     start_worker()
-    before = await Client.connect(session, f"{gateway.ws_url}?token={token('ann')}")
-    await before.receive_until(lambda f: f["action"] == "welcome")
+    before = await connect_client(f"{gateway.ws_url}?token={token('ann')}")
+    await before.pushed("welcome")
 
     surrogate = jwt.encode({"sub": "\ud800"}, JWT_SECRET, algorithm="HS256")  # valid JSON: "\ud800"
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
@@ -30,12 +31,10 @@ async def test_a_signed_token_whose_sub_is_a_lone_surrogate_gets_401_and_the_gat
     assert refused.value.status == 401
 
     # Those already connected and those who come after are served as before.
-    assert (await before.request("echo", "still here", id="b"))["data"] == "still here"
-    after = await Client.connect(session, f"{gateway.ws_url}?token={token('bob')}")
-    await after.receive_until(lambda f: f["action"] == "welcome")
+    assert await before.request("echo", "still here") == "still here"
+    after = await connect_client(f"{gateway.ws_url}?token={token('bob')}")
+    await after.pushed("welcome")
     assert after.user_id == "bob"
-    assert (await after.request("echo", "served", id="a"))["data"] == "served"
+    assert await after.request("echo", "served") == "served"
     assert gateway.status("/readyz") == 200
     assert gateway.process.running()
-    await before.close()
-    await after.close()
