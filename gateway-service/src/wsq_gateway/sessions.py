@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import orjson
@@ -56,17 +56,16 @@ class ResumeRequest(NamedTuple):
     after: int
 
 
-def parse_resume_request(query: dict[str, str] | object) -> ResumeRequest | None:
+def parse_resume_request(query: Mapping[str, str]) -> ResumeRequest | None:
     """The resume request in an upgrade's query (``request.query``), None when it has none;
     ValueError (HTTP 400) when it is malformed."""
-    get = getattr(query, "get")  # noqa: B009 - a MultiDictProxy or a dict
-    token = get("resume")
+    token = query.get("resume")
     if token is None:
         return None
     parsed = parse_resume_token(token)
     if parsed is None:
         raise ValueError("?resume= is not a resume token (give back $connected's resume_token)")
-    after_text = get("after", "0")
+    after_text = query.get("after", "0")
     if not (after_text.isascii() and after_text.isdigit()) or len(after_text) > 18:
         raise ValueError("?after= must be the last seq the client saw: an integer from 0 up")
     return ResumeRequest(token, parsed[0], parsed[1], int(after_text))
@@ -380,9 +379,6 @@ class Sessions:
         task = asyncio.create_task(guest.close(code, REPLACED if code == CloseCode.SESSION_RESUMED else ""))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-
-    def guests(self) -> list[Connection]:
-        return list(self._connections.guests.values())
 
 
 def _replayed(frames: bytes) -> tuple[list[bytes], bool]:

@@ -230,13 +230,13 @@ async def _websocket(
             close = admission.broker_close(exc)
             gateway.forget_connection(conn, close.code)
             log.warning("could not register a connection", error=str(exc))
-            await ws.close(code=close.code, message=close.reason.encode())
+            await _close_socket(ws, close)
             return ws
     refused = admission.registration_close(registered)
     if refused is not None:  # another gateway registered one of the user's connections since our check
         gateway.drop_connection(conn, refused.code)  # nothing was written to Redis: nothing to forget there
         log.info("refused a connection: its user holds too many", user_id=conn.user_id)
-        await ws.close(code=refused.code, message=refused.reason.encode())
+        await _close_socket(ws, refused)
         return ws
 
     asked = False if resume is not None else None  # asked to resume: tell it this is a new one

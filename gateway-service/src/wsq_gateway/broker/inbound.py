@@ -197,15 +197,20 @@ class Inbound:
             return False
         if conn.home is not None:
             return self._guest_message(conn, frame, on_rejected)
-        head = conn.message_head
-        if head is None:  # the fields every message of this connection shares, packed once
-            fields = self._event("message", conn, 0)
-            del fields["ts"]
-            xadd = ("XADD", self._inbound_stream, "*", *_flatten(fields))
-            head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
-        command = head.pack(b"%d" % now_ms(), b"frame", frame)
+        command = self._message_command(conn, self._inbound_stream, frame)
         self._batcher.submit(Write((command,), on_error=on_rejected, on_ran=on_ran))
         return True
+
+    def _message_command(self, conn: Connection, stream: str, frame: bytes) -> bytes:
+        """The ``XADD`` of ``frame``'s message event to ``stream``, packed; the fields every
+        message of the connection shares are packed once (``conn.message_head``)."""
+        head = conn.message_head
+        if head is None:
+            fields = self._event("message", conn, 0)
+            del fields["ts"]
+            xadd = ("XADD", stream, "*", *_flatten(fields))
+            head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
+        return head.pack(b"%d" % now_ms(), b"frame", frame)
 
     def _guest_message(self, conn: Connection, frame: bytes, on_rejected: OnRejected) -> bool:
         """A frame of a socket held here for a session homed on ``conn.home`` (sessions.py):
@@ -215,18 +220,9 @@ class Inbound:
         if peers is None or peers.pending >= self._max_queued:
             return False
         assert conn.home is not None
-        head = conn.message_head
-        if head is None:
-            fields = self._event("message", conn, 0)
-            del fields["ts"]
-            xadd = ("XADD", self._keys.inbound_stream_of(conn.home), "*", *_flatten(fields))
-            head = conn.message_head = CommandTemplate((*xadd, "ts"), 3)
-        command = head.pack(b"%d" % now_ms(), b"frame", frame)
-        peers.write(
-            self._keys.inbound_stream_of(conn.home),
-            command,
-            lambda: on_rejected(BrokerUnavailable("redis did not take the frame")),
-        )
+        stream = self._keys.inbound_stream_of(conn.home)
+        command = self._message_command(conn, stream, frame)
+        peers.write(stream, command, lambda: on_rejected(BrokerUnavailable("redis did not take the frame")))
         return True
 
     def _event(

@@ -17,7 +17,6 @@ many recipients it has: one JSON parse), is dropped, counted in
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
 
 log = get_logger(BROKER)
 
+# How a disconnect command closes a connection (Gateway.close_connection: wherever its socket is).
 Close = Callable[[Connection, int, str], Coroutine[Any, Any, None]]
 
 READ_COUNT = 1000
@@ -92,8 +92,8 @@ class Outbound:
         *,
         split_reads: bool = False,
         metrics: GatewayMetrics | None = None,
-        sessions: Sessions | None = None,
-        close: Close | None = None,
+        sessions: Sessions,
+        close: Close,
     ) -> None:
         self._metrics = metrics
         self._sessions = sessions
@@ -222,8 +222,7 @@ class Outbound:
                 self._metrics.frames_out.inc(len(targets))
         elif command.type == "disconnect":
             for conn in self._targets(command):
-                closing = conn.close if self._close is None else functools.partial(self._close, conn)
-                task = asyncio.create_task(closing(command.code, command.reason))
+                task = asyncio.create_task(self._close(conn, command.code, command.reason))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
         elif command.type in ("accept", "refuse"):
@@ -232,7 +231,7 @@ class Outbound:
             if waiting is not None and waiting.answer is not None and not waiting.answer.done():
                 waiting.answer.set_result(command)
         elif command.type in ("resume", "resumed", "detach"):  # between gateways: sessions.py
-            if self._sessions is None or not self._sessions.enabled:
+            if not self._sessions.enabled:
                 self._drop("malformed", f"{command.type}: session resume is off on this gateway")
             elif command.type == "resume":
                 self._sessions.on_resume(command)
