@@ -36,6 +36,7 @@ from system_harness import (
 
 from wsq_devkit import ManagedProcess, free_port
 from wsq_protocol.cluster import SyncClient, sync_redis
+from wsq_worker import AsyncPublisher
 
 _names = itertools.count(1)
 
@@ -150,6 +151,15 @@ def start_worker(
         return process
 
     return start
+
+
+@pytest.fixture
+async def publisher(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[AsyncPublisher]:
+    """An ``AsyncPublisher`` on the test's Redis and key prefix."""
+    async with AsyncPublisher(
+        redis_url=redis_target.url, redis_cluster=redis_target.cluster, key_prefix=key_prefix
+    ) as pub:
+        yield pub
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -38,14 +37,6 @@ async def next_is(client: Client, publisher: AsyncPublisher, expected: Any) -> N
     assert await client.receive() == expected
     await publisher.to(client.connection_id).send("marker", None)
     assert await client.receive() == {"action": "marker", "data": None}
-
-
-@pytest.fixture
-async def publisher(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[AsyncPublisher]:
-    async with AsyncPublisher(
-        redis_url=redis_target.url, redis_cluster=redis_target.cluster, key_prefix=key_prefix
-    ) as pub:
-        yield pub
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from raw_client import HandshakeRefused, RawClient, text_frame
-from system_harness import JWT_SECRET, RedisTarget, StartGateway, StartWorker, token
+from system_harness import JWT_SECRET, StartGateway, StartWorker, token
 
 from wsq_devkit import wait_until_async
 from wsq_protocol.cluster import SyncClient
@@ -22,14 +21,6 @@ from wsq_worker import AsyncPublisher
 
 RESUMABLE = {"WSQ_JWT_SECRET": JWT_SECRET, "WSQ_RESUME_WINDOW_S": "30"}
 GAP_PUSHES = 30  # pushes sent while the client is away: to its connection, its user, its group
-
-
-@pytest.fixture
-async def publisher(redis_target: RedisTarget, key_prefix: str) -> AsyncIterator[AsyncPublisher]:
-    async with AsyncPublisher(
-        redis_url=redis_target.url, redis_cluster=redis_target.cluster, key_prefix=key_prefix
-    ) as pub:
-        yield pub
 
 
 def query(user: str, resume: str | None = None, after: int = 0) -> str:
